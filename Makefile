@@ -1,0 +1,62 @@
+# Two commands for a fresh machine: `make demo` and `make test` (README.md).
+# Both create .venv, install the package with its C extension, and are quick once set up.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip --disable-pip-version-check
+INSTALL_DEPS := pyproject.toml setup.py native/segment_codec.c native/segment_codec.h native/build_codec.py
+ASAN_DIR := build/asan
+PYTEST_ARGS ?=
+FUZZ_SECONDS ?= 60
+
+.PHONY: demo test lint test-c test-python asan bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed-demo: $(BIN)/python $(INSTALL_DEPS)
+	$(PIP) install -q -e .
+	@touch $@
+
+$(VENV)/.installed-test: $(BIN)/python $(INSTALL_DEPS)
+	$(PIP) install -q -e '.[test]'
+	@touch $@ $(VENV)/.installed-demo
+
+demo: $(VENV)/.installed-demo
+	$(BIN)/python examples/quickstart.py
+
+# The whole suite runs once per codec backend; STREAMLIB_PURE=0 fails if the C codec is missing.
+test: lint test-c test-python
+
+lint: $(VENV)/.installed-test
+	$(BIN)/ruff check streamlib tests benchmarks examples native
+
+test-c: $(VENV)/.installed-test
+	STREAMLIB_PURE=0 $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+test-python: $(VENV)/.installed-test
+	STREAMLIB_PURE=1 $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# The C codec rebuilt with AddressSanitizer and UBSan, in a copy of the package under
+# build/asan (run from there so that it is imported first), then the codec tests and a
+# random-bytes fuzz loop over every decoder.
+asan: $(VENV)/.installed-test
+	rm -rf $(ASAN_DIR) && mkdir -p $(ASAN_DIR)
+	cp -r streamlib $(ASAN_DIR)/ && rm -f $(ASAN_DIR)/streamlib/codec/_segment_codec*.so
+	$(BIN)/python native/build_codec.py --sanitize $(ASAN_DIR) > $(ASAN_DIR)/build.log
+	cd $(ASAN_DIR) && \
+	  export LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
+	    ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
+	    UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+	    STREAMLIB_PURE=0 STREAMLIB_SANITIZED=1 && \
+	  ../../$(BIN)/python -m pytest -q -p no:cacheprovider -c ../../pyproject.toml \
+	    --rootdir ../.. ../../tests/unit/test_codec_native.py ../../tests/unit/test_codec_equal.py \
+	    ../../tests/unit/test_codec_damage.py && \
+	  ../../$(BIN)/python ../../tests/fuzz_codec.py --seconds $(FUZZ_SECONDS)
+
+bench: $(VENV)/.installed-test
+	$(BIN)/python benchmarks/codec.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info streamlib/codec/_segment_codec*.so .pytest_cache .hypothesis

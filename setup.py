@@ -1,0 +1,10 @@
+"""The C extension only; everything else is in pyproject.toml.
+
+cffi builds ``streamlib.codec._segment_codec`` from native/ in API mode. The extension is
+marked optional (native/build_codec.py), so without a C compiler the install still succeeds and
+streamlib runs on its pure-Python codec.
+"""
+
+from setuptools import setup
+
+setup(cffi_modules=["native/build_codec.py:ffibuilder"])

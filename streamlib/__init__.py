@@ -1,0 +1,35 @@
+"""streamlib: durable, ordered streams whose home is object storage.
+
+The public names: records and batches, the config object, and the error kinds.
+"""
+
+from streamlib.config import Config
+from streamlib.errors import (
+    ConfigError,
+    CorruptDataError,
+    FencedError,
+    OffsetOutOfRange,
+    StorageUnavailable,
+    StreamClosed,
+    StreamLibError,
+    StreamNotFound,
+)
+from streamlib.records import AppendResult, FetchResult, Record, RecordBatch
+
+__version__ = "0.1.0.dev0"
+
+__all__ = [
+    "AppendResult",
+    "Config",
+    "ConfigError",
+    "CorruptDataError",
+    "FencedError",
+    "FetchResult",
+    "OffsetOutOfRange",
+    "Record",
+    "RecordBatch",
+    "StorageUnavailable",
+    "StreamClosed",
+    "StreamLibError",
+    "StreamNotFound",
+]

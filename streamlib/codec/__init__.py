@@ -1,0 +1,520 @@
+"""The segment codec: record batches and data blocks (docs/format.md).
+
+Two backends do the per-byte work behind one facade: C (``native/``, through cffi) and a
+pure-Python twin that gives identical bytes, statuses and positions. ``backend`` says which one
+runs. The environment chooses, at import time:
+
+- ``STREAMLIB_PURE`` unset: C if the extension was built, else the twin;
+- ``STREAMLIB_PURE=1``: the twin;
+- ``STREAMLIB_PURE=0``: C, and an ImportError if it is missing (for tests and benchmarks).
+
+This module holds what both backends share: argument checks, gathering records into columns,
+turning spans back into records, compression, and turning status codes into
+:class:`~streamlib.errors.CorruptDataError`.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from array import array
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from itertools import repeat
+from operator import add
+from typing import Generic, Literal, TypeVar
+
+import lz4.block
+import zstandard
+
+from streamlib.codec import _status as st
+from streamlib.codec import _python
+from streamlib.errors import ConfigError, CorruptDataError
+from streamlib.records import (
+    MAX_BATCH_RECORDS,
+    Record,
+    RecordBatch,
+    check_timestamp,
+    now_ms,
+)
+
+
+def _choose_backend():  # type: ignore[no-untyped-def]
+    policy = os.environ.get("STREAMLIB_PURE", "")
+    if policy == "1":
+        return _python
+    if policy not in ("", "0"):
+        raise ConfigError("STREAMLIB_PURE", "must be 0, 1 or unset", policy)
+    try:
+        from streamlib.codec import _native
+    except ImportError as e:
+        if policy == "0":
+            raise ImportError("STREAMLIB_PURE=0 asks for the C codec, but the extension "
+                              "streamlib.codec._segment_codec is not built") from e
+        return _python
+    return _native
+
+
+_impl = _choose_backend()
+backend: Literal["c", "python"] = _impl.NAME
+"""Which backend runs: ``"c"`` or ``"python"``."""
+
+BATCH_HEADER_SIZE = st.BATCH_HEADER_SIZE
+BLOCK_HEADER_SIZE = st.BLOCK_HEADER_SIZE
+MAX_PAYLOAD = st.MAX_PAYLOAD
+MAX_BLOCK = st.MAX_BLOCK
+COMPRESSIONS = {"none": 0, "lz4": 1, "zstd": 2}
+_COMPRESSION_NAMES = {code: name for name, code in COMPRESSIONS.items()}
+FLAG_RECORDS = 1
+MASK64 = (1 << 64) - 1
+
+Compression = Literal["none", "lz4", "zstd"]
+T = TypeVar("T")
+
+
+def xxh64(data: bytes | bytearray | memoryview, seed: int = 0) -> int:
+    """XXH64 of ``data`` (the checksum of every header)."""
+    return _impl.xxh64(data, seed)
+
+
+def _corrupt(status: int, position: int, source: str | None, where: str = "") -> CorruptDataError:
+    problem = st.MESSAGES.get(status, f"status {status}")
+    return CorruptDataError(f"{where}{problem}", position=position, source=source, status=status)
+
+
+# ---- records ----
+
+
+def _columns(records: Sequence[Record], default_ts: int):  # type: ignore[no-untyped-def]
+    """Gather records into the columns both backends take. Cheap per record: C-level loops."""
+    n = len(records)
+    values, keys, headers, timestamps = zip(*records, strict=True)
+    values_data = b"".join(values)
+    value_lengths = array("q", map(len, values))
+
+    if keys.count(None) == n:
+        key_lengths, keys_data = None, b""
+    else:
+        keys_data = b"".join(filter(None, keys))  # empty keys add nothing; None is skipped
+        key_lengths = array("q", [-1 if k is None else len(k) for k in keys])
+
+    if headers.count(()) == n:
+        header_counts, header_lengths, header_data = None, None, b""
+    else:
+        header_counts = array("I", map(len, headers))
+        parts: list[bytes] = []
+        for pairs in headers:
+            for name, value in pairs:
+                parts.append(name.encode("utf-8"))
+                parts.append(value)
+        header_lengths = array("q", map(len, parts))
+        header_data = b"".join(parts)
+
+    missing = timestamps.count(None)
+    if missing == n:
+        ts_column, base, top = None, default_ts, default_ts
+    else:
+        ts_column = [default_ts if t is None else t for t in timestamps] if missing else timestamps
+        base, top = ts_column[0], max(ts_column)
+    return (ts_column, base, top, key_lengths, keys_data, value_lengths, values_data,
+            header_counts, header_lengths, header_data)
+
+
+def _check_record_types(records: Sequence[object]) -> None:
+    if set(map(type, records)) != {Record}:
+        for i, record in enumerate(records):
+            if type(record) is not Record:
+                raise TypeError(f"records[{i}] must be a streamlib.Record, "
+                                f"not {type(record).__name__}")
+
+
+def encode_records(records: Iterable[Record], *, timestamp: int | None = None) -> RecordBatch:
+    """Encode records into a batch (``encoding="records"``). Records without a timestamp get
+    ``timestamp``, or now."""
+    if not isinstance(records, list | tuple):
+        if isinstance(records, str | bytes | bytearray | memoryview | Record):
+            raise TypeError("records must be a sequence of streamlib.Record, "
+                            f"not {type(records).__name__}")
+        records = list(records)
+    n = len(records)
+    if n == 0:
+        raise ValueError("a batch needs at least one record")
+    if n > MAX_BATCH_RECORDS:
+        raise ValueError(f"a batch holds at most {MAX_BATCH_RECORDS} records: count=`{n}`")
+    _check_record_types(records)
+    default_ts = now_ms() if timestamp is None else check_timestamp(timestamp, "timestamp")
+    ts, base, top, *columns = _columns(records, default_ts)
+    status, payload = _impl.records_encode(n, ts, base, *columns)
+    if status == st.BAD_LENGTH:
+        raise ValueError(f"records encode to more than the format's limit of {MAX_PAYLOAD} bytes")
+    if status != st.OK:  # the columns come from validated Records: a bug if it happens
+        raise AssertionError(f"codec refused its own columns: status={status}")
+    return RecordBatch._trusted(payload, n, base, top, "records")
+
+
+@dataclass(frozen=True, slots=True)
+class RecordIndex:
+    """Where each record of a payload lies (flat lists, ``RECORD_FIELDS`` / ``HEADER_FIELDS``
+    ints an entry), and the largest timestamp. Built by :func:`index_records`."""
+
+    records: list[int]
+    headers: list[int]
+    max_timestamp: int
+
+
+def index_records(payload: bytes, count: int, base_timestamp: int, *,
+                  source: str | None = None, position: int = 0) -> RecordIndex:
+    """Validate a records payload and locate every field; CorruptDataError names the position
+    (``position`` is added: the payload's own place in its buffer)."""
+    if count < 1 or count > len(payload) // st.MIN_RECORD_SIZE:
+        raise CorruptDataError(f"{st.MESSAGES[st.BAD_COUNT]}: count=`{count}` "
+                               f"payload=`{len(payload)}` bytes", position=position,
+                               source=source, status=st.BAD_COUNT)
+    status, at, spans, header_spans, max_ts = _impl.records_index(payload, count, base_timestamp)
+    if status != st.OK:
+        raise _corrupt(status, position + at, source, "record batch payload: ")
+    return RecordIndex(spans, header_spans, max_ts)
+
+
+def check_records(payload: bytes, count: int, base_timestamp: int, max_timestamp: int) -> None:
+    """Raise ValueError unless ``payload`` holds exactly ``count`` valid records with these
+    timestamps (for batches a caller builds by hand with ``encoding="records"``)."""
+    try:
+        index = index_records(payload, count, base_timestamp)
+    except CorruptDataError as e:
+        raise ValueError(f"payload does not hold `{count}` valid records: {e}") from e
+    if index.max_timestamp != max_timestamp:
+        raise ValueError(f"max_timestamp does not match the records: "
+                         f"max_timestamp=`{max_timestamp}` records=`{index.max_timestamp}`")
+
+
+def _materialize(payload: bytes, index: RecordIndex, count: int) -> list[Record]:
+    """Records from spans, with C-level loops (map, zip, slice) instead of per-record Python."""
+    spans = index.records
+    ts, key_pos, key_len = spans[0::7], spans[1::7], spans[2::7]
+    value_pos, value_len = spans[3::7], spans[4::7]
+    getitem = payload.__getitem__
+    values = map(getitem, map(slice, value_pos, map(add, value_pos, value_len)))
+    if key_len.count(-1) == count:
+        keys: Iterable[bytes | None] = repeat(None)
+    else:
+        keys = [None if n < 0 else payload[p:p + n] for p, n in zip(key_pos, key_len, strict=True)]
+    if not index.headers:
+        headers: Iterable[tuple] = repeat(())
+    else:
+        h = index.headers
+        pairs = [(payload[h[i]:h[i] + h[i + 1]].decode("utf-8"), payload[h[i + 2]:h[i + 2] + h[i + 3]])
+                 for i in range(0, len(h), 4)]
+        headers = [tuple(pairs[first:first + n])
+                   for first, n in zip(spans[5::7], spans[6::7], strict=True)]
+    return list(map(tuple.__new__, repeat(Record), zip(values, keys, headers, ts)))
+
+
+def decode_records(payload: bytes, count: int, base_timestamp: int, *,
+                   source: str | None = None, position: int = 0) -> list[Record]:
+    """Decode a records payload into Record objects (every record carries its timestamp)."""
+    return _materialize(payload, index_records(payload, count, base_timestamp, source=source,
+                                               position=position), count)
+
+
+# ---- batches ----
+
+
+@dataclass(frozen=True, slots=True)
+class BatchInfo:
+    """A framed batch found in a buffer: where, and its header fields."""
+
+    position: int
+    length: int
+    encoding: Literal["records", "opaque"]
+    count: int
+    stream_id: int
+    base_offset: int
+    base_timestamp: int
+    max_timestamp: int
+
+    @property
+    def payload_position(self) -> int:
+        return self.position + BATCH_HEADER_SIZE
+
+    @property
+    def next_offset(self) -> int:
+        return self.base_offset + self.count
+
+    @property
+    def end(self) -> int:
+        """The position after this batch."""
+        return self.position + self.length
+
+
+@dataclass(frozen=True, slots=True)
+class BlockInfo:
+    """A data block found in a buffer: where, and its header fields."""
+
+    position: int
+    length: int
+    compression: Compression
+    stored_length: int
+    raw_length: int
+    batch_count: int
+    record_count: int
+    stream_id: int
+    base_offset: int
+    first_timestamp: int
+    max_timestamp: int
+
+    @property
+    def next_offset(self) -> int:
+        return self.base_offset + self.record_count
+
+    @property
+    def end(self) -> int:
+        return self.position + self.length
+
+
+@dataclass(frozen=True, slots=True)
+class Scan(Generic[T]):
+    """What a scan found: the valid entries in order, the position where it stopped (the end of
+    the buffer, or the start of the first bad entry), and the error that stopped it, if any."""
+
+    entries: list[T]
+    end: int
+    error: CorruptDataError | None
+
+
+def _batch_info(e: tuple[int, ...]) -> BatchInfo:
+    return BatchInfo(e[0], e[1], "records" if e[2] & FLAG_RECORDS else "opaque", e[3],
+                     e[4] & MASK64, e[5], e[6], e[7])
+
+
+def _block_info(e: tuple[int, ...]) -> BlockInfo:
+    return BlockInfo(e[0], e[1], _COMPRESSION_NAMES[e[2]], e[3], e[4], e[5], e[6], e[7] & MASK64,
+                     e[8], e[9], e[10])
+
+
+def _check_stream_id(stream_id: int) -> None:
+    if isinstance(stream_id, bool) or not isinstance(stream_id, int):
+        raise TypeError(f"stream_id must be an int, not {type(stream_id).__name__}")
+    if not 0 <= stream_id <= MASK64:
+        raise ValueError(f"stream_id must fit in 64 unsigned bits: stream_id=`{stream_id}`")
+
+
+def batch_header(stream_id: int, base_offset: int, batch: RecordBatch) -> bytes:
+    """The 56-byte header that frames ``batch`` at ``base_offset`` of ``stream_id``; the payload
+    follows it unchanged (write both with one gathered write to avoid a copy)."""
+    _check_stream_id(stream_id)
+    if not isinstance(batch, RecordBatch):
+        raise TypeError(f"batch must be a RecordBatch, not {type(batch).__name__}")
+    if isinstance(base_offset, bool) or not isinstance(base_offset, int):
+        raise TypeError(f"base_offset must be an int, not {type(base_offset).__name__}")
+    flags = FLAG_RECORDS if batch.encoding == "records" else 0
+    status, header = _impl.batch_header(flags, batch.count, stream_id, base_offset,
+                                        batch.base_timestamp, batch.max_timestamp, batch.payload)
+    if status != st.OK:
+        raise ValueError(f"batch cannot be framed at this offset: stream=`{stream_id}` "
+                         f"base_offset=`{base_offset}` count=`{batch.count}`")
+    return header
+
+
+def encode_batch(stream_id: int, base_offset: int, batch: RecordBatch) -> bytes:
+    """The framed batch: header and payload."""
+    return batch_header(stream_id, base_offset, batch) + batch.payload
+
+
+def _view(buf: bytes | bytearray | memoryview, end: int | None) -> memoryview:
+    view = memoryview(buf).cast("B") if isinstance(buf, memoryview) else memoryview(buf)
+    return view if end is None else view[:end]
+
+
+def _run_scan(scan, make, buf, start, end, source, strict, limit=None):  # type: ignore[no-untyped-def]
+    view = _view(buf, end)
+    if start < 0:
+        raise ValueError(f"scan start must be non-negative: start=`{start}`")
+    status, entries, stop, at = scan(view, start, limit)
+    error = None
+    if status not in (st.OK, st.MORE):
+        error = _corrupt(status, at, source)
+        if strict:
+            raise error
+    return Scan(list(map(make, entries)), stop, error)
+
+
+def scan_batches(buf: bytes | bytearray | memoryview, start: int = 0, end: int | None = None, *,
+                 source: str | None = None, strict: bool = True) -> Scan[BatchInfo]:
+    """Validate every framed batch in ``buf[start:end]`` (headers and checksums).
+
+    ``strict`` raises CorruptDataError at the first bad batch; otherwise the scan returns the
+    valid prefix with ``end`` at the bad batch and the error in ``error`` (WAL recovery)."""
+    return _run_scan(_impl.scan_batches, _batch_info, buf, start, end, source, strict)
+
+
+def decode_batch(buf: bytes | bytearray | memoryview, position: int = 0, *,
+                 source: str | None = None) -> tuple[BatchInfo, RecordBatch]:
+    """The batch framed at ``position``: its header fields and the batch (with its offset)."""
+    scan = _run_scan(_impl.scan_batches, _batch_info, buf, position, None, source, True, 1)
+    if not scan.entries:
+        raise CorruptDataError(st.MESSAGES[st.TRUNCATED], position=position, source=source,
+                               status=st.TRUNCATED)
+    info = scan.entries[0]
+    return info, _batch_from(info, _view(buf, None))
+
+
+def _batch_from(info: BatchInfo, view: memoryview) -> RecordBatch:
+    payload = bytes(view[info.payload_position:info.end])
+    return RecordBatch._trusted(payload, info.count, info.base_timestamp, info.max_timestamp,
+                                info.encoding, info.base_offset)
+
+
+def read_batches(buf: bytes | bytearray | memoryview, start: int = 0, end: int | None = None, *,
+                 source: str | None = None) -> list[tuple[BatchInfo, RecordBatch]]:
+    """Every batch in ``buf[start:end]``, checked; CorruptDataError at the first bad one."""
+    view = _view(buf, end)
+    scan = scan_batches(view, start, source=source)
+    return [(info, _batch_from(info, view)) for info in scan.entries]
+
+
+# ---- data blocks ----
+
+_local = threading.local()  # zstd contexts are not thread-safe: one set per thread
+
+
+def _zstd_compressor(level: int) -> zstandard.ZstdCompressor:
+    cache = _local.__dict__.setdefault("compressors", {})
+    if level not in cache:
+        cache[level] = zstandard.ZstdCompressor(level=level, write_content_size=True)
+    return cache[level]
+
+
+def _zstd_decompressor() -> zstandard.ZstdDecompressor:
+    if not hasattr(_local, "decompressor"):
+        _local.decompressor = zstandard.ZstdDecompressor()
+    return _local.decompressor
+
+
+def _compress(raw: bytes, compression: str, zstd_level: int) -> tuple[int, bytes]:
+    if compression == "lz4":
+        stored = lz4.block.compress(raw, store_size=False)
+    elif compression == "zstd":
+        stored = _zstd_compressor(zstd_level).compress(raw)
+    else:
+        return 0, raw
+    if len(stored) >= len(raw):  # incompressible: store as it is
+        return 0, raw
+    return COMPRESSIONS[compression], stored
+
+
+def _decompress(stored: memoryview, info: BlockInfo, source: str | None) -> bytes:
+    position = info.position + BLOCK_HEADER_SIZE
+    try:
+        if info.compression == "none":
+            return bytes(stored)
+        if info.compression == "lz4":
+            raw = lz4.block.decompress(stored, uncompressed_size=info.raw_length)
+        else:
+            # Check the declared size first: zstd would allocate whatever the frame claims.
+            declared = zstandard.frame_content_size(stored)
+            if declared != info.raw_length:
+                raise CorruptDataError(
+                    f"zstd frame declares `{declared}` bytes, the block header `{info.raw_length}`",
+                    position=position, source=source, status=st.BAD_LENGTH)
+            raw = _zstd_decompressor().decompress(stored)
+    except CorruptDataError:
+        raise
+    except (lz4.block.LZ4BlockError, zstandard.ZstdError, ValueError) as e:
+        raise CorruptDataError(f"{info.compression} block does not decompress ({e})",
+                               position=position, source=source, status=st.BAD_LENGTH) from None
+    if len(raw) != info.raw_length:
+        raise CorruptDataError(f"block decompresses to `{len(raw)}` bytes, not `{info.raw_length}`",
+                               position=position, source=source, status=st.BAD_LENGTH)
+    return raw
+
+
+def encode_block(stream_id: int, batches: Sequence[RecordBatch], *,
+                 compression: Compression = "none", zstd_level: int = 3) -> bytes:
+    """One data block of ``stream_id``: the batches (each with its ``base_offset``, contiguous),
+    framed, compressed as a unit, and checksummed."""
+    _check_stream_id(stream_id)
+    if compression not in COMPRESSIONS:
+        raise ValueError(f"compression must be one of none, lz4, zstd: compression=`{compression}`")
+    if not batches:
+        raise ValueError("a data block needs at least one batch")
+    expected = batches[0].base_offset
+    parts = []
+    records = 0
+    for i, batch in enumerate(batches):
+        if not isinstance(batch, RecordBatch):
+            raise TypeError(f"batches[{i}] must be a RecordBatch, not {type(batch).__name__}")
+        if batch.base_offset is None or batch.base_offset != expected:
+            raise ValueError(f"batches of a block must be contiguous: batches[{i}] has "
+                             f"base_offset=`{batch.base_offset}`, expected=`{expected}`")
+        parts.append(batch_header(stream_id, batch.base_offset, batch))
+        parts.append(batch.payload)
+        expected = batch.base_offset + batch.count
+        records += batch.count
+    raw = b"".join(parts)
+    if len(raw) > MAX_BLOCK:
+        raise ValueError(f"a data block holds at most {MAX_BLOCK} bytes: size=`{len(raw)}`")
+    if records > 0xFFFFFFFF:
+        raise ValueError(f"a data block holds at most 2^32-1 records: count=`{records}`")
+    code, stored = _compress(raw, compression, zstd_level)
+    first = batches[0]
+    status, header = _impl.block_header(code, len(raw), len(batches), records, stream_id,
+                                        first.base_offset, first.base_timestamp,
+                                        max(b.max_timestamp for b in batches), stored)
+    if status != st.OK:
+        raise AssertionError(f"codec refused a block it built: status={status}")
+    return header + stored
+
+
+def scan_blocks(buf: bytes | bytearray | memoryview, start: int = 0, end: int | None = None, *,
+                source: str | None = None, strict: bool = True) -> Scan[BlockInfo]:
+    """As :func:`scan_batches`, for a run of data blocks (an object's data section)."""
+    return _run_scan(_impl.scan_blocks, _block_info, buf, start, end, source, strict)
+
+
+def decode_block(buf: bytes | bytearray | memoryview, position: int = 0, *,
+                 source: str | None = None) -> tuple[BlockInfo, list[RecordBatch]]:
+    """The block at ``position``, checked, decompressed, and split into its batches; every
+    disagreement between the header and the batches inside raises CorruptDataError."""
+    view = _view(buf, None)
+    scan = _run_scan(_impl.scan_blocks, _block_info, view, position, None, source, True, 1)
+    if not scan.entries:
+        raise CorruptDataError(st.MESSAGES[st.TRUNCATED], position=position, source=source,
+                               status=st.TRUNCATED)
+    info = scan.entries[0]
+    raw = _decompress(view[info.position + BLOCK_HEADER_SIZE:info.end], info, source)
+    inner = f"{source or 'buffer'} block@{info.position} (decompressed)"
+    batches = read_batches(raw, source=inner)
+    problem = _block_mismatch(info, [b for _, b in batches], [i for i, _ in batches])
+    if problem:
+        raise CorruptDataError(f"block contents contradict its header: {problem}",
+                               position=info.position, source=source, status=st.BAD_RECORD)
+    return info, [b for _, b in batches]
+
+
+def _block_mismatch(info: BlockInfo, batches: list[RecordBatch], infos: list[BatchInfo]) -> str:
+    if len(batches) != info.batch_count:
+        return f"batches=`{len(batches)}` header=`{info.batch_count}`"
+    expected = info.base_offset
+    for b in infos:
+        if b.stream_id != info.stream_id:
+            return f"batch of stream `{b.stream_id}` in a block of stream `{info.stream_id}`"
+        if b.base_offset != expected:
+            return f"batch at offset `{b.base_offset}`, expected `{expected}`"
+        expected += b.count
+    if expected - info.base_offset != info.record_count:
+        return f"records=`{expected - info.base_offset}` header=`{info.record_count}`"
+    if infos[0].base_timestamp != info.first_timestamp:
+        return f"first timestamp `{infos[0].base_timestamp}`, header `{info.first_timestamp}`"
+    top = max(b.max_timestamp for b in infos)
+    if top != info.max_timestamp:
+        return f"max timestamp `{top}`, header `{info.max_timestamp}`"
+    return ""
+
+
+__all__ = [
+    "BATCH_HEADER_SIZE", "BLOCK_HEADER_SIZE", "COMPRESSIONS", "MAX_BLOCK", "MAX_PAYLOAD",
+    "BatchInfo", "BlockInfo", "RecordIndex", "Scan", "backend", "batch_header", "check_records",
+    "decode_batch", "decode_block", "decode_records", "encode_batch", "encode_block",
+    "encode_records", "index_records", "read_batches", "scan_batches", "scan_blocks", "xxh64",
+]

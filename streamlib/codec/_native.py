@@ -1,0 +1,134 @@
+"""The C codec (native/segment_codec.c) behind the same five functions as ``_python``.
+
+The only importer of the cffi extension. cffi in API mode releases the GIL around each call, so
+long encodes, indexes and scans run in parallel with other Python threads.
+"""
+
+from __future__ import annotations
+
+from array import array
+from collections.abc import Sequence
+
+from streamlib.codec._segment_codec import ffi, lib  # type: ignore[import-not-found]
+from streamlib.codec._status import (
+    BATCH_FIELDS,
+    BATCH_HEADER_SIZE,
+    BLOCK_FIELDS,
+    BLOCK_HEADER_SIZE,
+    HEADER_FIELDS,
+    MORE,
+    NEED_SPACE,
+    OK,
+    RECORD_FIELDS,
+)
+
+NAME = "c"
+_SCAN_CHUNK = 256
+_from_buffer = ffi.from_buffer
+_NULL = ffi.NULL
+_EMPTY = bytearray(1)  # a valid pointer for empty inputs (C never reads it)
+
+
+def _ptr(data: bytes | bytearray | memoryview) -> object:
+    return _from_buffer(data) if len(data) else _from_buffer(_EMPTY)
+
+
+def _i64(values: Sequence[int] | None) -> object:
+    if values is None:
+        return _NULL
+    if not isinstance(values, array) or values.typecode != "q":
+        values = array("q", values)
+    return _from_buffer("int64_t[]", values)
+
+
+def xxh64(data: bytes | bytearray | memoryview, seed: int = 0) -> int:
+    return lib.slc_xxh64(_ptr(data), len(data), seed)
+
+
+def records_encode(count: int, timestamps: Sequence[int] | None, base_timestamp: int,
+                   key_lengths: Sequence[int] | None, keys: bytes,
+                   value_lengths: Sequence[int], values: bytes,
+                   header_counts: Sequence[int] | None, header_lengths: Sequence[int] | None,
+                   header_bytes: bytes) -> tuple[int, bytes]:
+    header_total = 0
+    counts = _NULL
+    if header_counts is not None:
+        header_total = sum(header_counts)
+        counts = _from_buffer("uint32_t[]", array("I", header_counts))
+    # An upper bound on the size (10 bytes a varint), so that one C call sizes and writes.
+    bound = (len(keys) + len(values) + len(header_bytes) + 60 * count + 20 * header_total)
+    out = bytearray(bound)
+    n = lib.slc_records_encode(count, _i64(timestamps), base_timestamp, _i64(key_lengths),
+                               _ptr(keys), len(keys), _i64(value_lengths), _ptr(values),
+                               len(values), counts, _i64(header_lengths), header_total,
+                               _ptr(header_bytes), len(header_bytes), _from_buffer(out), bound)
+    if n < 0:
+        return -n, b""
+    return OK, bytes(memoryview(out)[:n])
+
+
+def records_index(payload: bytes, count: int, base_timestamp: int
+                  ) -> tuple[int, int, list[int], list[int], int]:
+    records = ffi.new("int64_t[]", count * RECORD_FIELDS)
+    out = ffi.new("size_t[2]")  # needed, error position
+    max_ts = ffi.new("int64_t *")
+    cap = 0
+    headers = _NULL
+    data = _ptr(payload)
+    while True:
+        status = lib.slc_records_index(data, len(payload), count, base_timestamp, records,
+                                       headers, cap, out, max_ts, out + 1)
+        if status != NEED_SPACE:
+            break
+        cap = out[0]
+        headers = ffi.new("int64_t[]", cap * HEADER_FIELDS)
+    if status != OK:
+        return status, out[1], [], [], 0
+    return (OK, 0, ffi.unpack(records, count * RECORD_FIELDS),
+            ffi.unpack(headers, cap * HEADER_FIELDS) if cap else [], max_ts[0])
+
+
+def batch_header(flags: int, count: int, stream_id: int, base_offset: int, base_timestamp: int,
+                 max_timestamp: int, payload: bytes | memoryview) -> tuple[int, bytes]:
+    out = bytearray(BATCH_HEADER_SIZE)
+    status = lib.slc_batch_header(_from_buffer(out), flags, count, stream_id, base_offset,
+                                  base_timestamp, max_timestamp, _ptr(payload), len(payload))
+    return status, bytes(out) if status == OK else b""
+
+
+def block_header(compression: int, raw_length: int, batch_count: int, record_count: int,
+                 stream_id: int, base_offset: int, first_timestamp: int, max_timestamp: int,
+                 stored: bytes | memoryview) -> tuple[int, bytes]:
+    out = bytearray(BLOCK_HEADER_SIZE)
+    status = lib.slc_block_header(_from_buffer(out), compression, raw_length, batch_count,
+                                  record_count, stream_id, base_offset, first_timestamp,
+                                  max_timestamp, _ptr(stored), len(stored))
+    return status, bytes(out) if status == OK else b""
+
+
+def _scan(function, fields: int, buf: bytes | bytearray | memoryview, start: int,
+          limit: int | None) -> tuple[int, list[tuple[int, ...]], int, int]:
+    chunk = _SCAN_CHUNK if limit is None else max(1, min(limit, _SCAN_CHUNK))
+    entries_out = ffi.new("int64_t[]", chunk * fields)
+    out = ffi.new("size_t[3]")  # found, stop, error position
+    data = _ptr(buf)
+    size = buf.nbytes if isinstance(buf, memoryview) else len(buf)
+    entries: list[tuple[int, ...]] = []
+    while True:
+        cap = chunk if limit is None else min(chunk, limit - len(entries))
+        status = function(data, size, start, entries_out, cap, out, out + 1, out + 2)
+        flat = ffi.unpack(entries_out, out[0] * fields)
+        entries.extend(zip(*[iter(flat)] * fields, strict=True))
+        if status != MORE or (limit is not None and len(entries) >= limit):
+            return status, entries, out[1], out[2]
+        start = out[1]
+
+
+def scan_batches(buf: bytes | bytearray | memoryview, start: int = 0, limit: int | None = None
+                 ) -> tuple[int, list[tuple[int, ...]], int, int]:
+    return _scan(lib.slc_scan_batches, BATCH_FIELDS, buf, start, limit)
+
+
+def scan_blocks(buf: bytes | bytearray | memoryview, start: int = 0, limit: int | None = None
+                ) -> tuple[int, list[tuple[int, ...]], int, int]:
+    return _scan(lib.slc_scan_blocks, BLOCK_FIELDS, buf, start, limit)

@@ -1,0 +1,180 @@
+"""The one configuration object of streamlib.
+
+Settings are data: a frozen dataclass whose every field documents its default and unit, loadable
+from keyword arguments, a mapping, and ``STREAMLIB_*`` environment variables. Components (an
+fsspec filesystem, a clock, a metrics sink) are passed to ``open()`` as objects, not configured
+here. Precedence, lowest first: defaults, environment, mapping, keyword arguments.
+
+Byte sizes accept plain integers or strings with a unit: ``"64KiB"``, ``"8MiB"``, ``"1GiB"``,
+``"4096"`` (and ``"1_000_000"``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from streamlib.errors import ConfigError
+
+ENV_PREFIX = "STREAMLIB_"
+# STREAMLIB_* variables that are not config fields: the codec's import policy (codec/__init__.py).
+RESERVED_ENV = frozenset({"STREAMLIB_PURE"})
+
+KiB = 1024
+MiB = 1024 * KiB
+GiB = 1024 * MiB
+_UNITS = {"": 1, "b": 1, "k": KiB, "kb": KiB, "kib": KiB, "m": MiB, "mb": MiB, "mib": MiB,
+          "g": GiB, "gb": GiB, "gib": GiB}
+
+
+@dataclass(frozen=True)
+class _Kind:
+    """How one field is parsed from text and checked."""
+
+    unit: str
+    choices: tuple[str, ...] = ()
+    low: int | None = None
+    high: int | None = None
+
+    def parse(self, name: str, value: object) -> object:
+        if self.choices:
+            if not isinstance(value, str):
+                raise ConfigError(name, f"must be one of {', '.join(self.choices)}", value)
+            value = value.strip().lower()
+            if value not in self.choices:
+                raise ConfigError(name, f"must be one of {', '.join(self.choices)}", value)
+            return value
+        if isinstance(value, str):
+            value = _parse_int(name, value, self.unit == "bytes")
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(name, f"must be an integer ({self.unit})", value)
+        if self.low is not None and value < self.low:
+            raise ConfigError(name, f"must be at least {self.low} {self.unit}", value)
+        if self.high is not None and value > self.high:
+            raise ConfigError(name, f"must be at most {self.high} {self.unit}", value)
+        return value
+
+
+def _parse_int(name: str, text: str, sized: bool) -> int:
+    match = re.fullmatch(r"\s*(-?[\d_]+)\s*([a-zA-Z]*)\s*", text)
+    if match is None or (match.group(2) and not sized):
+        raise ConfigError(name, "must be an integer" + (" with an optional unit (KiB, MiB, GiB)"
+                                                        if sized else ""), text)
+    unit = _UNITS.get(match.group(2).lower())
+    if unit is None:
+        raise ConfigError(name, "unknown unit (use B, KiB, MiB or GiB)", text)
+    try:
+        return int(match.group(1)) * unit
+    except ValueError:
+        raise ConfigError(name, "must be an integer", text) from None
+
+
+def _setting(default: Any, doc: str, kind: _Kind) -> Any:
+    return field(default=default, metadata={"doc": doc, "kind": kind})
+
+
+@dataclass(frozen=True)
+class Config:
+    """Validated settings of a store. Build with ``Config(...)``, :meth:`load`, :meth:`from_dict`
+    or :meth:`from_env`; change with :meth:`replace`. Invalid values raise
+    :class:`~streamlib.errors.ConfigError` naming the field."""
+
+    compression: str = _setting(
+        "lz4",
+        "Compression of object data blocks: none, lz4 or zstd. A block that does not shrink is "
+        "stored uncompressed whatever this says.",
+        _Kind("codec", choices=("none", "lz4", "zstd")))
+    zstd_level: int = _setting(
+        3, "zstd compression level when compression is zstd (1 fastest, 22 smallest).",
+        _Kind("level", low=1, high=22))
+    block_bytes: int = _setting(
+        1 * MiB,
+        "Target size of an object data block before compression: the unit of a ranged GET and "
+        "of the block cache. A single larger batch makes a larger block.",
+        _Kind("bytes", low=4 * KiB, high=64 * MiB))
+    max_batch_bytes: int = _setting(
+        8 * MiB,
+        "Largest record batch payload an append accepts; larger ones raise ValueError. The "
+        "format's own limit is 64 MiB.",
+        _Kind("bytes", low=1 * KiB, high=64 * MiB))
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            object.__setattr__(self, f.name, f.metadata["kind"].parse(f.name, getattr(self, f.name)))
+
+    # ---- loading ----
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    @classmethod
+    def describe(cls) -> list[tuple[str, object, str, str]]:
+        """``(name, default, unit, doc)`` for every field, for documentation and ``--help``."""
+        return [(f.name, f.default, f.metadata["kind"].unit, f.metadata["doc"])
+                for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def _check_names(cls, names: object, origin: str) -> None:
+        known = cls.field_names()
+        for name in names:  # type: ignore[attr-defined]
+            if name not in known:
+                close = difflib.get_close_matches(str(name), known, n=1)
+                hint = f" (did you mean `{close[0]}`?)" if close else ""
+                raise ConfigError(str(name), f"unknown setting in {origin}{hint}")
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, object]) -> Config:
+        """Defaults overridden by ``data``; unknown keys raise ConfigError."""
+        if not isinstance(data, Mapping):
+            raise TypeError(f"config must be a mapping, not {type(data).__name__}")
+        cls._check_names(data, "mapping")
+        return cls(**data)  # type: ignore[arg-type]
+
+    @classmethod
+    def env_values(cls, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+        """The ``STREAMLIB_*`` settings in ``environ`` (default ``os.environ``), by field name.
+        An unknown ``STREAMLIB_*`` variable is an error: it is most likely a typo."""
+        environ = os.environ if environ is None else environ
+        values = {}
+        for key, value in environ.items():
+            if key.startswith(ENV_PREFIX) and key not in RESERVED_ENV:
+                values[key[len(ENV_PREFIX):].lower()] = value
+        cls._check_names(values, "environment (STREAMLIB_*)")
+        return values
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Config:
+        """Defaults overridden by ``STREAMLIB_*`` variables."""
+        return cls(**cls.env_values(environ))  # type: ignore[arg-type]
+
+    @classmethod
+    def load(cls, source: Config | Mapping[str, object] | None = None, *, env: bool = True,
+             environ: Mapping[str, str] | None = None, **overrides: object) -> Config:
+        """Defaults, then the environment (unless ``env=False``), then ``source``, then keyword
+        ``overrides``. A ``Config`` given as ``source`` already holds every field, so it takes
+        precedence over the environment as a whole."""
+        values: dict[str, object] = dict(cls.env_values(environ)) if env else {}
+        if isinstance(source, Config):
+            values = source.to_dict()
+        elif source is not None:
+            if not isinstance(source, Mapping):
+                raise TypeError(f"config must be a Config or a mapping, not {type(source).__name__}")
+            cls._check_names(source, "mapping")
+            values.update(source)
+        cls._check_names(overrides, "keyword arguments")
+        values.update(overrides)
+        return cls(**values)  # type: ignore[arg-type]
+
+    def replace(self, **changes: object) -> Config:
+        """A copy with ``changes`` applied and validated."""
+        self._check_names(changes, "keyword arguments")
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+    def to_dict(self) -> dict[str, object]:
+        return {name: getattr(self, name) for name in self.field_names()}

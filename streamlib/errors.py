@@ -1,0 +1,85 @@
+"""The public error kinds of streamlib.
+
+Every exception streamlib raises on purpose derives from :class:`StreamLibError`, and each kind
+says what the caller should do. Messages name what was wrong and end with the values, in the form
+``offset out of range: stream=`7` offset=`120` valid=`[0, 100)```.
+
+Errors about the caller's own arguments are also the matching builtin (``ConfigError`` is a
+``ValueError``, ``StreamNotFound`` a ``LookupError``), so ``except ValueError`` keeps working.
+Plain ``TypeError`` and ``ValueError`` are raised for wrong argument types and values that need
+no streamlib-specific handling.
+"""
+
+from __future__ import annotations
+
+
+def describe(what: str, **values: object) -> str:
+    """Format a message as ``what: name=`value` …`` (values last, as STYLE.md asks)."""
+    if not values:
+        return what
+    return what + ": " + " ".join(f"{name}=`{value}`" for name, value in values.items())
+
+
+class StreamLibError(Exception):
+    """Base of every streamlib error."""
+
+
+class ConfigError(StreamLibError, ValueError):
+    """A configuration value is invalid. Fix the named field; retrying will not help."""
+
+    def __init__(self, field: str, problem: str, value: object = None) -> None:
+        self.field = field
+        self.value = value
+        super().__init__(describe(f"invalid config: {problem}", field=field, value=value))
+
+
+class CorruptDataError(StreamLibError):
+    """Stored bytes failed validation (checksum, framing, an impossible field).
+
+    The data at ``position`` of ``source`` cannot be trusted and is never returned. Do not retry
+    the same bytes; recovery code decides whether to skip or stop.
+    """
+
+    def __init__(self, problem: str, *, position: int | None = None, source: str | None = None,
+                 status: int | None = None) -> None:
+        self.problem = problem
+        self.position = position
+        self.source = source
+        self.status = status
+        values: dict[str, object] = {}
+        if source is not None:
+            values["source"] = source
+        if position is not None:
+            values["position"] = position
+        super().__init__(describe(f"corrupt data: {problem}", **values))
+
+
+class OffsetOutOfRange(StreamLibError, IndexError):
+    """An offset lies outside the readable range ``[start, end)`` of a stream.
+
+    Fetch again from within the range given by ``valid_start`` and ``valid_end``.
+    """
+
+    def __init__(self, stream_id: int, offset: int, valid_start: int, valid_end: int) -> None:
+        self.stream_id = stream_id
+        self.offset = offset
+        self.valid_start = valid_start
+        self.valid_end = valid_end
+        super().__init__(describe("offset out of range", stream=stream_id, offset=offset,
+                                  valid=f"[{valid_start}, {valid_end})"))
+
+
+class FencedError(StreamLibError):
+    """A newer epoch owns the stream. This handle can no longer write; reopen to continue."""
+
+
+class StreamNotFound(StreamLibError, LookupError):
+    """No stream has that id or name (it may have been destroyed)."""
+
+
+class StreamClosed(StreamLibError):
+    """The stream or store was closed; open it again to use it."""
+
+
+class StorageUnavailable(StreamLibError, OSError):
+    """The WAL or object store could not be reached after retries. Retry later."""

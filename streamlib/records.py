@@ -1,0 +1,247 @@
+"""Records, record batches, and what appends and fetches return.
+
+A :class:`Record` is a small immutable tuple: building millions of them must stay cheap, and the
+codec reads their fields column by column. A :class:`RecordBatch` is the unit of append: either
+records encoded by the codec, or an opaque payload (a broker's own format) with a record count.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from operator import itemgetter
+from typing import Literal
+
+INT64_MIN = -(1 << 63)
+INT64_MAX = (1 << 63) - 1
+MAX_BATCH_RECORDS = (1 << 31) - 1
+MAX_PAYLOAD_BYTES = 64 * 1024 * 1024  # the format's limit (docs/format.md)
+
+Encoding = Literal["records", "opaque"]
+Headers = tuple[tuple[str, bytes], ...]
+_BYTES_LIKE = (bytes, bytearray, memoryview)
+
+
+def now_ms() -> int:
+    """Wall-clock time in milliseconds since the Unix epoch (the unit of every timestamp)."""
+    return time.time_ns() // 1_000_000
+
+
+def _as_bytes(value: object, what: str) -> bytes:
+    if type(value) is bytes:
+        return value
+    if isinstance(value, _BYTES_LIKE):
+        return bytes(memoryview(value).cast("B")) if isinstance(value, memoryview) else bytes(value)
+    raise TypeError(f"{what} must be bytes, bytearray or memoryview, not {type(value).__name__}")
+
+
+def check_timestamp(value: object, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{what} must be an int (milliseconds), not {type(value).__name__}")
+    if not INT64_MIN <= value <= INT64_MAX:
+        raise ValueError(f"{what} must fit in 64 bits: {what}=`{value}`")
+    return int(value)
+
+
+def _headers(headers: object) -> Headers:
+    if headers == ():
+        return ()
+    if isinstance(headers, Mapping):
+        headers = headers.items()
+    if isinstance(headers, (str, bytes)) or not isinstance(headers, Iterable):
+        raise TypeError("headers must be a sequence of (name, value) pairs or a mapping, "
+                        f"not {type(headers).__name__}")
+    result = []
+    for pair in headers:
+        if not isinstance(pair, tuple | list) or len(pair) != 2:
+            raise TypeError(f"each header must be a (name, value) pair, not {pair!r}")
+        name, value = pair
+        if not isinstance(name, str):
+            raise TypeError(f"header name must be str, not {type(name).__name__}")
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise ValueError(f"header name is not encodable as UTF-8: name=`{name!r}`") from e
+        result.append((name, _as_bytes(value, f"header `{name}` value")))
+    return tuple(result)
+
+
+class Record(tuple):
+    """One record: ``value``, optional ``key``, ``headers`` and ``timestamp``.
+
+    ``key=None`` (no key) and ``key=b""`` (an empty key) are different and both survive a round
+    trip. ``headers`` are ``(name, value)`` pairs (names may repeat, as in Kafka); a mapping is
+    accepted too. ``timestamp`` is milliseconds since the epoch; ``None`` takes the batch's time
+    when the record is encoded, and a decoded record always has one.
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, value: bytes, key: bytes | None = None,
+                headers: Sequence[tuple[str, bytes]] | Mapping[str, bytes] = (),
+                timestamp: int | None = None) -> Record:
+        if type(value) is not bytes:
+            value = _as_bytes(value, "record value")
+        if key is not None and type(key) is not bytes:
+            key = _as_bytes(key, "record key")
+        if headers != ():
+            headers = _headers(headers)
+        if timestamp is not None:
+            timestamp = check_timestamp(timestamp, "record timestamp")
+        return tuple.__new__(cls, (value, key, headers, timestamp))
+
+    value: bytes = property(itemgetter(0), doc="The record's value.")  # type: ignore[assignment]
+    key: bytes | None = property(itemgetter(1), doc="The key, or None.")  # type: ignore[assignment]
+    headers: Headers = property(itemgetter(2), doc="(name, value) pairs.")  # type: ignore[assignment]
+    timestamp: int | None = property(itemgetter(3), doc="Milliseconds, or None.")  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        value, key, headers, timestamp = self
+        parts = [repr(value)]
+        if key is not None:
+            parts.append(f"key={key!r}")
+        if headers:
+            parts.append(f"headers={headers!r}")
+        if timestamp is not None:
+            parts.append(f"timestamp={timestamp}")
+        return f"Record({', '.join(parts)})"
+
+    def __getnewargs__(self) -> tuple:
+        return tuple(self)
+
+
+@dataclass(frozen=True, slots=True, eq=True)
+class RecordBatch:
+    """The unit of append: ``count`` records and their payload.
+
+    Build one from records with :meth:`from_records`, or wrap a payload in your own format with
+    ``RecordBatch(payload, count)`` (``encoding="opaque"``: streamlib stores it as it is and
+    counts ``count`` offsets for it). Batches read back from a stream carry ``base_offset``.
+    """
+
+    payload: bytes
+    count: int
+    base_timestamp: int
+    max_timestamp: int
+    encoding: Encoding = "opaque"
+    base_offset: int | None = None
+
+    def __init__(self, payload: bytes | bytearray | memoryview, count: int,
+                 base_timestamp: int | None = None, max_timestamp: int | None = None,
+                 encoding: Encoding = "opaque", base_offset: int | None = None) -> None:
+        payload = _as_bytes(payload, "batch payload")
+        if type(count) is not int:
+            raise TypeError(f"batch count must be an int, not {type(count).__name__}")
+        if not 1 <= count <= MAX_BATCH_RECORDS:
+            raise ValueError(f"batch count must be in [1, {MAX_BATCH_RECORDS}]: count=`{count}`")
+        if len(payload) > MAX_PAYLOAD_BYTES:
+            raise ValueError(f"batch payload exceeds the format's limit of {MAX_PAYLOAD_BYTES} "
+                             f"bytes: size=`{len(payload)}`")
+        base_timestamp = now_ms() if base_timestamp is None else check_timestamp(
+            base_timestamp, "base_timestamp")
+        max_timestamp = base_timestamp if max_timestamp is None else check_timestamp(
+            max_timestamp, "max_timestamp")
+        if max_timestamp < base_timestamp:
+            raise ValueError("max_timestamp must not be below base_timestamp: "
+                             f"base_timestamp=`{base_timestamp}` max_timestamp=`{max_timestamp}`")
+        if encoding not in ("records", "opaque"):
+            raise ValueError(f"batch encoding must be 'records' or 'opaque': encoding=`{encoding}`")
+        if base_offset is not None and (type(base_offset) is not int or base_offset < 0):
+            raise ValueError(f"base_offset must be a non-negative int: base_offset=`{base_offset}`")
+        if encoding == "records":
+            from streamlib import codec  # the codec imports this module
+
+            codec.check_records(payload, count, base_timestamp, max_timestamp)
+        _init(self, payload, count, base_timestamp, max_timestamp, encoding, base_offset)
+
+    @classmethod
+    def from_records(cls, records: Iterable[Record], *, timestamp: int | None = None) -> RecordBatch:
+        """Encode records into a batch. Records without a timestamp get ``timestamp`` (default:
+        now). The batch's base timestamp is its first record's."""
+        from streamlib import codec
+
+        return codec.encode_records(records, timestamp=timestamp)
+
+    @classmethod
+    def _trusted(cls, payload: bytes, count: int, base_timestamp: int, max_timestamp: int,
+                 encoding: Encoding, base_offset: int | None = None) -> RecordBatch:
+        """Build without validation: only for values the codec has just produced or verified."""
+        batch = object.__new__(cls)
+        _init(batch, payload, count, base_timestamp, max_timestamp, encoding, base_offset)
+        return batch
+
+    @property
+    def size(self) -> int:
+        """Bytes of payload."""
+        return len(self.payload)
+
+    @property
+    def next_offset(self) -> int:
+        """The offset after this batch's last record (needs ``base_offset``)."""
+        if self.base_offset is None:
+            raise ValueError("this batch has not been appended: it has no base_offset")
+        return self.base_offset + self.count
+
+    def records(self) -> list[Record]:
+        """Decode the records (``encoding="records"`` only)."""
+        if self.encoding != "records":
+            raise TypeError("this batch holds an opaque payload: read .payload instead")
+        from streamlib import codec
+
+        return codec.decode_records(self.payload, self.count, self.base_timestamp)
+
+    def with_offset(self, base_offset: int) -> RecordBatch:
+        """The same batch placed at ``base_offset`` in a stream."""
+        return RecordBatch._trusted(self.payload, self.count, self.base_timestamp,
+                                    self.max_timestamp, self.encoding, base_offset)
+
+    def __repr__(self) -> str:
+        at = "" if self.base_offset is None else f" base_offset={self.base_offset}"
+        return (f"<RecordBatch {self.encoding} count={self.count} bytes={len(self.payload)}{at} "
+                f"timestamps=[{self.base_timestamp}, {self.max_timestamp}]>")
+
+
+def _init(batch: RecordBatch, *values: object) -> None:
+    for name, value in zip(RecordBatch.__slots__, values, strict=True):
+        object.__setattr__(batch, name, value)
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    """Where an appended batch landed: offsets ``[base_offset, next_offset)``."""
+
+    base_offset: int
+    count: int
+
+    @property
+    def next_offset(self) -> int:
+        return self.base_offset + self.count
+
+
+@dataclass(frozen=True, slots=True)
+class FetchResult:
+    """Batches in offset order, and where to fetch next.
+
+    The first batch may begin before the offset asked for (batch granularity). ``next_offset`` is
+    the offset to pass to the next fetch; ``start_offset`` and ``end_offset`` are the stream's
+    readable range when the fetch was answered.
+    """
+
+    batches: tuple[RecordBatch, ...]
+    next_offset: int
+    start_offset: int
+    end_offset: int
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self) -> Iterator[RecordBatch]:
+        return iter(self.batches)
+
+    def records(self) -> Iterator[tuple[int, Record]]:
+        """``(offset, record)`` for every record of every records-encoded batch."""
+        for batch in self.batches:
+            base = batch.base_offset if batch.base_offset is not None else 0
+            for i, record in enumerate(batch.records()):
+                yield base + i, record
