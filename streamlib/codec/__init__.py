@@ -414,8 +414,9 @@ def _decompress(stored: memoryview, info: BlockInfo, source: str | None) -> byte
             # Check the declared size first: zstd would allocate whatever the frame claims.
             declared = zstandard.frame_content_size(stored)
             if declared != info.raw_length:
+                said = "no size" if declared < 0 else f"`{declared}` bytes"
                 raise CorruptDataError(
-                    f"zstd frame declares `{declared}` bytes, the block header `{info.raw_length}`",
+                    f"zstd frame declares {said}, the block header `{info.raw_length}`",
                     position=position, source=source, status=st.BAD_LENGTH)
             raw = _zstd_decompressor().decompress(stored)
     except CorruptDataError:

@@ -181,7 +181,14 @@ def records_index(payload: bytes, count: int, base_timestamp: int
 
     Spans are flat lists: RECORD_FIELDS ints a record (timestamp, key position, key length or
     -1, value position, value length, first header, header count) and HEADER_FIELDS a header
-    (name position, name length, value position, value length)."""
+    (name position, name length, value position, value length). On an error, only the status
+    and the position mean anything (empty spans and 0, as the C code gives)."""
+    result = _index(payload, count, base_timestamp)
+    return result if result[0] == OK else (result[0], result[1], [], [], 0)
+
+
+def _index(payload: bytes, count: int, base_timestamp: int
+           ) -> tuple[int, int, list[int], list[int], int]:
     size = len(payload)
     pos = 0
     records: list[int] = []

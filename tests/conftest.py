@@ -1,0 +1,38 @@
+"""Suite-wide checks and settings.
+
+The suite runs once per codec backend (Makefile: STREAMLIB_PURE=0, then 1). The first check
+below makes a silent fallback impossible: STREAMLIB_PURE=0 with no C extension fails the run
+instead of quietly testing the Python twin twice.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+import streamlib.codec
+
+settings.register_profile(
+    "default", deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                     HealthCheck.data_too_large])
+settings.load_profile("default")
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"streamlib codec backend: {streamlib.codec.backend}"
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    policy = os.environ.get("STREAMLIB_PURE")
+    expected = {"0": "c", "1": "python"}.get(policy or "")
+    if expected and streamlib.codec.backend != expected:
+        raise pytest.UsageError(f"STREAMLIB_PURE={policy} but the codec backend is "
+                                f"{streamlib.codec.backend}")
+    if os.environ.get("STREAMLIB_SANITIZED") == "1":
+        from streamlib.codec import _segment_codec
+
+        if "build/asan" not in _segment_codec.__file__:
+            raise pytest.UsageError(f"make asan loaded the wrong extension: "
+                                    f"{_segment_codec.__file__}")

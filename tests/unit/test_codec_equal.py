@@ -1,0 +1,126 @@
+"""The C codec and its pure-Python twin agree: same bytes out, and on damaged input the same
+status, the same position and the same partial results."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+import xxhash
+from hypothesis import given
+from hypothesis import strategies as st
+from strategies import INT64_MAX, INT64_MIN, record_lists, small_record_lists, timestamps
+
+from streamlib import Record, RecordBatch, codec
+from streamlib.codec import _python
+
+_native = pytest.importorskip("streamlib.codec._native", reason="C codec not built")
+BACKENDS = (_python, _native)
+
+
+def both(name: str, *args: object) -> object:
+    results = [getattr(b, name)(*args) for b in BACKENDS]
+    assert results[0] == results[1], f"{name} differs"
+    return results[0]
+
+
+def reseal(buf: bytearray, at: int, header_size: int, body_size: int) -> None:
+    """Recompute the checksum of the batch or block at ``at`` so that damage behind it is seen
+    by the deeper checks instead of the checksum."""
+    end = min(len(buf), at + header_size + body_size)
+    buf[at + 4:at + 12] = struct.pack("<Q", xxhash.xxh64_intdigest(bytes(buf[at + 12:end])))
+
+
+@given(record_lists, timestamps)
+def test_encode_gives_equal_bytes(records: list[Record], default_ts: int) -> None:
+    ts, base, _top, *columns = codec._columns(records, default_ts)
+    status, payload = both("records_encode", len(records), ts, base, *columns)
+    assert status == 0 and len(payload) > 0
+
+
+@given(small_record_lists, st.data())
+def test_index_agrees_on_damaged_payloads(records: list[Record], data: st.DataObject) -> None:
+    batch = RecordBatch.from_records(records, timestamp=5)
+    payload = bytearray(batch.payload)
+    for _ in range(data.draw(st.integers(0, 3))):
+        at = data.draw(st.integers(0, len(payload) - 1))
+        payload[at] = data.draw(st.integers(0, 255))
+    cut = data.draw(st.integers(0, len(payload)))
+    payload = bytes(payload[:cut]) + data.draw(st.binary(max_size=4))
+    count = data.draw(st.sampled_from([batch.count, batch.count + 1, max(1, batch.count - 1)]))
+    if count <= len(payload) // 6:
+        both("records_index", payload, count, batch.base_timestamp)
+
+
+@given(st.binary(min_size=6, max_size=200), st.integers(1, 30), timestamps)
+def test_index_agrees_on_random_bytes(payload: bytes, count: int, base: int) -> None:
+    if count <= len(payload) // 6:
+        both("records_index", payload, count, base)
+
+
+@given(st.integers(0, 3), st.integers(0, 2**32 - 1), st.integers(0, 2**64 - 1),
+       st.integers(-5, INT64_MAX), timestamps, timestamps, st.binary(max_size=100))
+def test_batch_headers_agree(flags: int, count: int, stream_id: int, base_offset: int,
+                             base_ts: int, max_ts: int, payload: bytes) -> None:
+    both("batch_header", flags, count, stream_id, base_offset, base_ts, max_ts, payload)
+
+
+@given(st.lists(small_record_lists, min_size=1, max_size=5), st.data())
+def test_batch_scans_agree_on_damage(batches: list[list[Record]], data: st.DataObject) -> None:
+    buf = bytearray()
+    starts = []
+    for i, records in enumerate(batches):
+        starts.append(len(buf))
+        buf += codec.encode_batch(1, i * 100, RecordBatch.from_records(records, timestamp=0))
+    victim = data.draw(st.sampled_from(starts))
+    at = data.draw(st.integers(victim, len(buf) - 1))
+    buf[at] = data.draw(st.integers(0, 255))
+    if data.draw(st.booleans()):
+        reseal(buf, victim, 56, struct.unpack_from("<I", buf, victim + 16)[0])
+    buf = buf[:data.draw(st.integers(0, len(buf)))]
+    limit = data.draw(st.none() | st.integers(1, 4))
+    both("scan_batches", bytes(buf), data.draw(st.sampled_from([0, *starts])), limit)
+
+
+@given(st.sampled_from([0, 1, 2, 3]), st.integers(0, 2**28), st.integers(0, 300),
+       st.integers(0, 400), st.integers(0, 2**64 - 1), st.integers(-1, INT64_MAX),
+       timestamps, timestamps, st.binary(max_size=200))
+def test_block_headers_agree(compression: int, raw: int, batches: int, records: int,
+                             stream_id: int, base: int, first: int, top: int,
+                             stored: bytes) -> None:
+    if compression == 0:
+        raw = len(stored) if raw % 2 else raw
+    both("block_header", compression, raw, batches, records, stream_id, base, first, top, stored)
+
+
+@given(st.lists(small_record_lists, min_size=1, max_size=4),
+       st.sampled_from(["none", "lz4", "zstd"]), st.data())
+def test_block_scans_agree_on_damage(blocks: list[list[Record]], compression: str,
+                                     data: st.DataObject) -> None:
+    buf = bytearray()
+    starts = []
+    for i, records in enumerate(blocks):
+        starts.append(len(buf))
+        batch = RecordBatch.from_records(records, timestamp=0).with_offset(i * 1000)
+        buf += codec.encode_block(i, [batch], compression=compression)
+    victim = data.draw(st.sampled_from(starts))
+    at = data.draw(st.integers(victim, len(buf) - 1))
+    buf[at] = data.draw(st.integers(0, 255))
+    if data.draw(st.booleans()):
+        reseal(buf, victim, 64, struct.unpack_from("<I", buf, victim + 16)[0])
+    buf = buf[:data.draw(st.integers(0, len(buf)))]
+    both("scan_blocks", bytes(buf), 0, data.draw(st.none() | st.integers(1, 3)))
+
+
+def test_extreme_timestamps_encode_equally() -> None:
+    records = [Record(b"a", timestamp=INT64_MAX), Record(b"b", timestamp=INT64_MIN),
+               Record(b"c", timestamp=0)]
+    ts, base, _top, *columns = codec._columns(records, 0)
+    status, payload = both("records_encode", 3, ts, base, *columns)
+    result = both("records_index", payload, 3, base)
+    assert result[0] == 0 and result[2][0::7] == [INT64_MAX, INT64_MIN, 0]
+
+
+@given(st.binary(max_size=300), st.integers(0, 2**64 - 1))
+def test_xxh64_agrees(data: bytes, seed: int) -> None:
+    assert both("xxh64", data, seed) == xxhash.xxh64_intdigest(data, seed)
