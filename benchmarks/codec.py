@@ -31,12 +31,14 @@ timestamp of their own (they take the batch's). The backend is switched by setti
 indexes, decoded records, framed buffers and scan results.
 
 Timing: ``time.perf_counter_ns`` around back-to-back calls, after one warm-up call. The number
-of calls in a repeat is grown until a repeat lasts at least 0.1 s (0.02 s with ``--quick``), so
-the slow pure-Python backend gets fewer calls in the same time; the figure is the best of 5
-repeats (3 with ``--quick``). The garbage collector is disabled inside timed loops (after a
-collection), which steadies the numbers but leaves out the collections that building millions
-of Record objects would cause in a real program. MB is 10^6 bytes; record workloads count bytes
-of encoded payload, blocks count bytes before compression.
+of calls in a repeat is grown until a repeat lasts at least 0.1 s (0.05 s with ``--quick``), so
+the slow pure-Python backend gets fewer calls in the same time. The repeats of the C and the
+Python backend take turns, so that drift in the machine's speed touches both alike, and the
+figure is the best of 7 repeats (3 with ``--quick``). The garbage collector is disabled inside
+timed loops (after a collection), which steadies the numbers but leaves out the collections
+that building millions of Record objects would cause in a real program. MB is 10^6 bytes; record
+workloads count bytes of encoded payload, batches count framed bytes, blocks count bytes before
+compression.
 """
 
 from __future__ import annotations
@@ -83,8 +85,8 @@ class Budget:
     min_repeat_s: float
 
 
-FULL = Budget(repeats=5, min_repeat_s=0.1)
-QUICK = Budget(repeats=3, min_repeat_s=0.02)
+FULL = Budget(repeats=7, min_repeat_s=0.1)
+QUICK = Budget(repeats=3, min_repeat_s=0.05)
 
 
 @dataclass(frozen=True)
@@ -132,25 +134,6 @@ def _run(fn: Callable[[], object], calls: int) -> int:
     return time.perf_counter_ns() - start
 
 
-def measure(fn: Callable[[], object], budget: Budget) -> float:
-    """Seconds per call of ``fn``: the best of ``budget.repeats`` repeats (see the docstring)."""
-    target_ns = budget.min_repeat_s * 1e9
-    gc.collect()
-    gc.disable()
-    try:
-        fn()  # warm-up
-        calls, elapsed = 1, _run(fn, 1)
-        while elapsed < target_ns:  # the last of these runs counts as the first repeat
-            calls = min(calls * 10, int(calls * 1.1 * target_ns / max(elapsed, 1)) + 1)
-            elapsed = _run(fn, calls)
-        best = elapsed
-        for _ in range(budget.repeats - 1):
-            best = min(best, _run(fn, calls))
-    finally:
-        gc.enable()
-    return best / calls / 1e9
-
-
 @contextmanager
 def backend(impl: ModuleType) -> Iterator[None]:
     """Run the facade ``streamlib.codec`` on ``impl`` (``_native`` or ``_python``)."""
@@ -160,6 +143,48 @@ def backend(impl: ModuleType) -> Iterator[None]:
         yield
     finally:
         codec._impl = saved
+
+
+def measure_arms(arms: Sequence[tuple[ModuleType, Callable[[], object]]], budget: Budget
+                 ) -> list[float]:
+    """Seconds per call of each arm's function, run with the facade on the arm's backend.
+
+    Each arm gets a warm-up call, then as many calls a repeat as make a repeat last
+    ``budget.min_repeat_s`` (the last calibration run counts as its first repeat); then the
+    arms take turns, one repeat each, so that drift in the machine's speed touches them alike.
+    The figure is the best repeat."""
+    target_ns = budget.min_repeat_s * 1e9
+    calls, best = [], []
+    gc.collect()
+    gc.disable()
+    try:
+        for impl, fn in arms:
+            with backend(impl):
+                fn()
+                n, elapsed = 1, _run(fn, 1)
+                while elapsed < target_ns:
+                    n = min(n * 10, int(n * 1.1 * target_ns / max(elapsed, 1)) + 1)
+                    elapsed = _run(fn, n)
+            calls.append(n)
+            best.append(elapsed)
+        for _ in range(budget.repeats - 1):
+            for i, (impl, fn) in enumerate(arms):
+                with backend(impl):
+                    best[i] = min(best[i], _run(fn, calls[i]))
+    finally:
+        gc.enable()
+    return [elapsed / n / 1e9 for elapsed, n in zip(best, calls, strict=True)]
+
+
+def measure(fn: Callable[[], object], budget: Budget) -> float:
+    """Seconds per call of ``fn`` on the backend in place."""
+    return measure_arms([(codec._impl, fn)], budget)[0]
+
+
+def measure_backends(fn: Callable[[], object], budget: Budget) -> dict[str, float]:
+    """Seconds per call of ``fn`` with the facade on each backend, their repeats interleaved."""
+    times = measure_arms([(impl, fn) for impl in BACKENDS], budget)
+    return {impl.NAME: t for impl, t in zip(BACKENDS, times, strict=True)}
 
 
 def require(ok: bool, what: str) -> None:
@@ -246,48 +271,47 @@ def bench_records(workload: Workload, records: list[Record], budget: Budget) -> 
     require(decoded == other[2] == expected, f"{workload.name}: decoded records")
 
     results = []
-    for impl in BACKENDS:
-        with backend(impl):
-            for op, fn in (
-                ("encode", lambda: RecordBatch.from_records(records, timestamp=TIMESTAMP)),
-                ("index", lambda: codec.index_records(payload, n, TIMESTAMP)),
-                ("decode to Record objects", lambda: codec.decode_records(payload, n, TIMESTAMP)),
-            ):
-                results.append(Result("records", workload.name, op, impl.NAME,
-                                      measure(fn, budget), len(payload), n))
+    for op, fn in (
+        ("encode", lambda: RecordBatch.from_records(records, timestamp=TIMESTAMP)),
+        ("index", lambda: codec.index_records(payload, n, TIMESTAMP)),
+        ("decode to Record objects", lambda: codec.decode_records(payload, n, TIMESTAMP)),
+    ):
+        for name, seconds in measure_backends(fn, budget).items():
+            results.append(Result("records", workload.name, op, name, seconds, len(payload), n))
     return results
 
 
-def bench_batches(name: str, batches: list[RecordBatch], budget: Budget) -> list[Result]:
+def bench_batches(batches_name: str, batches: list[RecordBatch], budget: Budget
+                  ) -> list[Result]:
     outputs = {}
     for impl in BACKENDS:
         with backend(impl):
-            buffer = b"".join(codec.encode_batch(STREAM_ID, b.base_offset or 0, b)
-                              for b in batches)
+            buffer = b"".join(codec.encode_batch(STREAM_ID, i * b.count, b)
+                              for i, b in enumerate(batches))
             outputs[impl.NAME] = buffer, codec.scan_batches(buffer)
     (buffer, scan), other = outputs["c"], outputs["python"]
-    require(buffer == other[0], f"{name}: framed batches")
-    require(scan == other[1] and len(scan.entries) == len(batches) and scan.error is None,
-            f"{name}: scans")
+    require(buffer == other[0], f"{batches_name}: framed batches")
+    require(scan == other[1] and scan.error is None
+            and [e.base_offset for e in scan.entries] == [b.base_offset for b in batches],
+            f"{batches_name}: scans")
 
     first = batches[0]
     framed = codec.BATCH_HEADER_SIZE + first.size
     records = sum(b.count for b in batches)
     results = []
-    for impl in BACKENDS:
-        with backend(impl):
-            results.append(Result("batches", name, "frame one batch (encode_batch)",
-                                  impl.NAME,
-                                  measure(lambda: codec.encode_batch(STREAM_ID, 0, first), budget),
-                                  framed, first.count))
-            results.append(Result("batches", name,
-                                  f"scan {len(batches)} batches (scan_batches)", impl.NAME,
-                                  measure(lambda: codec.scan_batches(buffer), budget),
-                                  len(buffer), records))
+    for op, fn, nbytes, count in (
+        ("frame one batch (encode_batch)", lambda: codec.encode_batch(STREAM_ID, 0, first),
+         framed, first.count),
+        (f"scan {len(batches)} batches (scan_batches)", lambda: codec.scan_batches(buffer),
+         len(buffer), records),
+    ):
+        for name, seconds in measure_backends(fn, budget).items():
+            results.append(Result("batches", batches_name, op, name, seconds, nbytes, count))
     return results
 
 
-def bench_blocks(batches: list[RecordBatch], budget: Budget) -> tuple[list[Result], dict]:
+def bench_blocks(batches: list[RecordBatch], budget: Budget
+                 ) -> tuple[list[Result], dict[str, float]]:
     """encode_block and decode_block on the C backend; also {compression: stored/raw sizes}."""
     raw = sum(codec.BATCH_HEADER_SIZE + b.size for b in batches)
     records = sum(b.count for b in batches)
@@ -314,9 +338,9 @@ def bench_blocks(batches: list[RecordBatch], budget: Budget) -> tuple[list[Resul
 def bench_xxh64(rng: random.Random, budget: Budget) -> list[Result]:
     data = rng.randbytes(XXH64_BYTES)
     require(_native.xxh64(data) == _python.xxh64(data), "xxh64")
-    return [Result("xxh64", "1 MiB", "xxh64", impl.NAME,
-                   measure(lambda f=impl.xxh64: f(data), budget), XXH64_BYTES, 0)
-            for impl in BACKENDS]
+    times = measure_arms([(impl, lambda f=impl.xxh64: f(data)) for impl in BACKENDS], budget)
+    return [Result("xxh64", "1 MiB", "xxh64", impl.NAME, t, XXH64_BYTES, 0)
+            for impl, t in zip(BACKENDS, times, strict=True)]
 
 
 # ---- the report ----
@@ -364,6 +388,46 @@ def ratio_of(results: Sequence[Result], workload: str, op: str) -> float:
     return pair["python"].seconds / pair["c"].seconds
 
 
+def report_memcpy(results: Sequence[Result]) -> None:
+    print("memcpy (the 1 MiB copy stays in cache, as the codec's batches and blocks do: it is the"
+          "\nreference for the C/memcpy columns below; 64 MiB goes to memory)")
+    print(table(["size", "operation", "MB/s"],
+                [[r.workload, r.op, rate(r.mb_per_s)] for r in results], left=2) + "\n")
+
+
+def report_targets(results: Sequence[Result]) -> list[dict[str, object]]:
+    targets = []
+    for workload in (w.name for w in WORKLOADS if w.value_size == 100):
+        for op in ("encode", "index", "decode to Record objects"):
+            ratio = ratio_of(results, workload, op)
+            targets.append({"workload": workload, "op": op, "ratio": ratio,
+                            "met": ratio >= TARGET_RATIO})
+    print(f"Target (DESIGN.md §10): C >= {TARGET_RATIO:.0f}x Python on 100-byte records")
+    print(table(["workload", "operation", "C/Py", "target"],
+                [[str(t["workload"]), str(t["op"]), f"{t['ratio']:.1f}x",
+                  "met" if t["met"] else "NOT met"] for t in targets], left=2) + "\n")
+    return targets
+
+
+def report_blocks(results: Sequence[Result], ratios: dict[str, float], memcpy: float) -> None:
+    print(f"3. Data blocks, C backend: {BLOCK_BATCHES} batches of {WORKLOADS[0].name},"
+          f" {results[0].nbytes:,} bytes raw; MB/s of raw bytes")
+    rows = []
+    for name, ratio in ratios.items():
+        enc, dec = (r for r in results if r.workload == name)
+        rows.append([name, f"{ratio:.2f}", rate(enc.mb_per_s), f"{enc.mb_per_s / memcpy:.1%}",
+                     rate(dec.mb_per_s), f"{dec.mb_per_s / memcpy:.1%}"])
+    print(table(["compression", "ratio", "encode MB/s", "C/memcpy", "decode MB/s", "C/memcpy"],
+                rows, left=1) + "\n")
+
+
+def report_xxh64(results: Sequence[Result], memcpy: float) -> None:
+    c, py = results
+    print(f"4. XXH64 of 1 MiB: C {c.mb_per_s / 1000:.2f} GB/s ({c.mb_per_s / memcpy:.0%} of"
+          f" memcpy), Python (xxhash package)\n   {py.mb_per_s / 1000:.2f} GB/s,"
+          f" C/Py {py.seconds / c.seconds:.2f}x\n")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--quick", action="store_true", help="a run of about ten seconds")
@@ -378,36 +442,24 @@ def main(argv: Sequence[str] | None = None) -> None:
           f"{platform.python_version()}, {platform.machine()}, {os.cpu_count()} CPUs"
           f"{', --quick' if args.quick else ''}")
     print(f"Best of {budget.repeats} repeats of >= {budget.min_repeat_s} s each after a warm-up,"
-          " gc disabled in timed loops. MB = 10^6 bytes; Mrec/s = 10^6 records/s.")
-    print("Records: compact JSON events (seeded), a 6-byte key on every other record, no headers,"
-          " the batch's timestamp.\n")
+          " C and Python repeats\ntaking turns, gc disabled in timed loops."
+          " MB = 10^6 bytes; Mrec/s = 10^6 records/s;\nC/Py = how many times faster C is.\n")
 
     memcpy_results = bench_memcpy(budget)
     memcpy = memcpy_results[0].mb_per_s
-    print("memcpy: " + "; ".join(f"{r.op}, {r.workload}: {rate(r.mb_per_s)} MB/s"
-                                 for r in memcpy_results))
-    print("   (C/memcpy below is relative to the 1 MiB copy: the codec's batches and blocks are"
-          " that size or smaller, so they stay in cache like it)\n")
+    report_memcpy(memcpy_results)
 
     record_results = []
     for workload in WORKLOADS:
         records = make_records(rng, words, workload.value_size, workload.batch_records)
         record_results += bench_records(workload, records, budget)
-    print("1. Records: one batch encoded and decoded again and again (MB/s of encoded payload)."
+    print("1. Records: one batch encoded and decoded again and again; MB/s of encoded payload."
+          "\n   Values are compact JSON events (seeded); a 6-byte key on every other record;"
+          "\n   no headers; no timestamps of their own (they take the batch's)."
           "\n   index = validate every record and locate every field (the codec's work);"
           "\n   decode to Record objects = index + building the Records (shared by both).")
-    print(paired_table(record_results, memcpy), "\n")
-
-    targets = []
-    for workload in (w.name for w in WORKLOADS if w.value_size == 100):
-        for op in ("encode", "index", "decode to Record objects"):
-            ratio = ratio_of(record_results, workload, op)
-            targets.append({"workload": workload, "op": op, "ratio": ratio,
-                            "met": ratio >= TARGET_RATIO})
-    print(f"Target (DESIGN.md §10): C >= {TARGET_RATIO:.0f}x Python on 100-byte records")
-    print(table(["workload", "operation", "C/Py", "target"],
-                [[t["workload"], t["op"], f"{t['ratio']:.1f}x", "met" if t["met"] else "NOT met"]
-                 for t in targets], left=2), "\n")
+    print(paired_table(record_results, memcpy) + "\n")
+    targets = report_targets(record_results)
 
     batch_sets = {w.name: make_batches(rng, words, w, SCAN_BATCHES)
                   for w in WORKLOADS if w.batch_records == 100}
@@ -415,26 +467,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     for name, batches in batch_sets.items():
         batch_results += bench_batches(name, batches, budget)
     print("2. Batch framing and scanning (WAL recovery); MB/s of framed bytes, checksums included")
-    print(paired_table(batch_results, memcpy), "\n")
+    print(paired_table(batch_results, memcpy) + "\n")
 
-    block_batches = batch_sets[WORKLOADS[0].name][:BLOCK_BATCHES]
-    block_results, compression_ratios = bench_blocks(block_batches, budget)
-    raw_bytes = block_results[0].nbytes
-    print(f"3. Data blocks, C backend: {len(block_batches)} batches of {WORKLOADS[0].name}"
-          f" = {raw_bytes:,} bytes raw; MB/s of raw bytes")
-    rows = []
-    for name, ratio in compression_ratios.items():
-        enc, dec = (r for r in block_results if r.workload == name)
-        rows.append([name, f"{ratio:.2f}", rate(enc.mb_per_s), f"{enc.mb_per_s / memcpy:.1%}",
-                     rate(dec.mb_per_s), f"{dec.mb_per_s / memcpy:.1%}"])
-    print(table(["compression", "ratio", "encode MB/s", "enc/memcpy", "decode MB/s",
-                 "dec/memcpy"], rows, left=1), "\n")
+    block_results, compression_ratios = bench_blocks(
+        batch_sets[WORKLOADS[0].name][:BLOCK_BATCHES], budget)
+    report_blocks(block_results, compression_ratios, memcpy)
 
     xxh_results = bench_xxh64(rng, budget)
-    c, py = xxh_results
-    print(f"4. XXH64 of 1 MiB: C {c.mb_per_s / 1000:.2f} GB/s ({c.mb_per_s / memcpy:.0%} of "
-          f"memcpy), Python (xxhash package) {py.mb_per_s / 1000:.2f} GB/s, "
-          f"C/Py {py.seconds / c.seconds:.2f}x\n")
+    report_xxh64(xxh_results, memcpy)
 
     elapsed = time.perf_counter() - started
     print(f"Done in {elapsed:.0f} s.")

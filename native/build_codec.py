@@ -34,14 +34,14 @@ def _declarations() -> str:
         if not line.startswith("#"):
             keep.append(line)
         elif words[0] == "#define" and len(words) >= 3:
-            # cffi takes '#define NAME <integer>'; an expression becomes '...' (asked of the compiler)
+            # cffi takes '#define NAME <integer>'; an expression becomes '...' (the compiler's)
             value = words[2] if len(words) == 3 and words[2].isdigit() else "..."
             keep.append(f"#define {words[1]} {value}")
     return "\n".join(keep)
 
 
-def make_builder(extra_compile_args: list[str] | None = None, extra_link_args: list[str] | None = None,
-                 relative: bool = True) -> FFI:
+def make_builder(extra_compile_args: list[str] | None = None,
+                 extra_link_args: list[str] | None = None, relative: bool = True) -> FFI:
     builder = FFI()
     builder.cdef(_declarations())
     native = "native" if relative else HERE

@@ -160,7 +160,7 @@ static size_t uvarint_size(uint64_t v) {
     return n;
 }
 
-static uint64_t zigzag(int64_t v) { return ((uint64_t)v << 1) ^ (uint64_t)(v >> 63); }
+static uint64_t zigzag(int64_t v) { return ((uint64_t)v << 1) ^ (0 - ((uint64_t)v >> 63)); }
 
 static int64_t unzigzag(uint64_t v) { return (int64_t)(v >> 1) ^ -(int64_t)(v & 1); }
 
@@ -272,7 +272,7 @@ int64_t slc_records_size(uint32_t count, const int64_t *timestamps, int64_t base
         if (hc > headers_left) return -SLC_BAD_ARGUMENT;
         const int64_t *hl = header_lengths ? header_lengths + 2 * (header_total - headers_left) : NULL;
         if (hc && hl == NULL) return -SLC_BAD_ARGUMENT;
-        for (uint32_t h = 0; h < 2 * hc; h++)
+        for (size_t h = 0; h < 2 * (size_t)hc; h++)
             if (!take(hl[h], &header_bytes_left)) return -SLC_BAD_ARGUMENT;
         headers_left -= hc;
         uint64_t body = record_body_size(i, ts_delta, key_len, value_lengths[i], hc, hl);
@@ -316,7 +316,7 @@ int64_t slc_records_encode(uint32_t count, const int64_t *timestamps, int64_t ba
         p += value_len;
         values += value_len;
         p = put_uvarint(p, hc);
-        for (uint32_t h = 0; h < 2 * hc; h++, hl++) {
+        for (size_t h = 0; h < 2 * (size_t)hc; h++, hl++) {
             p = put_uvarint(p, (uint64_t)*hl);
             if (*hl) memcpy(p, header_bytes, (size_t)*hl);
             p += *hl;
@@ -338,6 +338,7 @@ int slc_records_index(const uint8_t *payload, size_t size, uint32_t count, int64
     size_t pos = 0, header_index = 0;
     int64_t max_ts = base_timestamp;
     uint64_t v;
+    if (count == 0 || count > size / SLC_MIN_RECORD_SIZE) FAIL(SLC_BAD_COUNT, 0);
     for (uint32_t i = 0; i < count; i++) {
         size_t field = pos;
         if (!get_uvarint(payload, &pos, size, &v)) FAIL(SLC_BAD_VARINT, field);
@@ -413,8 +414,8 @@ int slc_batch_header(uint8_t *out, uint8_t flags, uint32_t count, uint64_t strea
                      int64_t base_offset, int64_t base_timestamp, int64_t max_timestamp,
                      const uint8_t *payload, size_t payload_size) {
     if (payload_size > SLC_MAX_PAYLOAD || (flags & ~FLAG_RECORDS) || count == 0 ||
-        count > INT32_MAX || base_offset < 0 || base_offset > INT64_MAX - (int64_t)count ||
-        max_timestamp < base_timestamp)
+        count > INT32_MAX || ((flags & FLAG_RECORDS) && count > payload_size / SLC_MIN_RECORD_SIZE) ||
+        base_offset < 0 || base_offset > INT64_MAX - (int64_t)count || max_timestamp < base_timestamp)
         return SLC_BAD_ARGUMENT;
     store32(out, BATCH_MAGIC);
     out[12] = FORMAT_VERSION;

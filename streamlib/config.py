@@ -105,7 +105,8 @@ class Config:
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
-            object.__setattr__(self, f.name, f.metadata["kind"].parse(f.name, getattr(self, f.name)))
+            value = f.metadata["kind"].parse(f.name, getattr(self, f.name))
+            object.__setattr__(self, f.name, value)
 
     # ---- loading ----
 
@@ -164,7 +165,8 @@ class Config:
             values = source.to_dict()
         elif source is not None:
             if not isinstance(source, Mapping):
-                raise TypeError(f"config must be a Config or a mapping, not {type(source).__name__}")
+                raise TypeError("config must be a Config or a mapping, "
+                                f"not {type(source).__name__}")
             cls._check_names(source, "mapping")
             values.update(source)
         cls._check_names(overrides, "keyword arguments")

@@ -156,7 +156,8 @@ class RecordBatch:
         _init(self, payload, count, base_timestamp, max_timestamp, encoding, base_offset)
 
     @classmethod
-    def from_records(cls, records: Iterable[Record], *, timestamp: int | None = None) -> RecordBatch:
+    def from_records(cls, records: Iterable[Record], *,
+                     timestamp: int | None = None) -> RecordBatch:
         """Encode records into a batch. Records without a timestamp get ``timestamp`` (default:
         now). The batch's base timestamp is its first record's."""
         from streamlib import codec
@@ -189,7 +190,8 @@ class RecordBatch:
             raise TypeError("this batch holds an opaque payload: read .payload instead")
         from streamlib import codec
 
-        return codec.decode_records(self.payload, self.count, self.base_timestamp)
+        return codec.decode_records(self.payload, self.count, self.base_timestamp,
+                                    self.max_timestamp)
 
     def with_offset(self, base_offset: int) -> RecordBatch:
         """The same batch placed at ``base_offset`` in a stream."""

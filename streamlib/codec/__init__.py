@@ -27,8 +27,8 @@ from typing import Generic, Literal, TypeVar
 import lz4.block
 import zstandard
 
-from streamlib.codec import _status as st
 from streamlib.codec import _python
+from streamlib.codec import _status as st
 from streamlib.errors import ConfigError, CorruptDataError
 from streamlib.records import (
     MAX_BATCH_RECORDS,
@@ -203,18 +203,25 @@ def _materialize(payload: bytes, index: RecordIndex, count: int) -> list[Record]
         headers: Iterable[tuple] = repeat(())
     else:
         h = index.headers
-        pairs = [(payload[h[i]:h[i] + h[i + 1]].decode("utf-8"), payload[h[i + 2]:h[i + 2] + h[i + 3]])
-                 for i in range(0, len(h), 4)]
+        pairs = [(payload[h[i]:h[i] + h[i + 1]].decode("utf-8"),
+                  payload[h[i + 2]:h[i + 2] + h[i + 3]]) for i in range(0, len(h), 4)]
         headers = [tuple(pairs[first:first + n])
                    for first, n in zip(spans[5::7], spans[6::7], strict=True)]
-    return list(map(tuple.__new__, repeat(Record), zip(values, keys, headers, ts)))
+    # keys and headers may be endless repeats: values and ts set the length
+    return list(map(tuple.__new__, repeat(Record), zip(values, keys, headers, ts, strict=False)))
 
 
-def decode_records(payload: bytes, count: int, base_timestamp: int, *,
-                   source: str | None = None, position: int = 0) -> list[Record]:
-    """Decode a records payload into Record objects (every record carries its timestamp)."""
-    return _materialize(payload, index_records(payload, count, base_timestamp, source=source,
-                                               position=position), count)
+def decode_records(payload: bytes, count: int, base_timestamp: int,
+                   max_timestamp: int | None = None, *, source: str | None = None,
+                   position: int = 0) -> list[Record]:
+    """Decode a records payload into Record objects (every record carries its timestamp).
+    With ``max_timestamp`` (the batch header's), the records must agree with it."""
+    index = index_records(payload, count, base_timestamp, source=source, position=position)
+    if max_timestamp is not None and index.max_timestamp != max_timestamp:
+        raise CorruptDataError(f"records' largest timestamp `{index.max_timestamp}` is not the "
+                               f"header's `{max_timestamp}`", position=position, source=source,
+                               status=st.BAD_TIMESTAMP)
+    return _materialize(payload, index, count)
 
 
 # ---- batches ----
@@ -283,13 +290,11 @@ class Scan(Generic[T]):
 
 
 def _batch_info(e: tuple[int, ...]) -> BatchInfo:
-    return BatchInfo(e[0], e[1], "records" if e[2] & FLAG_RECORDS else "opaque", e[3],
-                     e[4] & MASK64, e[5], e[6], e[7])
+    return BatchInfo(e[0], e[1], "records" if e[2] & FLAG_RECORDS else "opaque", *e[3:])
 
 
 def _block_info(e: tuple[int, ...]) -> BlockInfo:
-    return BlockInfo(e[0], e[1], _COMPRESSION_NAMES[e[2]], e[3], e[4], e[5], e[6], e[7] & MASK64,
-                     e[8], e[9], e[10])
+    return BlockInfo(e[0], e[1], _COMPRESSION_NAMES[e[2]], *e[3:])
 
 
 def _check_stream_id(stream_id: int) -> None:

@@ -11,11 +11,14 @@ from collections.abc import Sequence
 
 from streamlib.codec._segment_codec import ffi, lib  # type: ignore[import-not-found]
 from streamlib.codec._status import (
+    BAD_ARGUMENT,
+    BAD_COUNT,
     BATCH_FIELDS,
     BATCH_HEADER_SIZE,
     BLOCK_FIELDS,
     BLOCK_HEADER_SIZE,
     HEADER_FIELDS,
+    MIN_RECORD_SIZE,
     MORE,
     NEED_SPACE,
     OK,
@@ -24,13 +27,22 @@ from streamlib.codec._status import (
 
 NAME = "c"
 _SCAN_CHUNK = 256
+MASK64 = (1 << 64) - 1
 _from_buffer = ffi.from_buffer
 _NULL = ffi.NULL
 _EMPTY = bytearray(1)  # a valid pointer for empty inputs (C never reads it)
 
 
+def _size(data: bytes | bytearray | memoryview) -> int:
+    return data.nbytes if isinstance(data, memoryview) else len(data)
+
+
 def _ptr(data: bytes | bytearray | memoryview) -> object:
-    return _from_buffer(data) if len(data) else _from_buffer(_EMPTY)
+    return _from_buffer(data) if _size(data) else _from_buffer(_EMPTY)
+
+
+def _fits(column: Sequence[int] | None, count: int) -> bool:
+    return column is None or len(column) >= count
 
 
 def _i64(values: Sequence[int] | None) -> object:
@@ -42,7 +54,7 @@ def _i64(values: Sequence[int] | None) -> object:
 
 
 def xxh64(data: bytes | bytearray | memoryview, seed: int = 0) -> int:
-    return lib.slc_xxh64(_ptr(data), len(data), seed)
+    return lib.slc_xxh64(_ptr(data), _size(data), seed)
 
 
 def records_encode(count: int, timestamps: Sequence[int] | None, base_timestamp: int,
@@ -50,11 +62,15 @@ def records_encode(count: int, timestamps: Sequence[int] | None, base_timestamp:
                    value_lengths: Sequence[int], values: bytes,
                    header_counts: Sequence[int] | None, header_lengths: Sequence[int] | None,
                    header_bytes: bytes) -> tuple[int, bytes]:
-    header_total = 0
-    counts = _NULL
-    if header_counts is not None:
-        header_total = sum(header_counts)
-        counts = _from_buffer("uint32_t[]", array("I", header_counts))
+    # C trusts the length of each column (it is never told them): check them here.
+    header_total = sum(header_counts) if header_counts is not None else 0
+    if (count < 1 or len(value_lengths) < count or not _fits(timestamps, count)
+            or not _fits(key_lengths, count) or not _fits(header_counts, count)
+            or (header_total and (header_lengths is None or len(header_lengths) < 2 * header_total))
+            or (header_counts is not None and min(header_counts) < 0)):
+        return BAD_ARGUMENT, b""
+    counts = _NULL if header_counts is None else _from_buffer("uint32_t[]",
+                                                                array("I", header_counts))
     # An upper bound on the size (10 bytes a varint), so that one C call sizes and writes.
     bound = (len(keys) + len(values) + len(header_bytes) + 60 * count + 20 * header_total)
     out = bytearray(bound)
@@ -69,6 +85,9 @@ def records_encode(count: int, timestamps: Sequence[int] | None, base_timestamp:
 
 def records_index(payload: bytes, count: int, base_timestamp: int
                   ) -> tuple[int, int, list[int], list[int], int]:
+    size = _size(payload)
+    if count < 1 or count > size // MIN_RECORD_SIZE:  # before allocating count entries
+        return BAD_COUNT, 0, [], [], 0
     records = ffi.new("int64_t[]", count * RECORD_FIELDS)
     out = ffi.new("size_t[2]")  # needed, error position
     max_ts = ffi.new("int64_t *")
@@ -76,7 +95,7 @@ def records_index(payload: bytes, count: int, base_timestamp: int
     headers = _NULL
     data = _ptr(payload)
     while True:
-        status = lib.slc_records_index(data, len(payload), count, base_timestamp, records,
+        status = lib.slc_records_index(data, size, count, base_timestamp, records,
                                        headers, cap, out, max_ts, out + 1)
         if status != NEED_SPACE:
             break
@@ -92,7 +111,7 @@ def batch_header(flags: int, count: int, stream_id: int, base_offset: int, base_
                  max_timestamp: int, payload: bytes | memoryview) -> tuple[int, bytes]:
     out = bytearray(BATCH_HEADER_SIZE)
     status = lib.slc_batch_header(_from_buffer(out), flags, count, stream_id, base_offset,
-                                  base_timestamp, max_timestamp, _ptr(payload), len(payload))
+                                  base_timestamp, max_timestamp, _ptr(payload), _size(payload))
     return status, bytes(out) if status == OK else b""
 
 
@@ -102,22 +121,23 @@ def block_header(compression: int, raw_length: int, batch_count: int, record_cou
     out = bytearray(BLOCK_HEADER_SIZE)
     status = lib.slc_block_header(_from_buffer(out), compression, raw_length, batch_count,
                                   record_count, stream_id, base_offset, first_timestamp,
-                                  max_timestamp, _ptr(stored), len(stored))
+                                  max_timestamp, _ptr(stored), _size(stored))
     return status, bytes(out) if status == OK else b""
 
 
-def _scan(function, fields: int, buf: bytes | bytearray | memoryview, start: int,
+def _scan(function, fields: int, stream_field: int, buf: bytes | bytearray | memoryview, start: int,
           limit: int | None) -> tuple[int, list[tuple[int, ...]], int, int]:
     chunk = _SCAN_CHUNK if limit is None else max(1, min(limit, _SCAN_CHUNK))
     entries_out = ffi.new("int64_t[]", chunk * fields)
     out = ffi.new("size_t[3]")  # found, stop, error position
     data = _ptr(buf)
-    size = buf.nbytes if isinstance(buf, memoryview) else len(buf)
+    size = _size(buf)
     entries: list[tuple[int, ...]] = []
     while True:
         cap = chunk if limit is None else min(chunk, limit - len(entries))
         status = function(data, size, start, entries_out, cap, out, out + 1, out + 2)
         flat = ffi.unpack(entries_out, out[0] * fields)
+        flat[stream_field::fields] = [v & MASK64 for v in flat[stream_field::fields]]  # unsigned
         entries.extend(zip(*[iter(flat)] * fields, strict=True))
         if status != MORE or (limit is not None and len(entries) >= limit):
             return status, entries, out[1], out[2]
@@ -126,9 +146,9 @@ def _scan(function, fields: int, buf: bytes | bytearray | memoryview, start: int
 
 def scan_batches(buf: bytes | bytearray | memoryview, start: int = 0, limit: int | None = None
                  ) -> tuple[int, list[tuple[int, ...]], int, int]:
-    return _scan(lib.slc_scan_batches, BATCH_FIELDS, buf, start, limit)
+    return _scan(lib.slc_scan_batches, BATCH_FIELDS, 4, buf, start, limit)
 
 
 def scan_blocks(buf: bytes | bytearray | memoryview, start: int = 0, limit: int | None = None
                 ) -> tuple[int, list[tuple[int, ...]], int, int]:
-    return _scan(lib.slc_scan_blocks, BLOCK_FIELDS, buf, start, limit)
+    return _scan(lib.slc_scan_blocks, BLOCK_FIELDS, 7, buf, start, limit)

@@ -113,9 +113,12 @@ def records_encode(count: int, timestamps: Sequence[int] | None, base_timestamp:
                    header_counts: Sequence[int] | None, header_lengths: Sequence[int] | None,
                    header_bytes: bytes) -> tuple[int, bytes]:
     """(status, payload): slc_records_size and slc_records_encode in one."""
-    if count == 0 or len(value_lengths) < count:
-        return BAD_ARGUMENT, b""
     header_total = sum(header_counts) if header_counts is not None else 0
+    if (count < 1 or any(column is not None and len(column) < count
+                         for column in (timestamps, key_lengths, value_lengths, header_counts))
+            or (header_total
+                and (header_lengths is None or len(header_lengths) < 2 * header_total))):
+        return BAD_ARGUMENT, b""
     keys_left, values_left, header_bytes_left = len(keys), len(values), len(header_bytes)
     out: list[bytes] = []
     append = out.append
@@ -123,7 +126,9 @@ def records_encode(count: int, timestamps: Sequence[int] | None, base_timestamp:
     total = 0
     small = _SMALL
     for i in range(count):
-        ts_delta = _zigzag(_signed((timestamps[i] - base_timestamp) & MASK64)) if timestamps else 0
+        ts_delta = 0
+        if timestamps is not None:
+            ts_delta = _zigzag(_signed((timestamps[i] - base_timestamp) & MASK64))
         key_len = key_lengths[i] if key_lengths is not None else -1
         value_len = value_lengths[i]
         hc = header_counts[i] if header_counts is not None else 0
@@ -167,9 +172,9 @@ def records_encode(count: int, timestamps: Sequence[int] | None, base_timestamp:
     return OK, b"".join(out)
 
 
-def _valid_utf8(data: bytes) -> bool:
+def _valid_utf8(data: bytes | memoryview) -> bool:
     try:
-        data.decode("utf-8")
+        str(data, "utf-8")
     except UnicodeDecodeError:
         return False
     return True
@@ -183,6 +188,8 @@ def records_index(payload: bytes, count: int, base_timestamp: int
     -1, value position, value length, first header, header count) and HEADER_FIELDS a header
     (name position, name length, value position, value length). On an error, only the status
     and the position mean anything (empty spans and 0, as the C code gives)."""
+    if count == 0 or count > len(payload) // MIN_RECORD_SIZE:
+        return BAD_COUNT, 0, [], [], 0
     result = _index(payload, count, base_timestamp)
     return result if result[0] == OK else (result[0], result[1], [], [], 0)
 
@@ -296,6 +303,7 @@ def _index(payload: bytes, count: int, base_timestamp: int
 def batch_header(flags: int, count: int, stream_id: int, base_offset: int, base_timestamp: int,
                  max_timestamp: int, payload: bytes | memoryview) -> tuple[int, bytes]:
     if (len(payload) > MAX_PAYLOAD or flags & ~FLAG_RECORDS or not 1 <= count <= 0x7FFFFFFF
+            or (flags & FLAG_RECORDS and count > len(payload) // MIN_RECORD_SIZE)
             or base_offset < 0 or base_offset > INT64_MAX - count
             or max_timestamp < base_timestamp):
         return BAD_ARGUMENT, b""

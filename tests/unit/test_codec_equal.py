@@ -116,7 +116,7 @@ def test_extreme_timestamps_encode_equally() -> None:
     records = [Record(b"a", timestamp=INT64_MAX), Record(b"b", timestamp=INT64_MIN),
                Record(b"c", timestamp=0)]
     ts, base, _top, *columns = codec._columns(records, 0)
-    status, payload = both("records_encode", 3, ts, base, *columns)
+    _, payload = both("records_encode", 3, ts, base, *columns)
     result = both("records_index", payload, 3, base)
     assert result[0] == 0 and result[2][0::7] == [INT64_MAX, INT64_MIN, 0]
 
@@ -124,3 +124,37 @@ def test_extreme_timestamps_encode_equally() -> None:
 @given(st.binary(max_size=300), st.integers(0, 2**64 - 1))
 def test_xxh64_agrees(data: bytes, seed: int) -> None:
     assert both("xxh64", data, seed) == xxhash.xxh64_intdigest(data, seed)
+
+
+@pytest.mark.parametrize("args", [
+    (2, None, 0, None, b"", [0], b"", None, None, b""),               # value lengths too short
+    (3, [], 0, None, b"", [0, 0, 0], b"", None, None, b""),           # timestamps too short
+    (1, None, 0, None, b"", [0], b"", [1], [], b""),                  # header lengths missing
+    (2, None, 0, [0], b"", [0, 0], b"", None, None, b""),             # key lengths too short
+    (1, None, 0, None, b"", [5], b"abc", None, None, b""),            # lengths past the data
+    (1, None, 0, None, b"", [1], b"ab", None, None, b""),             # data left over
+])
+def test_inconsistent_columns_are_refused_not_read_past(args: tuple) -> None:
+    status, payload = both("records_encode", *args)
+    assert status == 15 and payload == b""  # BAD_ARGUMENT
+
+
+def test_unsigned_stream_ids_and_writer_refusals_agree() -> None:
+    frame = codec.encode_batch(2**64 - 1, 0, RecordBatch(b"p", 1, base_timestamp=0))
+    assert both("scan_batches", frame, 0, None)[1][0][4] == 2**64 - 1
+    assert both("batch_header", 1, 10, 0, 0, 0, 0, b"")[0] == 15  # 10 records in 0 bytes
+    assert both("records_index", b"\x00" * 12, 3, 0)[:2] == (7, 0)  # BAD_COUNT before anything
+
+
+def test_memoryviews_of_any_format_are_measured_in_bytes() -> None:
+    from array import array
+
+    view = memoryview(array("q", [1, 2, 3]))
+    assert both("xxh64", view, 0) == xxhash.xxh64_intdigest(bytes(view))
+
+
+def test_a_header_max_timestamp_the_records_contradict_is_damage() -> None:
+    batch = RecordBatch.from_records([Record(b"a", timestamp=1), Record(b"b", timestamp=5)])
+    lying = RecordBatch._trusted(batch.payload, 2, 1, 9, "records")
+    with pytest.raises(codec.CorruptDataError, match="largest timestamp"):
+        lying.records()

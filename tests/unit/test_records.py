@@ -1,0 +1,140 @@
+"""Records, batches and results: cheap, immutable, and strict about what they are given."""
+
+from __future__ import annotations
+
+import pickle
+from dataclasses import FrozenInstanceError
+
+import pytest
+
+from streamlib import AppendResult, FetchResult, Record, RecordBatch, codec
+from streamlib.records import MAX_PAYLOAD_BYTES
+
+
+def test_record_fields_and_defaults() -> None:
+    r = Record(b"v")
+    assert (r.value, r.key, r.headers, r.timestamp) == (b"v", None, (), None)
+    full = Record(bytearray(b"v"), key=memoryview(b"k"), headers={"a": b"1"}, timestamp=-5)
+    assert full == Record(b"v", b"k", (("a", b"1"),), -5)
+    assert type(full.value) is bytes and type(full.key) is bytes
+    assert Record(b"v", headers=[["n", b"x"]]).headers == (("n", b"x"),)
+
+
+def test_record_is_immutable_hashable_and_picklable() -> None:
+    r = Record(b"v", key=b"k", headers=[("h", b"1")], timestamp=3)
+    with pytest.raises(AttributeError):
+        r.value = b"x"  # type: ignore[misc]
+    assert hash(r) == hash(Record(b"v", key=b"k", headers=[("h", b"1")], timestamp=3))
+    assert pickle.loads(pickle.dumps(r)) == r
+    assert "key=b'k'" in repr(r)
+
+
+@pytest.mark.parametrize("kwargs, error, text", [
+    ({"value": "text"}, TypeError, "record value must be bytes"),
+    ({"value": None}, TypeError, "record value"),
+    ({"value": b"v", "key": "k"}, TypeError, "record key"),
+    ({"value": b"v", "headers": "abc"}, TypeError, "headers must be"),
+    ({"value": b"v", "headers": [("a",)]}, TypeError, "pair"),
+    ({"value": b"v", "headers": [(b"a", b"v")]}, TypeError, "header name must be str"),
+    ({"value": b"v", "headers": [("a", "v")]}, TypeError, "header `a` value"),
+    ({"value": b"v", "headers": [("\ud800", b"v")]}, ValueError, "UTF-8"),
+    ({"value": b"v", "timestamp": 1.5}, TypeError, "timestamp must be an int"),
+    ({"value": b"v", "timestamp": True}, TypeError, "timestamp must be an int"),
+    ({"value": b"v", "timestamp": 2**63}, ValueError, "64 bits"),
+])
+def test_record_rejects_bad_fields(kwargs: dict, error: type, text: str) -> None:
+    with pytest.raises(error, match=text):
+        Record(**kwargs)
+
+
+def test_opaque_batch() -> None:
+    batch = RecordBatch(b"payload", 5, base_timestamp=10)
+    assert (batch.count, batch.base_timestamp, batch.max_timestamp) == (5, 10, 10)
+    assert batch.encoding == "opaque" and batch.base_offset is None and batch.size == 7
+    placed = batch.with_offset(20)
+    assert placed.next_offset == 25 and placed.payload is batch.payload
+    with pytest.raises(ValueError, match="no base_offset"):
+        _ = batch.next_offset
+    with pytest.raises(FrozenInstanceError):
+        batch.count = 3  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("args, kwargs, error, text", [
+    (("text", 1), {}, TypeError, "payload must be bytes"),
+    ((b"p", 0), {}, ValueError, "count must be in"),
+    ((b"p", -1), {}, ValueError, "count must be in"),
+    ((b"p", 2**31), {}, ValueError, "count must be in"),
+    ((b"p", 1.0), {}, TypeError, "count must be an int"),
+    ((b"p", 1), {"base_timestamp": 5, "max_timestamp": 4}, ValueError, "below base"),
+    ((b"p", 1), {"encoding": "json"}, ValueError, "encoding must be"),
+    ((b"p", 1), {"base_offset": -1}, ValueError, "base_offset"),
+    ((b"x" * (MAX_PAYLOAD_BYTES + 1), 1), {}, ValueError, "exceeds the format's limit"),
+])
+def test_batch_rejects_bad_arguments(args: tuple, kwargs: dict, error: type, text: str) -> None:
+    with pytest.raises(error, match=text):
+        RecordBatch(*args, **kwargs)
+
+
+def test_records_batch_built_by_hand_is_checked_against_its_payload() -> None:
+    good = RecordBatch.from_records([Record(b"a"), Record(b"b")], timestamp=9)
+    again = RecordBatch(good.payload, 2, 9, 9, encoding="records")
+    assert again == good
+    with pytest.raises(ValueError, match="does not hold `3` valid records"):
+        RecordBatch(good.payload, 3, 9, 9, encoding="records")
+    with pytest.raises(ValueError, match="does not hold `1` valid records"):
+        RecordBatch(good.payload, 1, 9, 9, encoding="records")
+    with pytest.raises(ValueError, match="max_timestamp does not match"):
+        RecordBatch(good.payload, 2, 9, 10, encoding="records")
+    with pytest.raises(ValueError, match="valid records"):
+        RecordBatch(b"\x00" * 12, 2, 9, 9, encoding="records")
+
+
+def test_from_records_rejects_bad_input() -> None:
+    with pytest.raises(ValueError, match="at least one record"):
+        RecordBatch.from_records([])
+    with pytest.raises(TypeError, match=r"records\[1\] must be a streamlib\.Record, not bytes"):
+        RecordBatch.from_records([Record(b"a"), b"b"])  # type: ignore[list-item]
+    with pytest.raises(TypeError, match=r"sequence of streamlib\.Record"):
+        RecordBatch.from_records(b"abc")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="timestamp must be an int"):
+        RecordBatch.from_records([Record(b"a")], timestamp="now")  # type: ignore[arg-type]
+    # a generator works as well as a list
+    assert RecordBatch.from_records(Record(bytes([i])) for i in range(3)).count == 3
+
+
+def test_framing_rejects_bad_stream_and_offset() -> None:
+    batch = RecordBatch(b"p", 2, base_timestamp=0)
+    with pytest.raises(ValueError, match="stream_id must fit"):
+        codec.encode_batch(-1, 0, batch)
+    with pytest.raises(TypeError, match="stream_id must be an int"):
+        codec.encode_batch("7", 0, batch)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="cannot be framed"):
+        codec.encode_batch(1, -1, batch)
+    with pytest.raises(ValueError, match="cannot be framed"):
+        codec.encode_batch(1, 2**63 - 1, batch)
+    with pytest.raises(TypeError, match="must be a RecordBatch"):
+        codec.encode_batch(1, 0, b"p")  # type: ignore[arg-type]
+
+
+def test_block_rejects_bad_arguments() -> None:
+    a = RecordBatch(b"p", 2, base_timestamp=0)
+    with pytest.raises(ValueError, match="at least one batch"):
+        codec.encode_block(1, [])
+    with pytest.raises(ValueError, match="contiguous"):
+        codec.encode_block(1, [a])  # no base_offset
+    with pytest.raises(ValueError, match="contiguous"):
+        codec.encode_block(1, [a.with_offset(0), a.with_offset(3)])
+    with pytest.raises(ValueError, match="compression must be one of"):
+        codec.encode_block(1, [a.with_offset(0)], compression="gzip")  # type: ignore[arg-type]
+
+
+def test_results() -> None:
+    assert AppendResult(10, 5).next_offset == 15
+    batch = RecordBatch.from_records([Record(b"x"), Record(b"y")], timestamp=1).with_offset(40)
+    opaque = RecordBatch(b"o", 1, base_timestamp=1).with_offset(42)
+    result = FetchResult((batch,), next_offset=42, start_offset=0, end_offset=43)
+    assert len(result) == 1 and list(result) == [batch]
+    assert list(result.records()) == [(40, Record(b"x", timestamp=1)),
+                                      (41, Record(b"y", timestamp=1))]
+    with pytest.raises(TypeError, match="opaque"):
+        list(FetchResult((opaque,), 43, 0, 43).records())
