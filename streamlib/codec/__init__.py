@@ -16,6 +16,7 @@ turning spans back into records, compression, and turning status codes into
 from __future__ import annotations
 
 import os
+import struct
 import threading
 from array import array
 from collections.abc import Iterable, Sequence
@@ -86,19 +87,25 @@ def _corrupt(status: int, position: int, source: str | None, where: str = "") ->
 
 
 def _columns(records: Sequence[Record], default_ts: int):  # type: ignore[no-untyped-def]
-    """Gather records into the columns both backends take. Cheap per record: C-level loops."""
+    """Gather records into the columns both backends take.
+
+    Every step is a C-level loop (zip, join, map, tuple comparison): per record this costs more
+    than the C encoder itself, so it is kept to the bare minimum. Records are not type-checked
+    here: anything that is not a Record's four fields fails one of these steps, and
+    :func:`_explain` then names the culprit."""
     n = len(records)
     values, keys, headers, timestamps = zip(*records, strict=True)
     values_data = b"".join(values)
-    value_lengths = array("q", map(len, values))
+    value_lengths = _lengths(values)
 
-    if keys.count(None) == n:
+    nothing = (None,) * n  # tuple equality compares identity first: a fast all-None test
+    if keys == nothing:
         key_lengths, keys_data = None, b""
     else:
         keys_data = b"".join(filter(None, keys))  # empty keys add nothing; None is skipped
         key_lengths = array("q", [-1 if k is None else len(k) for k in keys])
 
-    if headers.count(()) == n:
+    if headers == ((),) * n:
         header_counts, header_lengths, header_data = None, None, b""
     else:
         header_counts = array("I", map(len, headers))
@@ -107,25 +114,35 @@ def _columns(records: Sequence[Record], default_ts: int):  # type: ignore[no-unt
             for name, value in pairs:
                 parts.append(name.encode("utf-8"))
                 parts.append(value)
-        header_lengths = array("q", map(len, parts))
+        header_lengths = _lengths(parts)
         header_data = b"".join(parts)
 
-    missing = timestamps.count(None)
-    if missing == n:
+    if timestamps == nothing:
         ts_column, base, top = None, default_ts, default_ts
     else:
-        ts_column = [default_ts if t is None else t for t in timestamps] if missing else timestamps
+        if None in timestamps:
+            timestamps = tuple(default_ts if t is None else t for t in timestamps)
+        ts_column = array("q", timestamps)
         base, top = ts_column[0], max(ts_column)
     return (ts_column, base, top, key_lengths, keys_data, value_lengths, values_data,
             header_counts, header_lengths, header_data)
 
 
-def _check_record_types(records: Sequence[object]) -> None:
-    if set(map(type, records)) != {Record}:
-        for i, record in enumerate(records):
-            if type(record) is not Record:
-                raise TypeError(f"records[{i}] must be a streamlib.Record, "
-                                f"not {type(record).__name__}")
+def _lengths(items: Sequence[bytes]) -> array:
+    """``array('q', map(len, items))``, built the fastest way CPython offers (via struct)."""
+    lengths = array("q")
+    lengths.frombytes(struct.pack(f"{len(items)}q", *map(len, items)))
+    return lengths
+
+
+def _explain(records: Sequence[object]) -> None:
+    """Raise the clear error for records that failed to gather (not a Record, or a Record built
+    around the validation)."""
+    for i, record in enumerate(records):
+        if type(record) is not Record:
+            raise TypeError(f"records[{i}] must be a streamlib.Record, "
+                            f"not {type(record).__name__}")
+        Record(*record)  # re-validates the fields; raises naming the bad one
 
 
 def encode_records(records: Iterable[Record], *, timestamp: int | None = None) -> RecordBatch:
@@ -141,9 +158,12 @@ def encode_records(records: Iterable[Record], *, timestamp: int | None = None) -
         raise ValueError("a batch needs at least one record")
     if n > MAX_BATCH_RECORDS:
         raise ValueError(f"a batch holds at most {MAX_BATCH_RECORDS} records: count=`{n}`")
-    _check_record_types(records)
     default_ts = now_ms() if timestamp is None else check_timestamp(timestamp, "timestamp")
-    ts, base, top, *columns = _columns(records, default_ts)
+    try:
+        ts, base, top, *columns = _columns(records, default_ts)
+    except (TypeError, ValueError, AttributeError, OverflowError, struct.error):
+        _explain(records)
+        raise
     status, payload = _impl.records_encode(n, ts, base, *columns)
     if status == st.BAD_LENGTH:
         raise ValueError(f"records encode to more than the format's limit of {MAX_PAYLOAD} bytes")
@@ -154,11 +174,12 @@ def encode_records(records: Iterable[Record], *, timestamp: int | None = None) -
 
 @dataclass(frozen=True, slots=True)
 class RecordIndex:
-    """Where each record of a payload lies (flat lists, ``RECORD_FIELDS`` / ``HEADER_FIELDS``
-    ints an entry), and the largest timestamp. Built by :func:`index_records`."""
+    """Where each record of a payload lies (flat ``array('q')``s, 7 ints a record and 4 a
+    header, as in native/segment_codec.h), and the largest timestamp. Built by
+    :func:`index_records`."""
 
-    records: list[int]
-    headers: list[int]
+    records: array
+    headers: array
     max_timestamp: int
 
 

@@ -84,27 +84,29 @@ def records_encode(count: int, timestamps: Sequence[int] | None, base_timestamp:
 
 
 def records_index(payload: bytes, count: int, base_timestamp: int
-                  ) -> tuple[int, int, list[int], list[int], int]:
+                  ) -> tuple[int, int, array, array, int]:
     size = _size(payload)
     if count < 1 or count > size // MIN_RECORD_SIZE:  # before allocating count entries
-        return BAD_COUNT, 0, [], [], 0
-    records = ffi.new("int64_t[]", count * RECORD_FIELDS)
+        return BAD_COUNT, 0, array("q"), array("q"), 0
+    # The C code writes straight into the arrays that are returned: no copy, no int objects.
+    records = array("q", bytes(8 * RECORD_FIELDS * count))
+    headers = array("q")
     out = ffi.new("size_t[2]")  # needed, error position
     max_ts = ffi.new("int64_t *")
-    cap = 0
-    headers = _NULL
     data = _ptr(payload)
+    spans = _from_buffer("int64_t[]", records, require_writable=True)
+    cap = 0
     while True:
-        status = lib.slc_records_index(data, size, count, base_timestamp, records,
-                                       headers, cap, out, max_ts, out + 1)
+        status = lib.slc_records_index(data, size, count, base_timestamp, spans,
+                                       _from_buffer("int64_t[]", headers, require_writable=True)
+                                       if cap else _NULL, cap, out, max_ts, out + 1)
         if status != NEED_SPACE:
             break
         cap = out[0]
-        headers = ffi.new("int64_t[]", cap * HEADER_FIELDS)
+        headers = array("q", bytes(8 * HEADER_FIELDS * cap))
     if status != OK:
-        return status, out[1], [], [], 0
-    return (OK, 0, ffi.unpack(records, count * RECORD_FIELDS),
-            ffi.unpack(headers, cap * HEADER_FIELDS) if cap else [], max_ts[0])
+        return status, out[1], array("q"), array("q"), 0
+    return OK, 0, records, headers, max_ts[0]
 
 
 def batch_header(flags: int, count: int, stream_id: int, base_offset: int, base_timestamp: int,

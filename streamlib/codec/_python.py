@@ -8,6 +8,7 @@ functions; tests compare the two on random input.
 from __future__ import annotations
 
 import struct
+from array import array
 from collections.abc import Sequence
 
 import xxhash
@@ -181,17 +182,19 @@ def _valid_utf8(data: bytes | memoryview) -> bool:
 
 
 def records_index(payload: bytes, count: int, base_timestamp: int
-                  ) -> tuple[int, int, list[int], list[int], int]:
+                  ) -> tuple[int, int, array, array, int]:
     """(status, error position, record spans, header spans, max timestamp).
 
-    Spans are flat lists: RECORD_FIELDS ints a record (timestamp, key position, key length or
+    Spans are flat ``array('q')``s: RECORD_FIELDS ints a record (timestamp, key position, key length or
     -1, value position, value length, first header, header count) and HEADER_FIELDS a header
     (name position, name length, value position, value length). On an error, only the status
     and the position mean anything (empty spans and 0, as the C code gives)."""
     if count == 0 or count > len(payload) // MIN_RECORD_SIZE:
-        return BAD_COUNT, 0, [], [], 0
-    result = _index(payload, count, base_timestamp)
-    return result if result[0] == OK else (result[0], result[1], [], [], 0)
+        return BAD_COUNT, 0, array("q"), array("q"), 0
+    status, position, records, headers, max_ts = _index(payload, count, base_timestamp)
+    if status != OK:
+        return status, position, array("q"), array("q"), 0
+    return OK, 0, array("q", records), array("q", headers), max_ts
 
 
 def _index(payload: bytes, count: int, base_timestamp: int
