@@ -185,9 +185,9 @@ def records_index(payload: bytes, count: int, base_timestamp: int
                   ) -> tuple[int, int, array, array, int]:
     """(status, error position, record spans, header spans, max timestamp).
 
-    Spans are flat ``array('q')``s: RECORD_FIELDS ints a record (timestamp, key position, key length or
-    -1, value position, value length, first header, header count) and HEADER_FIELDS a header
-    (name position, name length, value position, value length). On an error, only the status
+    Spans are flat ``array('q')``s: RECORD_FIELDS ints a record (timestamp, key position, key
+    length or -1, value position, value length, first header, header count) and HEADER_FIELDS a
+    header (name position, name length, value position, value length). On an error, only the status
     and the position mean anything (empty spans and 0, as the C code gives)."""
     if count == 0 or count > len(payload) // MIN_RECORD_SIZE:
         return BAD_COUNT, 0, array("q"), array("q"), 0
