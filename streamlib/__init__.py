@@ -13,6 +13,8 @@ from streamlib.errors import (
     StreamClosed,
     StreamLibError,
     StreamNotFound,
+    WalFullError,
+    WalLockedError,
 )
 from streamlib.records import AppendResult, FetchResult, Record, RecordBatch
 
@@ -32,4 +34,6 @@ __all__ = [
     "StreamClosed",
     "StreamLibError",
     "StreamNotFound",
+    "WalFullError",
+    "WalLockedError",
 ]

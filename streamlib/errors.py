@@ -83,3 +83,12 @@ class StreamClosed(StreamLibError):
 
 class StorageUnavailable(StreamLibError, OSError):
     """The WAL or object store could not be reached after retries. Retry later."""
+
+
+class WalFullError(StreamLibError, TimeoutError):
+    """The WAL stayed full for longer than the append timeout: uploads are not keeping up with
+    appends (or trims are held back). Retry later; nothing of this append was written."""
+
+
+class WalLockedError(StreamLibError):
+    """Another process has this WAL open. Close it there, or use another WAL path."""

@@ -1,0 +1,177 @@
+"""The write-ahead log: one interface, three backends (docs/wal.md).
+
+Plug-in authors implement :class:`Wal`; its docstring is the contract that the shared suite in
+``streamlib.testing.wal`` checks. The stream layer is the only user inside streamlib.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+from streamlib.records import RecordBatch
+
+
+@dataclass(frozen=True, slots=True)
+class WalRecord:
+    """What the WAL stores: one batch of one stream, placed at ``batch.base_offset``, written by
+    a writer holding ``epoch`` of that stream."""
+
+    stream_id: int
+    epoch: int
+    batch: RecordBatch
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.batch, RecordBatch):
+            raise TypeError(f"batch must be a RecordBatch, not {type(self.batch).__name__}")
+        if self.batch.base_offset is None:
+            raise ValueError("a WAL record's batch needs its base_offset (batch.with_offset)")
+        for name in ("stream_id", "epoch"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 1 << 64:
+                raise ValueError(f"{name} must be an int in [0, 2^64): {name}=`{value}`")
+
+    @property
+    def base_offset(self) -> int:
+        return self.batch.base_offset  # type: ignore[return-value]
+
+    @property
+    def count(self) -> int:
+        return self.batch.count
+
+
+@dataclass(frozen=True, slots=True)
+class WalEntry:
+    """A recovered record and the WAL position it was found at."""
+
+    position: int
+    record: WalRecord
+
+
+@dataclass(frozen=True, slots=True)
+class Damage:
+    """Logical WAL positions ``[start, end)`` that recovery could not return, and why."""
+
+    start: int
+    end: int
+    reason: str
+
+    @property
+    def size(self) -> int:
+        return self.end - self.start
+
+
+class Recovery:
+    """The records recovery found, in order, and (once iterated) what it had to drop.
+
+    Iterate it once; ``end`` is where appends continue, ``dropped`` lists :class:`Damage`."""
+
+    def __init__(self, scan: Callable[[Recovery], Iterator[WalEntry]], start: int) -> None:
+        self._scan = scan
+        self.start = start
+        self.end = start
+        self.dropped: list[Damage] = []
+        self.records = 0
+        self.bytes = 0
+        self.done = False
+
+    def __iter__(self) -> Iterator[WalEntry]:
+        if self.done:
+            raise RuntimeError("a Recovery can be iterated only once")
+        for entry in self._scan(self):
+            self.records += 1
+            yield entry
+        self.done = True
+
+    def drop(self, start: int, end: int, reason: str) -> None:
+        """For backends: report damage."""
+        if end > start:
+            self.dropped.append(Damage(start, end, reason))
+
+    def entries(self) -> list[WalEntry]:
+        """Iterate to the end and return every record."""
+        return list(self)
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What a backend declares about itself (not discovered by trial and error)."""
+
+    aligned_writes: bool = False
+    """Writes are multiples of 4 KiB at 4 KiB-aligned offsets (O_DIRECT-friendly)."""
+    shared_storage: bool = False
+    """Another node can recover this WAL (it lives in shared object storage)."""
+    max_record_bytes: int = 64 * 1024 * 1024 + 96
+    """The largest WAL record (header and framed batch) an append accepts."""
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+class Wal(abc.ABC):
+    """A durable, ordered log of :class:`WalRecord` s.
+
+    The contract (docs/wal.md):
+
+    - :meth:`append` returns a future that completes with the record's position once the record
+      is durable, or fails if it never will be. Futures complete in append order: when one
+      completes, every earlier record is durable too. A record is durable whole or not at all.
+    - Positions are logical byte positions, increasing, unique for the life of the WAL across
+      restarts; ``usage`` is ``end_position - trim_position``.
+    - :meth:`recover` must be called once, before the first append; it returns every durable
+      record at or after the trim position, in order, never a damaged one, and reports what it
+      dropped. Appends then continue at ``Recovery.end``.
+    - :meth:`trim` lets the WAL discard records before a position; it never goes back.
+    - With bounded ``capacity``, an append that does not fit blocks the caller until a trim
+      frees room (woken by the trim, not by polling) or ``timeout`` passes
+      (:class:`~streamlib.errors.WalFullError`); waiting appends keep their order.
+    - :meth:`close` settles every pending future and releases the WAL's resources and locks.
+    """
+
+    capabilities: Capabilities = Capabilities()
+
+    @abc.abstractmethod
+    def recover(self) -> Recovery:
+        """Scan the durable records after the trim position (call once, before appending)."""
+
+    @abc.abstractmethod
+    def append(self, record: WalRecord, timeout: float | None = None) -> Future[int]:
+        """Queue ``record``; the future completes with its position once it is durable.
+        Blocks while the WAL is full, at most ``timeout`` seconds (None: the WAL's default)."""
+
+    @abc.abstractmethod
+    def trim(self, position: int) -> None:
+        """Records before ``position`` may be discarded (positions from ``append`` or recovery).
+        """
+
+    @property
+    @abc.abstractmethod
+    def capacity(self) -> int | None:
+        """Bytes the WAL can hold, or None if unbounded."""
+
+    @property
+    @abc.abstractmethod
+    def trim_position(self) -> int: ...
+
+    @property
+    @abc.abstractmethod
+    def end_position(self) -> int:
+        """The position the next appended record will get."""
+
+    @property
+    def usage(self) -> int:
+        """Bytes between the trim position and the end (records and padding)."""
+        return self.end_position - self.trim_position
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Fail or complete every pending append, stop background work, release locks."""
+
+    def __enter__(self) -> Wal:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+__all__ = ["Capabilities", "Damage", "Recovery", "Wal", "WalEntry", "WalRecord"]

@@ -1,0 +1,112 @@
+"""The WAL record format (docs/wal.md) and the scan of a run of records, shared by backends."""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Generator
+
+from streamlib import codec
+from streamlib.records import RecordBatch
+from streamlib.wal import Recovery, WalEntry, WalRecord
+
+HEADER_SIZE = 40
+MAGIC = b"SLWR"
+VERSION = 1
+TYPE_BATCH = 1
+TYPE_PADDING = 2
+_TAIL = struct.Struct("<BBHIIqq")  # version type reserved body_length reserved position epoch
+_CHECKSUM = struct.Struct("<Q")
+
+
+def header(kind: int, body_length: int, position: int, epoch: int) -> bytes:
+    tail = _TAIL.pack(VERSION, kind, 0, body_length, 0, position, epoch)
+    return MAGIC + _CHECKSUM.pack(codec.xxh64(tail)) + tail
+
+
+def record_size(record: WalRecord) -> int:
+    return HEADER_SIZE + codec.BATCH_HEADER_SIZE + len(record.batch.payload)
+
+
+def record_parts(position: int, record: WalRecord) -> tuple[bytes, bytes, bytes]:
+    """The record's bytes in three parts (WAL header, batch header, payload), for a gathered
+    write that does not copy the payload."""
+    batch = record.batch
+    frame_header = codec.batch_header(record.stream_id, record.base_offset, batch)
+    body = codec.BATCH_HEADER_SIZE + len(batch.payload)
+    return header(TYPE_BATCH, body, position, record.epoch), frame_header, batch.payload
+
+
+def padding(position: int, length: int) -> bytes:
+    """A padding record filling exactly ``length`` bytes (at least HEADER_SIZE)."""
+    return header(TYPE_PADDING, length - HEADER_SIZE, position, 0) + bytes(length - HEADER_SIZE)
+
+
+def read_header(buf: bytes | memoryview, at: int, position: int) -> tuple[int, int, int] | None:
+    """(type, body length, epoch) of a valid header at ``buf[at:]`` that claims ``position``
+    and whose body fits in ``buf``; else None."""
+    if len(buf) - at < HEADER_SIZE or buf[at:at + 4] != MAGIC:
+        return None
+    tail = buf[at + 12:at + HEADER_SIZE]
+    if _CHECKSUM.unpack_from(buf, at + 4)[0] != codec.xxh64(tail):
+        return None
+    version, kind, reserved, body, reserved2, claimed, epoch = _TAIL.unpack(tail)
+    if (version != VERSION or reserved or reserved2 or claimed != position
+            or kind not in (TYPE_BATCH, TYPE_PADDING) or body > len(buf) - at - HEADER_SIZE):
+        return None
+    return kind, body, epoch
+
+
+def read_record(buf: bytes | memoryview, at: int, position: int
+                ) -> tuple[WalRecord | None, int] | None:
+    """The record at ``buf[at:]`` claiming ``position``: (record, or None for padding; its
+    length), or None if it is not a valid record."""
+    found = read_header(buf, at, position)
+    if found is None:
+        return None
+    kind, body, epoch = found
+    length = HEADER_SIZE + body
+    if kind == TYPE_PADDING:
+        return None, length
+    start, end = at + HEADER_SIZE, at + length
+    scan = codec.scan_batches(buf, start, end, strict=False)
+    if scan.error is not None or len(scan.entries) != 1:
+        return None
+    info = scan.entries[0]
+    payload = bytes(buf[info.payload_position:info.end])
+    batch = RecordBatch._trusted(payload, info.count, info.base_timestamp, info.max_timestamp,
+                                 info.encoding, info.base_offset)
+    return WalRecord(info.stream_id, epoch, batch), length
+
+
+def next_valid(buf: bytes, start: int, base: int) -> int | None:
+    """The offset of the first valid record at or after ``start`` (a header that claims its own
+    position ``base + offset``), or None."""
+    at = buf.find(MAGIC, start)
+    while at >= 0:
+        if read_record(buf, at, base + at) is not None:
+            return at
+        at = buf.find(MAGIC, at + 1)
+    return None
+
+
+def scan_run(buf: bytes, base: int, recovery: Recovery
+             ) -> Generator[WalEntry, None, int]:
+    """Yield the valid records of ``buf``, whose first byte is at position ``base``, skipping
+    (and reporting) damaged bytes between valid records. Returns the offset where the valid
+    records end: what follows is a tail with no valid record in it, for the caller to judge."""
+    at = 0
+    while at < len(buf):
+        found = read_record(buf, at, base + at)
+        if found is None:
+            resume = next_valid(buf, at + 1, base)
+            if resume is None:
+                return at
+            recovery.drop(base + at, base + resume, "damaged bytes between valid records")
+            at = resume
+            continue
+        record, length = found
+        if record is not None:
+            recovery.bytes += length
+            yield WalEntry(base + at, record)
+        at += length
+    return at

@@ -1,0 +1,248 @@
+"""Group commit for the local backends (``file`` and ``block``).
+
+Callers queue records; one writer thread takes everything queued (up to ``group_bytes``, after
+an optional ``linger``), hands it to the backend's ``_write_group`` — one write and one sync —
+and completes the group's futures in order. Admission control bounds memory and disk: an append
+that would take the WAL past its capacity waits on a condition that ``trim`` signals.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future
+
+from streamlib.errors import StorageUnavailable, StreamClosed, WalFullError
+from streamlib.wal import Recovery, Wal, WalRecord
+from streamlib.wal._format import record_size
+
+log = logging.getLogger("streamlib.wal")
+
+
+class Pending:
+    """A queued append."""
+
+    __slots__ = ("future", "record", "size")
+
+    def __init__(self, record: WalRecord, size: int) -> None:
+        self.record = record
+        self.size = size
+        self.future: Future[int] = Future()
+
+
+class GroupCommitWal(Wal):
+    """The queue, the writer thread and the back-pressure; backends add the storage.
+
+    Backends implement :meth:`_scan` (recovery), :meth:`_write_group` (assign positions, write,
+    sync; return the positions) and :meth:`_trimmed` (reclaim space), and may raise
+    ``admission_slack`` for bytes a group can add beyond its records (padding)."""
+
+    admission_slack = 0
+
+    def __init__(self, *, capacity: int, group_bytes: int, linger: float,
+                 full_timeout: float) -> None:
+        if capacity <= 0 or group_bytes <= 0 or linger < 0 or full_timeout < 0:
+            raise ValueError("capacity and group_bytes must be positive, linger and "
+                             "full_timeout non-negative")
+        self._capacity = capacity
+        self._group_bytes = group_bytes
+        self._linger = linger
+        self._full_timeout = full_timeout
+        self._cond = threading.Condition()
+        self._queue: deque[Pending] = deque()
+        self._queued_bytes = 0
+        self._tickets = 0  # admission is first come, first served
+        self._admitted = 0
+        self._trim = 0
+        self._end = 0  # the position after the last written record
+        self._recovered = False
+        self._closed = False
+        self._failure: BaseException | None = None
+        self._writer: threading.Thread | None = None
+
+    # ---- for backends ----
+
+    @abc.abstractmethod
+    def _scan(self, recovery: Recovery):  # type: ignore[no-untyped-def]
+        """Yield the recovered entries; set ``recovery.end``; report damage."""
+
+    @abc.abstractmethod
+    def _write_group(self, group: list[Pending], start: int) -> tuple[list[int], int]:
+        """Write the group durably starting at position ``start``. Returns each record's
+        position and the position after the group. Called from the writer thread only."""
+
+    def _trimmed(self, position: int) -> None:
+        """Reclaim space before ``position`` (called outside the lock)."""
+
+    def _wait_for_room(self, end: int, deadline: float) -> None:
+        """For the writer: block until ``end - trim <= capacity``, or raise WalFullError."""
+        with self._cond:
+            while end - self._trim > self._capacity and not self._closed:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise WalFullError(f"WAL full: no room for a group ending at `{end}`: "
+                                       f"trim=`{self._trim}` capacity=`{self._capacity}`")
+                self._cond.wait(left)
+            if self._closed:
+                raise StreamClosed("WAL closed while a group waited for room")
+
+    # ---- the interface ----
+
+    def recover(self) -> Recovery:
+        if self._recovered:
+            raise RuntimeError("recover() may be called only once")
+        self._recovered = True
+
+        def scan(recovery: Recovery):  # type: ignore[no-untyped-def]
+            yield from self._scan(recovery)
+            with self._cond:
+                self._end = recovery.end
+            self._start_writer()
+
+        return Recovery(scan, self._trim)
+
+    def _start_writer(self) -> None:
+        self._writer = threading.Thread(target=self._write_loop, name=f"{type(self).__name__}",
+                                        daemon=True)
+        self._writer.start()
+
+    def append(self, record: WalRecord, timeout: float | None = None) -> Future[int]:
+        if not isinstance(record, WalRecord):
+            raise TypeError(f"record must be a WalRecord, not {type(record).__name__}")
+        size = record_size(record)
+        limit = min(self.capabilities.max_record_bytes, self._capacity - self.admission_slack)
+        if size > limit:
+            raise ValueError(f"WAL record too large: size=`{size}` max=`{limit}`")
+        deadline = time.monotonic() + (self._full_timeout if timeout is None else timeout)
+        pending = Pending(record, size)
+        with self._cond:
+            self._check_open()
+            ticket = self._tickets
+            self._tickets += 1
+            try:
+                while (ticket != self._admitted or self._end - self._trim + self._queued_bytes
+                       + size + self.admission_slack > self._capacity):
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise WalFullError(
+                            f"WAL full: append waited for room: usage=`{self._end - self._trim}` "
+                            f"queued=`{self._queued_bytes}` size=`{size}` "
+                            f"capacity=`{self._capacity}`")
+                    self._cond.wait(left)
+                    self._check_open()
+            finally:
+                # Whether admitted or not, let the next ticket holder go (order is kept
+                # because a ticket is admitted only after every earlier one is done).
+                self._admitted += 1
+                self._cond.notify_all()
+            self._queue.append(pending)
+            self._queued_bytes += size
+            self._cond.notify_all()
+        return pending.future
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StreamClosed("the WAL is closed")
+        if self._failure is not None:
+            raise StorageUnavailable(f"the WAL failed and accepts no appends: {self._failure}")
+        if self._writer is None:
+            raise RuntimeError("call recover() and iterate it before appending")
+
+    def trim(self, position: int) -> None:
+        with self._cond:
+            if position <= self._trim:
+                return
+            if position > self._end:
+                raise ValueError(f"trim beyond the end: position=`{position}` end=`{self._end}`")
+            self._trim = position
+            self._cond.notify_all()
+        self._trimmed(position)
+
+    @property
+    def capacity(self) -> int:
+        return self._capacity
+
+    @property
+    def trim_position(self) -> int:
+        return self._trim
+
+    @property
+    def end_position(self) -> int:
+        return self._end
+
+    def close(self) -> None:
+        with self._cond:
+            if self._closed:
+                return
+            self._closed = True
+            self._cond.notify_all()
+        if self._writer is not None:
+            self._writer.join()
+        self._release()
+
+    def _release(self) -> None:
+        """Free files and locks after the writer stopped."""
+
+    # ---- the writer ----
+
+    def _take_group(self) -> list[Pending] | None:
+        with self._cond:
+            while not self._queue and not self._closed:
+                self._cond.wait()
+            if not self._queue:
+                return None
+            if self._linger:
+                deadline = time.monotonic() + self._linger
+                while self._queued_bytes < self._group_bytes and not self._closed:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._cond.wait(left)
+            group, size = [], 0
+            while self._queue and (not group or size + self._queue[0].size <= self._group_bytes):
+                item = self._queue.popleft()
+                group.append(item)
+                size += item.size
+            return group
+
+    def _write_loop(self) -> None:
+        while True:
+            group = self._take_group()
+            if group is None:
+                return
+            try:
+                positions, end = self._write_group(group, self._end)
+            except BaseException as e:
+                self._fail(group, e)
+                continue
+            with self._cond:
+                self._end = end
+                self._queued_bytes -= sum(p.size for p in group)
+                self._cond.notify_all()
+            for item, position in zip(group, positions, strict=True):
+                item.future.set_result(position)
+
+    def _fail(self, group: list[Pending], error: BaseException) -> None:
+        """A group that could not be written fails, and with it everything queued behind it:
+        they may depend on it (offsets), and the WAL's state after a failed sync is unknown.
+        Running out of room is the one failure the WAL itself survives."""
+        fatal = not isinstance(error, WalFullError | StreamClosed)
+        if fatal:
+            log.error("WAL write failed; the WAL accepts no more appends: %r", error)
+        with self._cond:
+            if fatal:
+                self._failure = error
+            failed = group + list(self._queue)
+            self._queue.clear()
+            self._queued_bytes = 0
+            self._cond.notify_all()
+        for item in failed:
+            if isinstance(error, WalFullError | StreamClosed):
+                item.future.set_exception(error)
+            else:
+                wrapped = StorageUnavailable(f"WAL write failed: {error!r}")
+                wrapped.__cause__ = error
+                item.future.set_exception(wrapped)
