@@ -9,6 +9,7 @@ INSTALL_DEPS := pyproject.toml setup.py native/segment_codec.c native/segment_co
 ASAN_DIR := build/asan
 PYTEST_ARGS ?=
 FUZZ_SECONDS ?= 60
+ASAN_TESTS := test_codec_native.py test_codec_equal.py test_codec_damage.py test_codec.py
 
 .PHONY: demo test lint test-c test-python asan bench clean
 
@@ -46,14 +47,13 @@ asan: $(VENV)/.installed-test
 	cp -r streamlib $(ASAN_DIR)/ && rm -f $(ASAN_DIR)/streamlib/codec/_segment_codec*.so
 	$(BIN)/python native/build_codec.py --sanitize $(ASAN_DIR) > $(ASAN_DIR)/build.log
 	cd $(ASAN_DIR) && \
-	  export LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
+	  export LD_PRELOAD="$$($(CC) -print-file-name=libasan.so) $$($(CC) -print-file-name=libubsan.so)" \
 	    ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
 	    UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
-	    STREAMLIB_PURE=0 STREAMLIB_SANITIZED=1 && \
-	  ../../$(BIN)/python -m pytest -q -p no:cacheprovider -c ../../pyproject.toml \
-	    --rootdir ../.. ../../tests/unit/test_codec_native.py ../../tests/unit/test_codec_equal.py \
-	    ../../tests/unit/test_codec_damage.py && \
-	  ../../$(BIN)/python ../../tests/fuzz_codec.py --seconds $(FUZZ_SECONDS)
+	    STREAMLIB_PURE=0 SANITIZED_CODEC=1 && \
+	  $(abspath $(BIN))/python -m pytest -q -p no:cacheprovider -c $(CURDIR)/pyproject.toml \
+	    --rootdir $(CURDIR) $(addprefix $(CURDIR)/tests/unit/,$(ASAN_TESTS)) && \
+	  $(abspath $(BIN))/python $(CURDIR)/tests/fuzz_codec.py --seconds $(FUZZ_SECONDS)
 
 bench: $(VENV)/.installed-test
 	$(BIN)/python benchmarks/codec.py

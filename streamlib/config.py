@@ -5,8 +5,9 @@ from keyword arguments, a mapping, and ``STREAMLIB_*`` environment variables. Co
 fsspec filesystem, a clock, a metrics sink) are passed to ``open()`` as objects, not configured
 here. Precedence, lowest first: defaults, environment, mapping, keyword arguments.
 
-Byte sizes accept plain integers or strings with a unit: ``"64KiB"``, ``"8MiB"``, ``"1GiB"``,
-``"4096"`` (and ``"1_000_000"``).
+Byte sizes accept plain integers or strings with a binary unit: ``"64KiB"``, ``"8MiB"``,
+``"1GiB"``, ``"4096"``, ``"1_000_000"``; ``K``/``KB``, ``M``/``MB`` and ``G``/``GB`` mean the
+same binary units (1 KB = 1024 bytes here, as in most storage settings).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 from streamlib.errors import ConfigError
 
 ENV_PREFIX = "STREAMLIB_"
+_NO_VALUE = ConfigError.NO_VALUE
 # STREAMLIB_* variables that are not config fields: the codec's import policy (codec/__init__.py).
 RESERVED_ENV = frozenset({"STREAMLIB_PURE"})
 
@@ -78,7 +80,7 @@ def _setting(default: Any, doc: str, kind: _Kind) -> Any:
     return field(default=default, metadata={"doc": doc, "kind": kind})
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Config:
     """Validated settings of a store. Build with ``Config(...)``, :meth:`load`, :meth:`from_dict`
     or :meth:`from_env`; change with :meth:`replace`. Invalid values raise
@@ -99,8 +101,8 @@ class Config:
         _Kind("bytes", low=4 * KiB, high=64 * MiB))
     max_batch_bytes: int = _setting(
         8 * MiB,
-        "Largest record batch payload an append accepts; larger ones raise ValueError. The "
-        "format's own limit is 64 MiB.",
+        "Largest record batch payload a stream append will accept (the stream layer refuses "
+        "larger ones with ValueError). The format's own limit is 64 MiB.",
         _Kind("bytes", low=1 * KiB, high=64 * MiB))
 
     def __post_init__(self) -> None:
@@ -127,7 +129,7 @@ class Config:
             if name not in known:
                 close = difflib.get_close_matches(str(name), known, n=1)
                 hint = f" (did you mean `{close[0]}`?)" if close else ""
-                raise ConfigError(str(name), f"unknown setting in {origin}{hint}")
+                raise ConfigError(str(name), f"unknown setting in {origin}{hint}", _NO_VALUE)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, object]) -> Config:
@@ -142,11 +144,17 @@ class Config:
         """The ``STREAMLIB_*`` settings in ``environ`` (default ``os.environ``), by field name.
         An unknown ``STREAMLIB_*`` variable is an error: it is most likely a typo."""
         environ = os.environ if environ is None else environ
+        known = cls.field_names()
         values = {}
         for key, value in environ.items():
-            if key.startswith(ENV_PREFIX) and key not in RESERVED_ENV:
-                values[key[len(ENV_PREFIX):].lower()] = value
-        cls._check_names(values, "environment (STREAMLIB_*)")
+            if not key.startswith(ENV_PREFIX) or key in RESERVED_ENV:
+                continue
+            name = key[len(ENV_PREFIX):].lower()
+            if name not in known:
+                close = difflib.get_close_matches(name, known, n=1)
+                hint = f" (did you mean {ENV_PREFIX}{close[0].upper()}?)" if close else ""
+                raise ConfigError(key, f"unknown environment variable{hint}", value)
+            values[name] = value
         return values
 
     @classmethod

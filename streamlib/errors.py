@@ -27,10 +27,15 @@ class StreamLibError(Exception):
 class ConfigError(StreamLibError, ValueError):
     """A configuration value is invalid. Fix the named field; retrying will not help."""
 
-    def __init__(self, field: str, problem: str, value: object = None) -> None:
+    NO_VALUE = object()  # for errors about a name rather than a value
+
+    def __init__(self, field: str, problem: str, value: object = NO_VALUE) -> None:
         self.field = field
-        self.value = value
-        super().__init__(describe(f"invalid config: {problem}", field=field, value=value))
+        self.value = None if value is ConfigError.NO_VALUE else value
+        values: dict[str, object] = {"field": field}
+        if value is not ConfigError.NO_VALUE:
+            values["value"] = repr(value) if isinstance(value, str) else value
+        super().__init__(describe(f"invalid config: {problem}", **values))
 
 
 class CorruptDataError(StreamLibError):

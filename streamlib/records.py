@@ -13,10 +13,12 @@ from dataclasses import dataclass
 from operator import itemgetter
 from typing import Literal
 
+# The format's limits (docs/format.md); the codec and its C twin enforce the same.
 INT64_MIN = -(1 << 63)
 INT64_MAX = (1 << 63) - 1
+UINT64_MAX = (1 << 64) - 1
 MAX_BATCH_RECORDS = (1 << 31) - 1
-MAX_PAYLOAD_BYTES = 64 * 1024 * 1024  # the format's limit (docs/format.md)
+MAX_PAYLOAD_BYTES = 64 * 1024 * 1024
 
 Encoding = Literal["records", "opaque"]
 Headers = tuple[tuple[str, bytes], ...]
@@ -36,16 +38,23 @@ def _as_bytes(value: object, what: str) -> bytes:
     raise TypeError(f"{what} must be bytes, bytearray or memoryview, not {type(value).__name__}")
 
 
-def check_timestamp(value: object, what: str) -> int:
+def check_int(value: object, what: str, low: int, high: int) -> int:
+    """``value`` as a plain int in ``[low, high]``: TypeError for a non-int (bools included),
+    ValueError naming ``what`` for one out of range. The one range check of the API edge."""
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{what} must be an int (milliseconds), not {type(value).__name__}")
-    if not INT64_MIN <= value <= INT64_MAX:
-        raise ValueError(f"{what} must fit in 64 bits: {what}=`{value}`")
+        raise TypeError(f"{what} must be an int, not {type(value).__name__}")
+    if not low <= value <= high:
+        raise ValueError(f"{what} must be in [{low}, {high}]: {what}=`{value}`")
     return int(value)
 
 
+def check_timestamp(value: object, what: str) -> int:
+    """A timestamp: signed 64-bit milliseconds."""
+    return check_int(value, what, INT64_MIN, INT64_MAX)
+
+
 def _headers(headers: object) -> Headers:
-    if headers == ():
+    if headers == () or headers is None:
         return ()
     if isinstance(headers, Mapping):
         headers = headers.items()
@@ -86,7 +95,7 @@ class Record(tuple):
         if key is not None and type(key) is not bytes:
             key = _as_bytes(key, "record key")
         if headers != ():
-            headers = _headers(headers)
+            headers = _headers(headers)  # None is taken as no headers, as for key
         if timestamp is not None:
             timestamp = check_timestamp(timestamp, "record timestamp")
         return tuple.__new__(cls, (value, key, headers, timestamp))
@@ -131,13 +140,13 @@ class RecordBatch:
                  base_timestamp: int | None = None, max_timestamp: int | None = None,
                  encoding: Encoding = "opaque", base_offset: int | None = None) -> None:
         payload = _as_bytes(payload, "batch payload")
-        if type(count) is not int:
-            raise TypeError(f"batch count must be an int, not {type(count).__name__}")
-        if not 1 <= count <= MAX_BATCH_RECORDS:
-            raise ValueError(f"batch count must be in [1, {MAX_BATCH_RECORDS}]: count=`{count}`")
+        count = check_int(count, "batch count", 1, MAX_BATCH_RECORDS)
         if len(payload) > MAX_PAYLOAD_BYTES:
             raise ValueError(f"batch payload exceeds the format's limit of {MAX_PAYLOAD_BYTES} "
                              f"bytes: size=`{len(payload)}`")
+        if encoding == "records" and (base_timestamp is None or max_timestamp is None):
+            raise ValueError("a records-encoded batch needs the base_timestamp and max_timestamp "
+                             "it was encoded with")
         base_timestamp = now_ms() if base_timestamp is None else check_timestamp(
             base_timestamp, "base_timestamp")
         max_timestamp = base_timestamp if max_timestamp is None else check_timestamp(
@@ -147,8 +156,8 @@ class RecordBatch:
                              f"base_timestamp=`{base_timestamp}` max_timestamp=`{max_timestamp}`")
         if encoding not in ("records", "opaque"):
             raise ValueError(f"batch encoding must be 'records' or 'opaque': encoding=`{encoding}`")
-        if base_offset is not None and (type(base_offset) is not int or base_offset < 0):
-            raise ValueError(f"base_offset must be a non-negative int: base_offset=`{base_offset}`")
+        if base_offset is not None:
+            base_offset = check_int(base_offset, "base_offset", 0, INT64_MAX - count)
         if encoding == "records":
             from streamlib import codec  # the codec imports this module
 
@@ -195,6 +204,7 @@ class RecordBatch:
 
     def with_offset(self, base_offset: int) -> RecordBatch:
         """The same batch placed at ``base_offset`` in a stream."""
+        base_offset = check_int(base_offset, "base_offset", 0, INT64_MAX - self.count)
         return RecordBatch._trusted(self.payload, self.count, self.base_timestamp,
                                     self.max_timestamp, self.encoding, base_offset)
 
@@ -225,15 +235,22 @@ class AppendResult:
 class FetchResult:
     """Batches in offset order, and where to fetch next.
 
-    The first batch may begin before the offset asked for (batch granularity). ``next_offset`` is
-    the offset to pass to the next fetch; ``start_offset`` and ``end_offset`` are the stream's
-    readable range when the fetch was answered.
-    """
+    The first batch may begin before the offset asked for (batch granularity).
+    ``next_fetch_offset`` is the offset to pass to the next fetch; ``start_offset`` and
+    ``end_offset`` are the stream's readable range ``[start, end)`` when the fetch was answered
+    (``end_offset`` is the stream's ``next_offset`` then)."""
 
     batches: tuple[RecordBatch, ...]
-    next_offset: int
+    next_fetch_offset: int
     start_offset: int
     end_offset: int
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.batches, tuple):
+            object.__setattr__(self, "batches", tuple(self.batches))
+        for batch in self.batches:
+            if batch.base_offset is None:
+                raise ValueError("fetched batches carry their base_offset")
 
     def __len__(self) -> int:
         return len(self.batches)
@@ -242,8 +259,12 @@ class FetchResult:
         return iter(self.batches)
 
     def records(self) -> Iterator[tuple[int, Record]]:
-        """``(offset, record)`` for every record of every records-encoded batch."""
+        """``(offset, record)`` for every record. Every batch must be records-encoded: an
+        opaque one raises TypeError before anything is returned."""
+        if any(batch.encoding != "records" for batch in self.batches):
+            raise TypeError("this result holds opaque batches: read their .payload instead")
+        return self._records()
+
+    def _records(self) -> Iterator[tuple[int, Record]]:
         for batch in self.batches:
-            base = batch.base_offset if batch.base_offset is not None else 0
-            for i, record in enumerate(batch.records()):
-                yield base + i, record
+            yield from enumerate(batch.records(), batch.base_offset)  # type: ignore[arg-type]

@@ -30,7 +30,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     if expected and streamlib.codec.backend != expected:
         raise pytest.UsageError(f"STREAMLIB_PURE={policy} but the codec backend is "
                                 f"{streamlib.codec.backend}")
-    if os.environ.get("STREAMLIB_SANITIZED") == "1":
+    if os.environ.get("SANITIZED_CODEC") == "1":  # set by make asan
         from streamlib.codec import _segment_codec
 
         if "build/asan" not in _segment_codec.__file__:

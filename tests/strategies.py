@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import struct
 
+import xxhash
 from hypothesis import strategies as st
 
 from streamlib import Record
@@ -30,3 +32,11 @@ def records(value_strategy: st.SearchStrategy[bytes] = values) -> st.SearchStrat
 
 record_lists = st.lists(records(), min_size=1, max_size=30)
 small_record_lists = st.lists(records(small_values), min_size=1, max_size=20)
+
+
+def reseal(buf: bytearray, at: int = 0, end: int | None = None) -> bytes:
+    """Recompute the checksum of the batch or block at ``buf[at:]`` (covering ``[at + 12, end)``)
+    so that damage behind it is judged by the deeper checks instead of the checksum."""
+    end = len(buf) if end is None else min(end, len(buf))
+    buf[at + 4:at + 12] = struct.pack("<Q", xxhash.xxh64_intdigest(bytes(buf[at + 12:end])))
+    return bytes(buf)

@@ -32,9 +32,12 @@ from streamlib.codec import _python
 from streamlib.codec import _status as st
 from streamlib.errors import ConfigError, CorruptDataError
 from streamlib.records import (
+    INT64_MAX,
     MAX_BATCH_RECORDS,
+    UINT64_MAX,
     Record,
     RecordBatch,
+    check_int,
     check_timestamp,
     now_ms,
 )
@@ -67,7 +70,6 @@ MAX_BLOCK = st.MAX_BLOCK
 COMPRESSIONS = {"none": 0, "lz4": 1, "zstd": 2}
 _COMPRESSION_NAMES = {code: name for name, code in COMPRESSIONS.items()}
 FLAG_RECORDS = 1
-MASK64 = (1 << 64) - 1
 
 Compression = Literal["none", "lz4", "zstd"]
 T = TypeVar("T")
@@ -75,7 +77,7 @@ T = TypeVar("T")
 
 def xxh64(data: bytes | bytearray | memoryview, seed: int = 0) -> int:
     """XXH64 of ``data`` (the checksum of every header)."""
-    return _impl.xxh64(data, seed)
+    return _impl.xxh64(data, check_int(seed, "seed", 0, UINT64_MAX))
 
 
 def _corrupt(status: int, position: int, source: str | None, where: str = "") -> CorruptDataError:
@@ -183,10 +185,23 @@ class RecordIndex:
     max_timestamp: int
 
 
+def _payload(payload: bytes | bytearray | memoryview) -> bytes:
+    """Decoded values are slices of the payload: it must be immutable bytes of its own."""
+    if type(payload) is bytes:
+        return payload
+    if isinstance(payload, bytearray | memoryview):
+        return bytes(memoryview(payload).cast("B"))
+    raise TypeError(f"payload must be bytes-like, not {type(payload).__name__}")
+
+
 def index_records(payload: bytes, count: int, base_timestamp: int, *,
                   source: str | None = None, position: int = 0) -> RecordIndex:
     """Validate a records payload and locate every field; CorruptDataError names the position
     (``position`` is added: the payload's own place in its buffer)."""
+    payload = _payload(payload)
+    count = check_int(count, "count", 0, UINT64_MAX)
+    base_timestamp = check_timestamp(base_timestamp, "base_timestamp")
+    position = check_int(position, "position", 0, INT64_MAX)
     if count < 1 or count > len(payload) // st.MIN_RECORD_SIZE:
         raise CorruptDataError(f"{st.MESSAGES[st.BAD_COUNT]}: count=`{count}` "
                                f"payload=`{len(payload)}` bytes", position=position,
@@ -237,6 +252,7 @@ def decode_records(payload: bytes, count: int, base_timestamp: int,
                    position: int = 0) -> list[Record]:
     """Decode a records payload into Record objects (every record carries its timestamp).
     With ``max_timestamp`` (the batch header's), the records must agree with it."""
+    payload = _payload(payload)
     index = index_records(payload, count, base_timestamp, source=source, position=position)
     if max_timestamp is not None and index.max_timestamp != max_timestamp:
         raise CorruptDataError(f"records' largest timestamp `{index.max_timestamp}` is not the "
@@ -311,28 +327,24 @@ class Scan(Generic[T]):
 
 
 def _batch_info(e: tuple[int, ...]) -> BatchInfo:
-    return BatchInfo(e[0], e[1], "records" if e[2] & FLAG_RECORDS else "opaque", *e[3:])
+    return BatchInfo(e[0], e[1], "records" if e[2] & FLAG_RECORDS else "opaque",
+                     *e[3:])  # type: ignore[arg-type]
 
 
 def _block_info(e: tuple[int, ...]) -> BlockInfo:
-    return BlockInfo(e[0], e[1], _COMPRESSION_NAMES[e[2]], *e[3:])
-
-
-def _check_stream_id(stream_id: int) -> None:
-    if isinstance(stream_id, bool) or not isinstance(stream_id, int):
-        raise TypeError(f"stream_id must be an int, not {type(stream_id).__name__}")
-    if not 0 <= stream_id <= MASK64:
-        raise ValueError(f"stream_id must fit in 64 unsigned bits: stream_id=`{stream_id}`")
+    return BlockInfo(e[0], e[1], _COMPRESSION_NAMES[e[2]], *e[3:])  # type: ignore[arg-type]
 
 
 def batch_header(stream_id: int, base_offset: int, batch: RecordBatch) -> bytes:
     """The 56-byte header that frames ``batch`` at ``base_offset`` of ``stream_id``; the payload
     follows it unchanged (write both with one gathered write to avoid a copy)."""
-    _check_stream_id(stream_id)
+    stream_id = check_int(stream_id, "stream_id", 0, UINT64_MAX)
     if not isinstance(batch, RecordBatch):
         raise TypeError(f"batch must be a RecordBatch, not {type(batch).__name__}")
-    if isinstance(base_offset, bool) or not isinstance(base_offset, int):
-        raise TypeError(f"base_offset must be an int, not {type(base_offset).__name__}")
+    base_offset = check_int(base_offset, "base_offset", 0, INT64_MAX - batch.count)
+    if batch.base_offset is not None and batch.base_offset != base_offset:
+        raise ValueError(f"batch is placed elsewhere: batch.base_offset=`{batch.base_offset}` "
+                         f"base_offset=`{base_offset}`")
     flags = FLAG_RECORDS if batch.encoding == "records" else 0
     status, header = _impl.batch_header(flags, batch.count, stream_id, base_offset,
                                         batch.base_timestamp, batch.max_timestamp, batch.payload)
@@ -353,9 +365,13 @@ def _view(buf: bytes | bytearray | memoryview, end: int | None) -> memoryview:
 
 
 def _run_scan(scan, make, buf, start, end, source, strict, limit=None):  # type: ignore[no-untyped-def]
+    if not isinstance(buf, bytes | bytearray | memoryview):
+        raise TypeError(f"buffer must be bytes-like, not {type(buf).__name__}")
+    size = buf.nbytes if isinstance(buf, memoryview) else len(buf)
+    if end is not None:
+        end = check_int(end, "end", 0, size)
+    start = check_int(start, "start", 0, size if end is None else end)
     view = _view(buf, end)
-    if start < 0:
-        raise ValueError(f"scan start must be non-negative: start=`{start}`")
     status, entries, stop, at = scan(view, start, limit)
     error = None
     if status not in (st.OK, st.MORE):
@@ -460,17 +476,21 @@ def encode_block(stream_id: int, batches: Sequence[RecordBatch], *,
                  compression: Compression = "none", zstd_level: int = 3) -> bytes:
     """One data block of ``stream_id``: the batches (each with its ``base_offset``, contiguous),
     framed, compressed as a unit, and checksummed."""
-    _check_stream_id(stream_id)
+    stream_id = check_int(stream_id, "stream_id", 0, UINT64_MAX)
     if compression not in COMPRESSIONS:
         raise ValueError(f"compression must be one of none, lz4, zstd: compression=`{compression}`")
+    zstd_level = check_int(zstd_level, "zstd_level", 1, 22)
+    if not isinstance(batches, Sequence) or isinstance(batches, str | bytes | bytearray):
+        raise TypeError(f"batches must be a sequence of RecordBatch, not {type(batches).__name__}")
     if not batches:
         raise ValueError("a data block needs at least one batch")
+    for i, batch in enumerate(batches):
+        if not isinstance(batch, RecordBatch):
+            raise TypeError(f"batches[{i}] must be a RecordBatch, not {type(batch).__name__}")
     expected = batches[0].base_offset
     parts = []
     records = 0
     for i, batch in enumerate(batches):
-        if not isinstance(batch, RecordBatch):
-            raise TypeError(f"batches[{i}] must be a RecordBatch, not {type(batch).__name__}")
         if batch.base_offset is None or batch.base_offset != expected:
             raise ValueError(f"batches of a block must be contiguous: batches[{i}] has "
                              f"base_offset=`{batch.base_offset}`, expected=`{expected}`")

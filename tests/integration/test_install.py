@@ -1,7 +1,8 @@
 """A machine without a C compiler still installs streamlib, which then runs on the Python twin.
 
-A real install (pip, setuptools, cffi) of a copy of the source tree, with the compiler replaced
-by `false`; then a fresh interpreter imports the result and round-trips a batch.
+A real sdist is built from a copy of the source tree (so that a file missing from MANIFEST.in
+fails here), then installed by pip with the compiler replaced by `false`; a fresh interpreter
+imports the result and round-trips a batch.
 """
 
 from __future__ import annotations
@@ -30,16 +31,23 @@ print(codec.backend)
 def test_install_without_a_compiler_falls_back_to_python(tmp_path: pathlib.Path) -> None:
     source = tmp_path / "src"
     source.mkdir()
-    for name in ("pyproject.toml", "setup.py", "README.md"):
+    for name in ("pyproject.toml", "setup.py", "README.md", "CHANGELOG.md", "MANIFEST.in"):
         shutil.copy(ROOT / name, source / name)
     shutil.copytree(ROOT / "native", source / "native")
     shutil.copytree(ROOT / "streamlib", source / "streamlib",
                     ignore=shutil.ignore_patterns("*.so", "__pycache__", "_segment_codec.c"))
+    dist = tmp_path / "dist"
+    sdist = subprocess.run(
+        [sys.executable, "-c", "import sys; from setuptools import build_meta; "
+         "print(build_meta.build_sdist(sys.argv[1]))", str(dist)],
+        cwd=source, capture_output=True, text=True, timeout=120)
+    assert sdist.returncode == 0, sdist.stderr
+    tarball = dist / sdist.stdout.strip().splitlines()[-1]
     target = tmp_path / "site"
     env = {**os.environ, "CC": "false", "LDSHARED": "false"}
     install = subprocess.run(
         [sys.executable, "-m", "pip", "install", "--no-build-isolation", "--no-deps", "-q",
-         "--target", str(target), str(source)],
+         "--target", str(target), str(tarball)],
         env=env, capture_output=True, text=True, timeout=300)
     assert install.returncode == 0, install.stdout + install.stderr
     assert not list(target.rglob("_segment_codec*.so")), "the extension was built after all"

@@ -68,8 +68,11 @@ def test_bad_values_name_the_field(kwargs: dict, field: str, text: str) -> None:
 def test_unknown_names_are_refused_with_a_suggestion() -> None:
     with pytest.raises(ConfigError, match="did you mean `compression`"):
         Config.from_dict({"compresion": "lz4"})
-    with pytest.raises(ConfigError, match="environment"):
+    with pytest.raises(ConfigError, match="did you mean STREAMLIB_BLOCK_BYTES") as info:
         Config.from_env({"STREAMLIB_BLOCKBYTES": "1"})
+    assert "field=`STREAMLIB_BLOCKBYTES` value=`'1'`" in str(info.value)
+    with pytest.raises(TypeError):
+        Config("lz4")  # type: ignore[misc]  # keyword arguments only
     with pytest.raises(ConfigError, match="keyword"):
         Config.load(env=False, colour="blue")
     with pytest.raises(ConfigError):

@@ -18,6 +18,7 @@ def test_record_fields_and_defaults() -> None:
     assert full == Record(b"v", b"k", (("a", b"1"),), -5)
     assert type(full.value) is bytes and type(full.key) is bytes
     assert Record(b"v", headers=[["n", b"x"]]).headers == (("n", b"x"),)
+    assert Record(b"v", headers=None).headers == ()  # type: ignore[arg-type]
 
 
 def test_record_is_immutable_hashable_and_picklable() -> None:
@@ -40,7 +41,7 @@ def test_record_is_immutable_hashable_and_picklable() -> None:
     ({"value": b"v", "headers": [("\ud800", b"v")]}, ValueError, "UTF-8"),
     ({"value": b"v", "timestamp": 1.5}, TypeError, "timestamp must be an int"),
     ({"value": b"v", "timestamp": True}, TypeError, "timestamp must be an int"),
-    ({"value": b"v", "timestamp": 2**63}, ValueError, "64 bits"),
+    ({"value": b"v", "timestamp": 2**63}, ValueError, r"timestamp must be in \[-9223372"),
 ])
 def test_record_rejects_bad_fields(kwargs: dict, error: type, text: str) -> None:
     with pytest.raises(error, match=text):
@@ -57,6 +58,9 @@ def test_opaque_batch() -> None:
         _ = batch.next_offset
     with pytest.raises(FrozenInstanceError):
         batch.count = 3  # type: ignore[misc]
+    for bad, error in ((-5, ValueError), ("x", TypeError), (2**63 - 5, ValueError)):
+        with pytest.raises(error, match="base_offset"):
+            batch.with_offset(bad)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("args, kwargs, error, text", [
@@ -65,9 +69,13 @@ def test_opaque_batch() -> None:
     ((b"p", -1), {}, ValueError, "count must be in"),
     ((b"p", 2**31), {}, ValueError, "count must be in"),
     ((b"p", 1.0), {}, TypeError, "count must be an int"),
+    ((b"p", True), {}, TypeError, "count must be an int"),
+    ((b"p", 2), {"base_offset": 2**63 - 2}, ValueError, "base_offset must be in"),
+    ((b"p", 1), {"base_offset": "3"}, TypeError, "base_offset must be an int"),
+    ((b"p" * 6, 1), {"encoding": "records"}, ValueError, "needs the base_timestamp"),
     ((b"p", 1), {"base_timestamp": 5, "max_timestamp": 4}, ValueError, "below base"),
     ((b"p", 1), {"encoding": "json"}, ValueError, "encoding must be"),
-    ((b"p", 1), {"base_offset": -1}, ValueError, "base_offset"),
+    ((b"p", 1), {"base_offset": -1}, ValueError, "base_offset must be in"),
     ((b"x" * (MAX_PAYLOAD_BYTES + 1), 1), {}, ValueError, "exceeds the format's limit"),
 ])
 def test_batch_rejects_bad_arguments(args: tuple, kwargs: dict, error: type, text: str) -> None:
@@ -104,14 +112,17 @@ def test_from_records_rejects_bad_input() -> None:
 
 def test_framing_rejects_bad_stream_and_offset() -> None:
     batch = RecordBatch(b"p", 2, base_timestamp=0)
-    with pytest.raises(ValueError, match="stream_id must fit"):
+    with pytest.raises(ValueError, match="stream_id must be in"):
         codec.encode_batch(-1, 0, batch)
+    with pytest.raises(ValueError, match="stream_id must be in"):
+        codec.encode_batch(2**64, 0, batch)
     with pytest.raises(TypeError, match="stream_id must be an int"):
         codec.encode_batch("7", 0, batch)  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="cannot be framed"):
-        codec.encode_batch(1, -1, batch)
-    with pytest.raises(ValueError, match="cannot be framed"):
-        codec.encode_batch(1, 2**63 - 1, batch)
+    for offset in (-1, 2**63 - 1, 2**64):
+        with pytest.raises(ValueError, match="base_offset must be in"):
+            codec.encode_batch(1, offset, batch)
+    with pytest.raises(ValueError, match="placed elsewhere"):
+        codec.encode_batch(1, 5, batch.with_offset(4))
     with pytest.raises(TypeError, match="must be a RecordBatch"):
         codec.encode_batch(1, 0, b"p")  # type: ignore[arg-type]
 
@@ -126,15 +137,50 @@ def test_block_rejects_bad_arguments() -> None:
         codec.encode_block(1, [a.with_offset(0), a.with_offset(3)])
     with pytest.raises(ValueError, match="compression must be one of"):
         codec.encode_block(1, [a.with_offset(0)], compression="gzip")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="sequence of RecordBatch"):
+        codec.encode_block(1, "abc")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"batches\[0\] must be a RecordBatch"):
+        codec.encode_block(1, [b"x"])  # type: ignore[list-item]
+    for level, error in ((0, ValueError), (23, ValueError), (True, TypeError)):
+        with pytest.raises(error, match="zstd_level"):
+            codec.encode_block(1, [a.with_offset(0)], compression="zstd", zstd_level=level)
+
+
+@pytest.mark.parametrize("call, error, text", [
+    (lambda: codec.scan_batches(b"x" * 10, 11), ValueError, "start must be in"),
+    (lambda: codec.scan_batches(b"x" * 10, -1), ValueError, "start must be in"),
+    (lambda: codec.scan_batches(b"x" * 10, 5, 3), ValueError, "start must be in"),
+    (lambda: codec.scan_batches(b"x" * 10, 0, -1), ValueError, "end must be in"),
+    (lambda: codec.scan_blocks(b"x" * 10, False), TypeError, "start must be an int"),
+    (lambda: codec.scan_batches("text"), TypeError, "bytes-like"),
+    (lambda: codec.decode_batch(b"", 2**64), ValueError, "start must be in"),
+    (lambda: codec.decode_records(b"\x00" * 6, 1, 2**64), ValueError, "base_timestamp"),
+    (lambda: codec.decode_records(b"\x00" * 6, 1, 0, position=-10), ValueError, "position"),
+    (lambda: codec.xxh64(b"a", -1), ValueError, "seed"),
+])
+def test_bad_arguments_are_caller_errors_not_damage(call, error: type, text: str) -> None:
+    with pytest.raises(error, match=text):
+        call()
+
+
+def test_decoded_values_are_bytes_whatever_the_payload_type() -> None:
+    batch = RecordBatch.from_records([Record(b"v", key=b"k", headers=[("h", b"x")])],
+                                     timestamp=1)
+    for payload in (bytearray(batch.payload), memoryview(batch.payload)):
+        (record,) = codec.decode_records(payload, 1, 1)
+        assert type(record.value) is bytes and type(record.headers[0][1]) is bytes
+        assert hash(record) == hash(Record(b"v", key=b"k", headers=[("h", b"x")], timestamp=1))
 
 
 def test_results() -> None:
     assert AppendResult(10, 5).next_offset == 15
     batch = RecordBatch.from_records([Record(b"x"), Record(b"y")], timestamp=1).with_offset(40)
     opaque = RecordBatch(b"o", 1, base_timestamp=1).with_offset(42)
-    result = FetchResult((batch,), next_offset=42, start_offset=0, end_offset=43)
-    assert len(result) == 1 and list(result) == [batch]
+    result = FetchResult([batch], next_fetch_offset=42, start_offset=0, end_offset=43)
+    assert len(result) == 1 and list(result) == [batch] and isinstance(result.batches, tuple)
     assert list(result.records()) == [(40, Record(b"x", timestamp=1)),
                                       (41, Record(b"y", timestamp=1))]
     with pytest.raises(TypeError, match="opaque"):
-        list(FetchResult((opaque,), 43, 0, 43).records())
+        FetchResult((batch, opaque), 43, 0, 43).records()  # before yielding anything
+    with pytest.raises(ValueError, match="base_offset"):
+        FetchResult((RecordBatch(b"o", 1, base_timestamp=1),), 43, 0, 43)
