@@ -39,3 +39,95 @@ def test_segments_roll_and_trim_deletes_whole_segments(tmp_path: Path) -> None:
     again = FileWal(tmp_path, segment_bytes=20_000)
     assert [e.record.base_offset for e in recover_all(again)] == list(range(60, 100))
     again.close()
+
+
+def filled_wal(path: Path, count: int = 30, **options: object) -> list[int]:
+    wal = FileWal(path, **options)  # type: ignore[arg-type]
+    recover_all(wal)
+    positions = [wal.append(make_record(1, i, size=500)).result(timeout=30) for i in range(count)]
+    wal.close()
+    return positions
+
+
+def only_segment(path: Path) -> Path:
+    (segment,) = path.glob("*.wal")
+    return segment
+
+
+def test_torn_last_record_is_dropped_and_truncated(tmp_path: Path) -> None:
+    positions = filled_wal(tmp_path)
+    segment = only_segment(tmp_path)
+    size = segment.stat().st_size
+    with open(segment, "r+b") as f:
+        f.truncate(size - 100)  # the last record loses its end
+    wal = FileWal(tmp_path)
+    recovery = wal.recover()
+    assert [e.record.base_offset for e in recovery] == list(range(29))
+    (damage,) = recovery.dropped
+    assert (damage.start, damage.end) == (positions[29], size - 100) and "torn" in damage.reason
+    assert recovery.end == positions[29] and segment.stat().st_size == positions[29]
+    assert wal.append(make_record(1, 29, size=500)).result(timeout=30) == positions[29]
+    wal.close()
+    again = FileWal(tmp_path)
+    assert [e.record.base_offset for e in recover_all(again)] == list(range(30))
+    again.close()
+
+
+def test_zero_filled_tail_is_a_torn_tail(tmp_path: Path) -> None:
+    filled_wal(tmp_path)
+    segment = only_segment(tmp_path)
+    size = segment.stat().st_size
+    with open(segment, "ab") as f:
+        f.write(bytes(8192))  # an extent allocated, never written
+    wal = FileWal(tmp_path)
+    recovery = wal.recover()
+    assert len(recovery.entries()) == 30
+    assert [(d.start, d.end) for d in recovery.dropped] == [(size, size + 8192)]
+    wal.close()
+
+
+def test_flipped_bit_in_the_middle_skips_that_record_only(tmp_path: Path) -> None:
+    positions = filled_wal(tmp_path)
+    segment = only_segment(tmp_path)
+    data = bytearray(segment.read_bytes())
+    data[positions[10] + 300] ^= 0x04  # inside record 10's payload
+    segment.write_bytes(bytes(data))
+    wal = FileWal(tmp_path)
+    recovery = wal.recover()
+    offsets = [e.record.base_offset for e in recovery]
+    assert offsets == [i for i in range(30) if i != 10]  # never a damaged record
+    (damage,) = recovery.dropped
+    assert (damage.start, damage.end) == (positions[10], positions[11])
+    assert "damaged" in damage.reason
+    wal.close()
+
+
+def test_damaged_header_in_the_middle_resyncs_at_the_next_record(tmp_path: Path) -> None:
+    positions = filled_wal(tmp_path)
+    segment = only_segment(tmp_path)
+    data = bytearray(segment.read_bytes())
+    data[positions[5] + 16:positions[5] + 20] = b"\xff\xff\xff\x7f"  # an absurd body length
+    segment.write_bytes(bytes(data))
+    wal = FileWal(tmp_path)
+    recovery = wal.recover()
+    assert [e.record.base_offset for e in recovery] == [i for i in range(30) if i != 5]
+    assert [(d.start, d.end) for d in recovery.dropped] == [(positions[5], positions[6])]
+    wal.close()
+
+
+def test_missing_segment_in_the_middle_is_reported(tmp_path: Path) -> None:
+    filled_wal(tmp_path, count=100, segment_bytes=20_000, group_bytes=4096)
+    segments = sorted(tmp_path.glob("*.wal"))
+    victim = segments[2]
+    start, end = int(victim.stem), int(segments[3].stem)
+    victim.unlink()
+    wal = FileWal(tmp_path, segment_bytes=20_000)
+    recovery = wal.recover()
+    entries = recovery.entries()
+    assert all(not start <= e.position < end for e in entries)
+    assert len(entries) < 100
+    offsets = [e.record.base_offset for e in entries]
+    assert offsets == sorted(offsets)
+    assert [(d.start, d.end) for d in recovery.dropped] == [(start, end)]
+    assert "missing" in recovery.dropped[0].reason
+    wal.close()
