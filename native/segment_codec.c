@@ -453,8 +453,26 @@ static int check_batch(const uint8_t *buf, size_t size, size_t p, size_t *length
     return SLC_OK;
 }
 
-int slc_scan_batches(const uint8_t *buf, size_t size, size_t start, int64_t *entries, size_t cap,
-                     size_t *found, size_t *stop, size_t *error_position) {
+/* Fill one scan entry from the header at h (found valid at position p, length bytes long). */
+typedef void (*fill_entry)(int64_t *e, const uint8_t *h, size_t p, size_t length);
+typedef int (*check_entry)(const uint8_t *buf, size_t size, size_t p, size_t *length,
+                           size_t *error_position);
+
+static void fill_batch(int64_t *e, const uint8_t *h, size_t p, size_t length) {
+    e[0] = (int64_t)p;
+    e[1] = (int64_t)length;
+    e[2] = h[13];
+    e[3] = load32(h + 20);
+    e[4] = (int64_t)load64(h + 24);
+    e[5] = (int64_t)load64(h + 32);
+    e[6] = (int64_t)load64(h + 40);
+    e[7] = (int64_t)load64(h + 48);
+}
+
+/* Walk entries of one kind from start: the loop both public scanners share. */
+static int scan(check_entry check, fill_entry fill, size_t fields, const uint8_t *buf, size_t size,
+                size_t start, int64_t *entries, size_t cap, size_t *found, size_t *stop,
+                size_t *error_position) {
     size_t p = start, n = 0;
     int status = SLC_OK;
     *error_position = 0;
@@ -470,24 +488,21 @@ int slc_scan_batches(const uint8_t *buf, size_t size, size_t start, int64_t *ent
             status = SLC_MORE;
             break;
         }
-        status = check_batch(buf, size, p, &length, error_position);
+        status = check(buf, size, p, &length, error_position);
         if (status != SLC_OK) break;
-        const uint8_t *h = buf + p;
-        int64_t *e = entries + SLC_BATCH_FIELDS * n;
-        e[0] = (int64_t)p;
-        e[1] = (int64_t)length;
-        e[2] = h[13];
-        e[3] = load32(h + 20);
-        e[4] = (int64_t)load64(h + 24);
-        e[5] = (int64_t)load64(h + 32);
-        e[6] = (int64_t)load64(h + 40);
-        e[7] = (int64_t)load64(h + 48);
+        fill(entries + fields * n, buf + p, p, length);
         n++;
         p += length;
     }
     *found = n;
     *stop = p;
     return status;
+}
+
+int slc_scan_batches(const uint8_t *buf, size_t size, size_t start, int64_t *entries, size_t cap,
+                     size_t *found, size_t *stop, size_t *error_position) {
+    return scan(check_batch, fill_batch, SLC_BATCH_FIELDS, buf, size, start, entries, cap, found,
+                stop, error_position);
 }
 
 /* ---- data blocks ---- */
@@ -542,42 +557,22 @@ static int check_block(const uint8_t *buf, size_t size, size_t p, size_t *length
     return SLC_OK;
 }
 
+static void fill_block(int64_t *e, const uint8_t *h, size_t p, size_t length) {
+    e[0] = (int64_t)p;
+    e[1] = (int64_t)length;
+    e[2] = h[13];
+    e[3] = load32(h + 16);
+    e[4] = load32(h + 20);
+    e[5] = load32(h + 24);
+    e[6] = load32(h + 28);
+    e[7] = (int64_t)load64(h + 32);
+    e[8] = (int64_t)load64(h + 40);
+    e[9] = (int64_t)load64(h + 48);
+    e[10] = (int64_t)load64(h + 56);
+}
+
 int slc_scan_blocks(const uint8_t *buf, size_t size, size_t start, int64_t *entries, size_t cap,
                     size_t *found, size_t *stop, size_t *error_position) {
-    size_t p = start, n = 0;
-    int status = SLC_OK;
-    *error_position = 0;
-    if (start > size) {
-        *found = 0;
-        *stop = size;
-        *error_position = size;
-        return SLC_TRUNCATED;
-    }
-    while (p < size) {
-        size_t length;
-        if (n == cap) {
-            status = SLC_MORE;
-            break;
-        }
-        status = check_block(buf, size, p, &length, error_position);
-        if (status != SLC_OK) break;
-        const uint8_t *h = buf + p;
-        int64_t *e = entries + SLC_BLOCK_FIELDS * n;
-        e[0] = (int64_t)p;
-        e[1] = (int64_t)length;
-        e[2] = h[13];
-        e[3] = load32(h + 16);
-        e[4] = load32(h + 20);
-        e[5] = load32(h + 24);
-        e[6] = load32(h + 28);
-        e[7] = (int64_t)load64(h + 32);
-        e[8] = (int64_t)load64(h + 40);
-        e[9] = (int64_t)load64(h + 48);
-        e[10] = (int64_t)load64(h + 56);
-        n++;
-        p += length;
-    }
-    *found = n;
-    *stop = p;
-    return status;
+    return scan(check_block, fill_block, SLC_BLOCK_FIELDS, buf, size, start, entries, cap, found,
+                stop, error_position);
 }
