@@ -98,3 +98,8 @@ def crash_rounds(spec: str, tmp_path: Path) -> None:
 
 def test_file_wal_survives_sigkill(tmp_path: Path) -> None:
     crash_rounds(f"file:{tmp_path / 'wal'}", tmp_path)
+
+
+def test_block_wal_survives_sigkill(tmp_path: Path) -> None:
+    # An 8 MiB ring with 2000 live records of up to 3 KiB: it wraps several times in 20 rounds.
+    crash_rounds(f"block:{tmp_path / 'ring'}:{8 << 20}", tmp_path)

@@ -6,7 +6,7 @@ SPEC names the WAL (see ``open_wal``). After recovery the child prints ``ready``
 records of 4 streams with up to 64 appends in flight, continuing each stream right after its
 last recovered offset. Each acknowledged append is written to ACKLOG as
 ``A <stream> <offset> <position>`` with one unbuffered write, after its future completed; every
-trim as ``T <position>`` after ``trim`` returned. The child never stops by itself.
+trim as ``T <position>`` just before ``trim`` is called. The child never stops by itself.
 """
 
 from __future__ import annotations
@@ -74,8 +74,10 @@ def main() -> None:
         if len(acked) > KEEP + 500:
             while len(acked) > KEEP:
                 trim_to = acked.popleft()
-            wal.trim(trim_to)
+            # Logged before trimming: a kill in between leaves the parent expecting less, never
+            # expecting records that were trimmed away.
             os.write(log, f"T {trim_to}\n".encode())
+            wal.trim(trim_to)
 
 
 if __name__ == "__main__":
