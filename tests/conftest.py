@@ -13,6 +13,9 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 import streamlib.codec
+from streamlib.testing.s3 import moto_bucket, moto_s3, seaweedfs_bucket, seaweedfs_s3
+
+__all__ = ["moto_bucket", "moto_s3", "seaweedfs_bucket", "seaweedfs_s3"]  # S3 server fixtures
 
 settings.register_profile(
     "default", deadline=None, suppress_health_check=[HealthCheck.too_slow,

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 
 from streamlib import codec
+from streamlib.disk import fsync_dir
 from streamlib.errors import CorruptDataError, WalLockedError
 from streamlib.wal import Capabilities, Recovery, WalEntry
 from streamlib.wal._format import (
@@ -70,14 +71,6 @@ def _padded(size: int) -> int:
 def _check_u64(name: str, value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 1 << 64:
         raise ValueError(f"{name} must be an int in [0, 2^64): {name}=`{value}`")
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
@@ -243,7 +236,7 @@ class BlockWal(GroupCommitWal):
             try:
                 os.posix_fallocate(fd, 0, RING_START + size)  # type: ignore[operator]
                 os.fsync(fd)
-                _fsync_dir(os.path.dirname(os.path.abspath(self.path)))
+                fsync_dir(os.path.dirname(os.path.abspath(self.path)))
             except BaseException:
                 os.close(fd)
                 os.unlink(self.path)  # no half-made ring left behind (e.g. ENOSPC)

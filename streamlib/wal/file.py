@@ -11,6 +11,7 @@ import re
 import threading
 from collections.abc import Iterator
 
+from streamlib.disk import fsync_dir
 from streamlib.errors import WalLockedError
 from streamlib.wal import Capabilities, Recovery, WalEntry
 from streamlib.wal._format import record_parts, record_size, scan_run
@@ -22,14 +23,6 @@ GiB = 1 << 30
 MiB = 1 << 20
 _SEGMENT = re.compile(r"(\d{20})\.wal")
 _IOV_MAX = 1024
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _write_all(fd: int, parts: list[bytes]) -> None:
@@ -106,7 +99,7 @@ class FileWal(GroupCommitWal):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, os.path.join(self.path, "TRIM"))
-        _fsync_dir(self.path)
+        fsync_dir(self.path)
 
     def _open_segment(self, start: int, *, create: bool) -> None:
         if self._fd >= 0:
@@ -115,7 +108,7 @@ class FileWal(GroupCommitWal):
         flags = os.O_WRONLY | os.O_APPEND | (os.O_CREAT | os.O_EXCL if create else 0)
         self._fd = os.open(path, flags, 0o644)
         if create:
-            _fsync_dir(self.path)  # the new name must be durable before its records are acked
+            fsync_dir(self.path)  # the new name must be durable before its records are acked
         self._segment_start = start
         self._segment_size = os.fstat(self._fd).st_size
 

@@ -11,6 +11,7 @@ trim as ``T <position>`` just before ``trim`` is called. The child never stops b
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import sys
@@ -25,7 +26,8 @@ KEEP = 2000  # acknowledged records kept untrimmed (trim the rest, so the WAL st
 
 
 def open_wal(spec: str) -> Wal:
-    """``file:DIR``, ``block:PATH:SIZE`` or ``object:URL`` (S3 credentials from the env)."""
+    """``file:DIR``, ``block:PATH:SIZE`` or ``object:URL``; for an ``s3://`` URL the storage
+    options (endpoint, credentials) come as JSON in S3_STORAGE_OPTIONS."""
     kind, _, rest = spec.partition(":")
     if kind == "file":
         from streamlib.wal.file import FileWal
@@ -37,10 +39,11 @@ def open_wal(spec: str) -> Wal:
         path, _, size = rest.rpartition(":")
         return BlockWal(path, size=int(size))
     if kind == "object":
-        from streamlib.testing.s3 import object_store_from_env
+        from streamlib.io import ObjectStore
         from streamlib.wal.object import ObjectWal
 
-        return ObjectWal(object_store_from_env(rest), node_id=1)
+        options = json.loads(os.environ.get("S3_STORAGE_OPTIONS", "null"))  # a test server's
+        return ObjectWal(ObjectStore.from_url(rest, options), node_id=1)
     raise SystemExit(f"unknown WAL spec: {spec}")
 
 

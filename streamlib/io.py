@@ -1,0 +1,434 @@
+"""The object store: the one module of streamlib that talks to fsspec (STYLE.md point 4).
+
+:class:`ObjectStore` wraps an fsspec filesystem and a root path, and gives the rest of streamlib
+a small key–value view of it — ``put``, ranged ``get``, ``list``, ``delete``, ``exists`` — with
+one retry policy and one translation of errors:
+
+- a **transient** error (a timeout, a refused or dropped connection, HTTP 500/502/503/504,
+  ``SlowDown`` and other throttling) is retried with exponential backoff and full jitter until
+  the policy's time budget is spent, then raised as
+  :class:`~streamlib.errors.StorageUnavailable` naming the operation and the key;
+- a **missing** object (or bucket) is a plain :class:`FileNotFoundError` whose message names
+  the key: it is not retried, and it is what fsspec itself raises, so callers need no
+  streamlib-specific handling for it;
+- anything else (access denied, a bad request, a full disk) is **permanent**: raised at once,
+  unchanged, with a note naming the operation and the key.
+
+Errors are classified by their shape, not their Python type alone: s3fs turns a botocore
+``ClientError`` into a builtin ``OSError`` whose ``errno`` says little (a 412 is ``EINVAL``), so
+the HTTP status and error code are read from the chain (``e.__cause__``), see LOCAL_S3.md.
+
+Stores built by :meth:`ObjectStore.from_url` for ``s3://`` turn s3fs's and botocore's own
+retries off, so that the budget here is the one that holds; a filesystem passed in is used as
+its owner configured it (its retries then run inside each of ours).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import errno
+import logging
+import os
+import random as _random
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
+
+import fsspec
+from fsspec import AbstractFileSystem
+from fsspec.implementations.local import LocalFileSystem
+
+from streamlib.disk import fsync_dir, makedirs_durable
+from streamlib.errors import StorageUnavailable, describe
+
+log = logging.getLogger("streamlib.io")
+
+T = TypeVar("T")
+
+TMP_PREFIX = ".streamlib-tmp-"
+"""Names of the temporary files of an atomic local PUT; :meth:`ObjectStore.list` hides them."""
+
+_S3_PROTOCOLS = frozenset({"s3", "s3a"})
+
+# botocore ClientError codes worth another try (AWS's own list of throttling and server errors).
+_TRANSIENT_CODES = frozenset({
+    "SlowDown", "Throttling", "ThrottlingException", "ThrottledException", "RequestThrottled",
+    "RequestThrottledException", "TooManyRequestsException", "RequestLimitExceeded",
+    "BandwidthLimitExceeded", "ProvisionedThroughputExceededException", "RequestTimeout",
+    "RequestTimeoutException", "InternalError", "ServiceUnavailable", "OperationAborted",
+    "500", "502", "503", "504",
+})
+_TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+_MISSING_CODES = frozenset({"NoSuchKey", "NoSuchBucket", "404", "NotFound"})
+# Without a ClientError to read, these errnos mean "try again" (EBUSY and EREMOTEIO are what
+# s3fs gives 503/SlowDown and 500/InternalError when it drops the cause).
+_TRANSIENT_ERRNOS = frozenset({
+    errno.ETIMEDOUT, errno.ECONNRESET, errno.ECONNREFUSED, errno.ECONNABORTED, errno.EPIPE,
+    errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ENETDOWN, errno.EAGAIN, errno.EBUSY,
+    errno.EREMOTEIO,
+})
+
+Kind = Literal["missing", "transient", "permanent", "invalid_range"]
+
+
+def _chain(error: BaseException) -> list[BaseException]:
+    """``error`` and what led to it, nearest first: the chain a traceback shows (the
+    ``__cause__``, else the ``__context__`` unless suppressed)."""
+    chain: list[BaseException] = []
+    current: BaseException | None = error
+    while current is not None and len(chain) < 16 and not any(current is c for c in chain):
+        chain.append(current)
+        current = current.__cause__ or (None if current.__suppress_context__
+                                        else current.__context__)
+    return chain
+
+
+def _client_error(error: BaseException) -> tuple[str, int | None] | None:
+    """(code, HTTP status) of the first botocore ClientError in the chain, if any."""
+    # Looked up, not imported: if botocore was never imported, no error can come from it.
+    exceptions = sys.modules.get("botocore.exceptions")
+    if exceptions is None:
+        return None
+    for link in _chain(error):
+        if isinstance(link, exceptions.ClientError):
+            response = getattr(link, "response", None) or {}
+            code = str(response.get("Error", {}).get("Code", ""))
+            status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            return code, status if isinstance(status, int) else None
+    return None
+
+
+def _transport_error(link: BaseException) -> bool:
+    """Whether ``link`` is a connection or timeout failure of botocore, aiohttp or the OS."""
+    if isinstance(link, TimeoutError | ConnectionError):
+        return True
+    botocore = sys.modules.get("botocore.exceptions")
+    if botocore is not None and isinstance(link, botocore.ConnectionError
+                                           | botocore.HTTPClientError
+                                           | botocore.IncompleteReadError):
+        return True
+    parsers = sys.modules.get("botocore.parsers")
+    if parsers is not None and isinstance(link, parsers.ResponseParserError):
+        return True  # how some throttling answers arrive: as XML that does not parse
+    aiohttp = sys.modules.get("aiohttp")
+    return aiohttp is not None and isinstance(link, aiohttp.ClientConnectionError
+                                              | aiohttp.ClientPayloadError)
+
+
+def classify(error: BaseException) -> Kind:
+    """What an error from a filesystem call means: ``missing``, ``transient`` (worth another
+    try), ``invalid_range`` (HTTP 416: the object exists but the range is past its end) or
+    ``permanent``."""
+    found = _client_error(error)
+    if found is not None:  # the HTTP answer is the best evidence there is
+        code, status = found
+        if code == "InvalidRange" or status == 416:
+            return "invalid_range"
+        if code in _MISSING_CODES or status == 404:
+            return "missing"
+        if code in _TRANSIENT_CODES or status in _TRANSIENT_STATUS:
+            return "transient"
+        return "permanent"
+    chain = _chain(error)
+    if any(_transport_error(link) for link in chain):
+        return "transient"
+    if isinstance(error, FileNotFoundError):
+        return "missing"
+    if any(isinstance(link, OSError) and link.errno in _TRANSIENT_ERRNOS for link in chain):
+        return "transient"
+    return "permanent"
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How transient errors are retried: exponential backoff with full jitter.
+
+    Before attempt *n + 1* the caller sleeps a random time in ``[0, min(cap, initial * 2^n))``;
+    once the next attempt would start more than ``timeout`` seconds after the first, the call
+    fails with StorageUnavailable. The budget bounds when attempts start, not how long one
+    attempt may take (the filesystem's own timeouts do that)."""
+
+    initial: float = 0.1
+    """Ceiling of the first backoff, seconds. Default: 0.1."""
+    cap: float = 5.0
+    """Largest backoff ceiling, seconds. Default: 5."""
+    timeout: float = 60.0
+    """Time budget of one call, retries included, seconds. Default: 60. Zero: one attempt."""
+
+    def __post_init__(self) -> None:
+        for name in ("initial", "cap", "timeout"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+                raise ValueError(f"retry {name} must be a non-negative number: "
+                                 f"{name}=`{value}`")
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectInfo:
+    """One listed object: its key (relative to the store's root) and its size in bytes."""
+
+    key: str
+    size: int
+
+
+def _s3_defaults(options: Mapping[str, Any]) -> dict[str, Any]:
+    """Storage options for an s3fs filesystem this module owns: our own instance (so that
+    changing it touches nobody else's), no listings cache (a listing must show the latest
+    writes), no retries below ours, and connect/read timeouts short enough for a WAL."""
+    merged: dict[str, Any] = {"skip_instance_cache": True, "use_listings_cache": False}
+    merged.update(options)
+    # total_max_attempts counts the first try; botocore's max_attempts counts only retries.
+    config = {"retries": {"mode": "standard", "total_max_attempts": 1},
+              "connect_timeout": 5, "read_timeout": 30}
+    config.update(merged.get("config_kwargs") or {})
+    merged["config_kwargs"] = config
+    return merged
+
+
+def open_filesystem(url: str, storage_options: Mapping[str, Any] | None = None
+                    ) -> tuple[AbstractFileSystem, str]:
+    """The fsspec filesystem and root path for ``url``. For ``s3://`` the filesystem is a new
+    instance of its own, without a listings cache and with s3fs's and botocore's retries off
+    (unless ``storage_options`` say otherwise), so that the retries of :class:`ObjectStore`
+    are the only ones and their budget holds."""
+    options = dict(storage_options or {})
+    protocol = fsspec.utils.get_protocol(url)
+    own_s3 = protocol in _S3_PROTOCOLS and "skip_instance_cache" not in options
+    if protocol in _S3_PROTOCOLS:
+        options = _s3_defaults(options)
+    fs, root = fsspec.url_to_fs(url, **options)
+    if own_s3:
+        fs.retries = 1  # s3fs's own loop (a class attribute; this instance is ours alone)
+    return fs, root
+
+
+class ObjectStore:
+    """Keys and bytes under ``root`` of an fsspec filesystem, with retries.
+
+    ``fs`` is any fsspec filesystem; ``root`` a path in it (``bucket/prefix`` for S3, a
+    directory for ``file://``); keys are ``/``-separated paths relative to it. Keep keys valid
+    as file paths too: on ``file://`` and ``memory://`` a key cannot also be the start of
+    another (``a/b`` and ``a/b/c``), as it can on S3.
+
+    Guarantees: a ``put`` is atomic and durable when it returns — S3 and memory give that by
+    themselves; on a local filesystem the bytes go to a temporary file that is fsynced and
+    renamed (and its directory fsynced). ``list`` shows every completed ``put``.
+
+    ``sleep``, ``clock`` and ``random`` are the backoff's components, for tests (``random``
+    returns a float in [0, 1))."""
+
+    def __init__(self, fs: AbstractFileSystem, root: str, *,
+                 retry: RetryPolicy | None = None,
+                 sleep: Callable[[float], object] = time.sleep,
+                 clock: Callable[[], float] = time.monotonic,
+                 random: Callable[[], float] = _random.random) -> None:
+        if not isinstance(fs, AbstractFileSystem):
+            raise TypeError(f"fs must be an fsspec filesystem, not {type(fs).__name__}")
+        self.fs = fs
+        self.root = fs._strip_protocol(root).rstrip("/")
+        if not self.root:
+            raise ValueError(f"an object store needs a root (a bucket, a directory): "
+                             f"root=`{root}`")
+        self.retry = retry or RetryPolicy()
+        self._sleep = sleep
+        self._clock = clock
+        self._random = random
+        self._local = isinstance(fs, LocalFileSystem)
+        protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+        self.url = f"{protocol}://{self.root}"
+
+    @classmethod
+    def from_url(cls, url: str, storage_options: Mapping[str, Any] | None = None,
+                 **kwargs: Any) -> ObjectStore:
+        """A store for ``url`` (``memory://name``, ``file:///path``, ``s3://bucket/prefix``, any
+        fsspec URL); ``storage_options`` go to the filesystem (for S3: ``key``, ``secret``,
+        ``client_kwargs={"endpoint_url": …}``…); ``kwargs`` to the constructor."""
+        fs, root = open_filesystem(url, storage_options)
+        return cls(fs, root, **kwargs)
+
+    def with_retry(self, **changes: float) -> ObjectStore:
+        """The same store (same filesystem) with some retry settings changed."""
+        return ObjectStore(self.fs, self.root, retry=dataclasses.replace(self.retry, **changes),
+                           sleep=self._sleep, clock=self._clock, random=self._random)
+
+    def __repr__(self) -> str:
+        return f"ObjectStore({self.url!r})"
+
+    # ---- paths ----
+
+    def _path(self, key: str) -> str:
+        if not isinstance(key, str):
+            raise TypeError(f"key must be a str, not {type(key).__name__}")
+        parts = key.split("/")
+        if not key or any(part in ("", ".", "..") for part in parts):
+            raise ValueError(f"invalid object key (empty part, '.' or '..'): key=`{key}`")
+        return f"{self.root}/{key}"
+
+    def _key_url(self, key: str) -> str:
+        return f"{self.url}/{key}"
+
+    # ---- retries and errors ----
+
+    def _call(self, op: str, key: str, attempt: Callable[[], T]) -> T:
+        """Run ``attempt`` until it succeeds, retrying transient errors within the budget."""
+        started = self._clock()
+        ceiling = self.retry.initial
+        attempts = 0
+        while True:
+            attempts += 1
+            try:
+                return attempt()
+            except Exception as error:
+                kind = classify(error)
+                if kind == "missing":
+                    raise FileNotFoundError(
+                        errno.ENOENT, describe("no such object (or bucket)", op=op,
+                                               key=self._key_url(key))) from error
+                if kind != "transient":
+                    error.add_note(describe("object store call failed", op=op,
+                                            key=self._key_url(key)))
+                    raise
+                pause = self._random() * ceiling  # full jitter
+                elapsed = self._clock() - started
+                if elapsed + pause > self.retry.timeout:
+                    raise StorageUnavailable(describe(
+                        "object store unavailable after retries", op=op,
+                        key=self._key_url(key), attempts=attempts,
+                        elapsed=f"{elapsed:.2f}s", error=repr(error))) from error
+                log.debug("retrying %s of %s in %.3fs after %r", op, self._key_url(key),
+                          pause, error)
+                self._sleep(pause)
+                ceiling = min(ceiling * 2, self.retry.cap)
+
+    # ---- operations ----
+
+    def put(self, key: str, data: bytes | bytearray | memoryview) -> None:
+        """Store ``data`` under ``key`` (replacing any object there), atomically and durably."""
+        path = self._path(key)
+        if self._local:
+            self._call("put", key, lambda: self._put_local(path, data))
+        else:
+            self._call("put", key, lambda: self.fs.pipe_file(path, bytes(data)
+                                                             if isinstance(data, memoryview)
+                                                             else data))
+
+    def _put_local(self, path: str, data: bytes | bytearray | memoryview) -> None:
+        directory = os.path.dirname(path)
+        makedirs_durable(directory)
+        tmp = os.path.join(directory, f"{TMP_PREFIX}{uuid.uuid4().hex}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fdatasync(fd)
+        except BaseException:
+            os.close(fd)
+            os.unlink(tmp)
+            raise
+        os.close(fd)
+        os.replace(tmp, path)
+        fsync_dir(directory)
+
+    def get(self, key: str, start: int | None = None, end: int | None = None) -> bytes:
+        """Bytes ``[start, end)`` of the object (``end`` None: to its end), as a slice would
+        give them: a range past the end gives fewer bytes or none. Only non-negative offsets.
+        Raises FileNotFoundError if there is no such object."""
+        path = self._path(key)
+        start = 0 if start is None else start
+        if start < 0 or (end is not None and end < 0):
+            raise ValueError(f"get takes non-negative offsets: start=`{start}` end=`{end}`")
+        if end is not None and end <= start:
+            # No request: S3 ignores a backwards Range header and sends the whole object.
+            return b""
+
+        def attempt() -> bytes:
+            # Always a range: without one s3fs sends a HEAD first (LOCAL_S3.md).
+            try:
+                return bytes(self.fs.cat_file(path, start=start, end=end))
+            except Exception as error:
+                if classify(error) == "invalid_range":
+                    return b""  # the object exists; the range starts at or past its end
+                raise
+
+        return self._call("get", key, attempt)
+
+    def list(self, prefix: str = "") -> list[ObjectInfo]:
+        """Every object whose key starts with ``prefix`` (a plain string prefix), sorted by key.
+        A prefix with nothing under it gives an empty list."""
+        if not isinstance(prefix, str):
+            raise TypeError(f"prefix must be a str, not {type(prefix).__name__}")
+        directory = prefix.rpartition("/")[0]
+        base = f"{self.root}/{directory}" if directory else self.root
+        strip = len(self.root) + 1
+
+        def attempt() -> list[ObjectInfo]:
+            self.fs.invalidate_cache(base)
+            try:
+                found = self.fs.find(base, detail=True)
+            except FileNotFoundError as error:
+                if (_client_error(error) or ("",))[0] == "NoSuchBucket":
+                    raise  # a missing bucket is a configuration error, not an empty listing
+                return []
+            infos = []
+            for name, info in found.items():
+                key = name[strip:]
+                if (info.get("type") != "directory" and key.startswith(prefix)
+                        and not key.rpartition("/")[2].startswith(TMP_PREFIX)):
+                    infos.append(ObjectInfo(key, int(info.get("size") or 0)))
+            return sorted(infos, key=lambda i: i.key)
+
+        return self._call("list", prefix, attempt)
+
+    def delete(self, keys: Iterable[str]) -> None:
+        """Delete the objects (missing ones are ignored), in as few requests as the filesystem
+        allows (S3: one per 1000 keys)."""
+        keys = list(keys)
+        paths = [self._path(k) for k in keys]
+        if not paths:
+            return
+
+        def attempt() -> None:
+            try:
+                self.fs.rm(paths)
+            except FileNotFoundError:
+                # fsspec refuses a list with a missing path in it; S3 does not care.
+                for path in paths:
+                    with contextlib.suppress(FileNotFoundError):
+                        self.fs.rm_file(path)
+            if self._local:
+                self._remove_empty_dirs(paths)
+
+        self._call("delete", keys[0] if len(keys) == 1 else f"{keys[0]} (+{len(keys) - 1})",
+                   attempt)
+
+    def _remove_empty_dirs(self, paths: list[str]) -> None:
+        """A local store leaves no empty directories behind (S3 has none to leave)."""
+        for directory in sorted({os.path.dirname(p) for p in paths}, reverse=True):
+            while len(directory) > len(self.root):
+                try:
+                    os.rmdir(directory)
+                except OSError:
+                    break  # not empty, or gone already
+                directory = os.path.dirname(directory)
+
+    def exists(self, key: str) -> bool:
+        path = self._path(key)
+
+        def attempt() -> bool:
+            try:
+                self.fs.info(path)
+            except FileNotFoundError as error:
+                if classify(error) != "missing":
+                    raise
+                return False
+            return True
+
+        return self._call("exists", key, attempt)
+
+
+__all__ = ["ObjectInfo", "ObjectStore", "RetryPolicy", "classify", "open_filesystem"]

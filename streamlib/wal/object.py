@@ -1,0 +1,588 @@
+"""The ``object`` WAL: one object per flush in any fsspec store, PUTs pipelined (docs/wal.md).
+
+Keys, under the store's root::
+
+    PREFIX/NODE/TRIM                                   the trim position (decimal text)
+    PREFIX/NODE/EPOCH/OPEN                             written when an open claims EPOCH,
+                                                       then again with the epoch's start
+    PREFIX/NODE/EPOCH/START-END-ACKED.wal              the records of one flush
+
+``EPOCH``, ``START``, ``END`` and ``ACKED`` are 20-digit numbers, so a listing sorts by epoch,
+then position. ``ACKED`` is the position up to which the epoch's records had been acknowledged
+when the flush's PUT was issued. The ``OPEN`` marker exists so that an open that has written
+nothing yet still holds its epoch: the next open (a restart) takes a higher one, and can never
+write a key that a predecessor still running might write too.
+
+The write path::
+
+    append ─► the gathering object ─(flush_bytes or linger)─► ready ─► up to max_inflight PUTs
+                                                                            │
+       futures completed strictly in object order ◄── release ◄─────────────┘
+
+Appends take their position at once and join the gathering object; a dispatcher thread seals
+it when it holds ``flush_bytes`` or when ``linger`` has passed since its first record and a PUT
+slot is free (with every slot busy it keeps gathering, so a slow store gets larger objects, not
+a longer queue). A PUT that finishes releases its futures only once every earlier object is
+released. Memory is bounded: an append waits while the bytes not yet released would exceed
+``max_pending_bytes``, and is woken by the release that frees room.
+
+A PUT that fails after the store's retries (io.py) fails its appends and every later one, in
+order, and the WAL accepts no more appends: what comes after a lost object is never
+acknowledged. Objects of later appends whose PUTs did land are deleted (best effort), so that
+recovery does not find records nobody was told about behind a gap.
+
+A crash leaves the same picture with no one to clean up: several PUTs were in flight, and a
+later one may have landed while an earlier one did not. None of their records was acknowledged
+(releases are in order). Recovery recognises this **in-flight tail** by ``ACKED``: a gap inside
+an epoch (the ``OPEN`` marker says where the epoch starts, so a missing first object is a gap
+too) that no later object of the epoch claims as acknowledged. Such a tail is reported as
+dropped and never returned. A gap that a later object claims as acknowledged is damage (an
+acknowledged object went missing): reported, and the records after it are returned.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from streamlib.errors import StorageUnavailable, StreamClosed, WalFullError, describe
+from streamlib.io import ObjectStore
+from streamlib.wal import Capabilities, Recovery, Wal, WalEntry, WalRecord
+from streamlib.wal._format import record_parts, record_size, scan_run
+
+log = logging.getLogger("streamlib.wal")
+
+MiB = 1 << 20
+_NODE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_OBJECT = re.compile(r"(\d{20})/(\d{20})-(\d{20})-(\d{20})\.wal")
+_MARKER = re.compile(r"(\d{20})/OPEN")
+
+
+def encode_marker(start: int) -> bytes:
+    """An ``OPEN`` marker's body once its epoch has recovered: where its positions start."""
+    return f"start={start}\n".encode()
+
+
+def decode_marker(data: bytes) -> int | None:
+    """The start an ``OPEN`` marker records; None for a claim-only marker (the process stopped
+    before it recovered) or an unreadable one."""
+    fields = dict(line.partition("=")[::2] for line in data.decode(errors="replace").split())
+    try:
+        return int(fields["start"])
+    except (KeyError, ValueError):
+        return None
+
+
+def in_flight_tails(objects: list[WalObject], starts: Mapping[int, int | None], trim: int
+                    ) -> dict[int, tuple[int, int, set[str]]]:
+    """For each epoch whose objects end in an in-flight tail (module docstring): the tail's
+    positions ``[start, end)`` and its objects' keys. ``objects`` in key order; ``starts``
+    the epochs' start positions from their markers."""
+    tails: dict[int, tuple[int, int, set[str]]] = {}
+    by_epoch: dict[int, list[WalObject]] = {}
+    for item in objects:
+        by_epoch.setdefault(item.epoch, []).append(item)
+    for epoch, items in by_epoch.items():
+        start = starts.get(epoch)
+        expected = max(items[0].start if start is None else start, trim)
+        for i, item in enumerate(items):
+            if item.start > expected:
+                tail = items[i:]
+                # Acknowledged past the gap's start by some later flush? Then it is damage.
+                if max(o.acked for o in tail) <= expected:
+                    tails[epoch] = (expected, tail[-1].end, {o.key for o in tail})
+                break
+            expected = max(expected, item.end)
+    return tails
+
+
+@dataclass(frozen=True, slots=True)
+class WalObject:
+    """One flush's object: records at positions ``[start, end)`` written in ``epoch``, whose PUT
+    was issued when the epoch's records up to ``acked`` had been acknowledged."""
+
+    epoch: int
+    start: int
+    end: int
+    key: str
+    acked: int = 0
+
+
+class _Flush:
+    """The records of one object, from gathering until release."""
+
+    __slots__ = ("done", "error", "first_at", "futures", "key", "parts", "settled", "size",
+                 "start")
+
+    def __init__(self, start: int, now: float) -> None:
+        self.start = start
+        self.size = 0
+        self.first_at = now
+        self.parts: list[bytes] = []
+        self.futures: list[tuple[Future[int], int]] = []
+        self.done = False  # its PUT has returned
+        self.error: BaseException | None = None
+        self.settled = False  # its futures have been given their outcome
+        self.key = ""  # set when its PUT starts
+
+    @property
+    def end(self) -> int:
+        return self.start + self.size
+
+
+class ObjectWal(Wal):
+    """A WAL of objects in an :class:`~streamlib.io.ObjectStore` (or a URL and its storage
+    options), for node ``node_id``, under ``prefix``.
+
+    - ``flush_bytes`` (default 1 MiB): an object is sealed once it holds this many bytes;
+    - ``linger`` (seconds, default 0.002): or once this long has passed since its first record;
+    - ``max_inflight`` (default 8): PUTs running at once (also the recovery's read-ahead);
+    - ``max_pending_bytes`` (default 64 MiB): appended bytes not yet released (gathering,
+      waiting or in flight) beyond which an append waits — the memory bound;
+    - ``full_timeout`` (seconds, default 30): how long an append waits for room by default;
+    - ``retry_timeout`` (seconds): the retry budget of each store call; default: the store's
+      own (60 s unless it was built otherwise).
+
+    ``capacity`` is None: an object store does not fill up.
+
+    Futures complete on a PUT worker thread, in order; a done-callback must not block on this
+    WAL (an append there that waits for room would wait for itself). One process writes a node's
+    log at a time: two opening the same node at once could claim the same epoch (claiming it
+    with a create-only PUT needs the store's conditional writes, not used yet)."""
+
+    capabilities = Capabilities(shared_storage=True)
+
+    def __init__(self, store: ObjectStore | str, node_id: str | int, *, prefix: str = "wal",
+                 storage_options: Mapping[str, Any] | None = None,
+                 flush_bytes: int = 1 * MiB, linger: float = 0.002, max_inflight: int = 8,
+                 max_pending_bytes: int = 64 * MiB, full_timeout: float = 30.0,
+                 retry_timeout: float | None = None) -> None:
+        if isinstance(store, str):
+            store = ObjectStore.from_url(store, storage_options)
+        elif not isinstance(store, ObjectStore):
+            raise TypeError(f"store must be an ObjectStore or a URL, not {type(store).__name__}")
+        elif storage_options:
+            raise ValueError("storage_options go with a URL, not with an ObjectStore")
+        if retry_timeout is not None:
+            store = store.with_retry(timeout=retry_timeout)
+        node = str(node_id)
+        if isinstance(node_id, bool) or not _NODE.fullmatch(node):
+            raise ValueError(f"node_id must be letters, digits, '.', '_' or '-': "
+                             f"node_id=`{node_id}`")
+        if prefix and any(part in ("", ".", "..") for part in prefix.strip("/").split("/")):
+            raise ValueError(f"invalid prefix: prefix=`{prefix}`")
+        for name, value in (("flush_bytes", flush_bytes), ("max_inflight", max_inflight),
+                            ("max_pending_bytes", max_pending_bytes)):
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name} must be a positive int: {name}=`{value}`")
+        if linger < 0 or full_timeout < 0:
+            raise ValueError(f"linger and full_timeout must be non-negative: "
+                             f"linger=`{linger}` full_timeout=`{full_timeout}`")
+        self.store = store
+        # Taking back an orphan is worth one try, not a minute of retries in close().
+        self._cleanup_store = store.with_retry(timeout=0)
+        self.node_id = node
+        self.prefix = f"{prefix.strip('/')}/{node}/" if prefix.strip("/") else f"{node}/"
+        self._flush_bytes = flush_bytes
+        self._linger = linger
+        self._max_inflight = max_inflight
+        self._max_pending = max_pending_bytes
+        self._full_timeout = full_timeout
+        # One lock; appenders wait on `_room`, the dispatcher on `_work`.
+        self._lock = threading.Lock()
+        self._room = threading.Condition(self._lock)
+        self._work = threading.Condition(self._lock)
+        self._release_lock = threading.Lock()  # completions are handed out one object at a time
+        self._trim_lock = threading.Lock()  # one TRIM write and sweep at a time
+        self._tickets = 0  # admission is first come, first served
+        self._admitted = 0
+        self._gathering: _Flush | None = None
+        self._ready: deque[_Flush] = deque()  # sealed, waiting for a PUT slot
+        self._inflight: deque[_Flush] = deque()  # submitted, not yet released, in order
+        self._running = 0  # PUTs running
+        self._pending_bytes = 0
+        self._trim = 0
+        self._end = 0
+        self._acked = 0  # the end of the last released (acknowledged) object
+        self.epoch = 0
+        self._objects: deque[WalObject] = deque()  # durable objects, for trim
+        self._markers: dict[int, str] = {}  # OPEN markers of earlier epochs
+        self._recovered = False
+        self._ready_to_append = False
+        self._closed = False
+        self._failure: BaseException | None = None
+        self._pool = ThreadPoolExecutor(max_inflight, thread_name_prefix="ObjectWal")
+        self._dispatcher: threading.Thread | None = None
+
+    # ---- keys ----
+
+    def _key(self, epoch: int, start: int, end: int, acked: int) -> str:
+        return f"{self.prefix}{epoch:020d}/{start:020d}-{end:020d}-{acked:020d}.wal"
+
+    # ---- recovery ----
+
+    def recover(self) -> Recovery:
+        """List the node's objects, read the trim position, claim a new epoch; the returned
+        :class:`Recovery` then reads the objects from the trim position on, a few at a time
+        in parallel, as it is iterated."""
+        if self._recovered:
+            raise RuntimeError("recover() may be called only once")
+        with self._lock:
+            if self._closed:
+                raise StreamClosed("the WAL is closed")
+        self._recovered = True
+        objects: list[WalObject] = []
+        epochs = [0]
+        trim_found = False
+        for info in self.store.list(self.prefix):
+            name = info.key[len(self.prefix):]
+            if name == "TRIM":
+                trim_found = True
+            elif match := _OBJECT.fullmatch(name):
+                epoch, start, end, acked = (int(g) for g in match.groups())
+                epochs.append(epoch)
+                if start < end:
+                    objects.append(WalObject(epoch, start, end, info.key, acked))
+                else:
+                    log.warning("WAL object with an empty or backwards range ignored: key=`%s`",
+                                info.key)
+            elif match := _MARKER.fullmatch(name):
+                epoch = int(match.group(1))
+                epochs.append(epoch)
+                self._markers[epoch] = info.key
+            else:
+                log.debug("not a WAL object, ignored: key=`%s`", info.key)
+        self._trim = self._read_trim() if trim_found else 0
+        self.epoch = max(epochs) + 1
+        self.store.put(f"{self.prefix}{self.epoch:020d}/OPEN", b"")
+        objects.sort(key=lambda o: (o.epoch, o.start))  # the order of the keys
+        live = [o for o in objects if o.end > self._trim]
+        self._objects.extend(o for o in objects if o.end <= self._trim)  # deletes to finish
+        return Recovery(lambda recovery: self._scan(recovery, live), self._trim)
+
+    def _read_trim(self) -> int:
+        text = self.store.get(f"{self.prefix}TRIM")
+        try:
+            return int(text.decode().strip() or 0)
+        except ValueError:
+            log.error("WAL TRIM object unreadable, recovering from the first object: "
+                      "key=`%sTRIM`", self.prefix)
+            return 0
+
+    def _epoch_starts(self, epochs: set[int]) -> dict[int, int | None]:
+        starts: dict[int, int | None] = {}
+        for epoch in sorted(epochs):
+            key = self._markers.get(epoch)
+            try:
+                starts[epoch] = decode_marker(self.store.get(key)) if key else None
+            except FileNotFoundError:
+                starts[epoch] = None
+        return starts
+
+    def _scan(self, recovery: Recovery, objects: list[WalObject]) -> Iterator[WalEntry]:
+        cursor = self._trim  # every position before it is returned, trimmed or reported
+        tails = in_flight_tails(objects, self._epoch_starts({o.epoch for o in objects}),
+                                self._trim)
+        torn = set().union(*(keys for _, _, keys in tails.values()))
+        regions = deque(sorted((start, end, epoch) for epoch, (start, end, _) in tails.items()))
+        self._objects.extend(o for o in objects if o.key in torn)  # for trim to delete
+        objects = [o for o in objects if o.key not in torn]
+
+        def pass_tails(before: int) -> None:
+            """Report the in-flight tails that start before ``before``; move the cursor."""
+            nonlocal cursor
+            while regions and regions[0][0] < before:
+                start, end, epoch = regions.popleft()
+                recovery.drop(max(start, cursor), end, f"torn tail: flushes in flight when the "
+                              f"writer of epoch {epoch} stopped (never acknowledged)")
+                cursor = max(cursor, end)
+
+        reads: deque[tuple[WalObject, int, Future[bytes]]] = deque()
+        upcoming = iter(objects)
+
+        def read_ahead() -> None:
+            while len(reads) < self._max_inflight:
+                item = next(upcoming, None)
+                if item is None:
+                    return
+                begin = max(item.start, self._trim)
+                reads.append((item, begin, self._pool.submit(
+                    self.store.get, item.key, begin - item.start, item.end - item.start)))
+
+        read_ahead()
+        while reads:
+            item, begin, future = reads.popleft()
+            read_ahead()
+            try:
+                data = future.result()
+            except FileNotFoundError:
+                data = None  # deleted since the listing: as missing as if never listed
+            pass_tails(item.start + 1)
+            if item.start > cursor:
+                recovery.drop(cursor, item.start, "missing WAL object")
+            if data is None:
+                recovery.drop(max(begin, cursor), item.end, "missing WAL object")
+                cursor = max(cursor, item.end)
+                continue
+            if begin < cursor:
+                recovery.drop(begin, min(cursor, item.end), "overlapping WAL objects")
+            scan = scan_run(data, begin, recovery)
+            while True:
+                try:
+                    entry = next(scan)
+                except StopIteration as stop:
+                    valid = stop.value
+                    break
+                if entry.position >= cursor:
+                    yield entry
+            if valid < len(data):
+                recovery.drop(begin + valid, begin + len(data), "damaged end of a WAL object")
+            if begin + len(data) < item.end:
+                recovery.drop(begin + len(data), item.end, "WAL object shorter than its key")
+            cursor = max(cursor, item.end)
+            self._objects.append(item)
+        pass_tails(1 << 63)
+        # Appends continue after the last object even if its end was damaged or it was part of
+        # an in-flight tail: a position is never used twice.
+        recovery.end = cursor
+        # Now the marker can say where this epoch starts; nothing is acknowledged before it.
+        self._acked = cursor
+        self.store.put(f"{self.prefix}{self.epoch:020d}/OPEN", encode_marker(cursor))
+        with self._lock:
+            self._end = cursor
+            self._ready_to_append = not self._closed
+            if self._ready_to_append:
+                self._dispatcher = threading.Thread(target=self._dispatch, daemon=True,
+                                                    name=f"ObjectWal-{self.node_id}")
+                self._dispatcher.start()
+
+    # ---- appending ----
+
+    def append(self, record: WalRecord, timeout: float | None = None) -> Future[int]:
+        if not isinstance(record, WalRecord):
+            raise TypeError(f"record must be a WalRecord, not {type(record).__name__}")
+        size = record_size(record)
+        if size > self.capabilities.max_record_bytes:
+            raise ValueError(f"WAL record too large: size=`{size}` "
+                             f"max=`{self.capabilities.max_record_bytes}`")
+        deadline = time.monotonic() + (self._full_timeout if timeout is None else timeout)
+        future: Future[int] = Future()
+        with self._lock:
+            self._check_open()
+            ticket = self._tickets
+            self._tickets += 1
+            try:
+                # A record larger than the bound alone goes when nothing else is pending.
+                while ticket != self._admitted or (
+                        self._pending_bytes and self._pending_bytes + size > self._max_pending):
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise WalFullError(
+                            f"WAL full: append waited for pending PUTs: "
+                            f"pending=`{self._pending_bytes}` size=`{size}` "
+                            f"max_pending_bytes=`{self._max_pending}`")
+                    self._room.wait(left)
+                    self._check_open()
+            finally:
+                # Whether admitted or not, the next ticket may go (order is kept because a
+                # ticket is admitted only after every earlier one is done).
+                self._admitted += 1
+                self._room.notify_all()
+            position = self._end
+            self._end += size
+            self._pending_bytes += size
+            flush = self._gathering
+            if flush is None:
+                flush = self._gathering = _Flush(position, time.monotonic())
+                self._work.notify()  # the dispatcher starts the linger clock
+            flush.parts.extend(record_parts(position, record))
+            flush.futures.append((future, position))
+            flush.size += size
+            if flush.size >= self._flush_bytes:
+                self._ready.append(flush)
+                self._gathering = None
+                self._work.notify()
+        return future
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StreamClosed("the WAL is closed")
+        if self._failure is not None:
+            raise StorageUnavailable(f"the WAL failed and accepts no appends: {self._failure}")
+        if not self._ready_to_append:
+            raise RuntimeError("call recover() and iterate it before appending")
+
+    def _dispatch(self) -> None:
+        """Seal objects and start their PUTs, oldest first, at most ``max_inflight`` at once."""
+        while True:
+            with self._lock:
+                while True:
+                    slot = self._running < self._max_inflight
+                    now = time.monotonic()
+                    flush = None
+                    if slot and self._ready:
+                        flush = self._ready.popleft()
+                    elif slot and self._gathering is not None and (
+                            self._closed or now >= self._gathering.first_at + self._linger):
+                        flush, self._gathering = self._gathering, None
+                    if flush is not None:
+                        break
+                    if self._closed and not self._ready and self._gathering is None:
+                        return
+                    wait = None
+                    if slot and self._gathering is not None:
+                        wait = self._gathering.first_at + self._linger - now
+                    self._work.wait(wait)
+                self._running += 1
+                flush.key = self._key(self.epoch, flush.start, flush.end, self._acked)
+                self._inflight.append(flush)
+            self._pool.submit(self._put, flush)
+
+    def _put(self, flush: _Flush) -> None:
+        error: BaseException | None = None
+        try:
+            self.store.put(flush.key, b"".join(flush.parts))
+        except Exception as e:
+            error = e
+        flush.parts = []  # the bytes are not needed any more, whatever the outcome
+        self._release(flush, error)
+
+    def _release(self, flush: _Flush, error: BaseException | None) -> None:
+        """Note a finished PUT, then hand out, in object order, every outcome now known."""
+        settle: list[tuple[_Flush, BaseException | None]] = []
+        orphans: list[str] = []
+        with self._release_lock:  # outcomes go out in order even across worker threads
+            with self._lock:
+                self._running -= 1
+                flush.done, flush.error = True, error
+                if flush.settled and error is None:  # failed with an earlier object
+                    orphans.append(flush.key)
+                while self._inflight and self._inflight[0].done:
+                    head = self._inflight.popleft()
+                    head.settled = True
+                    self._pending_bytes -= head.size
+                    if head.error is not None:
+                        settle += self._fail_from(head, orphans)
+                        break
+                    self._objects.append(WalObject(self.epoch, head.start, head.end, head.key,
+                                                   self._acked))
+                    self._acked = head.end
+                    settle.append((head, None))
+                self._work.notify()
+                self._room.notify_all()
+            for item, outcome in settle:
+                for future, position in item.futures:
+                    if outcome is None:
+                        future.set_result(position)
+                    else:
+                        future.set_exception(outcome)
+        for key in orphans:
+            self._delete_quietly(key)
+
+    def _fail_from(self, failed: _Flush, orphans: list[str]) -> list[tuple[_Flush, BaseException]]:
+        """(Under the lock.) ``failed`` could not be stored: it fails, every later append fails,
+        and the WAL takes no more. Returns the outcomes in order; adds to ``orphans`` the keys
+        to take back (later objects that landed, and the failed one, which may have landed)."""
+        cause = failed.error
+        assert cause is not None
+        self._failure = cause
+        log.error("WAL flush failed; the WAL accepts no more appends: key=`%s` error=%r",
+                  failed.key, cause)
+
+        def error(what: str) -> BaseException:
+            wrapped = StorageUnavailable(describe(what, key=failed.key, error=repr(cause)))
+            wrapped.__cause__ = cause
+            return wrapped
+
+        outcomes = [(failed, error("WAL flush failed"))]
+        orphans.append(failed.key)
+        later = [*self._inflight, *self._ready]
+        if self._gathering is not None:
+            later.append(self._gathering)
+        for item in later:
+            item.settled = True
+            self._pending_bytes -= item.size
+            outcomes.append((item, error("an earlier WAL flush failed")))
+            if item.done and item.error is None:
+                orphans.append(item.key)
+        self._inflight.clear()
+        self._ready.clear()
+        self._gathering = None
+        return outcomes
+
+    def _delete_quietly(self, key: str) -> None:
+        try:
+            self._cleanup_store.delete([key])
+        except Exception as e:
+            log.warning("could not delete an unacknowledged WAL object; recovery will report "
+                        "it after a gap: key=`%s` error=%r", key, e)
+
+    # ---- trim ----
+
+    def trim(self, position: int) -> None:
+        """Forget the records before ``position``: write ``TRIM``, then delete every object that
+        ends at or before it (a failed delete is retried at the next trim)."""
+        with self._lock:
+            if position <= self._trim:
+                return
+            if position > self._end:
+                raise ValueError(f"trim beyond the end: position=`{position}` end=`{self._end}`")
+            self._trim = position
+        with self._trim_lock:
+            position = self._trim  # a later trim may have overtaken this one
+            self.store.put(f"{self.prefix}TRIM", str(position).encode())
+            with self._lock:
+                doomed = [o for o in self._objects if o.end <= position]
+                self._objects = deque(o for o in self._objects if o.end > position)
+                live = {o.epoch for o in self._objects} | {self.epoch}
+                markers = {e: k for e, k in self._markers.items() if e not in live}
+            try:
+                self.store.delete([o.key for o in doomed] + list(markers.values()))
+            except Exception as e:
+                log.warning("WAL trim could not delete objects; will try again at the next "
+                            "trim: position=`%s` error=%r", position, e)
+                with self._lock:
+                    self._objects.extend(doomed)
+                return
+            with self._lock:
+                for epoch in markers:
+                    self._markers.pop(epoch, None)
+
+    # ---- state ----
+
+    @property
+    def capacity(self) -> int | None:
+        return None
+
+    @property
+    def trim_position(self) -> int:
+        return self._trim
+
+    @property
+    def end_position(self) -> int:
+        return self._end
+
+    def objects(self) -> list[WalObject]:
+        """The durable objects the WAL knows of (after recovery), in position order."""
+        with self._lock:
+            return sorted(self._objects, key=lambda o: o.start)
+
+    def close(self) -> None:
+        """Flush what is gathered, wait for every PUT (each within the retry budget), settle
+        every future, stop the threads."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._work.notify_all()
+            self._room.notify_all()
+        if self._dispatcher is not None:
+            self._dispatcher.join()
+        self._pool.shutdown(wait=True)
