@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import struct
-from collections.abc import Generator
 
 from streamlib import codec
 from streamlib.records import RecordBatch
@@ -89,24 +88,24 @@ def next_valid(buf: bytes, start: int, base: int) -> int | None:
     return None
 
 
-def scan_run(buf: bytes, base: int, recovery: Recovery
-             ) -> Generator[WalEntry, None, int]:
-    """Yield the valid records of ``buf``, whose first byte is at position ``base``, skipping
-    (and reporting) damaged bytes between valid records. Returns the offset where the valid
-    records end: what follows is a tail with no valid record in it, for the caller to judge."""
+def scan_run(buf: bytes, base: int, recovery: Recovery) -> tuple[list[WalEntry], int]:
+    """The valid records of ``buf``, whose first byte is at position ``base``, skipping (and
+    reporting) damaged bytes between valid records; and the offset where the valid records end:
+    what follows is a tail with no valid record in it, for the caller to judge."""
+    entries: list[WalEntry] = []
     at = 0
     while at < len(buf):
         found = read_record(buf, at, base + at)
         if found is None:
             resume = next_valid(buf, at + 1, base)
             if resume is None:
-                return at
+                return entries, at
             recovery.drop(base + at, base + resume, "damaged bytes between valid records")
             at = resume
             continue
         record, length = found
         if record is not None:
             recovery.bytes += length
-            yield WalEntry(base + at, record)
+            entries.append(WalEntry(base + at, record))
         at += length
-    return at
+    return entries, at

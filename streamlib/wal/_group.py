@@ -17,6 +17,7 @@ from concurrent.futures import Future
 
 from streamlib.errors import StorageUnavailable, StreamClosed, WalFullError
 from streamlib.wal import Recovery, Wal, WalRecord
+from streamlib.wal._admission import Admission
 from streamlib.wal._format import record_size
 
 log = logging.getLogger("streamlib.wal")
@@ -54,8 +55,7 @@ class GroupCommitWal(Wal):
         self._cond = threading.Condition()
         self._queue: deque[Pending] = deque()
         self._queued_bytes = 0
-        self._tickets = 0  # admission is first come, first served
-        self._admitted = 0
+        self._admission = Admission(self._cond)  # first come, first served
         self._trim = 0
         self._end = 0  # the position after the last written record
         self._recovered = False
@@ -120,24 +120,14 @@ class GroupCommitWal(Wal):
         pending = Pending(record, size)
         with self._cond:
             self._check_open()
-            ticket = self._tickets
-            self._tickets += 1
-            try:
-                while (ticket != self._admitted or self._end - self._trim + self._queued_bytes
-                       + size + self.admission_slack > self._capacity):
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        raise WalFullError(
-                            f"WAL full: append waited for room: usage=`{self._end - self._trim}` "
-                            f"queued=`{self._queued_bytes}` size=`{size}` "
-                            f"capacity=`{self._capacity}`")
-                    self._cond.wait(left)
-                    self._check_open()
-            finally:
-                # Whether admitted or not, let the next ticket holder go (order is kept
-                # because a ticket is admitted only after every earlier one is done).
-                self._admitted += 1
-                self._cond.notify_all()
+            self._admission.wait(
+                lambda: (self._end - self._trim + self._queued_bytes + size
+                         + self.admission_slack <= self._capacity),
+                deadline,
+                lambda: (f"WAL full: append waited for room: usage=`{self._end - self._trim}` "
+                         f"queued=`{self._queued_bytes}` size=`{size}` "
+                         f"capacity=`{self._capacity}`"),
+                self._check_open)
             self._queue.append(pending)
             self._queued_bytes += size
             self._cond.notify_all()

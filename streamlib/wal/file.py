@@ -129,13 +129,8 @@ class FileWal(GroupCommitWal):
                 recovery.drop(min(start, expected), max(start, expected), reason)
             with open(path, "rb") as f:
                 data = f.read()
-            scan = scan_run(data, start, recovery)
-            while True:
-                try:
-                    entry = next(scan)
-                except StopIteration as stop:
-                    valid = stop.value
-                    break
+            entries, valid = scan_run(data, start, recovery)
+            for entry in entries:
                 if entry.position >= max(self._trim, end):
                     end = entry.position + record_size(entry.record)
                     yield entry

@@ -52,9 +52,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from streamlib.errors import StorageUnavailable, StreamClosed, WalFullError, describe
+from streamlib.errors import StorageUnavailable, StreamClosed, describe
 from streamlib.io import ObjectStore
 from streamlib.wal import Capabilities, Recovery, Wal, WalEntry, WalRecord
+from streamlib.wal._admission import Admission
 from streamlib.wal._format import record_parts, record_size, scan_run
 
 log = logging.getLogger("streamlib.wal")
@@ -201,8 +202,7 @@ class ObjectWal(Wal):
         self._work = threading.Condition(self._lock)
         self._release_lock = threading.Lock()  # completions are handed out one object at a time
         self._trim_lock = threading.Lock()  # one TRIM write and sweep at a time
-        self._tickets = 0  # admission is first come, first served
-        self._admitted = 0
+        self._admission = Admission(self._room)  # first come, first served
         self._gathering: _Flush | None = None
         self._ready: deque[_Flush] = deque()  # sealed, waiting for a PUT slot
         self._inflight: deque[_Flush] = deque()  # submitted, not yet released, in order
@@ -333,13 +333,8 @@ class ObjectWal(Wal):
                 continue
             if begin < cursor:
                 recovery.drop(begin, min(cursor, item.end), "overlapping WAL objects")
-            scan = scan_run(data, begin, recovery)
-            while True:
-                try:
-                    entry = next(scan)
-                except StopIteration as stop:
-                    valid = stop.value
-                    break
+            entries, valid = scan_run(data, begin, recovery)
+            for entry in entries:
                 if entry.position >= cursor:
                     yield entry
             if valid < len(data):
@@ -376,25 +371,15 @@ class ObjectWal(Wal):
         future: Future[int] = Future()
         with self._lock:
             self._check_open()
-            ticket = self._tickets
-            self._tickets += 1
-            try:
-                # A record larger than the bound alone goes when nothing else is pending.
-                while ticket != self._admitted or (
-                        self._pending_bytes and self._pending_bytes + size > self._max_pending):
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        raise WalFullError(
-                            f"WAL full: append waited for pending PUTs: "
-                            f"pending=`{self._pending_bytes}` size=`{size}` "
-                            f"max_pending_bytes=`{self._max_pending}`")
-                    self._room.wait(left)
-                    self._check_open()
-            finally:
-                # Whether admitted or not, the next ticket may go (order is kept because a
-                # ticket is admitted only after every earlier one is done).
-                self._admitted += 1
-                self._room.notify_all()
+            # A record larger than the bound alone goes when nothing else is pending.
+            self._admission.wait(
+                lambda: (not self._pending_bytes
+                         or self._pending_bytes + size <= self._max_pending),
+                deadline,
+                lambda: (f"WAL full: append waited for pending PUTs: "
+                         f"pending=`{self._pending_bytes}` size=`{size}` "
+                         f"max_pending_bytes=`{self._max_pending}`"),
+                self._check_open)
             position = self._end
             self._end += size
             self._pending_bytes += size
