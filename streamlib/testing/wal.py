@@ -13,6 +13,7 @@ A subclass provides :meth:`WalContract.open_wal` (and, if the backend is unbound
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from concurrent.futures import Future
@@ -266,4 +267,27 @@ class WalContract:
         with pytest.raises(WalFullError):
             wal.append(make_record(1, 0, size=1000), timeout=0.05)
         assert time.monotonic() - started < 1.0
+        wal.close()
+
+    def test_a_waiter_that_gives_up_does_not_hold_up_an_earlier_one(self, location: Path) -> None:
+        if not self.bounded:
+            pytest.skip("unbounded backend")
+        wal = self.open_wal(location, capacity=64 * 1024, full_timeout=10.0)
+        recover_all(wal)
+        last = 0
+        with contextlib.suppress(WalFullError):
+            for i in range(1000):
+                last = wal.append(make_record(1, i, size=1000), timeout=0.05).result(timeout=30)
+        early: list[object] = []
+        first = threading.Thread(target=lambda: early.append(
+            wal.append(make_record(2, 0, size=1000), timeout=10.0)))
+        first.start()
+        time.sleep(0.1)  # the first waiter is queued; a later one gives up behind it
+        with pytest.raises(WalFullError):
+            wal.append(make_record(3, 0, size=1000), timeout=0.2)
+        started = time.monotonic()
+        wal.trim(last)  # room for everyone: the first waiter goes at once
+        first.join(timeout=10)
+        assert early and time.monotonic() - started < 2.0
+        early[0].result(timeout=10)  # type: ignore[attr-defined]
         wal.close()

@@ -216,10 +216,11 @@ class GroupCommitWal(Wal):
                 item.future.set_result(position)
 
     def _fail(self, group: list[Pending], error: BaseException) -> None:
-        """A group that could not be written fails, and with it everything queued behind it:
-        they may depend on it (offsets), and the WAL's state after a failed sync is unknown.
-        Running out of room is the one failure the WAL itself survives."""
-        fatal = not isinstance(error, WalFullError | StreamClosed)
+        """A group that could not be written fails, and with it everything queued behind it,
+        and the WAL accepts no more appends: later appends may depend on it (offsets), and the
+        WAL's state after a failed sync is unknown. That holds for a group that found no room
+        too (admission already let later appends in behind it). Only a close is not a fault."""
+        fatal = not isinstance(error, StreamClosed)
         if fatal:
             log.error("WAL write failed; the WAL accepts no more appends: %r", error)
         with self._cond:
@@ -231,7 +232,7 @@ class GroupCommitWal(Wal):
             self._cond.notify_all()
         for item in failed:
             if isinstance(error, WalFullError | StreamClosed):
-                item.future.set_exception(error)
+                item.future.set_exception(error)  # already says what happened
             else:
                 wrapped = StorageUnavailable(f"WAL write failed: {error!r}")
                 wrapped.__cause__ = error

@@ -349,8 +349,32 @@ class BlockWal(GroupCommitWal):
                 yield WalEntry(position, record)
             position += length
             end = position
-        # Groups start block-aligned; the gap, if the last group's padding was lost, is skipped.
-        recovery.end = _round_up(end)
+        recovery.end = self._seal(end)
+
+    def _seal(self, end: int) -> int:
+        """Where appends go on after recovery: groups start block-aligned. If the last group's
+        padding was lost (a torn group), write it now, so that the next recovery finds a
+        padding record there instead of torn bytes it would take for damage."""
+        if end % BLOCK == 0:
+            return end
+        gap = _round_up(end) - end
+        if gap < HEADER_SIZE:
+            gap += BLOCK  # as _padded does: a padding record needs room for its header
+        sealed = end + gap
+        if sealed - self._trim > self._ring_size:  # a full ring: no room to pad (rare)
+            log.warning("block WAL full at recovery: the lost padding at `%s` is not "
+                        "rewritten; the next recovery will report it as damage", end)
+            return _round_up(end)
+        first = end - end % BLOCK
+        buffer = mmap.mmap(-1, sealed - first)  # page-aligned, as O_DIRECT writes need
+        buffer[:] = self._read_ring(first, sealed - first)
+        buffer[end - first:] = padding(end, gap)
+        view = memoryview(buffer)
+        for at in range(0, len(buffer), BLOCK):  # a block never straddles the ring's end
+            self._write_piece(view[at:at + BLOCK], (first + at) % self._ring_size)
+        if not self.direct_io:
+            os.fdatasync(self._fd)
+        return sealed
 
     @staticmethod
     def _next_valid(window: _Window, position: int, limit: int) -> int | None:

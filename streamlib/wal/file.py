@@ -26,16 +26,17 @@ _IOV_MAX = 1024
 
 
 def _write_all(fd: int, parts: list[bytes]) -> None:
-    """``writev`` everything, however the kernel splits it."""
+    """``writev`` everything, however the kernel splits it (at most IOV_MAX parts a call)."""
     views = [memoryview(p) for p in parts if len(p)]
-    while views:
-        written = os.writev(fd, views[:_IOV_MAX])
+    first = 0  # views before it are written
+    while first < len(views):
+        written = os.writev(fd, views[first:first + _IOV_MAX])
         while written:
-            if written >= len(views[0]):
-                written -= len(views[0])
-                views.pop(0)
+            if written >= len(views[first]):
+                written -= len(views[first])
+                first += 1
             else:
-                views[0] = views[0][written:]
+                views[first] = views[first][written:]
                 written = 0
 
 
@@ -104,6 +105,7 @@ class FileWal(GroupCommitWal):
     def _open_segment(self, start: int, *, create: bool) -> None:
         if self._fd >= 0:
             os.close(self._fd)
+            self._fd = -1  # if the open below fails, close() must not close a reused number
         path = os.path.join(self.path, f"{start:020d}.wal")
         flags = os.O_WRONLY | os.O_APPEND | (os.O_CREAT | os.O_EXCL if create else 0)
         self._fd = os.open(path, flags, 0o644)

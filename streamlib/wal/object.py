@@ -66,33 +66,57 @@ _OBJECT = re.compile(r"(\d{20})/(\d{20})-(\d{20})-(\d{20})\.wal")
 _MARKER = re.compile(r"(\d{20})/OPEN")
 
 
-def encode_marker(start: int) -> bytes:
-    """An ``OPEN`` marker's body once its epoch has recovered: where its positions start."""
-    return f"start={start}\n".encode()
+@dataclass(frozen=True, slots=True)
+class EpochMarker:
+    """An ``OPEN`` marker's verdict once its epoch has recovered: its positions start at
+    ``start``, and the data of earlier epochs it accepted ends at ``accepted``. Whatever an
+    earlier epoch holds at or past ``accepted`` is superseded, even if it lands later (a dead
+    writer's last PUT can finish after its successor recovered)."""
+
+    start: int
+    accepted: int
+
+    def encode(self) -> bytes:
+        return f"start={self.start}\naccepted={self.accepted}\n".encode()
+
+    @classmethod
+    def decode(cls, data: bytes) -> EpochMarker | None:
+        """None for a claim-only marker (the process stopped before it recovered) or an
+        unreadable one."""
+        fields = dict(line.partition("=")[::2] for line in data.decode(errors="replace").split())
+        try:
+            return cls(int(fields["start"]), int(fields["accepted"]))
+        except (KeyError, ValueError):
+            return None
 
 
-def decode_marker(data: bytes) -> int | None:
-    """The start an ``OPEN`` marker records; None for a claim-only marker (the process stopped
-    before it recovered) or an unreadable one."""
-    fields = dict(line.partition("=")[::2] for line in data.decode(errors="replace").split())
-    try:
-        return int(fields["start"])
-    except (KeyError, ValueError):
-        return None
+def superseded_from(epochs: list[int], markers: Mapping[int, EpochMarker | None]
+                    ) -> dict[int, int]:
+    """For each epoch, the position from which its data is superseded: the lowest ``accepted``
+    of any later epoch's marker (absent when no later epoch has one)."""
+    cut: dict[int, int] = {}
+    lowest: int | None = None
+    for epoch in sorted(set(epochs) | set(markers), reverse=True):
+        if lowest is not None:
+            cut[epoch] = lowest
+        marker = markers.get(epoch)
+        if marker is not None:
+            lowest = marker.accepted if lowest is None else min(lowest, marker.accepted)
+    return cut
 
 
-def in_flight_tails(objects: list[WalObject], starts: Mapping[int, int | None], trim: int
-                    ) -> dict[int, tuple[int, int, set[str]]]:
+def in_flight_tails(objects: list[WalObject], markers: Mapping[int, EpochMarker | None],
+                    trim: int) -> dict[int, tuple[int, int, set[str]]]:
     """For each epoch whose objects end in an in-flight tail (module docstring): the tail's
-    positions ``[start, end)`` and its objects' keys. ``objects`` in key order; ``starts``
-    the epochs' start positions from their markers."""
+    positions ``[start, end)`` and its objects' keys. ``objects`` in key order, superseded
+    ones left out; ``markers`` the epochs' verdicts."""
     tails: dict[int, tuple[int, int, set[str]]] = {}
     by_epoch: dict[int, list[WalObject]] = {}
     for item in objects:
         by_epoch.setdefault(item.epoch, []).append(item)
     for epoch, items in by_epoch.items():
-        start = starts.get(epoch)
-        expected = max(items[0].start if start is None else start, trim)
+        marker = markers.get(epoch)
+        expected = max(items[0].start if marker is None else marker.start, trim)
         for i, item in enumerate(items):
             if item.start > expected:
                 tail = items[i:]
@@ -276,20 +300,34 @@ class ObjectWal(Wal):
                       "key=`%sTRIM`", self.prefix)
             return 0
 
-    def _epoch_starts(self, epochs: set[int]) -> dict[int, int | None]:
-        starts: dict[int, int | None] = {}
-        for epoch in sorted(epochs):
-            key = self._markers.get(epoch)
+    def _epoch_markers(self, since: int) -> dict[int, EpochMarker | None]:
+        """The verdicts of every earlier epoch from ``since`` on."""
+        markers: dict[int, EpochMarker | None] = {}
+        for epoch, key in sorted(self._markers.items()):
+            if epoch < since:
+                continue
             try:
-                starts[epoch] = decode_marker(self.store.get(key)) if key else None
+                markers[epoch] = EpochMarker.decode(self.store.get(key))
             except FileNotFoundError:
-                starts[epoch] = None
-        return starts
+                markers[epoch] = None
+        return markers
 
     def _scan(self, recovery: Recovery, objects: list[WalObject]) -> Iterator[WalEntry]:
         cursor = self._trim  # every position before it is returned, trimmed or reported
-        tails = in_flight_tails(objects, self._epoch_starts({o.epoch for o in objects}),
-                                self._trim)
+        markers = self._epoch_markers(min((o.epoch for o in objects), default=self.epoch))
+        cut = superseded_from([o.epoch for o in objects], markers)
+        late = [o for o in objects if o.start >= cut.get(o.epoch, 1 << 63)]
+        for item in late:  # reported once, then deleted: no verdict will ever accept them
+            recovery.drop(item.start, item.end, f"superseded: epoch {item.epoch} wrote it "
+                          f"after a later epoch had recovered past `{cut[item.epoch]}`")
+        if late:
+            try:
+                self.store.delete([o.key for o in late])
+            except Exception as e:
+                log.warning("could not delete superseded WAL objects; trim will: error=%r", e)
+                self._objects.extend(late)
+        objects = [o for o in objects if o.start < cut.get(o.epoch, 1 << 63)]
+        tails = in_flight_tails(objects, markers, self._trim)
         torn = set().union(*(keys for _, _, keys in tails.values()))
         regions = deque(sorted((start, end, epoch) for epoch, (start, end, _) in tails.items()))
         self._objects.extend(o for o in objects if o.key in torn)  # for trim to delete
@@ -325,6 +363,9 @@ class ObjectWal(Wal):
             except FileNotFoundError:
                 data = None  # deleted since the listing: as missing as if never listed
             pass_tails(item.start + 1)
+            marker = markers.get(item.epoch)
+            if marker is not None and marker.accepted <= cursor < marker.start <= item.start:
+                cursor = marker.start  # settled by that epoch's own recovery: not missing
             if item.start > cursor:
                 recovery.drop(cursor, item.start, "missing WAL object")
             if data is None:
@@ -334,8 +375,12 @@ class ObjectWal(Wal):
             if begin < cursor:
                 recovery.drop(begin, min(cursor, item.end), "overlapping WAL objects")
             entries, valid = scan_run(data, begin, recovery)
+            limit = cut.get(item.epoch, 1 << 63)
+            if limit < item.end:  # a late PUT past the verdict of a later epoch
+                recovery.drop(limit, item.end, f"superseded: epoch {item.epoch} wrote it after "
+                              f"a later epoch had recovered past `{limit}`")
             for entry in entries:
-                if entry.position >= cursor:
+                if cursor <= entry.position < limit:
                     yield entry
             if valid < len(data):
                 recovery.drop(begin + valid, begin + len(data), "damaged end of a WAL object")
@@ -343,13 +388,16 @@ class ObjectWal(Wal):
                 recovery.drop(begin + len(data), item.end, "WAL object shorter than its key")
             cursor = max(cursor, item.end)
             self._objects.append(item)
+        accepted = cursor  # what this recovery accepts ends here; trailing tails do not count
         pass_tails(1 << 63)
         # Appends continue after the last object even if its end was damaged or it was part of
-        # an in-flight tail: a position is never used twice.
+        # an in-flight tail: a position is never used twice. A late PUT of an earlier epoch
+        # that lands after this may still be listed later: the marker's verdict supersedes it.
+        cursor = max([cursor, *(o.end for o in late)])
         recovery.end = cursor
-        # Now the marker can say where this epoch starts; nothing is acknowledged before it.
         self._acked = cursor
-        self.store.put(f"{self.prefix}{self.epoch:020d}/OPEN", encode_marker(cursor))
+        self.store.put(f"{self.prefix}{self.epoch:020d}/OPEN",
+                       EpochMarker(cursor, accepted).encode())
         with self._lock:
             self._end = cursor
             self._ready_to_append = not self._closed
@@ -526,8 +574,10 @@ class ObjectWal(Wal):
             with self._lock:
                 doomed = [o for o in self._objects if o.end <= position]
                 self._objects = deque(o for o in self._objects if o.end > position)
-                live = {o.epoch for o in self._objects} | {self.epoch}
-                markers = {e: k for e, k in self._markers.items() if e not in live}
+                # A marker goes only when no object of its epoch or an earlier one is left:
+                # later markers' verdicts are what supersede an earlier epoch's late PUTs.
+                oldest = min([o.epoch for o in self._objects] + [self.epoch])
+                markers = {e: k for e, k in self._markers.items() if e < oldest}
             try:
                 self.store.delete([o.key for o in doomed] + list(markers.values()))
             except Exception as e:

@@ -358,6 +358,11 @@ def test_a_group_torn_after_its_first_record_continues_block_aligned(tmp_path: P
     assert recovery.dropped == [] and recovery.end == start + BLOCK  # the next group's block
     assert wal.append(make_record(4, 0)).result(timeout=10) == start + BLOCK
     wal.close()
+    wal = BlockWal(path)  # the lost padding was rewritten: nothing to report the second time
+    recovery = wal.recover()
+    assert [e.record for e in recovery.entries()] == [last[0], make_record(4, 0)]
+    assert recovery.dropped == []
+    wal.close()
 
 
 def test_the_writer_persists_the_trim_before_overwriting(tmp_path: Path,

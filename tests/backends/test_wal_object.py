@@ -293,9 +293,37 @@ def test_an_in_flight_tail_is_dropped_not_returned(tmp_path: Path) -> None:
     again = make_record(1, 3, size=200)
     assert wal.append(again).result(timeout=5) == end
     wal.close()
-    _, recovery, entries = opened(store)  # stable across recoveries
+    _, recovery, entries = opened(store)  # the verdict stands: the tail is superseded now
     assert [e.record for e in entries] == [*records[:3], again]
-    assert [(d.start, d.end) for d in recovery.dropped] == [(positions[3], end)]
+    assert all("superseded" in d.reason for d in recovery.dropped)
+    assert {(d.start, d.end) for d in recovery.dropped} == {(positions[4], positions[5]),
+                                                            (positions[5], end)}
+    _, recovery, entries = opened(store)  # ...and was deleted once reported
+    assert [e.record for e in entries] == [*records[:3], again] and recovery.dropped == []
+
+
+def test_a_late_put_of_a_dead_writer_is_superseded(tmp_path: Path) -> None:
+    """A writer dies with a PUT in flight; its successor recovers and acknowledges records at
+    the same positions; then the dead writer's PUT lands. It must not replace them."""
+    store = ObjectStore.from_url(f"file://{tmp_path}")
+    wal, _, _ = opened(store)
+    first = [make_record(1, i) for i in range(3)]
+    positions = [wal.append(r).result(timeout=5) for r in first]
+    end = wal.end_position
+    wal.close()
+    keys = data_keys(store)
+    late_key, late_data = keys[2], store.get(keys[2])
+    store.delete([late_key])  # "in flight" while the successor recovers
+    wal, _, entries = opened(store)
+    assert [e.record for e in entries] == first[:2]
+    successor = make_record(1, 2, size=50)
+    assert wal.append(successor).result(timeout=5) == positions[2]
+    wal.close()
+    store.put(late_key, late_data)  # the dead writer's PUT lands now
+    _, recovery, entries = opened(store)
+    assert [e.record for e in entries] == [*first[:2], successor]
+    assert [(d.start, d.end) for d in recovery.dropped] == [(positions[2], end)]
+    assert "superseded" in recovery.dropped[0].reason
 
 
 def test_a_gap_a_later_flush_acknowledged_is_damage(tmp_path: Path) -> None:

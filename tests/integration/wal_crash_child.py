@@ -26,7 +26,8 @@ KEEP = 2000  # acknowledged records kept untrimmed (trim the rest, so the WAL st
 
 
 def open_wal(spec: str) -> Wal:
-    """``file:DIR``, ``block:PATH:SIZE`` or ``object:URL``; for an ``s3://`` URL the storage
+    """``file:DIR``, ``block:PATH:SIZE`` (``block:PATH:buffered:SIZE`` without O_DIRECT) or
+    ``object:URL``; for an ``s3://`` URL the storage
     options (endpoint, credentials) come as JSON in S3_STORAGE_OPTIONS."""
     kind, _, rest = spec.partition(":")
     if kind == "file":
@@ -37,7 +38,10 @@ def open_wal(spec: str) -> Wal:
         from streamlib.wal.block import BlockWal
 
         path, _, size = rest.rpartition(":")
-        return BlockWal(path, size=int(size))
+        buffered = path.endswith(":buffered")  # block:PATH:buffered:SIZE
+        if buffered:
+            path = path.removesuffix(":buffered")
+        return BlockWal(path, size=int(size), direct_io=False if buffered else None)
     if kind == "object":
         from streamlib.io import ObjectStore
         from streamlib.wal.object import ObjectWal
