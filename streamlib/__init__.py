@@ -5,12 +5,14 @@ The public names: records and batches, the config object, and the error kinds.
 
 from streamlib.config import Config
 from streamlib.errors import (
+    CommitConflict,
     ConfigError,
     CorruptDataError,
     FencedError,
     OffsetOutOfRange,
     StorageUnavailable,
     StreamClosed,
+    StreamExists,
     StreamLibError,
     StreamNotFound,
     WalFullError,
@@ -22,6 +24,7 @@ __version__ = "0.1.0.dev0"
 
 __all__ = [
     "AppendResult",
+    "CommitConflict",
     "Config",
     "ConfigError",
     "CorruptDataError",
@@ -32,6 +35,7 @@ __all__ = [
     "RecordBatch",
     "StorageUnavailable",
     "StreamClosed",
+    "StreamExists",
     "StreamLibError",
     "StreamNotFound",
     "WalFullError",

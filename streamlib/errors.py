@@ -97,3 +97,17 @@ class WalFullError(StreamLibError, TimeoutError):
 
 class WalLockedError(StreamLibError):
     """Another process has this WAL open. Close it there, or use another WAL path."""
+
+
+class StreamExists(StreamLibError, ValueError):
+    """A live stream already has that name. Use that stream (look it up by name), or create
+    this one under another name."""
+
+
+class CommitConflict(StreamLibError):
+    """A metadata commit's preconditions do not hold against the stored state, so nothing of it
+    was applied: a range does not start at its stream's committed end (a gap, or data committed
+    already — a retried commit that had succeeded lands here), an object key is taken, an
+    object to remove is unknown or still holds readable data, or the node's WAL position would
+    go back. Reload the metadata and decide: if your objects are already committed, the retry
+    is done; otherwise rebuild the commit from the current state."""

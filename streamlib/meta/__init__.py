@@ -1,0 +1,383 @@
+"""The metadata store: streams, committed objects and nodes' WAL positions (docs/store.md).
+
+Plug-in authors implement :class:`MetadataStore`; its docstring is the contract that the shared
+suite in ``streamlib.testing.meta`` checks. The store layer (opening, recovery, the uploader) is
+the only user inside streamlib. The value types below check their own fields, so a backend gets
+well-formed input; the ``check_*`` helpers do the same for plain arguments.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+import itertools
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from streamlib.records import INT64_MAX, check_int
+
+MAX_NAME_CHARS = 1024
+"""The longest stream name (characters); the same bound applies to object keys."""
+
+_NODE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}")  # as the object WAL names its node
+
+
+# ---- argument checks shared by the types and the backends ----
+
+def check_id(value: object, what: str = "stream_id") -> int:
+    """A stream id, offset, epoch, size or position: an int in ``[0, 2^63)``, the range every
+    backend stores as a signed 64-bit integer (SQLite, PostgreSQL)."""
+    return check_int(value, what, 0, INT64_MAX)
+
+
+def check_text(value: object, what: str) -> str:
+    """A stream name or object key: a non-empty str of at most :data:`MAX_NAME_CHARS`, UTF-8
+    encodable and without NUL (PostgreSQL's text cannot hold one)."""
+    if not isinstance(value, str):
+        raise TypeError(f"{what} must be a str, not {type(value).__name__}")
+    if not value or len(value) > MAX_NAME_CHARS or "\x00" in value:
+        raise ValueError(f"{what} must be 1 to {MAX_NAME_CHARS} characters without NUL: "
+                         f"{what}=`{value[:100]!r}`")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"{what} is not encodable as UTF-8: {what}=`{value[:100]!r}`") from e
+    return value
+
+
+def check_node_id(value: object) -> str:
+    """A node id as the WALs take it: an int or a str of letters, digits, '.', '_', '-'; the
+    metadata keeps its str form (``7`` and ``"7"`` are the same node)."""
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise TypeError(f"node_id must be a str or an int, not {type(value).__name__}")
+    node = str(value)
+    if not _NODE.fullmatch(node):
+        raise ValueError(f"node_id must be 1 to 255 letters, digits, '.', '_' or '-', starting "
+                         f"with a letter or digit: node_id=`{value!r}`")
+    return node
+
+
+# ---- the value types ----
+
+class StreamState(enum.Enum):
+    """Whether a stream can be used. A destroyed stream keeps its id (never reused) and its
+    committed objects (until GC) but no longer counts: its name is free again."""
+
+    OPEN = "open"
+    DESTROYED = "destroyed"
+
+
+@dataclass(frozen=True, slots=True)
+class StreamMeta:
+    """A stream as the metadata knows it. ``[start_offset, end_offset)`` is what is committed
+    in objects and not trimmed; appends not yet uploaded live above ``end_offset`` (in the WAL)."""
+
+    id: int
+    name: str | None
+    epoch: int
+    """Bumped by every :meth:`MetadataStore.open_stream`; 0 for a stream never opened."""
+    start_offset: int
+    end_offset: int
+    state: StreamState = StreamState.OPEN
+
+    @property
+    def live(self) -> bool:
+        return self.state is StreamState.OPEN
+
+
+@dataclass(frozen=True, slots=True)
+class StreamRange:
+    """The records ``[start_offset, end_offset)`` of one stream inside one object, and how many
+    bytes of the object they take (``size``: what a reader or compaction budgets for; the
+    object's own index says where they are)."""
+
+    stream_id: int
+    start_offset: int
+    end_offset: int
+    size: int
+
+    def __post_init__(self) -> None:
+        for name in ("stream_id", "start_offset", "end_offset", "size"):
+            check_id(getattr(self, name), name)
+        if self.end_offset <= self.start_offset:
+            raise ValueError(f"a range must hold at least one record: stream=`{self.stream_id}` "
+                             f"range=`[{self.start_offset}, {self.end_offset})`")
+
+    @property
+    def count(self) -> int:
+        """Records in the range."""
+        return self.end_offset - self.start_offset
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectMeta:
+    """A committed object: its ``key`` in the object store, its ``size`` in bytes, and one
+    :class:`StreamRange` per stream it holds data of (sorted by stream id, whatever order they
+    were given in, so that two descriptions of one object compare equal)."""
+
+    key: str
+    size: int
+    ranges: tuple[StreamRange, ...]
+
+    def __post_init__(self) -> None:
+        check_text(self.key, "key")
+        check_id(self.size, "size")
+        if isinstance(self.ranges, str | bytes) or not isinstance(self.ranges, Iterable):
+            raise TypeError(f"ranges must be a sequence of StreamRange, "
+                            f"not {type(self.ranges).__name__}")
+        ranges = tuple(self.ranges)
+        for r in ranges:
+            if not isinstance(r, StreamRange):
+                raise TypeError(f"ranges must hold StreamRange, not {type(r).__name__}")
+        if not ranges:
+            raise ValueError(f"an object needs at least one range: key=`{self.key}`")
+        ranges = tuple(sorted(ranges, key=lambda r: r.stream_id))
+        for a, b in itertools.pairwise(ranges):
+            if a.stream_id == b.stream_id:
+                raise ValueError(f"an object holds one range per stream: key=`{self.key}` "
+                                 f"stream=`{a.stream_id}`")
+        used = sum(r.size for r in ranges)
+        if used > self.size:
+            raise ValueError(f"the ranges are larger than the object: key=`{self.key}` "
+                             f"size=`{self.size}` ranges=`{used}`")
+        object.__setattr__(self, "ranges", ranges)  # normalised to a sorted tuple
+
+    def range_of(self, stream_id: int) -> StreamRange | None:
+        """This object's range of ``stream_id``, if it holds any."""
+        for r in self.ranges:
+            if r.stream_id == stream_id:
+                return r
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class NodeMeta:
+    """A node: ``node_epoch`` (bumped by :meth:`MetadataStore.register_node`, 0 for a node never
+    registered) and ``wal_position``: everything of its WAL before it is in committed objects,
+    so recovery replays the WAL from there."""
+
+    node_id: str
+    node_epoch: int
+    wal_position: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Commit:
+    """One atomic step of the uploader (or, with ``remove``, of GC): add ``objects``, move each
+    stream's end offset to the end of its new ranges, and move the WAL position of ``node_id``
+    to ``wal_position``.
+
+    ``epochs`` maps every stream that has a range here (and any other stream the writer wants
+    checked) to the epoch the writer holds; ``node_epoch``, if given, must be the node's
+    current one. ``remove`` lists keys of committed objects that hold no readable data any more
+    (every range trimmed away or of a destroyed stream), to drop from the metadata.
+
+    Construction checks what can be checked without the store (``ValueError`` / ``TypeError``):
+    object keys unique, each stream's ranges contiguous across the commit and covered by
+    ``epochs``, nothing both added and removed. The sequences are kept as tuples, ``epochs`` as
+    a dict by stream id, and an int ``node_id`` as its str."""
+
+    node_id: str
+    wal_position: int
+    objects: Sequence[ObjectMeta] = ()
+    epochs: Mapping[int, int] = field(default_factory=dict)
+    node_epoch: int | None = None
+    remove: Sequence[str] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "node_id", check_node_id(self.node_id))
+        check_id(self.wal_position, "wal_position")
+        if self.node_epoch is not None:
+            check_id(self.node_epoch, "node_epoch")
+        objects = _tuple_of(self.objects, ObjectMeta, "objects")
+        remove = tuple(check_text(k, "remove key") for k in _tuple_of(self.remove, str, "remove"))
+        if not isinstance(self.epochs, Mapping):
+            raise TypeError(f"epochs must be a mapping of stream id to epoch, "
+                            f"not {type(self.epochs).__name__}")
+        epochs = {check_id(s, "epochs stream_id"): check_id(e, "epoch")
+                  for s, e in self.epochs.items()}
+        keys = [o.key for o in objects]
+        duplicate = _first_duplicate(keys) or _first_duplicate(remove)
+        if duplicate is not None:
+            raise ValueError(f"an object key appears twice in the commit: key=`{duplicate}`")
+        both = set(keys) & set(remove)
+        if both:
+            raise ValueError(f"an object cannot be added and removed at once: key=`{min(both)}`")
+        for stream_id, ranges in _ranges_by_stream(objects).items():
+            if stream_id not in epochs:
+                raise ValueError(f"epochs must give the epoch of every stream committed: "
+                                 f"stream=`{stream_id}`")
+            for a, b in itertools.pairwise(ranges):
+                if b.start_offset != a.end_offset:
+                    raise ValueError(f"a stream's ranges must be contiguous within a commit: "
+                                     f"stream=`{stream_id}` ranges=`[{a.start_offset}, "
+                                     f"{a.end_offset})` `[{b.start_offset}, {b.end_offset})`")
+        object.__setattr__(self, "objects", objects)
+        object.__setattr__(self, "remove", remove)
+        object.__setattr__(self, "epochs", dict(sorted(epochs.items())))
+
+    def extents(self) -> dict[int, tuple[int, int]]:
+        """``{stream_id: (first offset, end offset)}`` of what this commit adds, by stream id."""
+        return {stream_id: (ranges[0].start_offset, ranges[-1].end_offset)
+                for stream_id, ranges in sorted(_ranges_by_stream(self.objects).items())}
+
+
+def _tuple_of(values: object, kind: type, what: str) -> tuple:
+    if isinstance(values, str | bytes) or not isinstance(values, Iterable):
+        raise TypeError(f"{what} must be a sequence of {kind.__name__}, "
+                        f"not {type(values).__name__}")
+    result = tuple(values)
+    for value in result:
+        if not isinstance(value, kind):
+            raise TypeError(f"{what} must hold {kind.__name__}, not {type(value).__name__}")
+    return result
+
+
+def _first_duplicate(values: Iterable[str]) -> str | None:
+    seen: set[str] = set()
+    for value in values:
+        if value in seen:
+            return value
+        seen.add(value)
+    return None
+
+
+def _ranges_by_stream(objects: Iterable[ObjectMeta]) -> dict[int, list[StreamRange]]:
+    by_stream: dict[int, list[StreamRange]] = {}
+    for obj in objects:
+        for r in obj.ranges:
+            by_stream.setdefault(r.stream_id, []).append(r)
+    for ranges in by_stream.values():
+        ranges.sort(key=lambda r: r.start_offset)
+    return by_stream
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What a metadata backend declares about itself."""
+
+    shared: bool = False
+    """Nodes on different machines may use this store at once (its commits are fenced across
+    them). A local store (SQLite) is safe for processes of one machine only."""
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+class MetadataStore(abc.ABC):
+    """Streams, committed objects and nodes' WAL positions, changed in atomic steps.
+
+    The contract (docs/store.md; ``streamlib.testing.meta`` checks it):
+
+    - **Atomic and durable.** Every operation applies whole or not at all, and is durable when it
+      returns; one that raises has changed nothing. Any thread may call any method; calls are
+      serialisable (each sees all or nothing of every other).
+    - **Streams.** Ids are ints assigned in increasing order, never reused (not even after
+      :meth:`destroy_stream`). A name is optional and unique among live streams; a destroyed
+      stream frees its name. A new stream has epoch 0 and ``start_offset == end_offset == 0``.
+      An operation on a stream that does not exist or was destroyed raises
+      :class:`~streamlib.errors.StreamNotFound`.
+    - **Epochs.** :meth:`open_stream` raises the epoch by exactly one and returns the new value
+      (with ``expected_epoch``, only if the epoch is still that: compare-and-set, else
+      :class:`~streamlib.errors.FencedError`). A writer holding an older epoch is fenced.
+    - **Trim** moves ``start_offset`` forward, up to ``end_offset``; a lower offset changes
+      nothing (a retried trim is harmless); beyond ``end_offset`` is
+      :class:`~streamlib.errors.OffsetOutOfRange`.
+    - **Commit** checks, in this order, and reports the first that fails with nothing applied:
+
+      1. every stream in ``epochs`` exists and is live (``StreamNotFound``);
+      2. its epoch equals the stream's current epoch, and ``node_epoch`` (if given) the node's
+         (``FencedError``);
+      3. each stream's new ranges start exactly at its ``end_offset``: no gap, no overlap, so a
+         duplicate or retried commit fails here (``CommitConflict``);
+      4. no object key is already committed (``CommitConflict``);
+      5. every object to remove is committed and holds no readable data (``CommitConflict``);
+      6. the WAL position does not go back (equal is fine) (``CommitConflict``).
+
+      Then it adds the objects, sets each stream's ``end_offset`` to the end of its ranges,
+      removes the objects in ``remove`` and sets the node's WAL position.
+    - **Nodes.** :meth:`node` of a node never seen is epoch 0, position 0; :meth:`register_node`
+      raises the node's epoch by one (a process taking over the node's WAL).
+    - **Bad arguments** raise ``TypeError`` / ``ValueError`` naming the value, before anything is
+      read or changed. After :meth:`close`, every call raises
+      :class:`~streamlib.errors.StreamClosed`; closing twice is fine.
+    """
+
+    capabilities: Capabilities = Capabilities()
+
+    # ---- streams ----
+
+    @abc.abstractmethod
+    def create_stream(self, name: str | None = None) -> StreamMeta:
+        """A new stream with a fresh id; :class:`~streamlib.errors.StreamExists` if a live
+        stream has ``name``."""
+
+    @abc.abstractmethod
+    def get_stream(self, stream_id: int, *, include_destroyed: bool = False) -> StreamMeta:
+        """The stream ``stream_id``; a destroyed one only with ``include_destroyed`` (GC needs to
+        tell destroyed from unknown)."""
+
+    @abc.abstractmethod
+    def get_stream_by_name(self, name: str) -> StreamMeta:
+        """The live stream called ``name``."""
+
+    @abc.abstractmethod
+    def streams(self) -> list[StreamMeta]:
+        """Every live stream, by id."""
+
+    @abc.abstractmethod
+    def open_stream(self, stream_id: int, *, expected_epoch: int | None = None) -> StreamMeta:
+        """Raise the stream's epoch by one (only if it is ``expected_epoch``, when given) and
+        return the stream with its new epoch."""
+
+    @abc.abstractmethod
+    def trim_stream(self, stream_id: int, offset: int) -> StreamMeta:
+        """Move ``start_offset`` up to ``offset`` (never back, never past ``end_offset``)."""
+
+    @abc.abstractmethod
+    def destroy_stream(self, stream_id: int) -> StreamMeta:
+        """Mark the stream destroyed and return it so; its objects stay until GC removes them."""
+
+    # ---- objects and nodes ----
+
+    @abc.abstractmethod
+    def commit(self, commit: Commit) -> None:
+        """Apply ``commit`` whole, or raise and change nothing (see the class docstring)."""
+
+    @abc.abstractmethod
+    def objects(self, stream_id: int, from_offset: int = 0) -> list[ObjectMeta]:
+        """The committed objects holding records of ``stream_id`` at or above ``from_offset``,
+        in offset order (trimmed records are not filtered: pass ``start_offset`` for that)."""
+
+    @abc.abstractmethod
+    def node(self, node_id: str | int) -> NodeMeta:
+        """The node's epoch and WAL position (0 and 0 if it was never seen)."""
+
+    @abc.abstractmethod
+    def register_node(self, node_id: str | int) -> NodeMeta:
+        """Raise the node's epoch by one (creating it at epoch 1) and return it."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release the store's resources; later calls raise StreamClosed."""
+
+    def __enter__(self) -> MetadataStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+__all__ = [
+    "MAX_NAME_CHARS",
+    "Capabilities",
+    "Commit",
+    "MetadataStore",
+    "NodeMeta",
+    "ObjectMeta",
+    "StreamMeta",
+    "StreamRange",
+    "StreamState",
+    "check_id",
+    "check_node_id",
+    "check_text",
+]

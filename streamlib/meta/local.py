@@ -1,0 +1,393 @@
+"""The local metadata store: one SQLite file, one transaction an operation (docs/store.md).
+
+The file is in WAL journal mode with ``synchronous=FULL``: a committed transaction is fsynced
+before the call returns, and a crash at any moment leaves either all of a transaction or none
+of it. Every operation is one transaction; writes take the write lock up front
+(``BEGIN IMMEDIATE``) so that their checks and their changes see the same state, even when
+another process on this machine has the same file open.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator
+
+from streamlib.disk import fsync_dir, makedirs_durable
+from streamlib.errors import (
+    CommitConflict,
+    CorruptDataError,
+    FencedError,
+    OffsetOutOfRange,
+    StorageUnavailable,
+    StreamClosed,
+    StreamExists,
+    StreamNotFound,
+    describe,
+)
+from streamlib.meta import (
+    Capabilities,
+    Commit,
+    MetadataStore,
+    NodeMeta,
+    ObjectMeta,
+    StreamMeta,
+    StreamRange,
+    StreamState,
+    check_id,
+    check_node_id,
+    check_text,
+)
+
+log = logging.getLogger("streamlib.meta")
+
+SCHEMA_VERSION = 1
+"""The schema this code reads and writes; a file of any other version is refused."""
+
+_SCHEMA = (
+    "CREATE TABLE schema_version (version INTEGER NOT NULL)",
+    # The next stream id, kept apart from the rows so that no deletion can ever make it go back.
+    "CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID",
+    "CREATE TABLE streams (id INTEGER PRIMARY KEY, name TEXT, epoch INTEGER NOT NULL, "
+    "start_offset INTEGER NOT NULL, end_offset INTEGER NOT NULL, "
+    "state TEXT NOT NULL CHECK (state IN ('open', 'destroyed')), "
+    "CHECK (0 <= start_offset AND start_offset <= end_offset))",
+    # Names are unique among live streams only: destroying a stream frees its name.
+    "CREATE UNIQUE INDEX streams_live_names ON streams (name) WHERE state = 'open'",
+    "CREATE TABLE objects (key TEXT PRIMARY KEY, size INTEGER NOT NULL) WITHOUT ROWID",
+    # Keyed by (stream, start): a reader finds the object holding an offset in O(log n).
+    "CREATE TABLE ranges (stream_id INTEGER NOT NULL, start_offset INTEGER NOT NULL, "
+    "end_offset INTEGER NOT NULL, size INTEGER NOT NULL, "
+    "object_key TEXT NOT NULL REFERENCES objects (key) ON DELETE CASCADE, "
+    "PRIMARY KEY (stream_id, start_offset)) WITHOUT ROWID",
+    "CREATE INDEX ranges_by_object ON ranges (object_key)",
+    "CREATE TABLE nodes (node_id TEXT PRIMARY KEY, node_epoch INTEGER NOT NULL, "
+    "wal_position INTEGER NOT NULL) WITHOUT ROWID",
+)
+
+_STREAM_COLUMNS = "id, name, epoch, start_offset, end_offset, state"
+
+# sqlite3 errors by what the caller can do about them (their extended names start with these).
+_UNAVAILABLE = ("SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_IOERR", "SQLITE_CANTOPEN", "SQLITE_FULL",
+                "SQLITE_READONLY", "SQLITE_PROTOCOL", "SQLITE_PERM", "SQLITE_NOLFS")
+_CORRUPT = ("SQLITE_CORRUPT", "SQLITE_NOTADB")
+
+
+def _translate(error: sqlite3.Error, path: str) -> Exception:
+    """The streamlib kind of a sqlite3 error; others (bugs, in effect) stay as they are."""
+    name = getattr(error, "sqlite_errorname", "") or ""
+    if name.startswith(_CORRUPT):
+        return CorruptDataError(f"metadata database unreadable ({error})", source=path)
+    if name.startswith(_UNAVAILABLE):
+        return StorageUnavailable(describe(f"metadata database unavailable ({error})",
+                                           path=path))
+    return error
+
+
+def _stream(row: tuple) -> StreamMeta:
+    stream_id, name, epoch, start, end, state = row
+    return StreamMeta(stream_id, name, epoch, start, end, StreamState(state))
+
+
+class SQLiteMetadataStore(MetadataStore):
+    """The metadata in the SQLite file ``path`` (created, with its directory, if missing).
+
+    ``timeout`` (seconds, default 30) is how long an operation waits for another process's
+    write transaction on the same file before raising
+    :class:`~streamlib.errors.StorageUnavailable`.
+    """
+
+    capabilities = Capabilities(shared=False)
+
+    def __init__(self, path: str | os.PathLike[str], *, timeout: float = 30.0) -> None:
+        if not isinstance(path, str | os.PathLike):
+            raise TypeError(f"path must be a str or a path, not {type(path).__name__}")
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout < 0:
+            raise ValueError(f"timeout must be a non-negative number of seconds: "
+                             f"timeout=`{timeout}`")
+        self.path = os.path.abspath(os.fspath(path))
+        directory = os.path.dirname(self.path)
+        makedirs_durable(directory)
+        existed = os.path.exists(self.path)
+        # One connection behind one lock: SQLite runs one write transaction at a time anyway and
+        # every operation here is a short one, so connections per thread would buy little but
+        # would leave close() unable to close the other threads' connections.
+        self._lock = threading.Lock()
+        try:
+            conn = sqlite3.connect(self.path, timeout=timeout, isolation_level=None,
+                                   check_same_thread=False)
+        except sqlite3.Error as e:
+            raise _translate(e, self.path) from e
+        self._conn: sqlite3.Connection | None = conn
+        try:
+            self._configure(conn)
+            self._check_schema()
+        except BaseException:
+            conn.close()
+            self._conn = None
+            raise
+        if not existed:
+            fsync_dir(directory)  # the new file's name must survive a crash as its contents do
+
+    def _configure(self, conn: sqlite3.Connection) -> None:
+        try:
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            conn.execute("PRAGMA synchronous=FULL")  # fsync the WAL at every commit
+            conn.execute("PRAGMA foreign_keys=ON")  # ranges go with their object
+        except sqlite3.Error as e:
+            raise _translate(e, self.path) from e
+        if mode != "wal":  # e.g. a filesystem without shared memory: still atomic and durable
+            log.warning("metadata database not in WAL journal mode: path=`%s` mode=`%s`",
+                        self.path, mode)
+
+    def _check_schema(self) -> None:
+        with self._transaction(write=True) as db:
+            tables = {row[0] for row in
+                      db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if not tables:
+                for statement in _SCHEMA:
+                    db.execute(statement)
+                db.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
+                db.execute("INSERT INTO counters VALUES ('next_stream_id', 1)")
+                return
+            if "schema_version" not in tables:
+                raise CorruptDataError("not a streamlib metadata database (no schema_version "
+                                       "table)", source=self.path)
+            versions = [row[0] for row in db.execute("SELECT version FROM schema_version")]
+            if versions != [SCHEMA_VERSION]:
+                raise CorruptDataError(f"unsupported metadata schema version {versions} (this "
+                                       f"streamlib reads version {SCHEMA_VERSION}; a newer "
+                                       f"streamlib may have written it)", source=self.path)
+
+    @contextlib.contextmanager
+    def _transaction(self, *, write: bool) -> Iterator[sqlite3.Connection]:
+        """One transaction, under the lock: committed if the body returns, rolled back if it
+        raises, sqlite3's errors translated."""
+        with self._lock:
+            conn = self._conn
+            if conn is None:
+                raise StreamClosed(describe("metadata store is closed", path=self.path))
+            try:
+                # Writes lock up front, so that no other process can change what was checked.
+                conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException as e:
+                if conn.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+                if isinstance(e, sqlite3.Error):
+                    raise _translate(e, self.path) from e
+                raise
+
+    @staticmethod
+    def _row(db: sqlite3.Connection, stream_id: int) -> StreamMeta | None:
+        row = db.execute(f"SELECT {_STREAM_COLUMNS} FROM streams WHERE id = ?",
+                         (stream_id,)).fetchone()
+        return None if row is None else _stream(row)
+
+    def _live(self, db: sqlite3.Connection, stream_id: int) -> StreamMeta:
+        meta = self._row(db, stream_id)
+        if meta is None:
+            raise StreamNotFound(describe("no such stream", stream=stream_id))
+        if not meta.live:
+            raise StreamNotFound(describe("stream was destroyed", stream=stream_id))
+        return meta
+
+    @staticmethod
+    def _node(db: sqlite3.Connection, node_id: str) -> NodeMeta:
+        row = db.execute("SELECT node_epoch, wal_position FROM nodes WHERE node_id = ?",
+                         (node_id,)).fetchone()
+        return NodeMeta(node_id, *row) if row else NodeMeta(node_id, 0, 0)
+
+    # ---- streams ----
+
+    def create_stream(self, name: str | None = None) -> StreamMeta:
+        if name is not None:
+            check_text(name, "name")
+        with self._transaction(write=True) as db:
+            if name is not None:
+                row = db.execute("SELECT id FROM streams WHERE name = ? AND state = 'open'",
+                                 (name,)).fetchone()
+                if row is not None:
+                    raise StreamExists(describe("a live stream already has this name",
+                                                name=repr(name), stream=row[0]))
+            (stream_id,) = db.execute(
+                "SELECT value FROM counters WHERE name = 'next_stream_id'").fetchone()
+            db.execute("UPDATE counters SET value = ? WHERE name = 'next_stream_id'",
+                       (stream_id + 1,))
+            meta = StreamMeta(stream_id, name, 0, 0, 0, StreamState.OPEN)
+            db.execute(f"INSERT INTO streams ({_STREAM_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+                       (stream_id, name, 0, 0, 0, StreamState.OPEN.value))
+            return meta
+
+    def get_stream(self, stream_id: int, *, include_destroyed: bool = False) -> StreamMeta:
+        check_id(stream_id)
+        if not isinstance(include_destroyed, bool):
+            raise TypeError(f"include_destroyed must be a bool, "
+                            f"not {type(include_destroyed).__name__}")
+        with self._transaction(write=False) as db:
+            meta = self._row(db, stream_id)
+            if meta is not None and include_destroyed:
+                return meta
+            return self._live(db, stream_id)
+
+    def get_stream_by_name(self, name: str) -> StreamMeta:
+        check_text(name, "name")
+        with self._transaction(write=False) as db:
+            row = db.execute(f"SELECT {_STREAM_COLUMNS} FROM streams "
+                             f"WHERE name = ? AND state = 'open'", (name,)).fetchone()
+        if row is None:
+            raise StreamNotFound(describe("no live stream has this name", name=repr(name)))
+        return _stream(row)
+
+    def streams(self) -> list[StreamMeta]:
+        with self._transaction(write=False) as db:
+            rows = db.execute(f"SELECT {_STREAM_COLUMNS} FROM streams WHERE state = 'open' "
+                              f"ORDER BY id").fetchall()
+        return [_stream(row) for row in rows]
+
+    def open_stream(self, stream_id: int, *, expected_epoch: int | None = None) -> StreamMeta:
+        check_id(stream_id)
+        if expected_epoch is not None:
+            check_id(expected_epoch, "expected_epoch")
+        with self._transaction(write=True) as db:
+            meta = self._live(db, stream_id)
+            if expected_epoch is not None and meta.epoch != expected_epoch:
+                raise FencedError(describe("stream epoch has moved on", stream=stream_id,
+                                           expected_epoch=expected_epoch, epoch=meta.epoch))
+            db.execute("UPDATE streams SET epoch = ? WHERE id = ?", (meta.epoch + 1, stream_id))
+            return StreamMeta(meta.id, meta.name, meta.epoch + 1, meta.start_offset,
+                              meta.end_offset, meta.state)
+
+    def trim_stream(self, stream_id: int, offset: int) -> StreamMeta:
+        check_id(stream_id)
+        check_id(offset, "offset")
+        with self._transaction(write=True) as db:
+            meta = self._live(db, stream_id)
+            if offset > meta.end_offset:  # the valid trim points are [start, end]
+                raise OffsetOutOfRange(stream_id, offset, meta.start_offset,
+                                       meta.end_offset + 1)
+            if offset <= meta.start_offset:
+                return meta
+            db.execute("UPDATE streams SET start_offset = ? WHERE id = ?", (offset, stream_id))
+            return StreamMeta(meta.id, meta.name, meta.epoch, offset, meta.end_offset,
+                              meta.state)
+
+    def destroy_stream(self, stream_id: int) -> StreamMeta:
+        check_id(stream_id)
+        with self._transaction(write=True) as db:
+            meta = self._live(db, stream_id)
+            db.execute("UPDATE streams SET state = ? WHERE id = ?",
+                       (StreamState.DESTROYED.value, stream_id))
+            return StreamMeta(meta.id, meta.name, meta.epoch, meta.start_offset,
+                              meta.end_offset, StreamState.DESTROYED)
+
+    # ---- objects and nodes ----
+
+    def commit(self, commit: Commit) -> None:
+        if not isinstance(commit, Commit):
+            raise TypeError(f"commit must be a Commit, not {type(commit).__name__}")
+        with self._transaction(write=True) as db:
+            streams = {stream_id: self._live(db, stream_id) for stream_id in commit.epochs}
+            for stream_id, epoch in commit.epochs.items():
+                if streams[stream_id].epoch != epoch:
+                    raise FencedError(describe("commit by a fenced writer", stream=stream_id,
+                                               epoch=epoch, current=streams[stream_id].epoch))
+            node = self._node(db, commit.node_id)
+            if commit.node_epoch is not None and commit.node_epoch != node.node_epoch:
+                raise FencedError(describe("commit by a fenced node", node=node.node_id,
+                                           node_epoch=commit.node_epoch,
+                                           current=node.node_epoch))
+            extents = commit.extents()
+            for stream_id, (start, _) in extents.items():
+                if start != streams[stream_id].end_offset:
+                    raise CommitConflict(describe(
+                        "range does not start at the stream's committed end", stream=stream_id,
+                        start=start, end_offset=streams[stream_id].end_offset))
+            for obj in commit.objects:
+                if db.execute("SELECT 1 FROM objects WHERE key = ?", (obj.key,)).fetchone():
+                    raise CommitConflict(describe("object already committed", key=obj.key))
+            for key in commit.remove:
+                self._check_removable(db, key)
+            if commit.wal_position < node.wal_position:
+                raise CommitConflict(describe("WAL position would go back", node=node.node_id,
+                                              wal_position=commit.wal_position,
+                                              current=node.wal_position))
+            for obj in commit.objects:
+                db.execute("INSERT INTO objects (key, size) VALUES (?, ?)", (obj.key, obj.size))
+                db.executemany(
+                    "INSERT INTO ranges (stream_id, start_offset, end_offset, size, object_key) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    [(r.stream_id, r.start_offset, r.end_offset, r.size, obj.key)
+                     for r in obj.ranges])
+            db.executemany("UPDATE streams SET end_offset = ? WHERE id = ?",
+                           [(end, stream_id) for stream_id, (_, end) in extents.items()])
+            db.executemany("DELETE FROM objects WHERE key = ?", [(k,) for k in commit.remove])
+            db.execute("INSERT INTO nodes (node_id, node_epoch, wal_position) VALUES (?, 0, ?) "
+                       "ON CONFLICT (node_id) DO UPDATE SET wal_position = excluded.wal_position",
+                       (commit.node_id, commit.wal_position))
+
+    def _check_removable(self, db: sqlite3.Connection, key: str) -> None:
+        if not db.execute("SELECT 1 FROM objects WHERE key = ?", (key,)).fetchone():
+            raise CommitConflict(describe("object to remove is not committed", key=key))
+        live = db.execute(
+            "SELECT r.stream_id FROM ranges r JOIN streams s ON s.id = r.stream_id "
+            "WHERE r.object_key = ? AND s.state = 'open' AND r.end_offset > s.start_offset "
+            "ORDER BY r.stream_id LIMIT 1", (key,)).fetchone()
+        if live is not None:
+            raise CommitConflict(describe("object to remove still holds readable records",
+                                          key=key, stream=live[0]))
+
+    def objects(self, stream_id: int, from_offset: int = 0) -> list[ObjectMeta]:
+        check_id(stream_id)
+        check_id(from_offset, "from_offset")
+        with self._transaction(write=False) as db:
+            self._live(db, stream_id)
+            # The stream's ranges are disjoint: the one holding from_offset is the last that
+            # starts at or below it, so the primary key finds the first row in O(log n).
+            rows = db.execute(
+                "SELECT r.object_key, o.size, a.stream_id, a.start_offset, a.end_offset, a.size "
+                "FROM ranges r JOIN objects o ON o.key = r.object_key "
+                "JOIN ranges a ON a.object_key = r.object_key "
+                "WHERE r.stream_id = ?1 AND r.end_offset > ?2 AND r.start_offset >= COALESCE("
+                "(SELECT MAX(start_offset) FROM ranges WHERE stream_id = ?1 "
+                "AND start_offset <= ?2), 0) "
+                "ORDER BY r.start_offset, a.stream_id", (stream_id, from_offset)).fetchall()
+        result: list[ObjectMeta] = []
+        ranges: list[StreamRange] = []
+        for i, (key, size, *fields) in enumerate(rows):
+            ranges.append(StreamRange(*fields))
+            if i + 1 == len(rows) or rows[i + 1][0] != key:
+                result.append(ObjectMeta(key, size, tuple(ranges)))
+                ranges = []
+        return result
+
+    def node(self, node_id: str | int) -> NodeMeta:
+        node = check_node_id(node_id)
+        with self._transaction(write=False) as db:
+            return self._node(db, node)
+
+    def register_node(self, node_id: str | int) -> NodeMeta:
+        node = check_node_id(node_id)
+        with self._transaction(write=True) as db:
+            meta = self._node(db, node)
+            db.execute("INSERT INTO nodes (node_id, node_epoch, wal_position) VALUES (?, ?, ?) "
+                       "ON CONFLICT (node_id) DO UPDATE SET node_epoch = excluded.node_epoch",
+                       (node, meta.node_epoch + 1, meta.wal_position))
+            return NodeMeta(node, meta.node_epoch + 1, meta.wal_position)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def __repr__(self) -> str:
+        return f"SQLiteMetadataStore({self.path!r})"
+
+
+__all__ = ["SCHEMA_VERSION", "SQLiteMetadataStore"]

@@ -1,0 +1,684 @@
+"""The metadata contract suite: every backend's tests subclass :class:`MetadataContract`.
+
+A subclass provides :meth:`MetadataContract.open_store`; pytest then runs every test below
+against it::
+
+    class TestMyMetadata(MetadataContract):
+        def open_store(self, location):
+            return MyMetadataStore(location)
+
+``location`` is a fresh path per test (a ``tmp_path`` subfolder, not created yet); opening it
+again must find what the last store there committed. :class:`MetadataModel` states the contract
+in plain Python, and a Hypothesis state machine runs a backend and the model side by side.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    rule,
+    run_state_machine_as_test,
+)
+
+from streamlib.errors import (
+    CommitConflict,
+    FencedError,
+    OffsetOutOfRange,
+    StreamClosed,
+    StreamExists,
+    StreamLibError,
+    StreamNotFound,
+)
+from streamlib.meta import (
+    Commit,
+    MetadataStore,
+    NodeMeta,
+    ObjectMeta,
+    StreamMeta,
+    StreamRange,
+    StreamState,
+)
+
+
+def make_object(key: str, *ranges: tuple[int, int, int], bytes_per_record: int = 10,
+                overhead: int = 64) -> ObjectMeta:
+    """An object holding ``(stream_id, start, end)`` ranges, sized from their record counts."""
+    parts = tuple(StreamRange(s, start, end, (end - start) * bytes_per_record)
+                  for s, start, end in ranges)
+    return ObjectMeta(key, sum(r.size for r in parts) + overhead, parts)
+
+
+class MetadataModel:
+    """The contract as a plain Python model: no files, no threads, the same errors.
+
+    Stream ids come from the store under test (the model only checks that they increase)."""
+
+    def __init__(self) -> None:
+        self.streams: dict[int, StreamMeta] = {}
+        self.objects: dict[str, ObjectMeta] = {}
+        self.nodes: dict[str, NodeMeta] = {}
+
+    def live(self, stream_id: int) -> StreamMeta:
+        meta = self.streams.get(stream_id)
+        if meta is None or not meta.live:
+            raise StreamNotFound(f"no such stream: stream=`{stream_id}`")
+        return meta
+
+    def live_streams(self) -> list[StreamMeta]:
+        return [m for _, m in sorted(self.streams.items()) if m.live]
+
+    def create(self, name: str | None, stream_id: int) -> StreamMeta:
+        if name is not None and any(m.name == name for m in self.live_streams()):
+            raise StreamExists(f"name taken: name=`{name}`")
+        assert stream_id > max(self.streams, default=-1), "stream ids must increase"
+        self.streams[stream_id] = StreamMeta(stream_id, name, 0, 0, 0)
+        return self.streams[stream_id]
+
+    def by_name(self, name: str) -> StreamMeta:
+        for meta in self.live_streams():
+            if meta.name == name:
+                return meta
+        raise StreamNotFound(f"no live stream has this name: name=`{name}`")
+
+    def open(self, stream_id: int, expected_epoch: int | None) -> StreamMeta:
+        meta = self.live(stream_id)
+        if expected_epoch is not None and expected_epoch != meta.epoch:
+            raise FencedError(f"epoch moved: stream=`{stream_id}`")
+        return self._set(meta, epoch=meta.epoch + 1)
+
+    def trim(self, stream_id: int, offset: int) -> StreamMeta:
+        meta = self.live(stream_id)
+        if offset > meta.end_offset:
+            raise OffsetOutOfRange(stream_id, offset, meta.start_offset, meta.end_offset + 1)
+        return self._set(meta, start_offset=max(offset, meta.start_offset))
+
+    def destroy(self, stream_id: int) -> StreamMeta:
+        return self._set(self.live(stream_id), state=StreamState.DESTROYED)
+
+    def node(self, node_id: str) -> NodeMeta:
+        return self.nodes.get(node_id, NodeMeta(node_id, 0, 0))
+
+    def register(self, node_id: str) -> NodeMeta:
+        node = self.node(node_id)
+        self.nodes[node_id] = dataclasses.replace(node, node_epoch=node.node_epoch + 1)
+        return self.nodes[node_id]
+
+    def readable(self, obj: ObjectMeta) -> bool:
+        """Whether ``obj`` holds records a reader may still ask for."""
+        return any(self.streams[r.stream_id].live
+                   and r.end_offset > self.streams[r.stream_id].start_offset for r in obj.ranges)
+
+    def commit(self, commit: Commit) -> None:
+        streams = {s: self.live(s) for s in commit.epochs}
+        if any(streams[s].epoch != epoch for s, epoch in commit.epochs.items()):
+            raise FencedError("commit by a fenced writer")
+        node = self.node(commit.node_id)
+        if commit.node_epoch is not None and commit.node_epoch != node.node_epoch:
+            raise FencedError("commit by a fenced node")
+        extents = commit.extents()
+        if any(start != streams[s].end_offset for s, (start, _) in extents.items()):
+            raise CommitConflict("range does not start at the end")
+        if any(o.key in self.objects for o in commit.objects):
+            raise CommitConflict("object already committed")
+        if any(k not in self.objects or self.readable(self.objects[k]) for k in commit.remove):
+            raise CommitConflict("object cannot be removed")
+        if commit.wal_position < node.wal_position:
+            raise CommitConflict("WAL position would go back")
+        for obj in commit.objects:
+            self.objects[obj.key] = obj
+        for stream_id, (_, end) in extents.items():
+            self._set(streams[stream_id], end_offset=end)
+        for key in commit.remove:
+            del self.objects[key]
+        self.nodes[node.node_id] = dataclasses.replace(node, wal_position=commit.wal_position)
+
+    def objects_of(self, stream_id: int, from_offset: int = 0) -> list[ObjectMeta]:
+        self.live(stream_id)
+        found = [(r.start_offset, obj) for obj in self.objects.values()
+                 if (r := obj.range_of(stream_id)) is not None and r.end_offset > from_offset]
+        return [obj for _, obj in sorted(found, key=lambda pair: pair[0])]
+
+    def _set(self, meta: StreamMeta, **changes: object) -> StreamMeta:
+        self.streams[meta.id] = dataclasses.replace(meta, **changes)  # type: ignore[arg-type]
+        return self.streams[meta.id]
+
+
+def snapshot(store: MetadataStore, stream_ids: list[int], nodes: tuple[str, ...] = ("n1",)
+             ) -> tuple[object, ...]:
+    """Everything a store shows about ``stream_ids`` and ``nodes``, to compare before/after."""
+    metas = [store.get_stream(s, include_destroyed=True) for s in stream_ids]
+    objects = [store.objects(m.id) if m.live else None for m in metas]
+    return store.streams(), metas, objects, [store.node(n) for n in nodes]
+
+
+class MetadataMachine(RuleBasedStateMachine):
+    """A store and :class:`MetadataModel` fed the same random operations (including closing and
+    reopening the store) must agree on every result, every error kind and every state."""
+
+    factory: Callable[[Path], MetadataStore]  # set by MetadataContract.test_matches_the_model
+    base: Path
+    NODES = ("n1", "n2")
+    NAMES = ("a", "b", "c", None)
+    UNKNOWN = 1 << 40  # an id no stream has
+
+    runs = itertools.count()  # each example gets a fresh location under `base`
+
+    def __init__(self) -> None:
+        super().__init__()
+        cls = type(self)
+        self.location = cls.base / f"run{next(cls.runs)}"
+        self.store = cls.factory(self.location)
+        self.model = MetadataModel()
+        self.keys = itertools.count()
+
+    def agree(self, on_store: Callable[[], object], on_model: Callable[[], object]) -> object:
+        outcomes = []
+        for call in (on_store, on_model):
+            try:
+                outcomes.append(("returned", call()))
+            except StreamLibError as e:
+                outcomes.append(("raised", type(e)))
+        assert outcomes[0] == outcomes[1]
+        return outcomes[0][1]
+
+    def pick_stream(self, data: st.DataObject) -> int:
+        """Mostly a stream the model knows (live or destroyed), now and then an unknown id."""
+        known = sorted(self.model.streams)
+        if known and data.draw(st.integers(0, 9)):
+            return data.draw(st.sampled_from(known))
+        return self.UNKNOWN
+
+    @initialize(count=st.integers(1, 3))
+    def some_open_streams(self, count: int) -> None:
+        for _ in range(count):
+            meta = self.store.create_stream()
+            self.model.create(None, meta.id)
+            assert self.store.open_stream(meta.id) == self.model.open(meta.id, None)
+
+    @rule(name=st.sampled_from(NAMES))
+    def create(self, name: str | None) -> None:
+        try:
+            meta = self.store.create_stream(name)
+        except StreamExists:
+            with pytest.raises(StreamExists):
+                self.model.create(name, self.UNKNOWN)
+            return
+        assert meta == self.model.create(name, meta.id)
+
+    @rule(data=st.data())
+    def open(self, data: st.DataObject) -> None:
+        stream_id = self.pick_stream(data)
+        epoch = self.model.streams[stream_id].epoch if stream_id in self.model.streams else 0
+        expected = data.draw(st.sampled_from([None, epoch, epoch + 1]))
+        self.agree(lambda: self.store.open_stream(stream_id, expected_epoch=expected),
+                   lambda: self.model.open(stream_id, expected))
+
+    @rule(data=st.data())
+    def trim(self, data: st.DataObject) -> None:
+        stream_id = self.pick_stream(data)
+        meta = self.model.streams.get(stream_id, StreamMeta(stream_id, None, 0, 0, 0))
+        offset = data.draw(st.sampled_from([meta.end_offset, meta.end_offset + 1,
+                                            meta.start_offset // 2])
+                           | st.integers(0, meta.end_offset))
+        self.agree(lambda: self.store.trim_stream(stream_id, offset),
+                   lambda: self.model.trim(stream_id, offset))
+
+    @rule(data=st.data())
+    def destroy(self, data: st.DataObject) -> None:
+        stream_id = self.pick_stream(data)
+        self.agree(lambda: self.store.destroy_stream(stream_id),
+                   lambda: self.model.destroy(stream_id))
+
+    @rule(node=st.sampled_from(NODES))
+    def register(self, node: str) -> None:
+        self.agree(lambda: self.store.register_node(node), lambda: self.model.register(node))
+
+    @rule(data=st.data())
+    def commit(self, data: st.DataObject) -> None:
+        commit = self.draw_commit(data)
+        self.agree(lambda: self.store.commit(commit), lambda: self.model.commit(commit))
+
+    FAULTS = (None,) * 6 + ("epoch", "gap", "overlap", "destroyed", "key", "remove",
+                            "position", "node_epoch")
+
+    def draw_commit(self, data: st.DataObject) -> Commit:
+        """A valid commit of up to three live streams over one or two objects, or one with a
+        single precondition broken (a stale epoch, a gap or an overlap, a destroyed stream, a key
+        taken, an object still readable, the WAL position going back, a stale node epoch)."""
+        draw = data.draw
+        model = self.model
+        fault = draw(st.sampled_from(self.FAULTS))
+        node = model.node(draw(st.sampled_from(self.NODES)))
+        live = model.live_streams()
+        chosen = draw(st.lists(st.sampled_from(live), unique=True, min_size=1, max_size=3)
+                      ) if live else []
+        destroyed = [m for m in model.streams.values() if not m.live]
+        if fault == "destroyed" and destroyed:
+            chosen.append(draw(st.sampled_from(destroyed)))
+        broken = draw(st.sampled_from(chosen)).id if chosen else None
+        epochs, pieces = {}, []
+        for meta in chosen:
+            epoch, start = meta.epoch, meta.end_offset
+            if meta.id == broken and fault == "epoch":
+                epoch = draw(st.sampled_from([epoch + 1, *([epoch - 1] if epoch else [])]))
+            elif meta.id == broken and fault in ("gap", "overlap"):
+                start = start + 1 if fault == "gap" or not start else start - 1
+            epochs[meta.id] = epoch
+            pieces.append((meta.id, start, start + draw(st.integers(1, 20))))
+        parts: list[list[tuple[int, int, int]]] = [[], []]
+        for stream_id, start, end in pieces:
+            if end - start > 1 and draw(st.booleans()):  # split over both objects
+                middle = (start + end) // 2
+                parts[0].append((stream_id, start, middle))
+                parts[1].append((stream_id, middle, end))
+            else:
+                parts[draw(st.integers(0, 1))].append((stream_id, start, end))
+        committed = sorted(model.objects)
+        keys = [f"k{next(self.keys)}" for _ in parts]
+        if fault == "key" and committed:
+            keys[draw(st.integers(0, 1))] = draw(st.sampled_from(committed))
+        objects = [make_object(key, *ranges) for key, ranges in zip(keys, parts, strict=True)
+                   if ranges]
+        dead = [k for k in committed if not model.readable(model.objects[k])]
+        remove = draw(st.lists(st.sampled_from(dead), unique=True, min_size=1, max_size=2)
+                      ) if dead else []
+        if fault == "remove":
+            readable = [k for k in committed if k not in dead]
+            remove.append(draw(st.sampled_from(readable)) if readable else "unknown-key")
+        remove = [k for k in remove if k not in keys]
+        position = node.wal_position + draw(st.sampled_from([0, 100, 1000]))
+        if fault == "position" and node.wal_position:
+            position = node.wal_position - 1
+        node_epoch = draw(st.sampled_from([None, node.node_epoch]))
+        if fault == "node_epoch":
+            node_epoch = node.node_epoch + 1
+        return Commit(node_id=node.node_id, wal_position=position, objects=objects,
+                      epochs=epochs, node_epoch=node_epoch, remove=remove)
+
+    @rule()
+    def reopen(self) -> None:
+        self.store.close()
+        self.store = type(self).factory(self.location)
+
+    @invariant()
+    def agrees_with_the_model(self) -> None:
+        assert self.store.streams() == self.model.live_streams()
+        for stream_id, meta in self.model.streams.items():
+            assert self.store.get_stream(stream_id, include_destroyed=True) == meta
+            if meta.live:
+                assert self.store.objects(stream_id) == self.model.objects_of(stream_id)
+                middle = (meta.start_offset + meta.end_offset) // 2
+                assert (self.store.objects(stream_id, middle)
+                        == self.model.objects_of(stream_id, middle))
+        for name in self.NAMES[:-1]:
+            self.agree(lambda name=name: self.store.get_stream_by_name(name),
+                       lambda name=name: self.model.by_name(name))
+        for node in self.NODES:
+            assert self.store.node(node) == self.model.node(node)
+
+    def teardown(self) -> None:
+        self.store.close()
+
+
+class MetadataContract:
+    """The behaviour docs/store.md promises of a metadata store, for any backend."""
+
+    model_examples = 50
+    """Hypothesis examples of the model test (each up to ``model_steps`` operations)."""
+    model_steps = 40
+
+    def open_store(self, location: Path) -> MetadataStore:
+        raise NotImplementedError
+
+    @pytest.fixture
+    def location(self, tmp_path: Path) -> Path:
+        return tmp_path / "meta"
+
+    @pytest.fixture
+    def store(self, location: Path) -> Iterator[MetadataStore]:
+        store = self.open_store(location)
+        yield store
+        store.close()
+
+    def reopen(self, store: MetadataStore, location: Path) -> MetadataStore:
+        store.close()
+        return self.open_store(location)
+
+    # ---- streams ----
+
+    def test_create_get_and_list(self, store: MetadataStore) -> None:
+        assert store.streams() == []
+        a = store.create_stream("orders")
+        b = store.create_stream()
+        assert a == StreamMeta(a.id, "orders", 0, 0, 0, StreamState.OPEN) and a.live
+        assert b.name is None and b.id > a.id
+        assert store.get_stream(a.id) == a and store.get_stream(b.id) == b
+        assert store.get_stream_by_name("orders") == a
+        assert store.streams() == [a, b]
+        with pytest.raises(StreamNotFound, match="stream=`12345`"):
+            store.get_stream(12345)
+        with pytest.raises(StreamNotFound, match="name=`'nope'`"):
+            store.get_stream_by_name("nope")
+
+    def test_names_are_unique_among_live_streams(self, store: MetadataStore) -> None:
+        first = store.create_stream("events")
+        with pytest.raises(StreamExists, match="name=`'events'`"):
+            store.create_stream("events")
+        assert store.streams() == [first]
+        store.destroy_stream(first.id)
+        again = store.create_stream("events")  # a destroyed stream frees its name
+        assert again.id != first.id and store.get_stream_by_name("events") == again
+
+    def test_ids_are_never_reused(self, store: MetadataStore, location: Path) -> None:
+        ids = [store.create_stream().id for _ in range(3)]
+        store.destroy_stream(ids[-1])
+        store = self.reopen(store, location)
+        try:
+            new = store.create_stream()
+            assert new.id > max(ids)
+            assert store.get_stream(ids[-1], include_destroyed=True).state is \
+                StreamState.DESTROYED
+        finally:
+            store.close()
+
+    def test_open_stream_bumps_the_epoch_compare_and_set(self, store: MetadataStore) -> None:
+        stream = store.create_stream()
+        assert store.open_stream(stream.id).epoch == 1
+        assert store.open_stream(stream.id, expected_epoch=1) == dataclasses.replace(
+            stream, epoch=2)
+        with pytest.raises(FencedError, match="expected_epoch=`1`"):
+            store.open_stream(stream.id, expected_epoch=1)
+        assert store.get_stream(stream.id).epoch == 2
+
+    def test_trim_moves_forward_within_the_committed_range(self, store: MetadataStore) -> None:
+        stream = store.open_stream(store.create_stream().id)
+        with pytest.raises(OffsetOutOfRange):
+            store.trim_stream(stream.id, 1)
+        store.commit(Commit(node_id="n1", wal_position=10, epochs={stream.id: 1},
+                            objects=[make_object("o1", (stream.id, 0, 10))]))
+        assert store.trim_stream(stream.id, 4).start_offset == 4
+        assert store.trim_stream(stream.id, 2).start_offset == 4  # never back
+        with pytest.raises(OffsetOutOfRange, match="offset=`11`"):
+            store.trim_stream(stream.id, 11)
+        assert store.trim_stream(stream.id, 10) == dataclasses.replace(
+            stream, start_offset=10, end_offset=10)
+        assert store.get_stream(stream.id).start_offset == 10
+
+    def test_destroyed_streams_are_gone(self, store: MetadataStore) -> None:
+        stream = store.create_stream("x")
+        kept = store.create_stream()
+        gone = store.destroy_stream(stream.id)
+        assert gone == dataclasses.replace(stream, state=StreamState.DESTROYED)
+        assert store.get_stream(stream.id, include_destroyed=True) == gone
+        assert store.streams() == [kept]
+        for call in (lambda: store.get_stream(stream.id), lambda: store.open_stream(stream.id),
+                     lambda: store.trim_stream(stream.id, 0), lambda: store.objects(stream.id),
+                     lambda: store.destroy_stream(stream.id),
+                     lambda: store.get_stream_by_name("x"),
+                     lambda: store.commit(Commit(node_id="n1", wal_position=1,
+                                                 epochs={stream.id: 0}))):
+            with pytest.raises(StreamNotFound):
+                call()
+
+    # ---- commits ----
+
+    def two_open_streams(self, store: MetadataStore) -> tuple[int, int]:
+        a, b = store.create_stream().id, store.create_stream().id
+        store.open_stream(a)
+        store.open_stream(b)
+        return a, b
+
+    def test_commit_adds_objects_and_moves_ends_and_the_wal_position(
+            self, store: MetadataStore) -> None:
+        a, b = self.two_open_streams(store)
+        shared = make_object("shared-1", (b, 0, 5), (a, 0, 3))
+        single = make_object("single-1", (a, 3, 40))
+        store.commit(Commit(node_id="n1", wal_position=500, objects=[single, shared],
+                            epochs={a: 1, b: 1}))
+        assert store.get_stream(a).end_offset == 40 and store.get_stream(b).end_offset == 5
+        assert shared.ranges[0].stream_id == a  # normalised: sorted by stream
+        assert store.objects(a) == [shared, single]
+        assert store.objects(b) == [shared]
+        assert store.objects(a, 2) == [shared, single]
+        assert store.objects(a, 3) == [single] and store.objects(a, 39) == [single]
+        assert store.objects(a, 40) == [] and store.objects(a, 10**9) == []
+        assert store.node("n1") == NodeMeta("n1", 0, 500)
+        store.commit(Commit(node_id="n1", wal_position=900, epochs={a: 1},
+                            objects=[make_object("shared-2", (a, 40, 41))]))
+        assert [o.key for o in store.objects(a)] == ["shared-1", "single-1", "shared-2"]
+        assert store.node("n1").wal_position == 900
+        store.commit(Commit(node_id="n1", wal_position=900))  # nothing new: fine
+        assert store.get_stream(a).end_offset == 41
+
+    @pytest.mark.parametrize("broken", ["gap", "overlap", "stale epoch", "newer epoch",
+                                        "destroyed", "unknown stream", "wal position back",
+                                        "key taken", "remove unknown", "remove readable",
+                                        "stale node epoch"])
+    def test_a_failed_commit_changes_nothing(self, store: MetadataStore, broken: str) -> None:
+        a, b = self.two_open_streams(store)
+        store.register_node("n1")
+        store.commit(Commit(node_id="n1", wal_position=100, epochs={a: 1, b: 1},
+                            objects=[make_object("o1", (a, 0, 10), (b, 0, 10))]))
+        gone = store.create_stream().id
+        store.destroy_stream(gone)
+        ranges, epochs = [(a, 10, 20), (b, 10, 20)], {a: 1, b: 1}
+        key, position, remove, node_epoch = "o2", 200, [], 1
+        expected: type[Exception] = CommitConflict
+        if broken == "gap":
+            ranges[1] = (b, 11, 20)
+        elif broken == "overlap":
+            ranges[1] = (b, 9, 20)
+        elif broken == "stale epoch":
+            store.open_stream(b)  # b is at epoch 2 now; this writer holds 1
+            expected = FencedError
+        elif broken == "newer epoch":
+            epochs[b] = 2
+            expected = FencedError
+        elif broken == "destroyed":
+            epochs[gone] = 0
+            expected = StreamNotFound
+        elif broken == "unknown stream":
+            ranges.append((gone + 1000, 0, 1))
+            epochs[gone + 1000] = 0
+            expected = StreamNotFound
+        elif broken == "wal position back":
+            position = 99
+        elif broken == "key taken":
+            key = "o1"
+        elif broken == "remove unknown":
+            remove = ["nope"]
+        elif broken == "remove readable":
+            remove = ["o1"]
+        elif broken == "stale node epoch":
+            store.register_node("n1")
+            expected = FencedError
+        before = snapshot(store, [a, b, gone])
+        commit = Commit(node_id="n1", wal_position=position, epochs=epochs, remove=remove,
+                        objects=[make_object(key, *ranges)], node_epoch=node_epoch)
+        with pytest.raises(expected):
+            store.commit(commit)
+        assert snapshot(store, [a, b, gone]) == before
+
+    def test_a_retried_commit_fails_and_changes_nothing(self, store: MetadataStore,
+                                                        location: Path) -> None:
+        a, b = self.two_open_streams(store)
+        commit = Commit(node_id="n1", wal_position=64, epochs={a: 1, b: 1},
+                        objects=[make_object("o1", (a, 0, 7), (b, 0, 2))])
+        store.commit(commit)
+        after = snapshot(store, [a, b])
+        with pytest.raises(CommitConflict, match="committed end"):
+            store.commit(commit)
+        store = self.reopen(store, location)
+        try:
+            with pytest.raises(CommitConflict):
+                store.commit(commit)
+            assert snapshot(store, [a, b]) == after
+        finally:
+            store.close()
+
+    def test_objects_without_readable_records_can_be_removed(self, store: MetadataStore
+                                                              ) -> None:
+        a, b = self.two_open_streams(store)
+        store.commit(Commit(node_id="n1", wal_position=1, epochs={a: 1, b: 1}, objects=[
+            make_object("o1", (a, 0, 5), (b, 0, 5)), make_object("o2", (a, 5, 9))]))
+        store.trim_stream(a, 5)
+        with pytest.raises(CommitConflict, match="readable"):
+            store.commit(Commit(node_id="n1", wal_position=1, remove=["o1"]))
+        store.destroy_stream(b)  # now o1 holds only a's trimmed records and b's
+        store.commit(Commit(node_id="n1", wal_position=2, remove=["o1"], epochs={a: 1},
+                            objects=[make_object("o3", (a, 9, 12))]))
+        assert [o.key for o in store.objects(a)] == ["o2", "o3"]
+        assert store.get_stream(a).end_offset == 12
+
+    # ---- nodes ----
+
+    def test_nodes_register_and_keep_their_wal_position(self, store: MetadataStore) -> None:
+        assert store.node("n1") == NodeMeta("n1", 0, 0)
+        assert store.register_node("n1") == NodeMeta("n1", 1, 0)
+        store.commit(Commit(node_id="n1", wal_position=77, node_epoch=1))
+        assert store.register_node("n1") == NodeMeta("n1", 2, 77)
+        assert store.register_node(7) == NodeMeta("7", 1, 0)  # an int id is its str
+        assert store.node("7") == store.node(7)
+        with pytest.raises(FencedError, match="node_epoch=`1`"):
+            store.commit(Commit(node_id="n1", wal_position=80, node_epoch=1))
+
+    # ---- durability, threads, lifecycle ----
+
+    def test_everything_survives_close_and_reopen(self, store: MetadataStore,
+                                                  location: Path) -> None:
+        a, b = self.two_open_streams(store)
+        named = store.create_stream("named").id
+        store.register_node("n1")
+        store.commit(Commit(node_id="n1", wal_position=10, epochs={a: 1, b: 1},
+                            objects=[make_object("o1", (a, 0, 10), (b, 0, 3))]))
+        store.trim_stream(a, 4)
+        store.destroy_stream(b)
+        before = snapshot(store, [a, b, named])
+        store = self.reopen(store, location)
+        try:
+            assert snapshot(store, [a, b, named]) == before
+            assert store.get_stream_by_name("named").id == named
+            assert store.open_stream(a).epoch == 2
+        finally:
+            store.close()
+
+    def test_concurrent_commits_on_different_streams_all_apply(self, store: MetadataStore
+                                                               ) -> None:
+        threads, rounds = 8, 15
+        ids = [store.open_stream(store.create_stream().id).id for _ in range(threads)]
+        errors: list[BaseException] = []
+        created: list[int] = []
+
+        def writer(i: int) -> None:
+            try:
+                for r in range(rounds):
+                    store.commit(Commit(node_id=f"n{i}", wal_position=r + 1,
+                                        epochs={ids[i]: 1},
+                                        objects=[make_object(f"t{i}-{r}",
+                                                             (ids[i], 2 * r, 2 * r + 2))]))
+                    created.append(store.create_stream().id)
+            except BaseException as e:  # reported below, in the test's thread
+                errors.append(e)
+
+        workers = [threading.Thread(target=writer, args=(i,)) for i in range(threads)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        assert errors == []
+        for i, stream_id in enumerate(ids):
+            assert store.get_stream(stream_id).end_offset == 2 * rounds
+            assert [o.key for o in store.objects(stream_id)] == [f"t{i}-{r}"
+                                                                 for r in range(rounds)]
+            assert store.node(f"n{i}").wal_position == rounds
+        assert len(set(created)) == threads * rounds
+
+    def test_a_closed_store_refuses_every_call(self, store: MetadataStore) -> None:
+        stream = store.create_stream()
+        store.close()
+        for call in (store.create_stream, store.streams, lambda: store.get_stream(stream.id),
+                     lambda: store.open_stream(stream.id), lambda: store.node("n1"),
+                     lambda: store.commit(Commit(node_id="n1", wal_position=0))):
+            with pytest.raises(StreamClosed):
+                call()
+        store.close()  # twice is fine
+
+    def test_bad_arguments_are_named(self, store: MetadataStore) -> None:
+        stream = store.create_stream().id
+        cases: list[tuple[type[Exception], str, Callable[[], object]]] = [
+            (TypeError, "name", lambda: store.create_stream(b"x")),  # type: ignore[arg-type]
+            (ValueError, "name", lambda: store.create_stream("")),
+            (ValueError, "name", lambda: store.create_stream("a\x00b")),
+            (TypeError, "stream_id", lambda: store.get_stream("1")),  # type: ignore[arg-type]
+            (TypeError, "stream_id", lambda: store.get_stream(True)),
+            (ValueError, "stream_id", lambda: store.get_stream(-1)),
+            (ValueError, "stream_id", lambda: store.open_stream(1 << 63)),
+            (ValueError, "expected_epoch", lambda: store.open_stream(stream, expected_epoch=-1)),
+            (ValueError, "offset", lambda: store.trim_stream(stream, -5)),
+            (TypeError, "offset", lambda: store.trim_stream(stream, 1.5)),  # type: ignore
+            (ValueError, "from_offset", lambda: store.objects(stream, -1)),
+            (TypeError, "Commit", lambda: store.commit({"node_id": "n1"})),  # type: ignore
+            (ValueError, "node_id", lambda: store.node("a/b")),
+            (TypeError, "node_id", lambda: store.register_node(None)),  # type: ignore
+            (TypeError, "name", lambda: store.get_stream_by_name(3)),  # type: ignore
+        ]
+        for kind, word, call in cases:
+            with pytest.raises(kind, match=word):
+                call()
+        assert store.streams() == [store.get_stream(stream)]
+
+    def test_value_types_check_their_fields(self) -> None:
+        with pytest.raises(ValueError, match="at least one record"):
+            StreamRange(1, 5, 5, 10)
+        with pytest.raises(ValueError, match="size"):
+            StreamRange(1, 0, 5, -1)
+        with pytest.raises(ValueError, match="one range per stream"):
+            make_object("k", (1, 0, 5), (1, 5, 6))
+        with pytest.raises(ValueError, match="larger than the object"):
+            ObjectMeta("k", 10, (StreamRange(1, 0, 5, 11),))
+        with pytest.raises(ValueError, match="at least one range"):
+            ObjectMeta("k", 10, ())
+        with pytest.raises(TypeError, match="StreamRange"):
+            ObjectMeta("k", 10, ((1, 0, 5, 5),))  # type: ignore[arg-type]
+        one, two = make_object("k1", (1, 0, 5)), make_object("k2", (1, 6, 9))
+        with pytest.raises(ValueError, match="contiguous"):
+            Commit(node_id="n", wal_position=0, objects=[one, two], epochs={1: 1})
+        with pytest.raises(ValueError, match="stream=`1`"):
+            Commit(node_id="n", wal_position=0, objects=[one])
+        with pytest.raises(ValueError, match="twice"):
+            Commit(node_id="n", wal_position=0, objects=[one, one], epochs={1: 1})
+        with pytest.raises(ValueError, match="added and removed"):
+            Commit(node_id="n", wal_position=0, objects=[one], epochs={1: 1}, remove=["k1"])
+        with pytest.raises(TypeError, match="remove"):
+            Commit(node_id="n", wal_position=0, remove="k1")  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="wal_position"):
+            Commit(node_id="n", wal_position=-1)
+        ordered = Commit(node_id=3, wal_position=0, epochs={1: 1},  # type: ignore[arg-type]
+                         objects=[make_object("k2", (1, 5, 9)), make_object("k1", (1, 0, 5))])
+        assert ordered.node_id == "3" and ordered.extents() == {1: (0, 9)}
+
+    # ---- the model ----
+
+    def test_matches_the_model(self, tmp_path: Path) -> None:
+        """Random operations, closes and reopens: the store and the model never differ."""
+        factory = self.open_store
+
+        class Machine(MetadataMachine):
+            pass
+
+        Machine.factory = staticmethod(factory)  # type: ignore[assignment]
+        Machine.base = tmp_path
+        run_state_machine_as_test(Machine, settings=settings(
+            max_examples=self.model_examples, stateful_step_count=self.model_steps,
+            deadline=None))
