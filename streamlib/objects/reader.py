@@ -1,0 +1,301 @@
+"""Reading an object through an :class:`~streamlib.io.ObjectStore` with few ranged GETs: one for
+the footer and the index (the object's tail), then one per run of the blocks a read needs."""
+
+from __future__ import annotations
+
+import bisect
+import threading
+from collections import OrderedDict
+from collections.abc import Hashable, Iterable, Iterator, Sequence
+from typing import cast
+
+from streamlib import codec
+from streamlib.codec import BlockInfo
+from streamlib.errors import CorruptDataError
+from streamlib.io import ObjectStore
+from streamlib.objects._format import (
+    FOOTER_SIZE,
+    IndexEntry,
+    ObjectIndex,
+    decode_footer,
+    decode_index,
+)
+from streamlib.records import INT64_MAX, UINT64_MAX, RecordBatch, check_int
+
+KiB = 1024
+MiB = 1024 * KiB
+TAIL_RATIO = 16 * KiB
+"""The tail GET reads at least one byte per TAIL_RATIO bytes of object: an index of 1 MiB blocks
+(56 bytes an entry) fits in it whatever the object's size."""
+
+
+class IndexCache:
+    """A thread-safe LRU of parsed object indexes, bounded by their estimated memory
+    (:attr:`ObjectIndex.memory_size`). Shared by the readers of a store; keys are whatever the
+    readers choose (:class:`ObjectReader` uses ``(store url, key)``).
+
+    An index heavier than ``max_bytes`` alone is not kept. ``hits`` and ``misses`` count
+    :meth:`get` answers."""
+
+    def __init__(self, max_bytes: int = 16 * MiB) -> None:
+        self.max_bytes = check_int(max_bytes, "max_bytes", 0, INT64_MAX)
+        self.hits = 0
+        self.misses = 0
+        self._items: OrderedDict[Hashable, ObjectIndex] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    @property
+    def nbytes(self) -> int:
+        """The estimated memory of the indexes held."""
+        return self._bytes
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._items
+
+    def get(self, key: Hashable) -> ObjectIndex | None:
+        with self._lock:
+            index = self._items.get(key)
+            if index is None:
+                self.misses += 1
+                return None
+            self._items.move_to_end(key)
+            self.hits += 1
+            return index
+
+    def put(self, key: Hashable, index: ObjectIndex) -> None:
+        """Keep ``index`` under ``key`` (replacing what was there), evicting the least recently
+        used ones until the bound holds."""
+        if not isinstance(index, ObjectIndex):
+            raise TypeError(f"index must be an ObjectIndex, not {type(index).__name__}")
+        weight = index.memory_size
+        with self._lock:
+            old = self._items.pop(key, None)
+            if old is not None:
+                self._bytes -= old.memory_size
+            if weight > self.max_bytes:
+                return
+            self._items[key] = index
+            self._bytes += weight
+            while self._bytes > self.max_bytes:
+                _, evicted = self._items.popitem(last=False)
+                self._bytes -= evicted.memory_size
+
+    def discard(self, key: Hashable) -> None:
+        with self._lock:
+            old = self._items.pop(key, None)
+            if old is not None:
+                self._bytes -= old.memory_size
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+            self._bytes = 0
+
+
+def plan_runs(entries: Iterable[IndexEntry], merge_gap: int,
+              limit: int | None = None) -> Iterator[list[IndexEntry]]:
+    """Group blocks (sorted by position, no repeats) into runs, each fetched with one GET: a block
+    joins the run before it when at most ``merge_gap`` bytes lie between them (fetching a small gap
+    costs less than another request) and, with ``limit``, while the run holds fewer than
+    ``limit`` stored bytes (so that a read bounded by max_bytes does not fetch far beyond it)."""
+    run: list[IndexEntry] = []
+    stored = 0
+    for entry in entries:
+        if run and (entry.position - run[-1].end > merge_gap
+                    or (limit is not None and stored >= limit)):
+            yield run
+            run, stored = [], 0
+        run.append(entry)
+        stored += entry.size
+    if run:
+        yield run
+
+
+def _header_problem(info: BlockInfo, entry: IndexEntry) -> str:
+    """How a block's header disagrees with its index entry; empty if it does not."""
+    checks = [("size", info.length, entry.size), ("stream", info.stream_id, entry.stream_id),
+              ("start_offset", info.base_offset, entry.start_offset),
+              ("end_offset", info.next_offset, entry.end_offset),
+              ("record_count", info.record_count, entry.record_count),
+              ("first_timestamp", info.first_timestamp, entry.first_timestamp),
+              ("max_timestamp", info.max_timestamp, entry.max_timestamp)]
+    return " ".join(f"{name}=`{block}` (index `{indexed}`)"
+                    for name, block, indexed in checks if block != indexed)
+
+
+class ObjectReader:
+    """Reads one object of ``size`` bytes (known from metadata) under ``key`` of ``store``.
+
+    The first use fetches the footer and the index with one ranged GET of the object's last
+    ``32 + max(tail_guess, size / 16 KiB)`` bytes, and a second GET (of the missing part only)
+    when the index is larger than that; the parsed index is kept by the reader and, when
+    ``cache`` is given, in the shared :class:`IndexCache`. Blocks are then fetched with one
+    ranged GET per run of blocks at most ``merge_gap`` bytes apart.
+
+    Every check of docs/format.md is made: a damaged footer, index or block raises
+    :class:`~streamlib.errors.CorruptDataError` naming ``key`` and the position in the object;
+    damaged data is never returned. A missing object raises FileNotFoundError (from the store).
+
+    ``gets`` and ``fetched_bytes`` count the GETs this reader made and the bytes they returned.
+    A reader may be shared by threads.
+    """
+
+    def __init__(self, store: ObjectStore, key: str, size: int, *,
+                 cache: IndexCache | None = None, tail_guess: int = 64 * KiB,
+                 merge_gap: int = 64 * KiB) -> None:
+        if not isinstance(store, ObjectStore):
+            raise TypeError(f"store must be an ObjectStore, not {type(store).__name__}")
+        if not isinstance(key, str):
+            raise TypeError(f"key must be a str, not {type(key).__name__}")
+        if cache is not None and not isinstance(cache, IndexCache):
+            raise TypeError(f"cache must be an IndexCache, not {type(cache).__name__}")
+        self.store = store
+        self.key = key
+        self.size = check_int(size, "size", 0, INT64_MAX)
+        self.cache = cache
+        self.tail_guess = check_int(tail_guess, "tail_guess", 0, INT64_MAX)
+        self.merge_gap = check_int(merge_gap, "merge_gap", 0, INT64_MAX)
+        self.gets = 0
+        self.fetched_bytes = 0
+        self._index: ObjectIndex | None = None
+        self._load_lock = threading.Lock()
+        self._count_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"ObjectReader({self.store.url}/{self.key}, size={self.size})"
+
+    @property
+    def _cache_key(self) -> tuple[str, str]:
+        return self.store.url, self.key
+
+    # ---- the index ----
+
+    def index(self) -> ObjectIndex:
+        """The object's checked index (fetched on first use)."""
+        if self._index is not None:
+            return self._index
+        with self._load_lock:  # one load, however many threads ask at once
+            if self._index is None:
+                cached = None if self.cache is None else self.cache.get(self._cache_key)
+                if cached is not None and cached.size == self.size:
+                    self._index = cached
+                else:
+                    self._index = self._load_index()
+                    if self.cache is not None:
+                        self.cache.put(self._cache_key, self._index)
+            return self._index
+
+    def _load_index(self) -> ObjectIndex:
+        if self.size < FOOTER_SIZE:
+            raise CorruptDataError(f"object of `{self.size}` bytes is too small for a footer",
+                                   position=0, source=self.key)
+        tail_start = self.size - min(self.size,
+                                     FOOTER_SIZE + max(self.tail_guess, self.size // TAIL_RATIO))
+        tail = self._get(tail_start, self.size)
+        position, index_size = decode_footer(memoryview(tail)[-FOOTER_SIZE:], self.size,
+                                             source=self.key)
+        if position < tail_start:  # the guess was short: fetch only what is missing
+            block: bytes | memoryview = self._get(position, tail_start) + tail[:-FOOTER_SIZE]
+        else:
+            block = memoryview(tail)[position - tail_start:position - tail_start + index_size]
+        return decode_index(block, position, self.size, source=self.key)
+
+    def _get(self, start: int, end: int) -> bytes:
+        with self._count_lock:
+            self.gets += 1
+        data = self.store.get(self.key, start, end)
+        with self._count_lock:
+            self.fetched_bytes += len(data)
+        if len(data) != end - start:
+            raise CorruptDataError(f"object is shorter than its recorded size `{self.size}` "
+                                   f"(a ranged GET of `[{start}, {end})` ended early)",
+                                   position=start + len(data), source=self.key)
+        return data
+
+    # ---- blocks ----
+
+    def read(self, stream_id: int, start_offset: int, end_offset: int | None = None,
+             max_bytes: int | None = None) -> list[RecordBatch]:
+        """The batches of ``stream_id`` holding records of ``[start_offset, end_offset)``
+        (``None``: to the end of what this object holds), in offset order, each with its
+        ``base_offset``; the first may begin before ``start_offset`` (batch granularity).
+
+        With ``max_bytes``, the result stops before the batch that would take the payload total
+        past it, but holds at least one batch. A stream the object does not hold, or a range
+        outside what it holds of the stream, gives an empty list: which objects hold what is the
+        metadata's business, and :meth:`ObjectIndex.range_of` answers it for this one.
+        Offsets below zero, or ``end_offset`` below ``start_offset``, raise ValueError."""
+        stream_id = check_int(stream_id, "stream_id", 0, UINT64_MAX)
+        start_offset = check_int(start_offset, "start_offset", 0, INT64_MAX)
+        if end_offset is not None:
+            end_offset = check_int(end_offset, "end_offset", start_offset, INT64_MAX)
+        if max_bytes is not None:
+            max_bytes = check_int(max_bytes, "max_bytes", 0, INT64_MAX)
+        if end_offset == start_offset:
+            return []
+        entries = self.index().blocks(stream_id, start_offset, end_offset)
+        result: list[RecordBatch] = []
+        total = 0
+        for _, batches in self._fetch(entries, max_bytes):
+            for batch in batches:
+                base = cast(int, batch.base_offset)  # a decoded batch always has one
+                if base + batch.count <= start_offset:
+                    continue
+                if end_offset is not None and base >= end_offset:
+                    return result
+                if max_bytes is not None and result and total + batch.size > max_bytes:
+                    return result
+                result.append(batch)
+                total += batch.size
+        return result
+
+    def read_blocks(self, entries: Iterable[IndexEntry]) -> list[list[RecordBatch]]:
+        """The batches of each of these blocks of this object (entries of :meth:`index`), in the
+        order given. Blocks at most ``merge_gap`` bytes apart are fetched with one GET (the shape
+        of a block cache's miss list)."""
+        index = self.index()
+        wanted = list(entries)
+        for entry in wanted:
+            if not isinstance(entry, IndexEntry):
+                raise TypeError(f"entries must be IndexEntry, not {type(entry).__name__}")
+            i = bisect.bisect_left(index.entries, entry.position, key=lambda e: e.position)
+            if i == len(index.entries) or index.entries[i] != entry:
+                raise ValueError(f"not a block of this object: key=`{self.key}` "
+                                 f"entry=`{entry}`")
+        unique = sorted(set(wanted), key=lambda e: e.position)
+        found = dict(self._fetch(unique, None))
+        return [found[entry] for entry in wanted]
+
+    def _fetch(self, entries: Sequence[IndexEntry],
+               limit: int | None) -> Iterator[tuple[IndexEntry, list[RecordBatch]]]:
+        """Each block's batches, fetching a run at a time, only when the caller gets that far."""
+        for run in plan_runs(entries, self.merge_gap, limit):
+            start = run[0].position
+            data = memoryview(self._get(start, run[-1].end))
+            for entry in run:
+                yield entry, self._decode(data[entry.position - start:entry.end - start], entry)
+
+    def _decode(self, block: memoryview, entry: IndexEntry) -> list[RecordBatch]:
+        where = f"data block of stream `{entry.stream_id}` at offsets " \
+                f"`[{entry.start_offset}, {entry.end_offset})`"
+        try:
+            info, batches = codec.decode_block(block, source=self.key)
+        except CorruptDataError as error:
+            if error.source == self.key and error.position is not None:
+                position = entry.position + error.position  # a position in the stored block
+                problem = f"{error.problem} in the {where}"
+            else:  # found in the decompressed bytes: the block is the place to name
+                position = entry.position
+                problem = (f"{error.problem} in the {where} (at `{error.position}` of its "
+                           f"decompressed bytes)")
+            raise CorruptDataError(problem, position=position, source=self.key,
+                                   status=error.status) from error
+        problem = _header_problem(info, entry)
+        if problem:
+            raise CorruptDataError(f"{where} disagrees with its index entry: {problem}",
+                                   position=entry.position, source=self.key)
+        return batches

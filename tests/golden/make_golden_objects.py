@@ -1,0 +1,22 @@
+"""Write the golden object file from object_cases.py. Run only for a deliberate, versioned
+format change: python tests/golden/make_golden_objects.py"""
+
+from __future__ import annotations
+
+import pathlib
+import sys
+
+HERE = pathlib.Path(__file__).parent
+sys.path.insert(0, str(HERE))
+
+from object_cases import object_none  # noqa: E402
+
+
+def files() -> dict[str, bytes]:
+    return {"object_none.bin": object_none()[0]}
+
+
+if __name__ == "__main__":
+    for name, data in files().items():
+        (HERE / name).write_bytes(data)
+        print(f"{name}: {len(data)} bytes")
