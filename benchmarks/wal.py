@@ -84,7 +84,7 @@ def raw_writes(directory: Path, data: bytes, count: int) -> list[float]:
 
 def raw_throughput(directory: Path, record: WalRecord, count: int) -> float:
     """MB/s of one write + one fdatasync a batch, the same bytes as the WAL writes."""
-    data = b"".join(record_parts(0, record))
+    data = b"".join(record_parts(0, record, 0))
     return len(data) * count / sum(raw_writes(directory, data, count)) / 1e6
 
 
@@ -253,7 +253,7 @@ def measure_object(kind: str, small: int, batches: int) -> dict[str, object]:
     try:
         with fresh_bucket(endpoint) as bucket:
             store = bucket.store("bench")
-            data = b"".join(record_parts(0, tiny))
+            data = b"".join(record_parts(0, tiny, 0))
             puts = []
             for i in range(min(small, 500)):
                 start = time.perf_counter()

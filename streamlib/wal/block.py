@@ -32,6 +32,7 @@ from streamlib.wal._format import (
     padding,
     read_record,
     record_parts,
+    record_size,
 )
 from streamlib.wal._group import GroupCommitWal, Pending
 
@@ -330,9 +331,16 @@ class BlockWal(GroupCommitWal):
         return bytes(buffer)
 
     def _scan(self, recovery: Recovery) -> Iterator[WalEntry]:
+        """Records are held back a group at a time: a hole inside the *last* group means a
+        machine crash tore that group's write, so it was never synced and none of it was
+        acknowledged — it is dropped whole. A hole before a later group is damage."""
         limit = self._trim + self._ring_size  # beyond it lies data older than the trim
         window = _Window(self._read_ring, limit, self._span)
         position = end = self._trim
+        group: int | None = None
+        held: list[WalEntry] = []  # the current group's records
+        holed: list[tuple[int, int]] = []  # holes inside the current group
+        pending: list[tuple[int, int]] = []  # holes whose group the next record tells
         while position < limit:
             buf, at = window.at(position)
             found = read_record(buf, at, position)
@@ -340,15 +348,30 @@ class BlockWal(GroupCommitWal):
                 resume = self._next_valid(window, position, limit)
                 if resume is None:
                     break  # a torn group or a previous lap's bytes: the log ends here
-                recovery.drop(position, resume, "damaged bytes between valid records")
+                pending.append((position, resume))
                 position = resume
                 continue
-            record, length = found
+            record, length, started = found
+            if started != group:  # a new group: the one before it was written whole
+                recovery.bytes += sum(record_size(e.record) for e in held)
+                yield from held
+                for hole in holed:
+                    recovery.drop(*hole, "damaged bytes between valid records")
+                held, holed, group = [], [], started
+            for hole in pending:
+                if hole[0] >= started:
+                    holed.append(hole)
+                else:
+                    recovery.drop(*hole, "damaged bytes between valid records")
+            pending = []
             if record is not None:
-                recovery.bytes += length
-                yield WalEntry(position, record)
+                held.append(WalEntry(position, record))
             position += length
             end = position
+        if holed and group is not None:  # the last group was torn: drop it whole
+            held, end = [], group
+        recovery.bytes += sum(record_size(e.record) for e in held)
+        yield from held
         recovery.end = self._seal(end)
 
     def _seal(self, end: int) -> int:
@@ -368,7 +391,7 @@ class BlockWal(GroupCommitWal):
         first = end - end % BLOCK
         buffer = mmap.mmap(-1, sealed - first)  # page-aligned, as O_DIRECT writes need
         buffer[:] = self._read_ring(first, sealed - first)
-        buffer[end - first:] = padding(end, gap)
+        buffer[end - first:] = padding(end, gap, end)
         view = memoryview(buffer)
         for at in range(0, len(buffer), BLOCK):  # a block never straddles the ring's end
             self._write_piece(view[at:at + BLOCK], (first + at) % self._ring_size)
@@ -407,7 +430,8 @@ class BlockWal(GroupCommitWal):
             # would leave a header whose live window starts in overwritten data.
             self._persist_trim(end - ring)
         if jump:
-            self._wrap_buffer[:HEADER_SIZE] = header(TYPE_PADDING, jump - HEADER_SIZE, start, 0)
+            self._wrap_buffer[:HEADER_SIZE] = header(TYPE_PADDING, jump - HEADER_SIZE, start, 0,
+                                                     start)
             # Only the padding's header block: its body is never read.
             self._write_piece(memoryview(self._wrap_buffer), offset)
         buffer = self._buffer if length <= len(self._buffer) else mmap.mmap(-1, length)
@@ -415,11 +439,11 @@ class BlockWal(GroupCommitWal):
         at = 0
         for item in group:
             positions.append(first + at)
-            for part in record_parts(first + at, item.record):
+            for part in record_parts(first + at, item.record, first):
                 buffer[at:at + len(part)] = part
                 at += len(part)
         if length > size:
-            buffer[size:length] = padding(first + size, length - size)
+            buffer[size:length] = padding(first + size, length - size, first)
         self._write_piece(memoryview(buffer)[:length], first % ring)
         if not self.direct_io:
             os.fdatasync(self._fd)

@@ -131,7 +131,7 @@ class FileWal(GroupCommitWal):
                 recovery.drop(min(start, expected), max(start, expected), reason)
             with open(path, "rb") as f:
                 data = f.read()
-            entries, valid = scan_run(data, start, recovery)
+            entries, valid = scan_run(data, start, recovery, last=index == last_index)
             for entry in entries:
                 if entry.position >= max(self._trim, end):
                     end = entry.position + record_size(entry.record)
@@ -172,7 +172,7 @@ class FileWal(GroupCommitWal):
         positions = []
         position = start
         for item in group:
-            parts.extend(record_parts(position, item.record))
+            parts.extend(record_parts(position, item.record, start))
             positions.append(position)
             position += item.size
         _write_all(self._fd, parts)

@@ -435,7 +435,7 @@ class ObjectWal(Wal):
             if flush is None:
                 flush = self._gathering = _Flush(position, time.monotonic())
                 self._work.notify()  # the dispatcher starts the linger clock
-            flush.parts.extend(record_parts(position, record))
+            flush.parts.extend(record_parts(position, record, flush.start))
             flush.futures.append((future, position))
             flush.size += size
             if flush.size >= self._flush_bytes:

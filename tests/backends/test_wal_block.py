@@ -386,3 +386,30 @@ def test_the_writer_persists_the_trim_before_overwriting(tmp_path: Path,
     assert [e.record for e in recovery.entries()] == records[positions.index(trim):]
     assert recovery.dropped == [] and recovery.end == end
     wal.close()
+
+
+def test_a_hole_inside_the_last_group_drops_the_whole_group(tmp_path: Path) -> None:
+    """A machine crash kept a later page of the last group and lost an earlier one: that group
+    was never synced, so recovery returns none of it and appends go on at its start."""
+    path = tmp_path / "ring"
+    wal = BlockWal(path, size=SMALL_RING, direct_io=False)
+    recover_all(wal)
+    before = [make_record(1, i) for i in range(3)]
+    for r in before:
+        wal.append(r).result(timeout=10)
+    wal.close()
+    wal = BlockWal(path, size=SMALL_RING, direct_io=False, linger=0.2)
+    recover_all(wal)
+    # One group whose second record starts on a 4 KiB boundary, where recovery resyncs.
+    size = next(n for n in range(3000, 4096) if record_size(make_record(2, 0, size=n)) == BLOCK)
+    futures = [wal.append(make_record(2, i, size=size if i == 0 else 1500)) for i in range(4)]
+    group = [f.result(timeout=10) for f in futures]
+    assert group[1] == group[0] + BLOCK
+    wal.close()
+    patch_ring(path, SMALL_RING, group[0] + 100, bytes(200))  # record 0 torn, 1-3 kept
+    wal = BlockWal(path)
+    recovery = wal.recover()
+    assert [e.record for e in recovery.entries()] == before
+    assert recovery.dropped == [] and recovery.end == group[0]
+    assert wal.append(make_record(3, 0)).result(timeout=10) == group[0]
+    wal.close()

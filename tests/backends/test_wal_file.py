@@ -131,3 +131,40 @@ def test_missing_segment_in_the_middle_is_reported(tmp_path: Path) -> None:
     assert [(d.start, d.end) for d in recovery.dropped] == [(start, end)]
     assert "missing" in recovery.dropped[0].reason
     wal.close()
+
+
+def test_a_hole_inside_the_last_group_drops_the_whole_group(tmp_path: Path) -> None:
+    """A machine crash during the last group's write can keep a later page and lose an earlier
+    one. That group was never synced, so none of it was acknowledged: recovery must not return
+    its surviving records (they would leave a hole in their streams)."""
+    positions = filled_wal(tmp_path, count=5)  # five groups of one record each
+    wal = FileWal(tmp_path, linger=0.2)
+    recover_all(wal)
+    futures = [wal.append(make_record(2, i, size=500)) for i in range(5)]  # one group of five
+    group = [f.result(timeout=30) for f in futures]
+    wal.close()
+    segment = only_segment(tmp_path)
+    data = bytearray(segment.read_bytes())
+    data[group[1]:group[3]] = bytes(group[3] - group[1])  # records 1 and 2 of the group lost
+    segment.write_bytes(bytes(data))
+    wal = FileWal(tmp_path)
+    recovery = wal.recover()
+    assert [e.position for e in recovery.entries()] == positions
+    (torn,) = recovery.dropped
+    assert torn.start == group[0] and "torn" in torn.reason
+    assert segment.stat().st_size == group[0] and recovery.end == group[0]
+    wal.close()
+
+
+def test_a_hole_before_a_later_group_is_damage(tmp_path: Path) -> None:
+    positions = filled_wal(tmp_path, count=5)
+    segment = only_segment(tmp_path)
+    data = bytearray(segment.read_bytes())
+    data[positions[3]:positions[3] + 200] = bytes(200)  # record 3 lost; record 4 came later
+    segment.write_bytes(bytes(data))
+    wal = FileWal(tmp_path)
+    recovery = wal.recover()
+    assert [e.record.base_offset for e in recovery.entries()] == [0, 1, 2, 4]
+    assert [(d.start, d.end, d.reason) for d in recovery.dropped] == [
+        (positions[3], positions[4], "damaged bytes between valid records")]
+    wal.close()
