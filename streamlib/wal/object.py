@@ -386,7 +386,8 @@ class ObjectWal(Wal):
                 recovery.drop(begin + valid, begin + len(data), "damaged end of a WAL object")
             if begin + len(data) < item.end:
                 recovery.drop(begin + len(data), item.end, "WAL object shorter than its key")
-            cursor = max(cursor, item.end)
+            # Never past a cut: what a later epoch wrote from there on is still to be read.
+            cursor = max(cursor, min(item.end, limit))
             self._objects.append(item)
         accepted = cursor  # what this recovery accepts ends here; trailing tails do not count
         pass_tails(1 << 63)
