@@ -377,3 +377,24 @@ def seaweedfs_bucket(seaweedfs_s3: S3Endpoint) -> Iterator[S3Bucket]:
 
 __all__ = ["MotoServer", "S3Bucket", "S3Endpoint", "SeaweedServer", "fresh_bucket",
            "moto_bucket", "moto_s3", "seaweedfs_bucket", "seaweedfs_s3"]
+
+
+@contextlib.contextmanager
+def object_store(kind: str, request: pytest.FixtureRequest, directory: Path,
+                 name: str = "objects") -> Iterator[ObjectStore]:
+    """A fresh, empty :class:`ObjectStore` of one ``kind`` — ``memory``, ``file`` (under
+    ``directory``), ``moto`` or ``seaweedfs`` (a fresh bucket on the session's server) — for a
+    fixture parametrized over kinds, so that one test runs against each. Removed afterwards."""
+    if kind == "memory":
+        url = f"memory://{name}-{uuid.uuid4().hex}"
+        yield ObjectStore.from_url(url)
+        fs, root = open_filesystem(url)
+        with contextlib.suppress(FileNotFoundError):
+            fs.rm(root, recursive=True)
+    elif kind == "file":
+        yield ObjectStore.from_url(f"file://{directory}/{name}")
+    elif kind in ("moto", "seaweedfs"):
+        bucket: S3Bucket = request.getfixturevalue(f"{kind}_bucket")
+        yield bucket.store(name)
+    else:
+        raise ValueError(f"unknown object store kind: kind=`{kind}`")

@@ -21,25 +21,15 @@ from streamlib.errors import StorageUnavailable
 from streamlib.io import TMP_PREFIX, ObjectInfo, ObjectStore, RetryPolicy, classify
 from streamlib.testing import faults
 from streamlib.testing.faults import FaultyFileSystem
-from streamlib.testing.s3 import REGION, S3Bucket, free_ports
+from streamlib.testing.s3 import REGION, S3Bucket, free_ports, object_store
 
 # ---- the same behaviour on every store ----
 
 
 @pytest.fixture(params=["memory", "file", "moto", "seaweedfs"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ObjectStore]:
-    kind = request.param
-    if kind == "memory":
-        url = f"memory://io-{uuid.uuid4().hex}"
-        yield ObjectStore.from_url(url)
-        fs = fsspec.filesystem("memory")
-        with contextlib.suppress(FileNotFoundError):
-            fs.rm(fs._strip_protocol(url), recursive=True)
-    elif kind == "file":
-        yield ObjectStore.from_url(f"file://{tmp_path}/store")
-    else:
-        bucket: S3Bucket = request.getfixturevalue(f"{kind}_bucket")
-        yield bucket.store("root")
+    with object_store(request.param, request, tmp_path, "io") as opened:
+        yield opened
 
 
 def test_put_then_get(store: ObjectStore) -> None:

@@ -11,31 +11,20 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import fsspec
 import pytest
 
 from streamlib import CorruptDataError, Record, RecordBatch
 from streamlib.io import ObjectStore
 from streamlib.objects import FOOTER_SIZE, IndexCache, ObjectIndex, ObjectReader, encode_object
-from streamlib.testing.s3 import S3Bucket
+from streamlib.testing.s3 import object_store
 
 Wire = list[tuple[str, str]]  # (method, Range header) of each request sent
 
 
 @pytest.fixture(params=["memory", "file", "moto"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ObjectStore]:
-    kind = request.param
-    if kind == "memory":
-        url = f"memory://objects-{uuid.uuid4().hex}"
-        yield ObjectStore.from_url(url)
-        fs = fsspec.filesystem("memory")
-        with contextlib.suppress(FileNotFoundError):
-            fs.rm(fs._strip_protocol(url), recursive=True)
-    elif kind == "file":
-        yield ObjectStore.from_url(f"file://{tmp_path}/objects")
-    else:
-        bucket: S3Bucket = request.getfixturevalue(f"{kind}_bucket")
-        yield bucket.store("objects")
+    with object_store(request.param, request, tmp_path) as opened:
+        yield opened
 
 
 @contextlib.contextmanager
