@@ -24,6 +24,7 @@ import pytest
 from streamlib.errors import StreamClosed, WalFullError
 from streamlib.records import Record, RecordBatch
 from streamlib.wal import Wal, WalEntry, WalRecord
+from streamlib.wal._format import record_size
 
 
 def make_record(stream_id: int, offset: int, size: int = 100, *, epoch: int = 1,
@@ -172,6 +173,21 @@ class WalContract:
         wal, entries = self.reopen(wal, location)
         assert entries == [] and wal.usage == 0
         assert wal.append(make_record(1, 30)).result(timeout=30) >= positions[-1]
+        wal.close()
+
+    def test_recovery_counts_what_it_returns(self, location: Path) -> None:
+        wal = self.open_wal(location)
+        recover_all(wal)
+        positions = [wal.append(make_record(1, i, size=300 + i)).result(timeout=30)
+                     for i in range(10)]
+        wal.trim(positions[4])
+        wal.close()
+        wal = self.open_wal(location)
+        recovery = wal.recover()
+        entries = recovery.entries()
+        assert [e.record.base_offset for e in entries] == list(range(4, 10))
+        assert recovery.records == 6
+        assert recovery.bytes == sum(record_size(e.record) for e in entries)
         wal.close()
 
     def test_trim_beyond_the_end_is_refused(self, location: Path) -> None:

@@ -80,8 +80,11 @@ class Recovery:
     def __iter__(self) -> Iterator[WalEntry]:
         if self.done:
             raise RuntimeError("a Recovery can be iterated only once")
+        from streamlib.wal._format import record_size  # the format module imports this one
+
         for entry in self._scan(self):
             self.records += 1
+            self.bytes += record_size(entry.record)
             yield entry
         self.done = True
 

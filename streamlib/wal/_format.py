@@ -132,5 +132,4 @@ def scan_run(buf: bytes, base: int, recovery: Recovery, *, last: bool = False
             at = torn - base
     for start, end in holes:
         recovery.drop(start, end, "damaged bytes between valid records")
-    recovery.bytes += sum(record_size(e.record) for e in entries)
     return entries, at

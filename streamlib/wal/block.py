@@ -32,7 +32,6 @@ from streamlib.wal._format import (
     padding,
     read_record,
     record_parts,
-    record_size,
 )
 from streamlib.wal._group import GroupCommitWal, Pending
 
@@ -353,7 +352,6 @@ class BlockWal(GroupCommitWal):
                 continue
             record, length, started = found
             if started != group:  # a new group: the one before it was written whole
-                recovery.bytes += sum(record_size(e.record) for e in held)
                 yield from held
                 for hole in holed:
                     recovery.drop(*hole, "damaged bytes between valid records")
@@ -370,7 +368,6 @@ class BlockWal(GroupCommitWal):
             end = position
         if holed and group is not None:  # the last group was torn: drop it whole
             held, end = [], group
-        recovery.bytes += sum(record_size(e.record) for e in held)
         yield from held
         recovery.end = self._seal(end)
 
