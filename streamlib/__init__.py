@@ -1,6 +1,7 @@
 """streamlib: durable, ordered streams whose home is object storage.
 
-The public names: records and batches, the config object, and the error kinds.
+The public names: ``open`` and the store and stream it gives, records and batches, the config
+object, and the error kinds.
 """
 
 from streamlib.config import Config
@@ -9,7 +10,10 @@ from streamlib.errors import (
     ConfigError,
     CorruptDataError,
     FencedError,
+    OffsetMismatchError,
     OffsetOutOfRange,
+    ReadOnlyError,
+    SequenceError,
     StorageUnavailable,
     StreamClosed,
     StreamExists,
@@ -19,6 +23,8 @@ from streamlib.errors import (
     WalLockedError,
 )
 from streamlib.records import AppendResult, FetchResult, Record, RecordBatch
+from streamlib.store import StreamStore, open
+from streamlib.stream import Stream, StreamInfo
 
 __version__ = "0.1.0.dev0"
 
@@ -30,14 +36,21 @@ __all__ = [
     "CorruptDataError",
     "FencedError",
     "FetchResult",
+    "OffsetMismatchError",
     "OffsetOutOfRange",
+    "ReadOnlyError",
     "Record",
     "RecordBatch",
+    "SequenceError",
     "StorageUnavailable",
+    "Stream",
     "StreamClosed",
     "StreamExists",
+    "StreamInfo",
     "StreamLibError",
     "StreamNotFound",
+    "StreamStore",
     "WalFullError",
     "WalLockedError",
+    "open",
 ]

@@ -44,6 +44,12 @@ class _Kind:
     high: int | None = None
 
     def parse(self, name: str, value: object) -> object:
+        if self.unit == "text":
+            if not isinstance(value, str):
+                raise ConfigError(name, "must be a string", value)
+            if "\x00" in value:
+                raise ConfigError(name, "must not contain NUL", value)
+            return value.strip()
         if self.choices:
             if not isinstance(value, str):
                 raise ConfigError(name, f"must be one of {', '.join(self.choices)}", value)
@@ -104,6 +110,78 @@ class Config:
         "Largest record batch payload a stream append will accept (the stream layer refuses "
         "larger ones with ValueError). The format's own limit is 64 MiB.",
         _Kind("bytes", low=1 * KiB, high=64 * MiB))
+
+    # ---- where the parts live (empty: under `path`) ----
+    path: str = _setting(
+        "",
+        "The store's directory: the default home of the WAL, the objects and the metadata "
+        "(`streamlib.open(\"./data\")` sets it). May stay empty when the three are placed "
+        "elsewhere.",
+        _Kind("text"))
+    wal: str = _setting(
+        "file",
+        "The write-ahead log backend: file (segment files on a local disk), block (a "
+        "preallocated ring in a file or on a block device) or object (one object a flush, in "
+        "the object store).",
+        _Kind("backend", choices=("file", "block", "object")))
+    wal_path: str = _setting(
+        "",
+        "The file WAL's directory or the block WAL's ring file or device. Empty: `wal/` "
+        "(file) or `wal.ring` (block) under the store's path. Not used by the object WAL.",
+        _Kind("text"))
+    wal_url: str = _setting(
+        "",
+        "Where the object WAL writes (an fsspec URL). Empty: the objects' store, under "
+        "`wal/`. Not used by the other backends.",
+        _Kind("text"))
+    objects_url: str = _setting(
+        "",
+        "Where objects are uploaded: any fsspec URL (`file:///data/objects`, "
+        "`s3://bucket/prefix`, `memory://name`). Empty: `objects/` under the store's path. "
+        "Storage options (credentials, endpoint) are passed to streamlib.open.",
+        _Kind("text"))
+    metadata_path: str = _setting(
+        "",
+        "The local metadata store (an SQLite file). Empty: `meta.sqlite` under the store's "
+        "path.",
+        _Kind("text"))
+    node_id: str = _setting(
+        "0",
+        "This node's name in the metadata and in object WAL keys: letters, digits, '.', '_' "
+        "or '-'. Two processes using one store at once need different node ids.",
+        _Kind("text"))
+
+    # ---- the write path ----
+    wal_bytes: int = _setting(
+        256 * MiB,
+        "Bytes the WAL may hold before appends wait for uploads (back-pressure). Data not yet "
+        "uploaded is also kept in memory for readers, so this bounds that memory too. The "
+        "block WAL's ring size when it creates the ring.",
+        _Kind("bytes", low=256 * KiB, high=1 << 50))
+    append_timeout_ms: int = _setting(
+        30_000,
+        "How long an append waits for room in a full WAL before raising WalFullError.",
+        _Kind("milliseconds", low=0, high=24 * 3600 * 1000))
+    upload_bytes: int = _setting(
+        8 * MiB,
+        "Upload once this many bytes of appended data wait for upload (the size trigger).",
+        _Kind("bytes", low=1 * KiB, high=4 * GiB))
+    upload_interval_ms: int = _setting(
+        1_000,
+        "Upload at the latest this long after the first append not yet uploaded (the time "
+        "trigger): with quiet streams, about one multi-stream object per interval.",
+        _Kind("milliseconds", low=1, high=24 * 3600 * 1000))
+    stream_object_bytes: int = _setting(
+        4 * MiB,
+        "A stream with at least this many bytes in one upload gets an object of its own (a "
+        "stream object, read back with few large GETs); the others share one multi-stream "
+        "object.",
+        _Kind("bytes", low=1 * KiB, high=4 * GiB))
+    part_bytes: int = _setting(
+        16 * MiB,
+        "Objects of at least twice this size go to S3 as multipart uploads in parts of this "
+        "size (S3's minimum part is 5 MiB).",
+        _Kind("bytes", low=5 * MiB, high=5 * GiB))
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):

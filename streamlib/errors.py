@@ -111,3 +111,27 @@ class CommitConflict(StreamLibError):
     object to remove is unknown or still holds readable data, or the node's WAL position would
     go back. Reload the metadata and decide: if your objects are already committed, the retry
     is done; otherwise rebuild the commit from the current state."""
+
+
+class OffsetMismatchError(StreamLibError):
+    """A conditional append (``expected_offset=``) found the stream at another offset, so
+    nothing was written. Another writer got there first, or the caller's view is stale: read
+    ``actual`` (the stream's next offset) and decide."""
+
+    def __init__(self, stream_id: int, expected: int, actual: int) -> None:
+        self.stream_id = stream_id
+        self.expected = expected
+        self.actual = actual
+        super().__init__(describe("conditional append refused: the stream is at another offset",
+                                  stream=stream_id, expected=expected, actual=actual))
+
+
+class SequenceError(StreamLibError, ValueError):
+    """An idempotent append's sequence number does not follow the producer's last one (a gap),
+    is older than the sequences the stream remembers, or repeats a sequence with a different
+    batch. Nothing was written; the producer's state is out of step with the stream's."""
+
+
+class ReadOnlyError(StreamLibError):
+    """This stream handle was opened read-only (or the stream is held read-only after damage
+    was found at recovery); open the stream for write to append or trim."""

@@ -206,6 +206,10 @@ def open_filesystem(url: str, storage_options: Mapping[str, Any] | None = None
     return fs, root
 
 
+def _protocols(fs: AbstractFileSystem) -> tuple[str, ...]:
+    return (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
+
+
 class ObjectStore:
     """Keys and bytes under ``root`` of an fsspec filesystem, with retries.
 
@@ -306,15 +310,22 @@ class ObjectStore:
 
     # ---- operations ----
 
-    def put(self, key: str, data: bytes | bytearray | memoryview) -> None:
-        """Store ``data`` under ``key`` (replacing any object there), atomically and durably."""
+    def put(self, key: str, data: bytes | bytearray | memoryview, *,
+            part_bytes: int | None = None) -> None:
+        """Store ``data`` under ``key`` (replacing any object there), atomically and durably.
+
+        On S3, ``data`` of at least twice ``part_bytes`` goes up as a multipart upload in parts
+        of that size (s3fs's own threshold when not given: parts of 50 MiB); the object
+        appears only when the upload completes, so atomicity holds either way."""
         path = self._path(key)
         if self._local:
             self._call("put", key, lambda: self._put_local(path, data))
-        else:
-            self._call("put", key, lambda: self.fs.pipe_file(path, bytes(data)
-                                                             if isinstance(data, memoryview)
-                                                             else data))
+            return
+        body = bytes(data) if isinstance(data, memoryview) else data
+        options: dict[str, Any] = {}
+        if part_bytes is not None and "s3" in _protocols(self.fs):
+            options["chunksize"] = part_bytes
+        self._call("put", key, lambda: self.fs.pipe_file(path, body, **options))
 
     def _put_local(self, path: str, data: bytes | bytearray | memoryview) -> None:
         directory = os.path.dirname(path)

@@ -1,0 +1,426 @@
+"""Streams: the state the store keeps for each stream, and the :class:`Stream` handle users hold.
+
+A stream's offsets live in three places (docs/store.md, "The write path"):
+
+```
+start_offset ≤ committed_end ≤ acked_end ≤ assigned_end
+   trimmed │ in committed objects │ in the log cache │ in the WAL, not yet durable
+```
+
+Appends take offsets under the stream's ``order`` lock, in call order, and enter the WAL in that
+order; the WAL completes them in order, and :meth:`StreamState.drain` moves each durable batch to
+the log cache and acknowledges it. Readers see ``[start_offset, acked_end)``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import threading
+from collections import OrderedDict, deque
+from collections.abc import Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from sortedcontainers import SortedKeyList
+
+from streamlib.errors import (
+    FencedError,
+    ReadOnlyError,
+    SequenceError,
+    StreamClosed,
+    StreamNotFound,
+    describe,
+)
+from streamlib.meta import ObjectMeta, StreamMeta
+from streamlib.records import (
+    INT64_MAX,
+    AppendResult,
+    FetchResult,
+    Record,
+    RecordBatch,
+    check_int,
+    check_timestamp,
+)
+
+if TYPE_CHECKING:
+    from streamlib.store import StreamStore
+
+PRODUCER_WINDOW = 16
+"""Sequences remembered per producer: a retry of any of its last 16 batches is recognised."""
+
+DEFAULT_FETCH_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class StreamInfo:
+    """A stream as the store sees it at one moment: readable offsets ``[start_offset,
+    next_offset)``, the current ``epoch`` (bumped by every open for write)."""
+
+    id: int
+    name: str | None
+    start_offset: int
+    next_offset: int
+    epoch: int
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectSlice:
+    """What one committed object holds of one stream: offsets ``[start, end)``."""
+
+    start: int
+    end: int
+    key: str
+    size: int
+
+
+class _Inflight:
+    """One append between its WAL submission and its acknowledgement."""
+
+    __slots__ = ("batch", "future", "wal_future")
+
+    def __init__(self, batch: RecordBatch, wal_future: Future[int]) -> None:
+        self.batch = batch
+        self.wal_future = wal_future
+        self.future: Future[AppendResult] = Future()
+
+
+class _Producer:
+    """The last sequences of one idempotent producer and where their batches went."""
+
+    __slots__ = ("last", "recent")
+
+    def __init__(self) -> None:
+        self.last: int | None = None
+        self.recent: OrderedDict[int, tuple[int, Future[AppendResult]]] = OrderedDict()
+
+    def known(self, stream_id: int, producer_id: object, sequence: int,
+              count: int) -> Future[AppendResult] | None:
+        """The future of an earlier append of ``sequence`` (a retry), or None for the next
+        sequence; SequenceError for anything else."""
+        if self.last is None or sequence == self.last + 1:
+            return None
+        found = self.recent.get(sequence)
+        if found is not None:
+            if found[0] != count:
+                raise SequenceError(describe(
+                    "a retried sequence carries a batch of another size", stream=stream_id,
+                    producer=producer_id, sequence=sequence, count=count, original=found[0]))
+            return found[1]
+        if sequence <= self.last:
+            raise SequenceError(describe(
+                "sequence too old: the stream no longer remembers it", stream=stream_id,
+                producer=producer_id, sequence=sequence, last=self.last,
+                remembered=PRODUCER_WINDOW))
+        raise SequenceError(describe("sequence gap: the producer skipped sequences",
+                                     stream=stream_id, producer=producer_id, sequence=sequence,
+                                     expected=self.last + 1))
+
+    def remember(self, sequence: int, count: int, future: Future[AppendResult]) -> None:
+        self.last = sequence
+        self.recent[sequence] = (count, future)
+        while len(self.recent) > PRODUCER_WINDOW:
+            self.recent.popitem(last=False)
+
+
+Settle = tuple[Future, object, BaseException | None]
+
+
+def settle(done: list[Settle]) -> None:
+    """Complete user futures (outside every lock: their callbacks are user code)."""
+    for future, result, error in done:
+        if error is None:
+            future.set_result(result)
+        else:
+            future.set_exception(error)
+
+
+class StreamState:
+    """Everything the store knows of one stream. ``order`` serialises appends (offsets and WAL
+    order); ``lock`` guards the fields below, briefly."""
+
+    def __init__(self, meta: StreamMeta) -> None:
+        self.id = meta.id
+        self.name = meta.name
+        self.epoch = meta.epoch
+        self.start_offset = meta.start_offset
+        self.committed_end = meta.end_offset
+        self.acked_end = meta.end_offset
+        self.assigned_end = meta.end_offset
+        self.order = threading.Lock()
+        self.lock = threading.Lock()
+        self.inflight: deque[_Inflight] = deque()
+        self.log: list[RecordBatch] = []  # acknowledged, not yet committed, in offset order
+        self.log_positions: list[int] = []  # each batch's WAL position
+        self.log_bytes = 0
+        self.objects: SortedKeyList | None = None  # ObjectSlice by start, loaded on first read
+        self.commits = 0  # bumped by every commit: a loader that raced one loads again
+        self.producers: dict[object, _Producer] = {}
+        self.destroyed = False
+        self.damage: str | None = None  # why the stream is read-only after recovery
+
+    def info(self) -> StreamInfo:
+        with self.lock:
+            return StreamInfo(self.id, self.name, self.start_offset, self.acked_end, self.epoch)
+
+    # ---- the log cache ----
+
+    def add_to_log(self, batch: RecordBatch, position: int) -> None:
+        """A durable batch, right after the last (caller holds ``lock`` or owns the state)."""
+        self.log.append(batch)
+        self.log_positions.append(position)
+        self.log_bytes += batch.size
+        self.acked_end = batch.next_offset
+
+    def drain(self) -> tuple[list[Settle], int, int]:
+        """Acknowledge the appends the WAL has completed, in order: each durable batch enters
+        the log cache. Returns the futures to settle, the last WAL position acknowledged (-1 if
+        none) and the bytes added."""
+        done: list[Settle] = []
+        position = -1
+        added = 0
+        with self.lock:
+            while self.inflight and self.inflight[0].wal_future.done():
+                item = self.inflight.popleft()
+                error = item.wal_future.exception()
+                if error is not None:
+                    done.append((item.future, None, error))
+                    continue
+                position = item.wal_future.result()
+                self.add_to_log(item.batch, position)
+                added += item.batch.size
+                done.append((item.future, AppendResult(item.batch.base_offset,  # type: ignore[arg-type]
+                                                       item.batch.count), None))
+        return done, position, added
+
+    def take(self, frontier: int) -> list[RecordBatch]:
+        """The log cache's batches at WAL positions up to ``frontier`` (for an upload)."""
+        with self.lock:
+            if self.destroyed:
+                return []
+            return self.log[:bisect.bisect_right(self.log_positions, frontier)]
+
+    def committed(self, end: int, slices: Sequence[ObjectSlice]) -> int:
+        """Objects up to ``end`` are committed: they leave the log cache. Returns bytes freed."""
+        with self.lock:
+            self.committed_end = max(self.committed_end, end)
+            cut = bisect.bisect_right(self.log, end, key=lambda b: b.next_offset)
+            freed = sum(b.size for b in self.log[:cut])
+            del self.log[:cut], self.log_positions[:cut]
+            self.log_bytes -= freed
+            if self.objects is not None:
+                self.objects.update(slices)
+            self.commits += 1
+            return freed
+
+    def log_slice(self, start: int, end: int) -> list[RecordBatch]:
+        """Log-cache batches holding offsets of ``[start, end)`` (caller holds ``lock``)."""
+        i = bisect.bisect_right(self.log, start, key=lambda b: b.next_offset)
+        j = bisect.bisect_left(self.log, end, lo=i, key=lambda b: b.base_offset)
+        return self.log[i:j]
+
+
+def new_object_index(objects: Sequence[ObjectMeta], stream_id: int) -> SortedKeyList:
+    slices = []
+    for obj in objects:
+        r = obj.range_of(stream_id)
+        if r is not None:
+            slices.append(ObjectSlice(r.start_offset, r.end_offset, obj.key, obj.size))
+    return SortedKeyList(slices, key=lambda s: s.start)
+
+
+def as_batch(batch: object, max_bytes: int) -> RecordBatch:
+    """What an append accepts: a RecordBatch, or a non-empty sequence of Record / bytes."""
+    if isinstance(batch, RecordBatch):
+        result = batch
+    elif isinstance(batch, list | tuple):
+        if not batch:
+            raise ValueError("cannot append an empty batch: give at least one record")
+        records = [r if isinstance(r, Record) else Record(r) for r in batch]
+        result = RecordBatch.from_records(records)
+    else:
+        raise TypeError(f"append takes a RecordBatch or a list of Record / bytes, "
+                        f"not {type(batch).__name__}")
+    if result.size > max_bytes:
+        raise ValueError(describe("batch too large (see Config.max_batch_bytes)",
+                                  size=result.size, max=max_bytes))
+    return result
+
+
+class Stream:
+    """A handle on one stream of a :class:`~streamlib.store.StreamStore`.
+
+    Get one from ``store.create_stream()`` or ``store.open_stream()``. A writable handle holds
+    the stream's epoch: opening the stream for write again (a new epoch) fences this one, whose
+    next append or trim raises :class:`~streamlib.errors.FencedError`. A read-only handle
+    reads and never fences anyone. Thread-safe; :meth:`append_async` serves asyncio code.
+    """
+
+    def __init__(self, store: StreamStore, state: StreamState, epoch: int | None) -> None:
+        self._store = store
+        self._state = state
+        self._epoch = epoch  # None: read only
+        self._closed = False
+
+    def __repr__(self) -> str:
+        mode = "read-only" if self._epoch is None else f"epoch={self._epoch}"
+        name = "" if self._state.name is None else f" name={self._state.name!r}"
+        return f"<Stream id={self._state.id}{name} {mode}>"
+
+    # ---- what it is ----
+
+    @property
+    def id(self) -> int:
+        return self._state.id
+
+    @property
+    def name(self) -> str | None:
+        return self._state.name
+
+    @property
+    def epoch(self) -> int | None:
+        """The epoch this handle writes with (None for a read-only handle)."""
+        return self._epoch
+
+    @property
+    def writable(self) -> bool:
+        return self._epoch is not None
+
+    @property
+    def start_offset(self) -> int:
+        """The first readable offset (everything below was trimmed)."""
+        self._check_usable()
+        return self._state.start_offset
+
+    @property
+    def next_offset(self) -> int:
+        """The offset the next appended record gets; also the end of what is readable."""
+        self._check_usable()
+        return self._state.acked_end
+
+    def info(self) -> StreamInfo:
+        self._check_usable()
+        return self._state.info()
+
+    # ---- writing ----
+
+    def append(self, batch: RecordBatch | Sequence[Record | bytes], *,
+               expected_offset: int | None = None, producer_id: str | int | None = None,
+               sequence: int | None = None, timeout: float | None = None) -> AppendResult:
+        """Append ``batch`` and return where it landed, once it is durable.
+
+        ``batch`` is a :class:`~streamlib.RecordBatch` or a list of records (``Record`` or
+        bytes values). ``expected_offset``: append only if the stream's next offset is this
+        (else :class:`~streamlib.errors.OffsetMismatchError`, nothing written). ``producer_id``
+        and ``sequence`` make the append idempotent: a retry of a sequence already appended
+        gets the original result back and writes nothing; sequences of one producer must follow
+        each other (:class:`~streamlib.errors.SequenceError`). ``timeout`` (seconds) bounds the
+        wait for room in a full WAL (:class:`~streamlib.errors.WalFullError`); default
+        ``Config.append_timeout_ms``."""
+        return self.append_future(batch, expected_offset=expected_offset,
+                                  producer_id=producer_id, sequence=sequence,
+                                  timeout=timeout).result()
+
+    async def append_async(self, batch: RecordBatch | Sequence[Record | bytes], *,
+                           expected_offset: int | None = None,
+                           producer_id: str | int | None = None, sequence: int | None = None,
+                           timeout: float | None = None) -> AppendResult:
+        """:meth:`append` for asyncio: many may be awaited at once; they complete in offset
+        order. The call itself waits only when the WAL is full (back-pressure)."""
+        future = self.append_future(batch, expected_offset=expected_offset,
+                                    producer_id=producer_id, sequence=sequence, timeout=timeout)
+        return await asyncio.wrap_future(future)
+
+    def append_future(self, batch: RecordBatch | Sequence[Record | bytes], *,
+                      expected_offset: int | None = None, producer_id: str | int | None = None,
+                      sequence: int | None = None,
+                      timeout: float | None = None) -> Future[AppendResult]:
+        """:meth:`append` without waiting: a future that completes once the batch is durable
+        (futures of one stream complete in offset order). Argument errors raise here."""
+        placed = as_batch(batch, self._store.config.max_batch_bytes)
+        if expected_offset is not None:
+            expected_offset = check_int(expected_offset, "expected_offset", 0, INT64_MAX)
+        if (producer_id is None) != (sequence is None):
+            raise ValueError("producer_id and sequence go together: give both or neither")
+        if producer_id is not None:
+            if isinstance(producer_id, bool) or not isinstance(producer_id, str | int):
+                raise TypeError(f"producer_id must be a str or an int, "
+                                f"not {type(producer_id).__name__}")
+            sequence = check_int(sequence, "sequence", 0, INT64_MAX)
+        if timeout is not None and (isinstance(timeout, bool)
+                                    or not isinstance(timeout, int | float) or timeout < 0):
+            raise ValueError(f"timeout must be a non-negative number of seconds: "
+                             f"timeout=`{timeout}`")
+        return self._store._submit(self, placed, expected_offset, producer_id, sequence, timeout)
+
+    def trim(self, offset: int) -> None:
+        """Make records below ``offset`` unreadable, at once and durably (their storage is
+        reclaimed later). ``offset`` may be up to :attr:`next_offset`; trimming data not yet
+        uploaded uploads it first. A lower offset than the current start changes nothing."""
+        offset = check_int(offset, "offset", 0, INT64_MAX)
+        self._check_writer()
+        self._store._trim(self, offset)
+
+    # ---- reading ----
+
+    def fetch(self, start_offset: int, end_offset: int | None = None, *,
+              max_bytes: int = DEFAULT_FETCH_BYTES) -> FetchResult:
+        """Batches holding the records of ``[start_offset, end_offset)`` (``None``: up to the
+        end), in offset order and whole: the first may begin before ``start_offset``. The
+        payloads add up to at most ``max_bytes``, except that one batch is always returned if
+        there is one, however large. Fetching at :attr:`next_offset` returns nothing;
+        outside ``[start_offset, next_offset]`` raises
+        :class:`~streamlib.errors.OffsetOutOfRange` with the valid range."""
+        start_offset = check_int(start_offset, "start_offset", 0, INT64_MAX)
+        if end_offset is not None:
+            end_offset = check_int(end_offset, "end_offset", 0, INT64_MAX)
+            if end_offset < start_offset:
+                raise ValueError(describe("end_offset is below start_offset",
+                                          start_offset=start_offset, end_offset=end_offset))
+        max_bytes = check_int(max_bytes, "max_bytes", 0, INT64_MAX)
+        self._check_usable()
+        return self._store._fetch(self._state, start_offset, end_offset, max_bytes)
+
+    def offset_for_timestamp(self, timestamp: int) -> int | None:
+        """The first readable offset whose record's timestamp is at least ``timestamp``
+        (milliseconds), or None if there is none (Kafka's ListOffsets). Opaque batches count
+        with their batch timestamps: the answer is the first offset of the first batch whose
+        max timestamp reaches ``timestamp``."""
+        timestamp = check_timestamp(timestamp, "timestamp")
+        self._check_usable()
+        return self._store._offset_for_timestamp(self._state, timestamp)
+
+    # ---- life ----
+
+    def close(self) -> None:
+        """Stop using this handle (appends already made stay; the stream stays open in the
+        store). Closing twice is fine."""
+        self._closed = True
+
+    def __enter__(self) -> Stream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _check_usable(self) -> None:
+        if self._closed:
+            raise StreamClosed(describe("this stream handle is closed", stream=self.id))
+        self._store._check_open()
+        if self._state.destroyed:
+            raise StreamNotFound(describe("the stream was destroyed", stream=self.id))
+
+    def _check_writer(self) -> None:
+        """For appends and trims (caller may hold ``order``)."""
+        self._check_usable()
+        if self._epoch is None:
+            raise ReadOnlyError(describe("this handle is read-only: open the stream for write "
+                                         "to change it", stream=self.id))
+        if self._epoch != self._state.epoch:
+            raise FencedError(describe("the stream was opened for write again: this handle is "
+                                       "fenced", stream=self.id, epoch=self._epoch,
+                                       current=self._state.epoch))
+
+
+__all__ = ["DEFAULT_FETCH_BYTES", "ObjectSlice", "Stream", "StreamInfo", "StreamState"]
