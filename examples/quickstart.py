@@ -1,60 +1,74 @@
-"""streamlib quickstart: records, batches, and the bytes they become.
+"""streamlib quickstart: a store in a temporary folder, a few streams, appends, fetches, a trim,
+and a reopen showing that the data survived.
 
-Run with `make demo`. The stream store itself (open, append, fetch) lands on top of this codec;
-this walk-through shows what every append will write and every reader will check.
+Run with `make demo`. Everything here runs on the local filesystem: the write-ahead log in
+`<dir>/wal`, objects in `<dir>/objects`, metadata in `<dir>/meta.sqlite`.
 """
 
 from __future__ import annotations
 
+import asyncio
+import tempfile
+
 import streamlib
-from streamlib import CorruptDataError, Record, RecordBatch, codec
+from streamlib import OffsetOutOfRange, Record, RecordBatch
 
 
 def main() -> None:
-    print(f"streamlib {streamlib.__version__}, codec backend: {codec.backend}")
+    with tempfile.TemporaryDirectory(prefix="streamlib-quickstart-") as directory:
+        print(f"streamlib {streamlib.__version__}, store in {directory}")
 
-    # A batch from records: keys, headers and timestamps are all optional.
-    batch = RecordBatch.from_records([
-        Record(b'{"event": "signup", "user": "ada"}', key=b"ada", timestamp=1_700_000_000_000),
-        Record(b'{"event": "login", "user": "ada"}', key=b"ada",
-               headers={"trace-id": b"7f3a"}, timestamp=1_700_000_000_250),
-        Record(b'{"event": "signup", "user": "lin"}'),  # no key, takes the batch's time
-    ], timestamp=1_700_000_000_500)
-    print(f"\n{batch}")
+        with streamlib.open(directory) as store:
+            orders = store.create_stream("orders")
+            clicks = store.create_stream("clicks")
 
-    # A broker with its own record format brings an opaque payload and a record count.
-    opaque = RecordBatch(b"\x00my-own-format\x00", count=4, base_timestamp=1_700_000_001_000)
+            # An append returns once the batch is durable in the WAL.
+            first = orders.append([
+                Record(b'{"order": 1, "item": "tea"}', key=b"ada"),
+                Record(b'{"order": 2, "item": "cake"}', key=b"lin",
+                       headers={"trace-id": b"7f3a"}),
+            ])
+            print(f"\norders: appended offsets [{first.base_offset}, {first.next_offset})")
 
-    # Framed at their offsets in stream 42: what the write-ahead log will hold.
-    log = codec.encode_batch(42, 0, batch) + codec.encode_batch(42, batch.count, opaque)
-    print(f"\nframed log of {len(log)} bytes:")
-    for info in codec.scan_batches(log).entries:
-        print(f"  @{info.position:<4} stream={info.stream_id} offsets "
-              f"[{info.base_offset}, {info.next_offset}) {info.encoding}")
+            # A broker with its own record format appends an opaque payload and a count.
+            clicks.append(RecordBatch(b"\x00three clicks in my own format\x00", count=3))
 
-    # Read back: records come with their timestamps.
-    for _, read in codec.read_batches(log):
-        if read.encoding == "records":
-            for i, record in enumerate(read.records()):
-                print(f"  offset {read.base_offset + i}: {record}")
+            # Many appends in flight at once (asyncio): they complete in offset order.
+            async def burst() -> list[int]:
+                results = await asyncio.gather(*(
+                    orders.append_async([f'{{"order": {n}}}'.encode()]) for n in range(3, 8)))
+                return [r.base_offset for r in results]
 
-    # A data block: a run of one stream's batches, compressed as a unit, as objects store them.
-    placed = [batch.with_offset(0), opaque.with_offset(batch.count)]
-    for compression in ("none", "lz4", "zstd"):
-        block = codec.encode_block(42, placed, compression=compression)
-        info = codec.scan_blocks(block).entries[0]
-        print(f"\nblock ({compression:>4}): {info.raw_length} bytes of batches stored in "
-              f"{info.stored_length} ({info.compression})")
+            print(f"orders: five concurrent appends landed at {asyncio.run(burst())}")
 
-    # Damage is found, never returned: flip one bit of the log.
-    damaged = bytearray(log)
-    damaged[70] ^= 0x10
-    scan = codec.scan_batches(bytes(damaged), strict=False)
-    print(f"\nafter a flipped bit: {len(scan.entries)} good batches, then {scan.error}")
-    try:
-        codec.read_batches(bytes(damaged))
-    except CorruptDataError as e:
-        print(f"strict read refuses it: {type(e).__name__} at position {e.position}")
+            # Reads see every acknowledged append at once, before any upload.
+            for offset, record in orders.fetch(0).records():
+                print(f"  {offset}: key={record.key!r} value={record.value.decode()}")
+
+            # flush() uploads now: the data moves to objects, reads are the same.
+            store.flush()
+            print(f"\nafter flush: {store.stats()['objects_uploaded']} object(s) uploaded, "
+                  f"orders reads {len(list(orders.fetch(0).records()))} records back")
+
+            # trim() makes older records unreadable; fetching below the start says so.
+            orders.trim(2)
+            try:
+                orders.fetch(0)
+            except OffsetOutOfRange as error:
+                print(f"after trim(2): {error}")
+
+        # Reopen: everything acknowledged is still there.
+        with streamlib.open(directory) as store:
+            print("\nreopened:")
+            for info in store.streams():
+                print(f"  stream {info.id} {info.name!r}: offsets "
+                      f"[{info.start_offset}, {info.next_offset}), epoch {info.epoch}")
+            orders = store.open_stream("orders")  # for write: a new epoch
+            result = orders.fetch(orders.start_offset)
+            print(f"  orders from {orders.start_offset}: "
+                  f"{[r.value.decode() for _, r in result.records()]}")
+            batch = store.open_stream("clicks", read_only=True).fetch(0).batches[0]
+            print(f"  clicks: opaque batch of {batch.count} records, payload {batch.payload!r}")
 
 
 if __name__ == "__main__":

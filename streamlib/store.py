@@ -191,6 +191,7 @@ class StreamStore:
                 continue
             state.add_to_log(batch, entry.position)
             self._pending_bytes += batch.size
+            self._frontier = entry.position  # for the background rounds, if the first fails
         for damage in recovery.dropped:
             log.warning("WAL recovery dropped damaged bytes [%d, %d): %s", damage.start,
                         damage.end, damage.reason)

@@ -311,8 +311,9 @@ class Stream:
         """Append ``batch`` and return where it landed, once it is durable.
 
         ``batch`` is a :class:`~streamlib.RecordBatch` or a list of records (``Record`` or
-        bytes values). ``expected_offset``: append only if the stream's next offset is this
-        (else :class:`~streamlib.errors.OffsetMismatchError`, nothing written). ``producer_id``
+        bytes values). ``expected_offset``: append only if this batch would land there (the
+        stream's next offset, counting appends still in flight), else
+        :class:`~streamlib.errors.OffsetMismatchError` and nothing is written. ``producer_id``
         and ``sequence`` make the append idempotent: a retry of a sequence already appended
         gets the original result back and writes nothing; sequences of one producer must follow
         each other (:class:`~streamlib.errors.SequenceError`). ``timeout`` (seconds) bounds the

@@ -129,8 +129,10 @@ class Uploader:
                 if self._stopping:
                     return
             try:
-                self.upload()
-                backoff = 0.0
+                if self.upload() == 0:  # nothing could be taken: wait for more, not at once
+                    backoff = self._config.upload_interval_ms / 1000
+                else:
+                    backoff = 0.0
             except Exception as error:
                 backoff = min(max(backoff * 2, 0.1), 5.0)
                 log.warning("upload failed, retrying in %.1fs: %r", backoff, error)
