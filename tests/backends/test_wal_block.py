@@ -346,9 +346,12 @@ def test_a_torn_last_group_ends_recovery(tmp_path: Path, direct_io: bool | None)
 
 def test_a_group_torn_after_its_first_record_continues_block_aligned(tmp_path: Path) -> None:
     path = tmp_path / "ring"
-    wal = BlockWal(path, size=SMALL_RING, linger=0.05)
-    start = recovered_end(wal)
     last = [make_record(3, i, size=1500) for i in range(3)]
+    # One group of exactly these three: it closes when they are queued (the long linger only
+    # matters on a loaded machine, where the appends may be far apart).
+    wal = BlockWal(path, size=SMALL_RING, linger=5.0,
+                   group_bytes=sum(record_size(r) for r in last))
+    start = recovered_end(wal)
     tail = [f.result(timeout=10) for f in [wal.append(r) for r in last]]
     wal.close()
     patch_ring(path, SMALL_RING, tail[1], bytes(3 * 1600))  # records 1, 2 and the padding
