@@ -19,7 +19,7 @@ from wal_crash_child import expected, open_wal
 
 from streamlib.testing.s3 import S3Bucket
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.once]
 
 CHILD = Path(__file__).with_name("wal_crash_child.py")
 ROUNDS = 20
