@@ -55,8 +55,15 @@ asan: $(VENV)/.installed-test
 	    --rootdir $(CURDIR) $(addprefix $(CURDIR)/tests/unit/,$(ASAN_TESTS)) && \
 	  $(abspath $(BIN))/python $(CURDIR)/tests/fuzz_codec.py --seconds $(FUZZ_SECONDS)
 
-bench: $(VENV)/.installed-test
+$(VENV)/.installed-bench: $(BIN)/python $(INSTALL_DEPS)
+	$(PIP) install -q -e '.[test,bench]'
+	@touch $@ $(VENV)/.installed-test $(VENV)/.installed-demo
+
+# The benchmarks of docs/performance.md, one after the other (each takes up to a few minutes).
+bench: $(VENV)/.installed-bench
 	$(BIN)/python benchmarks/codec.py
+	$(BIN)/python benchmarks/wal.py
+	$(BIN)/python benchmarks/stream.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info streamlib/codec/_segment_codec*.so .pytest_cache .hypothesis
