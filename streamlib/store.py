@@ -351,7 +351,7 @@ class StreamStore:
             states = list(self._states.values())
         for state in states:  # acknowledge what the WAL completed but no callback has yet
             self._acknowledge(state)
-        if frontier < 0 or frontier <= self._wal.trim_position:
+        if frontier < 0 or frontier < self._wal.trim_position:
             return None
         work = Work({}, frontier)
         for state in states:
@@ -359,6 +359,10 @@ class StreamStore:
             if batches:
                 work.streams[state.id] = batches
                 work.bytes += sum(b.size for b in batches)
+        # The frontier is where the last record starts: at the trim position, that record is
+        # new (the first since a final round) or committed already (then nothing is taken).
+        if not work.streams and frontier <= self._wal.trim_position:
+            return None
         return work
 
     def _commit(self, objects: Sequence[ObjectMeta], position: int) -> None:
@@ -420,7 +424,8 @@ class StreamStore:
                         break
                     if piece.end > start:
                         slices.append(piece)
-            logged = state.log_slice(max(start, committed), end) if end > committed else []
+            logged = (state.log_slice(max(start, committed), end)
+                      if end > max(start, committed) else [])
         batches: list[RecordBatch] = []
         total = 0
 
@@ -446,6 +451,9 @@ class StreamStore:
                 break
             if batches:
                 cursor = batches[-1].next_offset
+            if cursor < min(end, piece.end):  # the reader stopped at max_bytes: no gap after
+                full = True
+                break
         if not full:
             for batch in logged:
                 if batch.next_offset <= cursor:

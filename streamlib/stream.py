@@ -188,8 +188,9 @@ class StreamState:
                     done.append((item.future, None, error))
                     continue
                 position = item.wal_future.result()
-                self.add_to_log(item.batch, position)
-                added += item.batch.size
+                if not self.destroyed:  # else nothing will upload it: not pending, not cached
+                    self.add_to_log(item.batch, position)
+                    added += item.batch.size
                 done.append((item.future, AppendResult(item.batch.base_offset,  # type: ignore[arg-type]
                                                        item.batch.count), None))
         return done, position, added

@@ -1,0 +1,212 @@
+"""The child of the store crash test: open the store (recovering it), then append from several
+threads to several streams until killed.
+
+    python store_crash_child.py CONFIG_JSON ACKLOG GEN KILL_POINT KILL_AT SEED
+
+``CONFIG_JSON`` is the store's config (a mapping for ``streamlib.open``); for an ``s3://``
+``objects_url`` the storage options come as JSON in ``S3_STORAGE_OPTIONS``. ``GEN`` numbers this
+child among all the children run on the store: it goes into every payload, so the parent can
+tell which child wrote a batch.
+
+``KILL_POINT`` is ``none`` (the parent kills the child at a random moment) or a point inside an
+upload round where the child kills itself with SIGKILL the ``KILL_AT``-th time it gets there
+(counting the recovery upload inside ``streamlib.open`` too):
+
+- ``before_put``: before a PUT of a round's object (nothing of the round, or only its first
+  objects, stored);
+- ``after_put``: every object of the round stored, the metadata commit not made (orphans);
+- ``after_commit``: committed, the WAL not trimmed (recovery finds committed data in the WAL).
+
+Rounds with no object (an empty final round) do not count. The hooks wrap the object store
+and the commit callable the store hands to its :class:`~streamlib.uploader.Uploader`:
+fault injection into streamlib's own code in this process, nothing below it is touched.
+
+After opening, the child prints ``ready <stream next offsets as JSON>``. ``THREADS`` threads
+append to ``STREAMS`` streams (``s0``…), each thread choosing a stream at random for every batch,
+with up to ``IN_FLIGHT`` appends in flight. Each batch is :func:`expected_records` of
+``(gen, stream, thread, seq)`` where ``seq`` counts the batches of that thread to that stream.
+Lines of ACKLOG, each written with one unbuffered ``os.write`` *after* the event:
+
+- ``A gen stream thread seq base_offset count digest``: an append acknowledged;
+- ``T stream offset``: ``trim`` returned (thread 0 trims stream 0 once, now and then, to an
+  offset at or below where the stream ended when this child started);
+- ``K point objects``: the child is about to kill itself at ``point`` (``objects``: how many
+  the round PUT, for ``after_put`` and ``after_commit``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import signal
+import sys
+import threading
+import traceback
+from collections import deque
+from typing import Any
+
+STREAMS = 6
+THREADS = 3
+IN_FLIGHT = 16
+BASE_TIMESTAMP = 1_700_000_000_000
+SIZES = (5, 30, 120, 400, 1500)
+KILL_POINTS = ("none", "before_put", "after_put", "after_commit")
+
+
+def expected_records(gen: int, stream: int, thread: int, seq: int) -> list[Any]:
+    """The records of the one batch child ``gen``'s thread ``thread`` appends as its ``seq``-th
+    batch to stream ``s<stream>``. The first record's key names the four numbers."""
+    from streamlib import Record
+
+    seed = hashlib.blake2b(f"{gen}/{stream}/{thread}/{seq}".encode(), digest_size=8).digest()
+    pick = int.from_bytes(seed, "big")
+    records = []
+    for j in range(1 + pick % 4):
+        size = SIZES[(pick >> (8 + 4 * j)) % len(SIZES)]
+        value = (seed.hex().encode() * (size // 16 + 1))[:size]
+        records.append(Record(value, key=f"{gen}:{stream}:{thread}:{seq}:{j}".encode(),
+                              timestamp=BASE_TIMESTAMP + gen * 1_000_000 + seq))
+    return records
+
+
+def header(batch: Any) -> tuple[int, int, int, int]:
+    """``(gen, stream, thread, seq)`` of a batch this child wrote (from its first key)."""
+    key = batch.records()[0].key
+    gen, stream, thread, seq, j = map(int, key.decode().split(":"))
+    assert j == 0, key
+    return gen, stream, thread, seq
+
+
+def digest(payload: bytes) -> str:
+    return hashlib.blake2b(payload, digest_size=12).hexdigest()
+
+
+class _Killer:
+    """Kills this process with SIGKILL the ``at``-th time :meth:`hit` is called."""
+
+    def __init__(self, point: str, at: int, log: int) -> None:
+        self.point, self.at, self.log = point, at, log
+        self.count = 0
+        self.lock = threading.Lock()
+
+    def hit(self, detail: object = "") -> None:
+        with self.lock:
+            self.count += 1
+            if self.count == self.at:
+                os.write(self.log, f"K {self.point} {detail}\n".encode())
+                os.kill(os.getpid(), signal.SIGKILL)
+
+
+class _KillBeforePut:
+    """The uploader's view of the object store, killing before a PUT."""
+
+    def __init__(self, objects: Any, killer: _Killer) -> None:
+        self._objects, self._killer = objects, killer
+
+    def put(self, *args: Any, **kwargs: Any) -> None:
+        self._killer.hit()
+        self._objects.put(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._objects, name)
+
+
+def install_kill_point(point: str, at: int, log: int) -> None:
+    """Make the store's uploaders (the one ``open`` builds included) die at ``point``."""
+    import streamlib.store
+    from streamlib.uploader import Uploader
+
+    killer = _Killer(point, at, log)
+
+    def before_commit(commit: Any) -> Any:
+        def wrapped(objects: Any, position: int) -> None:
+            if objects:  # a round with something to commit (not an empty final round)
+                killer.hit(len(objects))
+            commit(objects, position)
+        return wrapped
+
+    def after_commit(commit: Any) -> Any:
+        def wrapped(objects: Any, position: int) -> None:
+            commit(objects, position)
+            if objects:  # the uploader's next step is the WAL trim
+                killer.hit(len(objects))
+        return wrapped
+
+    class HookedUploader(Uploader):
+        def __init__(self, *, objects: Any, commit: Any, **kwargs: Any) -> None:
+            if point == "before_put":
+                objects = _KillBeforePut(objects, killer)
+            elif point == "after_put":
+                commit = before_commit(commit)
+            elif point == "after_commit":
+                commit = after_commit(commit)
+            super().__init__(objects=objects, commit=commit, **kwargs)
+
+    streamlib.store.Uploader = HookedUploader  # type: ignore[misc]
+
+
+def main() -> None:
+    config = json.loads(sys.argv[1])
+    acklog, gen, point, at, seed = (sys.argv[2], int(sys.argv[3]), sys.argv[4],
+                                    int(sys.argv[5]), int(sys.argv[6]))
+    assert point in KILL_POINTS, point
+    log = os.open(acklog, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    if point != "none":
+        install_kill_point(point, at, log)
+
+    import streamlib
+
+    options = json.loads(os.environ.get("S3_STORAGE_OPTIONS", "null"))
+    store = streamlib.open(config, storage_options=options)
+    streams = []
+    for i in range(STREAMS):
+        try:
+            streams.append(store.open_stream(f"s{i}"))
+        except streamlib.StreamNotFound:
+            streams.append(store.create_stream(f"s{i}"))
+    starts = [s.start_offset for s in streams]
+    ends = [s.next_offset for s in streams]
+    print("ready", json.dumps(ends), flush=True)
+
+    def produce(thread: int) -> None:
+        rng = random.Random(seed * 1000 + thread)
+        seqs = [0] * STREAMS
+        inflight: deque = deque()
+        acked = 0
+        trim_after = rng.randrange(50, 400) if thread == 0 and rng.random() < 0.5 else -1
+        while True:
+            while len(inflight) < IN_FLIGHT:
+                i = rng.randrange(STREAMS)
+                records = expected_records(gen, i, thread, seqs[i])
+                batch = streamlib.RecordBatch.from_records(records)
+                inflight.append((i, seqs[i], batch, streams[i].append_future(batch)))
+                seqs[i] += 1
+            i, seq, batch, future = inflight.popleft()
+            result = future.result()
+            os.write(log, (f"A {gen} {i} {thread} {seq} {result.base_offset} {result.count} "
+                           f"{digest(batch.payload)}\n").encode())
+            acked += 1
+            if acked == trim_after and ends[0] > starts[0]:
+                offset = rng.randint(starts[0] + 1, ends[0])
+                streams[0].trim(offset)
+                os.write(log, f"T 0 {offset}\n".encode())
+
+    def run(thread: int) -> None:
+        try:
+            produce(thread)
+        except BaseException:
+            traceback.print_exc()
+            sys.stderr.flush()
+            os._exit(3)  # the parent sees a child that died by itself
+
+    threads = [threading.Thread(target=run, args=(t,), daemon=True) for t in range(THREADS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
+if __name__ == "__main__":
+    main()
