@@ -60,9 +60,11 @@ class CorruptDataError(StreamLibError):
 
 
 class OffsetOutOfRange(StreamLibError, IndexError):
-    """An offset lies outside the readable range ``[start, end)`` of a stream.
+    """An offset lies outside what a stream holds.
 
-    Fetch again from within the range given by ``valid_start`` and ``valid_end``.
+    ``[valid_start, valid_end)`` is the stream's readable range when the call was refused;
+    ``valid_end`` itself (the next offset) is accepted too: a fetch there returns nothing yet,
+    a trim there empties the stream. Fetch or trim again within that.
     """
 
     def __init__(self, stream_id: int, offset: int, valid_start: int, valid_end: int) -> None:

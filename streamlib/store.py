@@ -41,7 +41,6 @@ from streamlib.stream import (
     _Inflight,
     _Producer,
     new_object_index,
-    settle,
 )
 from streamlib.uploader import Uploader, UploadStats, Work
 from streamlib.wal import Wal, WalRecord
@@ -226,6 +225,8 @@ class StreamStore:
         return self._open_state(self._state(stream), read_only=read_only)
 
     def _open_state(self, state: StreamState, *, read_only: bool) -> Stream:
+        if not isinstance(read_only, bool):
+            raise TypeError(f"read_only must be a bool, not {type(read_only).__name__}")
         if read_only:
             return Stream(self, state, None)
         # After every append of earlier handles, and never in the middle of a commit.
@@ -314,9 +315,10 @@ class StreamStore:
 
     def _acknowledge(self, state: StreamState) -> None:
         """A WAL append of ``state`` completed: acknowledge what is durable, in order."""
-        done, position, added = state.drain()
-        if added or position >= 0:
-            notify = False
+        notify = False
+
+        def publish(position: int, added: int) -> None:
+            nonlocal notify
             with self._lock:
                 self._frontier = max(self._frontier, position)
                 before = self._pending_bytes
@@ -326,13 +328,15 @@ class StreamStore:
                     notify = True
                 elif before < self._upload_threshold <= self._pending_bytes:
                     notify = True
-            if notify:
-                self._uploader.notify()
-        for _, _, error in done:
-            if error is not None and self._failure is None and not isinstance(error,
-                                                                              StreamClosed):
-                self._failure = error
-        settle(done)
+                if self._failure is None:  # a failed WAL write fails the WAL for good
+                    for _, _, error in state.unsettled:
+                        if error is not None and not isinstance(error, StreamClosed):
+                            self._failure = error
+                            break
+
+        state.drain(publish)
+        if notify:
+            self._uploader.notify()
 
     # ---- the uploader's side ----
 
@@ -401,10 +405,10 @@ class StreamStore:
     def _object_index(self, state: StreamState) -> Any:
         while state.objects is None:
             commits = state.commits
-            objects = self._metadata().objects(state.id, 0)
+            objects = self._metadata().stream_objects(state.id, 0)
             with state.lock:
                 if state.commits == commits and state.objects is None:
-                    state.objects = new_object_index(objects, state.id)
+                    state.objects = new_object_index(objects)
         return state.objects
 
     def _fetch(self, state: StreamState, start: int, end: int | None,
@@ -490,7 +494,7 @@ class StreamStore:
             low, high = state.start_offset, state.acked_end
             committed = state.committed_end
         if offset > high:
-            raise OffsetOutOfRange(state.id, offset, low, high + 1)
+            raise OffsetOutOfRange(state.id, offset, low, high)
         if offset <= low:
             return
         if offset > committed:

@@ -18,7 +18,7 @@ import asyncio
 import bisect
 import threading
 from collections import OrderedDict, deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -33,7 +33,7 @@ from streamlib.errors import (
     StreamNotFound,
     describe,
 )
-from streamlib.meta import ObjectMeta, StreamMeta
+from streamlib.meta import StreamMeta, StreamObject
 from streamlib.records import (
     INT64_MAX,
     AppendResult,
@@ -151,6 +151,8 @@ class StreamState:
         self.order = threading.Lock()
         self.lock = threading.Lock()
         self.inflight: deque[_Inflight] = deque()
+        self.unsettled: deque[Settle] = deque()  # acknowledged, futures not completed yet
+        self.settling = False  # a thread is completing futures (one at a time keeps order)
         self.log: list[RecordBatch] = []  # acknowledged, not yet committed, in offset order
         self.log_positions: list[int] = []  # each batch's WAL position
         self.log_bytes = 0
@@ -173,27 +175,39 @@ class StreamState:
         self.log_bytes += batch.size
         self.acked_end = batch.next_offset
 
-    def drain(self) -> tuple[list[Settle], int, int]:
+    def drain(self, publish: Callable[[int, int], None]) -> None:
         """Acknowledge the appends the WAL has completed, in order: each durable batch enters
-        the log cache. Returns the futures to settle, the last WAL position acknowledged (-1 if
-        none) and the bytes added."""
-        done: list[Settle] = []
+        the log cache, then ``publish(last position, bytes added)`` runs (under ``lock``, so
+        that no reader sees a batch the uploader's frontier does not cover yet), then the
+        futures are settled — by one thread at a time, in offset order, outside the lock."""
         position = -1
-        added = 0
+        added = popped = 0
         with self.lock:
             while self.inflight and self.inflight[0].wal_future.done():
                 item = self.inflight.popleft()
+                popped += 1
                 error = item.wal_future.exception()
                 if error is not None:
-                    done.append((item.future, None, error))
+                    self.unsettled.append((item.future, None, error))
                     continue
                 position = item.wal_future.result()
                 if not self.destroyed:  # else nothing will upload it: not pending, not cached
                     self.add_to_log(item.batch, position)
                     added += item.batch.size
-                done.append((item.future, AppendResult(item.batch.base_offset,  # type: ignore[arg-type]
-                                                       item.batch.count), None))
-        return done, position, added
+                self.unsettled.append((item.future, AppendResult(
+                    item.batch.base_offset, item.batch.count), None))  # type: ignore[arg-type]
+            if popped:
+                publish(position, added)
+            if self.settling or not self.unsettled:
+                return  # the thread settling now will settle these too, after earlier ones
+            self.settling = True
+        while True:
+            with self.lock:
+                if not self.unsettled:
+                    self.settling = False
+                    return
+                future, result, error = self.unsettled.popleft()
+            settle([(future, result, error)])
 
     def take(self, frontier: int) -> list[RecordBatch]:
         """The log cache's batches at WAL positions up to ``frontier`` (for an upload)."""
@@ -222,13 +236,10 @@ class StreamState:
         return self.log[i:j]
 
 
-def new_object_index(objects: Sequence[ObjectMeta], stream_id: int) -> SortedKeyList:
-    slices = []
-    for obj in objects:
-        r = obj.range_of(stream_id)
-        if r is not None:
-            slices.append(ObjectSlice(r.start_offset, r.end_offset, obj.key, obj.size))
-    return SortedKeyList(slices, key=lambda s: s.start)
+def new_object_index(objects: Sequence[StreamObject]) -> SortedKeyList:
+    """A stream's committed objects by the first offset each holds (O(log n) lookups)."""
+    return SortedKeyList((ObjectSlice(o.range.start_offset, o.range.end_offset, o.key, o.size)
+                          for o in objects), key=lambda s: s.start)
 
 
 def as_batch(batch: object, max_bytes: int) -> RecordBatch:

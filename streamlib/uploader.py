@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from streamlib.config import Config
+from streamlib.errors import StreamNotFound
 from streamlib.io import ObjectStore
 from streamlib.meta import ObjectMeta, StreamRange
 from streamlib.objects import ObjectWriter
@@ -47,6 +48,7 @@ class Built:
 
     meta: ObjectMeta
     data: bytes
+    stream_object: bool = False
 
 
 @dataclass(slots=True)
@@ -129,10 +131,11 @@ class Uploader:
                 if self._stopping:
                     return
             try:
-                if self.upload() == 0:  # nothing could be taken: wait for more, not at once
-                    backoff = self._config.upload_interval_ms / 1000
-                else:
-                    backoff = 0.0
+                uploaded = self.upload()
+                # A round that found nothing to take waits for more rather than spinning.
+                backoff = 0.0 if uploaded else self._config.upload_interval_ms / 1000
+            except StreamNotFound:
+                backoff = 0.0  # a stream was destroyed mid-round: the next round leaves it out
             except Exception as error:
                 backoff = min(max(backoff * 2, 0.1), 5.0)
                 log.warning("upload failed, retrying in %.1fs: %r", backoff, error)
@@ -162,6 +165,7 @@ class Uploader:
         self._trim(work.position)
         self.stats.rounds += 1
         self.stats.objects += len(built)
+        self.stats.stream_objects += sum(item.stream_object for item in built)
         self.stats.bytes += sum(item.meta.size for item in built)
         return work.bytes
 
@@ -185,12 +189,11 @@ class Uploader:
                 writer.add(stream_id, batches)
             data, index = writer.finish()
             kind = "s" if len(group) == 1 and group is not shared else "m"
-            self.stats.stream_objects += kind == "s"
             self._sequence += 1
             key = f"{self._prefix}/{self._sequence:012d}-{uuid.uuid4().hex[:12]}.{kind}obj"
             ranges = [StreamRange(r.stream_id, r.start_offset, r.end_offset, r.size)
                       for r in index.ranges]
-            built.append(Built(ObjectMeta(key, len(data), tuple(ranges)), data))
+            built.append(Built(ObjectMeta(key, len(data), tuple(ranges)), data, kind == "s"))
         return built
 
 

@@ -152,6 +152,16 @@ class ObjectMeta:
 
 
 @dataclass(frozen=True, slots=True)
+class StreamObject:
+    """One committed object as one stream's reader needs it: its ``key`` and ``size``, and the
+    ``range`` of that stream it holds (without the other streams' ranges)."""
+
+    key: str
+    size: int
+    range: StreamRange
+
+
+@dataclass(frozen=True, slots=True)
 class NodeMeta:
     """A node: ``node_epoch`` (bumped by :meth:`MetadataStore.register_node`, 0 for a node never
     registered) and ``wal_position``: everything of its WAL before it is in committed objects,
@@ -348,6 +358,13 @@ class MetadataStore(abc.ABC):
         """The committed objects holding records of ``stream_id`` at or above ``from_offset``,
         in offset order (trimmed records are not filtered: pass ``start_offset`` for that)."""
 
+    def stream_objects(self, stream_id: int, from_offset: int = 0) -> list[StreamObject]:
+        """:meth:`objects`, each narrowed to this stream's range: what a reader's index needs.
+        A multi-stream object holds ranges of thousands of streams; a backend should answer
+        this without reading them (the default derives it from :meth:`objects`)."""
+        return [StreamObject(obj.key, obj.size, obj.range_of(stream_id))  # type: ignore[arg-type]
+                for obj in self.objects(stream_id, from_offset)]
+
     @abc.abstractmethod
     def node(self, node_id: str | int) -> NodeMeta:
         """The node's epoch and WAL position (0 and 0 if it was never seen)."""
@@ -375,6 +392,7 @@ __all__ = [
     "NodeMeta",
     "ObjectMeta",
     "StreamMeta",
+    "StreamObject",
     "StreamRange",
     "StreamState",
     "check_id",

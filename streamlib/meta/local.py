@@ -35,6 +35,7 @@ from streamlib.meta import (
     NodeMeta,
     ObjectMeta,
     StreamMeta,
+    StreamObject,
     StreamRange,
     StreamState,
     check_id,
@@ -365,6 +366,21 @@ class SQLiteMetadataStore(MetadataStore):
                 result.append(ObjectMeta(key, size, tuple(ranges)))
                 ranges = []
         return result
+
+    def stream_objects(self, stream_id: int, from_offset: int = 0) -> list[StreamObject]:
+        check_id(stream_id)
+        check_id(from_offset, "from_offset")
+        with self._transaction(write=False) as db:
+            self._live(db, stream_id)
+            rows = db.execute(
+                "SELECT r.object_key, o.size, r.start_offset, r.end_offset, r.size "
+                "FROM ranges r JOIN objects o ON o.key = r.object_key "
+                "WHERE r.stream_id = ?1 AND r.end_offset > ?2 AND r.start_offset >= COALESCE("
+                "(SELECT MAX(start_offset) FROM ranges WHERE stream_id = ?1 "
+                "AND start_offset <= ?2), 0) "
+                "ORDER BY r.start_offset", (stream_id, from_offset)).fetchall()
+        return [StreamObject(key, size, StreamRange(stream_id, start, end, used))
+                for key, size, start, end, used in rows]
 
     def node(self, node_id: str | int) -> NodeMeta:
         node = check_node_id(node_id)

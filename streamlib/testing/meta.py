@@ -46,6 +46,7 @@ from streamlib.meta import (
     NodeMeta,
     ObjectMeta,
     StreamMeta,
+    StreamObject,
     StreamRange,
     StreamState,
 )
@@ -321,6 +322,9 @@ class MetadataMachine(RuleBasedStateMachine):
                 middle = (meta.start_offset + meta.end_offset) // 2
                 assert (self.store.objects(stream_id, middle)
                         == self.model.objects_of(stream_id, middle))
+                assert (self.store.stream_objects(stream_id, middle)
+                        == [StreamObject(o.key, o.size, o.range_of(stream_id))  # type: ignore[arg-type]
+                            for o in self.model.objects_of(stream_id, middle)])
         for name in self.NAMES[:-1]:
             self.agree(lambda name=name: self.store.get_stream_by_name(name),
                        lambda name=name: self.model.by_name(name))
@@ -453,6 +457,9 @@ class MetadataContract:
         assert store.objects(a, 2) == [shared, single]
         assert store.objects(a, 3) == [single] and store.objects(a, 39) == [single]
         assert store.objects(a, 40) == [] and store.objects(a, 10**9) == []
+        assert store.stream_objects(b) == [StreamObject("shared-1", shared.size,
+                                                        shared.ranges[1])]
+        assert [o.key for o in store.stream_objects(a, 3)] == ["single-1"]
         assert store.node("n1") == NodeMeta("n1", 0, 500)
         store.commit(Commit(node_id="n1", wal_position=900, epochs={a: 1},
                             objects=[make_object("shared-2", (a, 40, 41))]))
