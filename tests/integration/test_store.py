@@ -960,3 +960,55 @@ def test_s3_multipart_upload(tmp_path: Path, moto_bucket: S3Bucket) -> None:
         got = fetch_all(again)
         assert [b.payload for b in got] == payloads
         assert [b.base_offset for b in again.fetch(5, max_bytes=3 << 20)] == [5, 6, 7]
+
+
+# ---- the WAL keeps what is not committed, under concurrent appends and uploads ----
+
+
+@pytest.mark.parametrize("wal", ["file", "block", "object"])
+def test_the_wal_is_never_trimmed_past_an_uncommitted_append(tmp_path: Path, wal: str) -> None:
+    """Appends from threads, upload rounds back to back, and a watcher that checks, over and
+    over, that every acknowledged batch not committed yet lies at or after the WAL's trim
+    position (trim read first: it only grows, so a later read of the log cannot race it)."""
+    store = open_store(tmp_path, wal=wal, wal_bytes="4MiB", upload_bytes="16KiB",
+                       upload_interval_ms=5)
+    streams = [store.create_stream() for _ in range(4)]
+    stop = threading.Event()
+    problems: list[str] = []
+
+    def append(stream: Stream) -> None:
+        while not stop.is_set():
+            futures = [stream.append_future(opaque(300)) for _ in range(8)]
+            for future in futures:
+                future.result(timeout=30)
+
+    def flush() -> None:
+        while not stop.is_set():
+            store.flush()
+
+    def watch() -> None:
+        while not stop.is_set():
+            trim = store._wal.trim_position  # type: ignore[union-attr]
+            for stream in streams:
+                state = stream._state
+                with state.lock:
+                    if state.log_positions and state.log_positions[0] < trim:
+                        problems.append(f"stream {stream.id}: batch at WAL position "
+                                        f"{state.log_positions[0]} below the trim {trim}")
+            time.sleep(0.0005)  # let the others run
+
+    threads = [threading.Thread(target=append, args=(s,)) for s in streams]
+    threads += [threading.Thread(target=flush), threading.Thread(target=watch)]
+    for thread in threads:
+        thread.start()
+    time.sleep(2.0)
+    stop.set()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert problems == []
+    assert store.stats()["upload_rounds"] >= 5  # type: ignore[operator]
+    ends = {s.id: s.next_offset for s in streams}
+    store.close()
+    with open_store(tmp_path, wal=wal, wal_bytes="4MiB") as again:
+        for stream_id, end in ends.items():
+            assert again.get(stream_id).next_offset == end
