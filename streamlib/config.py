@@ -177,6 +177,12 @@ class Config:
         "stream object, read back with few large GETs); the others share one multi-stream "
         "object.",
         _Kind("bytes", low=1 * KiB, high=4 * GiB))
+    retry_timeout_ms: int = _setting(
+        60_000,
+        "Time budget of one object-store call, retries of transient errors (throttling, 5xx, "
+        "timeouts) with backoff included; then the upload round fails and is tried again "
+        "later, and flush() raises StorageUnavailable.",
+        _Kind("milliseconds", low=0, high=24 * 3600 * 1000))
     part_bytes: int = _setting(
         16 * MiB,
         "Objects of at least twice this size go to S3 as multipart uploads in parts of this "

@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from streamlib.config import Config
 from streamlib.errors import (
@@ -28,7 +28,7 @@ from streamlib.errors import (
     StreamNotFound,
     describe,
 )
-from streamlib.io import ObjectStore
+from streamlib.io import ObjectStore, RetryPolicy
 from streamlib.meta import Commit, MetadataStore, ObjectMeta, check_node_id, check_text
 from streamlib.meta.local import SQLiteMetadataStore
 from streamlib.objects import IndexCache, ObjectReader
@@ -45,6 +45,9 @@ from streamlib.stream import (
 from streamlib.uploader import Uploader, UploadStats, Work
 from streamlib.wal import Wal, WalRecord
 
+if TYPE_CHECKING:
+    from fsspec import AbstractFileSystem
+
 log = logging.getLogger("streamlib.store")
 
 INDEX_CACHE_BYTES = 16 * 1024 * 1024
@@ -52,6 +55,7 @@ INDEX_CACHE_BYTES = 16 * 1024 * 1024
 
 def open(path_or_config: str | os.PathLike[str] | Config | Mapping[str, object] | None = None,
          *, storage_options: Mapping[str, Any] | None = None,
+         filesystem: AbstractFileSystem | None = None,
          **overrides: object) -> StreamStore:
     """Open (or create) a store.
 
@@ -59,7 +63,10 @@ def open(path_or_config: str | os.PathLike[str] | Config | Mapping[str, object] 
     config fields; ``overrides`` are config fields too (``streamlib.open("./data",
     compression="zstd")``); ``STREAMLIB_*`` environment variables apply below both.
     ``storage_options`` go to the fsspec filesystem of ``objects_url`` (for S3: ``key``,
-    ``secret``, ``client_kwargs={"endpoint_url": …}``), and to ``wal_url``'s.
+    ``secret``, ``client_kwargs={"endpoint_url": …}``), and to ``wal_url``'s. ``filesystem``
+    is an fsspec filesystem to use for the objects instead of one built from the URL (a
+    component: a wrapped or instrumented filesystem, a test's fault injector); ``objects_url``
+    then names the root within it.
 
     Opening recovers: what the WAL holds beyond the committed objects is uploaded before this
     returns (or, if the object store is down, kept and uploaded in the background).
@@ -71,7 +78,7 @@ def open(path_or_config: str | os.PathLike[str] | Config | Mapping[str, object] 
     else:
         raise TypeError(f"open takes a path, a Config or a mapping, "
                         f"not {type(path_or_config).__name__}")
-    return StreamStore(config, storage_options=storage_options)
+    return StreamStore(config, storage_options=storage_options, filesystem=filesystem)
 
 
 def _under(config: Config, field: str, value: str, default: str) -> str:
@@ -89,8 +96,8 @@ class StreamStore:
     :meth:`close`, which waits for appends in flight, uploads what is left and releases the
     WAL (another process may then open the store)."""
 
-    def __init__(self, config: Config, *, storage_options: Mapping[str, Any] | None = None
-                 ) -> None:
+    def __init__(self, config: Config, *, storage_options: Mapping[str, Any] | None = None,
+                 filesystem: AbstractFileSystem | None = None) -> None:
         if not isinstance(config, Config):
             raise TypeError(f"config must be a Config, not {type(config).__name__}")
         self.config = config
@@ -116,7 +123,7 @@ class StreamStore:
         self._meta: MetadataStore | None = None
         self._wal: Wal | None = None
         try:
-            self._objects = self._open_objects(storage_options)
+            self._objects = self._open_objects(storage_options, filesystem)
             self._meta = SQLiteMetadataStore(_under(config, "metadata_path",
                                                     config.metadata_path, "meta.sqlite"))
             self.node_epoch = self._meta.register_node(self.node_id).node_epoch
@@ -136,14 +143,18 @@ class StreamStore:
 
     # ---- opening the parts ----
 
-    def _open_objects(self, storage_options: Mapping[str, Any] | None) -> ObjectStore:
+    def _open_objects(self, storage_options: Mapping[str, Any] | None,
+                      filesystem: AbstractFileSystem | None) -> ObjectStore:
         url = self.config.objects_url
         if not url:
             path = _under(self.config, "objects_url", "", "objects")
             os.makedirs(path, exist_ok=True)
             url = "file://" + os.path.abspath(path)
+        retry = RetryPolicy(timeout=self.config.retry_timeout_ms / 1000)
         try:
-            return ObjectStore.from_url(url, storage_options)
+            if filesystem is not None:
+                return ObjectStore(filesystem, url.split("://", 1)[-1], retry=retry)
+            return ObjectStore.from_url(url, storage_options, retry=retry)
         except ValueError as e:
             raise ConfigError("objects_url", str(e), url) from None
 
@@ -163,8 +174,9 @@ class StreamStore:
             return BlockWal(path, size=size, full_timeout=timeout, epoch=self.node_epoch)
         from streamlib.wal.object import ObjectWal
 
-        store = (ObjectStore.from_url(config.wal_url, storage_options) if config.wal_url
-                 else self._objects)
+        store = (ObjectStore.from_url(config.wal_url, storage_options,
+                                      retry=self._objects.retry)
+                 if config.wal_url else self._objects)
         return ObjectWal(store, self.node_id, prefix="wal", full_timeout=timeout,
                          max_pending_bytes=max(config.wal_bytes, 4 * 1024 * 1024))
 
