@@ -71,6 +71,13 @@ _SCHEMA = (
 
 _STREAM_COLUMNS = "id, name, epoch, start_offset, end_offset, state"
 
+# The ranges `r` of stream ?1 holding offsets at or above ?2. A stream's ranges are disjoint: the
+# one holding ?2 is the last that starts at or below it, so the primary key finds the first row
+# in O(log n).
+_STREAM_RANGES_FROM = (
+    "WHERE r.stream_id = ?1 AND r.end_offset > ?2 AND r.start_offset >= COALESCE("
+    "(SELECT MAX(start_offset) FROM ranges WHERE stream_id = ?1 AND start_offset <= ?2), 0) ")
+
 # sqlite3 errors by what the caller can do about them (their extended names start with these).
 _UNAVAILABLE = ("SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_IOERR", "SQLITE_CANTOPEN", "SQLITE_FULL",
                 "SQLITE_READONLY", "SQLITE_PROTOCOL", "SQLITE_PERM", "SQLITE_NOLFS")
@@ -348,16 +355,12 @@ class SQLiteMetadataStore(MetadataStore):
         check_id(from_offset, "from_offset")
         with self._transaction(write=False) as db:
             self._live(db, stream_id)
-            # The stream's ranges are disjoint: the one holding from_offset is the last that
-            # starts at or below it, so the primary key finds the first row in O(log n).
             rows = db.execute(
                 "SELECT r.object_key, o.size, a.stream_id, a.start_offset, a.end_offset, a.size "
                 "FROM ranges r JOIN objects o ON o.key = r.object_key "
                 "JOIN ranges a ON a.object_key = r.object_key "
-                "WHERE r.stream_id = ?1 AND r.end_offset > ?2 AND r.start_offset >= COALESCE("
-                "(SELECT MAX(start_offset) FROM ranges WHERE stream_id = ?1 "
-                "AND start_offset <= ?2), 0) "
-                "ORDER BY r.start_offset, a.stream_id", (stream_id, from_offset)).fetchall()
+                + _STREAM_RANGES_FROM
+                + "ORDER BY r.start_offset, a.stream_id", (stream_id, from_offset)).fetchall()
         result: list[ObjectMeta] = []
         ranges: list[StreamRange] = []
         for i, (key, size, *fields) in enumerate(rows):
@@ -375,10 +378,8 @@ class SQLiteMetadataStore(MetadataStore):
             rows = db.execute(
                 "SELECT r.object_key, o.size, r.start_offset, r.end_offset, r.size "
                 "FROM ranges r JOIN objects o ON o.key = r.object_key "
-                "WHERE r.stream_id = ?1 AND r.end_offset > ?2 AND r.start_offset >= COALESCE("
-                "(SELECT MAX(start_offset) FROM ranges WHERE stream_id = ?1 "
-                "AND start_offset <= ?2), 0) "
-                "ORDER BY r.start_offset", (stream_id, from_offset)).fetchall()
+                + _STREAM_RANGES_FROM
+                + "ORDER BY r.start_offset", (stream_id, from_offset)).fetchall()
         return [StreamObject(key, size, StreamRange(stream_id, start, end, used))
                 for key, size, start, end, used in rows]
 
