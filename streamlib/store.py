@@ -9,11 +9,13 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import itertools
 import logging
 import os
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
@@ -21,11 +23,14 @@ from streamlib.config import Config
 from streamlib.errors import (
     ConfigError,
     CorruptDataError,
+    FencedError,
     OffsetMismatchError,
     OffsetOutOfRange,
     StorageUnavailable,
     StreamClosed,
     StreamNotFound,
+    WalFullError,
+    WalLockedError,
     describe,
 )
 from streamlib.io import ObjectStore, RetryPolicy
@@ -89,6 +94,24 @@ def _under(config: Config, field: str, value: str, default: str) -> str:
     return os.path.join(config.path, default)
 
 
+def _lock_node(meta_path: str, node_id: str) -> int:
+    """One process at a time runs a node of a store (its WAL, its commits): an exclusive
+    ``flock`` beside the metadata, held until close. The file WAL locks itself too; the object
+    WAL has nothing else that would stop a second process on this machine."""
+    directory = os.path.dirname(os.path.abspath(meta_path))
+    os.makedirs(directory, exist_ok=True)
+    path = f"{os.path.abspath(meta_path)}.node-{node_id}.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise WalLockedError(describe("another process has this store's node open: close it "
+                                      "there, or give this one another node_id",
+                                      node=node_id, lock=path)) from None
+    return fd
+
+
 class StreamStore:
     """Streams on one node: create, open, list, destroy; ``flush()`` and ``close()``.
 
@@ -113,7 +136,13 @@ class StreamStore:
         self._frontier = -1  # the WAL position of the last acknowledged append
         self._pending_bytes = 0  # acknowledged, not yet committed
         self._pending_since: float | None = None
-        self._failure: BaseException | None = None  # the WAL failed: no more appends
+        self._failure: BaseException | None = None  # the WAL failed, or fenced: no appends
+        self._room = threading.Condition(self._lock)  # pending bytes went down
+        self._appending_lock = threading.Lock()
+        self._appending: dict[int, int] = {}  # appends inside their WAL call: lowest position
+        self._tokens = itertools.count()
+        self._node_position = 0
+        self._position_floor = 0  # commits never move the node's WAL position back
         self._closed = False
         self._closing = False
         self._index_cache = IndexCache(INDEX_CACHE_BYTES)
@@ -121,12 +150,16 @@ class StreamStore:
         # wait for the time trigger.
         self._upload_threshold = min(config.upload_bytes, config.wal_bytes // 2)
         self._meta: MetadataStore | None = None
+        self._node_lock = -1
         self._wal: Wal | None = None
         try:
             self._objects = self._open_objects(storage_options, filesystem)
-            self._meta = SQLiteMetadataStore(_under(config, "metadata_path",
-                                                    config.metadata_path, "meta.sqlite"))
-            self.node_epoch = self._meta.register_node(self.node_id).node_epoch
+            meta_path = _under(config, "metadata_path", config.metadata_path, "meta.sqlite")
+            self._node_lock = _lock_node(meta_path, self.node_id)
+            self._meta = SQLiteMetadataStore(meta_path)
+            node = self._meta.register_node(self.node_id)
+            self.node_epoch = node.node_epoch
+            self._node_position = node.wal_position
             for meta in self._meta.streams():
                 self._states[meta.id] = StreamState(meta)
             self._wal = self._open_wal(storage_options)
@@ -195,9 +228,14 @@ class StreamStore:
             if state.damage is not None:
                 continue
             if batch.base_offset != state.acked_end:
+                # Acknowledged records after the gap stay in the WAL (the uploader never trims
+                # past them), so the stream stays read-only at every open until it is repaired
+                # or destroyed, and no offset is handed out twice.
                 state.damage = describe(
-                    "the WAL lost records of this stream (a gap at recovery); it is read-only",
-                    stream=state.id, expected=state.acked_end, found=batch.base_offset)
+                    "the WAL lost records of this stream (a gap at recovery); it is read-only "
+                    "and the WAL is kept from here", stream=state.id,
+                    expected=state.acked_end, found=batch.base_offset, position=entry.position)
+                state.kept = entry.position
                 log.error(state.damage)
                 continue
             state.add_to_log(batch, entry.position)
@@ -210,11 +248,17 @@ class StreamStore:
             state.assigned_end = state.acked_end
         if self._pending_bytes:
             self._pending_since = time.monotonic()
+        if recovery.end < self._node_position:
+            # Not the WAL the metadata knew (replaced, another backend, a fresh ring): commits
+            # keep the node's position from going back until this WAL passes it.
+            log.warning("the WAL ends at %d, below the node's committed position %d: a new or "
+                        "replaced WAL", recovery.end, self._node_position)
+            self._position_floor = self._node_position
         log.info("recovered %d WAL records (%d committed already), %d bytes to upload",
                  recovery.records, skipped, self._pending_bytes)
         try:
             self._uploader.upload(final=True)
-        except StorageUnavailable as error:
+        except (StorageUnavailable, OSError) as error:
             log.warning("could not upload recovered data at open; retrying in the background: "
                         "%s", error)
 
@@ -275,6 +319,7 @@ class StreamStore:
         with self._lock:
             self._states.pop(state.id, None)
             self._pending_bytes -= freed
+            self._room.notify_all()
 
     def _state(self, stream: object) -> StreamState:
         self._check_open()
@@ -299,6 +344,9 @@ class StreamStore:
             handle._check_writer()
             if self._closing:
                 raise StreamClosed("the store is closing")
+            if isinstance(self._failure, FencedError):
+                raise FencedError(describe("another process took over this store's node",
+                                           node=self.node_id, error=str(self._failure)))
             if self._failure is not None:
                 raise StorageUnavailable(describe("the WAL failed; reopen the store",
                                                   error=repr(self._failure)))
@@ -314,16 +362,40 @@ class StreamStore:
             if expected_offset is not None and expected_offset != state.assigned_end:
                 raise OffsetMismatchError(state.id, expected_offset, state.assigned_end)
             placed = batch.with_offset(state.assigned_end)
-            wal_future = self._wal.append(WalRecord(state.id, handle._epoch, placed),  # type: ignore[arg-type]
-                                          timeout)
-            item = _Inflight(placed, wal_future)
-            with state.lock:
-                state.inflight.append(item)
+            if self._wal.capacity is None:  # the WAL does not fill up: bound the memory here
+                self._wait_for_room(placed.size, timeout)
+            # While the WAL call runs, its record may become durable before this stream knows
+            # of it: the uploader must not trim past it. Any position it gets is at or above
+            # the WAL's end as it is now.
+            token = next(self._tokens)
+            with self._appending_lock:
+                self._appending[token] = self._wal.end_position
+            try:
+                wal_future = self._wal.append(WalRecord(state.id, handle._epoch, placed),  # type: ignore[arg-type]
+                                              timeout)
+                item = _Inflight(placed, wal_future)
+                with state.lock:
+                    state.inflight.append(item)
+            finally:
+                with self._appending_lock:
+                    del self._appending[token]
             state.assigned_end = placed.next_offset
             if producer is not None:
                 producer.remember(sequence, batch.count, item.future)  # type: ignore[arg-type]
         wal_future.add_done_callback(lambda _: self._acknowledge(state))
         return item.future
+
+    def _wait_for_room(self, size: int, timeout: float | None) -> None:
+        """Back-pressure for a WAL without a capacity (the object WAL): data acknowledged and
+        not yet committed, which the log cache holds, stays within ``wal_bytes``."""
+        limit = self.config.wal_bytes
+        wait = self.config.append_timeout_ms / 1000 if timeout is None else timeout
+        with self._room:
+            if not self._room.wait_for(lambda: self._pending_bytes + size <= limit
+                                       or self._pending_bytes == 0 or self._closing, wait):
+                raise WalFullError(describe(
+                    "data waiting for upload stayed above wal_bytes: uploads are not keeping up",
+                    pending=self._pending_bytes, size=size, wal_bytes=limit))
 
     def _acknowledge(self, state: StreamState) -> None:
         """A WAL append of ``state`` completed: acknowledge what is durable, in order."""
@@ -357,28 +429,41 @@ class StreamStore:
             return self._pending_bytes, self._pending_since
 
     def _take(self, final: bool) -> Work | None:
-        """The batches of the next round: every acknowledged batch up to the WAL position of
-        the last acknowledged append (``final``: the WAL's end, nothing being in flight)."""
+        """The batches of the next round and the WAL position it may trim to.
+
+        Every acknowledged batch at a WAL position up to the **frontier** (the position of the
+        last acknowledged append) is taken: the WAL completes appends in order, so all records
+        before it are durable, and once acknowledged they are in the log cache. The trim
+        position is the frontier, lowered to the lowest possible position of an append still
+        inside its WAL call (its stream may not know of it yet), and to the first record kept
+        back by damage. With nothing in flight (always so when ``final``), it is the WAL's
+        end: the round takes everything and the WAL is emptied."""
         assert self._wal is not None
-        # The frontier first: every record before it is durable, and of a stream that
-        # exists by now, so the snapshot below holds them all once acknowledged.
         with self._lock:
-            frontier = self._wal.end_position if final else self._frontier
+            frontier = self._frontier
             states = list(self._states.values())
+        with self._appending_lock:
+            entering = min(self._appending.values(), default=None)
+            end = self._wal.end_position
         for state in states:  # acknowledge what the WAL completed but no callback has yet
             self._acknowledge(state)
-        if frontier < 0 or frontier < self._wal.trim_position:
+        quiet = final or (entering is None and not any(s.inflight for s in states))
+        if quiet:
+            frontier = end  # everything before the end is acknowledged: take it all
+        position = frontier if entering is None else min(frontier, entering)
+        for state in states:
+            if state.kept is not None:
+                position = min(position, state.kept)
+        if frontier < 0 or position < self._wal.trim_position:
             return None
-        work = Work({}, frontier)
+        work = Work({}, position)
         for state in states:
             batches = state.take(frontier)
             if batches:
                 work.streams[state.id] = batches
                 work.bytes += sum(b.size for b in batches)
-        # The frontier is where the last record starts: at the trim position, that record is
-        # new (the first since a final round) or committed already (then nothing is taken).
-        if not work.streams and frontier <= self._wal.trim_position:
-            return None
+        if not work.streams and position <= self._wal.trim_position:
+            return None  # nothing new to upload and nothing to trim
         return work
 
     def _commit(self, objects: Sequence[ObjectMeta], position: int) -> None:
@@ -396,20 +481,52 @@ class StreamStore:
                 raise StreamNotFound(describe("stream destroyed during an upload",
                                               stream=gone[0]))
             epochs = {sid: state.epoch for sid, state in states.items()}  # type: ignore[union-attr]
-            meta.commit(Commit(node_id=self.node_id, wal_position=position, objects=objects,
-                               epochs=epochs, node_epoch=self.node_epoch))
+            commit = Commit(node_id=self.node_id, wal_position=max(position, self._position_floor),
+                            objects=objects, epochs=epochs, node_epoch=self.node_epoch)
+            try:
+                meta.commit(commit)
+            except FencedError as error:  # another process took this node: stop appending
+                self._failure = self._failure or error
+                raise
+            except Exception:
+                # Applied or not? A remote store can fail after applying: learn the committed
+                # ends again, so that the next round starts from them instead of failing for good.
+                self._reload_ends(states.values())  # type: ignore[arg-type]
+                raise
             freed = 0
             for stream_id, parts in slices.items():
                 freed += states[stream_id].committed(parts[-1].end, parts)  # type: ignore[union-attr]
         with self._lock:
             self._pending_bytes -= freed
             self._pending_since = time.monotonic() if self._pending_bytes > 0 else None
+            self._room.notify_all()
+
+    def _reload_ends(self, states: Iterable[StreamState]) -> None:
+        """After a commit of unknown outcome: take each stream's committed end from the
+        metadata, drop what it covers from the log cache, reload the object index on the next
+        read (caller holds ``_meta_lock``)."""
+        freed = 0
+        for state in states:
+            try:
+                end = self._metadata().get_stream(state.id).end_offset
+            except Exception as error:
+                log.warning("could not reload stream %d after a failed commit: %r", state.id,
+                            error)
+                continue
+            freed += state.committed(end, ())
+            with state.lock:
+                state.objects = None
+        with self._lock:
+            self._pending_bytes -= freed
+            self._room.notify_all()
 
     def flush(self) -> None:
         """Upload every acknowledged append now, and commit it (a round of the uploader in this
         thread). Raises :class:`~streamlib.errors.StorageUnavailable` if the object store
         stays down; the data stays in the WAL either way."""
         self._check_open()
+        if self._closing:
+            raise StreamClosed("the store is closing (close() uploads what is left)")
         self._uploader.upload()
 
     # ---- the read path ----
@@ -576,6 +693,9 @@ class StreamStore:
                     part.close()
                 except Exception as error:
                     log.warning("close: %r", error)
+        if self._node_lock >= 0:
+            os.close(self._node_lock)  # releases the flock
+            self._node_lock = -1
 
     def __enter__(self) -> StreamStore:
         return self

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import logging
 import threading
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
@@ -46,6 +47,8 @@ from streamlib.records import (
 
 if TYPE_CHECKING:
     from streamlib.store import StreamStore
+
+log = logging.getLogger("streamlib.stream")
 
 PRODUCER_WINDOW = 16
 """Sequences remembered per producer: a retry of any of its last 16 batches is recognised."""
@@ -84,6 +87,9 @@ class _Inflight:
         self.batch = batch
         self.wal_future = wal_future
         self.future: Future[AppendResult] = Future()
+        # Running from the start: a caller cannot cancel it (asyncio.wait_for on
+        # append_async tries to), since the append goes on in the WAL whatever happens.
+        self.future.set_running_or_notify_cancel()
 
 
 class _Producer:
@@ -161,6 +167,7 @@ class StreamState:
         self.producers: dict[object, _Producer] = {}
         self.destroyed = False
         self.damage: str | None = None  # why the stream is read-only after recovery
+        self.kept: int | None = None  # the WAL is not trimmed past here (records after a gap)
 
     def info(self) -> StreamInfo:
         with self.lock:
@@ -204,10 +211,13 @@ class StreamState:
         while True:
             with self.lock:
                 if not self.unsettled:
-                    self.settling = False
+                    self.settling = False  # in the same hold as the check: nothing is left over
                     return
-                future, result, error = self.unsettled.popleft()
-            settle([(future, result, error)])
+                item = self.unsettled.popleft()
+            try:
+                settle([item])
+            except Exception:  # a future completed elsewhere: never stop settling the rest
+                log.exception("could not complete an append future")
 
     def take(self, frontier: int) -> list[RecordBatch]:
         """The log cache's batches at WAL positions up to ``frontier`` (for an upload)."""
@@ -307,7 +317,8 @@ class Stream:
 
     @property
     def next_offset(self) -> int:
-        """The offset the next appended record gets; also the end of what is readable."""
+        """The offset after the last acknowledged record: the end of what is readable. Appends
+        still in flight land at or above it, in call order."""
         self._check_usable()
         return self._state.acked_end
 
@@ -350,7 +361,9 @@ class Stream:
                       sequence: int | None = None,
                       timeout: float | None = None) -> Future[AppendResult]:
         """:meth:`append` without waiting: a future that completes once the batch is durable
-        (futures of one stream complete in offset order). Argument errors raise here."""
+        (futures of one stream complete in offset order). Argument errors raise here. The
+        future cannot be cancelled (the append goes on), and it completes on one of streamlib's
+        threads: a callback added to it must be quick and must not wait on the store."""
         placed = as_batch(batch, self._store.config.max_batch_bytes)
         if expected_offset is not None:
             expected_offset = check_int(expected_offset, "expected_offset", 0, INT64_MAX)

@@ -134,8 +134,6 @@ class Uploader:
                 uploaded = self.upload()
                 # A round that found nothing to take waits for more rather than spinning.
                 backoff = 0.0 if uploaded else self._config.upload_interval_ms / 1000
-            except StreamNotFound:
-                backoff = 0.0  # a stream was destroyed mid-round: the next round leaves it out
             except Exception as error:
                 backoff = min(max(backoff * 2, 0.1), 5.0)
                 log.warning("upload failed, retrying in %.1fs: %r", backoff, error)
@@ -147,12 +145,25 @@ class Uploader:
         the WAL can be trimmed to its end. Raises what failed (the data stays in the WAL and
         the next round tries again)."""
         with self._round_lock:
-            try:
-                return self._round(final)
-            except Exception as error:
-                self.stats.failures += 1
-                self.stats.last_error = repr(error)
-                raise
+            attempts = 0
+            while True:
+                attempts += 1
+                try:
+                    return self._round(final)
+                except StreamNotFound as error:
+                    # A stream was destroyed during the round: the next leaves it out (this
+                    # round's objects are orphans). Only a store in a destroying spree fails.
+                    if attempts < 3:
+                        continue
+                    self._failed(error)
+                    raise
+                except Exception as error:
+                    self._failed(error)
+                    raise
+
+    def _failed(self, error: BaseException) -> None:
+        self.stats.failures += 1
+        self.stats.last_error = repr(error)
 
     def _round(self, final: bool) -> int:
         work = self._take(final)

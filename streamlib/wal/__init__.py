@@ -159,7 +159,8 @@ class Wal(abc.ABC):
     @property
     @abc.abstractmethod
     def end_position(self) -> int:
-        """The position the next appended record will get."""
+        """The end of the log as written so far: a record appended from now on gets a position
+        at or above it (exactly it when nothing is queued)."""
 
     @property
     def usage(self) -> int:
