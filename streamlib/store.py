@@ -391,8 +391,11 @@ class StreamStore:
         limit = self.config.wal_bytes
         wait = self.config.append_timeout_ms / 1000 if timeout is None else timeout
         with self._room:
-            if not self._room.wait_for(lambda: self._pending_bytes + size <= limit
-                                       or self._pending_bytes == 0 or self._closing, wait):
+            room = self._room.wait_for(lambda: self._pending_bytes + size <= limit
+                                       or self._pending_bytes == 0 or self._closing, wait)
+            if self._closing:
+                raise StreamClosed("the store is closing")
+            if not room:
                 raise WalFullError(describe(
                     "data waiting for upload stayed above wal_bytes: uploads are not keeping up",
                     pending=self._pending_bytes, size=size, wal_bytes=limit))
@@ -447,7 +450,9 @@ class StreamStore:
             end = self._wal.end_position
         for state in states:  # acknowledge what the WAL completed but no callback has yet
             self._acknowledge(state)
-        quiet = final or (entering is None and not any(s.inflight for s in states))
+        # Nothing in any stream's flight: every record below an entering append's lowest
+        # position comes from a finished WAL call and is acknowledged by now.
+        quiet = final or not any(s.inflight for s in states)
         if quiet:
             frontier = end  # everything before the end is acknowledged: take it all
         position = frontier if entering is None else min(frontier, entering)
@@ -665,6 +670,7 @@ class StreamStore:
             if self._closed or self._closing:
                 return
             self._closing = True
+            self._room.notify_all()  # appends waiting for room give up
         with self._lock:
             states = list(self._states.values())
         for state in states:

@@ -4,6 +4,7 @@ WAL makes appends wait and then fail with WalFullError, never lose data."""
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import fsspec
 import pytest
 
 import streamlib
-from streamlib import RecordBatch, StorageUnavailable, StreamStore, WalFullError
+from streamlib import RecordBatch, StorageUnavailable, StreamClosed, StreamStore, WalFullError
 from streamlib.testing.faults import FaultyFileSystem, internal_error, slow_down
 
 
@@ -109,3 +110,37 @@ def test_close_while_the_object_store_is_down_keeps_the_data_for_the_next_open(
         assert again.stats()["objects_uploaded"] == 1
         got = again.open_stream(stream.id).fetch(0)
         assert [b.payload for b in got] == [batch(n).payload for n in range(10)]
+
+
+def test_close_releases_an_append_waiting_for_room_with_the_object_wal(tmp_path: Path) -> None:
+    """The object WAL never fills, so the store itself holds data waiting for upload to
+    wal_bytes; an append waiting there when the store closes gives up at once."""
+    wal_url = objects_url(tmp_path) + "-wal"
+    store, faulty = faulty_store(tmp_path, wal="object", wal_url=wal_url, wal_bytes="256KiB",
+                                 retry_timeout_ms=50, append_timeout_ms=20_000)
+    faulty.inject("put", internal_error, times=None, match=lambda path: "/data/" in path)
+    stream = store.create_stream()
+    for n in range(2):  # 200,000 bytes wait for upload: the next 100,000 do not fit
+        stream.append(RecordBatch(bytes([n]) * 100_000, count=1))
+    outcome: list[BaseException | None] = []
+
+    def blocked_append() -> None:
+        try:
+            stream.append(RecordBatch(b"w" * 100_000, count=1))
+            outcome.append(None)
+        except BaseException as error:
+            outcome.append(error)
+
+    waiter = threading.Thread(target=blocked_append)
+    waiter.start()
+    time.sleep(0.3)
+    assert outcome == []  # waiting for room: the uploads fail
+    started = time.monotonic()
+    store.close()
+    waiter.join(timeout=10)
+    assert time.monotonic() - started < 5
+    assert len(outcome) == 1 and isinstance(outcome[0], StreamClosed)
+    with streamlib.open(tmp_path, objects_url=objects_url(tmp_path), wal="object",
+                        wal_url=wal_url) as again:
+        got = again.open_stream(stream.id).fetch(0, max_bytes=1 << 22)
+        assert [b.payload[:1] for b in got] == [b"\x00", b"\x01"]
