@@ -312,6 +312,7 @@ class StreamStore:
             self._metadata().destroy_stream(state.id)
             with state.lock:
                 state.destroyed = True
+                state.wake_readers()
                 freed = state.log_bytes
                 state.log.clear()
                 state.log_positions.clear()
@@ -658,6 +659,16 @@ class StreamStore:
             raise StreamClosed("the store is closed")
         return self._meta
 
+    def _closing_or_closed(self) -> bool:
+        return self._closing or self._closed
+
+    def _wake_readers(self) -> None:
+        with self._lock:
+            states = list(self._states.values())
+        for state in states:
+            with state.lock:
+                state.wake_readers()
+
     def _check_open(self) -> None:
         if self._closed:
             raise StreamClosed("the store is closed")
@@ -671,6 +682,7 @@ class StreamStore:
                 return
             self._closing = True
             self._room.notify_all()  # appends waiting for room give up
+        self._wake_readers()  # tailing readers end
         with self._lock:
             states = list(self._states.values())
         for state in states:

@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 import logging
 import threading
+import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -168,6 +170,8 @@ class StreamState:
         self.destroyed = False
         self.damage: str | None = None  # why the stream is read-only after recovery
         self.kept: int | None = None  # the WAL is not trimmed past here (records after a gap)
+        self.appended = threading.Condition(self.lock)  # acked_end moved (tailing readers)
+        self.async_waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
 
     def info(self) -> StreamInfo:
         with self.lock:
@@ -205,6 +209,7 @@ class StreamState:
                     item.batch.base_offset, item.batch.count), None))  # type: ignore[arg-type]
             if popped:
                 publish(position, added)
+                self.wake_readers()
             if self.settling or not self.unsettled:
                 return  # the thread settling now will settle these too, after earlier ones
             self.settling = True
@@ -218,6 +223,15 @@ class StreamState:
                 settle([item])
             except Exception:  # a future completed elsewhere: never stop settling the rest
                 log.exception("could not complete an append future")
+
+    def wake_readers(self) -> None:
+        """Tailing readers waiting for an append, or for the end: look again (caller holds
+        ``lock``). Threads wait on ``appended``; asyncio readers on a future of their loop."""
+        self.appended.notify_all()
+        waiters, self.async_waiters = self.async_waiters, []
+        for loop, future in waiters:
+            with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits
+                loop.call_soon_threadsafe(_resolve, future)
 
     def take(self, frontier: int) -> list[RecordBatch]:
         """The log cache's batches at WAL positions up to ``frontier`` (for an upload)."""
@@ -246,10 +260,24 @@ class StreamState:
         return self.log[i:j]
 
 
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
 def new_object_index(objects: Sequence[StreamObject]) -> SortedKeyList:
     """A stream's committed objects by the first offset each holds (O(log n) lookups)."""
     return SortedKeyList((ObjectSlice(o.range.start_offset, o.range.end_offset, o.key, o.size)
                           for o in objects), key=lambda s: s.start)
+
+
+def _check_timeout(timeout: object) -> float | None:
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout < 0:
+        raise ValueError(f"timeout must be a non-negative number of seconds: "
+                         f"timeout=`{timeout}`")
+    return float(timeout)
 
 
 def as_batch(batch: object, max_bytes: int) -> RecordBatch:
@@ -374,11 +402,8 @@ class Stream:
                 raise TypeError(f"producer_id must be a str or an int, "
                                 f"not {type(producer_id).__name__}")
             sequence = check_int(sequence, "sequence", 0, INT64_MAX)
-        if timeout is not None and (isinstance(timeout, bool)
-                                    or not isinstance(timeout, int | float) or timeout < 0):
-            raise ValueError(f"timeout must be a non-negative number of seconds: "
-                             f"timeout=`{timeout}`")
-        return self._store._submit(self, placed, expected_offset, producer_id, sequence, timeout)
+        return self._store._submit(self, placed, expected_offset, producer_id, sequence,
+                                   _check_timeout(timeout))
 
     def trim(self, offset: int) -> None:
         """Make records below ``offset`` unreadable, at once and durably (their storage is
@@ -391,13 +416,14 @@ class Stream:
     # ---- reading ----
 
     def fetch(self, start_offset: int, end_offset: int | None = None, *,
-              max_bytes: int = DEFAULT_FETCH_BYTES) -> FetchResult:
+              max_bytes: int = DEFAULT_FETCH_BYTES, timeout: float | None = None) -> FetchResult:
         """Batches holding the records of ``[start_offset, end_offset)`` (``None``: up to the
         end), in offset order and whole: the first may begin before ``start_offset``. The
         payloads add up to at most ``max_bytes``, except that one batch is always returned if
-        there is one, however large. Fetching at :attr:`next_offset` returns nothing;
-        outside ``[start_offset, next_offset]`` raises
-        :class:`~streamlib.errors.OffsetOutOfRange` with the valid range."""
+        there is one, however large. Fetching at :attr:`next_offset` returns nothing at once,
+        or, with ``timeout`` (seconds), waits that long for an append (a long poll: it wakes
+        when one is acknowledged). Outside ``[start_offset, next_offset]`` raises
+        :class:`~streamlib.errors.OffsetOutOfRange` with the readable range."""
         start_offset = check_int(start_offset, "start_offset", 0, INT64_MAX)
         if end_offset is not None:
             end_offset = check_int(end_offset, "end_offset", 0, INT64_MAX)
@@ -405,8 +431,77 @@ class Stream:
                 raise ValueError(describe("end_offset is below start_offset",
                                           start_offset=start_offset, end_offset=end_offset))
         max_bytes = check_int(max_bytes, "max_bytes", 0, INT64_MAX)
+        wait = _check_timeout(timeout)
         self._check_usable()
+        if wait:
+            self._wait_for_append(start_offset, wait)
+            self._check_usable()
         return self._store._fetch(self._state, start_offset, end_offset, max_bytes)
+
+    def read(self, from_offset: int, *, max_bytes: int = DEFAULT_FETCH_BYTES,
+             idle_timeout: float | None = None) -> Iterator[RecordBatch]:
+        """Every batch from ``from_offset`` on, following the tail: at the end it waits for the
+        next append and wakes when it is acknowledged (no polling). Ends when this handle or
+        the store closes, or when nothing arrives for ``idle_timeout`` seconds (None: never).
+        The first batch may begin before ``from_offset`` (batch granularity)."""
+        offset = check_int(from_offset, "from_offset", 0, INT64_MAX)
+        idle = _check_timeout(idle_timeout)
+        while True:
+            if self._closed or self._store._closing_or_closed():
+                return
+            if offset >= self._state.acked_end:
+                self._check_usable()
+                if not self._wait_for_append(offset, idle):
+                    return
+                continue
+            result = self.fetch(offset, max_bytes=max_bytes)
+            yield from result.batches
+            offset = result.next_fetch_offset
+
+    async def read_async(self, from_offset: int, *, max_bytes: int = DEFAULT_FETCH_BYTES,
+                         idle_timeout: float | None = None) -> AsyncIterator[RecordBatch]:
+        """:meth:`read` for ``async for``: waits for appends without blocking the event loop
+        (an acknowledgement resolves a future of this loop); fetches run in a worker thread,
+        since reading uploaded data may wait on GETs."""
+        offset = check_int(from_offset, "from_offset", 0, INT64_MAX)
+        idle = _check_timeout(idle_timeout)
+        loop = asyncio.get_running_loop()
+        state = self._state
+        while True:
+            if self._closed or self._store._closing_or_closed():
+                return
+            if offset >= state.acked_end:
+                self._check_usable()
+                waiter: asyncio.Future[None] = loop.create_future()
+                with state.lock:
+                    if offset >= state.acked_end and not state.destroyed:
+                        state.async_waiters.append((loop, waiter))
+                    else:
+                        waiter.set_result(None)
+                try:
+                    await asyncio.wait_for(waiter, idle)
+                except TimeoutError:
+                    return
+                continue
+            result = await asyncio.to_thread(self.fetch, offset, max_bytes=max_bytes)
+            for batch in result.batches:
+                yield batch
+            offset = result.next_fetch_offset
+
+    def _wait_for_append(self, offset: int, timeout: float | None) -> bool:
+        """Wait until the stream reaches past ``offset``: True if it did, False after
+        ``timeout`` seconds or once the handle, the stream or the store is gone."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        state = self._state
+        with state.lock:
+            while state.acked_end <= offset:
+                if self._closed or state.destroyed or self._store._closing_or_closed():
+                    return False
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                state.appended.wait(left)
+            return True
 
     def offset_for_timestamp(self, timestamp: int) -> int | None:
         """The first readable offset whose record's timestamp is at least ``timestamp``
@@ -421,8 +516,10 @@ class Stream:
 
     def close(self) -> None:
         """Stop using this handle (appends already made stay; the stream stays open in the
-        store). Closing twice is fine."""
+        store); its readers waiting at the tail end. Closing twice is fine."""
         self._closed = True
+        with self._state.lock:
+            self._state.wake_readers()
 
     def __enter__(self) -> Stream:
         return self
