@@ -6,6 +6,7 @@ object, and the error kinds.
 
 from streamlib.config import Config
 from streamlib.errors import (
+    CacheMiss,
     CommitConflict,
     ConfigError,
     CorruptDataError,
@@ -30,6 +31,7 @@ __version__ = "0.1.0.dev0"
 
 __all__ = [
     "AppendResult",
+    "CacheMiss",
     "CommitConflict",
     "Config",
     "ConfigError",

@@ -183,6 +183,11 @@ class Config:
         "timeouts) with backoff included; then the upload round fails and is tried again "
         "later, and flush() raises StorageUnavailable.",
         _Kind("milliseconds", low=0, high=24 * 3600 * 1000))
+    cache_bytes: int = _setting(
+        256 * MiB,
+        "Memory for decoded blocks of uploaded data read back (the block cache), a hard limit. "
+        "Data not yet uploaded is held apart, bounded by wal_bytes.",
+        _Kind("bytes", low=1 * MiB, high=1 << 50))
     part_bytes: int = _setting(
         16 * MiB,
         "Objects of at least twice this size go to S3 as multipart uploads in parts of this "

@@ -137,3 +137,14 @@ class SequenceError(StreamLibError, ValueError):
 class ReadOnlyError(StreamLibError):
     """This stream handle was opened read-only (or the stream is held read-only after damage
     was found at recovery); open the stream for write to append or trim."""
+
+
+class CacheMiss(StreamLibError):
+    """A cache-only read (``fetch(..., cache_only=True)``) needs data that is not in memory:
+    nothing was fetched. Do the same fetch without ``cache_only`` where waiting on the object
+    store is fine (a worker thread), or later."""
+
+    def __init__(self, stream_id: int, offset: int, what: str) -> None:
+        self.stream_id = stream_id
+        self.offset = offset
+        super().__init__(describe(f"not in memory: {what}", stream=stream_id, offset=offset))

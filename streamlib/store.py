@@ -15,12 +15,14 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
+from streamlib.cache import BlockCache, Uncached
 from streamlib.config import Config
 from streamlib.errors import (
+    CacheMiss,
     ConfigError,
     CorruptDataError,
     FencedError,
@@ -146,6 +148,7 @@ class StreamStore:
         self._closed = False
         self._closing = False
         self._index_cache = IndexCache(INDEX_CACHE_BYTES)
+        self._cache = BlockCache(config.cache_bytes)
         # Upload before the WAL is half full, whatever upload_bytes says: appends must not
         # wait for the time trigger.
         self._upload_threshold = min(config.upload_bytes, config.wal_bytes // 2)
@@ -546,8 +549,8 @@ class StreamStore:
                     state.objects = new_object_index(objects)
         return state.objects
 
-    def _fetch(self, state: StreamState, start: int, end: int | None,
-               max_bytes: int) -> FetchResult:
+    def _fetch(self, state: StreamState, start: int, end: int | None, max_bytes: int,
+               cache_only: bool = False) -> FetchResult:
         index = self._object_index(state)
         with state.lock:
             low, high = state.start_offset, state.acked_end
@@ -571,29 +574,36 @@ class StreamStore:
         def room(size: int) -> bool:
             return not batches or total + size <= max_bytes
 
+        def budget() -> int:  # what this fetch may still return, as it goes
+            return max_bytes - total
+
         cursor = start
         full = False
         for piece in slices:
             if batches and total >= max_bytes:
                 full = True
                 break
-            reader = ObjectReader(self._objects, piece.key, piece.size, cache=self._index_cache)
-            got = reader.read(state.id, cursor, min(end, piece.end),
-                              max_bytes=max_bytes - total if batches else max_bytes)
-            for batch in got:
-                if not room(batch.size):
-                    full = True
+            for block in self._blocks_of(state.id, piece, cursor, min(end, piece.end),
+                                         budget, cache_only):
+                for batch in block:
+                    if batch.next_offset <= cursor:
+                        continue
+                    if batch.base_offset >= end or not room(batch.size):  # type: ignore[operator]
+                        full = True
+                        break
+                    batches.append(batch)
+                    total += batch.size
+                    cursor = batch.next_offset
+                if full:
                     break
-                batches.append(batch)
-                total += batch.size
             if full:
                 break
-            if batches:
-                cursor = batches[-1].next_offset
-            if cursor < min(end, piece.end):  # the reader stopped at max_bytes: no gap after
+            if cursor < min(end, piece.end):  # stopped inside this object: no gap after
                 full = True
                 break
-        if not full:
+        if not full and logged:
+            with self._lock:
+                self._cache.stats.log_reads += 1
             for batch in logged:
                 if batch.next_offset <= cursor:
                     continue
@@ -604,6 +614,41 @@ class StreamStore:
         next_fetch = batches[-1].next_offset if batches else start
         return FetchResult(tuple(batches), next_fetch, low, high)
 
+    def _reader(self, piece: ObjectSlice, stream_id: int, offset: int,
+                cache_only: bool) -> ObjectReader:
+        reader = ObjectReader(self._objects, piece.key, piece.size, cache=self._index_cache)
+        if (self._objects.url, piece.key) not in self._index_cache:
+            if cache_only:
+                raise CacheMiss(stream_id, offset, f"the index of object `{piece.key}`")
+            gets, fetched = reader.gets, reader.fetched_bytes
+            reader.index()
+            self._cache.count_index_gets(reader, gets, fetched)
+        return reader
+
+    def _blocks_of(self, stream_id: int, piece: ObjectSlice, start: int, end: int,
+                   budget: Callable[[], int], cache_only: bool) -> Iterator[list[RecordBatch]]:
+        """The batches of each block of ``piece`` holding ``[start, end)``, loaded through the
+        block cache a run at a time: as many blocks as the fetch's remaining ``budget()`` of
+        bytes may use (stored sizes; at least one), so that a fetch bounded by max_bytes does
+        not load far beyond it, and what it loads is kept for the next fetch."""
+        reader = self._reader(piece, stream_id, start, cache_only)
+        entries = reader.index().blocks(stream_id, start, end)
+        i = 0
+        while i < len(entries):
+            left = budget()
+            j = i
+            stored = 0
+            while j < len(entries) and (j == i or stored < left):
+                stored += entries[j].size
+                j += 1
+            try:
+                loaded = self._cache.load(reader, entries[i:j], cache_only=cache_only)
+            except Uncached:
+                raise CacheMiss(stream_id, max(start, entries[i].start_offset),
+                                f"blocks of object `{piece.key}`") from None
+            yield from loaded
+            i = j
+
     def _offset_for_timestamp(self, state: StreamState, timestamp: int) -> int | None:
         index = self._object_index(state)
         with state.lock:
@@ -611,10 +656,10 @@ class StreamStore:
             slices = [p for p in index if p.end > start] if start < committed else []
             logged = state.log_slice(max(start, committed), state.acked_end)
         for piece in slices:
-            reader = ObjectReader(self._objects, piece.key, piece.size, cache=self._index_cache)
+            reader = self._reader(piece, state.id, start, False)
             for entry in reader.index().blocks(state.id, max(start, piece.start), piece.end):
                 if entry.max_timestamp >= timestamp:
-                    found = _first_at(reader.read_blocks([entry])[0], timestamp, start)
+                    found = _first_at(self._cache.load(reader, [entry])[0], timestamp, start)
                     if found is not None:
                         return found
         for batch in logged:
@@ -643,7 +688,9 @@ class StreamStore:
     # ---- life ----
 
     def stats(self) -> dict[str, object]:
-        """A snapshot of counters: streams, bytes waiting for upload, the uploader's rounds."""
+        """A snapshot of counters: streams, bytes waiting for upload, the uploader's rounds,
+        and the read path's (``"cache"``: block hits and misses, GETs and their bytes,
+        evictions, bytes held)."""
         with self._lock:
             streams = sum(1 for s in self._states.values() if not s.destroyed)
             pending = self._pending_bytes
@@ -652,7 +699,14 @@ class StreamStore:
                 "upload_rounds": up.rounds, "objects_uploaded": up.objects,
                 "stream_objects_uploaded": up.stream_objects, "bytes_uploaded": up.bytes,
                 "upload_failures": up.failures, "last_upload_error": up.last_error,
-                "wal_usage_bytes": self._wal.usage if self._wal is not None else 0}
+                "wal_usage_bytes": self._wal.usage if self._wal is not None else 0,
+                "cache": {**self._cache.stats.snapshot(), "block_bytes": self._cache.nbytes,
+                          "blocks": len(self._cache), "log_bytes": self._log_bytes()}}
+
+    def _log_bytes(self) -> int:
+        with self._lock:
+            states = list(self._states.values())
+        return sum(s.log_bytes for s in states)
 
     def _metadata(self) -> MetadataStore:
         if self._meta is None or self._closed:

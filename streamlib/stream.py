@@ -416,14 +416,19 @@ class Stream:
     # ---- reading ----
 
     def fetch(self, start_offset: int, end_offset: int | None = None, *,
-              max_bytes: int = DEFAULT_FETCH_BYTES, timeout: float | None = None) -> FetchResult:
+              max_bytes: int = DEFAULT_FETCH_BYTES, timeout: float | None = None,
+              cache_only: bool = False) -> FetchResult:
         """Batches holding the records of ``[start_offset, end_offset)`` (``None``: up to the
         end), in offset order and whole: the first may begin before ``start_offset``. The
         payloads add up to at most ``max_bytes``, except that one batch is always returned if
         there is one, however large. Fetching at :attr:`next_offset` returns nothing at once,
         or, with ``timeout`` (seconds), waits that long for an append (a long poll: it wakes
         when one is acknowledged). Outside ``[start_offset, next_offset]`` raises
-        :class:`~streamlib.errors.OffsetOutOfRange` with the readable range."""
+        :class:`~streamlib.errors.OffsetOutOfRange` with the readable range.
+
+        ``cache_only``: answer from memory (the log cache, cached blocks and indexes) or raise
+        :class:`~streamlib.errors.CacheMiss` at once, never waiting on the object store — for
+        an event loop that hands slow reads to a worker."""
         start_offset = check_int(start_offset, "start_offset", 0, INT64_MAX)
         if end_offset is not None:
             end_offset = check_int(end_offset, "end_offset", 0, INT64_MAX)
@@ -432,11 +437,13 @@ class Stream:
                                           start_offset=start_offset, end_offset=end_offset))
         max_bytes = check_int(max_bytes, "max_bytes", 0, INT64_MAX)
         wait = _check_timeout(timeout)
+        if not isinstance(cache_only, bool):
+            raise TypeError(f"cache_only must be a bool, not {type(cache_only).__name__}")
         self._check_usable()
         if wait:
             self._wait_for_append(start_offset, wait)
             self._check_usable()
-        return self._store._fetch(self._state, start_offset, end_offset, max_bytes)
+        return self._store._fetch(self._state, start_offset, end_offset, max_bytes, cache_only)
 
     def read(self, from_offset: int, *, max_bytes: int = DEFAULT_FETCH_BYTES,
              idle_timeout: float | None = None) -> Iterator[RecordBatch]:

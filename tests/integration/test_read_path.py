@@ -1,0 +1,146 @@
+"""The read path counted in object-store requests, on the local store and on S3 (moto): a
+tailing reader makes no GET, a catch-up reader about one a block, two readers of one range one
+set; cache-only reads never wait; the block cache stays within its budget."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import streamlib
+from streamlib import CacheMiss, RecordBatch, StreamStore
+from streamlib.testing.s3 import S3Endpoint
+
+MiB = 1024 * 1024
+BATCH = 64 * 1024  # 16 batches a block
+
+
+@pytest.fixture(params=["local", "moto"])
+def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
+    """Opens a store (again) on one place: a local directory, or a moto bucket."""
+    options: dict[str, Any] = {"compression": "none", "block_bytes": "1MiB",
+                               "upload_interval_ms": 3_600_000}
+    if request.param == "moto":
+        moto: S3Endpoint = request.getfixturevalue("moto_s3")
+        bucket = moto.create_bucket()
+        options.update(objects_url=f"s3://{bucket}/store", storage_options=moto.storage_options())
+        request.addfinalizer(lambda: moto.delete_bucket(bucket))
+
+    def opener(**overrides: Any) -> StreamStore:
+        settings = {**options, **overrides}
+        storage_options = settings.pop("storage_options", None)
+        return streamlib.open(tmp_path / "data", storage_options=storage_options, **settings)
+
+    return opener
+
+
+def fill(store: StreamStore, mib: int) -> int:
+    stream = store.create_stream("s")
+    for n in range(mib * MiB // BATCH):
+        stream.append(RecordBatch(n.to_bytes(4, "big") * (BATCH // 4), count=4))
+    return stream.id
+
+
+def read_all(stream: streamlib.Stream, max_bytes: int = MiB) -> list[bytes]:
+    payloads, offset = [], stream.start_offset
+    while offset < stream.next_offset:
+        result = stream.fetch(offset, max_bytes=max_bytes)
+        payloads += [b.payload[:4] for b in result]
+        offset = result.next_fetch_offset
+    return payloads
+
+
+def gets(store: StreamStore) -> int:
+    return store.stats()["cache"]["gets"]  # type: ignore[index]
+
+
+def test_a_tailing_reader_makes_no_get(open_store: Any) -> None:
+    with open_store(upload_bytes="1MiB") as store:
+        stream = store.create_stream()
+        offset = 0
+        for n in range(64):  # 4 MiB: uploads happen as the reader follows
+            stream.append(RecordBatch(n.to_bytes(4, "big") * (BATCH // 4), count=1))
+            result = stream.fetch(offset, timeout=5)
+            assert [b.payload[:4] for b in result] == [n.to_bytes(4, "big")]
+            offset = result.next_fetch_offset
+        deadline = time.monotonic() + 30
+        while store.stats()["upload_rounds"] < 2:  # type: ignore[operator]
+            assert time.monotonic() < deadline, "no uploads in the background"
+            time.sleep(0.02)
+        assert gets(store) == 0
+
+
+def test_a_catch_up_reader_makes_about_one_get_a_block(open_store: Any) -> None:
+    with open_store() as store:
+        fill(store, 8)
+    with open_store() as store:
+        stream = store.open_stream("s", read_only=True)
+        assert len(read_all(stream)) == 8 * MiB // BATCH
+        cache = store.stats()["cache"]
+        # 8 MiB of payload and their batch headers: 9 blocks of at most 1 MiB, in one object;
+        # its index tail and about one GET a block.
+        assert cache["block_misses"] == 9, cache  # type: ignore[index]
+        assert cache["gets"] <= 9 + 1 + 2, cache  # type: ignore[index]
+
+
+def test_two_readers_of_one_range_make_one_set_of_gets(open_store: Any) -> None:
+    with open_store() as store:
+        fill(store, 4)
+    with open_store() as store:
+        first = store.open_stream("s", read_only=True)
+        one = read_all(first)
+        after_one = gets(store)
+        second = store.open_stream("s", read_only=True)
+        assert read_all(second) == one
+        assert gets(store) == after_one  # all from the block cache
+    with open_store() as store:  # at the same time: the second waits for the first's GETs
+        readers = [store.open_stream("s", read_only=True) for _ in range(2)]
+        results: list[list[bytes]] = [[], []]
+        barrier = threading.Barrier(2)
+
+        def run(i: int) -> None:
+            barrier.wait()
+            results[i] = read_all(readers[i], max_bytes=4 * MiB)
+
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        assert results[0] == results[1] == one
+        assert gets(store) <= after_one + 1  # one set (+1: the index, if both missed it)
+
+
+def test_cache_only_reads_answer_from_memory_or_fail_at_once(open_store: Any) -> None:
+    with open_store() as store:
+        stream_id = fill(store, 2)
+    with open_store() as store:
+        stream = store.open_stream(stream_id)
+        with pytest.raises(CacheMiss, match="not in memory") as missed:
+            stream.fetch(0, cache_only=True)
+        assert missed.value.offset == 0 and gets(store) == 0
+        warm = stream.fetch(0, max_bytes=MiB)
+        assert stream.fetch(0, max_bytes=MiB, cache_only=True) == warm
+        end = stream.next_offset
+        stream.append(RecordBatch(b"tail", count=1))  # the log cache: always in memory
+        assert stream.fetch(end, cache_only=True).batches[0].payload == b"tail"
+        with pytest.raises(TypeError):
+            stream.fetch(0, cache_only="yes")  # type: ignore[arg-type]
+
+
+def test_the_block_cache_stays_within_its_budget(open_store: Any) -> None:
+    with open_store() as store:
+        fill(store, 6)
+    with open_store(cache_bytes="2MiB") as store:
+        stream = store.open_stream("s", read_only=True)
+        offset, peak = 0, 0
+        while offset < stream.next_offset:
+            offset = stream.fetch(offset, max_bytes=256 * 1024).next_fetch_offset
+            peak = max(peak, store.stats()["cache"]["block_bytes"])  # type: ignore[index]
+        cache = store.stats()["cache"]
+        assert peak <= 2 * MiB and cache["evicted_blocks"] >= 3, cache  # type: ignore[index]
