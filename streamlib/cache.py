@@ -1,26 +1,42 @@
 """The block cache: decoded data blocks of uploaded objects, shared by every reader of a store
-(docs/cache.md).
+(or of several stores), with readers tracked for readahead and eviction (docs/cache.md).
 
 Blocks are keyed by ``(store URL, object key, block position)`` and weighed by their decoded
 bytes. A miss loads the run of missing blocks a read needs with the object reader's coalesced
 ranged GETs; a reader that needs a block another is loading waits for that load instead of
-starting its own GET. Eviction is least-recently-used within ``max_bytes`` (consumer-focused
-eviction and readahead build on this, per docs/cache.md).
+starting its own GET.
+
+**Readers.** A fetch that starts where an earlier fetch of the same stream ended continues that
+reader; others start a new one. A reader seen for ``reader_timeout`` seconds no more is gone.
+Each reader has a readahead **window** (bytes): it doubles, up to ``readahead_bytes``, each
+time the reader reads a block prefetched for it, and halves with a cool-down when such a block is
+evicted unread.
+
+**Eviction** (consumer focus), when a load needs room under ``max_bytes`` (a hard limit):
+first blocks that every active reader of their stream has passed, then blocks of streams no
+active reader is on (least recently used first), and only then blocks ahead of a reader,
+farthest ahead first.
 """
 
 from __future__ import annotations
 
+import itertools
 import threading
+import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from streamlib.objects import IndexEntry, ObjectReader
 from streamlib.records import RecordBatch
 
 BATCH_OVERHEAD = 200
 """Bytes a cached batch costs beyond its payload (the object and its fields), for the budget."""
+
+MiB = 1024 * 1024
+COOLDOWN = 5.0
+"""Seconds a reader's window stops growing after a prefetched block was evicted unread."""
 
 BlockKey = tuple[str, str, int]
 
@@ -39,11 +55,21 @@ class CacheStats:
     """Blocks a read found being loaded by another and waited for instead of a GET."""
     gets: int = 0
     get_bytes: int = 0
-    evicted_blocks: int = 0
-    evicted_bytes: int = 0
     log_reads: int = 0
     """Fetches answered (at least partly) from the log cache, with no object-store request."""
     cache_only_misses: int = 0
+    readahead_blocks: int = 0
+    """Blocks loaded ahead of a reader, in the background."""
+    readahead_hits: int = 0
+    """Prefetched blocks their reader then read."""
+    readahead_wasted_bytes: int = 0
+    """Bytes of prefetched blocks evicted before their reader got to them."""
+    evicted_behind_readers: int = 0
+    evicted_idle: int = 0
+    """Evicted from streams no active reader is on (least recently used first)."""
+    evicted_ahead_of_readers: int = 0
+    evicted_bytes: int = 0
+    readers: int = 0
 
     def snapshot(self) -> dict[str, int]:
         return asdict(self)
@@ -53,16 +79,56 @@ def weight(batches: Sequence[RecordBatch]) -> int:
     return sum(b.size + BATCH_OVERHEAD for b in batches)
 
 
-class BlockCache:
-    """Decoded blocks within ``max_bytes``; thread-safe."""
+@dataclass(slots=True)
+class Reader:
+    """One sequential reader of one stream, as the cache sees it."""
 
-    def __init__(self, max_bytes: int) -> None:
+    id: int
+    stream_id: int
+    position: int
+    last_seen: float
+    window: int
+    sequential: int = 0
+    """Fetches so far that continued where the one before ended."""
+    prefetched_to: int = 0
+    """Offset up to which readahead was already asked for."""
+    cooldown_until: float = 0.0
+    ahead: list[tuple[int, int]] = field(default_factory=list)
+    """(end offset, stored bytes) of the blocks prefetched beyond ``position``."""
+    prefetching: bool = False
+
+
+@dataclass(slots=True)
+class _Block:
+    batches: list[RecordBatch]
+    size: int
+    stream_id: int
+    start: int
+    end: int
+    prefetched_for: int | None = None  # a reader id, until that reader reads it
+    used: float = field(default=0.0)
+
+
+class BlockCache:
+    """Decoded blocks within ``max_bytes``, and the readers they are kept for; thread-safe.
+    One instance may serve several stores (pass it to ``streamlib.open(cache=…)``)."""
+
+    def __init__(self, max_bytes: int, *, readahead_bytes: int = 8 * MiB,
+                 first_window: int = 2 * MiB, reader_timeout: float = 30.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.max_bytes = max_bytes
+        self.readahead_bytes = readahead_bytes
+        self.first_window = min(first_window, readahead_bytes)
+        self.reader_timeout = reader_timeout
         self.stats = CacheStats()
+        self._clock = clock
         self._lock = threading.Lock()
-        self._blocks: OrderedDict[BlockKey, tuple[list[RecordBatch], int]] = OrderedDict()
+        self._blocks: OrderedDict[BlockKey, _Block] = OrderedDict()
         self._loading: dict[BlockKey, Future[list[RecordBatch]]] = {}
         self._bytes = 0
+        self._readers: dict[int, Reader] = {}
+        self._by_position: dict[tuple[int, int], int] = {}  # (stream, next offset) → reader
+        self._ids = itertools.count(1)
 
     @property
     def nbytes(self) -> int:
@@ -72,23 +138,93 @@ class BlockCache:
     def __len__(self) -> int:
         return len(self._blocks)
 
+    # ---- readers ----
+
+    def reader_at(self, stream_id: int, offset: int) -> Reader:
+        """The reader whose last fetch ended at ``offset``, or a new one."""
+        now = self._clock()
+        with self._lock:
+            self._expire(now)
+            found = self._by_position.pop((stream_id, offset), None)
+            reader = self._readers.get(found) if found is not None else None
+            if reader is None:
+                reader = Reader(next(self._ids), stream_id, offset, now, self.first_window,
+                                prefetched_to=offset)
+                self._readers[reader.id] = reader
+            else:
+                reader.sequential += 1
+            reader.last_seen = now
+            self.stats.readers = len(self._readers)
+            return reader
+
+    def advance(self, reader: Reader, offset: int) -> None:
+        """``reader``'s fetch ended at ``offset``: its next fetch starts there."""
+        with self._lock:
+            reader.position = offset
+            reader.prefetched_to = max(reader.prefetched_to, offset)
+            reader.ahead = [(end, size) for end, size in reader.ahead if end > offset]
+            if reader.id in self._readers:
+                self._by_position[(reader.stream_id, offset)] = reader.id
+
+    def forget(self, reader: Reader) -> None:
+        """The reader is done (an iterator closed): its blocks stop being kept for it."""
+        with self._lock:
+            self._drop(reader)
+
+    def _drop(self, reader: Reader) -> None:
+        self._readers.pop(reader.id, None)
+        self._by_position.pop((reader.stream_id, reader.position), None)
+        self.stats.readers = len(self._readers)
+
+    def _expire(self, now: float) -> None:
+        for reader in [r for r in self._readers.values()
+                       if now - r.last_seen > self.reader_timeout]:
+            self._drop(reader)
+
+    def start_readahead(self, reader: Reader) -> tuple[int, int] | None:
+        """``(from offset, stored bytes)`` of readahead to run now for ``reader``, or None: it
+        has not read sequentially twice yet, its window is full, or a readahead of it runs.
+        A non-None answer must be followed by :meth:`readahead_done`."""
+        with self._lock:
+            if reader.sequential < 2 or reader.prefetching or reader.id not in self._readers:
+                return None
+            want = reader.window - sum(size for _, size in reader.ahead)
+            if want <= 0:
+                return None
+            reader.prefetching = True
+            return reader.prefetched_to, want
+
+    def prefetched(self, reader: Reader, entries: Sequence[IndexEntry]) -> None:
+        """These blocks were loaded (or found loaded) ahead of ``reader``."""
+        with self._lock:
+            for entry in entries:
+                reader.ahead.append((entry.end_offset, entry.size))
+                reader.prefetched_to = max(reader.prefetched_to, entry.end_offset)
+
+    def readahead_done(self, reader: Reader) -> None:
+        with self._lock:
+            reader.prefetching = False
+
+    # ---- blocks ----
+
     def load(self, reader: ObjectReader, entries: Sequence[IndexEntry], *,
-             cache_only: bool = False) -> list[list[RecordBatch]]:
+             cache_only: bool = False, ahead_of: Reader | None = None) -> list[list[RecordBatch]]:
         """Each block's batches, in the order of ``entries`` (blocks of ``reader``'s object):
         from memory, from a load another reader started, or fetched now with one GET per run
         of adjacent missing blocks. ``cache_only``: raise :class:`Uncached` rather than wait or
-        fetch."""
+        fetch. ``ahead_of``: a readahead for that reader (blocks already held are skipped)."""
         found: list[list[RecordBatch] | None] = [None] * len(entries)
         waits: list[tuple[int, Future[list[RecordBatch]]]] = []
         mine: list[tuple[int, IndexEntry, BlockKey, Future[list[RecordBatch]]]] = []
+        now = self._clock()
         with self._lock:
             for i, entry in enumerate(entries):
                 key = (reader.store.url, reader.key, entry.position)
                 held = self._blocks.get(key)
                 if held is not None:
-                    self._blocks.move_to_end(key)
-                    found[i] = held[0]
-                    self.stats.block_hits += 1
+                    if ahead_of is None:
+                        self._touch(key, held, now)
+                    found[i] = held.batches
                     continue
                 if cache_only:
                     self.stats.cache_only_misses += 1
@@ -98,22 +234,38 @@ class BlockCache:
                     raise Uncached(entry)
                 loading = self._loading.get(key)
                 if loading is not None:
-                    waits.append((i, loading))
-                    self.stats.shared_loads += 1
+                    if ahead_of is None:
+                        waits.append((i, loading))
+                        self.stats.shared_loads += 1
                     continue
                 future: Future[list[RecordBatch]] = Future()
                 self._loading[key] = future
                 mine.append((i, entry, key, future))
-                self.stats.block_misses += 1
+                if ahead_of is None:
+                    self.stats.block_misses += 1
+                else:
+                    self.stats.readahead_blocks += 1
         if mine:
-            self._fetch(reader, mine, found)
+            self._fetch(reader, mine, found, ahead_of)
         for i, future in waits:
             found[i] = future.result()
         return found  # type: ignore[return-value]
 
+    def _touch(self, key: BlockKey, block: _Block, now: float) -> None:
+        """A reader read this block (caller holds the lock)."""
+        self._blocks.move_to_end(key)
+        block.used = now
+        self.stats.block_hits += 1
+        if block.prefetched_for is not None:
+            owner = self._readers.get(block.prefetched_for)
+            block.prefetched_for = None
+            self.stats.readahead_hits += 1
+            if owner is not None and now >= owner.cooldown_until:
+                owner.window = min(owner.window * 2, self.readahead_bytes)
+
     def _fetch(self, reader: ObjectReader,
                mine: list[tuple[int, IndexEntry, BlockKey, Future[list[RecordBatch]]]],
-               found: list[list[RecordBatch] | None]) -> None:
+               found: list[list[RecordBatch] | None], ahead_of: Reader | None) -> None:
         gets, fetched = reader.gets, reader.fetched_bytes
         try:
             loaded = reader.read_blocks([entry for _, entry, _, _ in mine])
@@ -128,22 +280,67 @@ class BlockCache:
             with self._lock:
                 self.stats.gets += reader.gets - gets
                 self.stats.get_bytes += reader.fetched_bytes - fetched
+        now = self._clock()
         with self._lock:
-            for (i, _, key, _), batches in zip(mine, loaded, strict=True):
+            incoming = []
+            for (i, entry, key, _), batches in zip(mine, loaded, strict=True):
                 found[i] = batches
                 self._loading.pop(key, None)
-                size = weight(batches)
-                if size > self.max_bytes:
-                    continue  # served to this read, too big to keep
-                self._blocks[key] = (batches, size)
-                self._bytes += size
-            while self._bytes > self.max_bytes:
-                _, (_, size) = self._blocks.popitem(last=False)
-                self._bytes -= size
-                self.stats.evicted_blocks += 1
-                self.stats.evicted_bytes += size
+                block = _Block(batches, weight(batches), entry.stream_id, entry.start_offset,
+                               entry.end_offset, None if ahead_of is None else ahead_of.id, now)
+                if block.size <= self.max_bytes:  # else: served to this read, too big to keep
+                    incoming.append((key, block))
+            self._make_room(sum(block.size for _, block in incoming), now)
+            for key, block in incoming:
+                if self._bytes + block.size > self.max_bytes:
+                    continue  # the room went to blocks readers need more
+                self._blocks[key] = block
+                self._bytes += block.size
         for (_, _, _, future), batches in zip(mine, loaded, strict=True):
             future.set_result(batches)
+
+    def _make_room(self, need: int, now: float) -> None:
+        """Evict until ``need`` more bytes fit (caller holds the lock), in the order of
+        consumer focus: behind every reader, then streams without readers (least recently
+        used first), then ahead of readers (farthest first)."""
+        if self._bytes + need <= self.max_bytes:
+            return
+        self._expire(now)
+        positions: dict[int, list[int]] = {}
+        for r in self._readers.values():
+            positions.setdefault(r.stream_id, []).append(r.position)
+        ranked = []
+        for order, (key, block) in enumerate(self._blocks.items()):  # LRU first
+            readers = positions.get(block.stream_id)
+            if readers is None:
+                ranked.append(((1, order), key, "idle"))
+            elif block.end <= min(readers):
+                ranked.append(((0, order), key, "behind"))
+            else:
+                ahead = [block.start - p for p in readers if block.end > p]
+                ranked.append(((2, -min(ahead)), key, "ahead"))
+        ranked.sort(key=lambda item: item[0])
+        for _, key, cause in ranked:
+            if self._bytes + need <= self.max_bytes:
+                return
+            self._evict(key, cause, now)
+
+    def _evict(self, key: BlockKey, cause: str, now: float) -> None:
+        block = self._blocks.pop(key)
+        self._bytes -= block.size
+        self.stats.evicted_bytes += block.size
+        if cause == "behind":
+            self.stats.evicted_behind_readers += 1
+        elif cause == "idle":
+            self.stats.evicted_idle += 1
+        else:
+            self.stats.evicted_ahead_of_readers += 1
+        if block.prefetched_for is not None:  # loaded ahead and never read: shrink the window
+            self.stats.readahead_wasted_bytes += block.size
+            owner = self._readers.get(block.prefetched_for)
+            if owner is not None:
+                owner.window = max(owner.window // 2, self.first_window // 2)
+                owner.cooldown_until = now + COOLDOWN
 
     def count_index_gets(self, reader: ObjectReader, gets: int, fetched: int) -> None:
         """Count the GETs ``reader`` made for its index since it had made ``gets``."""
@@ -152,4 +349,4 @@ class BlockCache:
             self.stats.get_bytes += reader.fetched_bytes - fetched
 
 
-__all__ = ["BATCH_OVERHEAD", "BlockCache", "CacheStats", "Uncached"]
+__all__ = ["BATCH_OVERHEAD", "BlockCache", "CacheStats", "Reader", "Uncached"]

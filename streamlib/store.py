@@ -16,10 +16,10 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-from streamlib.cache import BlockCache, Uncached
+from streamlib.cache import BlockCache, Reader, Uncached
 from streamlib.config import Config
 from streamlib.errors import (
     CacheMiss,
@@ -62,7 +62,7 @@ INDEX_CACHE_BYTES = 16 * 1024 * 1024
 
 def open(path_or_config: str | os.PathLike[str] | Config | Mapping[str, object] | None = None,
          *, storage_options: Mapping[str, Any] | None = None,
-         filesystem: AbstractFileSystem | None = None,
+         filesystem: AbstractFileSystem | None = None, cache: BlockCache | None = None,
          **overrides: object) -> StreamStore:
     """Open (or create) a store.
 
@@ -73,7 +73,9 @@ def open(path_or_config: str | os.PathLike[str] | Config | Mapping[str, object] 
     ``secret``, ``client_kwargs={"endpoint_url": …}``), and to ``wal_url``'s. ``filesystem``
     is an fsspec filesystem to use for the objects instead of one built from the URL (a
     component: a wrapped or instrumented filesystem, a test's fault injector); ``objects_url``
-    then names the root within it.
+    then names the root within it. ``cache`` is a :class:`~streamlib.cache.BlockCache` to
+    share with other stores of this process (one memory budget), instead of one of
+    ``cache_bytes`` for this store alone.
 
     Opening recovers: what the WAL holds beyond the committed objects is uploaded before this
     returns (or, if the object store is down, kept and uploaded in the background).
@@ -85,7 +87,8 @@ def open(path_or_config: str | os.PathLike[str] | Config | Mapping[str, object] 
     else:
         raise TypeError(f"open takes a path, a Config or a mapping, "
                         f"not {type(path_or_config).__name__}")
-    return StreamStore(config, storage_options=storage_options, filesystem=filesystem)
+    return StreamStore(config, storage_options=storage_options, filesystem=filesystem,
+                       cache=cache)
 
 
 def _under(config: Config, field: str, value: str, default: str) -> str:
@@ -122,7 +125,8 @@ class StreamStore:
     WAL (another process may then open the store)."""
 
     def __init__(self, config: Config, *, storage_options: Mapping[str, Any] | None = None,
-                 filesystem: AbstractFileSystem | None = None) -> None:
+                 filesystem: AbstractFileSystem | None = None,
+                 cache: BlockCache | None = None) -> None:
         if not isinstance(config, Config):
             raise TypeError(f"config must be a Config, not {type(config).__name__}")
         self.config = config
@@ -148,7 +152,8 @@ class StreamStore:
         self._closed = False
         self._closing = False
         self._index_cache = IndexCache(INDEX_CACHE_BYTES)
-        self._cache = BlockCache(config.cache_bytes)
+        self._cache = BlockCache(config.cache_bytes) if cache is None else cache
+        self._prefetcher = ThreadPoolExecutor(2, thread_name_prefix="streamlib-readahead")
         # Upload before the WAL is half full, whatever upload_bytes says: appends must not
         # wait for the time trigger.
         self._upload_threshold = min(config.upload_bytes, config.wal_bytes // 2)
@@ -558,16 +563,20 @@ class StreamStore:
                 raise OffsetOutOfRange(state.id, start, low, high)
             end = high if end is None else min(end, high)
             committed = state.committed_end
-            slices = []
-            if start < min(end, committed):
-                i = max(index.bisect_key_right(start) - 1, 0)
-                for piece in index.islice(i):
-                    if piece.start >= min(end, committed):
-                        break
-                    if piece.end > start:
-                        slices.append(piece)
+            slices = _slices(index, start, min(end, committed))
             logged = (state.log_slice(max(start, committed), end)
                       if end > max(start, committed) else [])
+        reader = self._cache.reader_at(state.id, start)
+        try:
+            return self._read(state, reader, start, end, max_bytes, cache_only, low, high,
+                              committed, slices, logged)
+        except BaseException:
+            self._cache.advance(reader, start)  # a retry of this fetch continues this reader
+            raise
+
+    def _read(self, state: StreamState, reader: Reader, start: int, end: int, max_bytes: int,
+              cache_only: bool, low: int, high: int, committed: int,
+              slices: list[ObjectSlice], logged: list[RecordBatch]) -> FetchResult:
         batches: list[RecordBatch] = []
         total = 0
 
@@ -612,7 +621,44 @@ class StreamStore:
                 batches.append(batch)
                 total += batch.size
         next_fetch = batches[-1].next_offset if batches else start
+        self._cache.advance(reader, next_fetch)
+        if slices and not cache_only and next_fetch < committed:
+            self._schedule_readahead(state, reader)
         return FetchResult(tuple(batches), next_fetch, low, high)
+
+    def _schedule_readahead(self, state: StreamState, reader: Reader) -> None:
+        todo = self._cache.start_readahead(reader)
+        if todo is None:
+            return
+        try:
+            self._prefetcher.submit(self._readahead, state, reader, *todo)
+        except RuntimeError:  # shut down: the store is closing
+            self._cache.readahead_done(reader)
+
+    def _readahead(self, state: StreamState, reader: Reader, start: int, want: int) -> None:
+        """Load about ``want`` stored bytes of the stream's blocks from ``start`` into the cache,
+        in the background, for ``reader``."""
+        try:
+            index = self._object_index(state)
+            with state.lock:
+                slices = _slices(index, start, state.committed_end)
+            for piece in slices:
+                if want <= 0 or self._closing:
+                    return
+                objects = self._reader(piece, state.id, start, False)
+                chosen = []
+                for entry in objects.index().blocks(state.id, max(start, piece.start), piece.end):
+                    if want <= 0:
+                        break
+                    chosen.append(entry)
+                    want -= entry.size
+                if chosen:
+                    self._cache.prefetched(reader, chosen)
+                    self._cache.load(objects, chosen, ahead_of=reader)
+        except Exception as error:  # a readahead is a guess: the read itself will report
+            log.debug("readahead of stream %d failed: %r", state.id, error)
+        finally:
+            self._cache.readahead_done(reader)
 
     def _reader(self, piece: ObjectSlice, stream_id: int, offset: int,
                 cache_only: bool) -> ObjectReader:
@@ -749,6 +795,7 @@ class StreamStore:
                     future.result()
             self._acknowledge(state)
         self._uploader.stop()
+        self._prefetcher.shutdown(wait=True, cancel_futures=True)
         if self._failure is None:
             try:
                 self._uploader.upload(final=True)
@@ -778,6 +825,19 @@ class StreamStore:
     def __repr__(self) -> str:
         return (f"<StreamStore path={self.config.path!r} wal={self.config.wal} "
                 f"objects={self._objects.url!r}>")
+
+
+def _slices(index: Any, start: int, end: int) -> list[ObjectSlice]:
+    """The object slices of a stream's index holding offsets of ``[start, end)``."""
+    if start >= end:
+        return []
+    found = []
+    for piece in index.islice(max(index.bisect_key_right(start) - 1, 0)):
+        if piece.start >= end:
+            break
+        if piece.end > start:
+            found.append(piece)
+    return found
 
 
 def _first_at(batches: Sequence[RecordBatch], timestamp: int, start: int) -> int | None:

@@ -14,6 +14,7 @@ import pytest
 
 import streamlib
 from streamlib import CacheMiss, RecordBatch, StreamStore
+from streamlib.cache import BlockCache
 from streamlib.testing.s3 import S3Endpoint
 
 MiB = 1024 * 1024
@@ -84,8 +85,10 @@ def test_a_catch_up_reader_makes_about_one_get_a_block(open_store: Any) -> None:
         cache = store.stats()["cache"]
         # 8 MiB of payload and their batch headers: 9 blocks of at most 1 MiB, in one object;
         # its index tail and about one GET a block.
-        assert cache["block_misses"] == 9, cache  # type: ignore[index]
+        loaded = cache["block_misses"] + cache["readahead_blocks"]  # type: ignore[index]
+        assert loaded == 9, cache
         assert cache["gets"] <= 9 + 1 + 2, cache  # type: ignore[index]
+        assert cache["readahead_blocks"] > 0 and cache["readahead_hits"] > 0, cache  # type: ignore[index]
 
 
 def test_two_readers_of_one_range_make_one_set_of_gets(open_store: Any) -> None:
@@ -143,4 +146,64 @@ def test_the_block_cache_stays_within_its_budget(open_store: Any) -> None:
             offset = stream.fetch(offset, max_bytes=256 * 1024).next_fetch_offset
             peak = max(peak, store.stats()["cache"]["block_bytes"])  # type: ignore[index]
         cache = store.stats()["cache"]
-        assert peak <= 2 * MiB and cache["evicted_blocks"] >= 3, cache  # type: ignore[index]
+        evicted = sum(cache[k] for k in ("evicted_behind_readers", "evicted_idle",  # type: ignore[index]
+                                         "evicted_ahead_of_readers"))
+        assert peak <= 2 * MiB and evicted >= 3, cache
+
+
+# ---- readahead and consumer-focused eviction (local: the policy, not the server) ----
+
+
+def test_consumer_focused_eviction_keeps_what_live_readers_will_read(tmp_path: Path) -> None:
+    """Three readers at different places of one stream and a cache that holds 4 blocks: the
+    blocks every reader has passed go first, the blocks ahead of a reader last; the budget is
+    never exceeded; a reader that vanishes stops pinning its blocks."""
+    options = {"compression": "none", "block_bytes": "1MiB", "upload_interval_ms": 3_600_000}
+    with streamlib.open(tmp_path / "data", **options) as store:
+        fill(store, 12)
+    cache = BlockCache(4 * MiB + 64 * 1024, reader_timeout=0.5, readahead_bytes=1)
+    with streamlib.open(tmp_path / "data", cache=cache, **options) as store:
+        stream = store.open_stream("s", read_only=True)
+        per_block = 16  # batches of 4 records: 64 records a block
+        offsets = {}
+        peak = 0
+
+        def step(name: str, offset: int) -> None:
+            nonlocal peak
+            offsets[name] = stream.fetch(offset, max_bytes=BATCH).next_fetch_offset
+            peak = max(peak, cache.nbytes)
+
+        # Reader A reads the first two blocks, B the next two, C two further on.
+        for _ in range(2 * per_block):
+            step("a", offsets.get("a", 0))
+        for _ in range(2 * per_block):
+            step("b", offsets.get("b", 2 * per_block * 4))
+        held_before = {k[2] for k in cache._blocks}
+        for _ in range(2 * per_block):
+            step("c", offsets.get("c", 6 * per_block * 4))
+        stats = cache.stats.snapshot()
+        assert peak <= cache.max_bytes
+        # C's two blocks needed room: the victims were behind every reader, not ahead of one.
+        assert stats["evicted_behind_readers"] >= 1 and stats["evicted_ahead_of_readers"] == 0
+        assert len(held_before) >= 3
+        time.sleep(0.6)  # every reader is gone: their blocks are plain LRU blocks now
+        stream.fetch(11 * per_block * 4, max_bytes=BATCH)
+        assert cache.stats.readers == 1  # only the newest
+
+
+def test_readahead_grows_while_the_reader_keeps_up(open_store: Any) -> None:
+    with open_store() as store:
+        fill(store, 8)
+    with open_store() as store:
+        stream = store.open_stream("s", read_only=True)
+        offset, waits = 0, 0
+        while offset < stream.next_offset:
+            try:
+                result = stream.fetch(offset, max_bytes=256 * 1024, cache_only=True)
+            except CacheMiss:  # not loaded yet: the slow path, as a broker's worker would
+                waits += 1
+                result = stream.fetch(offset, max_bytes=256 * 1024)
+            offset = result.next_fetch_offset
+        cache = store.stats()["cache"]
+        assert cache["readahead_hits"] >= 3, cache  # type: ignore[index]
+        assert waits < 32, (waits, cache)  # most fetches found their blocks loaded ahead
