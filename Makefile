@@ -64,6 +64,7 @@ bench: $(VENV)/.installed-bench
 	$(BIN)/python benchmarks/codec.py
 	$(BIN)/python benchmarks/wal.py
 	$(BIN)/python benchmarks/stream.py
+	$(BIN)/python benchmarks/read.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info streamlib/codec/_segment_codec*.so .pytest_cache .hypothesis

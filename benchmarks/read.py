@@ -1,0 +1,735 @@
+"""Reads: tailing latency, catch-up from S3 (moto), warm re-read, beside SlateDB and SQLite.
+
+    .venv/bin/python benchmarks/read.py [--quick] [--no-s3] [--sweep] [--profile] [--json PATH]
+                                        [--dir DIR]
+
+Three measurements in one run (DESIGN.md §3 and §10, docs/cache.md), the data being what
+``benchmarks/stream.py`` appends (batches of 1 KiB compact JSON events from a seeded pool):
+
+1. **Tailing latency.** A writer appends small batches (10 × 1 KiB) one at a time, each waited
+   for (a local store: file WAL, local objects); a reader thread follows the stream and notes
+   ``time.perf_counter()`` when it receives each batch. The writer notes the time just before
+   calling ``append`` and right after it returns. Reported, p50 / p99 / max over every sample:
+   *ack → reader* (reader has it minus append returned: negative when the reader wakes before
+   the writer's ``append`` has returned, which is normal: the acknowledgement wakes the readers
+   first, then completes the append's future) and *call → reader* (reader has it minus append
+   called: the whole path, the WAL's ``fdatasync`` included). Three readers: ``Stream.read``,
+   a loop of ``fetch(timeout=)`` long polls, and ``Stream.read_async`` in an asyncio loop of the
+   reader's thread. They take turns in chunks of 250 samples (a fresh reader a chunk, the
+   first 3 appends of each chunk not counted). The physical reference: one Python thread
+   waking another through a ``threading.Condition`` (and through ``call_soon_threadsafe`` for
+   asyncio) on this machine, measured the same way.
+2. **Catch-up read of uploaded data on S3** (a moto server in a process of its own, as in
+   ``benchmarks/stream.py``; streamlib's WAL stays a local file WAL). Batches of 100 × 1 KiB
+   are appended with 64 in flight, ``store.flush()`` uploads the rest, the store is closed and
+   reopened (cold: empty block cache and index cache), and the whole stream is read with
+   ``fetch(max_bytes=4 MiB)``; GETs and their bytes come from ``store.stats()["cache"]``.
+   Beside it, on the same server and the very same objects, one at a time with s3fs (the
+   filesystem streamlib builds, ``cat_file`` called directly): whole-object GETs, and ranged
+   GETs of 1 MiB in sequence (the shape of a reader's GETs), and, as the server's cost of one
+   request, GETs of a separate 1 MiB object. Also SlateDB (Python package, a value a batch,
+   bindings patched as in ``benchmarks/stream.py``, scan with 8 MiB read-ahead and 8 fetch
+   tasks) on the same server, streamlib with local objects, and SQLite (local file, WAL mode,
+   a row a batch). Each read is best of 5 (``--quick``: 3), the systems taking turns. The time
+   streamlib's read spends inside GETs is taken by wrapping its ``ObjectStore.get``, split
+   between the reading thread (where the reader waits) and others (background loads).
+3. **Warm re-read**: the same data read again from the same (still open) streamlib store; its
+   block cache (256 MiB) holds everything, so it should make no GET.
+
+MB/s = 10^6 bytes a second of record values (the 1 KiB values) unless a line says "of object
+bytes". Absolute figures drift by ±40% between runs on the reference machine: compare within
+a run. ``--sweep`` adds cold reads on moto with fetches of 1, 4 and 64 MiB, each with readahead
+off, as configured by default, and with a 32 MiB window (16 MiB at first), through
+``streamlib.open(cache=BlockCache(…))``. ``--profile`` adds a cProfile of one cold catch-up read
+on moto (the read loop's thread: time inside a GET shows as waiting on s3fs's event loop).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import cProfile
+import inspect
+import io
+import json
+import os
+import pstats
+import shutil
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+from stream import (
+    BIG,
+    IN_FLIGHT,
+    MB,
+    MIB,
+    RECORD_BYTES,
+    SMALL,
+    Data,
+    SlateDB,
+    SQLite,
+    percentile,
+    slatedb_module,
+    verdict,
+)
+
+import streamlib
+import streamlib.io
+
+FETCH_BYTES = 4 * MIB  # a catch-up reader's max_bytes
+NO_READAHEAD = {"readahead_bytes": 0}
+SWEEP_FETCH = (1 * MIB, 4 * MIB, 64 * MIB)  # --sweep: max_bytes of the fetches
+SWEEP_CACHE = (("readahead off", NO_READAHEAD), ("readahead default", {}),
+               ("readahead 32 MiB, first 16", {"readahead_bytes": 32 * MIB,
+                                                "first_window": 16 * MIB}))
+RANGE_BYTES = 1 * MIB  # raw ranged GETs
+SMALL_GETS = 10
+CHUNK = 250  # tailing samples a reader takes before the next kind's turn
+WARM_UP = 3  # appends at the start of each chunk, not counted
+TAIL_TARGET_MS = 1.0
+COUNTERS = ("gets", "get_bytes", "block_hits", "block_misses", "shared_loads",
+            "readahead_blocks", "readahead_hits")  # of store.stats()["cache"], where present
+MODES = ("read", "fetch", "read_async")
+MODE_NAMES = {"read": "Stream.read", "fetch": "fetch(timeout=) loop",
+              "read_async": "Stream.read_async"}
+
+
+def stats_ms(samples: Sequence[float]) -> dict[str, float]:
+    return {"p50": statistics.median(samples) * 1e3, "p99": percentile(samples, 0.99) * 1e3,
+            "max": max(samples) * 1e3, "n": len(samples)}
+
+
+# ---- 1. tailing latency ----
+
+
+def follow(stream: streamlib.Stream, mode: str, start: int, count: int,
+           seen: dict[int, float], ready: threading.Event) -> None:
+    """Read ``count`` batches from ``start`` the ``mode`` way, noting when each arrives."""
+    clock = time.perf_counter
+    if mode == "read":
+        batches = stream.read(start, idle_timeout=30)
+        ready.set()
+        for batch in batches:
+            seen[batch.base_offset] = clock()
+            if len(seen) >= count:
+                break
+        batches.close()
+    elif mode == "fetch":
+        ready.set()
+        offset = start
+        while len(seen) < count:
+            result = stream.fetch(offset, timeout=30)
+            now = clock()
+            if not result.batches:
+                raise RuntimeError("a tailing fetch timed out")
+            for batch in result.batches:
+                seen[batch.base_offset] = now
+            offset = result.next_fetch_offset
+    else:
+        async def go() -> None:
+            ready.set()
+            async for batch in stream.read_async(start, idle_timeout=30):
+                seen[batch.base_offset] = clock()
+                if len(seen) >= count:
+                    break
+
+        asyncio.run(go())
+
+
+def tailing(directory: Path, data: Data, samples: int, **options: object) -> dict[str, Any]:
+    """Each reader kind follows ``samples`` small appends, the kinds taking turns in chunks."""
+    store = streamlib.open(directory / "tailing", **options)
+    stream = store.create_stream("tail")
+    clock = time.perf_counter
+    ack: dict[str, list[float]] = {m: [] for m in MODES}
+    call: dict[str, list[float]] = {m: [] for m in MODES}
+    append: list[float] = []
+    index = 0
+    try:
+        for i in range(20):  # warm-up: files, the codec, the first allocations
+            stream.append(data.small(i))
+        while any(len(ack[m]) < samples for m in MODES):
+            for mode in MODES:
+                count = min(CHUNK, samples - len(ack[mode]))
+                if count <= 0:
+                    continue
+                seen: dict[int, float] = {}
+                ready = threading.Event()
+                start = stream.next_offset
+                reader = threading.Thread(target=follow, args=(stream, mode, start,
+                                                               count + WARM_UP, seen, ready))
+                reader.start()
+                ready.wait()
+                time.sleep(0.005)  # the reader is waiting at the tail
+                times: list[tuple[int, float, float]] = []
+                for n in range(count + WARM_UP):
+                    values = data.small(index)
+                    index += 1
+                    t0 = clock()
+                    result = stream.append(values)
+                    t1 = clock()
+                    if n >= WARM_UP:
+                        times.append((result.base_offset, t0, t1))
+                reader.join(60)
+                if reader.is_alive():
+                    raise RuntimeError(f"the {mode} reader did not finish")
+                for offset, t0, t1 in times:
+                    got = seen[offset]
+                    ack[mode].append(got - t1)
+                    call[mode].append(got - t0)
+                    append.append(t1 - t0)
+    finally:
+        store.close()
+    return {"ack": {m: stats_ms(ack[m]) for m in MODES},
+            "call": {m: stats_ms(call[m]) for m in MODES},
+            "append": stats_ms(append),
+            "negative": {m: sum(1 for x in ack[m] if x < 0) / len(ack[m]) for m in MODES}}
+
+
+def wake_reference(samples: int) -> dict[str, dict[str, float]]:
+    """One thread waking another: ``Condition.notify`` → the waiting thread runs; and a thread
+    waking an event loop with ``call_soon_threadsafe`` → the awaiting coroutine runs. The
+    waker waits on an Event for each round's end (untimed) before the next."""
+    clock = time.perf_counter
+    cond = threading.Condition()
+    back = threading.Event()
+    sent: list[float] = []
+    woke: list[float] = []
+
+    def waiter() -> None:
+        with cond:
+            for i in range(samples):
+                while len(sent) <= i:
+                    cond.wait()
+                woke.append(clock())
+                back.set()
+
+    thread = threading.Thread(target=waiter)
+    thread.start()
+    for _ in range(samples):
+        time.sleep(0.0002)
+        with cond:
+            sent.append(clock())
+            cond.notify_all()
+        back.wait()
+        back.clear()
+    thread.join()
+    threads = [w - s for w, s in zip(woke, sent, strict=True)]
+
+    loop_times: list[float] = []
+    box: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[float]]] = []
+    ready = threading.Event()
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        for _ in range(samples):
+            future: asyncio.Future[float] = loop.create_future()
+            box.append((loop, future))
+            ready.set()
+            at = await future
+            loop_times.append(clock() - at)
+
+    runner = threading.Thread(target=lambda: asyncio.run(run()))
+    runner.start()
+    for _ in range(samples):
+        ready.wait()
+        ready.clear()
+        loop, future = box.pop()
+        time.sleep(0.0002)
+        loop.call_soon_threadsafe(future.set_result, clock())
+    runner.join()
+    return {"thread": stats_ms(threads), "loop": stats_ms(loop_times)}
+
+
+# ---- 2 and 3. catch-up and warm re-read ----
+
+
+def append_all(stream: streamlib.Stream, batches: Sequence[list[bytes]]) -> None:
+    pending: deque[Future[Any]] = deque()
+    for values in batches:
+        if len(pending) >= IN_FLIGHT:
+            pending.popleft().result()
+        pending.append(stream.append_future(values))
+    for future in pending:
+        future.result()
+
+
+class Timed:
+    """Wraps a store's ``ObjectStore.get`` to add up the time spent inside GETs: on the reading
+    thread (the reader waits) and on others (background loads, if any). The benchmark's
+    business only: a private attribute."""
+
+    def __init__(self, store: Any) -> None:
+        self.objects = store._objects
+        self.get = self.objects.get
+        self.thread = threading.get_ident()
+        self.own = self.other = 0.0
+        self.objects.get = self._get
+
+    def _get(self, key: str, start: int | None = None, end: int | None = None) -> bytes:
+        t = time.perf_counter()
+        try:
+            return self.get(key, start, end)
+        finally:
+            if threading.get_ident() == self.thread:
+                self.own += time.perf_counter() - t
+            else:
+                self.other += time.perf_counter() - t
+
+    def restore(self) -> None:
+        self.objects.get = self.get
+
+
+class Catchup:
+    """A streamlib store holding one stream of the benchmark's batches: objects on S3 or local."""
+
+    def __init__(self, name: str, directory: Path, batches: Sequence[list[bytes]],
+                 storage_options: dict[str, Any] | None = None, **options: object) -> None:
+        self.name = name
+        self.directory = directory
+        self.storage_options = storage_options
+        self.options = options
+        self.value_bytes = len(batches) * BIG * RECORD_BYTES
+        store = streamlib.open(directory, storage_options=storage_options, **options)
+        try:
+            stream = store.create_stream("catch-up")
+            start = time.perf_counter()
+            append_all(stream, batches)
+            self.append_s = time.perf_counter() - start
+            store.flush()
+            self.uploaded_s = time.perf_counter() - start
+            up = store.stats()
+            self.objects = int(up["objects_uploaded"])  # type: ignore[call-overload]
+            self.object_bytes = int(up["bytes_uploaded"])  # type: ignore[call-overload]
+            self.end = stream.next_offset
+        finally:
+            store.close()
+        self.store: Any = None
+        self.best: dict[str, dict[str, Any]] = {}
+        self.warm: dict[str, Any] | None = None
+
+    def reopen(self, cache: dict[str, Any] | None = None) -> None:
+        """Open the store again (cold); ``cache``: options of a ``BlockCache`` of the default
+        size to open it with (``streamlib.open(cache=…)``), else the store's own."""
+        if self.store is not None:
+            self.store.close()
+        extra: dict[str, Any] = {} if cache is None else {"cache": block_cache(**cache)}
+        self.store = streamlib.open(self.directory, storage_options=self.storage_options,
+                                    **self.options, **extra)
+        self.store._objects.exists("warm-up")  # a new S3 client's first request: not timed
+
+    def read(self, fetch_bytes: int = FETCH_BYTES) -> dict[str, Any]:
+        """Read the whole stream from the open store, with ``fetch(max_bytes=fetch_bytes)``."""
+        store = self.store
+        stream = store.open_stream("catch-up", read_only=True)
+        timed = Timed(store)
+        before = store.stats()["cache"]
+        total = offset = fetches = 0
+        start = time.perf_counter()
+        while offset < self.end:
+            result = stream.fetch(offset, max_bytes=fetch_bytes)
+            for batch in result.batches:
+                total += batch.count
+            offset = result.next_fetch_offset
+            fetches += 1
+        elapsed = time.perf_counter() - start
+        after = store.stats()["cache"]
+        timed.restore()
+        stream.close()
+        total *= RECORD_BYTES
+        assert total == self.value_bytes, (self.name, total, self.value_bytes)
+        delta = {k: after[k] - before[k] for k in COUNTERS if k in after}
+        return {"seconds": elapsed, "mb_per_s": total / elapsed / MB, "fetches": fetches,
+                "get_seconds": timed.own, "background_get_seconds": timed.other, **delta,
+                "gets_per_mib": delta["gets"] * MIB / total}
+
+    def cold(self, kind: str = "cold", cache: dict[str, Any] | None = None,
+             fetch_bytes: int = FETCH_BYTES) -> dict[str, Any]:
+        """A cold read (after a reopen); the best of each ``kind`` is kept."""
+        self.reopen(cache)
+        result = self.read(fetch_bytes)
+        if kind not in self.best or result["seconds"] < self.best[kind]["seconds"]:
+            self.best[kind] = result
+        return result
+
+    def cold_without_readahead(self) -> dict[str, Any]:
+        return self.cold("cold, no readahead", NO_READAHEAD)
+
+    def close(self) -> None:
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+
+
+def block_cache(**options: Any) -> Any:
+    """A block cache of the default size, with these options (readahead_bytes, first_window)."""
+    from streamlib.cache import BlockCache
+
+    return BlockCache(streamlib.Config().cache_bytes, **options)
+
+
+def readahead_configurable() -> bool:
+    """This streamlib has readahead and ``open(cache=)`` (added after the benchmark)."""
+    try:
+        block_cache(**NO_READAHEAD)
+    except (ImportError, TypeError):
+        return False
+    return "cache" in inspect.signature(streamlib.open).parameters
+
+
+def sweep(lib: Catchup, raw: RawGets, repeats: int) -> list[dict[str, Any]]:
+    """Cold reads on moto with other fetch sizes and readahead windows, best of ``repeats``."""
+    kinds = [(f"sweep {fetch // MIB} MiB {name}", cache, fetch)
+             for fetch in SWEEP_FETCH for name, cache in SWEEP_CACHE]
+    for _ in range(repeats):
+        raw.whole()
+        for kind, cache, fetch in kinds:
+            lib.cold(kind, cache, fetch)
+    rows = []
+    for kind, cache, fetch in kinds:
+        best = lib.best.pop(kind)
+        rows.append({"fetch_bytes": fetch, "readahead": kind.split(" MiB ", 1)[1],
+                     "cache_options": cache, **best, "vs_raw": raw.whole_s / best["seconds"]})
+    return rows
+
+
+class RawGets:
+    """The objects of a streamlib store on S3, GET one at a time with s3fs directly."""
+
+    def __init__(self, url: str, storage_options: dict[str, Any]) -> None:
+        self.fs, root = streamlib.io.open_filesystem(url, storage_options)
+        listing = streamlib.io.ObjectStore(self.fs, root).list("")
+        self.objects = [(f"{root}/{info.key}", info.size) for info in listing]
+        self.bytes = sum(size for _, size in self.objects)
+        self.fs.cat_file(self.objects[0][0], start=0, end=1)  # the client's first request
+        self.whole_s = self.ranged_s = self.small_s = float("inf")
+        self.ranged_gets = sum(-(-size // RANGE_BYTES) for _, size in self.objects)
+        # the server's cost of a GET of RANGE_BYTES when that is the whole object (moto reads
+        # the whole object to answer a ranged GET: the stream's objects cost more a range)
+        self.small_path = f"{root.split('/')[0]}/raw-reference/one"
+        self.fs.pipe_file(self.small_path, os.urandom(RANGE_BYTES))
+
+    def whole(self) -> None:
+        start = time.perf_counter()
+        got = sum(len(self.fs.cat_file(path, start=0, end=size)) for path, size in self.objects)
+        self.whole_s = min(self.whole_s, time.perf_counter() - start)
+        assert got == self.bytes
+
+    def ranged(self) -> None:
+        start = time.perf_counter()
+        got = 0
+        for path, size in self.objects:
+            for at in range(0, size, RANGE_BYTES):
+                got += len(self.fs.cat_file(path, start=at, end=min(size, at + RANGE_BYTES)))
+        self.ranged_s = min(self.ranged_s, time.perf_counter() - start)
+        assert got == self.bytes
+
+    def small(self) -> None:
+        """SMALL_GETS GETs of a whole object of RANGE_BYTES: seconds a GET."""
+        start = time.perf_counter()
+        for _ in range(SMALL_GETS):
+            self.fs.cat_file(self.small_path, start=0, end=RANGE_BYTES)
+        self.small_s = min(self.small_s, (time.perf_counter() - start) / SMALL_GETS)
+
+
+def best_of(repeats: int, steps: Sequence[tuple[str, Callable[[], Any]]]) -> None:
+    """Each step ``repeats`` times, the steps taking turns."""
+    for _ in range(repeats):
+        for _, step in steps:
+            step()
+
+
+def catch_up(directory: Path, data: Data, batches: int, repeats: int, s3: bool,
+             profile: bool, sweeping: bool) -> dict[str, Any]:
+    big = data.big[:batches]
+    value_bytes = batches * data.big_bytes
+    results: dict[str, Any] = {"batches": batches, "value_bytes": value_bytes}
+    local = Catchup("streamlib, local objects", directory / "catchup-local", big)
+    sqlite = SQLite(directory, per_record=False)
+    sqlite.append_batches(big)
+    sqlite_best = [float("inf")]
+
+    def sqlite_read() -> None:
+        seconds, total = sqlite.read_back()
+        assert total == value_bytes, total
+        sqlite_best[0] = min(sqlite_best[0], seconds)
+
+    steps: list[tuple[str, Callable[[], Any]]] = [("local", local.cold), ("sqlite", sqlite_read)]
+    server = None
+    lib = raw = slate = None
+    slate_best = [float("inf")]
+    try:
+        if s3:
+            from streamlib.testing.s3 import REGION, MotoServer, fresh_bucket
+
+            server = MotoServer(own_process=True)  # not competing for this process's GIL
+            endpoint = server.start()
+            bucket_cm = fresh_bucket(endpoint)
+            bucket = bucket_cm.__enter__()
+            url = f"s3://{bucket.name}/streamlib"
+            options = endpoint.storage_options()
+            lib = Catchup("streamlib on moto", directory / "catchup-s3", big,
+                          storage_options=options, objects_url=url)
+            raw = RawGets(url, options)
+            steps = [("raw whole", raw.whole), ("raw ranged", raw.ranged),
+                     ("raw small", raw.small), *steps]
+            if readahead_configurable():
+                steps.append(("s3, no readahead", lib.cold_without_readahead))
+            steps.append(("s3", lib.cold))  # last: the warm read uses the store it leaves
+            sdb, error = slatedb_module()
+            if sdb is None:
+                results["slatedb_error"] = error
+            else:
+                s3_config = {"bucket": bucket.name, "endpoint": endpoint.url,
+                             "access_key_id": endpoint.key,
+                             "secret_access_key": endpoint.secret, "region": REGION}
+                try:
+                    slate = SlateDB(sdb, per_record=False, patched=True, s3=s3_config,
+                                    label="on moto")
+                    start = time.perf_counter()
+                    slate.append_batches(big)
+                    results["slatedb_append_mb_per_s"] = (
+                        value_bytes / (time.perf_counter() - start) / MB)
+
+                    def slate_read() -> None:
+                        seconds, total = slate.read_back()
+                        assert total == value_bytes, total
+                        slate_best[0] = min(slate_best[0], seconds)
+
+                    steps.append(("slatedb", slate_read))
+                except Exception as failure:
+                    results["slatedb_error"] = f"SlateDB on moto failed: {failure!r}"
+                    slate = None
+        best_of(repeats, steps)
+        # 3. warm: read again from the store the last cold read left open
+        local.warm = local.read()
+        if lib is not None:
+            lib.warm = lib.read()
+            if profile:
+                results["profile"] = profile_read(lib)
+            if sweeping and raw is not None and readahead_configurable():
+                results["sweep"] = sweep(lib, raw, repeats)
+        if slate is not None:
+            results["slatedb"] = {"name": slate.name, "mb_per_s": value_bytes / slate_best[0] / MB,
+                                  "seconds": slate_best[0]}
+        for c in filter(None, (local, lib)):
+            results[c.name] = {**c.best, "warm": c.warm, "objects": c.objects,
+                               "object_bytes": c.object_bytes,
+                               "append_mb_per_s": value_bytes / c.append_s / MB,
+                               "uploaded_mb_per_s": value_bytes / c.uploaded_s / MB}
+        results["sqlite"] = {"name": sqlite.name, "seconds": sqlite_best[0],
+                             "mb_per_s": value_bytes / sqlite_best[0] / MB}
+        if raw is not None:
+            results["raw"] = {"objects": len(raw.objects), "bytes": raw.bytes,
+                              "whole_s": raw.whole_s, "ranged_s": raw.ranged_s,
+                              "ranged_gets": raw.ranged_gets, "small_get_s": raw.small_s}
+        results["s3"] = lib is not None
+    finally:
+        for closer in (local.close, sqlite.close, *(c.close for c in (lib, slate) if c)):
+            with contextlib.suppress(Exception):
+                closer()
+        if server is not None:
+            with contextlib.suppress(Exception):
+                bucket_cm.__exit__(None, None, None)
+            server.stop()
+    return results
+
+
+def profile_read(lib: Catchup) -> str:
+    """cProfile of one cold read (the read loop's thread), top functions."""
+    lib.reopen()
+    profiler = cProfile.Profile()
+    profiler.enable()
+    lib.read()
+    profiler.disable()
+    out = io.StringIO()
+    stats = pstats.Stats(profiler, stream=out)
+    stats.sort_stats("tottime").print_stats(14)
+    stats.sort_stats("cumulative").print_stats(22)
+    return out.getvalue()
+
+
+# ---- the report ----
+
+
+def report(tail: dict[str, Any] | None, wake: dict[str, Any] | None,
+           cu: dict[str, Any]) -> None:
+    if tail is not None and wake is not None:
+        n = tail["ack"]["read"]["n"]
+        print(f"1. Tailing: {SMALL} x 1 KiB appends one at a time (file WAL), a reader thread "
+              f"following; {n} samples a reader")
+        print(f"{'reader':<22}  {'ack->reader p50':>15}  {'p99':>8}  {'max':>8}  "
+              f"{'call->reader p50':>16}  {'p99':>8}  {'before ack':>10}")
+        for mode in MODES:
+            a, c = tail["ack"][mode], tail["call"][mode]
+            print(f"{MODE_NAMES[mode]:<22}  {a['p50']:>13.3f}ms  {a['p99']:>6.3f}ms  "
+                  f"{a['max']:>6.2f}ms  {c['p50']:>14.3f}ms  {c['p99']:>6.3f}ms  "
+                  f"{tail['negative'][mode]:>10.0%}")
+        ap = tail["append"]
+        print(f"append call (all samples): p50 {ap['p50']:.3f} ms, p99 {ap['p99']:.3f} ms")
+        print(f"reference, one thread waking another: Condition.notify -> waiter "
+              f"p50 {wake['thread']['p50']:.3f} ms, p99 {wake['thread']['p99']:.3f} ms; "
+              f"call_soon_threadsafe -> coroutine p50 {wake['loop']['p50']:.3f} ms, "
+              f"p99 {wake['loop']['p99']:.3f} ms")
+        print("  ack->reader = reader has it - append returned (negative: the reader had it "
+              "first);\n  call->reader = reader has it - append called; before ack = share of "
+              "samples the reader had before append returned\n")
+
+    value_bytes = cu["value_bytes"]
+    mib = value_bytes / MIB
+    print(f"2-3. Catch-up: {cu['batches']} batches of {BIG} x 1 KiB ({mib:,.1f} MiB of values), "
+          f"fetch max_bytes = {FETCH_BYTES // MIB} MiB, cold = after a reopen; best of the "
+          f"repeats")
+    rows: list[tuple[str, str, str, str, str, str]] = []
+    header = ("read", "MB/s", "obj MB/s", "GETs", "GETs/MiB", "GET MiB")
+    if cu["s3"]:
+        raw = cu["raw"]
+        obj_mb = raw["bytes"] / MB
+        rows.append(("raw GET, whole objects (s3fs)", f"{value_bytes / raw['whole_s'] / MB:,.0f}",
+                     f"{obj_mb / raw['whole_s']:,.0f}", f"{raw['objects']}",
+                     f"{raw['objects'] * MIB / value_bytes:.3f}", f"{raw['bytes'] / MIB:,.1f}"))
+        rows.append((f"raw GET, {RANGE_BYTES // MIB} MiB ranges in sequence",
+                     f"{value_bytes / raw['ranged_s'] / MB:,.0f}",
+                     f"{obj_mb / raw['ranged_s']:,.0f}", f"{raw['ranged_gets']}",
+                     f"{raw['ranged_gets'] * MIB / value_bytes:.3f}",
+                     f"{raw['bytes'] / MIB:,.1f}"))
+    for name in ("streamlib on moto", "streamlib, local objects"):
+        if name not in cu:
+            continue
+        lib = cu[name]
+        for kind in ("cold", "cold, no readahead", "warm"):
+            if kind not in lib:
+                continue
+            r = lib[kind]
+            rows.append((f"{name}, {kind}", f"{r['mb_per_s']:,.0f}",
+                         f"{lib['object_bytes'] / MB / r['seconds']:,.0f}", f"{r['gets']}",
+                         f"{r['gets_per_mib']:.3f}", f"{r['get_bytes'] / MIB:,.1f}"))
+    if "slatedb" in cu:
+        rows.append((f"{cu['slatedb']['name']}", f"{cu['slatedb']['mb_per_s']:,.0f}",
+                     "-", "-", "-", "-"))
+    rows.append((f"{cu['sqlite']['name']} (local file)", f"{cu['sqlite']['mb_per_s']:,.0f}",
+                 "-", "-", "-", "-"))
+    width = max(len(r[0]) for r in [*rows, header])
+    print(f"{header[0]:<{width}}  {header[1]:>6}  {header[2]:>8}  {header[3]:>5}  "
+          f"{header[4]:>8}  {header[5]:>7}")
+    for r in rows:
+        print(f"{r[0]:<{width}}  {r[1]:>6}  {r[2]:>8}  {r[3]:>5}  {r[4]:>8}  {r[5]:>7}")
+    print("  MB/s = 10^6 bytes of values a second; obj MB/s = the same time over the bytes of "
+          "the objects;\n  GET MiB = bytes the GETs returned")
+    if cu["s3"]:
+        lib = cu["streamlib on moto"]
+        cold = lib["cold"]
+        print(f"  streamlib on moto: {lib['objects']} objects, {lib['object_bytes'] / MIB:,.1f} "
+              f"MiB (lz4); append {lib['append_mb_per_s']:,.0f} MB/s, "
+              f"{lib['uploaded_mb_per_s']:,.0f} MB/s until all uploaded")
+        own, other = cold["get_seconds"], cold["background_get_seconds"]
+        ahead = (f", readahead {cold['readahead_blocks']} blocks, {cold['readahead_hits']} hits, "
+                 f"{cold['shared_loads']} waits for another thread's load"
+                 if "readahead_blocks" in cold else "")
+        print(f"    cold read: {cold['fetches']} fetches in {cold['seconds']:.3f} s: "
+              f"{own:.3f} s ({own / cold['seconds']:.0%}) inside GETs on the reading thread, "
+              f"{cold['seconds'] - own:.3f} s the rest\n    (decoding, waiting for loads of "
+              f"other threads); GETs on other threads {other:.3f} s; "
+              f"{cold['block_misses']} block misses{ahead}")
+        per_range = raw["ranged_s"] / raw["ranged_gets"] * 1e3
+        print(f"  one {RANGE_BYTES // MIB} MiB GET on moto: {per_range:.1f} ms as a range of "
+              f"the stream's objects (avg {raw['bytes'] / raw['objects'] / MIB:.1f} MiB), "
+              f"{raw['small_get_s'] * 1e3:.1f} ms as a whole object")
+        if "slatedb" in cu:
+            print(f"  SlateDB: append {cu['slatedb_append_mb_per_s']:,.0f} MB/s; read = scan with "
+                  f"8 MiB read-ahead and 8 fetch tasks, after a reopen")
+    if "slatedb_error" in cu:
+        print(f"  SlateDB on moto: NOT MEASURED: {cu['slatedb_error']}")
+
+    print("\ntargets (DESIGN.md §10)")
+    if tail is not None:
+        for mode in MODES:
+            p99 = tail["ack"][mode]["p99"]
+            print(f"  tailing, {MODE_NAMES[mode]:<20} ack->reader p99 {p99:>6.3f} ms  "
+                  f"target < {TAIL_TARGET_MS:g} ms  {verdict(p99 < TAIL_TARGET_MS)}")
+    if cu["s3"]:
+        lib, raw = cu["streamlib on moto"], cu["raw"]
+        cold, warm = lib["cold"], lib["warm"]
+        whole = raw["whole_s"] / cold["seconds"]
+        ranged = raw["ranged_s"] / cold["seconds"]
+        print(f"  catch-up vs raw whole-object GETs (time)        {whole:>6.2f}x  "
+              f"target >= 0.8x  {verdict(whole >= 0.8)}")
+        print(f"  catch-up vs raw {RANGE_BYTES // MIB} MiB ranged GETs (time)        "
+              f"{ranged:>6.2f}x  (the same target, GETs of a reader's shape)")
+        print(f"  catch-up GETs a MiB of values                   {cold['gets_per_mib']:>6.3f}   "
+              f"target <= 1     {verdict(cold['gets_per_mib'] <= 1)}")
+        if "slatedb" in cu:
+            ratio = cold["mb_per_s"] / cu["slatedb"]["mb_per_s"]
+            print(f"  catch-up vs SlateDB on the same S3              {ratio:>6.2f}x  "
+                  f"target >= 5x    {verdict(ratio >= 5)}")
+        if "cold, no readahead" in lib:
+            off = lib["cold, no readahead"]["seconds"] / cold["seconds"]
+            print(f"  catch-up with readahead vs without (time)       {off:>6.2f}x  "
+                  f"(for reference)")
+        print(f"  warm re-read GETs                               {warm['gets']:>6}   "
+              f"expected 0       {verdict(warm['gets'] == 0)}")
+        print(f"  warm re-read vs cold                            "
+              f"{warm['mb_per_s'] / cold['mb_per_s']:>6.2f}x  (for reference)")
+    local = cu["streamlib, local objects"]
+    print(f"  local objects, cold vs SQLite read              "
+          f"{local['cold']['mb_per_s'] / cu['sqlite']['mb_per_s']:>6.2f}x  (for reference)")
+    if "sweep" in cu:
+        print("\n--sweep: cold catch-up reads on moto (best of the repeats) by fetch max_bytes "
+              "and readahead;\n  raw = whole-object GETs")
+        print(f"{'max_bytes':>9}  {'readahead':<26}  {'MB/s':>5}  {'vs raw':>6}  {'GETs':>4}  "
+              f"{'own GET s':>9}  {'bg GET s':>8}  {'ahead':>5}  {'hits':>4}")
+        for row in cu["sweep"]:
+            print(f"{row['fetch_bytes'] // MIB:>5} MiB  {row['readahead']:<26}  "
+                  f"{row['mb_per_s']:>5,.0f}  {row['vs_raw']:>5.2f}x  {row['gets']:>4}  "
+                  f"{row['get_seconds']:>9.3f}  {row['background_get_seconds']:>8.3f}  "
+                  f"{row.get('readahead_blocks', 0):>5}  {row.get('readahead_hits', 0):>4}")
+    if "profile" in cu:
+        print("\ncProfile of one cold catch-up read on moto (the read loop's thread)")
+        print(cu["profile"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a short run")
+    parser.add_argument("--no-s3", action="store_true", help="no moto server: local reads only")
+    parser.add_argument("--sweep", action="store_true",
+                        help="also cold reads on moto by fetch size and readahead window")
+    parser.add_argument("--profile", action="store_true",
+                        help="also a cProfile of one cold catch-up read on moto")
+    parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
+    parser.add_argument("--dir", metavar="DIR", help="where the stores and files go")
+    args = parser.parse_args()
+    samples, batches, repeats = (1000, 200, 3) if args.quick else (3000, 1000, 5)
+    base = Path(args.dir) if args.dir else Path("build")
+    base.mkdir(parents=True, exist_ok=True)
+    directory = Path(tempfile.mkdtemp(prefix="readbench-", dir=base))
+    started = time.monotonic()
+    data = Data(batches)
+    print(f"streamlib read benchmark, {time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} CPUs, "
+          f"Python {sys.version.split()[0]}, dir {directory}")
+    print(f"streamlib imported from {Path(streamlib.__file__).parent}\n")
+    try:
+        wake = wake_reference(samples)
+        tail = tailing(directory, data, samples)
+        cu = catch_up(directory, data, batches, repeats, not args.no_s3, args.profile,
+                      args.sweep)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+    report(tail, wake, cu)
+    print(f"\nDone in {time.monotonic() - started:.0f} s.")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"tailing": tail, "wake": wake, "catch_up": cu},
+                                              indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()
