@@ -8,9 +8,10 @@ starting its own GET.
 
 **Readers.** A fetch that starts where an earlier fetch of the same stream ended continues that
 reader; others start a new one. A reader seen for ``reader_timeout`` seconds no more is gone.
-Each reader has a readahead **window** (bytes): it doubles, up to ``readahead_bytes``, each
-time the reader reads a block prefetched for it, and halves with a cool-down when such a block is
-evicted unread.
+Each reader has a readahead **window** (stored bytes, first ``first_window``): it doubles, up to
+``readahead_bytes``, each time the reader reads a block prefetched for it, and halves with a
+cool-down when such a block is evicted unread. Blocks already in memory (a fetch's own run may
+reach past what it returned) do not use the window: readahead loads what is missing beyond them.
 
 **Eviction** (consumer focus), when a load needs room under ``max_bytes`` (a hard limit):
 first blocks that every active reader of their stream has passed, then blocks of streams no
@@ -113,8 +114,8 @@ class BlockCache:
     """Decoded blocks within ``max_bytes``, and the readers they are kept for; thread-safe.
     One instance may serve several stores (pass it to ``streamlib.open(cache=…)``)."""
 
-    def __init__(self, max_bytes: int, *, readahead_bytes: int = 8 * MiB,
-                 first_window: int = 2 * MiB, reader_timeout: float = 30.0,
+    def __init__(self, max_bytes: int, *, readahead_bytes: int = 32 * MiB,
+                 first_window: int = 8 * MiB, reader_timeout: float = 30.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.max_bytes = max_bytes
         self.readahead_bytes = readahead_bytes
@@ -193,6 +194,12 @@ class BlockCache:
                 return None
             reader.prefetching = True
             return reader.prefetched_to, want
+
+    def holds(self, reader: ObjectReader, entry: IndexEntry) -> bool:
+        """Whether the block is in memory or being loaded."""
+        key = (reader.store.url, reader.key, entry.position)
+        with self._lock:
+            return key in self._blocks or key in self._loading
 
     def prefetched(self, reader: Reader, entries: Sequence[IndexEntry]) -> None:
         """These blocks were loaded (or found loaded) ahead of ``reader``."""

@@ -650,6 +650,8 @@ class StreamStore:
                 for entry in objects.index().blocks(state.id, max(start, piece.start), piece.end):
                     if want <= 0:
                         break
+                    if self._cache.holds(objects, entry):
+                        continue  # loaded by a fetch's own run, or loading: not ours to count
                     chosen.append(entry)
                     want -= entry.size
                 if chosen:
