@@ -167,10 +167,14 @@ class BlockCache:
             if reader.id in self._readers:
                 self._by_position[(reader.stream_id, offset)] = reader.id
 
-    def forget(self, reader: Reader) -> None:
-        """The reader is done (an iterator closed): its blocks stop being kept for it."""
+    def forget(self, stream_id: int, offset: int) -> None:
+        """The reader whose last fetch of ``stream_id`` ended at ``offset`` is done (an
+        iterator ended): its blocks stop being kept for it."""
         with self._lock:
-            self._drop(reader)
+            found = self._by_position.get((stream_id, offset))
+            reader = None if found is None else self._readers.get(found)
+            if reader is not None:
+                self._drop(reader)
 
     def _drop(self, reader: Reader) -> None:
         self._readers.pop(reader.id, None)

@@ -453,17 +453,20 @@ class Stream:
         The first batch may begin before ``from_offset`` (batch granularity)."""
         offset = check_int(from_offset, "from_offset", 0, INT64_MAX)
         idle = _check_timeout(idle_timeout)
-        while True:
-            if self._closed or self._store._closing_or_closed():
-                return
-            if offset >= self._state.acked_end:
-                self._check_usable()
-                if not self._wait_for_append(offset, idle):
+        try:
+            while True:
+                if self._closed or self._store._closing_or_closed():
                     return
-                continue
-            result = self.fetch(offset, max_bytes=max_bytes)
-            yield from result.batches
-            offset = result.next_fetch_offset
+                if offset >= self._state.acked_end:
+                    self._check_usable()
+                    if not self._wait_for_append(offset, idle):
+                        return
+                    continue
+                result = self.fetch(offset, max_bytes=max_bytes)
+                offset = result.next_fetch_offset  # before yielding: the caller may stop there
+                yield from result.batches
+        finally:  # ended, or closed by its user: its blocks need not be kept for it
+            self._store._cache.forget(self.id, offset)
 
     async def read_async(self, from_offset: int, *, max_bytes: int = DEFAULT_FETCH_BYTES,
                          idle_timeout: float | None = None) -> AsyncIterator[RecordBatch]:
@@ -474,26 +477,29 @@ class Stream:
         idle = _check_timeout(idle_timeout)
         loop = asyncio.get_running_loop()
         state = self._state
-        while True:
-            if self._closed or self._store._closing_or_closed():
-                return
-            if offset >= state.acked_end:
-                self._check_usable()
-                waiter: asyncio.Future[None] = loop.create_future()
-                with state.lock:
-                    if offset >= state.acked_end and not state.destroyed:
-                        state.async_waiters.append((loop, waiter))
-                    else:
-                        waiter.set_result(None)
-                try:
-                    await asyncio.wait_for(waiter, idle)
-                except TimeoutError:
+        try:
+            while True:
+                if self._closed or self._store._closing_or_closed():
                     return
-                continue
-            result = await asyncio.to_thread(self.fetch, offset, max_bytes=max_bytes)
-            for batch in result.batches:
-                yield batch
-            offset = result.next_fetch_offset
+                if offset >= state.acked_end:
+                    self._check_usable()
+                    waiter: asyncio.Future[None] = loop.create_future()
+                    with state.lock:
+                        if offset >= state.acked_end and not state.destroyed:
+                            state.async_waiters.append((loop, waiter))
+                        else:
+                            waiter.set_result(None)
+                    try:
+                        await asyncio.wait_for(waiter, idle)
+                    except TimeoutError:
+                        return
+                    continue
+                result = await asyncio.to_thread(self.fetch, offset, max_bytes=max_bytes)
+                offset = result.next_fetch_offset
+                for batch in result.batches:
+                    yield batch
+        finally:  # ended, or closed by its user: its blocks need not be kept for it
+            self._store._cache.forget(self.id, offset)
 
     def _wait_for_append(self, offset: int, timeout: float | None) -> bool:
         """Wait until the stream reaches past ``offset``: True if it did, False after

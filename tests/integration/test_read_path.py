@@ -161,7 +161,7 @@ def test_consumer_focused_eviction_keeps_what_live_readers_will_read(tmp_path: P
     options = {"compression": "none", "block_bytes": "1MiB", "upload_interval_ms": 3_600_000}
     with streamlib.open(tmp_path / "data", **options) as store:
         fill(store, 12)
-    cache = BlockCache(4 * MiB + 64 * 1024, reader_timeout=0.5, readahead_bytes=1)
+    cache = BlockCache(4 * MiB + 64 * 1024, reader_timeout=0.5, readahead_bytes=0)
     with streamlib.open(tmp_path / "data", cache=cache, **options) as store:
         stream = store.open_stream("s", read_only=True)
         per_block = 16  # batches of 4 records: 64 records a block
@@ -207,3 +207,18 @@ def test_readahead_grows_while_the_reader_keeps_up(open_store: Any) -> None:
         cache = store.stats()["cache"]
         assert cache["readahead_hits"] >= 3, cache  # type: ignore[index]
         assert waits < 32, (waits, cache)  # most fetches found their blocks loaded ahead
+
+
+def test_a_finished_read_iterator_stops_pinning(tmp_path: Path) -> None:
+    with streamlib.open(tmp_path / "data", compression="none",
+                        upload_interval_ms=3_600_000) as store:
+        fill(store, 2)
+        store.flush()
+        stream = store.open_stream("s", read_only=True)
+        assert len(list(stream.read(0, max_bytes=256 * 1024, idle_timeout=0.05))) == 32
+        assert store.stats()["cache"]["readers"] == 0  # type: ignore[index]
+        reading = stream.read(0, max_bytes=256 * 1024)
+        next(reading)
+        assert store.stats()["cache"]["readers"] == 1  # type: ignore[index]
+        reading.close()  # given up early by its user
+        assert store.stats()["cache"]["readers"] == 0  # type: ignore[index]
