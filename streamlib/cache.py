@@ -107,7 +107,6 @@ class _Block:
     start: int
     end: int
     prefetched_for: int | None = None  # a reader id, until that reader reads it
-    used: float = field(default=0.0)
 
 
 class BlockCache:
@@ -265,7 +264,6 @@ class BlockCache:
     def _touch(self, key: BlockKey, block: _Block, now: float) -> None:
         """A reader read this block (caller holds the lock)."""
         self._blocks.move_to_end(key)
-        block.used = now
         self.stats.block_hits += 1
         if block.prefetched_for is not None:
             owner = self._readers.get(block.prefetched_for)
@@ -298,7 +296,7 @@ class BlockCache:
                 found[i] = batches
                 self._loading.pop(key, None)
                 block = _Block(batches, weight(batches), entry.stream_id, entry.start_offset,
-                               entry.end_offset, None if ahead_of is None else ahead_of.id, now)
+                               entry.end_offset, None if ahead_of is None else ahead_of.id)
                 if block.size <= self.max_bytes:  # else: served to this read, too big to keep
                     incoming.append((key, block))
             self._make_room(sum(block.size for _, block in incoming), now)

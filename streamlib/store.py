@@ -36,10 +36,17 @@ from streamlib.errors import (
     describe,
 )
 from streamlib.io import ObjectStore, RetryPolicy
-from streamlib.meta import Commit, MetadataStore, ObjectMeta, check_node_id, check_text
+from streamlib.meta import (
+    Commit,
+    MetadataStore,
+    ObjectMeta,
+    check_id,
+    check_node_id,
+    check_text,
+)
 from streamlib.meta.local import SQLiteMetadataStore
 from streamlib.objects import IndexCache, ObjectReader
-from streamlib.records import AppendResult, FetchResult, RecordBatch, check_int
+from streamlib.records import AppendResult, FetchResult, RecordBatch
 from streamlib.stream import (
     ObjectSlice,
     Stream,
@@ -335,7 +342,7 @@ class StreamStore:
         if isinstance(stream, str):
             stream_id = self._metadata().get_stream_by_name(stream).id
         else:
-            stream_id = check_int(stream, "stream", 0, (1 << 63) - 1)
+            stream_id = check_id(stream, "stream")
         with self._lock:
             state = self._states.get(stream_id)
         if state is None or state.destroyed:
@@ -701,7 +708,7 @@ class StreamStore:
         index = self._object_index(state)
         with state.lock:
             start, committed = state.start_offset, state.committed_end
-            slices = [p for p in index if p.end > start] if start < committed else []
+            slices = _slices(index, start, committed)
             logged = state.log_slice(max(start, committed), state.acked_end)
         for piece in slices:
             reader = self._reader(piece, state.id, start, False)

@@ -17,7 +17,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from streamlib.config import Config
 from streamlib.errors import StreamNotFound
@@ -61,7 +61,6 @@ class UploadStats:
     bytes: int = 0
     failures: int = 0
     last_error: str | None = None
-    keys: list[str] = field(default_factory=list, repr=False)
 
 
 class Uploader:
