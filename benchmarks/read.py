@@ -40,7 +40,7 @@ MB/s = 10^6 bytes a second of record values (the 1 KiB values) unless a line say
 bytes". Absolute figures drift by ±40% between runs on the reference machine: compare within
 a run. ``--sweep`` adds cold reads on moto with fetches of 1, 4 and 64 MiB, each with readahead
 off, as configured by default, and with a 32 MiB window (16 MiB at first), through
-``streamlib.open(cache=BlockCache(…))``. ``--profile`` adds a cProfile of one cold catch-up read
+``streamlib.open(cache=MessageCache(…))``. ``--profile`` adds a cProfile of one cold catch-up read
 on moto (the read loop's thread: time inside a GET shows as waiting on s3fs's event loop).
 """
 
@@ -318,7 +318,7 @@ class Catchup:
         self.warm: dict[str, Any] | None = None
 
     def reopen(self, cache: dict[str, Any] | None = None) -> None:
-        """Open the store again (cold); ``cache``: options of a ``BlockCache`` of the default
+        """Open the store again (cold); ``cache``: options of a ``MessageCache`` of the default
         size to open it with (``streamlib.open(cache=…)``), else the store's own."""
         if self.store is not None:
             self.store.close()
@@ -372,9 +372,9 @@ class Catchup:
 
 def block_cache(**options: Any) -> Any:
     """A block cache of the default size, with these options (readahead_bytes, first_window)."""
-    from streamlib.cache import BlockCache
+    from streamlib.cache import MessageCache
 
-    return BlockCache(streamlib.Config().cache_bytes, **options)
+    return MessageCache(streamlib.Config().cache_bytes, **options)
 
 
 def readahead_configurable() -> bool:

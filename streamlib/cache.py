@@ -1,7 +1,16 @@
-"""The block cache: decoded data blocks of uploaded objects, shared by every reader of a store
-(or of several stores), with readers tracked for readahead and eviction (docs/cache.md).
+"""The message cache: one memory budget for the log cache (acknowledged batches, before and
+just after their upload) and the block cache (decoded data blocks of uploaded objects), shared
+by every reader of a store or of several stores, with readers tracked for readahead and
+eviction (docs/cache.md).
 
-Blocks are keyed by ``(store URL, object key, block position)`` and weighed by their decoded
+**The log cache's bytes.** An append reserves its batch's bytes before it enters the WAL
+(:meth:`MessageCache.reserve`, waiting for room: back-pressure); they stay **pinned** (never
+evicted) until the batch is committed in an object. Then they become a **log chunk**: the
+batches a commit took from one stream, kept so that a tailing reader a little behind the tail
+still reads from memory, and evicted like a block (the chunk's ``release`` drops it from the
+stream, together with the stream's older chunks: a stream's log stays one contiguous run).
+
+**Blocks** are keyed by ``(store URL, object key, block position)`` and weighed by their decoded
 bytes. A miss loads the run of missing blocks a read needs with the object reader's coalesced
 ranged GETs; a reader that needs a block another is loading waits for that load instead of
 starting its own GET.
@@ -13,10 +22,13 @@ Each reader has a readahead **window** (stored bytes, first ``first_window``): i
 cool-down when such a block is evicted unread. Blocks already in memory (a fetch's own run may
 reach past what it returned) do not use the window: readahead loads what is missing beyond them.
 
-**Eviction** (consumer focus), when a load needs room under ``max_bytes`` (a hard limit):
-first blocks that every active reader of their stream has passed, then blocks of streams no
-active reader is on (least recently used first), and only then blocks ahead of a reader,
-farthest ahead first.
+**Eviction** (consumer focus), when a load or a reservation needs room under ``max_bytes`` (a
+hard limit): first blocks and chunks that every active reader of their stream has passed, then
+those of streams no active reader is on (least recently used first: chunks in upload order),
+and only then those ahead of a reader, farthest ahead first.
+
+Streams are named by a :data:`StreamKey`, ``(objects URL, stream id)``: stores on one bucket
+see one stream under one key.
 """
 
 from __future__ import annotations
@@ -39,11 +51,15 @@ MiB = 1024 * 1024
 COOLDOWN = 5.0
 """Seconds a reader's window stops growing after a prefetched block was evicted unread."""
 
-BlockKey = tuple[str, str, int]
+BlockKey = tuple[object, ...]
+"""``(objects URL, object key, block position)`` for a block, ``("log", scope, stream id,
+first offset)`` for a log chunk."""
+StreamKey = tuple[str, int]
+"""``(objects URL, stream id)``."""
 
 
 class Uncached(Exception):
-    """Raised inside :meth:`BlockCache.load` with ``cache_only`` when a block is not in memory."""
+    """Raised inside :meth:`MessageCache.load` with ``cache_only`` when a block is not in memory."""
 
 
 @dataclass(slots=True)
@@ -58,6 +74,10 @@ class CacheStats:
     get_bytes: int = 0
     log_reads: int = 0
     """Fetches answered (at least partly) from the log cache, with no object-store request."""
+    uploaded_log_reads: int = 0
+    """Of those, fetches that read uploaded batches kept in the log cache (GETs saved)."""
+    log_waits: int = 0
+    """Appends that waited for the log cache's room (back-pressure: uploads behind)."""
     cache_only_misses: int = 0
     readahead_blocks: int = 0
     """Blocks loaded ahead of a reader, in the background."""
@@ -70,6 +90,8 @@ class CacheStats:
     """Evicted from streams no active reader is on (least recently used first)."""
     evicted_ahead_of_readers: int = 0
     evicted_bytes: int = 0
+    evicted_log_chunks: int = 0
+    """Log chunks (uploaded batches) among the evictions above."""
     readers: int = 0
 
     def snapshot(self) -> dict[str, int]:
@@ -85,7 +107,7 @@ class Reader:
     """One sequential reader of one stream, as the cache sees it."""
 
     id: int
-    stream_id: int
+    stream: StreamKey
     position: int
     last_seen: float
     window: int
@@ -101,17 +123,21 @@ class Reader:
 
 @dataclass(slots=True)
 class _Block:
+    """A cached block, or a log chunk (``release`` set)."""
+
     batches: list[RecordBatch]
     size: int
-    stream_id: int
+    stream: StreamKey
     start: int
     end: int
     prefetched_for: int | None = None  # a reader id, until that reader reads it
+    release: Callable[[int], None] | None = None  # a log chunk: drop the stream's log below
 
 
-class BlockCache:
-    """Decoded blocks within ``max_bytes``, and the readers they are kept for; thread-safe.
-    One instance may serve several stores (pass it to ``streamlib.open(cache=…)``)."""
+class MessageCache:
+    """The log cache's bytes and decoded blocks within ``max_bytes``, and the readers they are
+    kept for; thread-safe. One instance may serve several stores (pass it to
+    ``streamlib.open(cache=…)``); each store reserves under its own ``scope``."""
 
     def __init__(self, max_bytes: int, *, readahead_bytes: int = 32 * MiB,
                  first_window: int = 8 * MiB, reader_timeout: float = 30.0,
@@ -123,32 +149,141 @@ class BlockCache:
         self.stats = CacheStats()
         self._clock = clock
         self._lock = threading.Lock()
+        self._room = threading.Condition(self._lock)  # pinned bytes went down, or evictable up
         self._blocks: OrderedDict[BlockKey, _Block] = OrderedDict()
         self._loading: dict[BlockKey, Future[list[RecordBatch]]] = {}
-        self._bytes = 0
+        self._bytes = 0  # blocks + log chunks + pinned
+        self._pinned: dict[str, int] = {}  # per scope: reserved for batches not yet uploaded
+        self._chunks: dict[tuple[str, int], list[BlockKey]] = {}  # a stream's, in offset order
         self._readers: dict[int, Reader] = {}
-        self._by_position: dict[tuple[int, int], int] = {}  # (stream, next offset) → reader
+        self._by_position: dict[tuple[StreamKey, int], int] = {}  # (stream, offset) → reader
         self._ids = itertools.count(1)
 
     @property
     def nbytes(self) -> int:
-        """Bytes held now (never above ``max_bytes``)."""
+        """Bytes held now: blocks, log chunks and reservations (never above ``max_bytes``,
+        but for a lone batch larger than the budget, or data recovered at open)."""
         return self._bytes
 
+    @property
+    def pinned_bytes(self) -> int:
+        """Bytes reserved for batches not yet uploaded (every store of this cache)."""
+        with self._lock:
+            return sum(self._pinned.values())
+
+    def usage(self) -> dict[str, int]:
+        """Bytes held, by kind, and the counts of blocks and log chunks."""
+        with self._lock:
+            chunks = sum(len(keys) for keys in self._chunks.values())
+            chunk_bytes = sum(b.size for b in self._blocks.values() if b.release is not None)
+            pinned = sum(self._pinned.values())
+            return {"bytes": self._bytes, "max_bytes": self.max_bytes,
+                    "block_bytes": self._bytes - chunk_bytes - pinned,
+                    "blocks": len(self._blocks) - chunks, "log_chunk_bytes": chunk_bytes,
+                    "log_chunks": chunks, "log_pinned_bytes": pinned}
+
     def __len__(self) -> int:
+        """Blocks and log chunks held."""
         return len(self._blocks)
+
+    # ---- the log cache's bytes ----
+
+    def reserve(self, scope: str, size: int, timeout: float | None,
+                on_wait: Callable[[], None] | None = None) -> bool:
+        """Pin ``size`` bytes for a batch about to enter the WAL, evicting blocks and log
+        chunks if needed; if pinned bytes fill the budget, call ``on_wait`` (start an upload)
+        and wait up to ``timeout`` seconds for a commit to unpin some. False if none came. A
+        batch larger than the whole budget is let in when nothing else is pinned."""
+        with self._lock:
+            if self._try_pin(scope, size):
+                return True
+            self.stats.log_waits += 1
+        if on_wait is not None:
+            on_wait()
+        with self._room:
+            return self._room.wait_for(lambda: self._try_pin(scope, size), timeout)
+
+    def _try_pin(self, scope: str, size: int) -> bool:
+        if self._bytes + size > self.max_bytes:
+            self._make_room(size, self._clock())
+        if self._bytes + size > self.max_bytes and any(self._pinned.values()):
+            return False
+        self._pinned[scope] = self._pinned.get(scope, 0) + size
+        self._bytes += size
+        return True
+
+    def pin(self, scope: str, size: int) -> None:
+        """Pin ``size`` bytes whatever the budget (data recovered from the WAL at open, which
+        must stay in memory until uploaded), evicting what can be evicted."""
+        with self._lock:
+            self._make_room(size, self._clock())
+            self._pinned[scope] = self._pinned.get(scope, 0) + size
+            self._bytes += size
+
+    def unpin(self, scope: str, size: int) -> None:
+        """Give back reserved bytes whose batch will not be uploaded (its append failed, its
+        stream was destroyed)."""
+        if size:
+            with self._room:
+                self._unpin(scope, size)
+                self._room.notify_all()
+
+    def _unpin(self, scope: str, size: int) -> None:
+        left = self._pinned.get(scope, 0) - size
+        assert left >= 0, "unpinned more than was pinned"
+        self._pinned[scope] = left
+        self._bytes -= size
+
+    def retain(self, scope: str, stream: StreamKey, batches: Sequence[RecordBatch],
+               release: Callable[[int], None]) -> None:
+        """``batches`` (pinned, of one stream, contiguous) were committed: keep them as a log
+        chunk, evictable; ``release(end offset)`` drops them (and everything before them) from
+        the stream's log when the chunk is evicted."""
+        if not batches:
+            return
+        size = weight(batches)
+        start, end = batches[0].base_offset, batches[-1].next_offset
+        assert start is not None
+        key: BlockKey = ("log", scope, stream[1], start)
+        with self._room:
+            self._unpin(scope, size)
+            self._blocks[key] = _Block(list(batches), size, stream, start, end, release=release)
+            self._bytes += size
+            self._chunks.setdefault((scope, stream[1]), []).append(key)
+            self._room.notify_all()
+
+    def drop_log(self, scope: str, stream_id: int, below: int | None = None) -> None:
+        """Forget the log chunks of a stream that end at or below ``below`` (None: all of
+        them): the stream dropped those batches itself (a trim, a destroy)."""
+        with self._room:
+            keys = self._chunks.get((scope, stream_id), [])
+            while keys and (below is None or self._blocks[keys[0]].end <= below):
+                block = self._blocks.pop(keys.pop(0))
+                self._bytes -= block.size
+            if not keys:
+                self._chunks.pop((scope, stream_id), None)
+            self._room.notify_all()
+
+    def close_scope(self, scope: str) -> None:
+        """A store of this cache closed: drop its log chunks and reservations."""
+        with self._room:
+            for (owner, stream_id) in [k for k in self._chunks if k[0] == scope]:
+                for key in self._chunks.pop((owner, stream_id)):
+                    self._bytes -= self._blocks.pop(key).size
+            self._bytes -= self._pinned.pop(scope, 0)
+            self._room.notify_all()
 
     # ---- readers ----
 
-    def reader_at(self, stream_id: int, offset: int) -> Reader:
+    def reader_at(self, stream: StreamKey, offset: int) -> Reader:
         """The reader whose last fetch ended at ``offset``, or a new one."""
         now = self._clock()
         with self._lock:
             self._expire(now)
-            found = self._by_position.pop((stream_id, offset), None)
+            found = self._by_position.pop((stream, offset), None)
             reader = self._readers.get(found) if found is not None else None
             if reader is None:
-                reader = Reader(next(self._ids), stream_id, offset, now, self.first_window,
+                reader = Reader(next(self._ids), stream, offset, now, self.first_window,
                                 prefetched_to=offset)
                 self._readers[reader.id] = reader
             else:
@@ -164,20 +299,20 @@ class BlockCache:
             reader.prefetched_to = max(reader.prefetched_to, offset)
             reader.ahead = [(end, size) for end, size in reader.ahead if end > offset]
             if reader.id in self._readers:
-                self._by_position[(reader.stream_id, offset)] = reader.id
+                self._by_position[(reader.stream, offset)] = reader.id
 
-    def forget(self, stream_id: int, offset: int) -> None:
-        """The reader whose last fetch of ``stream_id`` ended at ``offset`` is done (an
+    def forget(self, stream: StreamKey, offset: int) -> None:
+        """The reader whose last fetch of ``stream`` ended at ``offset`` is done (an
         iterator ended): its blocks stop being kept for it."""
         with self._lock:
-            found = self._by_position.get((stream_id, offset))
+            found = self._by_position.get((stream, offset))
             reader = None if found is None else self._readers.get(found)
             if reader is not None:
                 self._drop(reader)
 
     def _drop(self, reader: Reader) -> None:
         self._readers.pop(reader.id, None)
-        self._by_position.pop((reader.stream_id, reader.position), None)
+        self._by_position.pop((reader.stream, reader.position), None)
         self.stats.readers = len(self._readers)
 
     def _expire(self, now: float) -> None:
@@ -295,8 +430,9 @@ class BlockCache:
             for (i, entry, key, _), batches in zip(mine, loaded, strict=True):
                 found[i] = batches
                 self._loading.pop(key, None)
-                block = _Block(batches, weight(batches), entry.stream_id, entry.start_offset,
-                               entry.end_offset, None if ahead_of is None else ahead_of.id)
+                block = _Block(batches, weight(batches), (reader.store.url, entry.stream_id),
+                               entry.start_offset, entry.end_offset,
+                               None if ahead_of is None else ahead_of.id)
                 if block.size <= self.max_bytes:  # else: served to this read, too big to keep
                     incoming.append((key, block))
             self._make_room(sum(block.size for _, block in incoming), now)
@@ -315,12 +451,12 @@ class BlockCache:
         if self._bytes + need <= self.max_bytes:
             return
         self._expire(now)
-        positions: dict[int, list[int]] = {}
+        positions: dict[StreamKey, list[int]] = {}
         for r in self._readers.values():
-            positions.setdefault(r.stream_id, []).append(r.position)
+            positions.setdefault(r.stream, []).append(r.position)
         ranked = []
         for order, (key, block) in enumerate(self._blocks.items()):  # LRU first
-            readers = positions.get(block.stream_id)
+            readers = positions.get(block.stream)
             if readers is None:
                 ranked.append(((1, order), key, "idle"))
             elif block.end <= min(readers):
@@ -332,10 +468,22 @@ class BlockCache:
         for _, key, cause in ranked:
             if self._bytes + need <= self.max_bytes:
                 return
-            self._evict(key, cause, now)
+            if key in self._blocks:  # else gone with a later chunk of its stream
+                self._evict(key, cause, now)
 
     def _evict(self, key: BlockKey, cause: str, now: float) -> None:
-        block = self._blocks.pop(key)
+        block = self._blocks[key]
+        if block.release is not None:  # a log chunk: its stream's older chunks go with it
+            keys = self._chunks[(key[1], key[2])]  # type: ignore[index]
+            upto = keys.index(key)
+            for older in keys[:upto]:
+                self._evict(older, cause, now)
+            keys.remove(key)
+            if not keys:
+                del self._chunks[(key[1], key[2])]  # type: ignore[index]
+            self.stats.evicted_log_chunks += 1
+            block.release(block.end)  # takes the stream's lock: never held when calling here
+        del self._blocks[key]
         self._bytes -= block.size
         self.stats.evicted_bytes += block.size
         if cause == "behind":
@@ -358,4 +506,5 @@ class BlockCache:
             self.stats.get_bytes += reader.fetched_bytes - fetched
 
 
-__all__ = ["BATCH_OVERHEAD", "BlockCache", "CacheStats", "Reader", "Uncached"]
+__all__ = ["BATCH_OVERHEAD", "CacheStats", "MessageCache", "Reader", "StreamKey", "Uncached",
+           "weight"]

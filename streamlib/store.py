@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-from streamlib.cache import BlockCache, Reader, Uncached
+from streamlib.cache import BATCH_OVERHEAD, MessageCache, Reader, StreamKey, Uncached, weight
 from streamlib.config import Config
 from streamlib.errors import (
     CacheMiss,
@@ -69,7 +69,7 @@ INDEX_CACHE_BYTES = 16 * 1024 * 1024
 
 def open(path_or_config: str | os.PathLike[str] | Config | Mapping[str, object] | None = None,
          *, storage_options: Mapping[str, Any] | None = None,
-         filesystem: AbstractFileSystem | None = None, cache: BlockCache | None = None,
+         filesystem: AbstractFileSystem | None = None, cache: MessageCache | None = None,
          **overrides: object) -> StreamStore:
     """Open (or create) a store.
 
@@ -80,7 +80,7 @@ def open(path_or_config: str | os.PathLike[str] | Config | Mapping[str, object] 
     ``secret``, ``client_kwargs={"endpoint_url": …}``), and to ``wal_url``'s. ``filesystem``
     is an fsspec filesystem to use for the objects instead of one built from the URL (a
     component: a wrapped or instrumented filesystem, a test's fault injector); ``objects_url``
-    then names the root within it. ``cache`` is a :class:`~streamlib.cache.BlockCache` to
+    then names the root within it. ``cache`` is a :class:`~streamlib.cache.MessageCache` to
     share with other stores of this process (one memory budget), instead of one of
     ``cache_bytes`` for this store alone.
 
@@ -133,7 +133,7 @@ class StreamStore:
 
     def __init__(self, config: Config, *, storage_options: Mapping[str, Any] | None = None,
                  filesystem: AbstractFileSystem | None = None,
-                 cache: BlockCache | None = None) -> None:
+                 cache: MessageCache | None = None) -> None:
         if not isinstance(config, Config):
             raise TypeError(f"config must be a Config, not {type(config).__name__}")
         self.config = config
@@ -159,11 +159,13 @@ class StreamStore:
         self._closed = False
         self._closing = False
         self._index_cache = IndexCache(INDEX_CACHE_BYTES)
-        self._cache = BlockCache(config.cache_bytes) if cache is None else cache
+        self._cache = MessageCache(config.cache_bytes) if cache is None else cache
+        self._scope = f"store-{next(_SCOPES)}"  # this store's reservations in the cache
         self._prefetcher = ThreadPoolExecutor(2, thread_name_prefix="streamlib-readahead")
-        # Upload before the WAL is half full, whatever upload_bytes says: appends must not
-        # wait for the time trigger.
-        self._upload_threshold = min(config.upload_bytes, config.wal_bytes // 2)
+        # Upload before the WAL or the cache is half full, whatever upload_bytes says: appends
+        # must not wait for the time trigger.
+        self._upload_threshold = min(config.upload_bytes, config.wal_bytes // 2,
+                                     self._cache.max_bytes // 2)
         self._meta: MetadataStore | None = None
         self._node_lock = -1
         self._wal: Wal | None = None
@@ -254,6 +256,7 @@ class StreamStore:
                 log.error(state.damage)
                 continue
             state.add_to_log(batch, entry.position)
+            self._cache.pin(self._scope, batch.size + BATCH_OVERHEAD)
             self._pending_bytes += batch.size
             self._frontier = entry.position  # for the background rounds, if the first fails
         for damage in recovery.dropped:
@@ -329,9 +332,13 @@ class StreamStore:
                 state.destroyed = True
                 state.wake_readers()
                 freed = state.log_bytes
+                unpinned = weight(state.log)
                 state.log.clear()
                 state.log_positions.clear()
                 state.log_bytes = 0
+                state.kept_log.clear()
+        self._cache.unpin(self._scope, unpinned)
+        self._cache.drop_log(self._scope, state.id)
         with self._lock:
             self._states.pop(state.id, None)
             self._pending_bytes -= freed
@@ -380,6 +387,7 @@ class StreamStore:
             placed = batch.with_offset(state.assigned_end)
             if self._wal.capacity is None:  # the WAL does not fill up: bound the memory here
                 self._wait_for_room(placed.size, timeout)
+            self._reserve(placed.size + BATCH_OVERHEAD, timeout)
             # While the WAL call runs, its record may become durable before this stream knows
             # of it: the uploader must not trim past it. Any position it gets is at or above
             # the WAL's end as it is now.
@@ -392,6 +400,9 @@ class StreamStore:
                 item = _Inflight(placed, wal_future)
                 with state.lock:
                     state.inflight.append(item)
+            except BaseException:
+                self._cache.unpin(self._scope, placed.size + BATCH_OVERHEAD)
+                raise
             finally:
                 with self._appending_lock:
                     del self._appending[token]
@@ -416,6 +427,16 @@ class StreamStore:
                     "data waiting for upload stayed above wal_bytes: uploads are not keeping up",
                     pending=self._pending_bytes, size=size, wal_bytes=limit))
 
+    def _reserve(self, size: int, timeout: float | None) -> None:
+        """Room in the message cache for a batch until it is uploaded (back-pressure when
+        uploads fall behind: the log cache shares the cache's budget)."""
+        wait = self.config.append_timeout_ms / 1000 if timeout is None else timeout
+        if not self._cache.reserve(self._scope, size, wait, on_wait=self._uploader.notify):
+            raise WalFullError(describe(
+                "data waiting for upload filled the message cache (cache_bytes): uploads are "
+                "not keeping up", size=size, cache_bytes=self._cache.max_bytes,
+                pinned=self._cache.pinned_bytes))
+
     def _acknowledge(self, state: StreamState) -> None:
         """A WAL append of ``state`` completed: acknowledge what is durable, in order."""
         notify = False
@@ -437,7 +458,9 @@ class StreamStore:
                             self._failure = error
                             break
 
-        state.drain(publish)
+        dropped = state.drain(publish)
+        if dropped:
+            self._cache.unpin(self._scope, weight(dropped))
         if notify:
             self._uploader.notify()
 
@@ -516,7 +539,9 @@ class StreamStore:
                 raise
             freed = 0
             for stream_id, parts in slices.items():
-                freed += states[stream_id].committed(parts[-1].end, parts)  # type: ignore[union-attr]
+                state = states[stream_id]
+                assert state is not None
+                freed += self._keep(state, state.committed(parts[-1].end, parts))
         with self._lock:
             self._pending_bytes -= freed
             self._pending_since = time.monotonic() if self._pending_bytes > 0 else None
@@ -534,12 +559,25 @@ class StreamStore:
                 log.warning("could not reload stream %d after a failed commit: %r", state.id,
                             error)
                 continue
-            freed += state.committed(end, ())
+            freed += self._keep(state, state.committed(end, ()))
             with state.lock:
                 state.objects = None
         with self._lock:
             self._pending_bytes -= freed
             self._room.notify_all()
+
+    def _keep(self, state: StreamState, moved: list[RecordBatch]) -> int:
+        """Committed batches stay in the log cache as a chunk the cache may evict. Returns
+        their payload bytes (no longer pending upload)."""
+        self._cache.retain(self._scope, self._stream_key(state), moved, state.release_kept)
+        return sum(b.size for b in moved)
+
+    def _stream_key(self, state: StreamState) -> StreamKey:
+        return (self._objects.url, state.id)
+
+    def _forget_reader(self, state: StreamState, offset: int) -> None:
+        """A ``read()`` iterator ended at ``offset``: the cache stops keeping blocks for it."""
+        self._cache.forget(self._stream_key(state), offset)
 
     def flush(self) -> None:
         """Upload every acknowledged append now, and commit it (a round of the uploader in this
@@ -569,21 +607,21 @@ class StreamStore:
             if not low <= start <= high:
                 raise OffsetOutOfRange(state.id, start, low, high)
             end = high if end is None else min(end, high)
-            committed = state.committed_end
-            slices = _slices(index, start, min(end, committed))
-            logged = (state.log_slice(max(start, committed), end)
-                      if end > max(start, committed) else [])
-        reader = self._cache.reader_at(state.id, start)
+            stored = state.memory_start  # below: read from objects; from here: from memory
+            slices = _slices(index, start, min(end, stored))
+            logged = state.log_slice(max(start, stored), end) if end > max(start, stored) else []
+            uploaded = bool(logged) and logged[0].base_offset < state.committed_end  # type: ignore[operator]
+        reader = self._cache.reader_at(self._stream_key(state), start)
         try:
             return self._read(state, reader, start, end, max_bytes, cache_only, low, high,
-                              committed, slices, logged)
+                              stored, slices, logged, uploaded)
         except BaseException:
             self._cache.advance(reader, start)  # a retry of this fetch continues this reader
             raise
 
     def _read(self, state: StreamState, reader: Reader, start: int, end: int, max_bytes: int,
-              cache_only: bool, low: int, high: int, committed: int,
-              slices: list[ObjectSlice], logged: list[RecordBatch]) -> FetchResult:
+              cache_only: bool, low: int, high: int, stored: int, slices: list[ObjectSlice],
+              logged: list[RecordBatch], uploaded: bool) -> FetchResult:
         batches: list[RecordBatch] = []
         total = 0
 
@@ -620,6 +658,7 @@ class StreamStore:
         if not full and logged:
             with self._lock:
                 self._cache.stats.log_reads += 1
+                self._cache.stats.uploaded_log_reads += uploaded
             for batch in logged:
                 if batch.next_offset <= cursor:
                     continue
@@ -629,7 +668,7 @@ class StreamStore:
                 total += batch.size
         next_fetch = batches[-1].next_offset if batches else start
         self._cache.advance(reader, next_fetch)
-        if slices and not cache_only and next_fetch < committed:
+        if slices and not cache_only and next_fetch < stored:
             self._schedule_readahead(state, reader)
         return FetchResult(tuple(batches), next_fetch, low, high)
 
@@ -707,9 +746,9 @@ class StreamStore:
     def _offset_for_timestamp(self, state: StreamState, timestamp: int) -> int | None:
         index = self._object_index(state)
         with state.lock:
-            start, committed = state.start_offset, state.committed_end
-            slices = _slices(index, start, committed)
-            logged = state.log_slice(max(start, committed), state.acked_end)
+            start, stored = state.start_offset, state.memory_start
+            slices = _slices(index, start, stored)
+            logged = state.log_slice(max(start, stored), state.acked_end)
         for piece in slices:
             reader = self._reader(piece, state.id, start, False)
             for entry in reader.index().blocks(state.id, max(start, piece.start), piece.end):
@@ -739,6 +778,8 @@ class StreamStore:
             meta = self._metadata().trim_stream(state.id, offset)
             with state.lock:
                 state.start_offset = max(state.start_offset, meta.start_offset)
+        state.release_kept(offset)
+        self._cache.drop_log(self._scope, state.id, below=offset)
 
     # ---- life ----
 
@@ -755,13 +796,7 @@ class StreamStore:
                 "stream_objects_uploaded": up.stream_objects, "bytes_uploaded": up.bytes,
                 "upload_failures": up.failures, "last_upload_error": up.last_error,
                 "wal_usage_bytes": self._wal.usage if self._wal is not None else 0,
-                "cache": {**self._cache.stats.snapshot(), "block_bytes": self._cache.nbytes,
-                          "blocks": len(self._cache), "log_bytes": self._log_bytes()}}
-
-    def _log_bytes(self) -> int:
-        with self._lock:
-            states = list(self._states.values())
-        return sum(s.log_bytes for s in states)
+                "cache": {**self._cache.stats.snapshot(), **self._cache.usage()}}
 
     def _metadata(self) -> MetadataStore:
         if self._meta is None or self._closed:
@@ -815,6 +850,7 @@ class StreamStore:
 
     def _release(self) -> None:
         self._closed = True
+        self._cache.close_scope(self._scope)
         for part in (self._wal, self._meta):
             if part is not None:
                 try:
@@ -834,6 +870,9 @@ class StreamStore:
     def __repr__(self) -> str:
         return (f"<StreamStore path={self.config.path!r} wal={self.config.wal} "
                 f"objects={self._objects.url!r}>")
+
+
+_SCOPES = itertools.count(1)
 
 
 def _slices(index: Any, start: int, end: int) -> list[ObjectSlice]:

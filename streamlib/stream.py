@@ -9,7 +9,9 @@ start_offset ≤ committed_end ≤ acked_end ≤ assigned_end
 
 Appends take offsets under the stream's ``order`` lock, in call order, and enter the WAL in that
 order; the WAL completes them in order, and :meth:`StreamState.drain` moves each durable batch to
-the log cache and acknowledges it. Readers see ``[start_offset, acked_end)``.
+the log cache and acknowledges it. Readers see ``[start_offset, acked_end)``. A commit moves
+batches from the log cache's pending part (``log``) to its uploaded part (``kept_log``), where
+they stay for tailing readers until the message cache evicts them (docs/cache.md).
 """
 
 from __future__ import annotations
@@ -164,6 +166,9 @@ class StreamState:
         self.log: list[RecordBatch] = []  # acknowledged, not yet committed, in offset order
         self.log_positions: list[int] = []  # each batch's WAL position
         self.log_bytes = 0
+        # Committed batches still in memory, ending at committed_end (contiguous with ``log``):
+        # tailing readers a little behind the tail read them without a GET.
+        self.kept_log: list[RecordBatch] = []
         self.objects: SortedKeyList | None = None  # ObjectSlice by start, loaded on first read
         self.commits = 0  # bumped by every commit: a loader that raced one loads again
         self.producers: dict[object, _Producer] = {}
@@ -186,13 +191,16 @@ class StreamState:
         self.log_bytes += batch.size
         self.acked_end = batch.next_offset
 
-    def drain(self, publish: Callable[[int, int], None]) -> None:
+    def drain(self, publish: Callable[[int, int], None]) -> list[RecordBatch]:
         """Acknowledge the appends the WAL has completed, in order: each durable batch enters
         the log cache, then ``publish(last position, bytes added)`` runs (under ``lock``, so
         that no reader sees a batch the uploader's frontier does not cover yet), then the
-        futures are settled — by one thread at a time, in offset order, outside the lock."""
+        futures are settled — by one thread at a time, in offset order, outside the lock.
+        Returns the batches that did not enter the log cache (failed, or of a destroyed
+        stream): their reservations are the caller's to give back."""
         position = -1
         added = popped = 0
+        dropped: list[RecordBatch] = []
         with self.lock:
             while self.inflight and self.inflight[0].wal_future.done():
                 item = self.inflight.popleft()
@@ -200,9 +208,12 @@ class StreamState:
                 error = item.wal_future.exception()
                 if error is not None:
                     self.unsettled.append((item.future, None, error))
+                    dropped.append(item.batch)
                     continue
                 position = item.wal_future.result()
-                if not self.destroyed:  # else nothing will upload it: not pending, not cached
+                if self.destroyed:  # nothing will upload it: not pending, not cached
+                    dropped.append(item.batch)
+                else:
                     self.add_to_log(item.batch, position)
                     added += item.batch.size
                 self.unsettled.append((item.future, AppendResult(
@@ -211,13 +222,13 @@ class StreamState:
                 publish(position, added)
                 self.wake_readers()
             if self.settling or not self.unsettled:
-                return  # the thread settling now will settle these too, after earlier ones
+                return dropped  # the thread settling now settles these too, after earlier ones
             self.settling = True
         while True:
             with self.lock:
                 if not self.unsettled:
                     self.settling = False  # in the same hold as the check: nothing is left over
-                    return
+                    return dropped
                 item = self.unsettled.popleft()
             try:
                 settle([item])
@@ -240,24 +251,45 @@ class StreamState:
                 return []
             return self.log[:bisect.bisect_right(self.log_positions, frontier)]
 
-    def committed(self, end: int, slices: Sequence[ObjectSlice]) -> int:
-        """Objects up to ``end`` are committed: they leave the log cache. Returns bytes freed."""
+    def committed(self, end: int, slices: Sequence[ObjectSlice]) -> list[RecordBatch]:
+        """Objects up to ``end`` are committed: their batches move from the pending part of the
+        log cache to its uploaded part. Returns the batches moved."""
         with self.lock:
             self.committed_end = max(self.committed_end, end)
             cut = bisect.bisect_right(self.log, end, key=lambda b: b.next_offset)
-            freed = sum(b.size for b in self.log[:cut])
+            moved = self.log[:cut]
             del self.log[:cut], self.log_positions[:cut]
-            self.log_bytes -= freed
+            self.log_bytes -= sum(b.size for b in moved)
+            if not self.destroyed:
+                self.kept_log.extend(moved)
             if self.objects is not None:
                 self.objects.update(slices)
             self.commits += 1
-            return freed
+            return moved
+
+    def release_kept(self, end: int) -> None:
+        """The message cache evicted uploaded batches up to ``end``: drop them (readers of
+        those offsets go to the objects)."""
+        with self.lock:
+            cut = bisect.bisect_right(self.kept_log, end, key=lambda b: b.next_offset)
+            del self.kept_log[:cut]
+
+    @property
+    def memory_start(self) -> int:
+        """The first offset the log cache holds, uploaded or not (caller holds ``lock``)."""
+        if self.kept_log:
+            return max(self.kept_log[0].base_offset, self.start_offset)  # type: ignore[type-var]
+        return self.committed_end
 
     def log_slice(self, start: int, end: int) -> list[RecordBatch]:
-        """Log-cache batches holding offsets of ``[start, end)`` (caller holds ``lock``)."""
-        i = bisect.bisect_right(self.log, start, key=lambda b: b.next_offset)
-        j = bisect.bisect_left(self.log, end, lo=i, key=lambda b: b.base_offset)
-        return self.log[i:j]
+        """Log-cache batches (uploaded or not) holding offsets of ``[start, end)`` (caller
+        holds ``lock``; ``start`` at or above :attr:`memory_start`)."""
+        found = []
+        for run in (self.kept_log, self.log):
+            i = bisect.bisect_right(run, start, key=lambda b: b.next_offset)
+            j = bisect.bisect_left(run, end, lo=i, key=lambda b: b.base_offset)
+            found.extend(run[i:j])
+        return found
 
 
 def _resolve(future: asyncio.Future[None]) -> None:
@@ -466,7 +498,7 @@ class Stream:
                 offset = result.next_fetch_offset  # before yielding: the caller may stop there
                 yield from result.batches
         finally:  # ended, or closed by its user: its blocks need not be kept for it
-            self._store._cache.forget(self.id, offset)
+            self._store._forget_reader(self._state, offset)
 
     async def read_async(self, from_offset: int, *, max_bytes: int = DEFAULT_FETCH_BYTES,
                          idle_timeout: float | None = None) -> AsyncIterator[RecordBatch]:
@@ -499,7 +531,7 @@ class Stream:
                 for batch in result.batches:
                     yield batch
         finally:  # ended, or closed by its user: its blocks need not be kept for it
-            self._store._cache.forget(self.id, offset)
+            self._store._forget_reader(self._state, offset)
 
     def _wait_for_append(self, offset: int, timeout: float | None) -> bool:
         """Wait until the stream reaches past ``offset``: True if it did, False after

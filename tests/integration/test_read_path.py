@@ -14,7 +14,7 @@ import pytest
 
 import streamlib
 from streamlib import CacheMiss, RecordBatch, StreamStore
-from streamlib.cache import BlockCache
+from streamlib.cache import MessageCache
 from streamlib.testing.s3 import S3Endpoint
 
 MiB = 1024 * 1024
@@ -161,7 +161,7 @@ def test_consumer_focused_eviction_keeps_what_live_readers_will_read(tmp_path: P
     options = {"compression": "none", "block_bytes": "1MiB", "upload_interval_ms": 3_600_000}
     with streamlib.open(tmp_path / "data", **options) as store:
         fill(store, 12)
-    cache = BlockCache(4 * MiB + 64 * 1024, reader_timeout=0.5, readahead_bytes=0)
+    cache = MessageCache(4 * MiB + 64 * 1024, reader_timeout=0.5, readahead_bytes=0)
     with streamlib.open(tmp_path / "data", cache=cache, **options) as store:
         stream = store.open_stream("s", read_only=True)
         per_block = 16  # batches of 4 records: 64 records a block
