@@ -1,9 +1,10 @@
 """streamlib: durable, ordered streams whose home is object storage.
 
 The public names: ``open`` and the store and stream it gives, records and batches, the config
-object, and the error kinds.
+object, the message cache (to share one memory budget between stores), and the error kinds.
 """
 
+from streamlib.cache import MessageCache
 from streamlib.config import Config
 from streamlib.errors import (
     CacheMiss,
@@ -38,6 +39,7 @@ __all__ = [
     "CorruptDataError",
     "FencedError",
     "FetchResult",
+    "MessageCache",
     "OffsetMismatchError",
     "OffsetOutOfRange",
     "ReadOnlyError",

@@ -42,7 +42,7 @@ from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
 
 from streamlib.objects import IndexEntry, ObjectReader
-from streamlib.records import RecordBatch
+from streamlib.records import RecordBatch, check_int
 
 BATCH_OVERHEAD = 200
 """Bytes a cached batch costs beyond its payload (the object and its fields), for the budget."""
@@ -142,7 +142,13 @@ class MessageCache:
     def __init__(self, max_bytes: int, *, readahead_bytes: int = 32 * MiB,
                  first_window: int = 8 * MiB, reader_timeout: float = 30.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self.max_bytes = max_bytes
+        self.max_bytes = check_int(max_bytes, "max_bytes", 1, 1 << 50)
+        readahead_bytes = check_int(readahead_bytes, "readahead_bytes", 0, 1 << 50)
+        first_window = check_int(first_window, "first_window", 0, 1 << 50)
+        if isinstance(reader_timeout, bool) or not isinstance(reader_timeout, int | float) \
+                or not reader_timeout > 0:
+            raise ValueError(f"reader_timeout must be a positive number of seconds: "
+                             f"reader_timeout=`{reader_timeout}`")
         self.readahead_bytes = readahead_bytes
         self.first_window = min(first_window, readahead_bytes)
         self.reader_timeout = reader_timeout

@@ -185,8 +185,9 @@ class Config:
         _Kind("milliseconds", low=0, high=24 * 3600 * 1000))
     cache_bytes: int = _setting(
         256 * MiB,
-        "Memory for decoded blocks of uploaded data read back (the block cache), a hard limit. "
-        "Data not yet uploaded is held apart, bounded by wal_bytes.",
+        "The message cache's one memory budget, a hard limit: data waiting for upload (appends "
+        "wait for room when it fills), uploaded data kept for readers near the tail, and "
+        "decoded blocks read back (docs/cache.md).",
         _Kind("bytes", low=1 * MiB, high=1 << 50))
     part_bytes: int = _setting(
         16 * MiB,

@@ -159,6 +159,8 @@ class StreamStore:
         self._closed = False
         self._closing = False
         self._index_cache = IndexCache(INDEX_CACHE_BYTES)
+        if cache is not None and not isinstance(cache, MessageCache):
+            raise TypeError(f"cache must be a streamlib.MessageCache, not {type(cache).__name__}")
         self._cache = MessageCache(config.cache_bytes) if cache is None else cache
         self._scope = f"store-{next(_SCOPES)}"  # this store's reservations in the cache
         self._prefetcher = ThreadPoolExecutor(2, thread_name_prefix="streamlib-readahead")

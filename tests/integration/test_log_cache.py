@@ -280,3 +280,24 @@ def test_stores_sharing_one_cache_share_its_budget_and_keep_their_streams_apart(
     finally:
         a.close()
         b.close()
+
+
+@pytest.mark.parametrize(("args", "error", "names"), [
+    ((0,), ValueError, "max_bytes"),
+    (("1MiB",), TypeError, "max_bytes"),
+    ((True,), TypeError, "max_bytes"),
+    ((1 << 20,), ValueError, "readahead_bytes"),  # with readahead_bytes=-1 below
+    ((1 << 20,), ValueError, "reader_timeout"),  # with reader_timeout=0 below
+])
+def test_a_bad_cache_is_refused_by_name(args: tuple, error: type, names: str) -> None:
+    options: dict[str, Any] = {"readahead_bytes": {"readahead_bytes": -1},
+                               "reader_timeout": {"reader_timeout": 0}}.get(names, {})
+    with pytest.raises(error, match=names):
+        MessageCache(*args, **options)
+
+
+def test_open_refuses_a_cache_that_is_not_one(tmp_path: Path) -> None:
+    with pytest.raises(TypeError, match="MessageCache"):
+        streamlib.open(tmp_path / "data", cache={"max_bytes": 1})  # type: ignore[arg-type]
+    with streamlib.open(tmp_path / "data", cache=streamlib.MessageCache(MiB)) as store:
+        store.create_stream().append([b"fine"])
