@@ -32,6 +32,7 @@ import logging
 import os
 import random as _random
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
@@ -43,7 +44,7 @@ from fsspec import AbstractFileSystem
 from fsspec.implementations.local import LocalFileSystem
 
 from streamlib.disk import fsync_dir, makedirs_durable
-from streamlib.errors import StorageUnavailable, describe
+from streamlib.errors import ConfigError, StorageUnavailable, describe
 
 log = logging.getLogger("streamlib.io")
 
@@ -60,6 +61,7 @@ _TRANSIENT_CODES = frozenset({
     "RequestThrottledException", "TooManyRequestsException", "RequestLimitExceeded",
     "BandwidthLimitExceeded", "ProvisionedThroughputExceededException", "RequestTimeout",
     "RequestTimeoutException", "InternalError", "ServiceUnavailable", "OperationAborted",
+    "ConditionalRequestConflict",  # S3: a conditional write raced another; try again
     "500", "502", "503", "504",
 })
 _TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
@@ -73,6 +75,8 @@ _TRANSIENT_ERRNOS = frozenset({
 })
 
 Kind = Literal["missing", "transient", "permanent", "invalid_range"]
+
+_MEMORY_CREATE = threading.Lock()  # memory:// lives in this process: a lock makes create atomic
 
 
 def _chain(error: BaseException) -> list[BaseException]:
@@ -327,7 +331,45 @@ class ObjectStore:
             options["chunksize"] = part_bytes
         self._call("put", key, lambda: self.fs.pipe_file(path, body, **options))
 
-    def _put_local(self, path: str, data: bytes | bytearray | memoryview) -> None:
+    @property
+    def can_create(self) -> bool:
+        """Whether :meth:`create` is atomic against other writers here: S3 (``If-None-Match``),
+        a local filesystem (a hard link) and memory (a lock: one process)."""
+        return (self._local or bool({"s3", "s3a", "memory"} & set(_protocols(self.fs)))
+                or getattr(self.fs, "atomic_create", False) is True)
+
+    def create(self, key: str, data: bytes) -> None:
+        """Store ``data`` under ``key`` only if no object is there, atomically against every
+        other writer: :class:`FileExistsError` if one is (also when an earlier try of this very
+        call, whose answer was lost, created it: the caller tells which by reading it back).
+        ``ConfigError`` on a store that cannot do it (:attr:`can_create`)."""
+        path = self._path(key)
+        if not self.can_create:
+            raise ConfigError("objects_url", "this store cannot create an object only if absent "
+                              "(S3 If-None-Match, a local or memory filesystem)", self.url)
+        if self._local:
+            self._call("create", key, lambda: self._put_local(path, data, exclusive=True))
+            return
+        if "memory" in _protocols(self.fs):  # fsspec's own "create" checks, then writes
+            def attempt() -> None:
+                with _MEMORY_CREATE:
+                    if self.fs.exists(path):
+                        raise FileExistsError(errno.EEXIST, "object exists", path)
+                    self.fs.pipe_file(path, bytes(data))
+        else:
+            def attempt() -> None:
+                try:
+                    self.fs.pipe_file(path, bytes(data), mode="create")
+                except Exception as error:
+                    found = _client_error(error)
+                    if isinstance(error, FileExistsError) or (found is not None and (
+                            found[0] == "PreconditionFailed" or found[1] == 412)):
+                        raise FileExistsError(errno.EEXIST, "object exists", path) from error
+                    raise
+        self._call("create", key, attempt)
+
+    def _put_local(self, path: str, data: bytes | bytearray | memoryview, *,
+                   exclusive: bool = False) -> None:
         directory = os.path.dirname(path)
         makedirs_durable(directory)
         tmp = os.path.join(directory, f"{TMP_PREFIX}{uuid.uuid4().hex}")
@@ -342,7 +384,13 @@ class ObjectStore:
             os.unlink(tmp)
             raise
         os.close(fd)
-        os.replace(tmp, path)
+        if exclusive:  # a hard link fails if the name exists: the bytes appear whole or not
+            try:
+                os.link(tmp, path)
+            finally:
+                os.unlink(tmp)
+        else:
+            os.replace(tmp, path)
         fsync_dir(directory)
 
     def get(self, key: str, start: int | None = None, end: int | None = None) -> bytes:

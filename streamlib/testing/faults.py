@@ -69,7 +69,9 @@ def access_denied(path: str) -> BaseException:
 @dataclass
 class Rule:
     """Hold matching calls until ``gate`` is set (if given), delay them by ``delay`` seconds,
-    then raise ``error(path)`` (if given); for the next ``times`` matching calls (None: all)."""
+    then raise ``error(path)`` (if given) — or, with ``after``, make the call and then raise
+    (the server did it, the client never heard: a timeout after the fact); for the next
+    ``times`` matching calls (None: all)."""
 
     op: str
     error: ErrorFactory | None = None
@@ -77,6 +79,7 @@ class Rule:
     times: int | None = 1
     match: Callable[[str], bool] | None = None
     gate: threading.Event | None = None
+    after: bool = False
     hits: int = 0
     paths: list[str] = field(default_factory=list)
 
@@ -107,8 +110,8 @@ class FaultyFileSystem(AbstractFileSystem):
 
     def inject(self, op: str, error: ErrorFactory | None = None, *, delay: float = 0.0,
                times: int | None = 1, match: Callable[[str], bool] | None = None,
-               gate: threading.Event | None = None) -> Rule:
-        rule = Rule(op, error, delay, times, match, gate)
+               gate: threading.Event | None = None, after: bool = False) -> Rule:
+        rule = Rule(op, error, delay, times, match, gate, after)
         with self._lock:
             self.rules.append(rule)
         return rule
@@ -133,16 +136,26 @@ class FaultyFileSystem(AbstractFileSystem):
                 raise TimeoutError(f"a test left a gate closed: {op} {path}")
             if rule is not None and rule.delay:
                 time.sleep(rule.delay)
-            if rule is not None and rule.error is not None:
+            if rule is not None and rule.error is not None and not rule.after:
                 raise rule.error(path)
             result = call()
             ok = True
+            if rule is not None and rule.error is not None:
+                raise rule.error(path)
             return result
         finally:
             with self._lock:
                 if op == "put":
                     self.running_puts -= 1
                 self.events.append((op, path, ok))
+
+    @property
+    def atomic_create(self) -> bool:
+        """Whether ``pipe_file(mode="create")`` of the wrapped filesystem is atomic (S3's
+        If-None-Match; memory, within this process), for ``ObjectStore.can_create``."""
+        protocols = {self.fs.protocol} if isinstance(self.fs.protocol, str) else set(
+            self.fs.protocol)
+        return bool({"s3", "s3a", "memory"} & protocols)
 
     # ---- what ObjectStore uses ----
 

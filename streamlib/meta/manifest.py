@@ -1,0 +1,618 @@
+"""The object-store manifest: the metadata as numbered deltas and checkpoints in an object
+store, changed only by create-only writes, so that several processes and machines can share
+it (docs/shared-stores.md).
+
+Every change is one **delta** at the next version, ``log/<version>``, written with a create-only
+PUT after it was checked against the state at the version before: only one writer can create a
+version, so every reader applies the same deltas in the same order and applying never checks.
+A writer that loses a version to another applies the winner's delta and checks its change again.
+Each change carries a random **put id**: a create that comes back "exists" after a lost answer
+is recognised as the writer's own. A **checkpoint** (``checkpoint/<version>``, the whole state,
+zstd-compressed) is written every ``checkpoint_every`` versions; opening reads the newest one and
+the deltas after it.
+"""
+
+from __future__ import annotations
+
+import bisect
+import gc
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import zstandard
+
+from streamlib.errors import (
+    CommitConflict,
+    ConfigError,
+    CorruptDataError,
+    FencedError,
+    OffsetOutOfRange,
+    StorageUnavailable,
+    StreamClosed,
+    StreamExists,
+    StreamNotFound,
+    describe,
+)
+from streamlib.io import ObjectStore
+from streamlib.meta import (
+    Capabilities,
+    Commit,
+    MetadataStore,
+    NodeMeta,
+    ObjectMeta,
+    StreamMeta,
+    StreamObject,
+    StreamRange,
+    StreamState,
+    check_id,
+    check_node_id,
+    check_text,
+)
+from streamlib.records import check_int
+
+log = logging.getLogger("streamlib.meta")
+
+FORMAT = 1
+"""The delta and checkpoint format this code reads and writes."""
+CHECKPOINT_EVERY = 512
+PROBE = 16
+"""Deltas read at once (concurrent GETs) when catching up."""
+CREATE_TRIES = 3
+"""Creates of one version whose outcome stayed unknown before a change gives up."""
+
+T = TypeVar("T")
+Range = tuple[int, int, int, int]  # stream id, start offset, end offset, size
+
+
+def _version_key(kind: str, version: int) -> str:
+    return f"{kind}/{version:020d}"
+
+
+@dataclass(slots=True)
+class _Stream:
+    id: int
+    name: str | None
+    epoch: int
+    start: int
+    end: int
+    live: bool = True
+
+    def meta(self) -> StreamMeta:
+        return StreamMeta(self.id, self.name, self.epoch, self.start, self.end,
+                          StreamState.OPEN if self.live else StreamState.DESTROYED)
+
+
+class _State:
+    """The metadata at one version, in plain containers (building 100,000 value objects at
+    open would cost more than reading the checkpoint)."""
+
+    def __init__(self) -> None:
+        self.version = 0
+        self.next_id = 1
+        self.streams: dict[int, _Stream] = {}
+        self.names: dict[str, int] = {}  # live streams only
+        self.objects: dict[str, tuple[int, tuple[Range, ...]]] = {}
+        self.by_stream: dict[int, list[tuple[int, int, str]]] = {}  # (start, end, key), sorted
+        self.nodes: dict[str, list[int]] = {}  # node id -> [node epoch, WAL position]
+
+    # ---- reading ----
+
+    def live(self, stream_id: int) -> _Stream:
+        stream = self.streams.get(stream_id)
+        if stream is None:
+            raise StreamNotFound(describe("no such stream", stream=stream_id))
+        if not stream.live:
+            raise StreamNotFound(describe("stream was destroyed", stream=stream_id))
+        return stream
+
+    def node(self, node_id: str) -> NodeMeta:
+        epoch, position = self.nodes.get(node_id, (0, 0))
+        return NodeMeta(node_id, epoch, position)
+
+    # ---- applying a delta (checked by its writer) ----
+
+    def apply(self, op: str, args: dict[str, Any]) -> None:
+        if op == "create":
+            stream = _Stream(args["id"], args["name"], 0, 0, 0)
+            self.streams[stream.id] = stream
+            if stream.name is not None:
+                self.names[stream.name] = stream.id
+            self.next_id = stream.id + 1
+        elif op == "open":
+            self.streams[args["id"]].epoch = args["epoch"]
+        elif op == "trim":
+            self.streams[args["id"]].start = args["offset"]
+        elif op == "destroy":
+            stream = self.streams[args["id"]]
+            stream.live = False
+            if stream.name is not None and self.names.get(stream.name) == stream.id:
+                del self.names[stream.name]
+        elif op == "register":
+            self.nodes[args["node"]] = [args["epoch"], self.node(args["node"]).wal_position]
+        elif op == "commit":
+            self._commit(args)
+        else:
+            raise CorruptDataError(describe("unknown manifest operation", op=op))
+
+    def _commit(self, args: dict[str, Any]) -> None:
+        for key, size, ranges in args["objects"]:
+            ranges = tuple(tuple(r) for r in ranges)
+            self.objects[key] = (size, ranges)
+            for stream_id, start, end, _ in ranges:  # usually at the end: insort is cheap
+                bisect.insort(self.by_stream.setdefault(stream_id, []), (start, end, key))
+                self.streams[stream_id].end = max(self.streams[stream_id].end, end)
+        for key in args["remove"]:
+            _, ranges = self.objects.pop(key)
+            for stream_id, start, end, _ in ranges:
+                self.by_stream[stream_id].remove((start, end, key))
+        node = args["node"]
+        self.nodes[node] = [self.node(node).node_epoch, args["wal_position"]]
+
+    # ---- the checkpoint form: columns of plain values, which JSON parses fast ----
+
+    def dump(self) -> dict[str, Any]:
+        streams = list(self.streams.values())
+        objects = list(self.objects.items())
+        ranges = [r for _, (_, rs) in objects for r in rs]
+        return {"format": FORMAT, "version": self.version, "next_id": self.next_id,
+                "streams": {"id": [s.id for s in streams], "name": [s.name for s in streams],
+                            "epoch": [s.epoch for s in streams],
+                            "start": [s.start for s in streams], "end": [s.end for s in streams],
+                            "live": [s.live for s in streams]},
+                "objects": {"key": [key for key, _ in objects],
+                            "size": [size for _, (size, _) in objects],
+                            "ranges": [len(rs) for _, (_, rs) in objects],
+                            "stream": [r[0] for r in ranges], "start": [r[1] for r in ranges],
+                            "end": [r[2] for r in ranges], "used": [r[3] for r in ranges]},
+                "nodes": [[node, epoch, position]
+                          for node, (epoch, position) in self.nodes.items()]}
+
+    @classmethod
+    def load(cls, data: dict[str, Any]) -> _State:
+        """The state a checkpoint holds (100,000 streams and objects: about 0.1 s; the cyclic
+        garbage collector is paused meanwhile, since nothing built here is garbage)."""
+        paused = gc.isenabled()
+        gc.disable()
+        try:
+            return cls._load(data)
+        finally:
+            if paused:
+                gc.enable()
+
+    @classmethod
+    def _load(cls, data: dict[str, Any]) -> _State:
+        state = cls()
+        state.version = data["version"]
+        state.next_id = data["next_id"]
+        s = data["streams"]
+        state.streams = dict(zip(s["id"], map(_Stream, s["id"], s["name"], s["epoch"],
+                                              s["start"], s["end"], s["live"]), strict=True))
+        state.names = {stream.name: stream.id for stream in state.streams.values()
+                       if stream.live and stream.name is not None}
+        o = data["objects"]
+        ranges = list(zip(o["stream"], o["start"], o["end"], o["used"], strict=True))
+        objects, by_stream = state.objects, state.by_stream
+        i = 0
+        for key, size, count in zip(o["key"], o["size"], o["ranges"], strict=True):
+            held = (ranges[i],) if count == 1 else tuple(ranges[i:i + count])
+            i += count
+            objects[key] = (size, held)
+            for stream_id, start, end, _ in held:
+                found = by_stream.get(stream_id)
+                if found is None:
+                    by_stream[stream_id] = [(start, end, key)]
+                else:
+                    found.append((start, end, key))
+        if i != len(ranges):
+            raise ValueError(f"{len(ranges)} ranges, objects claim {i}")
+        for found in by_stream.values():
+            if len(found) > 1:
+                found.sort()
+        state.nodes = {node: [epoch, position] for node, epoch, position in data["nodes"]}
+        return state
+
+
+class ManifestMetadataStore(MetadataStore):
+    """The metadata as a manifest under ``prefix`` of ``store`` (any :class:`ObjectStore` that
+    can create an object only if absent: S3, a local directory, memory).
+
+    ``node_id`` names the writer in each delta (for people reading the manifest). Reads answer
+    from this process's copy; :meth:`refresh` reads what other processes changed since (every
+    change refreshes first when it finds it is behind)."""
+
+    capabilities = Capabilities(shared=True)
+
+    def __init__(self, store: ObjectStore, *, prefix: str = "manifest",
+                 node_id: str | int | None = None,
+                 checkpoint_every: int = CHECKPOINT_EVERY) -> None:
+        if not isinstance(store, ObjectStore):
+            raise TypeError(f"store must be an ObjectStore, not {type(store).__name__}")
+        check_text(prefix, "prefix")
+        self._writer = None if node_id is None else check_node_id(node_id)
+        self._checkpoint_every = check_int(checkpoint_every, "checkpoint_every", 1, 1 << 30)
+        if not store.can_create:
+            raise ConfigError("metadata", "a manifest needs a store that can create an object "
+                              "only if absent (S3, a local directory, memory)", store.url)
+        self._objects = store
+        self._prefix = prefix.strip("/")
+        self._lock = threading.RLock()
+        self._closed = False
+        self._pool = ThreadPoolExecutor(PROBE, thread_name_prefix="streamlib-manifest")
+        self._decompress = zstandard.ZstdDecompressor()
+        try:
+            self._state, self._checkpointed = self._open()
+            self._catch_up()
+        except BaseException:
+            self._pool.shutdown(wait=False)
+            raise
+        self.opened_version = self._state.version
+
+    def __repr__(self) -> str:
+        return f"ManifestMetadataStore({self._objects.url!r}, prefix={self._prefix!r})"
+
+    @property
+    def version(self) -> int:
+        """The version this process has applied."""
+        return self._state.version
+
+    # ---- reading the manifest ----
+
+    def _key(self, kind: str, version: int) -> str:
+        return f"{self._prefix}/{_version_key(kind, version)}"
+
+    def _open(self) -> tuple[_State, int]:
+        """The state of the newest checkpoint (or the empty state)."""
+        found = self._objects.list(f"{self._prefix}/checkpoint/")
+        versions = sorted(int(info.key.rpartition("/")[2]) for info in found
+                          if info.key.rpartition("/")[2].isdigit())
+        if not versions:
+            return _State(), 0
+        key = self._key("checkpoint", versions[-1])
+        raw = self._objects.get(key)
+        try:
+            data = json.loads(self._decompress.decompress(raw))
+            if data.get("format") != FORMAT or data.get("version") != versions[-1]:
+                raise ValueError(f"format {data.get('format')} version {data.get('version')}")
+            return _State.load(data), versions[-1]
+        except (ValueError, KeyError, TypeError, zstandard.ZstdError) as error:
+            raise CorruptDataError(f"unreadable manifest checkpoint ({error})",
+                                   source=key) from error
+
+    def _read_delta(self, version: int) -> dict[str, Any] | None:
+        key = self._key("log", version)
+        try:
+            raw = self._objects.get(key)
+        except FileNotFoundError:
+            return None
+        try:
+            delta = json.loads(raw)
+            if delta.get("format") != FORMAT or delta.get("version") != version:
+                raise ValueError(f"format {delta.get('format')} version {delta.get('version')}")
+            if not isinstance(delta.get("op"), str) or not isinstance(delta.get("args"), dict):
+                raise ValueError("no operation")
+            return delta
+        except (ValueError, TypeError, AttributeError) as error:
+            raise CorruptDataError(f"unreadable manifest delta ({error})", source=key) from error
+
+    def _catch_up(self) -> int:
+        """Apply every delta after the current version (caller holds the lock or owns the
+        store). Returns how many. Nothing new costs one GET; a run of deltas is read
+        :data:`PROBE` at a time."""
+        delta = self._read_delta(self._state.version + 1)
+        if delta is None:
+            return 0
+        self._apply(delta)
+        applied = 1
+        while True:
+            first = self._state.version + 1
+            for delta in self._pool.map(self._read_delta, range(first, first + PROBE)):
+                if delta is None:
+                    return applied
+                self._apply(delta)
+                applied += 1
+
+    def _apply(self, delta: dict[str, Any]) -> None:
+        try:
+            self._state.apply(delta["op"], delta["args"])
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
+            raise CorruptDataError(f"manifest delta does not apply ({error!r})",
+                                   source=self._key("log", delta["version"])) from error
+        self._state.version = delta["version"]
+
+    def refresh(self) -> int:
+        """Read the changes other processes made since this one last looked; returns how many
+        versions it moved."""
+        with self._lock:
+            self._check_open()
+            return self._catch_up()
+
+    # ---- changing it ----
+
+    def _change(self, op: str, plan: Callable[[_State], tuple[dict[str, Any], T]]) -> T:
+        """Check a change against the state (``plan``: its delta's arguments and the caller's
+        answer, or an exception), write it at the next version, apply it. A lost version, or a
+        check that fails on a state that may be old, means: catch up and plan again."""
+        put = uuid.uuid4().hex
+        with self._lock:
+            self._check_open()
+            caught_up = False
+            while True:
+                try:
+                    args, result = plan(self._state)
+                except (StreamNotFound, StreamExists, FencedError, CommitConflict,
+                        OffsetOutOfRange):
+                    if caught_up or not self._catch_up():
+                        raise  # true of the newest state
+                    caught_up = True
+                    continue
+                version = self._state.version + 1
+                delta = {"format": FORMAT, "version": version, "put": put, "node": self._writer,
+                         "time": int(time.time() * 1000), "op": op, "args": args}
+                if self._create(version, delta):
+                    self._apply(delta)
+                    self._maybe_checkpoint()
+                    return result
+                caught_up = self._catch_up() > 0 or caught_up  # another writer got ``version``
+
+    def _create(self, version: int, delta: dict[str, Any]) -> bool:
+        """Create ``delta`` at ``version``: True if it is there now as ours (created by this
+        call, or by an earlier try of it whose answer was lost), False if another writer's
+        delta is there."""
+        key = self._key("log", version)
+        body = json.dumps(delta, separators=(",", ":")).encode()
+        for tries in range(1, CREATE_TRIES + 1):
+            try:
+                self._objects.create(key, body)
+                return True
+            except FileExistsError:
+                pass
+            except StorageUnavailable as error:  # did it land? Read it to know
+                if tries == CREATE_TRIES:
+                    raise StorageUnavailable(describe(
+                        "manifest change of unknown outcome: the store is not answering; the "
+                        "next change finds out whether it applied", key=key,
+                        error=str(error))) from error
+                log.warning("manifest create of %s: outcome unknown, checking: %s", key, error)
+            found = self._read_delta(version)
+            if found is not None:
+                return found.get("put") == delta["put"]
+        raise StorageUnavailable(describe("manifest version exists but cannot be read (a store "
+                                          "without read-after-write?)", key=key))
+
+    def _maybe_checkpoint(self) -> None:
+        state = self._state
+        if state.version - self._checkpointed < self._checkpoint_every:
+            return
+        body = zstandard.ZstdCompressor(level=3).compress(
+            json.dumps(state.dump(), separators=(",", ":")).encode())
+        try:
+            self._objects.create(self._key("checkpoint", state.version), body)
+        except FileExistsError:
+            pass  # another writer wrote this version's checkpoint: the same state
+        except (StorageUnavailable, OSError) as error:
+            log.warning("could not write the manifest checkpoint at version %d (the next "
+                        "change tries again): %r", state.version, error)
+            return
+        self._checkpointed = state.version
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StreamClosed(describe("metadata store is closed", manifest=self._objects.url))
+
+    def _read(self, answer: Callable[[_State], T]) -> T:
+        with self._lock:
+            self._check_open()
+            return answer(self._state)
+
+    # ---- streams ----
+
+    def create_stream(self, name: str | None = None) -> StreamMeta:
+        if name is not None:
+            check_text(name, "name")
+
+        def plan(state: _State) -> tuple[dict[str, Any], StreamMeta]:
+            if name is not None and name in state.names:
+                raise StreamExists(describe("a live stream already has this name",
+                                            name=repr(name), stream=state.names[name]))
+            stream_id = state.next_id
+            return {"id": stream_id, "name": name}, StreamMeta(stream_id, name, 0, 0, 0)
+
+        return self._change("create", plan)
+
+    def get_stream(self, stream_id: int, *, include_destroyed: bool = False) -> StreamMeta:
+        check_id(stream_id)
+        if not isinstance(include_destroyed, bool):
+            raise TypeError(f"include_destroyed must be a bool, "
+                            f"not {type(include_destroyed).__name__}")
+
+        def answer(state: _State) -> StreamMeta:
+            stream = state.streams.get(stream_id)
+            if stream is not None and include_destroyed:
+                return stream.meta()
+            return state.live(stream_id).meta()
+
+        return self._read(answer)
+
+    def get_stream_by_name(self, name: str) -> StreamMeta:
+        check_text(name, "name")
+
+        def answer(state: _State) -> StreamMeta:
+            found = state.names.get(name)
+            if found is None:
+                raise StreamNotFound(describe("no live stream has this name", name=repr(name)))
+            return state.streams[found].meta()
+
+        return self._read(answer)
+
+    def streams(self) -> list[StreamMeta]:
+        return self._read(lambda state: [s.meta() for _, s in sorted(state.streams.items())
+                                         if s.live])
+
+    def open_stream(self, stream_id: int, *, expected_epoch: int | None = None) -> StreamMeta:
+        check_id(stream_id)
+        if expected_epoch is not None:
+            check_id(expected_epoch, "expected_epoch")
+
+        def plan(state: _State) -> tuple[dict[str, Any], StreamMeta]:
+            stream = state.live(stream_id)
+            if expected_epoch is not None and stream.epoch != expected_epoch:
+                raise FencedError(describe("stream epoch has moved on", stream=stream_id,
+                                           expected_epoch=expected_epoch, epoch=stream.epoch))
+            meta = stream.meta()
+            return ({"id": stream_id, "epoch": stream.epoch + 1},
+                    StreamMeta(meta.id, meta.name, meta.epoch + 1, meta.start_offset,
+                               meta.end_offset, meta.state))
+
+        return self._change("open", plan)
+
+    def trim_stream(self, stream_id: int, offset: int) -> StreamMeta:
+        check_id(stream_id)
+        check_id(offset, "offset")
+
+        def plan(state: _State) -> tuple[dict[str, Any], StreamMeta]:
+            stream = state.live(stream_id)
+            if offset > stream.end:
+                raise OffsetOutOfRange(stream_id, offset, stream.start, stream.end + 1)
+            return {"id": stream_id, "offset": offset}, StreamMeta(
+                stream.id, stream.name, stream.epoch, offset, stream.end)
+
+        with self._lock:  # a trim that moves nothing writes nothing
+            self._check_open()
+            stream = self._state.streams.get(stream_id)
+            if stream is not None and stream.live and offset <= stream.start:
+                return stream.meta()
+        return self._change("trim", plan)
+
+    def destroy_stream(self, stream_id: int) -> StreamMeta:
+        check_id(stream_id)
+
+        def plan(state: _State) -> tuple[dict[str, Any], StreamMeta]:
+            stream = state.live(stream_id)
+            meta = stream.meta()
+            return {"id": stream_id}, StreamMeta(meta.id, meta.name, meta.epoch,
+                                                 meta.start_offset, meta.end_offset,
+                                                 StreamState.DESTROYED)
+
+        return self._change("destroy", plan)
+
+    # ---- objects and nodes ----
+
+    def commit(self, commit: Commit) -> None:
+        if not isinstance(commit, Commit):
+            raise TypeError(f"commit must be a Commit, not {type(commit).__name__}")
+
+        def plan(state: _State) -> tuple[dict[str, Any], None]:
+            streams = {stream_id: state.live(stream_id) for stream_id in commit.epochs}
+            for stream_id, epoch in commit.epochs.items():
+                if streams[stream_id].epoch != epoch:
+                    raise FencedError(describe("commit by a fenced writer", stream=stream_id,
+                                               epoch=epoch, current=streams[stream_id].epoch))
+            node = state.node(commit.node_id)
+            if commit.node_epoch is not None and commit.node_epoch != node.node_epoch:
+                raise FencedError(describe("commit by a fenced node", node=node.node_id,
+                                           node_epoch=commit.node_epoch,
+                                           current=node.node_epoch))
+            for stream_id, (start, _) in commit.extents().items():
+                if start != streams[stream_id].end:
+                    raise CommitConflict(describe(
+                        "range does not start at the stream's committed end", stream=stream_id,
+                        start=start, end_offset=streams[stream_id].end))
+            for obj in commit.objects:
+                if obj.key in state.objects:
+                    raise CommitConflict(describe("object already committed", key=obj.key))
+            for key in commit.remove:
+                self._check_removable(state, key)
+            if commit.wal_position < node.wal_position:
+                raise CommitConflict(describe("WAL position would go back", node=node.node_id,
+                                              wal_position=commit.wal_position,
+                                              current=node.wal_position))
+            return {"node": commit.node_id, "wal_position": commit.wal_position,
+                    "objects": [[o.key, o.size, [[r.stream_id, r.start_offset, r.end_offset,
+                                                  r.size] for r in o.ranges]]
+                                for o in commit.objects],
+                    "remove": list(commit.remove)}, None
+
+        self._change("commit", plan)
+
+    @staticmethod
+    def _check_removable(state: _State, key: str) -> None:
+        found = state.objects.get(key)
+        if found is None:
+            raise CommitConflict(describe("object to remove is not committed", key=key))
+        for stream_id, _, end, _ in found[1]:
+            stream = state.streams.get(stream_id)
+            if stream is not None and stream.live and end > stream.start:
+                raise CommitConflict(describe("object to remove still holds readable records",
+                                              key=key, stream=stream_id))
+
+    def _ranges_from(self, state: _State, stream_id: int,
+                     from_offset: int) -> list[tuple[int, int, str]]:
+        """The stream's ranges holding offsets at or above ``from_offset`` (they are disjoint
+        and sorted: the first is found by bisection)."""
+        state.live(stream_id)
+        entries = state.by_stream.get(stream_id, [])
+        first = max(bisect.bisect_right(entries, from_offset, key=lambda e: e[0]) - 1, 0)
+        return [entry for entry in entries[first:] if entry[1] > from_offset]
+
+    def objects(self, stream_id: int, from_offset: int = 0) -> list[ObjectMeta]:
+        check_id(stream_id)
+        check_id(from_offset, "from_offset")
+
+        def answer(state: _State) -> list[ObjectMeta]:
+            result = []
+            for _, _, key in self._ranges_from(state, stream_id, from_offset):
+                size, ranges = state.objects[key]
+                result.append(ObjectMeta(key, size, tuple(StreamRange(*r) for r in ranges)))
+            return result
+
+        return self._read(answer)
+
+    def stream_objects(self, stream_id: int, from_offset: int = 0) -> list[StreamObject]:
+        check_id(stream_id)
+        check_id(from_offset, "from_offset")
+
+        def answer(state: _State) -> list[StreamObject]:
+            result = []
+            for start, end, key in self._ranges_from(state, stream_id, from_offset):
+                size, ranges = state.objects[key]
+                used = next(r[3] for r in ranges if r[0] == stream_id)
+                result.append(StreamObject(key, size, StreamRange(stream_id, start, end, used)))
+            return result
+
+        return self._read(answer)
+
+    def node(self, node_id: str | int) -> NodeMeta:
+        node = check_node_id(node_id)
+        return self._read(lambda state: state.node(node))
+
+    def register_node(self, node_id: str | int) -> NodeMeta:
+        node = check_node_id(node_id)
+
+        def plan(state: _State) -> tuple[dict[str, Any], NodeMeta]:
+            meta = state.node(node)
+            return ({"node": node, "epoch": meta.node_epoch + 1},
+                    NodeMeta(node, meta.node_epoch + 1, meta.wal_position))
+
+        # Always on the newest state: a register based on an old one would be caught anyway
+        # (its version is taken), but reading first saves the lost round trip.
+        with self._lock:
+            self._check_open()
+            self._catch_up()
+        return self._change("register", plan)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._pool.shutdown(wait=True)
+
+
+__all__ = ["CHECKPOINT_EVERY", "FORMAT", "ManifestMetadataStore"]
