@@ -25,7 +25,8 @@ reach past what it returned) do not use the window: readahead loads what is miss
 **Eviction** (consumer focus), when a load or a reservation needs room under ``max_bytes`` (a
 hard limit): first blocks and chunks that every active reader of their stream has passed, then
 those of streams no active reader is on (least recently used first: chunks in upload order),
-and only then those ahead of a reader, farthest ahead first.
+and only then those ahead of a reader, farthest ahead first (a stream's log chunks leave oldest
+first: only its oldest is ever a candidate).
 
 Streams are named by a :data:`StreamKey`, ``(objects URL, stream id)``: stores on one bucket
 see one stream under one key.
@@ -33,10 +34,11 @@ see one stream under one key.
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
@@ -134,10 +136,15 @@ class _Block:
     release: Callable[[int], None] | None = None  # a log chunk: drop the stream's log below
 
 
+_BEHIND, _IDLE, _AHEAD = 0, 1, 2
+_CAUSES = ("behind", "idle", "ahead")
+
+
 class MessageCache:
     """The log cache's bytes and decoded blocks within ``max_bytes``, and the readers they are
     kept for; thread-safe. One instance may serve several stores (pass it to
-    ``streamlib.open(cache=…)``); each store reserves under its own ``scope``."""
+    ``streamlib.open(cache=…)``); each store reserves under its own ``scope`` and registers how
+    to ask it for an upload (:meth:`register`)."""
 
     def __init__(self, max_bytes: int, *, readahead_bytes: int = 32 * MiB,
                  first_window: int = 8 * MiB, reader_timeout: float = 30.0,
@@ -160,9 +167,11 @@ class MessageCache:
         self._loading: dict[BlockKey, Future[list[RecordBatch]]] = {}
         self._bytes = 0  # blocks + log chunks + pinned
         self._pinned: dict[str, int] = {}  # per scope: reserved for batches not yet uploaded
+        self._uploaders: dict[str, Callable[[], None]] = {}  # per scope: ask for a round
         self._chunks: dict[tuple[str, int], list[BlockKey]] = {}  # a stream's, in offset order
         self._readers: dict[int, Reader] = {}
-        self._by_position: dict[tuple[StreamKey, int], int] = {}  # (stream, offset) → reader
+        self._by_position: dict[tuple[StreamKey, int], list[int]] = {}  # → readers there
+        self._forgotten: deque[Reader] = deque()  # readers ended without the lock (see forget)
         self._ids = itertools.count(1)
 
     @property
@@ -194,26 +203,61 @@ class MessageCache:
 
     # ---- the log cache's bytes ----
 
+    def register(self, scope: str, request_upload: Callable[[], None]) -> None:
+        """A store joins: ``request_upload()`` asks it for an upload round now (called when
+        appends wait for room and the store holds pinned bytes)."""
+        with self._lock:
+            self._uploaders[scope] = request_upload
+
     def reserve(self, scope: str, size: int, timeout: float | None,
-                on_wait: Callable[[], None] | None = None) -> bool:
+                abort: Callable[[], bool] = lambda: False) -> bool:
         """Pin ``size`` bytes for a batch about to enter the WAL, evicting blocks and log
-        chunks if needed; if pinned bytes fill the budget, call ``on_wait`` (start an upload)
-        and wait up to ``timeout`` seconds for a commit to unpin some. False if none came. A
+        chunks if needed. If pinned bytes fill the budget, ask every store holding some for an
+        upload and wait up to ``timeout`` seconds for commits to unpin them (asking again each
+        half second). False if no room came, or ``abort()`` became true (see :meth:`wake`). A
         batch larger than the whole budget is let in when nothing else is pinned."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
             if self._try_pin(scope, size):
                 return True
             self.stats.log_waits += 1
-        if on_wait is not None:
-            on_wait()
+        pinned: list[bool] = []
+
+        def ready() -> bool:
+            if abort():
+                return True
+            if self._try_pin(scope, size):
+                pinned.append(True)
+                return True
+            return False
+
+        while True:
+            self._request_uploads()
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return False
+            with self._room:
+                if self._room.wait_for(ready, 0.5 if left is None else min(left, 0.5)):
+                    return bool(pinned)
+
+    def wake(self) -> None:
+        """Make waiting reservations look again (their ``abort`` may have become true)."""
         with self._room:
-            return self._room.wait_for(lambda: self._try_pin(scope, size), timeout)
+            self._room.notify_all()
+
+    def _request_uploads(self) -> None:
+        with self._lock:
+            asks = [self._uploaders[scope] for scope, pinned in self._pinned.items()
+                    if pinned and scope in self._uploaders]
+        for ask in asks:  # outside the lock: an uploader's own locks come after it
+            ask()
 
     def _try_pin(self, scope: str, size: int) -> bool:
+        pinned = sum(self._pinned.values())
+        if pinned and pinned + size > self.max_bytes:
+            return False  # only uploads make room: evicting would not
         if self._bytes + size > self.max_bytes:
             self._make_room(size, self._clock())
-        if self._bytes + size > self.max_bytes and any(self._pinned.values()):
-            return False
         self._pinned[scope] = self._pinned.get(scope, 0) + size
         self._bytes += size
         return True
@@ -277,17 +321,36 @@ class MessageCache:
                 for key in self._chunks.pop((owner, stream_id)):
                     self._bytes -= self._blocks.pop(key).size
             self._bytes -= self._pinned.pop(scope, 0)
+            self._uploaders.pop(scope, None)
             self._room.notify_all()
+
+    def count_log_read(self, uploaded: bool) -> None:
+        """A fetch returned batches from the log cache (``uploaded``: some already uploaded)."""
+        with self._lock:
+            self.stats.log_reads += 1
+            self.stats.uploaded_log_reads += uploaded
 
     # ---- readers ----
 
-    def reader_at(self, stream: StreamKey, offset: int) -> Reader:
-        """The reader whose last fetch ended at ``offset``, or a new one."""
+    def reader_at(self, stream: StreamKey, offset: int, mine: Reader | None = None) -> Reader:
+        """The reader of a fetch at ``offset``: ``mine`` (a ``read()`` iterator's own), else
+        one whose last fetch ended at ``offset``, else a new one."""
         now = self._clock()
         with self._lock:
+            self._settle_forgotten()
             self._expire(now)
-            found = self._by_position.pop((stream, offset), None)
-            reader = self._readers.get(found) if found is not None else None
+            reader = None
+            if mine is not None and mine.position == offset and mine.stream == stream:
+                reader = mine
+                self._unplace(reader)
+                if reader.id not in self._readers:  # expired meanwhile: it is back
+                    self._readers[reader.id] = reader
+            else:
+                waiting = self._by_position.get((stream, offset))
+                while waiting and reader is None:
+                    reader = self._readers.get(waiting.pop())
+                if waiting == []:
+                    del self._by_position[(stream, offset)]
             if reader is None:
                 reader = Reader(next(self._ids), stream, offset, now, self.first_window,
                                 prefetched_to=offset)
@@ -301,24 +364,38 @@ class MessageCache:
     def advance(self, reader: Reader, offset: int) -> None:
         """``reader``'s fetch ended at ``offset``: its next fetch starts there."""
         with self._lock:
+            self._unplace(reader)
             reader.position = offset
             reader.prefetched_to = max(reader.prefetched_to, offset)
             reader.ahead = [(end, size) for end, size in reader.ahead if end > offset]
             if reader.id in self._readers:
-                self._by_position[(reader.stream, offset)] = reader.id
+                self._by_position.setdefault((reader.stream, offset), []).append(reader.id)
 
-    def forget(self, stream: StreamKey, offset: int) -> None:
-        """The reader whose last fetch of ``stream`` ended at ``offset`` is done (an
-        iterator ended): its blocks stop being kept for it."""
-        with self._lock:
-            found = self._by_position.get((stream, offset))
-            reader = None if found is None else self._readers.get(found)
-            if reader is not None:
-                self._drop(reader)
+    def forget(self, reader: Reader) -> None:
+        """``reader`` is done (an iterator ended): its blocks stop being kept for it. Never
+        waits for the cache's lock — an iterator may be closed by the garbage collector on a
+        thread that holds it — the reader is dropped by the next call that takes the lock."""
+        self._forgotten.append(reader)
+        if self._lock.acquire(blocking=False):
+            try:
+                self._settle_forgotten()
+            finally:
+                self._lock.release()
+
+    def _settle_forgotten(self) -> None:
+        while self._forgotten:
+            self._drop(self._forgotten.popleft())
+
+    def _unplace(self, reader: Reader) -> None:
+        waiting = self._by_position.get((reader.stream, reader.position))
+        if waiting is not None and reader.id in waiting:
+            waiting.remove(reader.id)
+            if not waiting:
+                del self._by_position[(reader.stream, reader.position)]
 
     def _drop(self, reader: Reader) -> None:
         self._readers.pop(reader.id, None)
-        self._by_position.pop((reader.stream, reader.position), None)
+        self._unplace(reader)
         self.stats.readers = len(self._readers)
 
     def _expire(self, now: float) -> None:
@@ -346,7 +423,7 @@ class MessageCache:
             return key in self._blocks or key in self._loading
 
     def prefetched(self, reader: Reader, entries: Sequence[IndexEntry]) -> None:
-        """These blocks were loaded (or found loaded) ahead of ``reader``."""
+        """These blocks were loaded ahead of ``reader``."""
         with self._lock:
             for entry in entries:
                 reader.ahead.append((entry.end_offset, entry.size))
@@ -359,13 +436,16 @@ class MessageCache:
     # ---- blocks ----
 
     def load(self, reader: ObjectReader, entries: Sequence[IndexEntry], *,
-             cache_only: bool = False, ahead_of: Reader | None = None) -> list[list[RecordBatch]]:
+             cache_only: bool = False, ahead_of: Reader | None = None,
+             lookup: bool = False) -> list[list[RecordBatch]]:
         """Each block's batches, in the order of ``entries`` (blocks of ``reader``'s object):
         from memory, from a load another reader started, or fetched now with one GET per run
         of adjacent missing blocks. ``cache_only``: raise :class:`Uncached` rather than wait or
-        fetch. ``ahead_of``: a readahead for that reader (blocks already held are skipped)."""
+        fetch. ``ahead_of``: a readahead for that reader (blocks already held or loading are
+        skipped: their places in the answer are empty). ``lookup``: not a reader's read (a time
+        lookup): no hit is counted, no window grows."""
         found: list[list[RecordBatch] | None] = [None] * len(entries)
-        waits: list[tuple[int, Future[list[RecordBatch]]]] = []
+        waits: list[tuple[int, BlockKey, Future[list[RecordBatch]]]] = []
         mine: list[tuple[int, IndexEntry, BlockKey, Future[list[RecordBatch]]]] = []
         now = self._clock()
         with self._lock:
@@ -373,7 +453,7 @@ class MessageCache:
                 key = (reader.store.url, reader.key, entry.position)
                 held = self._blocks.get(key)
                 if held is not None:
-                    if ahead_of is None:
+                    if ahead_of is None and not lookup:
                         self._touch(key, held, now)
                     found[i] = held.batches
                     continue
@@ -386,7 +466,7 @@ class MessageCache:
                 loading = self._loading.get(key)
                 if loading is not None:
                     if ahead_of is None:
-                        waits.append((i, loading))
+                        waits.append((i, key, loading))
                         self.stats.shared_loads += 1
                     continue
                 future: Future[list[RecordBatch]] = Future()
@@ -398,8 +478,14 @@ class MessageCache:
                     self.stats.readahead_blocks += 1
         if mine:
             self._fetch(reader, mine, found, ahead_of)
-        for i, future in waits:
+        for i, _, future in waits:
             found[i] = future.result()
+        if waits and not lookup:  # a block a readahead loaded while this read waited: a hit
+            with self._lock:
+                for _, key, _ in waits:
+                    held = self._blocks.get(key)
+                    if held is not None and held.prefetched_for is not None:
+                        self._touch(key, held, now)
         return found  # type: ignore[return-value]
 
     def _touch(self, key: BlockKey, block: _Block, now: float) -> None:
@@ -417,65 +503,83 @@ class MessageCache:
                mine: list[tuple[int, IndexEntry, BlockKey, Future[list[RecordBatch]]]],
                found: list[list[RecordBatch] | None], ahead_of: Reader | None) -> None:
         gets, fetched = reader.gets, reader.fetched_bytes
+        loaded: list[list[RecordBatch]] | None = None
         try:
             loaded = reader.read_blocks([entry for _, entry, _, _ in mine])
-        except BaseException as error:
+            if len(loaded) != len(mine):
+                raise AssertionError(f"{len(mine)} blocks asked for, {len(loaded)} read")
+            now = self._clock()
             with self._lock:
-                for _, _, key, _ in mine:
-                    self._loading.pop(key, None)
+                incoming = []
+                for (i, entry, key, _), batches in zip(mine, loaded, strict=True):
+                    found[i] = batches
+                    block = _Block(batches, weight(batches), (reader.store.url, entry.stream_id),
+                                   entry.start_offset, entry.end_offset,
+                                   None if ahead_of is None else ahead_of.id)
+                    if block.size <= self.max_bytes:  # else: served to this read, not kept
+                        incoming.append((key, block))
+                # A readahead takes only room nobody ahead of a reader needs: it never
+                # evicts what is nearer to a reader than itself.
+                self._make_room(sum(block.size for _, block in incoming), now,
+                                spare_ahead=ahead_of is not None)
+                for key, block in incoming:
+                    if self._bytes + block.size > self.max_bytes:
+                        continue  # the room went to blocks readers need more
+                    self._blocks[key] = block
+                    self._bytes += block.size
+        except BaseException as error:
             for _, _, _, future in mine:
-                future.set_exception(error)
+                if not future.done():
+                    future.set_exception(error)
             raise
         finally:
             with self._lock:
+                for _, _, key, _ in mine:
+                    self._loading.pop(key, None)
                 self.stats.gets += reader.gets - gets
                 self.stats.get_bytes += reader.fetched_bytes - fetched
-        now = self._clock()
-        with self._lock:
-            incoming = []
-            for (i, entry, key, _), batches in zip(mine, loaded, strict=True):
-                found[i] = batches
-                self._loading.pop(key, None)
-                block = _Block(batches, weight(batches), (reader.store.url, entry.stream_id),
-                               entry.start_offset, entry.end_offset,
-                               None if ahead_of is None else ahead_of.id)
-                if block.size <= self.max_bytes:  # else: served to this read, too big to keep
-                    incoming.append((key, block))
-            self._make_room(sum(block.size for _, block in incoming), now)
-            for key, block in incoming:
-                if self._bytes + block.size > self.max_bytes:
-                    continue  # the room went to blocks readers need more
-                self._blocks[key] = block
-                self._bytes += block.size
         for (_, _, _, future), batches in zip(mine, loaded, strict=True):
             future.set_result(batches)
 
-    def _make_room(self, need: int, now: float) -> None:
+    def _rank(self, block: _Block, order: int,
+              positions: dict[StreamKey, list[int]]) -> tuple[int, int]:
+        readers = positions.get(block.stream)
+        if readers is None:
+            return (_IDLE, order)  # least recently used first
+        if block.end <= min(readers):
+            return (_BEHIND, order)
+        return (_AHEAD, -min(block.start - p for p in readers if block.end > p))  # farthest
+
+    def _make_room(self, need: int, now: float, *, spare_ahead: bool = False) -> None:
         """Evict until ``need`` more bytes fit (caller holds the lock), in the order of
         consumer focus: behind every reader, then streams without readers (least recently
-        used first), then ahead of readers (farthest first)."""
+        used first), then ahead of readers (farthest first; not at all with
+        ``spare_ahead``). Of a stream's log chunks only the oldest is a candidate: when it
+        goes, the next one becomes one."""
         if self._bytes + need <= self.max_bytes:
             return
+        self._settle_forgotten()
         self._expire(now)
         positions: dict[StreamKey, list[int]] = {}
         for r in self._readers.values():
             positions.setdefault(r.stream, []).append(r.position)
-        ranked = []
-        for order, (key, block) in enumerate(self._blocks.items()):  # LRU first
-            readers = positions.get(block.stream)
-            if readers is None:
-                ranked.append(((1, order), key, "idle"))
-            elif block.end <= min(readers):
-                ranked.append(((0, order), key, "behind"))
-            else:
-                ahead = [block.start - p for p in readers if block.end > p]
-                ranked.append(((2, -min(ahead)), key, "ahead"))
-        ranked.sort(key=lambda item: item[0])
-        for _, key, cause in ranked:
-            if self._bytes + need <= self.max_bytes:
+        order = {key: i for i, key in enumerate(self._blocks)}
+        heap = []
+        for key, block in self._blocks.items():
+            if block.release is None or self._chunks[(key[1], key[2])][0] == key:  # type: ignore[index]
+                heapq.heappush(heap, (self._rank(block, order[key], positions), order[key], key))
+        while heap and self._bytes + need > self.max_bytes:
+            (cause, _), _, key = heapq.heappop(heap)
+            if cause == _AHEAD and spare_ahead:
                 return
-            if key in self._blocks:  # else gone with a later chunk of its stream
-                self._evict(key, cause, now)
+            block = self._blocks[key]
+            self._evict(key, _CAUSES[cause], now)
+            if block.release is not None:
+                rest = self._chunks.get((key[1], key[2]))  # type: ignore[index]
+                if rest:
+                    nxt = self._blocks[rest[0]]
+                    heapq.heappush(heap, (self._rank(nxt, order[rest[0]], positions),
+                                          order[rest[0]], rest[0]))
 
     def _evict(self, key: BlockKey, cause: str, now: float) -> None:
         block = self._blocks[key]

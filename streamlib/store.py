@@ -187,6 +187,7 @@ class StreamStore:
                                       commit=self._commit, trim=self._wal.trim,
                                       pending=self._pending,
                                       threshold=self._upload_threshold)
+            self._cache.register(self._scope, self._uploader.request)
             self._recover()
         except BaseException:
             self._release()
@@ -365,6 +366,13 @@ class StreamStore:
                 timeout: float | None) -> Future[AppendResult]:
         state = handle._state
         assert self._wal is not None
+        # One deadline for every wait of this append: room in memory, room in the WAL.
+        deadline = time.monotonic() + (self.config.append_timeout_ms / 1000 if timeout is None
+                                       else timeout)
+
+        def left() -> float:
+            return max(0.0, deadline - time.monotonic())
+
         with state.order:
             handle._check_writer()
             if self._closing:
@@ -388,8 +396,8 @@ class StreamStore:
                 raise OffsetMismatchError(state.id, expected_offset, state.assigned_end)
             placed = batch.with_offset(state.assigned_end)
             if self._wal.capacity is None:  # the WAL does not fill up: bound the memory here
-                self._wait_for_room(placed.size, timeout)
-            self._reserve(placed.size + BATCH_OVERHEAD, timeout)
+                self._wait_for_room(placed.size, left())
+            self._reserve(placed.size + BATCH_OVERHEAD, left())
             # While the WAL call runs, its record may become durable before this stream knows
             # of it: the uploader must not trim past it. Any position it gets is at or above
             # the WAL's end as it is now.
@@ -398,7 +406,7 @@ class StreamStore:
                 self._appending[token] = self._wal.end_position
             try:
                 wal_future = self._wal.append(WalRecord(state.id, handle._epoch, placed),  # type: ignore[arg-type]
-                                              timeout)
+                                              left())
                 item = _Inflight(placed, wal_future)
                 with state.lock:
                     state.inflight.append(item)
@@ -414,14 +422,13 @@ class StreamStore:
         wal_future.add_done_callback(lambda _: self._acknowledge(state))
         return item.future
 
-    def _wait_for_room(self, size: int, timeout: float | None) -> None:
+    def _wait_for_room(self, size: int, timeout: float) -> None:
         """Back-pressure for a WAL without a capacity (the object WAL): data acknowledged and
         not yet committed, which the log cache holds, stays within ``wal_bytes``."""
         limit = self.config.wal_bytes
-        wait = self.config.append_timeout_ms / 1000 if timeout is None else timeout
         with self._room:
             room = self._room.wait_for(lambda: self._pending_bytes + size <= limit
-                                       or self._pending_bytes == 0 or self._closing, wait)
+                                       or self._pending_bytes == 0 or self._closing, timeout)
             if self._closing:
                 raise StreamClosed("the store is closing")
             if not room:
@@ -429,11 +436,12 @@ class StreamStore:
                     "data waiting for upload stayed above wal_bytes: uploads are not keeping up",
                     pending=self._pending_bytes, size=size, wal_bytes=limit))
 
-    def _reserve(self, size: int, timeout: float | None) -> None:
+    def _reserve(self, size: int, timeout: float) -> None:
         """Room in the message cache for a batch until it is uploaded (back-pressure when
         uploads fall behind: the log cache shares the cache's budget)."""
-        wait = self.config.append_timeout_ms / 1000 if timeout is None else timeout
-        if not self._cache.reserve(self._scope, size, wait, on_wait=self._uploader.notify):
+        if not self._cache.reserve(self._scope, size, timeout, abort=self._closing_or_closed):
+            if self._closing_or_closed():
+                raise StreamClosed("the store is closing")
             raise WalFullError(describe(
                 "data waiting for upload filled the message cache (cache_bytes): uploads are "
                 "not keeping up", size=size, cache_bytes=self._cache.max_bytes,
@@ -561,9 +569,8 @@ class StreamStore:
                 log.warning("could not reload stream %d after a failed commit: %r", state.id,
                             error)
                 continue
-            freed += self._keep(state, state.committed(end, ()))
-            with state.lock:
-                state.objects = None
+            # The index is loaded again on the next read: objects of unknown commits.
+            freed += self._keep(state, state.committed(end, (), reset_index=True))
         with self._lock:
             self._pending_bytes -= freed
             self._room.notify_all()
@@ -577,9 +584,13 @@ class StreamStore:
     def _stream_key(self, state: StreamState) -> StreamKey:
         return (self._objects.url, state.id)
 
-    def _forget_reader(self, state: StreamState, offset: int) -> None:
-        """A ``read()`` iterator ended at ``offset``: the cache stops keeping blocks for it."""
-        self._cache.forget(self._stream_key(state), offset)
+    def _new_reader(self, state: StreamState, offset: int) -> Reader:
+        """A reader of its own for a ``read()`` iterator starting at ``offset``."""
+        return self._cache.reader_at(self._stream_key(state), offset, None)
+
+    def _forget_reader(self, reader: Reader) -> None:
+        """A ``read()`` iterator ended: the cache stops keeping blocks for it."""
+        self._cache.forget(reader)
 
     def flush(self) -> None:
         """Upload every acknowledged append now, and commit it (a round of the uploader in this
@@ -592,38 +603,50 @@ class StreamStore:
 
     # ---- the read path ----
 
-    def _object_index(self, state: StreamState) -> Any:
-        while state.objects is None:
-            commits = state.commits
+    def _object_index(self, state: StreamState) -> None:
+        """Load the stream's object index if it is not (caller reads ``state.objects`` under
+        ``state.lock`` afterwards, and calls again if it was reset meanwhile)."""
+        while True:
+            with state.lock:
+                if state.objects is not None:
+                    return
+                commits = state.commits
             objects = self._metadata().stream_objects(state.id, 0)
             with state.lock:
                 if state.commits == commits and state.objects is None:
                     state.objects = new_object_index(objects)
-        return state.objects
+                    return
 
     def _fetch(self, state: StreamState, start: int, end: int | None, max_bytes: int,
-               cache_only: bool = False) -> FetchResult:
-        index = self._object_index(state)
-        with state.lock:
-            low, high = state.start_offset, state.acked_end
-            if not low <= start <= high:
-                raise OffsetOutOfRange(state.id, start, low, high)
-            end = high if end is None else min(end, high)
-            stored = state.memory_start  # below: read from objects; from here: from memory
-            slices = _slices(index, start, min(end, stored))
-            logged = state.log_slice(max(start, stored), end) if end > max(start, stored) else []
-            uploaded = bool(logged) and logged[0].base_offset < state.committed_end  # type: ignore[operator]
-        reader = self._cache.reader_at(self._stream_key(state), start)
+               cache_only: bool = False, mine: Reader | None = None) -> FetchResult:
+        """``mine``: the reader of a ``read()`` iterator (else the cache finds or makes one)."""
+        while True:
+            self._object_index(state)
+            with state.lock:  # one consistent picture: the index, the log cache, the range
+                index = state.objects
+                if index is None:
+                    continue  # reset by a commit of unknown outcome: load it again
+                low, high = state.start_offset, state.acked_end
+                if not low <= start <= high:
+                    raise OffsetOutOfRange(state.id, start, low, high)
+                end = high if end is None else min(end, high)
+                memory = state.memory_start  # below: read from objects; from here: memory
+                slices = _slices(index, start, min(end, memory))
+                logged = state.log_slice(max(start, memory), end) if end > max(start,
+                                                                                memory) else []
+                committed = state.committed_end
+                break
+        reader = self._cache.reader_at(self._stream_key(state), start, mine)
         try:
             return self._read(state, reader, start, end, max_bytes, cache_only, low, high,
-                              stored, slices, logged, uploaded)
+                              memory, slices, logged, committed)
         except BaseException:
             self._cache.advance(reader, start)  # a retry of this fetch continues this reader
             raise
 
     def _read(self, state: StreamState, reader: Reader, start: int, end: int, max_bytes: int,
-              cache_only: bool, low: int, high: int, stored: int, slices: list[ObjectSlice],
-              logged: list[RecordBatch], uploaded: bool) -> FetchResult:
+              cache_only: bool, low: int, high: int, memory: int, slices: list[ObjectSlice],
+              logged: list[RecordBatch], committed: int) -> FetchResult:
         batches: list[RecordBatch] = []
         total = 0
 
@@ -644,6 +667,7 @@ class StreamStore:
                 for batch in block:
                     if batch.next_offset <= cursor:
                         continue
+                    _check_dense(state, batch, cursor)
                     if batch.base_offset >= end or not room(batch.size):  # type: ignore[operator]
                         full = True
                         break
@@ -658,19 +682,22 @@ class StreamStore:
                 full = True
                 break
         if not full and logged:
-            with self._lock:
-                self._cache.stats.log_reads += 1
-                self._cache.stats.uploaded_log_reads += uploaded
+            from_log = 0
             for batch in logged:
                 if batch.next_offset <= cursor:
                     continue
+                _check_dense(state, batch, cursor)
                 if not room(batch.size):
                     break
                 batches.append(batch)
                 total += batch.size
+                cursor = batch.next_offset
+                from_log += 1
+            if from_log:
+                self._cache.count_log_read(logged[0].base_offset < committed)  # type: ignore[operator]
         next_fetch = batches[-1].next_offset if batches else start
         self._cache.advance(reader, next_fetch)
-        if slices and not cache_only and next_fetch < stored:
+        if slices and not cache_only and next_fetch < memory:
             self._schedule_readahead(state, reader)
         return FetchResult(tuple(batches), next_fetch, low, high)
 
@@ -687,9 +714,10 @@ class StreamStore:
         """Load about ``want`` stored bytes of the stream's blocks from ``start`` into the cache,
         in the background, for ``reader``."""
         try:
-            index = self._object_index(state)
+            self._object_index(state)
             with state.lock:
-                slices = _slices(index, start, state.committed_end)
+                index = state.objects
+                slices = [] if index is None else _slices(index, start, state.memory_start)
             for piece in slices:
                 if want <= 0 or self._closing:
                     return
@@ -703,8 +731,8 @@ class StreamStore:
                     chosen.append(entry)
                     want -= entry.size
                 if chosen:
-                    self._cache.prefetched(reader, chosen)
                     self._cache.load(objects, chosen, ahead_of=reader)
+                    self._cache.prefetched(reader, chosen)
         except Exception as error:  # a readahead is a guess: the read itself will report
             log.debug("readahead of stream %d failed: %r", state.id, error)
         finally:
@@ -746,16 +774,22 @@ class StreamStore:
             i = j
 
     def _offset_for_timestamp(self, state: StreamState, timestamp: int) -> int | None:
-        index = self._object_index(state)
-        with state.lock:
-            start, stored = state.start_offset, state.memory_start
-            slices = _slices(index, start, stored)
-            logged = state.log_slice(max(start, stored), state.acked_end)
+        while True:
+            self._object_index(state)
+            with state.lock:
+                index = state.objects
+                if index is None:
+                    continue  # reset meanwhile: load it again
+                start, memory = state.start_offset, state.memory_start
+                slices = _slices(index, start, memory)
+                logged = state.log_slice(max(start, memory), state.acked_end)
+                break
         for piece in slices:
             reader = self._reader(piece, state.id, start, False)
             for entry in reader.index().blocks(state.id, max(start, piece.start), piece.end):
                 if entry.max_timestamp >= timestamp:
-                    found = _first_at(self._cache.load(reader, [entry])[0], timestamp, start)
+                    found = _first_at(self._cache.load(reader, [entry], lookup=True)[0],
+                                      timestamp, start)
                     if found is not None:
                         return found
         for batch in logged:
@@ -828,6 +862,7 @@ class StreamStore:
                 return
             self._closing = True
             self._room.notify_all()  # appends waiting for room give up
+        self._cache.wake()  # and those waiting for room in the cache
         self._wake_readers()  # tailing readers end
         with self._lock:
             states = list(self._states.values())
@@ -875,6 +910,14 @@ class StreamStore:
 
 
 _SCOPES = itertools.count(1)
+
+
+def _check_dense(state: StreamState, batch: RecordBatch, cursor: int) -> None:
+    """A batch that starts past the offset the read has reached would skip records: never
+    return that silently."""
+    if batch.base_offset > cursor:  # type: ignore[operator]
+        raise CorruptDataError(describe("a gap in the stream's data as read", stream=state.id,
+                                        expected=cursor, found=batch.base_offset))
 
 
 def _slices(index: Any, start: int, end: int) -> list[ObjectSlice]:

@@ -251,9 +251,11 @@ class StreamState:
                 return []
             return self.log[:bisect.bisect_right(self.log_positions, frontier)]
 
-    def committed(self, end: int, slices: Sequence[ObjectSlice]) -> list[RecordBatch]:
+    def committed(self, end: int, slices: Sequence[ObjectSlice], *,
+                  reset_index: bool = False) -> list[RecordBatch]:
         """Objects up to ``end`` are committed: their batches move from the pending part of the
-        log cache to its uploaded part. Returns the batches moved."""
+        log cache to its uploaded part. Returns the batches moved. ``reset_index``: the object
+        index is loaded again on the next read (the commit's objects are not known)."""
         with self.lock:
             self.committed_end = max(self.committed_end, end)
             cut = bisect.bisect_right(self.log, end, key=lambda b: b.next_offset)
@@ -262,7 +264,9 @@ class StreamState:
             self.log_bytes -= sum(b.size for b in moved)
             if not self.destroyed:
                 self.kept_log.extend(moved)
-            if self.objects is not None:
+            if reset_index:
+                self.objects = None
+            elif self.objects is not None:
                 self.objects.update(slices)
             self.commits += 1
             return moved
@@ -484,7 +488,10 @@ class Stream:
         the store closes, or when nothing arrives for ``idle_timeout`` seconds (None: never).
         The first batch may begin before ``from_offset`` (batch granularity)."""
         offset = check_int(from_offset, "from_offset", 0, INT64_MAX)
+        max_bytes = check_int(max_bytes, "max_bytes", 0, INT64_MAX)
         idle = _check_timeout(idle_timeout)
+        self._check_usable()
+        reader = self._store._new_reader(self._state, offset)  # the cache keeps blocks for it
         try:
             while True:
                 if self._closed or self._store._closing_or_closed():
@@ -494,11 +501,12 @@ class Stream:
                     if not self._wait_for_append(offset, idle):
                         return
                     continue
-                result = self.fetch(offset, max_bytes=max_bytes)
+                self._check_usable()
+                result = self._store._fetch(self._state, offset, None, max_bytes, False, reader)
                 offset = result.next_fetch_offset  # before yielding: the caller may stop there
                 yield from result.batches
-        finally:  # ended, or closed by its user: its blocks need not be kept for it
-            self._store._forget_reader(self._state, offset)
+        finally:  # ended, or closed by its user (or the garbage collector): not kept for it
+            self._store._forget_reader(reader)
 
     async def read_async(self, from_offset: int, *, max_bytes: int = DEFAULT_FETCH_BYTES,
                          idle_timeout: float | None = None) -> AsyncIterator[RecordBatch]:
@@ -506,9 +514,12 @@ class Stream:
         (an acknowledgement resolves a future of this loop); fetches run in a worker thread,
         since reading uploaded data may wait on GETs."""
         offset = check_int(from_offset, "from_offset", 0, INT64_MAX)
+        max_bytes = check_int(max_bytes, "max_bytes", 0, INT64_MAX)
         idle = _check_timeout(idle_timeout)
         loop = asyncio.get_running_loop()
         state = self._state
+        self._check_usable()
+        reader = self._store._new_reader(state, offset)
         try:
             while True:
                 if self._closed or self._store._closing_or_closed():
@@ -526,12 +537,14 @@ class Stream:
                     except TimeoutError:
                         return
                     continue
-                result = await asyncio.to_thread(self.fetch, offset, max_bytes=max_bytes)
+                self._check_usable()
+                result = await asyncio.to_thread(self._store._fetch, state, offset, None,
+                                                 max_bytes, False, reader)
                 offset = result.next_fetch_offset
                 for batch in result.batches:
                     yield batch
-        finally:  # ended, or closed by its user: its blocks need not be kept for it
-            self._store._forget_reader(self._state, offset)
+        finally:  # ended, or closed by its user (or the garbage collector): not kept for it
+            self._store._forget_reader(reader)
 
     def _wait_for_append(self, offset: int, timeout: float | None) -> bool:
         """Wait until the stream reaches past ``offset``: True if it did, False after

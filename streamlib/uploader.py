@@ -88,6 +88,7 @@ class Uploader:
         self._round_lock = threading.Lock()  # one round at a time (thread or flush)
         self._wake = threading.Condition()
         self._stopping = False
+        self._requested = False  # a round is wanted now, whatever the triggers say
         self._thread: threading.Thread | None = None
         self.stats = UploadStats()
 
@@ -110,12 +111,19 @@ class Uploader:
         with self._wake:
             self._wake.notify_all()
 
+    def request(self) -> None:
+        """Run a round as soon as anything waits, whatever the triggers say (appends are
+        waiting for the room that uploads free)."""
+        with self._wake:
+            self._requested = True
+            self._wake.notify_all()
+
     def _due(self) -> float | None:
         """Seconds until the next round is due (0: now), or None if nothing waits."""
         size, since = self._pending()
         if since is None or size == 0:
             return None
-        if size >= self._threshold:
+        if size >= self._threshold or self._requested:
             return 0.0
         return max(0.0, since + self._config.upload_interval_ms / 1000 - time.monotonic())
 
@@ -129,6 +137,7 @@ class Uploader:
                     self._wake.wait(due)  # None: until data arrives
                 if self._stopping:
                     return
+                self._requested = False
             try:
                 uploaded = self.upload()
                 # A round that found nothing to take waits for more rather than spinning.
