@@ -140,10 +140,22 @@ class Config:
         "`s3://bucket/prefix`, `memory://name`). Empty: `objects/` under the store's path. "
         "Storage options (credentials, endpoint) are passed to streamlib.open.",
         _Kind("text"))
+    metadata: str = _setting(
+        "sqlite",
+        "Where the metadata lives: sqlite (a local file, one machine: metadata_path) or "
+        "manifest (objects in the object store, changed by create-only writes: several "
+        "processes and machines can share one bucket; docs/shared-stores.md).",
+        _Kind("backend", choices=("sqlite", "manifest")))
     metadata_path: str = _setting(
         "",
         "The local metadata store (an SQLite file). Empty: `meta.sqlite` under the store's "
-        "path.",
+        "path. Not used by the manifest.",
+        _Kind("text"))
+    metadata_url: str = _setting(
+        "",
+        "Where the manifest lives (an fsspec URL that can create objects only if absent: "
+        "s3://, file://, memory://). Empty: the objects' store, under `manifest/`. Not used "
+        "by sqlite.",
         _Kind("text"))
     node_id: str = _setting(
         "0",

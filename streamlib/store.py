@@ -45,6 +45,7 @@ from streamlib.meta import (
     check_text,
 )
 from streamlib.meta.local import SQLiteMetadataStore
+from streamlib.meta.manifest import ManifestMetadataStore
 from streamlib.objects import IndexCache, ObjectReader
 from streamlib.records import AppendResult, FetchResult, RecordBatch
 from streamlib.stream import (
@@ -158,6 +159,8 @@ class StreamStore:
         self._position_floor = 0  # commits never move the node's WAL position back
         self._closed = False
         self._closing = False
+        self._sync_lock = threading.Lock()
+        self._synced = 0.0  # when the shared manifest was last read
         self._index_cache = IndexCache(INDEX_CACHE_BYTES)
         if cache is not None and not isinstance(cache, MessageCache):
             raise TypeError(f"cache must be a streamlib.MessageCache, not {type(cache).__name__}")
@@ -173,9 +176,7 @@ class StreamStore:
         self._wal: Wal | None = None
         try:
             self._objects = self._open_objects(storage_options, filesystem)
-            meta_path = _under(config, "metadata_path", config.metadata_path, "meta.sqlite")
-            self._node_lock = _lock_node(meta_path, self.node_id)
-            self._meta = SQLiteMetadataStore(meta_path)
+            self._meta = self._open_metadata(storage_options)
             node = self._meta.register_node(self.node_id)
             self.node_epoch = node.node_epoch
             self._node_position = node.wal_position
@@ -210,6 +211,19 @@ class StreamStore:
             return ObjectStore.from_url(url, storage_options, retry=retry)
         except ValueError as e:
             raise ConfigError("objects_url", str(e), url) from None
+
+    def _open_metadata(self, storage_options: Mapping[str, Any] | None) -> MetadataStore:
+        config = self.config
+        if config.metadata == "manifest":
+            # Shared: no lock file, which other machines would not see. Opening registers
+            # the node (a new node epoch), which fences any process still using its id.
+            store = (ObjectStore.from_url(config.metadata_url, storage_options,
+                                          retry=self._objects.retry)
+                     if config.metadata_url else self._objects)
+            return ManifestMetadataStore(store, node_id=self.node_id)
+        meta_path = _under(config, "metadata_path", config.metadata_path, "meta.sqlite")
+        self._node_lock = _lock_node(meta_path, self.node_id)
+        return SQLiteMetadataStore(meta_path)
 
     def _open_wal(self, storage_options: Mapping[str, Any] | None) -> Wal:
         config = self.config
@@ -259,6 +273,7 @@ class StreamStore:
                 log.error(state.damage)
                 continue
             state.add_to_log(batch, entry.position)
+            state.written_here = True
             self._cache.pin(self._scope, batch.size + BATCH_OVERHEAD)
             self._pending_bytes += batch.size
             self._frontier = entry.position  # for the background rounds, if the first fails
@@ -291,9 +306,8 @@ class StreamStore:
         if name is not None:
             check_text(name, "name")
         meta = self._metadata().create_stream(name)
-        state = StreamState(meta)
-        with self._lock:
-            self._states[meta.id] = state
+        with self._lock:  # a sync may have added it already
+            state = self._states.setdefault(meta.id, StreamState(meta))
         return self._open_state(state, read_only=False)
 
     def open_stream(self, stream: int | str, *, read_only: bool = False) -> Stream:
@@ -312,15 +326,19 @@ class StreamStore:
             meta = self._metadata().open_stream(state.id)
             with state.lock:
                 state.epoch = meta.epoch
+                state.written_here = True
         return Stream(self, state, meta.epoch)
 
     def get(self, stream: int | str) -> StreamInfo:
-        """The stream with this id or name, as it is now."""
+        """The stream with this id or name, as it is now (on a shared store: as of the last
+        look at the manifest, at most ``SYNC_INTERVAL`` ago)."""
+        self._sync()
         return self._state(stream).info()
 
     def streams(self) -> list[StreamInfo]:
         """Every live stream, by id."""
         self._check_open()
+        self._sync()
         with self._lock:
             states = sorted(self._states.values(), key=lambda s: s.id)
         return [s.info() for s in states if not s.destroyed]
@@ -349,15 +367,69 @@ class StreamStore:
 
     def _state(self, stream: object) -> StreamState:
         self._check_open()
-        if isinstance(stream, str):
-            stream_id = self._metadata().get_stream_by_name(stream).id
-        else:
-            stream_id = check_id(stream, "stream")
-        with self._lock:
-            state = self._states.get(stream_id)
-        if state is None or state.destroyed:
-            raise StreamNotFound(describe("no such stream", stream=stream))
-        return state
+        if not isinstance(stream, str):
+            check_id(stream, "stream")
+        for attempt in range(2):
+            try:
+                if isinstance(stream, str):
+                    stream_id = self._metadata().get_stream_by_name(stream).id
+                else:
+                    stream_id = stream  # type: ignore[assignment]
+                with self._lock:
+                    state = self._states.get(stream_id)
+                if state is not None and not state.destroyed:
+                    return state
+            except StreamNotFound:
+                pass
+            if attempt == 0 and not self._sync(force=True):
+                break  # nothing new in a shared manifest, or not shared at all
+        raise StreamNotFound(describe("no such stream", stream=stream))
+
+    # ---- other nodes' changes (a shared manifest) ----
+
+    def _remote(self, state: StreamState) -> bool:
+        """Whether another node may be writing ``state`` (a shared manifest, not opened for
+        write here)."""
+        return not state.written_here and isinstance(self._meta, ManifestMetadataStore)
+
+    def _sync(self, force: bool = False) -> bool:
+        """On a shared manifest: read other nodes' changes (at most every
+        :data:`SYNC_INTERVAL` seconds unless ``force``) and bring the streams this node does
+        not write up to date: new streams, their committed ends, trims, destroys. Returns
+        whether anything changed."""
+        meta = self._meta
+        if not isinstance(meta, ManifestMetadataStore) or self._closed:
+            return False
+        with self._sync_lock:
+            now = time.monotonic()
+            if not force and now - self._synced < SYNC_INTERVAL:
+                return False
+            self._synced = now
+            if meta.refresh() == 0:
+                return False
+            live = {m.id: m for m in meta.streams()}
+            with self._lock:
+                for stream_id, m in live.items():
+                    if stream_id not in self._states:
+                        self._states[stream_id] = StreamState(m)
+                states = list(self._states.values())
+            for state in states:
+                m = live.get(state.id)
+                with state.lock:
+                    if m is None:
+                        if not state.written_here and not state.destroyed:
+                            state.destroyed = True  # destroyed by another node
+                            state.wake_readers()
+                        continue
+                    state.start_offset = max(state.start_offset, m.start_offset)
+                    if state.written_here or m.end_offset <= state.committed_end:
+                        continue
+                    state.committed_end = state.acked_end = state.assigned_end = m.end_offset
+                    state.epoch = m.epoch
+                    state.objects = None  # loaded again with the new objects
+                    state.commits += 1
+                    state.wake_readers()
+            return True
 
     # ---- the write path ----
 
@@ -620,6 +692,8 @@ class StreamStore:
     def _fetch(self, state: StreamState, start: int, end: int | None, max_bytes: int,
                cache_only: bool = False, mine: Reader | None = None) -> FetchResult:
         """``mine``: the reader of a ``read()`` iterator (else the cache finds or makes one)."""
+        if start >= state.acked_end and self._remote(state):
+            self._sync()  # at the end of another node's stream: has it moved?
         while True:
             self._object_index(state)
             with state.lock:  # one consistent picture: the index, the log cache, the range
@@ -910,6 +984,9 @@ class StreamStore:
 
 
 _SCOPES = itertools.count(1)
+
+SYNC_INTERVAL = 0.05
+"""Seconds between two looks at a shared manifest for other nodes' changes (each is one GET)."""
 
 
 def _check_dense(state: StreamState, batch: RecordBatch, cursor: int) -> None:

@@ -58,6 +58,8 @@ PRODUCER_WINDOW = 16
 """Sequences remembered per producer: a retry of any of its last 16 batches is recognised."""
 
 DEFAULT_FETCH_BYTES = 1024 * 1024
+POLL = 0.1
+"""Seconds between looks at a shared manifest by a reader waiting on another node's stream."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +175,7 @@ class StreamState:
         self.commits = 0  # bumped by every commit: a loader that raced one loads again
         self.producers: dict[object, _Producer] = {}
         self.destroyed = False
+        self.written_here = False  # opened for write on this node (else: read other nodes')
         self.damage: str | None = None  # why the stream is read-only after recovery
         self.kept: int | None = None  # the WAL is not trimmed past here (records after a gap)
         self.appended = threading.Condition(self.lock)  # acked_end moved (tailing readers)
@@ -520,24 +523,36 @@ class Stream:
         state = self._state
         self._check_usable()
         reader = self._store._new_reader(state, offset)
+        waited_since: float | None = None
         try:
             while True:
                 if self._closed or self._store._closing_or_closed():
                     return
                 if offset >= state.acked_end:
                     self._check_usable()
+                    if waited_since is None:
+                        waited_since = time.monotonic()
                     waiter: asyncio.Future[None] = loop.create_future()
                     with state.lock:
                         if offset >= state.acked_end and not state.destroyed:
                             state.async_waiters.append((loop, waiter))
                         else:
                             waiter.set_result(None)
+                    if self._store._remote(state):  # another node writes it: look every POLL
+                        try:
+                            await asyncio.wait_for(waiter, POLL)
+                        except TimeoutError:
+                            await asyncio.to_thread(self._store._sync)
+                            if idle is not None and time.monotonic() - waited_since > idle:
+                                return
+                        continue
                     try:
                         await asyncio.wait_for(waiter, idle)
                     except TimeoutError:
                         return
                     continue
                 self._check_usable()
+                waited_since = None
                 result = await asyncio.to_thread(self._store._fetch, state, offset, None,
                                                  max_bytes, False, reader)
                 offset = result.next_fetch_offset
@@ -548,18 +563,26 @@ class Stream:
 
     def _wait_for_append(self, offset: int, timeout: float | None) -> bool:
         """Wait until the stream reaches past ``offset``: True if it did, False after
-        ``timeout`` seconds or once the handle, the stream or the store is gone."""
+        ``timeout`` seconds or once the handle, the stream or the store is gone. A stream
+        another node writes (a shared manifest) is looked up every ``POLL`` seconds: its
+        appends wake nobody here."""
         deadline = None if timeout is None else time.monotonic() + timeout
         state = self._state
-        with state.lock:
-            while state.acked_end <= offset:
+        remote = self._store._remote(state)
+        while True:
+            with state.lock:
+                if state.acked_end > offset:
+                    return True
                 if self._closed or state.destroyed or self._store._closing_or_closed():
                     return False
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     return False
-                state.appended.wait(left)
-            return True
+                if not remote:
+                    state.appended.wait(left)
+                    continue
+                state.appended.wait(POLL if left is None else min(left, POLL))
+            self._store._sync()
 
     def offset_for_timestamp(self, timestamp: int) -> int | None:
         """The first readable offset whose record's timestamp is at least ``timestamp``

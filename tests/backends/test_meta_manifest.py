@@ -237,3 +237,24 @@ def test_one_hundred_thousand_streams_and_objects_open_fast(tmp_path: Path) -> N
           f"{new.stat().st_size} bytes")
     assert min(times) < 1.0
     assert new.stat().st_size < 1024
+
+
+def test_a_lost_answer_on_a_real_s3_server(moto_s3: S3Endpoint) -> None:
+    """The same through s3fs against moto: the conditional PUT lands on the server, the client
+    is told it timed out; the retry's 412 is read back as this writer's own delta."""
+    bucket = moto_s3.create_bucket()
+    try:
+        faulty = FaultyFileSystem(moto_s3.filesystem())
+        objects = ObjectStore(faulty, f"{bucket}/m", retry=RetryPolicy(initial=0.01, timeout=10))
+        store = ManifestMetadataStore(objects, node_id="a")
+        stream = store.create_stream("s")
+        epoch = store.open_stream(stream.id).epoch
+        faulty.inject("put", timeout, after=True, times=1)
+        store.commit(commit_of(stream.id, 0, 5, epoch, node="a"))
+        assert faulty.rules[0].hits == 1
+        assert [op for op, _, ok in faulty.events if op == "put"] == ["put"] * 4  # 2 + 1 + retry
+        store.commit(commit_of(stream.id, 5, 6, epoch, node="a"))
+        fresh = ManifestMetadataStore(ObjectStore(moto_s3.filesystem(), f"{bucket}/m"))
+        assert fresh.get_stream(stream.id).end_offset == 6 and fresh.version == 4
+    finally:
+        moto_s3.delete_bucket(bucket)
