@@ -24,6 +24,7 @@ from streamlib.errors import (
     WalFullError,
     WalLockedError,
 )
+from streamlib.kv import KeyValue
 from streamlib.records import AppendResult, FetchResult, Record, RecordBatch
 from streamlib.store import StreamStore, open
 from streamlib.stream import Stream, StreamInfo
@@ -39,6 +40,7 @@ __all__ = [
     "CorruptDataError",
     "FencedError",
     "FetchResult",
+    "KeyValue",
     "MessageCache",
     "OffsetMismatchError",
     "OffsetOutOfRange",

@@ -36,6 +36,7 @@ from streamlib.errors import (
     describe,
 )
 from streamlib.io import ObjectStore, RetryPolicy
+from streamlib.kv import KeyValue
 from streamlib.meta import (
     Commit,
     MetadataStore,
@@ -342,6 +343,12 @@ class StreamStore:
         with self._lock:
             states = sorted(self._states.values(), key=lambda s: s.id)
         return [s.info() for s in states if not s.destroyed]
+
+    def kv(self, namespace: str) -> KeyValue:
+        """The key-value entries of ``namespace`` (:class:`~streamlib.kv.KeyValue`), kept in
+        this store's metadata, durable and fenced like a commit."""
+        self._check_open()
+        return KeyValue(self, namespace)
 
     def destroy_stream(self, stream: int | str) -> None:
         """Delete the stream: its handles stop working, its name is free again, its data is

@@ -22,6 +22,20 @@ MAX_NAME_CHARS = 1024
 
 _NODE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}")  # as the object WAL names its node
 
+MAX_KV_VALUE = 1 << 20
+"""The largest key-value value (bytes): the entries are metadata, kept in memory and in every
+checkpoint of a manifest."""
+
+
+class _Any:
+    """The ``expected`` of an unconditional key-value write."""
+
+    def __repr__(self) -> str:
+        return "ANY"
+
+
+ANY = _Any()
+
 
 # ---- argument checks shared by the types and the backends ----
 
@@ -56,6 +70,21 @@ def check_node_id(value: object) -> str:
         raise ValueError(f"node_id must be 1 to 255 letters, digits, '.', '_' or '-', starting "
                          f"with a letter or digit: node_id=`{value!r}`")
     return node
+
+
+def check_kv(namespace: object, key: object, value: object = None) -> bytes | None:
+    """A key-value entry's namespace and key (as :func:`check_text`) and value (bytes of at
+    most :data:`MAX_KV_VALUE`, or None); returns the value as ``bytes``."""
+    check_text(namespace, "namespace")
+    check_text(key, "key")
+    if value is None:
+        return None
+    if not isinstance(value, bytes | bytearray | memoryview):
+        raise TypeError(f"a value must be bytes, not {type(value).__name__}")
+    value = bytes(value)
+    if len(value) > MAX_KV_VALUE:
+        raise ValueError(f"a value is at most {MAX_KV_VALUE} bytes: size=`{len(value)}`")
+    return value
 
 
 # ---- the value types ----
@@ -307,6 +336,10 @@ class MetadataStore(abc.ABC):
       removes the objects in ``remove`` and sets the node's WAL position.
     - **Nodes.** :meth:`node` of a node never seen is epoch 0, position 0; :meth:`register_node`
       raises the node's epoch by one (a process taking over the node's WAL).
+    - **Key-value entries** (``kv_*``): bytes under ``(namespace, key)``, for a broker's own
+      bookkeeping; a write is one operation like the others, conditional on the current value
+      (``expected``: :data:`ANY`, None for "absent", or the bytes there) and fenced by
+      ``node_epoch`` like a commit.
     - **Bad arguments** raise ``TypeError`` / ``ValueError`` naming the value, before anything is
       read or changed. After :meth:`close`, every call raises
       :class:`~streamlib.errors.StreamClosed`; closing twice is fine.
@@ -373,6 +406,26 @@ class MetadataStore(abc.ABC):
     def register_node(self, node_id: str | int) -> NodeMeta:
         """Raise the node's epoch by one (creating it at epoch 1) and return it."""
 
+    # ---- key-value entries ----
+
+    @abc.abstractmethod
+    def kv_get(self, namespace: str, key: str) -> bytes | None:
+        """The value under ``(namespace, key)``, or None."""
+
+    @abc.abstractmethod
+    def kv_items(self, namespace: str, prefix: str = "") -> list[tuple[str, bytes]]:
+        """The entries of ``namespace`` whose key starts with ``prefix``, by key."""
+
+    @abc.abstractmethod
+    def kv_write(self, namespace: str, key: str, value: bytes | None, *,
+                 expected: bytes | _Any | None = ANY, node_id: str | int | None = None,
+                 node_epoch: int | None = None) -> bool:
+        """Set (``value`` bytes) or delete (None) the entry, if its current value is
+        ``expected`` (:data:`ANY`: whatever it is; None: absent). True if it was written, False
+        if the condition did not hold (nothing changed). With ``node_id`` and
+        ``node_epoch``, :class:`~streamlib.errors.FencedError` unless that is the node's
+        current epoch."""
+
     @abc.abstractmethod
     def close(self) -> None:
         """Release the store's resources; later calls raise StreamClosed."""
@@ -385,6 +438,8 @@ class MetadataStore(abc.ABC):
 
 
 __all__ = [
+    "ANY",
+    "MAX_KV_VALUE",
     "MAX_NAME_CHARS",
     "Capabilities",
     "Commit",
@@ -396,6 +451,7 @@ __all__ = [
     "StreamRange",
     "StreamState",
     "check_id",
+    "check_kv",
     "check_node_id",
     "check_text",
 ]

@@ -29,6 +29,7 @@ from streamlib.errors import (
     describe,
 )
 from streamlib.meta import (
+    ANY,
     Capabilities,
     Commit,
     MetadataStore,
@@ -38,7 +39,9 @@ from streamlib.meta import (
     StreamObject,
     StreamRange,
     StreamState,
+    _Any,
     check_id,
+    check_kv,
     check_node_id,
     check_text,
 )
@@ -47,6 +50,11 @@ log = logging.getLogger("streamlib.meta")
 
 SCHEMA_VERSION = 1
 """The schema this code reads and writes; a file of any other version is refused."""
+
+# Added after version 1 shipped; a version-1 file without it gets it at open (older code
+# ignores it).
+_KV_TABLE = ("CREATE TABLE IF NOT EXISTS kv (namespace TEXT NOT NULL, key TEXT NOT NULL, "
+             "value BLOB NOT NULL, PRIMARY KEY (namespace, key)) WITHOUT ROWID")
 
 _SCHEMA = (
     "CREATE TABLE schema_version (version INTEGER NOT NULL)",
@@ -67,6 +75,7 @@ _SCHEMA = (
     "CREATE INDEX ranges_by_object ON ranges (object_key)",
     "CREATE TABLE nodes (node_id TEXT PRIMARY KEY, node_epoch INTEGER NOT NULL, "
     "wal_position INTEGER NOT NULL) WITHOUT ROWID",
+    _KV_TABLE,
 )
 
 _STREAM_COLUMNS = "id, name, epoch, start_offset, end_offset, state"
@@ -169,6 +178,8 @@ class SQLiteMetadataStore(MetadataStore):
                 raise CorruptDataError(f"unsupported metadata schema version {versions} (this "
                                        f"streamlib reads version {SCHEMA_VERSION}; a newer "
                                        f"streamlib may have written it)", source=self.path)
+            if "kv" not in tables:
+                db.execute(_KV_TABLE)
 
     @contextlib.contextmanager
     def _transaction(self, *, write: bool) -> Iterator[sqlite3.Connection]:
@@ -396,6 +407,53 @@ class SQLiteMetadataStore(MetadataStore):
                        "ON CONFLICT (node_id) DO UPDATE SET node_epoch = excluded.node_epoch",
                        (node, meta.node_epoch + 1, meta.wal_position))
             return NodeMeta(node, meta.node_epoch + 1, meta.wal_position)
+
+    # ---- key-value entries ----
+
+    def kv_get(self, namespace: str, key: str) -> bytes | None:
+        check_kv(namespace, key)
+        with self._transaction(write=False) as db:
+            row = db.execute("SELECT value FROM kv WHERE namespace = ? AND key = ?",
+                             (namespace, key)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def kv_items(self, namespace: str, prefix: str = "") -> list[tuple[str, bytes]]:
+        check_text(namespace, "namespace")
+        if not isinstance(prefix, str):
+            raise TypeError(f"prefix must be a str, not {type(prefix).__name__}")
+        with self._transaction(write=False) as db:
+            rows = db.execute("SELECT key, value FROM kv WHERE namespace = ? AND "
+                              "substr(key, 1, ?) = ? ORDER BY key",
+                              (namespace, len(prefix), prefix)).fetchall()
+        return [(key, bytes(value)) for key, value in rows]
+
+    def kv_write(self, namespace: str, key: str, value: bytes | None, *,
+                 expected: bytes | _Any | None = ANY, node_id: str | int | None = None,
+                 node_epoch: int | None = None) -> bool:
+        value = check_kv(namespace, key, value)
+        if not isinstance(expected, _Any):
+            expected = check_kv(namespace, key, expected)
+        node = None if node_id is None else check_node_id(node_id)
+        if node_epoch is not None:
+            check_id(node_epoch, "node_epoch")
+        with self._transaction(write=True) as db:
+            if node is not None and node_epoch is not None:
+                current = self._node(db, node).node_epoch
+                if current != node_epoch:
+                    raise FencedError(describe("key-value write by a fenced node", node=node,
+                                               node_epoch=node_epoch, current=current))
+            row = db.execute("SELECT value FROM kv WHERE namespace = ? AND key = ?",
+                             (namespace, key)).fetchone()
+            if not isinstance(expected, _Any) and (None if row is None
+                                                   else bytes(row[0])) != expected:
+                return False
+            if value is None:
+                db.execute("DELETE FROM kv WHERE namespace = ? AND key = ?", (namespace, key))
+            else:
+                db.execute("INSERT INTO kv (namespace, key, value) VALUES (?, ?, ?) ON CONFLICT "
+                           "(namespace, key) DO UPDATE SET value = excluded.value",
+                           (namespace, key, value))
+            return True
 
     def close(self) -> None:
         with self._lock:

@@ -14,6 +14,7 @@ the deltas after it.
 
 from __future__ import annotations
 
+import base64
 import bisect
 import gc
 import json
@@ -42,6 +43,7 @@ from streamlib.errors import (
 )
 from streamlib.io import ObjectStore
 from streamlib.meta import (
+    ANY,
     Capabilities,
     Commit,
     MetadataStore,
@@ -51,7 +53,9 @@ from streamlib.meta import (
     StreamObject,
     StreamRange,
     StreamState,
+    _Any,
     check_id,
+    check_kv,
     check_node_id,
     check_text,
 )
@@ -68,6 +72,12 @@ CREATE_TRIES = 3
 """Creates of one version whose outcome stayed unknown before a change gives up."""
 
 T = TypeVar("T")
+
+
+class _Unmet(Exception):
+    """A key-value write's condition does not hold (on the newest state: the write is not
+    made)."""
+
 Range = tuple[int, int, int, int]  # stream id, start offset, end offset, size
 
 
@@ -101,6 +111,7 @@ class _State:
         self.objects: dict[str, tuple[int, tuple[Range, ...]]] = {}
         self.by_stream: dict[int, list[tuple[int, int, str]]] = {}  # (start, end, key), sorted
         self.nodes: dict[str, list[int]] = {}  # node id -> [node epoch, WAL position]
+        self.kv: dict[str, dict[str, bytes]] = {}  # namespace -> key -> value
 
     # ---- reading ----
 
@@ -138,6 +149,12 @@ class _State:
             self.nodes[args["node"]] = [args["epoch"], self.node(args["node"]).wal_position]
         elif op == "commit":
             self._commit(args)
+        elif op == "kv":
+            entries = self.kv.setdefault(args["namespace"], {})
+            if args["value"] is None:
+                entries.pop(args["key"], None)
+            else:
+                entries[args["key"]] = base64.b64decode(args["value"])
         else:
             raise CorruptDataError(describe("unknown manifest operation", op=op))
 
@@ -172,7 +189,10 @@ class _State:
                             "stream": [r[0] for r in ranges], "start": [r[1] for r in ranges],
                             "end": [r[2] for r in ranges], "used": [r[3] for r in ranges]},
                 "nodes": [[node, epoch, position]
-                          for node, (epoch, position) in self.nodes.items()]}
+                          for node, (epoch, position) in self.nodes.items()],
+                "kv": [[namespace, key, base64.b64encode(value).decode()]
+                       for namespace, entries in self.kv.items()
+                       for key, value in entries.items()]}
 
     @classmethod
     def load(cls, data: dict[str, Any]) -> _State:
@@ -216,6 +236,8 @@ class _State:
             if len(found) > 1:
                 found.sort()
         state.nodes = {node: [epoch, position] for node, epoch, position in data["nodes"]}
+        for namespace, key, value in data.get("kv", ()):
+            state.kv.setdefault(namespace, {})[key] = base64.b64decode(value)
         return state
 
 
@@ -347,7 +369,7 @@ class ManifestMetadataStore(MetadataStore):
                 try:
                     args, result = plan(self._state)
                 except (StreamNotFound, StreamExists, FencedError, CommitConflict,
-                        OffsetOutOfRange):
+                        OffsetOutOfRange, _Unmet):
                     if caught_up or not self._catch_up():
                         raise  # true of the newest state
                     caught_up = True
@@ -606,6 +628,55 @@ class ManifestMetadataStore(MetadataStore):
             self._check_open()
             self._catch_up()
         return self._change("register", plan)
+
+    # ---- key-value entries (read fresh: another node may have written them) ----
+
+    def kv_get(self, namespace: str, key: str) -> bytes | None:
+        check_kv(namespace, key)
+        with self._lock:
+            self._check_open()
+            self._catch_up()
+            return self._state.kv.get(namespace, {}).get(key)
+
+    def kv_items(self, namespace: str, prefix: str = "") -> list[tuple[str, bytes]]:
+        check_text(namespace, "namespace")
+        if not isinstance(prefix, str):
+            raise TypeError(f"prefix must be a str, not {type(prefix).__name__}")
+        with self._lock:
+            self._check_open()
+            self._catch_up()
+            entries = self._state.kv.get(namespace, {})
+            return sorted((k, v) for k, v in entries.items() if k.startswith(prefix))
+
+    def kv_write(self, namespace: str, key: str, value: bytes | None, *,
+                 expected: bytes | _Any | None = ANY, node_id: str | int | None = None,
+                 node_epoch: int | None = None) -> bool:
+        value = check_kv(namespace, key, value)
+        if not isinstance(expected, _Any):
+            expected = check_kv(namespace, key, expected)
+        node = None if node_id is None else check_node_id(node_id)
+        if node_epoch is not None:
+            check_id(node_epoch, "node_epoch")
+
+        def plan(state: _State) -> tuple[dict[str, Any], bool]:
+            if node is not None and node_epoch is not None:
+                current = state.node(node).node_epoch
+                if current != node_epoch:
+                    raise FencedError(describe("key-value write by a fenced node", node=node,
+                                               node_epoch=node_epoch, current=current))
+            if not isinstance(expected, _Any) and state.kv.get(namespace, {}).get(
+                    key) != expected:
+                raise _Unmet
+            return {"namespace": namespace, "key": key,
+                    "value": None if value is None else base64.b64encode(value).decode()}, True
+
+        with self._lock:  # a condition is checked against the newest state, not a stale copy
+            self._check_open()
+            self._catch_up()
+        try:
+            return self._change("kv", plan)
+        except _Unmet:
+            return False
 
     def close(self) -> None:
         with self._lock:

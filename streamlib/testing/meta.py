@@ -41,6 +41,7 @@ from streamlib.errors import (
     StreamNotFound,
 )
 from streamlib.meta import (
+    MAX_KV_VALUE,
     Commit,
     MetadataStore,
     NodeMeta,
@@ -559,6 +560,86 @@ class MetadataContract:
         assert store.node("7") == store.node(7)
         with pytest.raises(FencedError, match="node_epoch=`1`"):
             store.commit(Commit(node_id="n1", wal_position=80, node_epoch=1))
+
+    # ---- key-value entries ----
+
+    def test_kv_get_put_conditions_and_delete(self, store: MetadataStore) -> None:
+        assert store.kv_get("brokers", "p0") is None
+        assert store.kv_write("brokers", "p0", b"stream-1")  # unconditional
+        assert store.kv_get("brokers", "p0") == b"stream-1"
+        assert not store.kv_write("brokers", "p0", b"x", expected=None)  # put-if-absent: no
+        assert store.kv_write("brokers", "p1", b"stream-2", expected=None)  # absent: yes
+        assert not store.kv_write("brokers", "p0", b"x", expected=b"other")  # CAS: wrong
+        assert store.kv_get("brokers", "p0") == b"stream-1"
+        assert store.kv_write("brokers", "p0", b"stream-3", expected=b"stream-1")  # CAS: right
+        assert store.kv_get("brokers", "p0") == b"stream-3"
+        assert store.kv_write("offsets", "p0", b"\x00" * 8)  # another namespace
+        assert store.kv_items("brokers") == [("p0", b"stream-3"), ("p1", b"stream-2")]
+        assert store.kv_items("brokers", prefix="p1") == [("p1", b"stream-2")]
+        assert store.kv_items("nobody") == []
+        assert not store.kv_write("brokers", "p1", None, expected=b"nope")  # conditional delete
+        assert store.kv_write("brokers", "p1", None, expected=b"stream-2")
+        assert store.kv_write("brokers", "gone", None)  # deleting nothing is fine
+        assert store.kv_items("brokers") == [("p0", b"stream-3")]
+        assert store.kv_write("brokers", "empty", b"")  # an empty value is a value
+        assert store.kv_get("brokers", "empty") == b""
+        assert not store.kv_write("brokers", "empty", b"x", expected=None)
+
+    def test_kv_writes_are_fenced_and_durable(self, store: MetadataStore,
+                                              location: Path) -> None:
+        epoch = store.register_node("n1").node_epoch
+        assert store.kv_write("ns", "k", b"v1", node_id="n1", node_epoch=epoch)
+        store.register_node("n1")  # another process took the node over
+        with pytest.raises(FencedError, match="node_epoch"):
+            store.kv_write("ns", "k", b"v2", node_id="n1", node_epoch=epoch)
+        assert store.kv_get("ns", "k") == b"v1"
+        store = self.reopen(store, location)
+        try:
+            assert store.kv_get("ns", "k") == b"v1"
+            assert store.kv_items("ns") == [("k", b"v1")]
+        finally:
+            store.close()
+
+    def test_kv_compare_and_set_from_threads_loses_no_update(self, store: MetadataStore
+                                                              ) -> None:
+        """Eight threads add one to a counter 10 times each with compare-and-set, retrying
+        when they lose: the counter ends at 80."""
+        store.kv_write("c", "n", b"0")
+        errors: list[BaseException] = []
+
+        def add(times: int) -> None:
+            try:
+                for _ in range(times):
+                    while True:
+                        old = store.kv_get("c", "n")
+                        assert old is not None
+                        if store.kv_write("c", "n", str(int(old) + 1).encode(), expected=old):
+                            break
+            except BaseException as e:  # reported below, in the test's thread
+                errors.append(e)
+
+        workers = [threading.Thread(target=add, args=(10,)) for _ in range(8)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        assert errors == [] and store.kv_get("c", "n") == b"80"
+
+    def test_kv_bad_arguments_are_named(self, store: MetadataStore) -> None:
+        cases: list[tuple[type[Exception], str, Callable[[], object]]] = [
+            (ValueError, "namespace", lambda: store.kv_get("", "k")),
+            (TypeError, "key", lambda: store.kv_get("ns", 5)),  # type: ignore[arg-type]
+            (TypeError, "bytes", lambda: store.kv_write("ns", "k", "text")),  # type: ignore
+            (ValueError, "at most", lambda: store.kv_write("ns", "k", bytes(MAX_KV_VALUE + 1))),
+            (TypeError, "bytes", lambda: store.kv_write("ns", "k", b"v", expected=1)),  # type: ignore
+            (ValueError, "node_id", lambda: store.kv_write("ns", "k", b"v", node_id="a/b",
+                                                            node_epoch=1)),
+            (TypeError, "prefix", lambda: store.kv_items("ns", prefix=None)),  # type: ignore
+        ]
+        for kind, name, call in cases:
+            with pytest.raises(kind, match=name):
+                call()
+        assert store.kv_items("ns") == []
 
     # ---- durability, threads, lifecycle ----
 

@@ -1,0 +1,95 @@
+"""Key-value entries kept in the store's metadata (S3Stream's KVClient): a broker's own
+bookkeeping — which stream backs which partition, consumer offsets — as durable as a commit and
+fenced like one: once another process has taken this store's node over, every change made
+through the old one raises :class:`~streamlib.errors.FencedError`.
+
+Get one namespace's view with ``store.kv("offsets")``. Keys are non-empty strings, values bytes
+(at most 1 MiB). On a shared manifest, reads see other nodes' changes (each read looks first).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from streamlib.meta import ANY, MetadataStore, check_kv, check_text
+
+if TYPE_CHECKING:
+    from streamlib.store import StreamStore
+
+
+class KeyValue:
+    """The entries of one namespace of a store's metadata; thread-safe."""
+
+    def __init__(self, store: StreamStore, namespace: str) -> None:
+        self._store = store
+        self.namespace = check_text(namespace, "namespace")
+
+    def __repr__(self) -> str:
+        return f"<KeyValue namespace={self.namespace!r}>"
+
+    def _meta(self) -> MetadataStore:
+        return self._store._metadata()
+
+    def _write(self, key: str, value: bytes | None, expected: object) -> bool:
+        return self._meta().kv_write(self.namespace, key, value,
+                                     expected=expected,  # type: ignore[arg-type]
+                                     node_id=self._store.node_id,
+                                     node_epoch=self._store.node_epoch)
+
+    def get(self, key: str, default: bytes | None = None) -> bytes | None:
+        """The value under ``key``, or ``default``."""
+        found = self._meta().kv_get(self.namespace, key)
+        return default if found is None else found
+
+    def put(self, key: str, value: bytes) -> None:
+        """Set ``key`` to ``value`` whatever it was."""
+        check_kv(self.namespace, key, _bytes(value))
+        self._write(key, value, ANY)
+
+    def put_if_absent(self, key: str, value: bytes) -> bool:
+        """Set ``key`` to ``value`` if it has no value; True if it was set."""
+        check_kv(self.namespace, key, _bytes(value))
+        return self._write(key, value, None)
+
+    def compare_and_set(self, key: str, expected: bytes | None, value: bytes) -> bool:
+        """Set ``key`` to ``value`` if its value is ``expected`` (None: it has none); True if
+        it was set. Retry loops read with :meth:`get` and try again on False."""
+        check_kv(self.namespace, key, _bytes(value))
+        return self._write(key, value, expected)
+
+    def delete(self, key: str, expected: bytes | None = None) -> bool:
+        """Remove ``key``: whatever its value, or only if it is ``expected`` (when given).
+        True if an entry was removed."""
+        if expected is not None:
+            return self._write(key, None, expected)
+        while True:  # report whether there was something to delete, atomically
+            current = self.get(key)
+            if current is None:
+                return False
+            if self._write(key, None, current):
+                return True
+
+    def items(self, prefix: str = "") -> dict[str, bytes]:
+        """The entries whose key starts with ``prefix``, in key order."""
+        return dict(self._meta().kv_items(self.namespace, prefix))
+
+    def update(self, key: str, change: Callable[[bytes | None], bytes | None]) -> bytes | None:
+        """Set ``key`` to ``change(current value)`` (None: delete it) with compare-and-set,
+        calling ``change`` again if another writer got there first; returns the new value."""
+        while True:
+            current = self.get(key)
+            new = change(current)
+            if new is not None:
+                check_kv(self.namespace, key, _bytes(new))
+            if self._write(key, new, current):
+                return new
+
+
+def _bytes(value: object) -> bytes:
+    if not isinstance(value, bytes | bytearray | memoryview):
+        raise TypeError(f"a value must be bytes, not {type(value).__name__}")
+    return bytes(value)
+
+
+__all__ = ["KeyValue"]
