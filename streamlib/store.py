@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from streamlib.cache import BATCH_OVERHEAD, MessageCache, Reader, StreamKey, Uncached, weight
@@ -58,7 +59,7 @@ from streamlib.stream import (
     _Producer,
     new_object_index,
 )
-from streamlib.uploader import Uploader, UploadStats, Work
+from streamlib.uploader import DATA_PREFIX, Uploader, UploadStats, Work, build_objects
 from streamlib.wal import Wal, WalRecord
 
 if TYPE_CHECKING:
@@ -126,6 +127,22 @@ def _lock_node(meta_path: str, node_id: str) -> int:
     return fd
 
 
+@dataclass(frozen=True, slots=True)
+class TakeOver:
+    """What :meth:`StreamStore.take_over` recovered: the node's new ``node_epoch``, each
+    stream's recovered offsets ``{stream id: (start, end)}``, the records, bytes and objects,
+    and ``damaged`` streams (``{stream id: why}``) whose records in the WAL did not follow
+    their committed end (left in the WAL's place, not committed)."""
+
+    node_id: str
+    node_epoch: int
+    streams: dict[int, tuple[int, int]]
+    records: int
+    bytes: int
+    objects: int
+    damaged: dict[int, str]
+
+
 class StreamStore:
     """Streams on one node: create, open, list, destroy; ``flush()`` and ``close()``.
 
@@ -139,6 +156,7 @@ class StreamStore:
         if not isinstance(config, Config):
             raise TypeError(f"config must be a Config, not {type(config).__name__}")
         self.config = config
+        self._storage_options = storage_options
         try:
             self.node_id = check_node_id(config.node_id)
         except ValueError as e:
@@ -228,24 +246,34 @@ class StreamStore:
 
     def _open_wal(self, storage_options: Mapping[str, Any] | None) -> Wal:
         config = self.config
+        path = config.wal_path
+        if config.wal != "object":
+            path = _under(config, "wal_path", path, "wal" if config.wal == "file" else "wal.ring")
+        return self._wal_of(self.node_id, self.node_epoch, config.wal, path, config.wal_url,
+                            storage_options, create=True)
+
+    def _wal_of(self, node: str, node_epoch: int, backend: str, path: str, url: str,
+                storage_options: Mapping[str, Any] | None, *, create: bool) -> Wal:
+        """The WAL of ``node``: this store's own, or (``create`` False: it must exist) one a
+        take-over recovers."""
+        config = self.config
         timeout = config.append_timeout_ms / 1000
-        if config.wal == "file":
+        if backend != "object" and not create and not os.path.exists(path):
+            raise ConfigError("wal_path", f"no {backend} WAL of node {node} there", path)
+        if backend == "file":
             from streamlib.wal.file import FileWal
 
-            return FileWal(_under(config, "wal_path", config.wal_path, "wal"),
-                           capacity=config.wal_bytes, full_timeout=timeout)
-        if config.wal == "block":
+            return FileWal(path, capacity=config.wal_bytes, full_timeout=timeout)
+        if backend == "block":
             from streamlib.wal.block import BlockWal
 
-            path = _under(config, "wal_path", config.wal_path, "wal.ring")
             size = None if os.path.exists(path) else config.wal_bytes // 4096 * 4096
-            return BlockWal(path, size=size, full_timeout=timeout, epoch=self.node_epoch)
+            return BlockWal(path, size=size, full_timeout=timeout, epoch=node_epoch)
         from streamlib.wal.object import ObjectWal
 
-        store = (ObjectStore.from_url(config.wal_url, storage_options,
-                                      retry=self._objects.retry)
-                 if config.wal_url else self._objects)
-        return ObjectWal(store, self.node_id, prefix="wal", full_timeout=timeout,
+        store = (ObjectStore.from_url(url, storage_options, retry=self._objects.retry)
+                 if url else self._objects)
+        return ObjectWal(store, node, prefix="wal", full_timeout=timeout,
                          max_pending_bytes=max(config.wal_bytes, 4 * 1024 * 1024))
 
     def _recover(self) -> None:
@@ -412,7 +440,7 @@ class StreamStore:
             if not force and now - self._synced < SYNC_INTERVAL:
                 return False
             self._synced = now
-            if meta.refresh() == 0:
+            if meta.refresh() == 0 and not force:
                 return False
             live = {m.id: m for m in meta.streams()}
             with self._lock:
@@ -900,6 +928,99 @@ class StreamStore:
 
     # ---- life ----
 
+    # ---- taking over a dead node ----
+
+    def take_over(self, node_id: str | int, *, wal: str | None = None, wal_path: str = "",
+                  wal_url: str = "") -> TakeOver:
+        """Take over a dead node: fence it, recover what its WAL holds beyond its committed
+        objects, upload and commit it, and empty its WAL. Readers on every node then see it.
+
+        Fencing comes first: a new node epoch in the metadata (the old process, if it still
+        runs, fails its next commit with :class:`~streamlib.errors.FencedError` and stops
+        appending) and, for the object WAL, a new WAL epoch whose marker supersedes whatever
+        PUT of the old process lands later. ``wal`` is the node's WAL backend (default: this
+        store's); ``wal_path`` the file WAL's directory or the block WAL's ring — a file or
+        block WAL can be taken over where its path is reachable (a volume attached here);
+        ``wal_url`` the object WAL's store (default: this store's objects). Take a node over
+        before its streams are opened for write elsewhere (docs/shared-stores.md)."""
+        node = check_node_id(node_id)
+        if node == self.node_id:
+            raise ValueError(f"a store cannot take over its own node: node_id=`{node}`")
+        backend = self.config.wal if wal is None else wal
+        if backend not in ("file", "block", "object"):
+            raise ValueError(f"wal must be file, block or object: wal=`{backend}`")
+        if backend != "object" and not wal_path:
+            raise ValueError(f"wal_path: where the {backend} WAL of node {node} is")
+        self._check_open()
+        meta = self._metadata()
+        fenced = meta.register_node(node)
+        log.warning("taking over node %s (node epoch %d now)", node, fenced.node_epoch)
+        old = self._wal_of(node, fenced.node_epoch, backend, wal_path, wal_url,
+                           self._storage_options, create=False)
+        try:
+            recovery = old.recover()
+            ends: dict[int, int | None] = {}
+            streams: dict[int, list[RecordBatch]] = {}
+            damaged: dict[int, str] = {}
+            for entry in recovery:
+                stream_id, batch = entry.record.stream_id, entry.record.batch
+                if stream_id not in ends:
+                    try:
+                        ends[stream_id] = meta.get_stream(stream_id).end_offset
+                    except StreamNotFound:
+                        ends[stream_id] = None  # destroyed: nothing to keep
+                end = ends[stream_id]
+                if end is None or stream_id in damaged or batch.next_offset <= end:
+                    continue
+                if batch.base_offset != end:
+                    damaged[stream_id] = describe(
+                        "the WAL does not follow the stream's committed end", stream=stream_id,
+                        expected=end, found=batch.base_offset, position=entry.position)
+                    log.error("take-over of node %s: %s", node, damaged[stream_id])
+                    continue
+                streams.setdefault(stream_id, []).append(batch)
+                ends[stream_id] = batch.next_offset
+            for stream_id in damaged:
+                streams.pop(stream_id, None)
+            built = build_objects(streams, self.config,
+                                  f"{DATA_PREFIX}/{node}/{fenced.node_epoch}", 0)
+            for item in built:
+                self._objects.put(item.meta.key, item.data, part_bytes=self.config.part_bytes)
+            meta.commit(Commit(node_id=node, wal_position=max(recovery.end, fenced.wal_position),
+                               objects=[item.meta for item in built],
+                               epochs={sid: meta.get_stream(sid).epoch for sid in streams},
+                               node_epoch=fenced.node_epoch))
+            if not damaged:
+                old.trim(recovery.end)
+        finally:
+            old.close()
+        result = TakeOver(node, fenced.node_epoch,
+                          {sid: (batches[0].base_offset, batches[-1].next_offset)  # type: ignore[misc]
+                           for sid, batches in sorted(streams.items())},
+                          sum(b.count for batches in streams.values() for b in batches),
+                          sum(b.size for batches in streams.values() for b in batches),
+                          len(built), damaged)
+        self._catch_up_streams(result.streams)
+        return result
+
+    def _catch_up_streams(self, recovered: Mapping[int, tuple[int, int]]) -> None:
+        """Streams another node's data was committed for: this node's view of those it does
+        not write moves to their new ends."""
+        if isinstance(self._meta, ManifestMetadataStore):
+            self._sync(force=True)
+            return
+        for stream_id, (_, end) in recovered.items():
+            with self._lock:
+                state = self._states.get(stream_id)
+            if state is None:
+                continue
+            with state.lock:
+                if not state.written_here and end > state.committed_end:
+                    state.committed_end = state.acked_end = state.assigned_end = end
+                    state.objects = None
+                    state.commits += 1
+                    state.wake_readers()
+
     def stats(self) -> dict[str, object]:
         """A snapshot of counters: streams, bytes waiting for upload, the uploader's rounds,
         and the read path's (``"cache"``: block hits and misses, GETs and their bytes,
@@ -1033,4 +1154,4 @@ def _first_at(batches: Sequence[RecordBatch], timestamp: int, start: int) -> int
     return None
 
 
-__all__ = ["StreamStore", "open"]
+__all__ = ["StreamStore", "TakeOver", "open"]

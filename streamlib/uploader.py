@@ -191,29 +191,38 @@ class Uploader:
     def build(self, streams: Mapping[int, Sequence[RecordBatch]]) -> list[Built]:
         """Stream objects for the streams with ``stream_object_bytes`` or more, one
         multi-stream object for the rest."""
-        alone, shared = [], []
-        for stream_id, batches in sorted(streams.items()):
-            if not batches:
-                continue
-            size = sum(b.size for b in batches)
-            (alone if size >= self._config.stream_object_bytes else shared).append(
-                (stream_id, batches))
-        groups = [[item] for item in alone] + ([shared] if shared else [])
-        built = []
-        for group in groups:
-            writer = ObjectWriter(block_bytes=self._config.block_bytes,
-                                  compression=self._config.compression,  # type: ignore[arg-type]
-                                  zstd_level=self._config.zstd_level)
-            for stream_id, batches in group:
-                writer.add(stream_id, batches)
-            data, index = writer.finish()
-            kind = "s" if len(group) == 1 and group is not shared else "m"
-            self._sequence += 1
-            key = f"{self._prefix}/{self._sequence:012d}-{uuid.uuid4().hex[:12]}.{kind}obj"
-            ranges = [StreamRange(r.stream_id, r.start_offset, r.end_offset, r.size)
-                      for r in index.ranges]
-            built.append(Built(ObjectMeta(key, len(data), tuple(ranges)), data, kind == "s"))
+        built = build_objects(streams, self._config, self._prefix, self._sequence)
+        self._sequence += len(built)
         return built
 
 
-__all__ = ["DATA_PREFIX", "Built", "UploadStats", "Uploader", "Work"]
+def build_objects(streams: Mapping[int, Sequence[RecordBatch]], config: Config, prefix: str,
+                  sequence: int) -> list[Built]:
+    """The objects of one round: a stream object for each stream with ``stream_object_bytes``
+    or more, one multi-stream object for the rest; keys ``prefix/<sequence + n>-<random>``."""
+    alone, shared = [], []
+    for stream_id, batches in sorted(streams.items()):
+        if not batches:
+            continue
+        size = sum(b.size for b in batches)
+        (alone if size >= config.stream_object_bytes else shared).append(
+            (stream_id, batches))
+    groups = [[item] for item in alone] + ([shared] if shared else [])
+    built = []
+    for group in groups:
+        writer = ObjectWriter(block_bytes=config.block_bytes,
+                              compression=config.compression,  # type: ignore[arg-type]
+                              zstd_level=config.zstd_level)
+        for stream_id, batches in group:
+            writer.add(stream_id, batches)
+        data, index = writer.finish()
+        kind = "s" if len(group) == 1 and group is not shared else "m"
+        sequence += 1
+        key = f"{prefix}/{sequence:012d}-{uuid.uuid4().hex[:12]}.{kind}obj"
+        ranges = [StreamRange(r.stream_id, r.start_offset, r.end_offset, r.size)
+                  for r in index.ranges]
+        built.append(Built(ObjectMeta(key, len(data), tuple(ranges)), data, kind == "s"))
+    return built
+
+
+__all__ = ["DATA_PREFIX", "Built", "UploadStats", "Uploader", "Work", "build_objects"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -113,3 +114,101 @@ def test_opening_a_node_id_again_fences_the_older_process(moto_s3: S3Endpoint,
         assert records(again) == [b"committed"]
     old.close()
     moto_s3.delete_bucket(bucket)
+
+
+def run_until_killed(config: dict[str, Any], env: dict[str, str], acklog: Path,
+                     acks: int) -> None:
+    """Start a writer child, let it acknowledge ``acks`` appends, then SIGKILL it."""
+    child = subprocess.Popen([sys.executable, str(CHILD), json.dumps(config), "s", "0",
+                              str(acklog)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             env=env, text=True)
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "ready", \
+            child.stderr.read() if child.stderr else ""
+        deadline = time.monotonic() + 60
+        while not acklog.exists() or len(acklog.read_text().splitlines()) < acks:
+            assert child.poll() is None, child.stderr.read() if child.stderr else ""
+            assert time.monotonic() < deadline, "the writer made too little progress"
+            time.sleep(0.01)
+        child.send_signal(signal.SIGKILL)
+        assert child.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+        for pipe in (child.stdout, child.stderr):
+            if pipe is not None:
+                pipe.close()
+
+
+def acknowledged(acklog: Path) -> dict[int, int]:
+    """{base offset: batch number} of every acknowledged append (a torn last line is not one)."""
+    found = {}
+    for line in acklog.read_text().split("\n")[:-1]:
+        base, batch = line.split()
+        found[int(base)] = int(batch)
+    return found
+
+
+@pytest.mark.once
+@pytest.mark.parametrize("server", ["moto_s3", "seaweedfs_s3"])
+def test_a_killed_writer_is_taken_over_with_every_acknowledged_record(
+        server: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """A writer with its WAL in the bucket (the object WAL) is killed with SIGKILL while
+    appending, nothing uploaded; another node takes it over: every acknowledged record is in
+    the stream, dense and in order, and readers on a third node see it."""
+    endpoint: S3Endpoint = request.getfixturevalue(server)
+    bucket = endpoint.create_bucket()
+    options = endpoint.storage_options()
+    env = {**os.environ, "S3_STORAGE_OPTIONS": json.dumps(options)}
+    held = {"upload_interval_ms": 3_600_000, "upload_bytes": "1GiB", "wal": "object"}
+    acklog = tmp_path / "acks"
+    run_until_killed(shared_config(bucket, tmp_path, "a", **held), env, acklog, 200)
+    acked = acknowledged(acklog)
+    with streamlib.open(shared_config(bucket, tmp_path, "b", wal="object"),
+                        storage_options=options) as taker, \
+            streamlib.open(shared_config(bucket, tmp_path, "c"),
+                           storage_options=options) as reader:
+        stream = reader.open_stream("s", read_only=True)
+        assert stream.next_offset == 0  # nothing was uploaded before the kill
+        result = taker.take_over("a")
+        assert result.node_epoch == 2 and not result.damaged
+        start, end = result.streams[stream.id]
+        assert start == 0 and end >= 10 * len(acked) and result.records == end
+        got = records(taker.open_stream("s", read_only=True))
+        assert len(got) == end  # dense: every offset below the end, once
+        for base, batch in acked.items():
+            assert got[base:base + 10] == [f"s:{batch}:{i}".encode() for i in range(10)]
+        deadline = time.monotonic() + 10
+        while reader.get("s").next_offset < end:  # the third node sees it at its next look
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert records(stream) == got
+        again = taker.take_over("a")  # nothing left: the WAL was emptied
+        assert again.streams == {} and again.node_epoch == 3
+    endpoint.delete_bucket(bucket)
+
+
+@pytest.mark.once
+def test_a_file_wal_is_taken_over_where_its_path_is_reachable(tmp_path: Path) -> None:
+    """A node with a file WAL on a local disk (think: an EBS volume attached to the machine
+    taking over) and a manifest in a local directory: killed, taken over from its path."""
+    bucket = tmp_path / "bucket"
+    bucket.mkdir()
+    config = {"path": str(tmp_path / "node-a"), "node_id": "a", "metadata": "manifest",
+              "objects_url": f"file://{bucket}", "upload_interval_ms": 3_600_000,
+              "upload_bytes": "1GiB"}
+    acklog = tmp_path / "acks"
+    run_until_killed(config, dict(os.environ), acklog, 100)
+    acked = acknowledged(acklog)
+    with streamlib.open(tmp_path / "node-b", node_id="b", metadata="manifest",
+                        objects_url=f"file://{bucket}") as taker:
+        with pytest.raises(ValueError, match="wal_path"):
+            taker.take_over("a", wal="file")
+        with pytest.raises(ValueError, match="own node"):
+            taker.take_over("b")
+        result = taker.take_over("a", wal="file", wal_path=str(tmp_path / "node-a" / "wal"))
+        got = records(taker.open_stream("s", read_only=True))
+        assert len(got) == result.streams[1][1] >= 10 * len(acked)
+        for base, batch in acked.items():
+            assert got[base:base + 10] == [f"s:{batch}:{i}".encode() for i in range(10)]
