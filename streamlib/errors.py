@@ -101,6 +101,12 @@ class WalLockedError(StreamLibError):
     """Another process has this WAL open. Close it there, or use another WAL path."""
 
 
+class HandOverPending(StreamLibError, TimeoutError):
+    """An append to a stream just opened for write here waited for the node that wrote it
+    before to release it (docs/shared-stores.md) and gave up. If that node is dead, take it
+    over (``store.take_over``); else retry."""
+
+
 class StreamExists(StreamLibError, ValueError):
     """A live stream already has that name. Use that stream (look it up by name), or create
     this one under another name."""

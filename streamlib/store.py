@@ -27,6 +27,7 @@ from streamlib.errors import (
     ConfigError,
     CorruptDataError,
     FencedError,
+    HandOverPending,
     OffsetMismatchError,
     OffsetOutOfRange,
     StorageUnavailable,
@@ -180,6 +181,10 @@ class StreamStore:
         self._closing = False
         self._sync_lock = threading.Lock()
         self._synced = 0.0  # when the shared manifest was last read
+        self._check_done = threading.Condition()  # fence checks (a shared manifest)
+        self._checking = False
+        self._check_started = -1.0
+        self._fences_scanned = False
         self._index_cache = IndexCache(INDEX_CACHE_BYTES)
         if cache is not None and not isinstance(cache, MessageCache):
             raise TypeError(f"cache must be a streamlib.MessageCache, not {type(cache).__name__}")
@@ -196,11 +201,16 @@ class StreamStore:
         try:
             self._objects = self._open_objects(storage_options, filesystem)
             self._meta = self._open_metadata(storage_options)
+            self._checks_fences = isinstance(self._meta, ManifestMetadataStore)
             node = self._meta.register_node(self.node_id)
             self.node_epoch = node.node_epoch
             self._node_position = node.wal_position
             for meta in self._meta.streams():
-                self._states[meta.id] = StreamState(meta)
+                state = self._states[meta.id] = StreamState(meta)
+                if meta.handover_from == self.node_id:  # restarted while handing it over
+                    state.epoch = meta.epoch_of(self.node_id)
+                    state.written_here = True
+                    state.fenced = self._fence_error(state, meta.owner)
             self._wal = self._open_wal(storage_options)
             self._uploader = Uploader(objects=self._objects, config=config, node_id=self.node_id,
                                       node_epoch=self.node_epoch, take=self._take,
@@ -352,9 +362,15 @@ class StreamStore:
         # After every append of earlier handles, and never in the middle of a commit.
         with state.order, self._meta_lock:
             self._check_open()
-            meta = self._metadata().open_stream(state.id)
+            meta = self._metadata().open_stream(state.id, node_id=self.node_id)
             with state.lock:
                 state.epoch = meta.epoch
+                state.handover_from = (meta.handover_from
+                                       if meta.handover_from != self.node_id else None)
+                if not state.written_here:  # another node's until now: its end is the truth
+                    state.committed_end = state.acked_end = state.assigned_end = max(
+                        state.committed_end, meta.end_offset)
+                    state.objects = None
                 state.written_here = True
         return Stream(self, state, meta.epoch)
 
@@ -492,6 +508,10 @@ class StreamStore:
                                                   error=repr(self._failure)))
             if state.damage is not None:
                 raise CorruptDataError(state.damage)
+            if state.fenced is not None:
+                raise FencedError(str(state.fenced))
+            if state.handover_from is not None:
+                self._await_release(state, left())
             producer = None
             if producer_id is not None:
                 producer = state.producers.setdefault(producer_id, _Producer())
@@ -528,6 +548,35 @@ class StreamStore:
                 producer.remember(sequence, batch.count, item.future)  # type: ignore[arg-type]
         wal_future.add_done_callback(lambda _: self._acknowledge(state))
         return item.future
+
+    def _await_release(self, state: StreamState, timeout: float) -> None:
+        """This node just took the stream from another that may still commit what it
+        acknowledged: wait until it releases the stream, then append after its end (caller
+        holds ``state.order``)."""
+        meta = self._metadata()
+        deadline = time.monotonic() + timeout
+        while True:
+            if isinstance(meta, ManifestMetadataStore):
+                meta.refresh()
+            m = meta.get_stream(state.id)
+            if m.epoch != state.epoch:  # opened again elsewhere meanwhile
+                raise FencedError(describe("the stream was opened for write again",
+                                           stream=state.id, epoch=state.epoch, current=m.epoch))
+            if m.handover_from is None:
+                with state.lock:
+                    state.handover_from = None
+                    if m.end_offset > state.committed_end:
+                        state.committed_end = state.acked_end = state.assigned_end = \
+                            m.end_offset
+                        state.objects = None
+                        state.commits += 1
+                        state.wake_readers()
+                return
+            if time.monotonic() >= deadline or self._closing:
+                raise HandOverPending(describe(
+                    "the node that wrote this stream before has not released it (if it is "
+                    "dead: take it over)", stream=state.id, node=m.handover_from))
+            time.sleep(0.02)
 
     def _wait_for_room(self, size: int, timeout: float) -> None:
         """Back-pressure for a WAL without a capacity (the object WAL): data acknowledged and
@@ -575,11 +624,87 @@ class StreamStore:
                             self._failure = error
                             break
 
+        if self._checks_fences and state.fenced is None and _completed(state):
+            self._fence_check()  # started after these appends became durable
         dropped = state.drain(publish)
         if dropped:
             self._cache.unpin(self._scope, weight(dropped))
         if notify:
             self._uploader.notify()
+        if state.fenced is not None:
+            self._maybe_release(state)
+
+    # ---- hand-over on a shared manifest: the old owner's side ----
+
+    def _fence_check(self) -> None:
+        """Before appends are acknowledged: has another node opened their stream for write
+        (or taken this node over) since? One look at the manifest serves every append that
+        became durable before it started."""
+        asked = time.monotonic()
+        with self._check_done:
+            while True:
+                if self._check_started >= asked and not self._checking:
+                    return  # a look that started after these appends were durable
+                if not self._checking:
+                    self._checking = True
+                    break
+                self._check_done.wait()
+        started = time.monotonic()
+        try:
+            meta = self._meta
+            assert isinstance(meta, ManifestMetadataStore)
+            if meta.refresh() or not self._fences_scanned:
+                self._scan_fences(meta)
+        finally:
+            with self._check_done:
+                self._check_started = started
+                self._checking = False
+                self._check_done.notify_all()
+
+    def _scan_fences(self, meta: ManifestMetadataStore) -> None:
+        self._fences_scanned = True
+        if meta.node(self.node_id).node_epoch != self.node_epoch:
+            error = FencedError(describe("another process took over this store's node",
+                                         node=self.node_id))
+            self._failure = self._failure or error
+        with self._lock:
+            states = [s for s in self._states.values() if s.written_here and s.fenced is None]
+        for state in states:
+            try:
+                m = meta.get_stream(state.id)
+            except StreamNotFound:
+                continue
+            if m.epoch != state.epoch or self._failure is not None:
+                with state.lock:
+                    state.fenced = self._fence_error(state, m.owner)
+                log.warning("stream %d was opened for write on node %s: handing it over",
+                            state.id, m.owner)
+                self._uploader.request()  # commit what was acknowledged, then release
+
+    def _fence_error(self, state: StreamState, owner: str | None) -> FencedError:
+        return FencedError(describe("the stream was opened for write on another node: this "
+                                    "node handed it over", stream=state.id, node=owner))
+
+    def _maybe_release(self, state: StreamState) -> None:
+        """A fenced stream whose acknowledged appends are all committed: release it to its
+        new owner, then answer the appends parked since the fence."""
+        with state.lock:
+            if (state.released or state.inflight or state.log or state.fenced is None
+                    or not isinstance(self._meta, ManifestMetadataStore)):
+                return
+            state.released = True
+        try:
+            self._meta.release_streams(self.node_id, self.node_epoch, [state.id])
+        except Exception as error:
+            with state.lock:
+                state.released = False
+            log.warning("could not release stream %d (tried again after the next upload): "
+                        "%r", state.id, error)
+            return
+        with state.lock:
+            parked, state.parked = state.parked, []
+        for future in parked:
+            future.set_exception(FencedError(str(state.fenced)))
 
     # ---- the uploader's side ----
 
@@ -663,6 +788,9 @@ class StreamStore:
             self._pending_bytes -= freed
             self._pending_since = time.monotonic() if self._pending_bytes > 0 else None
             self._room.notify_all()
+        for state in states.values():
+            if state is not None and state.fenced is not None:
+                self._maybe_release(state)
 
     def _reload_ends(self, states: Iterable[StreamState]) -> None:
         """After a commit of unknown outcome: take each stream's committed end from the
@@ -960,15 +1088,23 @@ class StreamStore:
         try:
             recovery = old.recover()
             ends: dict[int, int | None] = {}
+            epochs: dict[int, int] = {}
             streams: dict[int, list[RecordBatch]] = {}
             damaged: dict[int, str] = {}
             for entry in recovery:
                 stream_id, batch = entry.record.stream_id, entry.record.batch
                 if stream_id not in ends:
                     try:
-                        ends[stream_id] = meta.get_stream(stream_id).end_offset
+                        m = meta.get_stream(stream_id)
                     except StreamNotFound:
                         ends[stream_id] = None  # destroyed: nothing to keep
+                        continue
+                    # Records of a stream the node released (or never held) are not its to
+                    # give: appends it refused after a hand-over.
+                    held = m.handover_from == node or (m.handover_from is None
+                                                       and m.owner in (node, None))
+                    ends[stream_id] = m.end_offset if held else None
+                    epochs[stream_id] = m.epoch_of(node)
                 end = ends[stream_id]
                 if end is None or stream_id in damaged or batch.next_offset <= end:
                     continue
@@ -988,8 +1124,10 @@ class StreamStore:
                 self._objects.put(item.meta.key, item.data, part_bytes=self.config.part_bytes)
             meta.commit(Commit(node_id=node, wal_position=max(recovery.end, fenced.wal_position),
                                objects=[item.meta for item in built],
-                               epochs={sid: meta.get_stream(sid).epoch for sid in streams},
+                               epochs={sid: epochs[sid] for sid in streams},
                                node_epoch=fenced.node_epoch))
+            held = [s.id for s in meta.streams() if node in (s.owner, s.handover_from)]
+            meta.release_streams(node, fenced.node_epoch, held)
             if not damaged:
                 old.trim(recovery.end)
         finally:
@@ -1082,10 +1220,22 @@ class StreamStore:
         if self._failure is None:
             try:
                 self._uploader.upload(final=True)
+                self._release_all()
             except Exception as error:
                 log.warning("close: the last upload failed; the data stays in the WAL for the "
                             "next open: %r", error)
         self._release()
+
+    def _release_all(self) -> None:
+        """A clean close on a shared manifest: this node's streams have no owner any more (the
+        next node to open one need not wait for a hand-over)."""
+        if not isinstance(self._meta, ManifestMetadataStore):
+            return
+        with self._lock:
+            held = [s.id for s in self._states.values()
+                    if s.written_here and not s.destroyed and not s.log and not s.damage]
+        if held:
+            self._meta.release_streams(self.node_id, self.node_epoch, held)
 
     def _release(self) -> None:
         self._closed = True
@@ -1115,6 +1265,12 @@ _SCOPES = itertools.count(1)
 
 SYNC_INTERVAL = 0.05
 """Seconds between two looks at a shared manifest for other nodes' changes (each is one GET)."""
+
+
+def _completed(state: StreamState) -> bool:
+    """Whether the stream's first append in flight has finished its WAL write."""
+    with state.lock:
+        return bool(state.inflight) and state.inflight[0].wal_future.done()
 
 
 def _check_dense(state: StreamState, batch: RecordBatch, cursor: int) -> None:

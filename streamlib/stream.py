@@ -176,6 +176,14 @@ class StreamState:
         self.producers: dict[object, _Producer] = {}
         self.destroyed = False
         self.written_here = False  # opened for write on this node (else: read other nodes')
+        # A shared manifest's hand-over (docs/shared-stores.md). On the old owner: ``fenced``
+        # (appends refused) and ``parked`` (durable appends not acknowledged, answered with
+        # FencedError once the stream is released); on the new one: ``handover_from``, the
+        # node whose release its appends wait for.
+        self.fenced: BaseException | None = None
+        self.parked: list[Future[AppendResult]] = []
+        self.released = False
+        self.handover_from: str | None = None
         self.damage: str | None = None  # why the stream is read-only after recovery
         self.kept: int | None = None  # the WAL is not trimmed past here (records after a gap)
         self.appended = threading.Condition(self.lock)  # acked_end moved (tailing readers)
@@ -212,6 +220,10 @@ class StreamState:
                 if error is not None:
                     self.unsettled.append((item.future, None, error))
                     dropped.append(item.batch)
+                    continue
+                if self.fenced is not None:  # durable after the hand-over was seen: parked
+                    dropped.append(item.batch)
+                    self.parked.append(item.future)
                     continue
                 position = item.wal_future.result()
                 if self.destroyed:  # nothing will upload it: not pending, not cached

@@ -109,10 +109,23 @@ class StreamMeta:
     start_offset: int
     end_offset: int
     state: StreamState = StreamState.OPEN
+    owner: str | None = None
+    """The node that opened it for write last (a store that keeps owners: the manifest)."""
+    handover_from: str | None = None
+    """A node still to release the stream to its owner (it may commit what it acknowledged
+    before the hand-over, with ``handover_epoch``); None once released."""
+    handover_epoch: int | None = None
 
     @property
     def live(self) -> bool:
         return self.state is StreamState.OPEN
+
+    def epoch_of(self, node_id: str) -> int:
+        """The epoch ``node_id`` commits this stream with: the old owner's while it hands the
+        stream over, else the current one."""
+        if self.handover_from == node_id and self.handover_epoch is not None:
+            return self.handover_epoch
+        return self.epoch
 
 
 @dataclass(frozen=True, slots=True)
@@ -368,9 +381,23 @@ class MetadataStore(abc.ABC):
         """Every live stream, by id."""
 
     @abc.abstractmethod
-    def open_stream(self, stream_id: int, *, expected_epoch: int | None = None) -> StreamMeta:
+    def open_stream(self, stream_id: int, *, expected_epoch: int | None = None,
+                    node_id: str | int | None = None) -> StreamMeta:
         """Raise the stream's epoch by one (only if it is ``expected_epoch``, when given) and
-        return the stream with its new epoch."""
+        return the stream with its new epoch. ``node_id``: the node opening it, for a store
+        that keeps owners (docs/shared-stores.md): when another node owns the stream, it is
+        handed over from that node, which may still commit what it acknowledged and then
+        releases it (:meth:`release_streams`). Stores without owners ignore it."""
+
+    def release_streams(self, node_id: str | int, node_epoch: int,
+                        stream_ids: Sequence[int]) -> None:
+        """``node_id`` (at ``node_epoch``, else :class:`~streamlib.errors.FencedError`) is
+        done with these streams: a hand-over from it completes, and streams it owns have no
+        owner any more. A store without owners has nothing to do."""
+        check_node_id(node_id)
+        check_id(node_epoch, "node_epoch")
+        for stream_id in stream_ids:
+            check_id(stream_id)
 
     @abc.abstractmethod
     def trim_stream(self, stream_id: int, offset: int) -> StreamMeta:

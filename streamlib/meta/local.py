@@ -269,8 +269,12 @@ class SQLiteMetadataStore(MetadataStore):
                               f"ORDER BY id").fetchall()
         return [_stream(row) for row in rows]
 
-    def open_stream(self, stream_id: int, *, expected_epoch: int | None = None) -> StreamMeta:
+    def open_stream(self, stream_id: int, *, expected_epoch: int | None = None,
+                    node_id: str | int | None = None) -> StreamMeta:
+        """(No owners here: ``node_id`` is checked and otherwise ignored.)"""
         check_id(stream_id)
+        if node_id is not None:
+            check_node_id(node_id)
         if expected_epoch is not None:
             check_id(expected_epoch, "expected_epoch")
         with self._transaction(write=True) as db:

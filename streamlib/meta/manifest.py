@@ -22,7 +22,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -93,10 +93,14 @@ class _Stream:
     start: int
     end: int
     live: bool = True
+    owner: str | None = None
+    handover_from: str | None = None
+    handover_epoch: int | None = None
 
     def meta(self) -> StreamMeta:
         return StreamMeta(self.id, self.name, self.epoch, self.start, self.end,
-                          StreamState.OPEN if self.live else StreamState.DESTROYED)
+                          StreamState.OPEN if self.live else StreamState.DESTROYED,
+                          self.owner, self.handover_from, self.handover_epoch)
 
 
 class _State:
@@ -137,7 +141,19 @@ class _State:
                 self.names[stream.name] = stream.id
             self.next_id = stream.id + 1
         elif op == "open":
-            self.streams[args["id"]].epoch = args["epoch"]
+            stream = self.streams[args["id"]]
+            stream.epoch = args["epoch"]
+            stream.owner = args.get("owner")
+            handover = args.get("from")
+            stream.handover_from, stream.handover_epoch = handover or (None, None)
+        elif op == "release":
+            node = args["node"]
+            for stream_id in args["streams"]:
+                stream = self.streams[stream_id]
+                if stream.handover_from == node:
+                    stream.handover_from = stream.handover_epoch = None
+                if stream.owner == node:
+                    stream.owner = None
         elif op == "trim":
             self.streams[args["id"]].start = args["offset"]
         elif op == "destroy":
@@ -182,7 +198,10 @@ class _State:
                 "streams": {"id": [s.id for s in streams], "name": [s.name for s in streams],
                             "epoch": [s.epoch for s in streams],
                             "start": [s.start for s in streams], "end": [s.end for s in streams],
-                            "live": [s.live for s in streams]},
+                            "live": [s.live for s in streams],
+                            "owner": [s.owner for s in streams],
+                            "from": [s.handover_from for s in streams],
+                            "from_epoch": [s.handover_epoch for s in streams]},
                 "objects": {"key": [key for key, _ in objects],
                             "size": [size for _, (size, _) in objects],
                             "ranges": [len(rs) for _, (_, rs) in objects],
@@ -212,8 +231,11 @@ class _State:
         state.version = data["version"]
         state.next_id = data["next_id"]
         s = data["streams"]
-        state.streams = dict(zip(s["id"], map(_Stream, s["id"], s["name"], s["epoch"],
-                                              s["start"], s["end"], s["live"]), strict=True))
+        n = len(s["id"])
+        state.streams = dict(zip(s["id"], map(
+            _Stream, s["id"], s["name"], s["epoch"], s["start"], s["end"], s["live"],
+            s.get("owner", [None] * n), s.get("from", [None] * n),
+            s.get("from_epoch", [None] * n)), strict=True))
         state.names = {stream.name: stream.id for stream in state.streams.values()
                        if stream.live and stream.name is not None}
         o = data["objects"]
@@ -477,20 +499,31 @@ class ManifestMetadataStore(MetadataStore):
         return self._read(lambda state: [s.meta() for _, s in sorted(state.streams.items())
                                          if s.live])
 
-    def open_stream(self, stream_id: int, *, expected_epoch: int | None = None) -> StreamMeta:
+    def open_stream(self, stream_id: int, *, expected_epoch: int | None = None,
+                    node_id: str | int | None = None) -> StreamMeta:
         check_id(stream_id)
         if expected_epoch is not None:
             check_id(expected_epoch, "expected_epoch")
+        node = None if node_id is None else check_node_id(node_id)
 
         def plan(state: _State) -> tuple[dict[str, Any], StreamMeta]:
             stream = state.live(stream_id)
             if expected_epoch is not None and stream.epoch != expected_epoch:
                 raise FencedError(describe("stream epoch has moved on", stream=stream_id,
                                            expected_epoch=expected_epoch, epoch=stream.epoch))
-            meta = stream.meta()
-            return ({"id": stream_id, "epoch": stream.epoch + 1},
-                    StreamMeta(meta.id, meta.name, meta.epoch + 1, meta.start_offset,
-                               meta.end_offset, meta.state))
+            # A hand-over still pending stays with the node that holds the data; a stream
+            # another node owns is handed over from it.
+            handover = None
+            if stream.handover_from is not None:
+                handover = [stream.handover_from, stream.handover_epoch]
+            elif node is not None and stream.owner not in (None, node):
+                handover = [stream.owner, stream.epoch]
+            owner = node if node is not None else stream.owner
+            return ({"id": stream_id, "epoch": stream.epoch + 1, "owner": owner,
+                     "from": handover},
+                    StreamMeta(stream.id, stream.name, stream.epoch + 1, stream.start,
+                               stream.end, StreamState.OPEN, owner,
+                               *(handover or (None, None))))
 
         return self._change("open", plan)
 
@@ -533,9 +566,16 @@ class ManifestMetadataStore(MetadataStore):
         def plan(state: _State) -> tuple[dict[str, Any], None]:
             streams = {stream_id: state.live(stream_id) for stream_id in commit.epochs}
             for stream_id, epoch in commit.epochs.items():
-                if streams[stream_id].epoch != epoch:
+                stream = streams[stream_id]
+                if stream.handover_from == commit.node_id and epoch == stream.handover_epoch:
+                    continue  # the old owner commits what it acknowledged before the hand-over
+                if stream.epoch != epoch:
                     raise FencedError(describe("commit by a fenced writer", stream=stream_id,
-                                               epoch=epoch, current=streams[stream_id].epoch))
+                                               epoch=epoch, current=stream.epoch))
+                if stream.handover_from is not None and stream_id in commit.extents():
+                    raise CommitConflict(describe(
+                        "stream is being handed over: its new owner commits after the release",
+                        stream=stream_id, handover_from=stream.handover_from))
             node = state.node(commit.node_id)
             if commit.node_epoch is not None and commit.node_epoch != node.node_epoch:
                 raise FencedError(describe("commit by a fenced node", node=node.node_id,
@@ -613,6 +653,30 @@ class ManifestMetadataStore(MetadataStore):
     def node(self, node_id: str | int) -> NodeMeta:
         node = check_node_id(node_id)
         return self._read(lambda state: state.node(node))
+
+    def release_streams(self, node_id: str | int, node_epoch: int,
+                        stream_ids: Sequence[int]) -> None:
+        node = check_node_id(node_id)
+        check_id(node_epoch, "node_epoch")
+        ids = [check_id(s) for s in stream_ids]
+
+        def plan(state: _State) -> tuple[dict[str, Any], None]:
+            current = state.node(node).node_epoch
+            if current != node_epoch:
+                raise FencedError(describe("release by a fenced node", node=node,
+                                           node_epoch=node_epoch, current=current))
+            held = [s for s in ids if s in state.streams and (
+                state.streams[s].owner == node or state.streams[s].handover_from == node)]
+            return {"node": node, "streams": held}, None
+
+        with self._lock:
+            self._check_open()
+            self._catch_up()
+            if not any(s in self._state.streams and node in (
+                    self._state.streams[s].owner, self._state.streams[s].handover_from)
+                    for s in ids):
+                return  # nothing held: nothing to write
+        self._change("release", plan)
 
     def register_node(self, node_id: str | int) -> NodeMeta:
         node = check_node_id(node_id)

@@ -258,3 +258,37 @@ def test_a_lost_answer_on_a_real_s3_server(moto_s3: S3Endpoint) -> None:
         assert fresh.get_stream(stream.id).end_offset == 6 and fresh.version == 4
     finally:
         moto_s3.delete_bucket(bucket)
+
+
+def test_owners_and_hand_over_in_the_manifest(tmp_path: Path) -> None:
+    """Opening a stream another node owns hands it over: the old owner may still commit with
+    its epoch until it releases; the new owner's commits wait for the release; a fenced node
+    cannot release; owners survive a checkpoint."""
+    store = ManifestMetadataStore(local_store(tmp_path), checkpoint_every=4)
+    stream = store.create_stream("s").id
+    store.register_node("a")
+    store.register_node("b")
+    mine = store.open_stream(stream, node_id="a")
+    assert (mine.owner, mine.handover_from) == ("a", None)
+    again = store.open_stream(stream, node_id="a")  # the same node: no hand-over
+    assert again.handover_from is None and again.epoch == 2
+    taken = store.open_stream(stream, node_id="b")
+    assert (taken.owner, taken.handover_from, taken.handover_epoch) == ("b", "a", 2)
+    assert taken.epoch_of("a") == 2 and taken.epoch_of("b") == 3
+    store.commit(commit_of(stream, 0, 5, epoch=2, node="a"))  # A's acknowledged records
+    with pytest.raises(CommitConflict, match="handed over"):
+        store.commit(commit_of(stream, 5, 6, epoch=3, node="b"))
+    with pytest.raises(FencedError):
+        store.release_streams("a", 0, [stream])  # an old node epoch
+    third = store.open_stream(stream, node_id="c")  # the hand-over stays with A's data
+    assert (third.owner, third.handover_from, third.handover_epoch) == ("c", "a", 2)
+    store.release_streams("a", 1, [stream])
+    released = store.get_stream(stream)
+    assert (released.owner, released.handover_from) == ("c", None)
+    with pytest.raises(FencedError):
+        store.commit(commit_of(stream, 5, 6, epoch=2, node="a"))  # released: no more
+    store.commit(commit_of(stream, 5, 6, epoch=4, node="c"))
+    store.release_streams("c", 0, [stream])  # an unknown node (epoch 0) owns it: released
+    reopened = ManifestMetadataStore(local_store(tmp_path))
+    assert reopened.get_stream(stream) == store.get_stream(stream)
+    assert reopened.get_stream(stream).owner is None

@@ -9,7 +9,9 @@ stream and appends batches of 10 records (``name:batch:record``), 8 in flight.
 Without ``ACKLOG`` it appends ``BATCHES`` batches, uploads them with ``flush()`` every 10 and at
 the end, and prints ``done NEXT_OFFSET``. With ``ACKLOG`` it prints ``ready``, appends until it
 is killed and, after each acknowledgement, writes ``base_offset batch`` as one line to ACKLOG
-(one unbuffered write: a line is there only if the append was acknowledged).
+(one unbuffered write: a line is there only if the append was acknowledged). Once another node
+opens the stream for write, its appends fail: it writes ``F batch`` for each refused one, then
+``end``, closes the store and exits.
 """
 
 from __future__ import annotations
@@ -42,12 +44,26 @@ def main() -> None:
     print("ready", flush=True)
     flight: deque[tuple[int, Future[streamlib.AppendResult]]] = deque()
     n = 0
-    while True:  # until killed
-        flight.append((n, stream.append_future([f"{name}:{n}:{i}".encode() for i in range(10)])))
-        n += 1
-        if len(flight) >= 8:
+    fenced = False
+    while True:  # until killed, or fenced by another node opening the stream
+        if not fenced:
+            try:
+                flight.append((n, stream.append_future(
+                    [f"{name}:{n}:{i}".encode() for i in range(10)])))
+                n += 1
+            except streamlib.FencedError:
+                fenced = True
+        if flight and (len(flight) >= 8 or fenced):
             done, future = flight.popleft()
-            os.write(fd, f"{future.result().base_offset} {done}\n".encode())
+            try:
+                os.write(fd, f"{future.result().base_offset} {done}\n".encode())
+            except streamlib.FencedError:
+                os.write(fd, f"F {done}\n".encode())
+                fenced = True
+        elif fenced:
+            os.write(fd, b"end\n")
+            store.close()
+            return
 
 
 if __name__ == "__main__":

@@ -145,8 +145,9 @@ def acknowledged(acklog: Path) -> dict[int, int]:
     """{base offset: batch number} of every acknowledged append (a torn last line is not one)."""
     found = {}
     for line in acklog.read_text().split("\n")[:-1]:
-        base, batch = line.split()
-        found[int(base)] = int(batch)
+        base, batch = line.split() if line != "end" else ("F", "")
+        if base != "F":  # F: refused after a hand-over; end: the writer stopped
+            found[int(base)] = int(batch)
     return found
 
 

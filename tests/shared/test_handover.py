@@ -1,0 +1,173 @@
+"""Two writers of one stream on a shared manifest: opening it for write on node B while node A
+appends hands it over — A's next appends fail with FencedError, nothing A appended after the
+fence becomes visible, everything A acknowledged stays, B appends after it, the stream stays
+dense. A dead A is taken over instead. In one process (two stores) and with real processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_shared_store import CHILD, acknowledged, records, run_until_killed, shared_config
+
+import streamlib
+from streamlib import AppendResult, FencedError, HandOverPending
+from streamlib.testing.s3 import S3Endpoint
+
+HELD = {"upload_interval_ms": 3_600_000, "upload_bytes": "1GiB"}  # uploads by flush or release
+
+
+def local_node(tmp_path: Path, node: str, **extra: Any) -> streamlib.StreamStore:
+    bucket = tmp_path / "bucket"
+    bucket.mkdir(exist_ok=True)
+    return streamlib.open(tmp_path / f"node-{node}", node_id=node, metadata="manifest",
+                          objects_url=f"file://{bucket}", **extra)
+
+
+def payload(who: str, n: int) -> list[bytes]:
+    return [f"{who}:{n}:{i}".encode() for i in range(10)]
+
+
+def check_stream(got: list[bytes], acked: dict[int, int], refused: set[int],
+                 b_batches: int, b_base: int) -> None:
+    """Dense; A's acknowledged batches where they were acknowledged; none of A's refused ones;
+    B's after A's last acknowledged batch."""
+    assert len(got) == b_base + 10 * b_batches
+    for base, n in acked.items():
+        assert got[base:base + 10] == payload("s", n)
+    assert b_base >= max(acked) + 10
+    a_part = {bytes(v) for v in got[:b_base]}
+    for n in refused:
+        assert not set(payload("s", n)) & a_part, f"refused batch {n} is visible"
+    assert got[b_base:] == [v for n in range(b_batches) for v in payload("b", n)]
+
+
+def test_opening_a_stream_on_another_node_hands_it_over(tmp_path: Path) -> None:
+    a = local_node(tmp_path, "a", **HELD)
+    b = local_node(tmp_path, "b", **HELD)
+    try:
+        stream = a.create_stream("s")
+        for n in range(20):
+            stream.append(payload("s", n))
+        a.flush()  # some uploaded, the rest only in A's WAL and log cache
+        acked: dict[int, int] = {}
+        refused: set[int] = set()
+        started = threading.Event()
+
+        def write() -> None:
+            flight: deque[tuple[int, Future[AppendResult]]] = deque()
+            n = 20
+            while True:
+                try:
+                    flight.append((n, stream.append_future(payload("s", n))))
+                    n += 1
+                except FencedError:
+                    break
+                if len(flight) >= 8:
+                    started.set()
+                    done, future = flight.popleft()
+                    try:
+                        acked[future.result().base_offset] = done
+                    except FencedError:
+                        refused.add(done)
+            for done, future in flight:
+                try:
+                    acked[future.result().base_offset] = done
+                except FencedError:
+                    refused.add(done)
+
+        for n in range(20):
+            acked[10 * n] = n
+        writer = threading.Thread(target=write)
+        writer.start()
+        assert started.wait(30)
+        time.sleep(0.05)
+        taken = b.open_stream("s")  # the hand-over starts: A is fenced
+        writer.join(timeout=60)
+        assert not writer.is_alive()
+        with pytest.raises(FencedError):
+            stream.append(payload("s", 10**6))  # A's next append
+        first = taken.append(payload("b", 0))  # waits for A's release
+        for n in range(1, 5):
+            taken.append(payload("b", n))
+        b.flush()
+        got = records(b.open_stream("s", read_only=True))
+        check_stream(got, acked, refused, 5, first.base_offset)
+        assert a.stats()["upload_failures"] == 0  # A's last commits went through
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_dead_writer_must_be_taken_over_before_its_stream_moves(tmp_path: Path) -> None:
+    """A is killed while it owns the stream: B's appends wait for a release that never comes
+    (HandOverPending); after take_over, they land after every record A acknowledged."""
+    bucket = tmp_path / "bucket"
+    bucket.mkdir()
+    config = {"path": str(tmp_path / "node-a"), "node_id": "a", "metadata": "manifest",
+              "objects_url": f"file://{bucket}", "wal": "object", **HELD}
+    acklog = tmp_path / "acks"
+    run_until_killed(config, dict(os.environ), acklog, 50)
+    acked = acknowledged(acklog)
+    with local_node(tmp_path, "b", wal="object") as b:
+        stream = b.open_stream("s")
+        with pytest.raises(HandOverPending, match="take it over"):
+            stream.append(payload("b", 0), timeout=0.5)
+        b.take_over("a")
+        first = stream.append(payload("b", 0))
+        got = records(b.open_stream("s", read_only=True))
+        check_stream(got, {base: n for base, n in acked.items()}, set(), 1, first.base_offset)
+
+
+@pytest.mark.once
+@pytest.mark.parametrize("server", ["moto_s3", "seaweedfs_s3"])
+def test_two_writer_processes_of_one_stream(server: str, tmp_path: Path,
+                                            request: pytest.FixtureRequest) -> None:
+    """Process A appends to a stream without pause; this process (node B) opens it for write:
+    A's appends are refused from then on and it exits; B's appends land after everything A
+    acknowledged."""
+    endpoint: S3Endpoint = request.getfixturevalue(server)
+    bucket = endpoint.create_bucket()
+    options = endpoint.storage_options()
+    env = {**os.environ, "S3_STORAGE_OPTIONS": json.dumps(options)}
+    acklog = tmp_path / "acks"
+    child = subprocess.Popen(
+        [sys.executable, str(CHILD), json.dumps(shared_config(bucket, tmp_path, "a", **HELD)),
+         "s", "0", str(acklog)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+        text=True)
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "ready"
+        deadline = time.monotonic() + 60
+        while not acklog.exists() or len(acklog.read_text().splitlines()) < 100:
+            assert child.poll() is None and time.monotonic() < deadline
+            time.sleep(0.01)
+        with streamlib.open(shared_config(bucket, tmp_path, "b"),
+                            storage_options=options) as b:
+            stream = b.open_stream("s")
+            first = stream.append(payload("b", 0))
+            for n in range(1, 3):
+                stream.append(payload("b", n))
+            assert child.wait(timeout=60) == 0, child.stderr.read() if child.stderr else ""
+            lines = acklog.read_text().splitlines()
+            assert lines[-1] == "end"
+            refused = {int(line.split()[1]) for line in lines if line.startswith("F ")}
+            b.flush()
+            got = records(b.open_stream("s", read_only=True))
+            check_stream(got, acknowledged(acklog), refused, 3, first.base_offset)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+        for pipe in (child.stdout, child.stderr):
+            if pipe is not None:
+                pipe.close()
+        endpoint.delete_bucket(bucket)
