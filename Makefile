@@ -65,6 +65,7 @@ bench: $(VENV)/.installed-bench
 	$(BIN)/python benchmarks/wal.py
 	$(BIN)/python benchmarks/stream.py
 	$(BIN)/python benchmarks/read.py
+	$(BIN)/python benchmarks/shared.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info streamlib/codec/_segment_codec*.so .pytest_cache .hypothesis
