@@ -179,8 +179,8 @@ def main() -> None:
           f"{'hand-over p50':>15}{'take-over':>11}")
     summary = {}
     for name, r in results.items():
-        row = {"small_p50_ms": percentile(r["small"], 50) * 1e3,
-               "small_p99_ms": percentile(r["small"], 99) * 1e3,
+        row = {"small_p50_ms": percentile(r["small"], 0.5) * 1e3,
+               "small_p99_ms": percentile(r["small"], 0.99) * 1e3,
                "append_mbps": statistics.median(r["mbps"]),
                "upload_round_ms": statistics.median(r["round_s"]) * 1e3}
         hand = (f"{statistics.median(r['handover_s']) * 1e3:>12.1f} ms"

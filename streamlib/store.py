@@ -181,7 +181,10 @@ class StreamStore:
         self._closing = False
         self._sync_lock = threading.Lock()
         self._synced = 0.0  # when the shared manifest was last read
+        self._synced_version = -1  # the manifest version the streams were brought up to
         self._check_done = threading.Condition()  # fence checks (a shared manifest)
+        self._ack_ready = threading.Condition()  # appends durable, to be acknowledged
+        self._ack_pending: set[StreamState] = set()
         self._checking = False
         self._check_started = -1.0
         self._fences_scanned = False
@@ -223,6 +226,11 @@ class StreamStore:
             self._release()
             raise
         self._uploader.start()
+        self._watcher: threading.Thread | None = None
+        if self._checks_fences:  # an idle node must hand its streams over too
+            self._watcher = threading.Thread(target=self._watch_fences, daemon=True,
+                                             name="streamlib-fences")
+            self._watcher.start()
 
     # ---- opening the parts ----
 
@@ -359,18 +367,28 @@ class StreamStore:
             raise TypeError(f"read_only must be a bool, not {type(read_only).__name__}")
         if read_only:
             return Stream(self, state, None)
+        # This node handed the stream over before: that must be complete (released) first.
+        deadline = time.monotonic() + self.config.append_timeout_ms / 1000
+        while state.fenced is not None and not state.released:
+            if time.monotonic() > deadline or self._closing:
+                raise HandOverPending(describe("this node is still handing the stream over "
+                                               "to another: retry", stream=state.id))
+            time.sleep(0.02)
         # After every append of earlier handles, and never in the middle of a commit.
         with state.order, self._meta_lock:
             self._check_open()
             meta = self._metadata().open_stream(state.id, node_id=self.node_id)
             with state.lock:
+                handed_away = state.fenced is not None
+                state.fenced, state.released = None, False
                 state.epoch = meta.epoch
                 state.handover_from = (meta.handover_from
                                        if meta.handover_from != self.node_id else None)
-                if not state.written_here:  # another node's until now: its end is the truth
+                if not state.written_here or handed_away:  # others wrote it: theirs is the end
                     state.committed_end = state.acked_end = state.assigned_end = max(
                         state.committed_end, meta.end_offset)
                     state.objects = None
+                    state.commits += 1
                 state.written_here = True
         return Stream(self, state, meta.epoch)
 
@@ -456,8 +474,12 @@ class StreamStore:
             if not force and now - self._synced < SYNC_INTERVAL:
                 return False
             self._synced = now
-            if meta.refresh() == 0 and not force:
+            meta.refresh()
+            # Other threads read the manifest too (the fence thread): compare versions, not
+            # what this refresh found.
+            if meta.version == self._synced_version and not force:
                 return False
+            self._synced_version = meta.version
             live = {m.id: m for m in meta.streams()}
             with self._lock:
                 for stream_id, m in live.items():
@@ -546,7 +568,7 @@ class StreamStore:
             state.assigned_end = placed.next_offset
             if producer is not None:
                 producer.remember(sequence, batch.count, item.future)  # type: ignore[arg-type]
-        wal_future.add_done_callback(lambda _: self._acknowledge(state))
+        wal_future.add_done_callback(lambda _: self._durable(state))
         return item.future
 
     def _await_release(self, state: StreamState, timeout: float) -> None:
@@ -603,7 +625,18 @@ class StreamStore:
                 "not keeping up", size=size, cache_bytes=self._cache.max_bytes,
                 pinned=self._cache.pinned_bytes))
 
-    def _acknowledge(self, state: StreamState) -> None:
+    def _durable(self, state: StreamState) -> None:
+        """A WAL write of ``state`` completed (on the WAL's thread). On a shared manifest the
+        acknowledgement waits for a look at the manifest: the fence thread does it, so that the
+        WAL goes on completing writes meanwhile (one look serves all that completed before)."""
+        if not self._checks_fences:
+            self._acknowledge(state)
+            return
+        with self._ack_ready:
+            self._ack_pending.add(state)
+            self._ack_ready.notify()
+
+    def _acknowledge(self, state: StreamState, checked: bool = False) -> None:
         """A WAL append of ``state`` completed: acknowledge what is durable, in order."""
         notify = False
 
@@ -624,7 +657,7 @@ class StreamStore:
                             self._failure = error
                             break
 
-        if self._checks_fences and state.fenced is None and _completed(state):
+        if self._checks_fences and not checked and state.fenced is None and _completed(state):
             self._fence_check()  # started after these appends became durable
         dropped = state.drain(publish)
         if dropped:
@@ -660,6 +693,38 @@ class StreamStore:
                 self._check_started = started
                 self._checking = False
                 self._check_done.notify_all()
+
+    def _watch_fences(self) -> None:
+        """The fence thread of a shared manifest: acknowledges durable appends after a look at
+        the manifest that started after they were durable (:meth:`_durable`), and looks every
+        :data:`FENCE_POLL` seconds anyway, so that an idle node too learns of hand-overs (and
+        of being taken over) and releases its streams."""
+        pause = 0.0
+        while True:
+            with self._ack_ready:
+                if not self._ack_pending and not self._closed:
+                    self._ack_ready.wait(FENCE_POLL)
+                if pause:
+                    self._ack_ready.wait(pause)  # the manifest did not answer: not at once
+                pending, self._ack_pending = self._ack_pending, set()
+                stop = self._closed
+            try:
+                if stop:
+                    return
+                self._fence_check()
+                for state in pending:
+                    self._acknowledge(state, checked=True)
+                with self._lock:
+                    fenced = [s for s in self._states.values()
+                              if s.fenced is not None and not s.released]
+                for state in fenced:
+                    self._maybe_release(state)
+                pause = 0.0
+            except Exception as error:  # acknowledged at the next look that works
+                with self._ack_ready:
+                    self._ack_pending |= pending
+                pause = min(max(pause * 2, 0.05), 1.0)
+                log.warning("could not look at the manifest before acknowledging: %r", error)
 
     def _scan_fences(self, meta: ManifestMetadataStore) -> None:
         self._fences_scanned = True
@@ -703,6 +768,11 @@ class StreamStore:
             return
         with state.lock:
             parked, state.parked = state.parked, []
+            # Another node's stream now: read like one (its end moves with that node's
+            # commits), and the batches kept from this node's uploads would not join them.
+            state.written_here = False
+            state.kept_log.clear()
+        self._cache.drop_log(self._scope, state.id)
         for future in parked:
             future.set_exception(FencedError(str(state.fenced)))
 
@@ -1239,6 +1309,11 @@ class StreamStore:
 
     def _release(self) -> None:
         self._closed = True
+        watcher = getattr(self, "_watcher", None)
+        if watcher is not None and watcher is not threading.current_thread():
+            with self._ack_ready:
+                self._ack_ready.notify_all()
+            watcher.join()
         self._cache.close_scope(self._scope)
         for part in (self._wal, self._meta):
             if part is not None:
@@ -1263,6 +1338,8 @@ class StreamStore:
 
 _SCOPES = itertools.count(1)
 
+FENCE_POLL = 0.1
+"""Seconds between an idle node's looks at a shared manifest for hand-overs of its streams."""
 SYNC_INTERVAL = 0.05
 """Seconds between two looks at a shared manifest for other nodes' changes (each is one GET)."""
 

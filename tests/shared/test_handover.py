@@ -171,3 +171,33 @@ def test_two_writer_processes_of_one_stream(server: str, tmp_path: Path,
             if pipe is not None:
                 pipe.close()
         endpoint.delete_bucket(bucket)
+
+
+def test_an_idle_owner_hands_over_too(tmp_path: Path) -> None:
+    """A wrote and went quiet (nothing in flight to look at the manifest for): it still sees
+    the hand-over within a fraction of a second, commits, releases; ownership moves back and
+    forth."""
+    a = local_node(tmp_path, "a", **HELD)
+    b = local_node(tmp_path, "b", **HELD)
+    try:
+        stream_id = a.create_stream("s").id
+        expected: list[bytes] = []
+        for turn in range(4):
+            writer = (a, b)[turn % 2]
+            started = time.monotonic()
+            handle = writer.open_stream(stream_id)
+            for n in range(3):
+                handle.append(payload(f"t{turn}", n))
+                expected += payload(f"t{turn}", n)
+            assert time.monotonic() - started < 5
+        a.flush()
+        b.flush()
+        deadline = time.monotonic() + 5
+        while a.get(stream_id).next_offset < len(expected):  # a sees b's last commit soon
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert records(a.open_stream(stream_id, read_only=True)) == expected
+        assert records(b.open_stream(stream_id, read_only=True)) == expected
+    finally:
+        a.close()
+        b.close()
