@@ -338,6 +338,13 @@ class ObjectStore:
         return (self._local or bool({"s3", "s3a", "memory"} & set(_protocols(self.fs)))
                 or getattr(self.fs, "atomic_create", False) is True)
 
+    @property
+    def create_trusts_the_server(self) -> bool:
+        """Whether :meth:`create` relies on the server honouring a condition (S3's
+        If-None-Match) rather than on this machine's file system or memory: a caller that
+        depends on it should check it once (the manifest does, at open)."""
+        return self.can_create and not self._local and "memory" not in _protocols(self.fs)
+
     def create(self, key: str, data: bytes) -> None:
         """Store ``data`` under ``key`` only if no object is there, atomically against every
         other writer: :class:`FileExistsError` if one is (also when an earlier try of this very

@@ -43,6 +43,7 @@ from streamlib.meta import (
     Commit,
     MetadataStore,
     ObjectMeta,
+    StreamMeta,
     check_id,
     check_node_id,
     check_text,
@@ -210,6 +211,7 @@ class StreamStore:
             self._node_position = node.wal_position
             for meta in self._meta.streams():
                 state = self._states[meta.id] = StreamState(meta)
+                state.held = self._holds(meta)
                 if meta.handover_from == self.node_id:  # restarted while handing it over
                     state.epoch = meta.epoch_of(self.node_id)
                     state.written_here = True
@@ -303,8 +305,10 @@ class StreamStore:
             record = entry.record
             state = self._states.get(record.stream_id)
             batch = record.batch
-            if state is None or batch.next_offset <= state.committed_end:
-                skipped += 1  # committed already, or of a destroyed stream
+            if state is None or batch.next_offset <= state.committed_end or not state.held:
+                # Committed already, of a destroyed stream, or of a stream another node owns
+                # now (appends refused after a hand-over).
+                skipped += 1
                 continue
             if state.damage is not None:
                 continue
@@ -418,21 +422,36 @@ class StreamStore:
         state = self._state(stream)
         with state.order, self._meta_lock:
             self._metadata().destroy_stream(state.id)
-            with state.lock:
-                state.destroyed = True
-                state.wake_readers()
-                freed = state.log_bytes
-                unpinned = weight(state.log)
-                state.log.clear()
-                state.log_positions.clear()
-                state.log_bytes = 0
-                state.kept_log.clear()
+            self._forget_stream(state)
+
+    def _forget_stream(self, state: StreamState) -> None:
+        """The stream was destroyed (here or by another node): drop what this node holds of
+        it; appends still in the WAL complete but nothing uploads them."""
+        with state.lock:
+            if state.destroyed and state.id not in self._states:
+                return
+            state.destroyed = True
+            state.wake_readers()
+            freed = state.log_bytes
+            unpinned = weight(state.log)
+            state.log.clear()
+            state.log_positions.clear()
+            state.log_bytes = 0
+            state.kept_log.clear()
         self._cache.unpin(self._scope, unpinned)
         self._cache.drop_log(self._scope, state.id)
         with self._lock:
             self._states.pop(state.id, None)
             self._pending_bytes -= freed
             self._room.notify_all()
+
+    def _holds(self, meta: StreamMeta) -> bool:
+        """Whether records of this stream in this node's WAL are this node's to commit: on a
+        shared manifest, only while it owns the stream or hands it over."""
+        if not isinstance(self._meta, ManifestMetadataStore):
+            return True
+        return meta.handover_from == self.node_id or (meta.handover_from is None
+                                                      and meta.owner == self.node_id)
 
     def _state(self, stream: object) -> StreamState:
         self._check_open()
@@ -488,12 +507,11 @@ class StreamStore:
                 states = list(self._states.values())
             for state in states:
                 m = live.get(state.id)
+                if m is None:
+                    if not state.destroyed:
+                        self._forget_stream(state)  # destroyed by another node
+                    continue
                 with state.lock:
-                    if m is None:
-                        if not state.written_here and not state.destroyed:
-                            state.destroyed = True  # destroyed by another node
-                            state.wake_readers()
-                        continue
                     state.start_offset = max(state.start_offset, m.start_offset)
                     if state.written_here or m.end_offset <= state.committed_end:
                         continue
@@ -585,20 +603,23 @@ class StreamStore:
                 raise FencedError(describe("the stream was opened for write again",
                                            stream=state.id, epoch=state.epoch, current=m.epoch))
             if m.handover_from is None:
-                with state.lock:
-                    state.handover_from = None
-                    if m.end_offset > state.committed_end:
-                        state.committed_end = state.acked_end = state.assigned_end = \
-                            m.end_offset
-                        state.objects = None
-                        state.commits += 1
-                        state.wake_readers()
+                self._adopt(state, m)
                 return
             if time.monotonic() >= deadline or self._closing:
                 raise HandOverPending(describe(
                     "the node that wrote this stream before has not released it (if it is "
                     "dead: take it over)", stream=state.id, node=m.handover_from))
             time.sleep(0.02)
+
+    def _adopt(self, state: StreamState, m: StreamMeta) -> None:
+        """The node this one took the stream from released it: append after its end."""
+        with state.lock:
+            state.handover_from = None
+            if m.end_offset > state.committed_end:
+                state.committed_end = state.acked_end = state.assigned_end = m.end_offset
+                state.objects = None
+                state.commits += 1
+                state.wake_readers()
 
     def _wait_for_room(self, size: int, timeout: float) -> None:
         """Back-pressure for a WAL without a capacity (the object WAL): data acknowledged and
@@ -738,8 +759,11 @@ class StreamStore:
             try:
                 m = meta.get_stream(state.id)
             except StreamNotFound:
+                self._forget_stream(state)  # destroyed by another node
                 continue
-            if m.epoch != state.epoch or self._failure is not None:
+            # Opened for write by another node (an open here shows as this node's ownership
+            # before this node's state has its new epoch: not a fence).
+            if m.owner != self.node_id or self._failure is not None:
                 with state.lock:
                     state.fenced = self._fence_error(state, m.owner)
                 log.warning("stream %d was opened for write on node %s: handing it over",
@@ -753,6 +777,11 @@ class StreamStore:
     def _maybe_release(self, state: StreamState) -> None:
         """A fenced stream whose acknowledged appends are all committed: release it to its
         new owner, then answer the appends parked since the fence."""
+        if isinstance(self._failure, FencedError):  # taken over: nothing to release any more
+            self._answer_parked(state, FencedError(describe(
+                "this node was taken over by another: the append's outcome is unknown (the "
+                "node taking over may have kept it)", stream=state.id)))
+            return
         with state.lock:
             if (state.released or state.inflight or state.log or state.fenced is None
                     or not isinstance(self._meta, ManifestMetadataStore)):
@@ -767,14 +796,21 @@ class StreamStore:
                         "%r", state.id, error)
             return
         with state.lock:
-            parked, state.parked = state.parked, []
             # Another node's stream now: read like one (its end moves with that node's
             # commits), and the batches kept from this node's uploads would not join them.
             state.written_here = False
+            state.held = False
             state.kept_log.clear()
+            state.wake_readers()  # tailing readers here now look at the manifest
         self._cache.drop_log(self._scope, state.id)
+        self._answer_parked(state, FencedError(str(state.fenced)))
+
+    def _answer_parked(self, state: StreamState, error: BaseException) -> None:
+        with state.lock:
+            parked, state.parked = state.parked, []
         for future in parked:
-            future.set_exception(FencedError(str(state.fenced)))
+            if not future.done():
+                future.set_exception(error)
 
     # ---- the uploader's side ----
 
@@ -1151,6 +1187,13 @@ class StreamStore:
             raise ValueError(f"wal_path: where the {backend} WAL of node {node} is")
         self._check_open()
         meta = self._metadata()
+        if backend == "object":
+            wal_store = (ObjectStore.from_url(wal_url, self._storage_options,
+                                              retry=self._objects.retry)
+                         if wal_url else self._objects)
+            if not wal_store.list(f"wal/{node}/"):
+                raise ConfigError("wal", f"no object WAL of node {node} in {wal_store.url}: "
+                                  f"give its backend (wal=, wal_path=, wal_url=)", backend)
         fenced = meta.register_node(node)
         log.warning("taking over node %s (node epoch %d now)", node, fenced.node_epoch)
         old = self._wal_of(node, fenced.node_epoch, backend, wal_path, wal_url,
@@ -1172,7 +1215,7 @@ class StreamStore:
                     # Records of a stream the node released (or never held) are not its to
                     # give: appends it refused after a hand-over.
                     held = m.handover_from == node or (m.handover_from is None
-                                                       and m.owner in (node, None))
+                                                       and m.owner == node)
                     ends[stream_id] = m.end_offset if held else None
                     epochs[stream_id] = m.epoch_of(node)
                 end = ends[stream_id]
@@ -1216,6 +1259,13 @@ class StreamStore:
         not write moves to their new ends."""
         if isinstance(self._meta, ManifestMetadataStore):
             self._sync(force=True)
+            for stream_id in recovered:  # streams this node opened, waiting for the dead one
+                with self._lock:
+                    state = self._states.get(stream_id)
+                if state is not None and state.handover_from is not None:
+                    m = self._meta.get_stream(stream_id)
+                    if m.handover_from is None:
+                        self._adopt(state, m)
             return
         for stream_id, (_, end) in recovered.items():
             with self._lock:
@@ -1287,6 +1337,11 @@ class StreamStore:
             self._acknowledge(state)
         self._uploader.stop()
         self._prefetcher.shutdown(wait=True, cancel_futures=True)
+        for state in states:  # a fenced stream whose release never came: no future hangs
+            if state.parked:
+                self._answer_parked(state, FencedError(describe(
+                    "the store closed before handing the stream over: the append's outcome "
+                    "is unknown", stream=state.id)))
         if self._failure is None:
             try:
                 self._uploader.upload(final=True)

@@ -184,6 +184,7 @@ class StreamState:
         self.parked: list[Future[AppendResult]] = []
         self.released = False
         self.handover_from: str | None = None
+        self.held = True  # this node's WAL records of it are its own to commit
         self.damage: str | None = None  # why the stream is read-only after recovery
         self.kept: int | None = None  # the WAL is not trimmed past here (records after a gap)
         self.appended = threading.Condition(self.lock)  # acked_end moved (tailing readers)
@@ -554,6 +555,9 @@ class Stream:
                         try:
                             await asyncio.wait_for(waiter, POLL)
                         except TimeoutError:
+                            with state.lock:  # not woken: take it back
+                                state.async_waiters = [(lp, f) for lp, f in state.async_waiters
+                                                       if f is not waiter]
                             await asyncio.to_thread(self._store._sync)
                             if idle is not None and time.monotonic() - waited_since > idle:
                                 return
@@ -580,8 +584,8 @@ class Stream:
         appends wake nobody here."""
         deadline = None if timeout is None else time.monotonic() + timeout
         state = self._state
-        remote = self._store._remote(state)
         while True:
+            remote = self._store._remote(state)  # changes with a hand-over
             with state.lock:
                 if state.acked_end > offset:
                     return True

@@ -286,6 +286,8 @@ class ManifestMetadataStore(MetadataStore):
                               "only if absent (S3, a local directory, memory)", store.url)
         self._objects = store
         self._prefix = prefix.strip("/")
+        if store.create_trusts_the_server:
+            self._probe_create()
         self._lock = threading.RLock()
         self._closed = False
         self._pool = ThreadPoolExecutor(PROBE, thread_name_prefix="streamlib-manifest")
@@ -300,6 +302,21 @@ class ManifestMetadataStore(MetadataStore):
 
     def __repr__(self) -> str:
         return f"ManifestMetadataStore({self._objects.url!r}, prefix={self._prefix!r})"
+
+    def _probe_create(self) -> None:
+        """Refuse a server that ignores create-only conditions (some S3-compatible stores do):
+        on it, two writers could both win a version. Three requests at open."""
+        key = f"{self._prefix}/probe/{uuid.uuid4().hex}"
+        self._objects.create(key, b"1")
+        try:
+            self._objects.create(key, b"2")
+        except FileExistsError:
+            return
+        finally:
+            self._objects.delete([key])
+        raise ConfigError("metadata", "the object store ignores create-only writes "
+                          "(If-None-Match): a shared manifest would not be safe there; see "
+                          "`streamlib check-store`", self._objects.url)
 
     @property
     def version(self) -> int:
@@ -538,8 +555,9 @@ class ManifestMetadataStore(MetadataStore):
             return {"id": stream_id, "offset": offset}, StreamMeta(
                 stream.id, stream.name, stream.epoch, offset, stream.end)
 
-        with self._lock:  # a trim that moves nothing writes nothing
+        with self._lock:  # a trim that moves nothing writes nothing (on the newest state)
             self._check_open()
+            self._catch_up()
             stream = self._state.streams.get(stream_id)
             if stream is not None and stream.live and offset <= stream.start:
                 return stream.meta()

@@ -65,8 +65,8 @@ class S3Endpoint:
         costs 0.1–0.4 s (botocore builds its client): reuse it."""
         from s3fs import S3FileSystem
 
-        return S3FileSystem(skip_instance_cache=True, use_listings_cache=False,
-                            **{**self.storage_options(), **options})
+        return S3FileSystem(**{"skip_instance_cache": True, "use_listings_cache": False,
+                               **self.storage_options(), **options})
 
     @functools.cached_property
     def fs(self) -> Any:

@@ -1,0 +1,318 @@
+"""Regression tests from a review of the shared-store code, each failing before its fix: a
+remote destroy wedging the writer's uploads, a tailing reader on the node that handed its stream
+over, appends refused after a hand-over committed by a restart or a take-over, the taker not
+seeing what it took over, parked appends of a node taken over while alive never answered, a
+take-over with the wrong WAL backend releasing the streams, a stale manifest trim, idle async
+readers of a remote stream piling up waiters."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import fsspec
+import pytest
+from test_shared_store import run_until_killed
+
+import streamlib
+from streamlib.errors import FencedError, StreamNotFound
+from streamlib.io import ObjectStore
+from streamlib.meta.manifest import ManifestMetadataStore
+from streamlib.testing.faults import FaultyFileSystem, access_denied
+
+HELD = {"upload_interval_ms": 3_600_000, "upload_bytes": "1GiB"}  # uploads by flush only
+
+
+def node(tmp_path: Path, name: str, **extra: Any) -> streamlib.StreamStore:
+    bucket = tmp_path / "bucket"
+    bucket.mkdir(exist_ok=True)
+    return streamlib.open(tmp_path / f"node-{name}", node_id=name, metadata="manifest",
+                          objects_url=f"file://{bucket}", **extra)
+
+
+def values(stream: streamlib.Stream, start: int = 0) -> list[bytes]:
+    found, offset = [], start
+    while offset < stream.next_offset:
+        result = stream.fetch(offset, max_bytes=1 << 20)
+        for batch in result:
+            found += [r.value for r in batch.records()]
+        offset = result.next_fetch_offset
+    return found
+
+
+# ---- a stream this node writes, destroyed by another node ----
+
+def test_a_remote_destroy_does_not_wedge_the_writers_uploads(tmp_path: Path) -> None:
+    """A writes streams x and y; B destroys x. A's table keeps x (``_sync`` skips streams
+    written here, ``_scan_fences`` skips a StreamNotFound), so every upload round of A commits
+    x's batches and fails with StreamNotFound: y's data is never committed, A's WAL never
+    trimmed."""
+    a, b = node(tmp_path, "a", **HELD), node(tmp_path, "b", **HELD)
+    try:
+        x, y = a.create_stream("x"), a.create_stream("y")
+        x.append([b"x1"])
+        y.append([b"y1"])
+        b.destroy_stream("x")
+        time.sleep(0.5)
+        y.append([b"y2"])
+        with contextlib.suppress(StreamNotFound):  # one failed round is fine if the next
+            a.flush()                               # leaves x out
+        a.flush()
+        deadline = time.monotonic() + 5  # b sees a's commit at its next look
+        while b.get("y").next_offset != 2:
+            assert time.monotonic() < deadline, b.get("y")
+            time.sleep(0.02)
+    finally:
+        a.close()
+        b.close()
+
+
+# ---- a reader on the node that handed its stream over ----
+
+def test_a_tailing_reader_follows_the_stream_after_a_hand_over(tmp_path: Path) -> None:
+    """A reader of A's own stream waits at its end; B opens the stream for write (a hand-over)
+    and appends. ``_wait_for_append`` decided ``remote`` once, when the stream was written
+    here: it waits on the local condition and never polls the manifest."""
+    a, b = node(tmp_path, "a", **HELD), node(tmp_path, "b", **HELD)
+    try:
+        stream = a.create_stream("x")
+        stream.append([b"a"])
+        a.flush()
+        got: list[bytes] = []
+
+        def tail() -> None:
+            for batch in stream.read(1, idle_timeout=4):
+                got.extend(r.value for r in batch.records())
+                return
+
+        reader = threading.Thread(target=tail)
+        reader.start()
+        time.sleep(0.2)
+        taken = b.open_stream("x")
+        taken.append([b"b"])
+        b.flush()
+        reader.join(10)
+        assert got == [b"b"], "A's tailing reader never sees B's append"
+    finally:
+        a.close()
+        b.close()
+
+
+# ---- take-over ----
+
+def test_a_take_over_does_not_commit_an_append_answered_with_fenced_error(
+        tmp_path: Path) -> None:
+    """A hands stream s over to B: A's append X, durable in A's WAL after the hand-over, is
+    parked and then answered with FencedError once A released s. B closes cleanly (s has no
+    owner now). A dies before its WAL was trimmed past X (here: its TRIM marker cannot be
+    written). C takes A over: take_over counts a stream with owner None as A's
+    (``m.owner in (node, None)``) and commits X — an append its writer was told failed."""
+    bucket = f"memory://review-{tmp_path.name}"
+    faulty = FaultyFileSystem(fsspec.filesystem("memory"))
+    a = streamlib.open(tmp_path / "node-a", node_id="a", metadata="manifest", wal="object",
+                       objects_url=bucket, filesystem=faulty, **HELD)
+    b = streamlib.open(tmp_path / "node-b", node_id="b", metadata="manifest", wal="object",
+                       objects_url=bucket, **HELD)
+    c = streamlib.open(tmp_path / "node-c", node_id="c", metadata="manifest", wal="object",
+                       objects_url=bucket, **HELD)
+    try:
+        refused = None
+        for attempt in range(20):  # X must reach A's WAL before A's fence thread looks
+            stream = a.create_stream(f"s{attempt}")
+            stream.append([b"acked"])
+            a.flush()
+            faulty.inject("put", access_denied, times=None,
+                          match=lambda p: p.endswith("/TRIM"))  # A's WAL keeps what it has
+            b.open_stream(stream.id)  # the hand-over
+            try:
+                future = stream.append_future([b"X"])
+            except FencedError:
+                faulty.clear()
+                continue
+            with pytest.raises(FencedError):
+                future.result(timeout=10)  # answered after A's release
+            refused = stream.id
+            break
+        assert refused is not None
+        b.close()  # a clean close: s has no owner now
+        result = c.take_over("a", wal="object")
+        got = values(c.open_stream(refused, read_only=True))
+        assert b"X" not in got, f"an append answered with FencedError shows: {result}"
+    finally:
+        faulty.clear()
+        for store in (a, b, c):
+            store.close()
+
+
+def test_a_restarted_node_does_not_commit_its_refused_appends_into_the_new_owners_stream(
+        tmp_path: Path) -> None:
+    """As above, but A just restarts (a deploy) instead of being taken over, and B still owns
+    the stream: ``_recover`` replays every WAL record beyond the committed end, whoever owns
+    the stream now, and commits it with the stream's current epoch (B's): X, answered with
+    FencedError, lands in B's stream, and B's own appends then conflict."""
+    bucket = f"memory://review-{tmp_path.name}"
+    faulty = FaultyFileSystem(fsspec.filesystem("memory"))
+    options = {"node_id": "a", "metadata": "manifest", "wal": "object", "objects_url": bucket,
+               **HELD}
+    a = streamlib.open(tmp_path / "node-a", filesystem=faulty, **options)
+    b = streamlib.open(tmp_path / "node-b", node_id="b", metadata="manifest", wal="object",
+                       objects_url=bucket, **HELD)
+    try:
+        refused = None
+        for attempt in range(20):
+            stream = a.create_stream(f"s{attempt}")
+            stream.append([b"acked"])
+            a.flush()
+            faulty.inject("put", access_denied, times=None,
+                          match=lambda p: p.endswith("/TRIM"))
+            taken = b.open_stream(stream.id)
+            try:
+                future = stream.append_future([b"X"])
+            except FencedError:
+                faulty.clear()
+                continue
+            with pytest.raises(FencedError):
+                future.result(timeout=10)
+            refused = stream.id
+            break
+        assert refused is not None
+        a.close()
+        faulty.clear()
+        a = streamlib.open(tmp_path / "node-a", **options)  # restarted, its WAL replayed
+        a.flush()
+        taken.append([b"b"])
+        b.flush()
+        got = values(b.open_stream(refused, read_only=True))
+        assert got == [b"acked", b"b"]
+    finally:
+        faulty.clear()
+        a.close()
+        b.close()
+
+
+def test_the_taking_node_reads_what_it_took_over_on_a_stream_it_opened(tmp_path: Path) -> None:
+    """B opened A's stream for write (its appends wait for A's release: HandOverPending), A is
+    dead, B takes A over: the recovered records are committed, but B's own view of the stream
+    stays at the old end (``_catch_up_streams`` -> ``_sync`` skips streams written here), so
+    B's readers and ``get`` miss them until B appends."""
+    bucket = tmp_path / "bucket"
+    bucket.mkdir()
+    config = {"path": str(tmp_path / "node-a"), "node_id": "a", "metadata": "manifest",
+              "objects_url": f"file://{bucket}", "wal": "object", **HELD}
+    run_until_killed(config, dict(os.environ), tmp_path / "acks", 20)
+    with node(tmp_path, "b", wal="object") as b:
+        b.open_stream("s")  # for write: the hand-over from the dead A never completes
+        result = b.take_over("a")
+        ((_, end),) = result.streams.values()
+        assert end > 0
+        assert b.get("s").next_offset == end
+        assert len(values(b.open_stream("s", read_only=True))) == end
+
+
+def test_appends_of_a_node_taken_over_while_alive_are_answered(tmp_path: Path) -> None:
+    """C takes A over while A still appends (a take-over racing a writer that is not dead).
+    A's appends durable after the fence are parked until A releases the stream, but A's
+    release is refused (its node epoch is fenced): ``_maybe_release`` fails with FencedError at
+    every look, and the parked futures are never completed — ``append()`` hangs for ever, even
+    after ``close()``."""
+    a = node(tmp_path, "a", wal="object", **HELD)
+    c = node(tmp_path, "c", wal="object", **HELD)
+    futures: list[Any] = []
+    stop = threading.Event()
+
+    def write(stream: streamlib.Stream) -> None:
+        n = 0
+        while not stop.is_set():
+            try:
+                futures.append(stream.append_future([str(n).encode()]))
+            except (FencedError, streamlib.StreamClosed):
+                return
+            n += 1
+            if len(futures) > 8:
+                try:
+                    futures[-8].result(timeout=2)
+                except Exception:
+                    return
+
+    try:
+        stream = a.create_stream("s")
+        writer = threading.Thread(target=write, args=(stream,))
+        writer.start()
+        time.sleep(0.3)
+        c.take_over("a", wal="object")
+        stop.set()
+        writer.join(5)
+        deadline = time.monotonic() + 3
+        while not all(f.done() for f in futures) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        a.close()
+        c.close()
+    hanging = sum(not f.done() for f in futures)
+    assert hanging == 0, f"{hanging} of A's appends are never answered, even after close()"
+
+
+def test_take_over_with_the_wrong_wal_backend_refuses_instead_of_releasing(
+        tmp_path: Path) -> None:
+    """A (file WAL) is killed with acknowledged appends only in its WAL. B's own WAL is the
+    object WAL, so ``b.take_over("a")`` looks for an object WAL of A: ``_wal_of(create=False)``
+    checks that a file or block WAL exists but creates an empty object WAL, recovers nothing,
+    and releases A's streams — A's acknowledged appends are abandoned (the stream moves on
+    without them) instead of the call failing like it does for a missing file WAL path."""
+    bucket = tmp_path / "bucket"
+    bucket.mkdir()
+    config = {"path": str(tmp_path / "node-a"), "node_id": "a", "metadata": "manifest",
+              "objects_url": f"file://{bucket}", **HELD}
+    run_until_killed(config, dict(os.environ), tmp_path / "acks", 20)
+    with node(tmp_path, "b", wal="object") as b, pytest.raises(streamlib.ConfigError):
+        b.take_over("a")  # A had no object WAL: nothing there to take over
+
+
+# ---- the manifest against the metadata contract ----
+
+def test_a_trim_on_a_stale_manifest_handle_of_a_destroyed_stream_raises(tmp_path: Path) -> None:
+    """The contract: an operation on a destroyed stream raises StreamNotFound (SQLite does,
+    from any connection). ``trim_stream``'s "moves nothing: writes nothing" shortcut answers
+    from the handle's local copy without catching up, so a handle that has not seen another
+    node's destroy returns the stream as live."""
+    store = ObjectStore.from_url(f"file://{tmp_path / 'bucket'}")
+    one = ManifestMetadataStore(store, node_id="a")
+    two = ManifestMetadataStore(store, node_id="b")
+    try:
+        stream = one.create_stream("s")
+        two.refresh()
+        two.destroy_stream(stream.id)
+        with pytest.raises(StreamNotFound):
+            one.trim_stream(stream.id, 0)
+    finally:
+        one.close()
+        two.close()
+
+
+# ---- readers of another node's stream ----
+
+def test_an_idle_async_reader_of_a_remote_stream_does_not_pile_up_waiters(
+        tmp_path: Path) -> None:
+    """``read_async`` on another node's stream adds a future to ``state.async_waiters`` every
+    POLL (0.1 s) and, when ``wait_for`` times out, leaves the cancelled one in the list: an idle
+    tail grows it by ten entries a second until something wakes the readers."""
+    a, b = node(tmp_path, "a", **HELD), node(tmp_path, "b", **HELD)
+    try:
+        a.create_stream("x").append([b"1"])
+        a.flush()
+        remote = b.open_stream("x", read_only=True)
+
+        async def tail() -> None:
+            async for _ in remote.read_async(1, idle_timeout=1.5):
+                pass
+
+        asyncio.run(tail())
+        assert len(remote._state.async_waiters) <= 1
+    finally:
+        a.close()
+        b.close()
