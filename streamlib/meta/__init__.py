@@ -87,6 +87,20 @@ def check_kv(namespace: object, key: object, value: object = None) -> bytes | No
     return value
 
 
+def check_kv_write(namespace: object, key: object, value: object, expected: object,
+                   node_id: object, node_epoch: object) -> tuple[bytes | None, object,
+                                                               str | None]:
+    """The arguments of :meth:`MetadataStore.kv_write`, checked: ``(value, expected,
+    node)`` as the backends use them."""
+    value = check_kv(namespace, key, value)
+    if not isinstance(expected, _Any):
+        expected = check_kv(namespace, key, expected)
+    node = None if node_id is None else check_node_id(node_id)
+    if node_epoch is not None:
+        check_id(node_epoch, "node_epoch")
+    return value, expected, node
+
+
 # ---- the value types ----
 
 class StreamState(enum.Enum):
@@ -479,6 +493,7 @@ __all__ = [
     "StreamState",
     "check_id",
     "check_kv",
+    "check_kv_write",
     "check_node_id",
     "check_text",
 ]

@@ -42,6 +42,7 @@ from streamlib.meta import (
     _Any,
     check_id,
     check_kv,
+    check_kv_write,
     check_node_id,
     check_text,
 )
@@ -434,12 +435,8 @@ class SQLiteMetadataStore(MetadataStore):
     def kv_write(self, namespace: str, key: str, value: bytes | None, *,
                  expected: bytes | _Any | None = ANY, node_id: str | int | None = None,
                  node_epoch: int | None = None) -> bool:
-        value = check_kv(namespace, key, value)
-        if not isinstance(expected, _Any):
-            expected = check_kv(namespace, key, expected)
-        node = None if node_id is None else check_node_id(node_id)
-        if node_epoch is not None:
-            check_id(node_epoch, "node_epoch")
+        value, expected, node = check_kv_write(namespace, key, value, expected, node_id,
+                                               node_epoch)
         with self._transaction(write=True) as db:
             if node is not None and node_epoch is not None:
                 current = self._node(db, node).node_epoch

@@ -56,6 +56,7 @@ from streamlib.meta import (
     _Any,
     check_id,
     check_kv,
+    check_kv_write,
     check_node_id,
     check_text,
 )
@@ -733,12 +734,8 @@ class ManifestMetadataStore(MetadataStore):
     def kv_write(self, namespace: str, key: str, value: bytes | None, *,
                  expected: bytes | _Any | None = ANY, node_id: str | int | None = None,
                  node_epoch: int | None = None) -> bool:
-        value = check_kv(namespace, key, value)
-        if not isinstance(expected, _Any):
-            expected = check_kv(namespace, key, expected)
-        node = None if node_id is None else check_node_id(node_id)
-        if node_epoch is not None:
-            check_id(node_epoch, "node_epoch")
+        value, expected, node = check_kv_write(namespace, key, value, expected, node_id,
+                                               node_epoch)
 
         def plan(state: _State) -> tuple[dict[str, Any], bool]:
             if node is not None and node_epoch is not None:

@@ -48,6 +48,7 @@ class TestManifestInMemory(MetadataContract):
                                      checkpoint_every=5)
 
 
+@pytest.mark.once  # metadata on a server: the codec plays no part
 class TestManifestOnS3(MetadataContract):
     model_examples = 8
     model_steps = 20

@@ -37,6 +37,7 @@ def records(stream: streamlib.Stream) -> list[bytes]:
     return found
 
 
+@pytest.mark.once
 @pytest.mark.parametrize("server", ["moto_s3", "seaweedfs_s3"])
 def test_three_processes_write_their_streams_at_once(server: str, tmp_path: Path,
                                                      request: pytest.FixtureRequest) -> None:
