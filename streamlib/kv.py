@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from streamlib.errors import FencedError, describe
 from streamlib.meta import ANY, MetadataStore, check_kv, check_text
 
 if TYPE_CHECKING:
@@ -66,9 +67,17 @@ class KeyValue:
         while True:  # report whether there was something to delete, atomically
             current = self.get(key)
             if current is None:
+                self._check_fence()  # a fenced node is told so, even with nothing to delete
                 return False
             if self._write(key, None, current):
                 return True
+
+    def _check_fence(self) -> None:
+        current = self._meta().node(self._store.node_id).node_epoch
+        if current != self._store.node_epoch:
+            raise FencedError(describe("key-value change by a fenced node",
+                                       node=self._store.node_id,
+                                       node_epoch=self._store.node_epoch, current=current))
 
     def items(self, prefix: str = "") -> dict[str, bytes]:
         """The entries whose key starts with ``prefix``, in key order."""

@@ -70,6 +70,8 @@ def test_a_node_taken_over_can_no_longer_write(tmp_path: Path) -> None:
                         objects_url=objects) as new:
         with pytest.raises(FencedError):
             old.kv("ns").put("k", b"stale")
+        with pytest.raises(FencedError):  # even with nothing to delete
+            old.kv("ns").delete("absent")
         assert new.kv("ns").get("k") == b"old"
         new.kv("ns").put("k", b"new")
         assert old.kv("ns").get("k") == b"new"  # reads still see the truth
