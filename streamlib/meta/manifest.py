@@ -135,6 +135,8 @@ class _State:
     # ---- applying a delta (checked by its writer) ----
 
     def apply(self, op: str, args: dict[str, Any]) -> None:
+        """Apply a delta whole, or raise (KeyError, TypeError, ValueError) having changed
+        nothing: every lookup that can fail comes before the first change."""
         if op == "create":
             stream = _Stream(args["id"], args["name"], 0, 0, 0)
             self.streams[stream.id] = stream
@@ -149,8 +151,7 @@ class _State:
             stream.handover_from, stream.handover_epoch = handover or (None, None)
         elif op == "release":
             node = args["node"]
-            for stream_id in args["streams"]:
-                stream = self.streams[stream_id]
+            for stream in [self.streams[stream_id] for stream_id in args["streams"]]:
                 if stream.handover_from == node:
                     stream.handover_from = stream.handover_epoch = None
                 if stream.owner == node:
@@ -167,17 +168,29 @@ class _State:
         elif op == "commit":
             self._commit(args)
         elif op == "kv":
+            value = None if args["value"] is None else base64.b64decode(args["value"])
             entries = self.kv.setdefault(args["namespace"], {})
-            if args["value"] is None:
+            if value is None:
                 entries.pop(args["key"], None)
             else:
-                entries[args["key"]] = base64.b64decode(args["value"])
+                entries[args["key"]] = value
         else:
             raise CorruptDataError(describe("unknown manifest operation", op=op))
 
     def _commit(self, args: dict[str, Any]) -> None:
-        for key, size, ranges in args["objects"]:
-            ranges = tuple(tuple(r) for r in ranges)
+        objects = [(key, size, tuple(tuple(r) for r in ranges))
+                   for key, size, ranges in args["objects"]]
+        node, position = args["node"], int(args["wal_position"])
+        for key, _, ranges in objects:  # everything checked before anything changes
+            if key in self.objects:
+                raise ValueError(f"object {key} committed twice")
+            unknown = [r[0] for r in ranges if r[0] not in self.streams]
+            if unknown:
+                raise KeyError(f"object {key} holds unknown stream {unknown[0]}")
+        missing = [key for key in args["remove"] if key not in self.objects]
+        if missing:
+            raise KeyError(f"object {missing[0]} to remove was never committed")
+        for key, size, ranges in objects:
             self.objects[key] = (size, ranges)
             for stream_id, start, end, _ in ranges:  # usually at the end: insort is cheap
                 bisect.insort(self.by_stream.setdefault(stream_id, []), (start, end, key))
@@ -186,8 +199,7 @@ class _State:
             _, ranges = self.objects.pop(key)
             for stream_id, start, end, _ in ranges:
                 self.by_stream[stream_id].remove((start, end, key))
-        node = args["node"]
-        self.nodes[node] = [self.node(node).node_epoch, args["wal_position"]]
+        self.nodes[node] = [self.node(node).node_epoch, position]
 
     # ---- the checkpoint form: columns of plain values, which JSON parses fast ----
 

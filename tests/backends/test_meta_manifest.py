@@ -310,3 +310,26 @@ def test_a_server_that_ignores_create_only_conditions_is_refused() -> None:
         ManifestMetadataStore(ObjectStore(plain, f"/ignores-{uuid.uuid4().hex}"))
     honest = FaultyFileSystem(fsspec.filesystem("memory"))
     ManifestMetadataStore(ObjectStore(honest, f"/honest-{uuid.uuid4().hex}")).close()
+
+
+def test_a_delta_that_does_not_apply_changes_nothing(tmp_path: Path) -> None:
+    """A well-formed delta whose commit removes an object never committed (a bug or a tamper
+    elsewhere): refused by name, and a handle that tried to catch up keeps its state whole —
+    reading again does not see half of it, nor does retrying apply half twice."""
+    store = ManifestMetadataStore(local_store(tmp_path))
+    stream = store.create_stream("s").id
+    epoch = store.open_stream(stream).epoch
+    store.commit(commit_of(stream, 0, 5, epoch))
+    before = store.objects(stream)
+    bad = {"format": 1, "version": store.version + 1, "put": "x", "node": "n1", "time": 0,
+           "op": "commit", "args": {"node": "n1", "wal_position": 9, "remove": ["nothing"],
+                                    "objects": [["new", 100, [[stream, 5, 9, 40]]]]}}
+    local_store(tmp_path).create(f"manifest/log/{store.version + 1:020d}",
+                                 json.dumps(bad).encode())
+    for _ in range(2):
+        with pytest.raises(CorruptDataError, match="never committed"):
+            store.refresh()
+        assert store.objects(stream) == before
+        assert store.get_stream(stream).end_offset == 5
+    with pytest.raises(CorruptDataError, match=f"{store.version + 1:020d}"):
+        ManifestMetadataStore(local_store(tmp_path))
