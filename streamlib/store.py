@@ -766,8 +766,8 @@ class StreamStore:
             if m.owner != self.node_id or self._failure is not None:
                 with state.lock:
                     state.fenced = self._fence_error(state, m.owner)
-                log.warning("stream %d was opened for write on node %s: handing it over",
-                            state.id, m.owner)
+                log.info("stream %d was opened for write on node %s: handing it over",
+                         state.id, m.owner)
                 self._uploader.request()  # commit what was acknowledged, then release
 
     def _fence_error(self, state: StreamState, owner: str | None) -> FencedError:

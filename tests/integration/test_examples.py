@@ -4,6 +4,7 @@ local moto server."""
 from __future__ import annotations
 
 import importlib.util
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -47,3 +48,27 @@ def test_s3_example_with_the_wal_in_the_bucket(moto_bucket: S3Bucket) -> None:
     counts = example.run(f"{moto_bucket.url}/both", moto_bucket.endpoint.storage_options(),
                          object_wal=True)
     assert counts == {"orders": 50, "payments": 50, "audit": 50}
+
+
+def test_shared_nodes_example_runs() -> None:
+    done = subprocess.run([sys.executable, str(EXAMPLES / "shared_nodes.py")],
+                          capture_output=True, text=True, timeout=120, check=True)
+    out = done.stdout
+    assert "node a, after the move: FencedError" in out
+    assert "node c took over node b: offsets {1: [5, 9]}" in out
+    assert out.split("\n")[2:-1] == [f"  order {n}" for n in range(5)] + [
+        f"  order {n} (from b)" for n in range(5, 9)]
+
+
+def test_shared_nodes_example_on_moto(moto_bucket: S3Bucket) -> None:
+    """The same on S3, as a user would run it: credentials and endpoint in the environment."""
+    endpoint = moto_bucket.endpoint
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": endpoint.key,
+           "AWS_SECRET_ACCESS_KEY": endpoint.secret, "AWS_ENDPOINT_URL": endpoint.url,
+           "AWS_DEFAULT_REGION": "us-east-1"}
+    done = subprocess.run([sys.executable, str(EXAMPLES / "shared_nodes.py"),
+                           f"{moto_bucket.url}/shared"], capture_output=True, text=True,
+                          timeout=120, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "node c took over node b: offsets {1: [5, 9]}" in done.stdout
+    assert "  order 8 (from b)" in done.stdout
