@@ -127,6 +127,11 @@ def classify(error: BaseException) -> Kind:
     """What an error from a filesystem call means: ``missing``, ``transient`` (worth another
     try), ``invalid_range`` (HTTP 416: the object exists but the range is past its end) or
     ``permanent``."""
+    # Whatever was being handled when these were raised (their context) does not change them.
+    if isinstance(error, FileExistsError):
+        return "permanent"
+    if isinstance(error, FileNotFoundError) and _client_error(error) is None:
+        return "missing"
     found = _client_error(error)
     if found is not None:  # the HTTP answer is the best evidence there is
         code, status = found
@@ -303,6 +308,7 @@ class ObjectStore:
                 pause = self._random() * ceiling  # full jitter
                 elapsed = self._clock() - started
                 if elapsed + pause > self.retry.timeout:
+                    log.debug("giving up %s of %s: %r", op, key, _chain(error))
                     raise StorageUnavailable(describe(
                         "object store unavailable after retries", op=op,
                         key=self._key_url(key), attempts=attempts,
