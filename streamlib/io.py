@@ -73,6 +73,11 @@ _TRANSIENT_ERRNOS = frozenset({
     errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ENETDOWN, errno.EAGAIN, errno.EBUSY,
     errno.EREMOTEIO,
 })
+_PERMANENT_ERRNOS = frozenset({
+    errno.EACCES, errno.EPERM, errno.EISDIR, errno.ENOTDIR, errno.EROFS, errno.ENOSPC,
+    errno.EDQUOT, errno.ENAMETOOLONG,
+})
+"""Local failures that say what they are whatever was being handled when they were raised."""
 
 Kind = Literal["missing", "transient", "permanent", "invalid_range"]
 
@@ -127,12 +132,15 @@ def classify(error: BaseException) -> Kind:
     """What an error from a filesystem call means: ``missing``, ``transient`` (worth another
     try), ``invalid_range`` (HTTP 416: the object exists but the range is past its end) or
     ``permanent``."""
-    # Whatever was being handled when these were raised (their context) does not change them.
+    # Whatever was being handled when these were raised (their context) does not change them
+    # unless it is an HTTP answer (s3fs raises its translations while handling the answer).
+    found = _client_error(error)
     if isinstance(error, FileExistsError):
         return "permanent"
-    if isinstance(error, FileNotFoundError) and _client_error(error) is None:
+    if found is None and isinstance(error, FileNotFoundError):
         return "missing"
-    found = _client_error(error)
+    if found is None and isinstance(error, OSError) and error.errno in _PERMANENT_ERRNOS:
+        return "permanent"
     if found is not None:  # the HTTP answer is the best evidence there is
         code, status = found
         if code == "InvalidRange" or status == 416:

@@ -13,6 +13,7 @@ import fcntl
 import itertools
 import logging
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -188,7 +189,7 @@ class StreamStore:
         self._ack_pending: set[StreamState] = set()
         self._checking = False
         self._check_started = -1.0
-        self._fences_scanned = False
+        self._fences_scanned = -1  # the manifest version the last fence scan saw
         self._index_cache = IndexCache(INDEX_CACHE_BYTES)
         if cache is not None and not isinstance(cache, MessageCache):
             raise TypeError(f"cache must be a streamlib.MessageCache, not {type(cache).__name__}")
@@ -211,7 +212,6 @@ class StreamStore:
             self._node_position = node.wal_position
             for meta in self._meta.streams():
                 state = self._states[meta.id] = StreamState(meta)
-                state.held = self._holds(meta)
                 if meta.handover_from == self.node_id:  # restarted while handing it over
                     state.epoch = meta.epoch_of(self.node_id)
                     state.written_here = True
@@ -301,13 +301,18 @@ class StreamStore:
         assert self._wal is not None
         recovery = self._wal.recover()
         skipped = 0
+        held: dict[int, tuple[int, int] | None] = {}
         for entry in recovery:
             record = entry.record
             state = self._states.get(record.stream_id)
             batch = record.batch
-            if state is None or batch.next_offset <= state.committed_end or not state.held:
-                # Committed already, of a destroyed stream, or of a stream another node owns
-                # now (appends refused after a hand-over).
+            if state is not None and state.id not in held:
+                held[state.id] = self._held_epochs(self._metadata().get_stream(state.id))
+            epochs = held.get(record.stream_id)
+            if (state is None or batch.next_offset <= state.committed_end or epochs is None
+                    or not epochs[0] <= record.epoch <= epochs[1]):
+                # Committed already, of a destroyed stream, or not this node's to commit: of
+                # a stream another node owns now, or appends refused at a hand-over.
                 skipped += 1
                 continue
             if state.damage is not None:
@@ -445,13 +450,13 @@ class StreamStore:
             self._pending_bytes -= freed
             self._room.notify_all()
 
-    def _holds(self, meta: StreamMeta) -> bool:
-        """Whether records of this stream in this node's WAL are this node's to commit: on a
-        shared manifest, only while it owns the stream or hands it over."""
+    def _held_epochs(self, meta: StreamMeta) -> tuple[int, int] | None:
+        """The epochs of this node's WAL records of the stream that are its to commit: on a
+        shared manifest, those of its time as owner (:meth:`StreamMeta.held_epochs`); on a
+        store of one node, all."""
         if not isinstance(self._meta, ManifestMetadataStore):
-            return True
-        return meta.handover_from == self.node_id or (meta.handover_from is None
-                                                      and meta.owner == self.node_id)
+            return 0, sys.maxsize
+        return meta.held_epochs(self.node_id)
 
     def _state(self, stream: object) -> StreamState:
         self._check_open()
@@ -510,6 +515,9 @@ class StreamStore:
                 if m is None:
                     if not state.destroyed:
                         self._forget_stream(state)  # destroyed by another node
+                    continue
+                if state.handover_from is not None and state.fenced is None:
+                    self._follow_handover(state, m)  # opened here, the old owner commits
                     continue
                 with state.lock:
                     state.start_offset = max(state.start_offset, m.start_offset)
@@ -611,15 +619,25 @@ class StreamStore:
                     "dead: take it over)", stream=state.id, node=m.handover_from))
             time.sleep(0.02)
 
-    def _adopt(self, state: StreamState, m: StreamMeta) -> None:
-        """The node this one took the stream from released it: append after its end."""
+    def _follow_handover(self, state: StreamState, m: StreamMeta) -> None:
+        """A stream this node opened for write while its old owner commits what it
+        acknowledged: readers here see those commits; once released, appends go after them."""
+        if m.epoch != state.epoch:
+            return  # opened again elsewhere: the next append learns it
+        self._adopt(state, m, released=m.handover_from is None)
+
+    def _adopt(self, state: StreamState, m: StreamMeta, released: bool = True) -> None:
+        """The node this one took the stream from committed up to ``m.end_offset`` (and
+        released it, if ``released``): append after its end."""
         with state.lock:
-            state.handover_from = None
+            state.start_offset = max(state.start_offset, m.start_offset)
             if m.end_offset > state.committed_end:
                 state.committed_end = state.acked_end = state.assigned_end = m.end_offset
                 state.objects = None
                 state.commits += 1
                 state.wake_readers()
+            if released:  # last: an append that sees it cleared sees the end above
+                state.handover_from = None
 
     def _wait_for_room(self, size: int, timeout: float) -> None:
         """Back-pressure for a WAL without a capacity (the object WAL): data acknowledged and
@@ -707,7 +725,10 @@ class StreamStore:
         try:
             meta = self._meta
             assert isinstance(meta, ManifestMetadataStore)
-            if meta.refresh() or not self._fences_scanned:
+            meta.refresh()
+            # Other threads read the manifest too (syncs, commits, waits for a release): scan
+            # whenever the version moved since the last scan, whoever moved it.
+            if meta.version != self._fences_scanned:
                 self._scan_fences(meta)
         finally:
             with self._check_done:
@@ -748,7 +769,7 @@ class StreamStore:
                 log.warning("could not look at the manifest before acknowledging: %r", error)
 
     def _scan_fences(self, meta: ManifestMetadataStore) -> None:
-        self._fences_scanned = True
+        version = meta.version  # what follows sees this version or a newer one
         if meta.node(self.node_id).node_epoch != self.node_epoch:
             error = FencedError(describe("another process took over this store's node",
                                          node=self.node_id))
@@ -769,6 +790,7 @@ class StreamStore:
                 log.info("stream %d was opened for write on node %s: handing it over",
                          state.id, m.owner)
                 self._uploader.request()  # commit what was acknowledged, then release
+        self._fences_scanned = version
 
     def _fence_error(self, state: StreamState, owner: str | None) -> FencedError:
         return FencedError(describe("the stream was opened for write on another node: this "
@@ -799,7 +821,6 @@ class StreamStore:
             # Another node's stream now: read like one (its end moves with that node's
             # commits), and the batches kept from this node's uploads would not join them.
             state.written_here = False
-            state.held = False
             state.kept_log.clear()
             state.wake_readers()  # tailing readers here now look at the manifest
         self._cache.drop_log(self._scope, state.id)
@@ -1202,6 +1223,7 @@ class StreamStore:
             recovery = old.recover()
             ends: dict[int, int | None] = {}
             epochs: dict[int, int] = {}
+            held: dict[int, tuple[int, int]] = {}
             streams: dict[int, list[RecordBatch]] = {}
             damaged: dict[int, str] = {}
             for entry in recovery:
@@ -1212,14 +1234,18 @@ class StreamStore:
                     except StreamNotFound:
                         ends[stream_id] = None  # destroyed: nothing to keep
                         continue
-                    # Records of a stream the node released (or never held) are not its to
-                    # give: appends it refused after a hand-over.
-                    held = m.handover_from == node or (m.handover_from is None
-                                                       and m.owner == node)
-                    ends[stream_id] = m.end_offset if held else None
+                    # Only records of the node's time as owner are its to give: those of a
+                    # stream it released (or never held) are appends it refused.
+                    found = m.held_epochs(node)
+                    ends[stream_id] = None if found is None else m.end_offset
+                    if found is not None:
+                        held[stream_id] = found
                     epochs[stream_id] = m.epoch_of(node)
                 end = ends[stream_id]
                 if end is None or stream_id in damaged or batch.next_offset <= end:
+                    continue
+                low, high = held[stream_id]
+                if not low <= entry.record.epoch <= high:
                     continue
                 if batch.base_offset != end:
                     damaged[stream_id] = describe(

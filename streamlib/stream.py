@@ -184,7 +184,6 @@ class StreamState:
         self.parked: list[Future[AppendResult]] = []
         self.released = False
         self.handover_from: str | None = None
-        self.held = True  # this node's WAL records of it are its own to commit
         self.damage: str | None = None  # why the stream is read-only after recovery
         self.kept: int | None = None  # the WAL is not trimmed past here (records after a gap)
         self.appended = threading.Condition(self.lock)  # acked_end moved (tailing readers)

@@ -129,10 +129,27 @@ class StreamMeta:
     """A node still to release the stream to its owner (it may commit what it acknowledged
     before the hand-over, with ``handover_epoch``); None once released."""
     handover_epoch: int | None = None
+    owner_since: int | None = None
+    """The epoch at which ``owner`` became the owner (its reopens keep it)."""
+    handover_since: int | None = None
+    """The epoch at which ``handover_from`` became the owner."""
 
     @property
     def live(self) -> bool:
         return self.state is StreamState.OPEN
+
+    def held_epochs(self, node_id: str) -> tuple[int, int] | None:
+        """The epochs (both ends included) of ``node_id``'s WAL records of this stream that are
+        its to commit: those of its current time as owner, or of the time it is handing over.
+        Records of an earlier time were committed or refused when it released the stream.
+        None: none are (another node owns the stream, or this one waits for a release)."""
+        if self.handover_from is not None:
+            if self.handover_from != node_id or self.handover_epoch is None:
+                return None
+            return self.handover_since or 0, self.handover_epoch
+        if self.owner != node_id:
+            return None
+        return self.owner_since or 0, self.epoch
 
     def epoch_of(self, node_id: str) -> int:
         """The epoch ``node_id`` commits this stream with: the old owner's while it hands the

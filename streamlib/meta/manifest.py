@@ -24,7 +24,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 import zstandard
@@ -97,11 +97,14 @@ class _Stream:
     owner: str | None = None
     handover_from: str | None = None
     handover_epoch: int | None = None
+    since: int | None = None  # the epoch at which the owner became the owner
+    handover_since: int | None = None
 
     def meta(self) -> StreamMeta:
         return StreamMeta(self.id, self.name, self.epoch, self.start, self.end,
                           StreamState.OPEN if self.live else StreamState.DESTROYED,
-                          self.owner, self.handover_from, self.handover_epoch)
+                          self.owner, self.handover_from, self.handover_epoch, self.since,
+                          self.handover_since)
 
 
 class _State:
@@ -146,16 +149,17 @@ class _State:
         elif op == "open":
             stream = self.streams[args["id"]]
             stream.epoch = args["epoch"]
-            stream.owner = args.get("owner")
-            handover = args.get("from")
-            stream.handover_from, stream.handover_epoch = handover or (None, None)
+            handover = args.get("from") or (None, None, None)
+            stream.owner, stream.since = args.get("owner"), args.get("since")
+            stream.handover_from, stream.handover_epoch, stream.handover_since = (
+                *handover[:2], handover[2] if len(handover) > 2 else None)
         elif op == "release":
             node = args["node"]
             for stream in [self.streams[stream_id] for stream_id in args["streams"]]:
                 if stream.handover_from == node:
-                    stream.handover_from = stream.handover_epoch = None
+                    stream.handover_from = stream.handover_epoch = stream.handover_since = None
                 if stream.owner == node:
-                    stream.owner = None
+                    stream.owner = stream.since = None
         elif op == "trim":
             self.streams[args["id"]].start = args["offset"]
         elif op == "destroy":
@@ -214,7 +218,9 @@ class _State:
                             "live": [s.live for s in streams],
                             "owner": [s.owner for s in streams],
                             "from": [s.handover_from for s in streams],
-                            "from_epoch": [s.handover_epoch for s in streams]},
+                            "from_epoch": [s.handover_epoch for s in streams],
+                            "since": [s.since for s in streams],
+                            "from_since": [s.handover_since for s in streams]},
                 "objects": {"key": [key for key, _ in objects],
                             "size": [size for _, (size, _) in objects],
                             "ranges": [len(rs) for _, (_, rs) in objects],
@@ -248,7 +254,8 @@ class _State:
         state.streams = dict(zip(s["id"], map(
             _Stream, s["id"], s["name"], s["epoch"], s["start"], s["end"], s["live"],
             s.get("owner", [None] * n), s.get("from", [None] * n),
-            s.get("from_epoch", [None] * n)), strict=True))
+            s.get("from_epoch", [None] * n), s.get("since", [None] * n),
+            s.get("from_since", [None] * n)), strict=True))
         state.names = {stream.name: stream.id for stream in state.streams.values()
                        if stream.live and stream.name is not None}
         o = data["objects"]
@@ -541,19 +548,27 @@ class ManifestMetadataStore(MetadataStore):
             if expected_epoch is not None and stream.epoch != expected_epoch:
                 raise FencedError(describe("stream epoch has moved on", stream=stream_id,
                                            expected_epoch=expected_epoch, epoch=stream.epoch))
-            # A hand-over still pending stays with the node that holds the data; a stream
-            # another node owns is handed over from it.
-            handover = None
-            if stream.handover_from is not None:
-                handover = [stream.handover_from, stream.handover_epoch]
-            elif node is not None and stream.owner not in (None, node):
-                handover = [stream.owner, stream.epoch]
-            owner = node if node is not None else stream.owner
-            return ({"id": stream_id, "epoch": stream.epoch + 1, "owner": owner,
+            epoch = stream.epoch + 1
+            # A hand-over still pending stays with the node that holds the data, unless that
+            # node opens the stream again: its time as owner goes on, its data and its new
+            # appends follow each other (an owner in between wrote nothing: it waited for the
+            # release). A stream another node owns is handed over from it.
+            handover, owner, since = None, stream.owner, stream.since
+            if node is not None and stream.handover_from == node:
+                owner, since = node, stream.handover_since
+            elif node is not None:
+                if stream.handover_from is not None:
+                    handover = [stream.handover_from, stream.handover_epoch,
+                                stream.handover_since]
+                elif stream.owner not in (None, node):
+                    handover = [stream.owner, stream.epoch, stream.since]
+                if stream.owner != node:
+                    owner, since = node, epoch
+            was, was_epoch, was_since = handover or (None, None, None)
+            return ({"id": stream_id, "epoch": epoch, "owner": owner, "since": since,
                      "from": handover},
-                    StreamMeta(stream.id, stream.name, stream.epoch + 1, stream.start,
-                               stream.end, StreamState.OPEN, owner,
-                               *(handover or (None, None))))
+                    StreamMeta(stream.id, stream.name, epoch, stream.start, stream.end,
+                               StreamState.OPEN, owner, was, was_epoch, since, was_since))
 
         return self._change("open", plan)
 
@@ -565,8 +580,8 @@ class ManifestMetadataStore(MetadataStore):
             stream = state.live(stream_id)
             if offset > stream.end:
                 raise OffsetOutOfRange(stream_id, offset, stream.start, stream.end + 1)
-            return {"id": stream_id, "offset": offset}, StreamMeta(
-                stream.id, stream.name, stream.epoch, offset, stream.end)
+            return {"id": stream_id, "offset": offset}, replace(stream.meta(),
+                                                                start_offset=offset)
 
         with self._lock:  # a trim that moves nothing writes nothing (on the newest state)
             self._check_open()
@@ -581,10 +596,7 @@ class ManifestMetadataStore(MetadataStore):
 
         def plan(state: _State) -> tuple[dict[str, Any], StreamMeta]:
             stream = state.live(stream_id)
-            meta = stream.meta()
-            return {"id": stream_id}, StreamMeta(meta.id, meta.name, meta.epoch,
-                                                 meta.start_offset, meta.end_offset,
-                                                 StreamState.DESTROYED)
+            return {"id": stream_id}, replace(stream.meta(), state=StreamState.DESTROYED)
 
         return self._change("destroy", plan)
 

@@ -355,3 +355,20 @@ def test_a_refused_connection_is_retried() -> None:
     with pytest.raises(StorageUnavailable, match="op=`get`") as caught:
         s3_store(f"http://127.0.0.1:{port}").get("k")
     assert "attempts=`1`" not in str(caught.value)
+
+
+@pytest.mark.parametrize("local", [FileExistsError(17, "exists"), FileNotFoundError(2, "gone"),
+                                   PermissionError(13, "denied"), IsADirectoryError(21, "dir")])
+def test_a_local_error_raised_while_handling_a_timeout_means_what_it_says(
+        local: OSError) -> None:
+    """Raised inside an ``except TimeoutError`` block, these carry the timeout as their
+    context; following it made them look transient and each call retried for a minute."""
+    try:
+        try:
+            raise TimeoutError("an earlier attempt timed out")
+        except TimeoutError:
+            raise local  # noqa: B904 - the implicit context is the point
+    except OSError as error:
+        assert error.__context__ is not None
+        expected = "missing" if isinstance(local, FileNotFoundError) else "permanent"
+        assert classify(error) == expected

@@ -296,6 +296,22 @@ def test_owners_and_hand_over_in_the_manifest(tmp_path: Path) -> None:
     assert reopened.get_stream(stream).owner is None
 
 
+def test_the_node_handing_a_stream_over_opens_it_again(tmp_path: Path) -> None:
+    """A opens, B opens (A hands over), A opens again before releasing: nothing is handed
+    over any more — B wrote nothing (it waited for A's release) and A's data and new appends
+    follow each other — so A commits with its new epoch at once."""
+    store = ManifestMetadataStore(local_store(tmp_path))
+    stream = store.create_stream("s").id
+    store.open_stream(stream, node_id="a")
+    assert store.open_stream(stream, node_id="b").handover_from == "a"
+    back = store.open_stream(stream, node_id="a")
+    assert (back.owner, back.handover_from, back.epoch) == ("a", None, 3)
+    store.commit(commit_of(stream, 0, 4, epoch=3, node="a"))  # what A held, then its new
+    with pytest.raises(FencedError):
+        store.commit(commit_of(stream, 4, 5, epoch=2, node="b"))
+    assert store.get_stream(stream).end_offset == 4
+
+
 def test_a_server_that_ignores_create_only_conditions_is_refused() -> None:
     """An S3-compatible server that drops If-None-Match (a second create of a key succeeds):
     the manifest finds out at open and refuses it by name."""

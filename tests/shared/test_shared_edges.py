@@ -316,3 +316,102 @@ def test_an_idle_async_reader_of_a_remote_stream_does_not_pile_up_waiters(
     finally:
         a.close()
         b.close()
+
+
+# ---- found by the three-node model (tests/shared/test_shared_model.py) ----
+
+def test_a_hand_over_read_by_another_thread_still_fences(tmp_path: Path) -> None:
+    """B opens A's stream; on A a sync (``streams()``) reads that change from the manifest
+    before the fence thread does. The fence check scanned only when its own refresh found
+    something new: A never learned it was fenced, acknowledged its next append and committed
+    it as the old owner's — an append after the fence became visible."""
+    a, b = node(tmp_path, "a", **HELD), node(tmp_path, "b", **HELD)
+    try:
+        old = a.create_stream("s")
+        old.append([b"kept"])
+        for _ in range(20):  # the watcher looks every 0.1 s: most rounds, the sync is first
+            new = b.open_stream("s")
+            a.streams()
+            with pytest.raises(FencedError):
+                old.append([b"after the fence"])
+            old = a.open_stream("s")  # back to A (after its release) for the next round
+            with pytest.raises(FencedError):
+                new.append([b"refused"])
+        a.flush()
+        assert values(b.open_stream("s", read_only=True)) == [b"kept"]
+    finally:
+        a.close()
+        b.close()
+
+
+def test_the_new_owner_sees_what_the_old_one_commits_before_appending(
+        tmp_path: Path) -> None:
+    """B opens A's stream; A commits what it acknowledged and releases. B's reads followed the
+    manifest only once B appended (a stream written here skipped the sync)."""
+    a, b = node(tmp_path, "a", **HELD), node(tmp_path, "b", **HELD)
+    try:
+        a.create_stream("s").append([b"1", b"2"])
+        b.open_stream("s")
+        a.flush()
+        deadline = time.monotonic() + 5
+        while b.get("s").next_offset != 2:
+            assert time.monotonic() < deadline, b.get("s")
+            time.sleep(0.02)
+        assert values(b.open_stream("s", read_only=True)) == [b"1", b"2"]
+    finally:
+        a.close()
+        b.close()
+
+
+@pytest.mark.parametrize("after", ["take-over", "restart"])
+def test_an_append_refused_at_a_hand_over_stays_refused_when_the_stream_comes_back(
+        tmp_path: Path, after: str) -> None:
+    """A's append X is refused at a hand-over to B (and stays in A's WAL); B hands the
+    stream back to A; A dies. The take-over of A (or A's own restart) kept every record of a
+    stream A owned beyond the committed end, whatever its epoch: X, answered with
+    FencedError, became visible. Only records of A's current time as owner are A's."""
+    bucket = f"memory://review-{tmp_path.name}"
+    faulty = FaultyFileSystem(fsspec.filesystem("memory"))
+    options = {"node_id": "a", "metadata": "manifest", "wal": "object", "objects_url": bucket,
+               **HELD}
+    a = streamlib.open(tmp_path / "node-a", filesystem=faulty, **options)
+    b = streamlib.open(tmp_path / "node-b", node_id="b", metadata="manifest", wal="object",
+                       objects_url=bucket, **HELD)
+    try:
+        refused = None
+        for attempt in range(20):  # X must reach A's WAL before A's fence thread looks
+            stream = a.create_stream(f"s{attempt}")
+            faulty.inject("put", access_denied, times=None,  # A's WAL keeps what it has,
+                          match=lambda p: p.endswith("/TRIM") or "/data/" in p)  # uploads none
+            b.open_stream(stream.id)
+            try:
+                future = stream.append_future([b"X"])
+            except FencedError:
+                faulty.clear()
+                continue
+            with pytest.raises(FencedError):
+                future.result(timeout=10)
+            refused = stream.id
+            break
+        assert refused is not None
+        back = a.open_stream(refused)  # B wrote nothing and releases at once
+        back.append([b"kept"])  # acknowledged, not uploaded (uploads by flush only)
+        a._uploader.stop()  # A dies: nothing more uploaded, nothing released
+        a._release()
+        faulty.clear()
+        if after == "take-over":
+            result = b.take_over("a")
+            assert result.records == 1, result
+            reader = b
+        else:
+            a = reader = streamlib.open(tmp_path / "node-a", **options)
+            reader.flush()
+        deadline = time.monotonic() + 5
+        while reader.get(refused).next_offset < 1:
+            assert time.monotonic() < deadline, reader.get(refused)
+            time.sleep(0.02)
+        assert values(reader.open_stream(refused, read_only=True)) == [b"kept"]
+    finally:
+        faulty.clear()
+        a.close()
+        b.close()

@@ -168,8 +168,6 @@ class SharedMachine(RuleBasedStateMachine):
             store.close()
 
 
-@pytest.mark.skip(reason="finds open bugs of hand-over after take-over (a commit refused "
-                  "as 'being handed over' on every round); see the issue 6 note")
 def test_nodes_sharing_a_bucket_match_the_model(tmp_path: Path) -> None:
     class Machine(SharedMachine):
         pass
