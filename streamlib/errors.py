@@ -92,6 +92,12 @@ class StorageUnavailable(StreamLibError, OSError):
     """The WAL or object store could not be reached after retries. Retry later."""
 
 
+class OutcomeUnknown(StorageUnavailable):
+    """The append was written to the WAL but could not be settled: the store closed, or its
+    node was taken over, before it could tell whether the append counts. It may or may not be
+    in the stream: read the stream to find out before appending it again."""
+
+
 class WalFullError(StreamLibError, TimeoutError):
     """The WAL stayed full for longer than the append timeout: uploads are not keeping up with
     appends (or trims are held back). Retry later; nothing of this append was written."""

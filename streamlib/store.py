@@ -12,6 +12,7 @@ import contextlib
 import fcntl
 import itertools
 import logging
+import math
 import os
 import sys
 import threading
@@ -31,6 +32,7 @@ from streamlib.errors import (
     HandOverPending,
     OffsetMismatchError,
     OffsetOutOfRange,
+    OutcomeUnknown,
     StorageUnavailable,
     StreamClosed,
     StreamNotFound,
@@ -216,6 +218,9 @@ class StreamStore:
                     state.epoch = meta.epoch_of(self.node_id)
                     state.written_here = True
                     state.fenced = self._fence_error(state, meta.owner)
+                elif meta.owner == self.node_id:  # restarted after a crash: still this node's
+                    state.written_here = True  # (to hand over when opened elsewhere)
+                    state.handover_from = meta.handover_from  # a release it was waiting for
             self._wal = self._open_wal(storage_options)
             self._uploader = Uploader(objects=self._objects, config=config, node_id=self.node_id,
                                       node_epoch=self.node_epoch, take=self._take,
@@ -379,6 +384,9 @@ class StreamStore:
         # This node handed the stream over before: that must be complete (released) first.
         deadline = time.monotonic() + self.config.append_timeout_ms / 1000
         while state.fenced is not None and not state.released:
+            if isinstance(self._failure, FencedError):
+                raise FencedError(describe("another process took over this store's node",
+                                           node=self.node_id, stream=state.id))
             if time.monotonic() > deadline or self._closing:
                 raise HandOverPending(describe("this node is still handing the stream over "
                                                "to another: retry", stream=state.id))
@@ -483,7 +491,8 @@ class StreamStore:
     def _remote(self, state: StreamState) -> bool:
         """Whether another node may be writing ``state`` (a shared manifest, not opened for
         write here)."""
-        return not state.written_here and isinstance(self._meta, ManifestMetadataStore)
+        return ((not state.written_here or state.handover_from is not None)
+                and isinstance(self._meta, ManifestMetadataStore))
 
     def _sync(self, force: bool = False) -> bool:
         """On a shared manifest: read other nodes' changes (at most every
@@ -675,8 +684,11 @@ class StreamStore:
             self._ack_pending.add(state)
             self._ack_ready.notify()
 
-    def _acknowledge(self, state: StreamState, checked: bool = False) -> None:
-        """A WAL append of ``state`` completed: acknowledge what is durable, in order."""
+    def _acknowledge(self, state: StreamState, looked: float | None = None) -> None:
+        """A WAL append of ``state`` completed: acknowledge what is durable, in order. On a
+        shared manifest only what was durable when a look at the manifest started (``looked``,
+        its start; without it, this call looks if anything is durable): a later look takes the
+        rest."""
         notify = False
 
         def publish(position: int, added: int) -> None:
@@ -696,9 +708,13 @@ class StreamStore:
                             self._failure = error
                             break
 
-        if self._checks_fences and not checked and state.fenced is None and _completed(state):
-            self._fence_check()  # started after these appends became durable
-        dropped = state.drain(publish)
+        if self._checks_fences and looked is None:
+            looked = -math.inf  # nothing is acknowledged without a look
+            if state.fenced is None and _completed(state):
+                looked = self._fence_check()  # started after these appends became durable
+        dropped = state.drain(publish, looked)
+        if looked is not None and state.fenced is None and _completed(state):
+            self._durable(state)  # durable after that look started: the next one takes it
         if dropped:
             self._cache.unpin(self._scope, weight(dropped))
         if notify:
@@ -708,20 +724,22 @@ class StreamStore:
 
     # ---- hand-over on a shared manifest: the old owner's side ----
 
-    def _fence_check(self) -> None:
+    def _fence_check(self) -> float:
         """Before appends are acknowledged: has another node opened their stream for write
         (or taken this node over) since? One look at the manifest serves every append that
-        became durable before it started."""
+        became durable before it started. Returns when the look it relied on started (after
+        this call began); raises if the look failed."""
         asked = time.monotonic()
         with self._check_done:
             while True:
                 if self._check_started >= asked and not self._checking:
-                    return  # a look that started after these appends were durable
+                    return self._check_started  # a look that started after this call
                 if not self._checking:
                     self._checking = True
                     break
                 self._check_done.wait()
         started = time.monotonic()
+        done = False
         try:
             meta = self._meta
             assert isinstance(meta, ManifestMetadataStore)
@@ -730,11 +748,23 @@ class StreamStore:
             # whenever the version moved since the last scan, whoever moved it.
             if meta.version != self._fences_scanned:
                 self._scan_fences(meta)
+            done = True
         finally:
             with self._check_done:
-                self._check_started = started
+                if done:  # a look that failed is no look
+                    self._check_started = started
                 self._checking = False
                 self._check_done.notify_all()
+        return started
+
+    def _look_for(self, states: Iterable[StreamState]) -> float | None:
+        """On a shared manifest, one look for acknowledging the durable appends of all these
+        streams (:meth:`_acknowledge`); -inf when none waits for one, None when not shared."""
+        if not self._checks_fences:
+            return None
+        if any(state.fenced is None and _completed(state) for state in states):
+            return self._fence_check()
+        return -math.inf
 
     def _watch_fences(self) -> None:
         """The fence thread of a shared manifest: acknowledges durable appends after a look at
@@ -753,9 +783,9 @@ class StreamStore:
             try:
                 if stop:
                     return
-                self._fence_check()
+                looked = self._fence_check()
                 for state in pending:
-                    self._acknowledge(state, checked=True)
+                    self._acknowledge(state, looked)
                 with self._lock:
                     fenced = [s for s in self._states.values()
                               if s.fenced is not None and not s.released]
@@ -775,21 +805,24 @@ class StreamStore:
                                          node=self.node_id))
             self._failure = self._failure or error
         with self._lock:
-            states = [s for s in self._states.values() if s.written_here and s.fenced is None]
+            states = [s for s in self._states.values() if s.written_here]
         for state in states:
             try:
                 m = meta.get_stream(state.id)
             except StreamNotFound:
-                self._forget_stream(state)  # destroyed by another node
+                self._forget_stream(state)  # destroyed by another node (fenced or not)
                 continue
             # Opened for write by another node (an open here shows as this node's ownership
             # before this node's state has its new epoch: not a fence).
-            if m.owner != self.node_id or self._failure is not None:
-                with state.lock:
-                    state.fenced = self._fence_error(state, m.owner)
-                log.info("stream %d was opened for write on node %s: handing it over",
-                         state.id, m.owner)
-                self._uploader.request()  # commit what was acknowledged, then release
+            if m.owner == self.node_id and self._failure is None:
+                continue
+            with state.lock:
+                if state.fenced is not None or state.epoch > m.epoch:
+                    continue  # known, or reopened here after the version this scan reads
+                state.fenced = self._fence_error(state, m.owner)
+            log.info("stream %d was opened for write on node %s: handing it over",
+                     state.id, m.owner)
+            self._uploader.request()  # commit what was acknowledged, then release
         self._fences_scanned = version
 
     def _fence_error(self, state: StreamState, owner: str | None) -> FencedError:
@@ -800,20 +833,21 @@ class StreamStore:
         """A fenced stream whose acknowledged appends are all committed: release it to its
         new owner, then answer the appends parked since the fence."""
         if isinstance(self._failure, FencedError):  # taken over: nothing to release any more
-            self._answer_parked(state, FencedError(describe(
-                "this node was taken over by another: the append's outcome is unknown (the "
-                "node taking over may have kept it)", stream=state.id)))
+            self._answer_parked(state, OutcomeUnknown(describe(
+                "this node was taken over by another: the append may or may not be in the "
+                "stream (the node taking over may have kept it)", stream=state.id)))
             return
         with state.lock:
-            if (state.released or state.inflight or state.log or state.fenced is None
+            if (state.released or state.releasing or state.inflight or state.log
+                    or state.fenced is None
                     or not isinstance(self._meta, ManifestMetadataStore)):
                 return
-            state.released = True
+            state.releasing = True  # one release at a time; an open here waits for it
         try:
             self._meta.release_streams(self.node_id, self.node_epoch, [state.id])
         except Exception as error:
             with state.lock:
-                state.released = False
+                state.releasing = False
             log.warning("could not release stream %d (tried again after the next upload): "
                         "%r", state.id, error)
             return
@@ -822,6 +856,7 @@ class StreamStore:
             # commits), and the batches kept from this node's uploads would not join them.
             state.written_here = False
             state.kept_log.clear()
+            state.released, state.releasing = True, False
             state.wake_readers()  # tailing readers here now look at the manifest
         self._cache.drop_log(self._scope, state.id)
         self._answer_parked(state, FencedError(str(state.fenced)))
@@ -856,8 +891,11 @@ class StreamStore:
         with self._appending_lock:
             entering = min(self._appending.values(), default=None)
             end = self._wal.end_position
-        for state in states:  # acknowledge what the WAL completed but no callback has yet
-            self._acknowledge(state)
+        # Acknowledge what the WAL completed but no callback has yet (after one look at a
+        # shared manifest for them all).
+        looked = self._look_for(states)
+        for state in states:
+            self._acknowledge(state, looked)
         # Nothing in any stream's flight: every record below an entering append's lowest
         # position comes from a finished WAL call and is acknowledged by now.
         quiet = final or not any(s.inflight for s in states)
@@ -898,8 +936,9 @@ class StreamStore:
                             objects=objects, epochs=epochs, node_epoch=self.node_epoch)
             try:
                 meta.commit(commit)
-            except FencedError as error:  # another process took this node: stop appending
-                self._failure = self._failure or error
+            except FencedError as error:
+                if self._node_fenced():  # another process took this node: stop appending
+                    self._failure = self._failure or error
                 raise
             except Exception:
                 # Applied or not? A remote store can fail after applying: learn the committed
@@ -918,6 +957,14 @@ class StreamStore:
         for state in states.values():
             if state is not None and state.fenced is not None:
                 self._maybe_release(state)
+
+    def _node_fenced(self) -> bool:
+        """Whether another process registered this node id since this store opened (a commit
+        refused as fenced may be one stream's: that stops this stream, not the node)."""
+        try:
+            return self._metadata().node(self.node_id).node_epoch != self.node_epoch
+        except Exception:  # cannot tell: assume the worst, as before
+            return True
 
     def _reload_ends(self, states: Iterable[StreamState]) -> None:
         """After a commit of unknown outcome: take each stream's committed end from the
@@ -1173,8 +1220,12 @@ class StreamStore:
             return
         if offset > committed:
             self.flush()  # the metadata trims committed data only
+        if self._checks_fences:
+            self._fence_check()  # a handle fenced by another node's open trims nothing
         with self._meta_lock:
             handle._check_writer()
+            if state.fenced is not None:
+                raise FencedError(str(state.fenced))
             meta = self._metadata().trim_stream(state.id, offset)
             with state.lock:
                 state.start_offset = max(state.start_offset, meta.start_offset)
@@ -1360,33 +1411,65 @@ class StreamStore:
             for future in waiting:
                 with contextlib.suppress(Exception):  # reported to its appender
                     future.result()
-            self._acknowledge(state)
+        self._acknowledge_at_close(states)
         self._uploader.stop()
         self._prefetcher.shutdown(wait=True, cancel_futures=True)
-        for state in states:  # a fenced stream whose release never came: no future hangs
-            if state.parked:
-                self._answer_parked(state, FencedError(describe(
-                    "the store closed before handing the stream over: the append's outcome "
-                    "is unknown", stream=state.id)))
+        released: set[int] = set()
         if self._failure is None:
             try:
                 self._uploader.upload(final=True)
-                self._release_all()
+                released = self._release_all()
             except Exception as error:
                 log.warning("close: the last upload failed; the data stays in the WAL for the "
                             "next open: %r", error)
+        for state in states:  # no future hangs
+            self._settle_at_close(state, state.released or state.id in released)
         self._release()
 
-    def _release_all(self) -> None:
+    def _acknowledge_at_close(self, states: list[StreamState]) -> None:
+        """Every append has finished its WAL write: acknowledge them (on a shared manifest
+        after a look, or two if the first started before some write was seen complete)."""
+        for _ in range(3):
+            try:
+                looked = self._look_for(states)
+            except Exception as error:  # answered by _settle_at_close: outcome unknown
+                log.warning("close: could not look at the manifest to acknowledge the last "
+                            "appends: %r", error)
+                return
+            for state in states:
+                self._acknowledge(state, looked)
+            if not any(_completed(state) and state.fenced is None for state in states):
+                return
+
+    def _settle_at_close(self, state: StreamState, released: bool) -> None:
+        """Answer what the store could not settle before closing: parked appends of a stream
+        handed over (refused if the stream was released, else of unknown outcome: the next
+        open may commit them), appends durable but never acknowledged (a look at the manifest
+        failed)."""
+        with state.lock:
+            unsettled = [item.future for item in state.inflight]
+            state.inflight.clear()
+        unknown = OutcomeUnknown(describe(
+            "the store closed before the append could be settled: it may or may not be in "
+            "the stream (its WAL keeps it for the next open)", stream=state.id))
+        for future in unsettled:
+            if not future.done():
+                future.set_exception(unknown)
+        if state.parked:
+            self._answer_parked(state, FencedError(str(state.fenced)) if released else unknown)
+
+    def _release_all(self) -> set[int]:
         """A clean close on a shared manifest: this node's streams have no owner any more (the
-        next node to open one need not wait for a hand-over)."""
+        next node to open one need not wait for a hand-over). Returns the streams released."""
         if not isinstance(self._meta, ManifestMetadataStore):
-            return
+            return set()
         with self._lock:
             held = [s.id for s in self._states.values()
-                    if s.written_here and not s.destroyed and not s.log and not s.damage]
+                    if s.written_here and not s.destroyed and not s.log and not s.inflight
+                    and not s.damage]
         if held:
             self._meta.release_streams(self.node_id, self.node_epoch, held)
+        return set(held)
 
     def _release(self) -> None:
         self._closed = True

@@ -87,15 +87,28 @@ class ObjectSlice:
 class _Inflight:
     """One append between its WAL submission and its acknowledgement."""
 
-    __slots__ = ("batch", "future", "wal_future")
+    __slots__ = ("batch", "durable_at", "future", "wal_future")
 
     def __init__(self, batch: RecordBatch, wal_future: Future[int]) -> None:
         self.batch = batch
         self.wal_future = wal_future
+        # When the WAL write was seen complete (monotonic seconds; None before): on a shared
+        # manifest, only a look at the manifest that started later may acknowledge it.
+        self.durable_at: float | None = None
+        wal_future.add_done_callback(self._stamp)
         self.future: Future[AppendResult] = Future()
         # Running from the start: a caller cannot cancel it (asyncio.wait_for on
         # append_async tries to), since the append goes on in the WAL whatever happens.
         self.future.set_running_or_notify_cancel()
+
+    def _stamp(self, _: object) -> None:
+        self.durable_at = time.monotonic()
+
+    def settled_before(self, moment: float | None) -> bool:
+        """Whether its WAL write completed (and was seen to) before ``moment`` (None: ever)."""
+        if not self.wal_future.done():
+            return False
+        return moment is None or (self.durable_at is not None and self.durable_at <= moment)
 
 
 class _Producer:
@@ -183,6 +196,7 @@ class StreamState:
         self.fenced: BaseException | None = None
         self.parked: list[Future[AppendResult]] = []
         self.released = False
+        self.releasing = False  # a release of it is being written
         self.handover_from: str | None = None
         self.damage: str | None = None  # why the stream is read-only after recovery
         self.kept: int | None = None  # the WAL is not trimmed past here (records after a gap)
@@ -202,8 +216,10 @@ class StreamState:
         self.log_bytes += batch.size
         self.acked_end = batch.next_offset
 
-    def drain(self, publish: Callable[[int, int], None]) -> list[RecordBatch]:
-        """Acknowledge the appends the WAL has completed, in order: each durable batch enters
+    def drain(self, publish: Callable[[int, int], None],
+              looked: float | None = None) -> list[RecordBatch]:
+        """Acknowledge the appends the WAL has completed (before ``looked``, the start of the
+        last look at a shared manifest, if given), in order: each durable batch enters
         the log cache, then ``publish(last position, bytes added)`` runs (under ``lock``, so
         that no reader sees a batch the uploader's frontier does not cover yet), then the
         futures are settled — by one thread at a time, in offset order, outside the lock.
@@ -213,7 +229,8 @@ class StreamState:
         added = popped = 0
         dropped: list[RecordBatch] = []
         with self.lock:
-            while self.inflight and self.inflight[0].wal_future.done():
+            while self.inflight and self.inflight[0].settled_before(
+                    None if self.fenced is not None else looked):
                 item = self.inflight.popleft()
                 popped += 1
                 error = item.wal_future.exception()

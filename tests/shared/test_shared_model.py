@@ -157,11 +157,27 @@ class SharedMachine(RuleBasedStateMachine):
             for node, store in self.stores.items():
                 deadline = time.monotonic() + 10
                 while store.get(name).next_offset < len(self.model[name]):
-                    assert time.monotonic() < deadline, (node, name, store.get(name))
+                    assert time.monotonic() < deadline, self.explain(node, name)
                     time.sleep(0.02)
                 got = read_all(store, name)
                 assert got == self.model[name], (node, name)
                 assert not self.refused & set(got), (node, name, self.refused & set(got))
+
+    def explain(self, node: str, name: str) -> str:
+        """What every node thinks of the stream (for a failure's message)."""
+        lines = [f"{node} lags on {name}: the model has {len(self.model[name])} records, "
+                 f"owner {self.owner[name]}"]
+        for other, store in self.stores.items():
+            state = store._state(name)
+            lines.append(f"{other}: manifest {store._meta.get_stream(state.id)}; state "  # type: ignore[union-attr]
+                         f"epoch={state.epoch} committed={state.committed_end} "
+                         f"acked={state.acked_end} written_here={state.written_here} "
+                         f"fenced={state.fenced is not None} released={state.released} "
+                         f"from={state.handover_from} log={len(state.log)} "
+                         f"inflight={len(state.inflight)} parked={len(state.parked)}; "
+                         f"stats {store.stats()['upload_rounds']} rounds, "
+                         f"{store.stats()['upload_failures']} failures")
+        return "\n".join(lines)
 
     def teardown(self) -> None:
         for store in self.stores.values():
