@@ -22,7 +22,7 @@ from streamlib.testing.s3 import S3Bucket
 pytestmark = [pytest.mark.slow, pytest.mark.once]
 
 CHILD = Path(__file__).with_name("wal_crash_child.py")
-ROUNDS = 20
+ROUNDS = 12
 
 
 def read_acklog(path: Path) -> tuple[dict[int, tuple[int, int]], int]:
@@ -109,12 +109,12 @@ def test_file_wal_survives_sigkill(tmp_path: Path) -> None:
 
 def test_block_wal_survives_sigkill(tmp_path: Path) -> None:
     # An 8 MiB ring with 2000 live records of up to 3 KiB: it wraps several times in 20 rounds.
-    crash_rounds(f"block:{tmp_path / 'ring'}:{8 << 20}", tmp_path)
+    crash_rounds(f"block:{tmp_path / 'ring'}:{8 << 20}", tmp_path, rounds=20)
 
 
 def test_buffered_block_wal_survives_sigkill(tmp_path: Path) -> None:
     # Buffered writes + fdatasync, as where O_DIRECT is refused: a kill can tear a group.
-    crash_rounds(f"block:{tmp_path / 'ring'}:buffered:{8 << 20}", tmp_path)
+    crash_rounds(f"block:{tmp_path / 'ring'}:buffered:{8 << 20}", tmp_path, rounds=20)
 
 
 def test_object_wal_on_files_survives_sigkill(tmp_path: Path) -> None:

@@ -23,6 +23,9 @@ import streamlib
 from streamlib import AppendResult, FencedError, HandOverPending
 from streamlib.testing.s3 import S3Endpoint
 
+# The hand-over protocol does not depend on the codec: the C pass runs it (conftest.py).
+pytestmark = pytest.mark.once
+
 HELD = {"upload_interval_ms": 3_600_000, "upload_bytes": "1GiB"}  # uploads by flush or release
 
 

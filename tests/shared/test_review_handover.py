@@ -18,6 +18,9 @@ import streamlib
 from streamlib.errors import FencedError, HandOverPending, StorageUnavailable
 from streamlib.testing.faults import FaultyFileSystem, access_denied
 
+# The hand-over protocol does not depend on the codec: the C pass runs it (conftest.py).
+pytestmark = pytest.mark.once
+
 HELD = {"upload_interval_ms": 3_600_000, "upload_bytes": "1GiB"}  # uploads by flush only
 
 

@@ -29,6 +29,9 @@ from hypothesis.stateful import (
 import streamlib
 from streamlib import AppendResult, FencedError, StreamStore
 
+# The hand-over protocol does not depend on the codec: the C pass runs it (conftest.py).
+pytestmark = pytest.mark.once
+
 NODES = ("n0", "n1", "n2")
 STREAMS = ("s0", "s1")
 
