@@ -354,7 +354,7 @@ class StreamStore:
         log.info("recovered %d WAL records (%d committed already), %d bytes to upload",
                  recovery.records, skipped, self._pending_bytes)
         try:
-            self._uploader.upload(final=True)
+            self._uploader.upload()
         except (StorageUnavailable, OSError) as error:
             log.warning("could not upload recovered data at open; retrying in the background: "
                         "%s", error)
@@ -874,7 +874,7 @@ class StreamStore:
         with self._lock:
             return self._pending_bytes, self._pending_since
 
-    def _take(self, final: bool) -> Work | None:
+    def _take(self) -> Work | None:
         """The batches of the next round and the WAL position it may trim to.
 
         Every acknowledged batch at a WAL position up to the **frontier** (the position of the
@@ -882,8 +882,9 @@ class StreamStore:
         before it are durable, and once acknowledged they are in the log cache. The trim
         position is the frontier, lowered to the lowest possible position of an append still
         inside its WAL call (its stream may not know of it yet), and to the first record kept
-        back by damage. With nothing in flight (always so when ``final``), it is the WAL's
-        end: the round takes everything and the WAL is emptied."""
+        back by damage. With nothing in flight (so at open and at close, unless appends durable
+        on a shared manifest still wait for a look), it is the WAL's end: the round takes
+        everything and the WAL is emptied."""
         assert self._wal is not None
         with self._lock:
             frontier = self._frontier
@@ -898,7 +899,7 @@ class StreamStore:
             self._acknowledge(state, looked)
         # Nothing in any stream's flight: every record below an entering append's lowest
         # position comes from a finished WAL call and is acknowledged by now.
-        quiet = final or not any(s.inflight for s in states)
+        quiet = not any(s.inflight for s in states)
         if quiet:
             frontier = end  # everything before the end is acknowledged: take it all
         position = frontier if entering is None else min(frontier, entering)
@@ -1417,7 +1418,7 @@ class StreamStore:
         released: set[int] = set()
         if self._failure is None:
             try:
-                self._uploader.upload(final=True)
+                self._uploader.upload()
                 released = self._release_all()
             except Exception as error:
                 log.warning("close: the last upload failed; the data stays in the WAL for the "
@@ -1450,8 +1451,9 @@ class StreamStore:
             unsettled = [item.future for item in state.inflight]
             state.inflight.clear()
         unknown = OutcomeUnknown(describe(
-            "the store closed before the append could be settled: it may or may not be in "
-            "the stream (its WAL keeps it for the next open)", stream=state.id))
+            "the store closed before the append could be settled (a look at the shared "
+            "manifest failed, or the stream's release): it may or may not be in the stream",
+            stream=state.id))
         for future in unsettled:
             if not future.done():
                 future.set_exception(unknown)

@@ -64,14 +64,14 @@ class UploadStats:
 
 
 class Uploader:
-    """Runs upload rounds for a store. ``take(final)`` gives a round's :class:`Work` (or None);
+    """Runs upload rounds for a store. ``take()`` gives a round's :class:`Work` (or None);
     ``commit(objects, position)`` commits them; ``trim(position)`` trims the WAL; ``pending()``
     says how many bytes wait and since when (``time.monotonic()``), for the triggers: a round
     starts once ``threshold`` bytes wait (default ``upload_bytes``) or ``upload_interval_ms``
     after the first of them."""
 
     def __init__(self, *, objects: ObjectStore, config: Config, node_id: str, node_epoch: int,
-                 take: Callable[[bool], Work | None],
+                 take: Callable[[], Work | None],
                  commit: Callable[[Sequence[ObjectMeta], int], None],
                  trim: Callable[[int], None],
                  pending: Callable[[], tuple[int, float | None]],
@@ -148,16 +148,15 @@ class Uploader:
 
     # ---- one round ----
 
-    def upload(self, final: bool = False) -> int:
-        """Run one round now; returns the bytes uploaded. ``final``: no append is in flight, so
-        the WAL can be trimmed to its end. Raises what failed (the data stays in the WAL and
-        the next round tries again)."""
+    def upload(self) -> int:
+        """Run one round now; returns the bytes uploaded. Raises what failed (the data stays in
+        the WAL and the next round tries again)."""
         with self._round_lock:
             attempts = 0
             while True:
                 attempts += 1
                 try:
-                    return self._round(final)
+                    return self._round()
                 except StreamNotFound as error:
                     # A stream was destroyed during the round: the next leaves it out (this
                     # round's objects are orphans). Only a store in a destroying spree fails.
@@ -173,8 +172,8 @@ class Uploader:
         self.stats.failures += 1
         self.stats.last_error = repr(error)
 
-    def _round(self, final: bool) -> int:
-        work = self._take(final)
+    def _round(self) -> int:
+        work = self._take()
         if work is None:
             return 0
         built = self.build(work.streams)

@@ -23,6 +23,9 @@ from streamlib.testing import faults
 from streamlib.testing.faults import FaultyFileSystem
 from streamlib.testing.s3 import REGION, S3Bucket, free_ports, object_store
 
+# Object-store calls and retries: the codec plays no part; the C pass runs it (conftest.py).
+pytestmark = pytest.mark.once
+
 # ---- the same behaviour on every store ----
 
 

@@ -16,6 +16,9 @@ from streamlib.meta import Commit, MetadataStore, NodeMeta
 from streamlib.meta.local import SCHEMA_VERSION, SQLiteMetadataStore
 from streamlib.testing.meta import MetadataContract, make_object
 
+# SQLite metadata: the codec plays no part; the C pass runs it (conftest.py).
+pytestmark = pytest.mark.once
+
 CHILD = Path(__file__).with_name("meta_crash_child.py")
 
 

@@ -13,6 +13,9 @@ import pytest
 import streamlib
 from streamlib.errors import FencedError, StreamClosed
 
+# Key-value entries: the codec plays no part; the C pass runs it (conftest.py).
+pytestmark = pytest.mark.once
+
 
 @pytest.fixture(params=["sqlite", "manifest"])
 def options(request: pytest.FixtureRequest) -> dict[str, Any]:
