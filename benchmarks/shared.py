@@ -144,6 +144,7 @@ def main() -> None:
     parser.add_argument("--dir", type=Path)
     args = parser.parse_args()
     small, batches, rounds = (200, 200, 4) if args.quick else (1000, 1000, 10)
+    (ROOT / "build").mkdir(exist_ok=True)  # on the project's disk, not a tmpfs
     base = args.dir or Path(tempfile.mkdtemp(prefix="sharedbench-", dir=ROOT / "build"))
     data = Data(200)
     from streamlib.testing.s3 import MotoServer, fresh_bucket
