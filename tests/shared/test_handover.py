@@ -14,10 +14,10 @@ import time
 from collections import deque
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any
 
 import pytest
-from test_shared_store import CHILD, acknowledged, records, run_until_killed, shared_config
+from nodes import HELD, node, values
+from test_shared_store import CHILD, acknowledged, run_until_killed, shared_config
 
 import streamlib
 from streamlib import AppendResult, FencedError, HandOverPending
@@ -25,15 +25,6 @@ from streamlib.testing.s3 import S3Endpoint
 
 # The hand-over protocol does not depend on the codec: the C pass runs it (conftest.py).
 pytestmark = pytest.mark.once
-
-HELD = {"upload_interval_ms": 3_600_000, "upload_bytes": "1GiB"}  # uploads by flush or release
-
-
-def local_node(tmp_path: Path, node: str, **extra: Any) -> streamlib.StreamStore:
-    bucket = tmp_path / "bucket"
-    bucket.mkdir(exist_ok=True)
-    return streamlib.open(tmp_path / f"node-{node}", node_id=node, metadata="manifest",
-                          objects_url=f"file://{bucket}", **extra)
 
 
 def payload(who: str, n: int) -> list[bytes]:
@@ -55,8 +46,8 @@ def check_stream(got: list[bytes], acked: dict[int, int], refused: set[int],
 
 
 def test_opening_a_stream_on_another_node_hands_it_over(tmp_path: Path) -> None:
-    a = local_node(tmp_path, "a", **HELD)
-    b = local_node(tmp_path, "b", **HELD)
+    a = node(tmp_path, "a", **HELD)
+    b = node(tmp_path, "b", **HELD)
     try:
         stream = a.create_stream("s")
         for n in range(20):
@@ -103,7 +94,7 @@ def test_opening_a_stream_on_another_node_hands_it_over(tmp_path: Path) -> None:
         for n in range(1, 5):
             taken.append(payload("b", n))
         b.flush()
-        got = records(b.open_stream("s", read_only=True))
+        got = values(b.open_stream("s", read_only=True))
         check_stream(got, acked, refused, 5, first.base_offset)
         assert a.stats()["upload_failures"] == 0  # A's last commits went through
     finally:
@@ -121,13 +112,13 @@ def test_a_dead_writer_must_be_taken_over_before_its_stream_moves(tmp_path: Path
     acklog = tmp_path / "acks"
     run_until_killed(config, dict(os.environ), acklog, 50)
     acked = acknowledged(acklog)
-    with local_node(tmp_path, "b", wal="object") as b:
+    with node(tmp_path, "b", wal="object") as b:
         stream = b.open_stream("s")
         with pytest.raises(HandOverPending, match="take it over"):
             stream.append(payload("b", 0), timeout=0.5)
         b.take_over("a")
         first = stream.append(payload("b", 0))
-        got = records(b.open_stream("s", read_only=True))
+        got = values(b.open_stream("s", read_only=True))
         check_stream(got, {base: n for base, n in acked.items()}, set(), 1, first.base_offset)
 
 
@@ -164,7 +155,7 @@ def test_two_writer_processes_of_one_stream(server: str, tmp_path: Path,
             assert lines[-1] == "end"
             refused = {int(line.split()[1]) for line in lines if line.startswith("F ")}
             b.flush()
-            got = records(b.open_stream("s", read_only=True))
+            got = values(b.open_stream("s", read_only=True))
             check_stream(got, acknowledged(acklog), refused, 3, first.base_offset)
     finally:
         if child.poll() is None:
@@ -180,8 +171,8 @@ def test_an_idle_owner_hands_over_too(tmp_path: Path) -> None:
     """A wrote and went quiet (nothing in flight to look at the manifest for): it still sees
     the hand-over within a fraction of a second, commits, releases; ownership moves back and
     forth."""
-    a = local_node(tmp_path, "a", **HELD)
-    b = local_node(tmp_path, "b", **HELD)
+    a = node(tmp_path, "a", **HELD)
+    b = node(tmp_path, "b", **HELD)
     try:
         stream_id = a.create_stream("s").id
         expected: list[bytes] = []
@@ -199,8 +190,8 @@ def test_an_idle_owner_hands_over_too(tmp_path: Path) -> None:
         while a.get(stream_id).next_offset < len(expected):  # a sees b's last commit soon
             assert time.monotonic() < deadline
             time.sleep(0.02)
-        assert records(a.open_stream(stream_id, read_only=True)) == expected
-        assert records(b.open_stream(stream_id, read_only=True)) == expected
+        assert values(a.open_stream(stream_id, read_only=True)) == expected
+        assert values(b.open_stream(stream_id, read_only=True)) == expected
     finally:
         a.close()
         b.close()

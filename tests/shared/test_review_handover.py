@@ -13,6 +13,7 @@ from typing import Any
 
 import fsspec
 import pytest
+from nodes import HELD, crash, eventually_read, node, values, wait_for
 
 import streamlib
 from streamlib.errors import FencedError, HandOverPending, StorageUnavailable
@@ -20,43 +21,6 @@ from streamlib.testing.faults import FaultyFileSystem, access_denied
 
 # The hand-over protocol does not depend on the codec: the C pass runs it (conftest.py).
 pytestmark = pytest.mark.once
-
-HELD = {"upload_interval_ms": 3_600_000, "upload_bytes": "1GiB"}  # uploads by flush only
-
-
-def node(tmp_path: Path, name: str, **extra: Any) -> streamlib.StreamStore:
-    bucket = tmp_path / "bucket"
-    bucket.mkdir(exist_ok=True)
-    return streamlib.open(tmp_path / f"node-{name}", node_id=name, metadata="manifest",
-                          objects_url=f"file://{bucket}", **extra)
-
-
-def values(stream: streamlib.Stream, start: int = 0) -> list[bytes]:
-    found, offset = [], start
-    while offset < stream.next_offset:
-        result = stream.fetch(offset, max_bytes=1 << 20)
-        for batch in result:
-            found += [r.value for r in batch.records()]
-        offset = result.next_fetch_offset
-    return found
-
-
-def crash(store: streamlib.StreamStore) -> None:
-    """As if the process were killed: nothing more is uploaded, committed or released."""
-    store._uploader.stop()
-    store._release()
-
-
-def wait_for(condition: Any, timeout: float = 5.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.01)
-
-
-def eventually_read(store: streamlib.StreamStore, name: str, count: int) -> list[bytes]:
-    wait_for(lambda: store.get(name).next_offset >= count, what=f"{name} to reach {count}")
-    return values(store.open_stream(name, read_only=True))
 
 
 # ---- a restarted node never hands over the streams it still owns ----

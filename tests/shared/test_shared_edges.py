@@ -17,6 +17,7 @@ from typing import Any
 
 import fsspec
 import pytest
+from nodes import HELD, node, values
 from test_shared_store import run_until_killed
 
 import streamlib
@@ -27,25 +28,6 @@ from streamlib.testing.faults import FaultyFileSystem, access_denied
 
 # The hand-over protocol does not depend on the codec: the C pass runs it (conftest.py).
 pytestmark = pytest.mark.once
-
-HELD = {"upload_interval_ms": 3_600_000, "upload_bytes": "1GiB"}  # uploads by flush only
-
-
-def node(tmp_path: Path, name: str, **extra: Any) -> streamlib.StreamStore:
-    bucket = tmp_path / "bucket"
-    bucket.mkdir(exist_ok=True)
-    return streamlib.open(tmp_path / f"node-{name}", node_id=name, metadata="manifest",
-                          objects_url=f"file://{bucket}", **extra)
-
-
-def values(stream: streamlib.Stream, start: int = 0) -> list[bytes]:
-    found, offset = [], start
-    while offset < stream.next_offset:
-        result = stream.fetch(offset, max_bytes=1 << 20)
-        for batch in result:
-            found += [r.value for r in batch.records()]
-        offset = result.next_fetch_offset
-    return found
 
 
 # ---- a stream this node writes, destroyed by another node ----

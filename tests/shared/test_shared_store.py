@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from nodes import values
 
 import streamlib
 from streamlib.errors import FencedError
@@ -25,16 +26,6 @@ CHILD = Path(__file__).with_name("shared_child.py")
 def shared_config(bucket: str, tmp_path: Path, node: str, **extra: Any) -> dict[str, Any]:
     return {"path": str(tmp_path / f"node-{node}"), "node_id": node, "metadata": "manifest",
             "objects_url": f"s3://{bucket}/shared", "upload_interval_ms": 200, **extra}
-
-
-def records(stream: streamlib.Stream) -> list[bytes]:
-    found, offset = [], stream.start_offset
-    while offset < stream.next_offset:
-        result = stream.fetch(offset, max_bytes=1 << 20)
-        for batch in result:
-            found += [r.value for r in batch.records()]
-        offset = result.next_fetch_offset
-    return found
 
 
 @pytest.mark.once
@@ -61,7 +52,7 @@ def test_three_processes_write_their_streams_at_once(server: str, tmp_path: Path
         assert sorted(s.id for s in store.streams()) == [1, 2, 3]  # ids handed out once each
         for i in range(3):
             stream = store.open_stream(f"s{i}", read_only=True)
-            assert records(stream) == [f"s{i}:{n}:{r}".encode() for n in range(40)
+            assert values(stream) == [f"s{i}:{n}:{r}".encode() for n in range(40)
                                        for r in range(10)]
     endpoint.delete_bucket(bucket)
 
@@ -76,7 +67,7 @@ def test_a_node_reads_what_another_commits_and_follows_it(moto_s3: S3Endpoint,
         stream.append([b"a", b"b"])
         writer.flush()
         remote = reader.open_stream("events", read_only=True)  # created on the other node
-        assert records(remote) == [b"a", b"b"]
+        assert values(remote) == [b"a", b"b"]
         follow = remote.read(remote.next_offset, idle_timeout=20)
         stream.append([b"c"])
         started = time.monotonic()
@@ -112,7 +103,7 @@ def test_opening_a_node_id_again_fences_the_older_process(moto_s3: S3Endpoint,
         with pytest.raises(FencedError):  # and it stops appending
             stream.append([b"later"])
         again = new.open_stream("s", read_only=True)
-        assert records(again) == [b"committed"]
+        assert values(again) == [b"committed"]
     old.close()
     moto_s3.delete_bucket(bucket)
 
@@ -177,7 +168,7 @@ def test_a_killed_writer_is_taken_over_with_every_acknowledged_record(
         assert result.node_epoch == 2 and not result.damaged
         start, end = result.streams[stream.id]
         assert start == 0 and end >= 10 * len(acked) and result.records == end
-        got = records(taker.open_stream("s", read_only=True))
+        got = values(taker.open_stream("s", read_only=True))
         assert len(got) == end  # dense: every offset below the end, once
         for base, batch in acked.items():
             assert got[base:base + 10] == [f"s:{batch}:{i}".encode() for i in range(10)]
@@ -185,7 +176,7 @@ def test_a_killed_writer_is_taken_over_with_every_acknowledged_record(
         while reader.get("s").next_offset < end:  # the third node sees it at its next look
             assert time.monotonic() < deadline
             time.sleep(0.05)
-        assert records(stream) == got
+        assert values(stream) == got
         again = taker.take_over("a")  # nothing left: the WAL was emptied
         assert again.streams == {} and again.node_epoch == 3
     endpoint.delete_bucket(bucket)
@@ -210,7 +201,7 @@ def test_a_file_wal_is_taken_over_where_its_path_is_reachable(tmp_path: Path) ->
         with pytest.raises(ValueError, match="own node"):
             taker.take_over("b")
         result = taker.take_over("a", wal="file", wal_path=str(tmp_path / "node-a" / "wal"))
-        got = records(taker.open_stream("s", read_only=True))
+        got = values(taker.open_stream("s", read_only=True))
         assert len(got) == result.streams[1][1] >= 10 * len(acked)
         for base, batch in acked.items():
             assert got[base:base + 10] == [f"s:{batch}:{i}".encode() for i in range(10)]
