@@ -4,11 +4,14 @@ whole, waiting for a condition, a node dying as if killed."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
 import streamlib
+from streamlib.errors import FencedError
+from streamlib.testing.faults import access_denied
 
 HELD = {"upload_interval_ms": 3_600_000, "upload_bytes": "1GiB"}
 """Uploads only by flush, at a hand-over's release or at close."""
@@ -50,3 +53,40 @@ def crash(store: streamlib.StreamStore) -> None:
     """As if the process were killed: nothing more is uploaded, committed or released."""
     store._uploader.stop()
     store._release()
+
+
+def faulty_pair(tmp_path: Path, faulty: Any) -> tuple[streamlib.StreamStore,
+                                                      streamlib.StreamStore, dict[str, Any]]:
+    """Nodes A (its object WAL and objects through ``faulty``, a FaultyFileSystem over the
+    memory filesystem) and B on one memory bucket; also A's options, to open it again."""
+    bucket = f"memory://review-{tmp_path.name}"
+    options = {"node_id": "a", "metadata": "manifest", "wal": "object", "objects_url": bucket,
+               **HELD}
+    a = streamlib.open(tmp_path / "node-a", filesystem=faulty, **options)
+    b = streamlib.open(tmp_path / "node-b", **{**options, "node_id": "b"})
+    return a, b, options
+
+
+def hand_over_during_an_append(a: streamlib.StreamStore, b: streamlib.StreamStore,
+                               faulty: Any, keep: Callable[[str], bool],
+                               before: Sequence[bytes] = (), upload_before: bool = True,
+                               ) -> tuple[streamlib.Stream, streamlib.Stream,
+                                          Future[streamlib.AppendResult]]:
+    """A new stream of A (with ``before`` appended, and uploaded if ``upload_before``); A's
+    PUTs of paths
+    ``keep`` matches fail from here on (so that A's WAL keeps what it has, or nothing uploads);
+    B opens the stream for write while A appends X. Tried on new streams until X reaches A's
+    WAL before A's fence thread sees the hand-over. Returns A's handle, B's, X's future."""
+    for attempt in range(20):
+        stream = a.create_stream(f"s{attempt}")
+        if before:
+            stream.append(list(before))
+            if upload_before:
+                a.flush()
+        faulty.inject("put", access_denied, times=None, match=keep)
+        taken = b.open_stream(stream.id)
+        try:
+            return stream, taken, stream.append_future([b"X"])
+        except FencedError:  # A saw the hand-over first: again
+            faulty.clear()
+    raise AssertionError("A saw every hand-over before its append reached the WAL")

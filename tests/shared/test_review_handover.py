@@ -7,13 +7,21 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
 import fsspec
 import pytest
-from nodes import HELD, crash, eventually_read, node, values, wait_for
+from nodes import (
+    HELD,
+    crash,
+    eventually_read,
+    faulty_pair,
+    hand_over_during_an_append,
+    node,
+    values,
+    wait_for,
+)
 
 import streamlib
 from streamlib.errors import FencedError, HandOverPending, StorageUnavailable
@@ -120,12 +128,8 @@ def test_destroying_a_stream_being_handed_over_does_not_wedge_the_old_owners_upl
     calls ``get``/``streams``, which would sync) drops s: every upload round of A commits s's
     batches and fails with StreamNotFound — t's data is never committed, A's WAL never trimmed,
     B never sees t."""
-    bucket = f"memory://review-{tmp_path.name}"
     faulty = FaultyFileSystem(fsspec.filesystem("memory"))
-    a = streamlib.open(tmp_path / "node-a", node_id="a", metadata="manifest", wal="object",
-                       objects_url=bucket, filesystem=faulty, **HELD)
-    b = streamlib.open(tmp_path / "node-b", node_id="b", metadata="manifest", wal="object",
-                       objects_url=bucket, **HELD)
+    a, b, _ = faulty_pair(tmp_path, faulty)
     try:
         s, t = a.create_stream("s"), a.create_stream("t")
         s.append([b"s1"])
@@ -163,31 +167,14 @@ def test_a_parked_append_answered_at_close_never_shows_after_a_restart(
     released and X stays in A's WAL. A restarts: s is still A's to hand over, ``_recover``
     replays X (its epoch is within A's held epochs) and commits it — an append answered with
     FencedError is visible."""
-    bucket = f"memory://review-{tmp_path.name}"
     faulty = FaultyFileSystem(fsspec.filesystem("memory"))
-    options = {"node_id": "a", "metadata": "manifest", "wal": "object", "objects_url": bucket,
-               **HELD}
-    a = streamlib.open(tmp_path / "node-a", filesystem=faulty, **options)
-    b = streamlib.open(tmp_path / "node-b", node_id="b", metadata="manifest", wal="object",
-                       objects_url=bucket, **HELD)
+    a, b, options = faulty_pair(tmp_path, faulty)
     try:
-        refused: str | None = None
-        future: Future[Any] | None = None
-        for attempt in range(20):  # X must reach A's WAL before A's fence thread looks
-            stream = a.create_stream(f"s{attempt}")
-            stream.append([b"acked"])
-            faulty.inject("put", access_denied, times=None,
-                          match=lambda p: "/data/" in p or p.endswith("/TRIM"))
-            b.open_stream(stream.id)
-            try:
-                future = stream.append_future([b"X"])
-            except FencedError:
-                faulty.clear()
-                a.flush()
-                continue
-            refused = f"s{attempt}"
-            break
-        assert refused is not None and future is not None
+        stream, _, future = hand_over_during_an_append(
+            a, b, faulty, lambda p: "/data/" in p or p.endswith("/TRIM"), before=[b"acked"],
+            upload_before=False)
+        refused = stream.name
+        assert refused is not None
         time.sleep(0.3)  # X is parked: A cannot release s (its upload fails)
         assert not future.done()
         a.close()

@@ -17,14 +17,14 @@ from typing import Any
 
 import fsspec
 import pytest
-from nodes import HELD, node, values
+from nodes import HELD, faulty_pair, hand_over_during_an_append, node, values
 from test_shared_store import run_until_killed
 
 import streamlib
 from streamlib.errors import FencedError, StreamNotFound
 from streamlib.io import ObjectStore
 from streamlib.meta.manifest import ManifestMetadataStore
-from streamlib.testing.faults import FaultyFileSystem, access_denied
+from streamlib.testing.faults import FaultyFileSystem
 
 # The hand-over protocol does not depend on the codec: the C pass runs it (conftest.py).
 pytestmark = pytest.mark.once
@@ -97,33 +97,15 @@ def test_a_take_over_does_not_commit_an_append_answered_with_fenced_error(
     owner now). A dies before its WAL was trimmed past X (here: its TRIM marker cannot be
     written). C takes A over: take_over counts a stream with owner None as A's
     (``m.owner in (node, None)``) and commits X — an append its writer was told failed."""
-    bucket = f"memory://review-{tmp_path.name}"
     faulty = FaultyFileSystem(fsspec.filesystem("memory"))
-    a = streamlib.open(tmp_path / "node-a", node_id="a", metadata="manifest", wal="object",
-                       objects_url=bucket, filesystem=faulty, **HELD)
-    b = streamlib.open(tmp_path / "node-b", node_id="b", metadata="manifest", wal="object",
-                       objects_url=bucket, **HELD)
-    c = streamlib.open(tmp_path / "node-c", node_id="c", metadata="manifest", wal="object",
-                       objects_url=bucket, **HELD)
+    a, b, options = faulty_pair(tmp_path, faulty)
+    c = streamlib.open(tmp_path / "node-c", **{**options, "node_id": "c"})
     try:
-        refused = None
-        for attempt in range(20):  # X must reach A's WAL before A's fence thread looks
-            stream = a.create_stream(f"s{attempt}")
-            stream.append([b"acked"])
-            a.flush()
-            faulty.inject("put", access_denied, times=None,
-                          match=lambda p: p.endswith("/TRIM"))  # A's WAL keeps what it has
-            b.open_stream(stream.id)  # the hand-over
-            try:
-                future = stream.append_future([b"X"])
-            except FencedError:
-                faulty.clear()
-                continue
-            with pytest.raises(FencedError):
-                future.result(timeout=10)  # answered after A's release
-            refused = stream.id
-            break
-        assert refused is not None
+        stream, _, future = hand_over_during_an_append(
+            a, b, faulty, lambda p: p.endswith("/TRIM"), before=[b"acked"])  # A's WAL keeps X
+        with pytest.raises(FencedError):
+            future.result(timeout=10)  # answered after A's release
+        refused = stream.id
         b.close()  # a clean close: s has no owner now
         result = c.take_over("a", wal="object")
         got = values(c.open_stream(refused, read_only=True))
@@ -140,32 +122,14 @@ def test_a_restarted_node_does_not_commit_its_refused_appends_into_the_new_owner
     the stream: ``_recover`` replays every WAL record beyond the committed end, whoever owns
     the stream now, and commits it with the stream's current epoch (B's): X, answered with
     FencedError, lands in B's stream, and B's own appends then conflict."""
-    bucket = f"memory://review-{tmp_path.name}"
     faulty = FaultyFileSystem(fsspec.filesystem("memory"))
-    options = {"node_id": "a", "metadata": "manifest", "wal": "object", "objects_url": bucket,
-               **HELD}
-    a = streamlib.open(tmp_path / "node-a", filesystem=faulty, **options)
-    b = streamlib.open(tmp_path / "node-b", node_id="b", metadata="manifest", wal="object",
-                       objects_url=bucket, **HELD)
+    a, b, options = faulty_pair(tmp_path, faulty)
     try:
-        refused = None
-        for attempt in range(20):
-            stream = a.create_stream(f"s{attempt}")
-            stream.append([b"acked"])
-            a.flush()
-            faulty.inject("put", access_denied, times=None,
-                          match=lambda p: p.endswith("/TRIM"))
-            taken = b.open_stream(stream.id)
-            try:
-                future = stream.append_future([b"X"])
-            except FencedError:
-                faulty.clear()
-                continue
-            with pytest.raises(FencedError):
-                future.result(timeout=10)
-            refused = stream.id
-            break
-        assert refused is not None
+        stream, taken, future = hand_over_during_an_append(
+            a, b, faulty, lambda p: p.endswith("/TRIM"), before=[b"acked"])
+        with pytest.raises(FencedError):
+            future.result(timeout=10)
+        refused = stream.id
         a.close()
         faulty.clear()
         a = streamlib.open(tmp_path / "node-a", **options)  # restarted, its WAL replayed
@@ -355,30 +319,14 @@ def test_an_append_refused_at_a_hand_over_stays_refused_when_the_stream_comes_ba
     stream back to A; A dies. The take-over of A (or A's own restart) kept every record of a
     stream A owned beyond the committed end, whatever its epoch: X, answered with
     FencedError, became visible. Only records of A's current time as owner are A's."""
-    bucket = f"memory://review-{tmp_path.name}"
     faulty = FaultyFileSystem(fsspec.filesystem("memory"))
-    options = {"node_id": "a", "metadata": "manifest", "wal": "object", "objects_url": bucket,
-               **HELD}
-    a = streamlib.open(tmp_path / "node-a", filesystem=faulty, **options)
-    b = streamlib.open(tmp_path / "node-b", node_id="b", metadata="manifest", wal="object",
-                       objects_url=bucket, **HELD)
+    a, b, options = faulty_pair(tmp_path, faulty)
     try:
-        refused = None
-        for attempt in range(20):  # X must reach A's WAL before A's fence thread looks
-            stream = a.create_stream(f"s{attempt}")
-            faulty.inject("put", access_denied, times=None,  # A's WAL keeps what it has,
-                          match=lambda p: p.endswith("/TRIM") or "/data/" in p)  # uploads none
-            b.open_stream(stream.id)
-            try:
-                future = stream.append_future([b"X"])
-            except FencedError:
-                faulty.clear()
-                continue
-            with pytest.raises(FencedError):
-                future.result(timeout=10)
-            refused = stream.id
-            break
-        assert refused is not None
+        stream, _, future = hand_over_during_an_append(  # A's WAL keeps X, uploads nothing
+            a, b, faulty, lambda p: p.endswith("/TRIM") or "/data/" in p)
+        with pytest.raises(FencedError):
+            future.result(timeout=10)
+        refused = stream.id
         back = a.open_stream(refused)  # B wrote nothing and releases at once
         back.append([b"kept"])  # acknowledged, not uploaded (uploads by flush only)
         a._uploader.stop()  # A dies: nothing more uploaded, nothing released
