@@ -381,8 +381,38 @@ class StreamStore:
             raise TypeError(f"read_only must be a bool, not {type(read_only).__name__}")
         if read_only:
             return Stream(self, state, None)
-        # This node handed the stream over before: that must be complete (released) first.
         deadline = time.monotonic() + self.config.append_timeout_ms / 1000
+        while True:
+            self._await_own_release(state, deadline)
+            # After every append of earlier handles, and never in the middle of a commit or
+            # of a fence scan of this stream (``opening``: a scan that read the manifest before
+            # this open must not fence it).
+            with state.order, self._meta_lock, state.opening:
+                if state.fenced is not None and not state.released:
+                    continue  # fenced meanwhile: the release comes first
+                self._check_open()
+                meta = self._metadata().open_stream(state.id, node_id=self.node_id,
+                                                    node_epoch=self.node_epoch)
+                with state.lock:
+                    handed_away = state.fenced is not None  # and released: others may write
+                    state.fenced, state.released = None, False
+                    state.epoch = meta.epoch
+                    state.handover_from = (meta.handover_from
+                                           if meta.handover_from != self.node_id else None)
+                    idle = not state.log and not state.inflight  # nothing of its own to commit
+                    if not state.written_here or handed_away or (
+                            idle and meta.end_offset > state.committed_end):
+                        # Others wrote it (or committed what they held): theirs is the end.
+                        state.committed_end = state.acked_end = state.assigned_end = max(
+                            state.committed_end, meta.end_offset)
+                        state.objects = None
+                        state.commits += 1
+                    state.written_here = True
+                return Stream(self, state, meta.epoch)
+
+    def _await_own_release(self, state: StreamState, deadline: float) -> None:
+        """This node handed the stream over before: that must be complete (released) before
+        it opens the stream again."""
         while state.fenced is not None and not state.released:
             if isinstance(self._failure, FencedError):
                 raise FencedError(describe("another process took over this store's node",
@@ -391,23 +421,6 @@ class StreamStore:
                 raise HandOverPending(describe("this node is still handing the stream over "
                                                "to another: retry", stream=state.id))
             time.sleep(0.02)
-        # After every append of earlier handles, and never in the middle of a commit.
-        with state.order, self._meta_lock:
-            self._check_open()
-            meta = self._metadata().open_stream(state.id, node_id=self.node_id)
-            with state.lock:
-                handed_away = state.fenced is not None
-                state.fenced, state.released = None, False
-                state.epoch = meta.epoch
-                state.handover_from = (meta.handover_from
-                                       if meta.handover_from != self.node_id else None)
-                if not state.written_here or handed_away:  # others wrote it: theirs is the end
-                    state.committed_end = state.acked_end = state.assigned_end = max(
-                        state.committed_end, meta.end_offset)
-                    state.objects = None
-                    state.commits += 1
-                state.written_here = True
-        return Stream(self, state, meta.epoch)
 
     def get(self, stream: int | str) -> StreamInfo:
         """The stream with this id or name, as it is now (on a shared store: as of the last
@@ -816,7 +829,7 @@ class StreamStore:
             # before this node's state has its new epoch: not a fence).
             if m.owner == self.node_id and self._failure is None:
                 continue
-            with state.lock:
+            with state.opening, state.lock:  # not while this node opens it again
                 if state.fenced is not None or state.epoch > m.epoch:
                     continue  # known, or reopened here after the version this scan reads
                 state.fenced = self._fence_error(state, m.owner)
@@ -858,6 +871,7 @@ class StreamStore:
             state.kept_log.clear()
             state.released, state.releasing = True, False
             state.wake_readers()  # tailing readers here now look at the manifest
+        self._synced_version = -1  # the next sync reads its end (a release may write nothing)
         self._cache.drop_log(self._scope, state.id)
         self._answer_parked(state, FencedError(str(state.fenced)))
 

@@ -174,6 +174,7 @@ class StreamState:
         self.acked_end = meta.end_offset
         self.assigned_end = meta.end_offset
         self.order = threading.Lock()
+        self.opening = threading.Lock()  # an open for write here vs. a fence scan of it
         self.lock = threading.Lock()
         self.inflight: deque[_Inflight] = deque()
         self.unsettled: deque[Settle] = deque()  # acknowledged, futures not completed yet

@@ -413,12 +413,15 @@ class MetadataStore(abc.ABC):
 
     @abc.abstractmethod
     def open_stream(self, stream_id: int, *, expected_epoch: int | None = None,
-                    node_id: str | int | None = None) -> StreamMeta:
+                    node_id: str | int | None = None,
+                    node_epoch: int | None = None) -> StreamMeta:
         """Raise the stream's epoch by one (only if it is ``expected_epoch``, when given) and
         return the stream with its new epoch. ``node_id``: the node opening it, for a store
         that keeps owners (docs/shared-stores.md): when another node owns the stream, it is
         handed over from that node, which may still commit what it acknowledged and then
-        releases it (:meth:`release_streams`). Stores without owners ignore it."""
+        releases it (:meth:`release_streams`). Stores without owners ignore it. With
+        ``node_epoch`` too, a node fenced since (another process registered its id, or took it
+        over) gets :class:`~streamlib.errors.FencedError`."""
 
     def release_streams(self, node_id: str | int, node_epoch: int,
                         stream_ids: Sequence[int]) -> None:

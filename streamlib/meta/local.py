@@ -271,14 +271,21 @@ class SQLiteMetadataStore(MetadataStore):
         return [_stream(row) for row in rows]
 
     def open_stream(self, stream_id: int, *, expected_epoch: int | None = None,
-                    node_id: str | int | None = None) -> StreamMeta:
-        """(No owners here: ``node_id`` is checked and otherwise ignored.)"""
+                    node_id: str | int | None = None,
+                    node_epoch: int | None = None) -> StreamMeta:
+        """(No owners here: ``node_id`` is checked, and its epoch if given.)"""
         check_id(stream_id)
-        if node_id is not None:
-            check_node_id(node_id)
+        node = None if node_id is None else check_node_id(node_id)
         if expected_epoch is not None:
             check_id(expected_epoch, "expected_epoch")
+        if node_epoch is not None:
+            check_id(node_epoch, "node_epoch")
         with self._transaction(write=True) as db:
+            if node is not None and node_epoch is not None:
+                current = self._node(db, node).node_epoch
+                if current != node_epoch:
+                    raise FencedError(describe("open by a fenced node", node=node,
+                                               node_epoch=node_epoch, current=current))
             meta = self._live(db, stream_id)
             if expected_epoch is not None and meta.epoch != expected_epoch:
                 raise FencedError(describe("stream epoch has moved on", stream=stream_id,

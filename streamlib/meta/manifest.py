@@ -537,13 +537,21 @@ class ManifestMetadataStore(MetadataStore):
                                          if s.live])
 
     def open_stream(self, stream_id: int, *, expected_epoch: int | None = None,
-                    node_id: str | int | None = None) -> StreamMeta:
+                    node_id: str | int | None = None,
+                    node_epoch: int | None = None) -> StreamMeta:
         check_id(stream_id)
         if expected_epoch is not None:
             check_id(expected_epoch, "expected_epoch")
+        if node_epoch is not None:
+            check_id(node_epoch, "node_epoch")
         node = None if node_id is None else check_node_id(node_id)
 
         def plan(state: _State) -> tuple[dict[str, Any], StreamMeta]:
+            if node is not None and node_epoch is not None:
+                current = state.node(node).node_epoch
+                if current != node_epoch:
+                    raise FencedError(describe("open by a fenced node", node=node,
+                                               node_epoch=node_epoch, current=current))
             stream = state.live(stream_id)
             if expected_epoch is not None and stream.epoch != expected_epoch:
                 raise FencedError(describe("stream epoch has moved on", stream=stream_id,
@@ -554,13 +562,12 @@ class ManifestMetadataStore(MetadataStore):
             # appends follow each other (an owner in between wrote nothing: it waited for the
             # release). A stream another node owns is handed over from it.
             handover, owner, since = None, stream.owner, stream.since
+            if stream.handover_from is not None and stream.handover_from != node:
+                handover = [stream.handover_from, stream.handover_epoch, stream.handover_since]
             if node is not None and stream.handover_from == node:
                 owner, since = node, stream.handover_since
             elif node is not None:
-                if stream.handover_from is not None:
-                    handover = [stream.handover_from, stream.handover_epoch,
-                                stream.handover_since]
-                elif stream.owner not in (None, node):
+                if stream.handover_from is None and stream.owner not in (None, node):
                     handover = [stream.owner, stream.epoch, stream.since]
                 if stream.owner != node:
                     owner, since = node, epoch
