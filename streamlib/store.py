@@ -616,7 +616,7 @@ class StreamStore:
             state.assigned_end = placed.next_offset
             if producer is not None:
                 producer.remember(sequence, batch.count, item.future)  # type: ignore[arg-type]
-        wal_future.add_done_callback(lambda _: self._durable(state))
+        wal_future.add_done_callback(lambda _: self._durable(state, item))
         return item.future
 
     def _await_release(self, state: StreamState, timeout: float) -> None:
@@ -686,13 +686,16 @@ class StreamStore:
                 "not keeping up", size=size, cache_bytes=self._cache.max_bytes,
                 pinned=self._cache.pinned_bytes))
 
-    def _durable(self, state: StreamState) -> None:
-        """A WAL write of ``state`` completed (on the WAL's thread). On a shared manifest the
-        acknowledgement waits for a look at the manifest: the fence thread does it, so that the
-        WAL goes on completing writes meanwhile (one look serves all that completed before)."""
+    def _durable(self, state: StreamState, item: _Inflight | None = None) -> None:
+        """A WAL write of ``state`` (``item``) completed (on the WAL's thread). On a shared
+        manifest the acknowledgement waits for a look at the manifest that starts after this
+        moment (stamped on the item): the fence thread does it, so that the WAL goes on
+        completing writes meanwhile (one look serves all that completed before)."""
         if not self._checks_fences:
             self._acknowledge(state)
             return
+        if item is not None:
+            item.durable_at = time.monotonic()
         with self._ack_ready:
             self._ack_pending.add(state)
             self._ack_ready.notify()

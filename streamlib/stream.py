@@ -92,17 +92,14 @@ class _Inflight:
     def __init__(self, batch: RecordBatch, wal_future: Future[int]) -> None:
         self.batch = batch
         self.wal_future = wal_future
-        # When the WAL write was seen complete (monotonic seconds; None before): on a shared
-        # manifest, only a look at the manifest that started later may acknowledge it.
+        # When the WAL write was seen complete (monotonic seconds, stamped by the store on a
+        # shared manifest; None before): only a look at the manifest that started later may
+        # acknowledge it.
         self.durable_at: float | None = None
-        wal_future.add_done_callback(self._stamp)
         self.future: Future[AppendResult] = Future()
         # Running from the start: a caller cannot cancel it (asyncio.wait_for on
         # append_async tries to), since the append goes on in the WAL whatever happens.
         self.future.set_running_or_notify_cancel()
-
-    def _stamp(self, _: object) -> None:
-        self.durable_at = time.monotonic()
 
     def settled_before(self, moment: float | None) -> bool:
         """Whether its WAL write completed (and was seen to) before ``moment`` (None: ever)."""
