@@ -49,6 +49,16 @@ def eventually_read(store: streamlib.StreamStore, name: str, count: int) -> list
     return values(store.open_stream(name, read_only=True))
 
 
+def flush_outcome(store: streamlib.StreamStore) -> object:
+    """``"ok"`` if ``store.flush()`` works, else the exception it raised (for an assertion
+    that shows it)."""
+    try:
+        store.flush()
+    except Exception as error:
+        return error
+    return "ok"
+
+
 def crash(store: streamlib.StreamStore) -> None:
     """As if the process were killed: nothing more is uploaded, committed or released."""
     store._uploader.stop()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from nodes import (
     crash,
     eventually_read,
     faulty_pair,
+    flush_outcome,
     hand_over_during_an_append,
     node,
     values,
@@ -103,11 +105,7 @@ def test_reopening_a_stream_while_its_release_is_in_flight_keeps_the_new_ownersh
         taken = c.open_stream("s")  # must hand s over from A
         taken.append([b"c1"])  # must land after a2
         c.flush()
-        flushed: object = "ok"
-        try:
-            a.flush()
-        except Exception as error:
-            flushed = error
+        flushed = flush_outcome(a)
         time.sleep(0.3)
         c.get("s")
         got = values(c.open_stream("s", read_only=True))
@@ -243,6 +241,18 @@ class WatcherGate:
     def pass_second(self) -> None:
         self.second_go.set()
 
+    def look_read_before(self, stream: streamlib.Stream) -> Future[Any]:
+        """Append W to ``stream`` and let the fence thread's look for it read the manifest,
+        then hold it there (until :meth:`pass_second`). Returns W's future."""
+        self.arm()
+        assert self.first_held.wait(5)  # the fence thread is held in an idle look
+        w = stream.append_future([b"W"])
+        wait_for(lambda: durable(stream, 1) and stream._state in self.store._ack_pending,
+                 what="W durable")
+        self.pass_first()
+        assert self.second_held.wait(5)  # the look for W has read the manifest
+        return w
+
     def restore(self) -> None:
         self.phase = 3
         self.first_go.set()
@@ -272,12 +282,7 @@ def test_an_append_durable_after_the_look_started_is_not_acknowledged_after_a_ha
     try:
         old = a.create_stream("s")
         old.append([b"before"])
-        gate.arm()
-        assert gate.first_held.wait(5)  # the fence thread is held in an idle look
-        w = old.append_future([b"W"])
-        wait_for(lambda: durable(old, 1) and old._state in a._ack_pending, what="W durable")
-        gate.pass_first()
-        assert gate.second_held.wait(5)  # the look for W has read the manifest
+        w = gate.look_read_before(old)
         b.open_stream("s")  # the hand-over
         x = old.append_future([b"X"])  # A has not seen it: X goes to the WAL
         wait_for(lambda: durable(old, 2), what="X durable")
@@ -298,20 +303,13 @@ def test_an_append_acknowledged_by_a_node_being_taken_over_is_not_lost(
     durable in A's old WAL epoch (superseded: no recovery will ever read it) and the fence
     thread acknowledges it with W. X is acknowledged and lost: A's commit of it is refused
     (A is fenced) and C never saw it."""
-    bucket = tmp_path / "bucket"
-    bucket.mkdir()
     a = node(tmp_path, "a", wal="object", **HELD)
     c = node(tmp_path, "c", wal="object", **HELD)
     gate = WatcherGate(a)
     try:
         old = a.create_stream("s")
         old.append([b"before"])
-        gate.arm()
-        assert gate.first_held.wait(5)
-        w = old.append_future([b"W"])
-        wait_for(lambda: durable(old, 1) and old._state in a._ack_pending, what="W durable")
-        gate.pass_first()
-        assert gate.second_held.wait(5)
+        w = gate.look_read_before(old)
         c.take_over("a", wal="object")  # recovers W (durable), commits, releases
         x = old.append_future([b"X"])
         wait_for(lambda: durable(old, 2), what="X durable")
@@ -323,7 +321,7 @@ def test_an_append_acknowledged_by_a_node_being_taken_over_is_not_lost(
             return  # not acknowledged: fine
         with contextlib.suppress(Exception):
             a.flush()
-        got = eventually_read(c, "s", 2)
+        eventually_read(c, "s", 2)
         time.sleep(0.3)
         got = values(c.open_stream("s", read_only=True))
         assert b"X" in got, f"X was acknowledged by A but is lost: {got}"
@@ -341,8 +339,6 @@ def test_an_append_answered_with_fenced_error_by_a_node_taken_over_never_shows(
     over: C recovers W from A's WAL and commits it. A's look then finds its node fenced, parks
     W and, since A can no longer release anything, ``_maybe_release`` answers it with
     FencedError ("outcome unknown"). W — answered with FencedError — is visible on C."""
-    bucket = tmp_path / "bucket"
-    bucket.mkdir()
     a = node(tmp_path, "a", wal="object", **HELD)
     c = node(tmp_path, "c", wal="object", **HELD)
     gate = WatcherGate(a)
