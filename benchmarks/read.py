@@ -269,7 +269,7 @@ class Timed:
     business only: a private attribute."""
 
     def __init__(self, store: Any) -> None:
-        self.objects = store._objects
+        self.objects = store.objects
         self.get = self.objects.get
         self.thread = threading.get_ident()
         self.own = self.other = 0.0
@@ -325,7 +325,7 @@ class Catchup:
         extra: dict[str, Any] = {} if cache is None else {"cache": block_cache(**cache)}
         self.store = streamlib.open(self.directory, storage_options=self.storage_options,
                                     **self.options, **extra)
-        self.store._objects.exists("warm-up")  # a new S3 client's first request: not timed
+        self.store.objects.exists("warm-up")  # a new S3 client's first request: not timed
 
     def read(self, fetch_bytes: int = FETCH_BYTES) -> dict[str, Any]:
         """Read the whole stream from the open store, with ``fetch(max_bytes=fetch_bytes)``."""

@@ -10,13 +10,17 @@ from streamlib.errors import (
     CacheMiss,
     CommitConflict,
     ConfigError,
+    Conflict,
     CorruptDataError,
     FencedError,
     HandOverPending,
+    NodeLockedError,
+    NotFound,
     OffsetMismatchError,
     OffsetOutOfRange,
     OutcomeUnknown,
     ReadOnlyError,
+    RetryLater,
     SequenceError,
     StorageUnavailable,
     StreamClosed,
@@ -24,7 +28,6 @@ from streamlib.errors import (
     StreamLibError,
     StreamNotFound,
     WalFullError,
-    WalLockedError,
 )
 from streamlib.kv import KeyValue
 from streamlib.records import AppendResult, FetchResult, Record, RecordBatch
@@ -39,18 +42,22 @@ __all__ = [
     "CommitConflict",
     "Config",
     "ConfigError",
+    "Conflict",
     "CorruptDataError",
     "FencedError",
     "FetchResult",
     "HandOverPending",
     "KeyValue",
     "MessageCache",
+    "NodeLockedError",
+    "NotFound",
     "OffsetMismatchError",
     "OffsetOutOfRange",
     "OutcomeUnknown",
     "ReadOnlyError",
     "Record",
     "RecordBatch",
+    "RetryLater",
     "SequenceError",
     "StorageUnavailable",
     "Stream",
@@ -61,6 +68,15 @@ __all__ = [
     "StreamNotFound",
     "StreamStore",
     "WalFullError",
-    "WalLockedError",
     "open",
 ]
+
+
+def __getattr__(name: str) -> object:
+    """Old names, kept for a while with a DeprecationWarning (``WalLockedError`` is
+    ``NodeLockedError``)."""
+    if name == "WalLockedError":
+        from streamlib import errors
+
+        return errors.__getattr__(name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

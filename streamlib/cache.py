@@ -42,6 +42,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
+from typing import overload
 
 from streamlib.objects import IndexEntry, ObjectReader
 from streamlib.records import RecordBatch, check_int
@@ -53,7 +54,7 @@ MiB = 1024 * 1024
 COOLDOWN = 5.0
 """Seconds a reader's window stops growing after a prefetched block was evicted unread."""
 
-BlockKey = tuple[object, ...]
+BlockKey = tuple[str, str, int] | tuple[str, str, int, int]
 """``(objects URL, object key, block position)`` for a block, ``("log", scope, stream id,
 first offset)`` for a log chunk."""
 StreamKey = tuple[str, int]
@@ -435,14 +436,24 @@ class MessageCache:
 
     # ---- blocks ----
 
+    @overload
+    def load(self, reader: ObjectReader, entries: Sequence[IndexEntry], *,
+             cache_only: bool = False, ahead_of: None = None,
+             lookup: bool = False) -> list[list[RecordBatch]]: ...
+
+    @overload
+    def load(self, reader: ObjectReader, entries: Sequence[IndexEntry], *,
+             cache_only: bool = False, ahead_of: Reader,
+             lookup: bool = False) -> list[list[RecordBatch] | None]: ...
+
     def load(self, reader: ObjectReader, entries: Sequence[IndexEntry], *,
              cache_only: bool = False, ahead_of: Reader | None = None,
-             lookup: bool = False) -> list[list[RecordBatch]]:
+             lookup: bool = False) -> Sequence[list[RecordBatch] | None]:
         """Each block's batches, in the order of ``entries`` (blocks of ``reader``'s object):
         from memory, from a load another reader started, or fetched now with one GET per run
         of adjacent missing blocks. ``cache_only``: raise :class:`Uncached` rather than wait or
         fetch. ``ahead_of``: a readahead for that reader (blocks already held or loading are
-        skipped: their places in the answer are empty). ``lookup``: not a reader's read (a time
+        skipped: their places in the answer are None). ``lookup``: not a reader's read (a time
         lookup): no hit is counted, no window grows."""
         found: list[list[RecordBatch] | None] = [None] * len(entries)
         waits: list[tuple[int, BlockKey, Future[list[RecordBatch]]]] = []
@@ -450,7 +461,7 @@ class MessageCache:
         now = self._clock()
         with self._lock:
             for i, entry in enumerate(entries):
-                key = (reader.store.url, reader.key, entry.position)
+                key: BlockKey = (reader.store.url, reader.key, entry.position)
                 held = self._blocks.get(key)
                 if held is not None:
                     if ahead_of is None and not lookup:
@@ -459,9 +470,9 @@ class MessageCache:
                     continue
                 if cache_only:
                     self.stats.cache_only_misses += 1
-                    for _, _, own, future in mine:  # give back what this call claimed
+                    for _, _, own, claimed in mine:  # give back what this call claimed
                         del self._loading[own]
-                        future.cancel()
+                        claimed.cancel()
                     raise Uncached(entry)
                 loading = self._loading.get(key)
                 if loading is not None:
@@ -486,7 +497,7 @@ class MessageCache:
                     held = self._blocks.get(key)
                     if held is not None and held.prefetched_for is not None:
                         self._touch(key, held, now)
-        return found  # type: ignore[return-value]
+        return found
 
     def _touch(self, key: BlockKey, block: _Block, now: float) -> None:
         """A reader read this block (caller holds the lock)."""
@@ -564,9 +575,9 @@ class MessageCache:
         for r in self._readers.values():
             positions.setdefault(r.stream, []).append(r.position)
         order = {key: i for i, key in enumerate(self._blocks)}
-        heap = []
+        heap: list[tuple[tuple[int, int], int, BlockKey]] = []
         for key, block in self._blocks.items():
-            if block.release is None or self._chunks[(key[1], key[2])][0] == key:  # type: ignore[index]
+            if block.release is None or self._chunks[(key[1], key[2])][0] == key:
                 heapq.heappush(heap, (self._rank(block, order[key], positions), order[key], key))
         while heap and self._bytes + need > self.max_bytes:
             (cause, _), _, key = heapq.heappop(heap)
@@ -575,7 +586,7 @@ class MessageCache:
             block = self._blocks[key]
             self._evict(key, _CAUSES[cause], now)
             if block.release is not None:
-                rest = self._chunks.get((key[1], key[2]))  # type: ignore[index]
+                rest = self._chunks.get((key[1], key[2]))
                 if rest:
                     nxt = self._blocks[rest[0]]
                     heapq.heappush(heap, (self._rank(nxt, order[rest[0]], positions),
@@ -584,13 +595,13 @@ class MessageCache:
     def _evict(self, key: BlockKey, cause: str, now: float) -> None:
         block = self._blocks[key]
         if block.release is not None:  # a log chunk: its stream's older chunks go with it
-            keys = self._chunks[(key[1], key[2])]  # type: ignore[index]
+            keys = self._chunks[(key[1], key[2])]
             upto = keys.index(key)
             for older in keys[:upto]:
                 self._evict(older, cause, now)
             keys.remove(key)
             if not keys:
-                del self._chunks[(key[1], key[2])]  # type: ignore[index]
+                del self._chunks[(key[1], key[2])]
             self.stats.evicted_log_chunks += 1
             block.release(block.end)  # takes the stream's lock: never held when calling here
         del self._blocks[key]

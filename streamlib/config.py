@@ -16,7 +16,7 @@ import dataclasses
 import difflib
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -207,6 +207,58 @@ class Config:
         "size (S3's minimum part is 5 MiB).",
         _Kind("bytes", low=5 * MiB, high=5 * GiB))
 
+    # ---- the object WAL ----
+    object_wal_flush_bytes: int = _setting(
+        1 * MiB,
+        "The object WAL seals an object (one PUT) once this many bytes of appends wait.",
+        _Kind("bytes", low=4 * KiB, high=1 * GiB))
+    object_wal_linger_us: int = _setting(
+        2_000,
+        "The object WAL seals an object at the latest this long after its first append "
+        "(microseconds): appends arriving meanwhile share its PUT.",
+        _Kind("microseconds", low=0, high=60_000_000))
+    object_wal_in_flight: int = _setting(
+        8,
+        "PUTs the object WAL runs at once; appends complete in order whatever order they "
+        "finish in.",
+        _Kind("count", low=1, high=1024))
+
+    # ---- the read path ----
+    readahead_bytes: int = _setting(
+        32 * MiB,
+        "The largest readahead window of a catch-up reader (stored bytes loaded ahead of it); "
+        "0 turns readahead off. Used when the store makes its own message cache.",
+        _Kind("bytes", low=0, high=1 << 40))
+    index_cache_bytes: int = _setting(
+        16 * MiB,
+        "Memory for object indexes (each object's footer and index, read once), beside the "
+        "message cache.",
+        _Kind("bytes", low=64 * KiB, high=1 << 40))
+
+    # ---- shared stores (metadata=manifest) ----
+    fence_poll_ms: int = _setting(
+        100,
+        "How often an idle node looks at the shared metadata (one GET) for hand-overs of its "
+        "streams and for a take-over of itself; an append's acknowledgement never waits for "
+        "this (it has a look of its own).",
+        _Kind("milliseconds", low=1, high=3600 * 1000))
+    sync_interval_ms: int = _setting(
+        50,
+        "The longest a read of another node's stream relies on the shared metadata it has "
+        "before looking again (one GET).",
+        _Kind("milliseconds", low=0, high=3600 * 1000))
+    reader_poll_ms: int = _setting(
+        100,
+        "How often a reader waiting at the end of another node's stream looks for its new "
+        "data (that node's appends wake nobody here).",
+        _Kind("milliseconds", low=1, high=3600 * 1000))
+    checkpoint_every: int = _setting(
+        512,
+        "A node that commits a version this many past the newest checkpoint of the shared "
+        "manifest writes a new one (opening reads the newest checkpoint and the deltas after "
+        "it).",
+        _Kind("versions", low=1, high=1 << 30))
+
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             value = f.metadata["kind"].parse(f.name, getattr(self, f.name))
@@ -225,9 +277,9 @@ class Config:
                 for f in dataclasses.fields(cls)]
 
     @classmethod
-    def _check_names(cls, names: object, origin: str) -> None:
+    def _check_names(cls, names: Iterable[object], origin: str) -> None:
         known = cls.field_names()
-        for name in names:  # type: ignore[attr-defined]
+        for name in names:
             if name not in known:
                 close = difflib.get_close_matches(str(name), known, n=1)
                 hint = f" (did you mean `{close[0]}`?)" if close else ""
@@ -239,7 +291,7 @@ class Config:
         if not isinstance(data, Mapping):
             raise TypeError(f"config must be a mapping, not {type(data).__name__}")
         cls._check_names(data, "mapping")
-        return cls(**data)  # type: ignore[arg-type]
+        return cls(**data)  # type: ignore[arg-type]  # parsed by __post_init__
 
     @classmethod
     def env_values(cls, environ: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -262,7 +314,7 @@ class Config:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Config:
         """Defaults overridden by ``STREAMLIB_*`` variables."""
-        return cls(**cls.env_values(environ))  # type: ignore[arg-type]
+        return cls(**cls.env_values(environ))  # type: ignore[arg-type]  # parsed by __post_init__
 
     @classmethod
     def load(cls, source: Config | Mapping[str, object] | None = None, *, env: bool = True,
@@ -281,12 +333,30 @@ class Config:
             values.update(source)
         cls._check_names(overrides, "keyword arguments")
         values.update(overrides)
-        return cls(**values)  # type: ignore[arg-type]
+        return cls(**values)  # type: ignore[arg-type]  # parsed by __post_init__
 
     def replace(self, **changes: object) -> Config:
         """A copy with ``changes`` applied and validated."""
         self._check_names(changes, "keyword arguments")
-        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+        return dataclasses.replace(self,
+                                   **changes)  # type: ignore[arg-type]  # parsed by __post_init__
 
     def to_dict(self) -> dict[str, object]:
         return {name: getattr(self, name) for name in self.field_names()}
+
+
+# ---- Tuning constants ----
+# Fixed values of the data flow that are not settings (changing them changes no guarantee, but
+# none needs tuning by users); named here so that every one is found in one place.
+
+RELEASE_POLL = 0.02
+"""Seconds between a shared store's looks at the metadata while an append waits for another
+node's release of its stream (the hand-over completes within about this much of the release)."""
+READAHEAD_THREADS = 2
+"""Threads of a store loading blocks ahead of catch-up readers."""
+UPLOAD_BACKOFF_FIRST = 0.1
+"""Seconds the uploader waits after a failed round; doubled by each further failure."""
+UPLOAD_BACKOFF_MAX = 5.0
+"""The longest wait between failed upload rounds (seconds)."""
+UPLOAD_DESTROYED_RETRIES = 3
+"""Rounds tried in a row when streams are destroyed under them (each leaves those out)."""

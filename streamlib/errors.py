@@ -4,6 +4,21 @@ Every exception streamlib raises on purpose derives from :class:`StreamLibError`
 says what the caller should do. Messages name what was wrong and end with the values, in the form
 ``offset out of range: stream=`7` offset=`120` valid=`[0, 100)```.
 
+The kinds come in families, by what the caller does; catching a family catches all its kinds:
+
+- :class:`RetryLater` — StorageUnavailable, WalFullError, HandOverPending, CacheMiss: the
+  request was fine but could not be done now; retry later.
+- :class:`Conflict` — OffsetMismatchError, SequenceError, StreamExists, CommitConflict,
+  NodeLockedError: another writer got there first; read the state and decide.
+- :class:`FencedError`: a newer owner holds the stream (or the node); reopen if still yours.
+- :class:`OutcomeUnknown`: an append may or may not have landed; read before retrying.
+- :class:`NotFound` — StreamNotFound, OffsetOutOfRange: look up what is there.
+- :class:`StreamClosed`: open it again.
+- :class:`CorruptDataError`: stored bytes failed validation; never retry the same bytes.
+- :class:`ConfigError`: fix the named setting.
+
+:class:`ReadOnlyError` (a read-only handle asked to write) is a mistake in the calling code.
+
 Errors about the caller's own arguments are also the matching builtin (``ConfigError`` is a
 ``ValueError``, ``StreamNotFound`` a ``LookupError``), so ``except ValueError`` keeps working.
 Plain ``TypeError`` and ``ValueError`` are raised for wrong argument types and values that need
@@ -22,6 +37,24 @@ def describe(what: str, **values: object) -> str:
 
 class StreamLibError(Exception):
     """Base of every streamlib error."""
+
+
+# ---- the families: what the caller does ----
+
+class RetryLater(StreamLibError):
+    """The request was fine but could not be done now: storage did not answer, there was no
+    room, a hand-over is not finished, the data is not in memory. Nothing was applied (except
+    where :class:`OutcomeUnknown` says otherwise): retry later, or elsewhere."""
+
+
+class Conflict(StreamLibError):
+    """The request met another state than the caller assumed: another writer or process got
+    there first, or the caller's view is stale. Nothing was applied: read the current state
+    and decide."""
+
+
+class NotFound(StreamLibError, LookupError):
+    """What was asked for is not there (any more): a stream, an offset. Look up what is."""
 
 
 class ConfigError(StreamLibError, ValueError):
@@ -59,7 +92,7 @@ class CorruptDataError(StreamLibError):
         super().__init__(describe(f"corrupt data: {problem}", **values))
 
 
-class OffsetOutOfRange(StreamLibError, IndexError):
+class OffsetOutOfRange(NotFound, IndexError):
     """An offset lies outside what a stream holds.
 
     ``[valid_start, valid_end)`` is the stream's readable range when the call was refused;
@@ -77,10 +110,19 @@ class OffsetOutOfRange(StreamLibError, IndexError):
 
 
 class FencedError(StreamLibError):
-    """A newer epoch owns the stream. This handle can no longer write; reopen to continue."""
+    """A newer epoch owns the stream (another handle, another node), or another process took
+    this store's node over. This handle can no longer write; reopen to continue (if this node
+    still may)."""
 
 
-class StreamNotFound(StreamLibError, LookupError):
+class OutcomeUnknown(StreamLibError):
+    """The append was written to the WAL but could not be settled: the store closed, or its
+    node was taken over, before it could tell whether the append counts. It may or may not be
+    in the stream: read the stream to find out before appending it again (a blind retry may
+    write it twice)."""
+
+
+class StreamNotFound(NotFound):
     """No stream has that id or name (it may have been destroyed)."""
 
 
@@ -88,37 +130,32 @@ class StreamClosed(StreamLibError):
     """The stream or store was closed; open it again to use it."""
 
 
-class StorageUnavailable(StreamLibError, OSError):
+class StorageUnavailable(RetryLater, OSError):
     """The WAL or object store could not be reached after retries. Retry later."""
 
 
-class OutcomeUnknown(StorageUnavailable):
-    """The append was written to the WAL but could not be settled: the store closed, or its
-    node was taken over, before it could tell whether the append counts. It may or may not be
-    in the stream: read the stream to find out before appending it again."""
-
-
-class WalFullError(StreamLibError, TimeoutError):
+class WalFullError(RetryLater, TimeoutError):
     """The WAL stayed full for longer than the append timeout: uploads are not keeping up with
     appends (or trims are held back). Retry later; nothing of this append was written."""
 
 
-class WalLockedError(StreamLibError):
-    """Another process has this WAL open. Close it there, or use another WAL path."""
+class NodeLockedError(Conflict):
+    """Another process has this store's node open (its lock beside the metadata, or its WAL).
+    Close it there, or give this store another ``node_id``."""
 
 
-class HandOverPending(StreamLibError, TimeoutError):
+class HandOverPending(RetryLater, TimeoutError):
     """An append to a stream just opened for write here waited for the node that wrote it
     before to release it (docs/shared-stores.md) and gave up. If that node is dead, take it
     over (``store.take_over``); else retry."""
 
 
-class StreamExists(StreamLibError, ValueError):
+class StreamExists(Conflict, ValueError):
     """A live stream already has that name. Use that stream (look it up by name), or create
     this one under another name."""
 
 
-class CommitConflict(StreamLibError):
+class CommitConflict(Conflict):
     """A metadata commit's preconditions do not hold against the stored state, so nothing of it
     was applied: a range does not start at its stream's committed end (a gap, or data committed
     already — a retried commit that had succeeded lands here), an object key is taken, an
@@ -127,7 +164,7 @@ class CommitConflict(StreamLibError):
     is done; otherwise rebuild the commit from the current state."""
 
 
-class OffsetMismatchError(StreamLibError):
+class OffsetMismatchError(Conflict):
     """A conditional append (``expected_offset=``) found the stream at another offset, so
     nothing was written. Another writer got there first, or the caller's view is stale: read
     ``actual`` (the stream's next offset) and decide."""
@@ -140,7 +177,7 @@ class OffsetMismatchError(StreamLibError):
                                   stream=stream_id, expected=expected, actual=actual))
 
 
-class SequenceError(StreamLibError, ValueError):
+class SequenceError(Conflict, ValueError):
     """An idempotent append's sequence number does not follow the producer's last one (a gap),
     is older than the sequences the stream remembers, or repeats a sequence with a different
     batch. Nothing was written; the producer's state is out of step with the stream's."""
@@ -151,7 +188,7 @@ class ReadOnlyError(StreamLibError):
     was found at recovery); open the stream for write to append or trim."""
 
 
-class CacheMiss(StreamLibError):
+class CacheMiss(RetryLater):
     """A cache-only read (``fetch(..., cache_only=True)``) needs data that is not in memory:
     nothing was fetched. Do the same fetch without ``cache_only`` where waiting on the object
     store is fine (a worker thread), or later."""
@@ -160,3 +197,17 @@ class CacheMiss(StreamLibError):
         self.stream_id = stream_id
         self.offset = offset
         super().__init__(describe(f"not in memory: {what}", stream=stream_id, offset=offset))
+
+
+_DEPRECATED = {"WalLockedError": ("NodeLockedError", NodeLockedError)}
+
+
+def __getattr__(name: str) -> type[StreamLibError]:
+    """Old names, kept for a while with a DeprecationWarning."""
+    if name in _DEPRECATED:
+        import warnings
+
+        new, kind = _DEPRECATED[name]
+        warnings.warn(f"streamlib.errors.{name} is now {new}", DeprecationWarning, stacklevel=2)
+        return kind
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

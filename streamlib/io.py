@@ -486,7 +486,7 @@ class ObjectStore:
         self._call("delete", keys[0] if len(keys) == 1 else f"{keys[0]} (+{len(keys) - 1})",
                    attempt)
 
-    def _remove_empty_dirs(self, paths: list[str]) -> None:
+    def _remove_empty_dirs(self, paths: Iterable[str]) -> None:
         """A local store leaves no empty directories behind (S3 has none to leave)."""
         for directory in sorted({os.path.dirname(p) for p in paths}, reverse=True):
             while len(directory) > len(self.root):

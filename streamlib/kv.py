@@ -16,27 +16,26 @@ from streamlib.errors import FencedError, describe
 from streamlib.meta import ANY, MetadataStore, check_kv, check_text
 
 if TYPE_CHECKING:
-    from streamlib.store import StreamStore
+    from streamlib.node import Node
 
 
 class KeyValue:
     """The entries of one namespace of a store's metadata; thread-safe."""
 
-    def __init__(self, store: StreamStore, namespace: str) -> None:
-        self._store = store
+    def __init__(self, node: Node, namespace: str) -> None:
+        self._node = node
         self.namespace = check_text(namespace, "namespace")
 
     def __repr__(self) -> str:
         return f"<KeyValue namespace={self.namespace!r}>"
 
     def _meta(self) -> MetadataStore:
-        return self._store._metadata()
+        return self._node.meta
 
     def _write(self, key: str, value: bytes | None, expected: object) -> bool:
         return self._meta().kv_write(self.namespace, key, value,
                                      expected=expected,  # type: ignore[arg-type]
-                                     node_id=self._store.node_id,
-                                     node_epoch=self._store.node_epoch)
+                                     node_id=self._node.id, node_epoch=self._node.epoch)
 
     def get(self, key: str, default: bytes | None = None) -> bytes | None:
         """The value under ``key``, or ``default``."""
@@ -73,11 +72,10 @@ class KeyValue:
                 return True
 
     def _check_fence(self) -> None:
-        current = self._meta().node(self._store.node_id).node_epoch
-        if current != self._store.node_epoch:
-            raise FencedError(describe("key-value change by a fenced node",
-                                       node=self._store.node_id,
-                                       node_epoch=self._store.node_epoch, current=current))
+        current = self._meta().node(self._node.id).node_epoch
+        if current != self._node.epoch:
+            raise FencedError(describe("key-value change by a fenced node", node=self._node.id,
+                                       node_epoch=self._node.epoch, current=current))
 
     def items(self, prefix: str = "") -> dict[str, bytes]:
         """The entries whose key starts with ``prefix``, in key order."""

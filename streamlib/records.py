@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from operator import itemgetter
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 # The format's limits (docs/format.md); the codec and its C twin enforce the same.
 INT64_MIN = -(1 << 63)
@@ -76,7 +76,7 @@ def _headers(headers: object) -> Headers:
     return tuple(result)
 
 
-class Record(tuple):
+class Record(tuple[Any, ...]):
     """One record: ``value``, optional ``key``, ``headers`` and ``timestamp``.
 
     ``key=None`` (no key) and ``key=b""`` (an empty key) are different and both survive a round
@@ -100,10 +100,20 @@ class Record(tuple):
             timestamp = check_timestamp(timestamp, "record timestamp")
         return tuple.__new__(cls, (value, key, headers, timestamp))
 
-    value: bytes = property(itemgetter(0), doc="The record's value.")  # type: ignore[assignment]
-    key: bytes | None = property(itemgetter(1), doc="The key, or None.")  # type: ignore[assignment]
-    headers: Headers = property(itemgetter(2), doc="(name, value) pairs.")  # type: ignore[assignment]
-    timestamp: int | None = property(itemgetter(3), doc="Milliseconds, or None.")  # type: ignore[assignment]
+    if TYPE_CHECKING:  # the types of the itemgetter properties below (C-level reads)
+        @property
+        def value(self) -> bytes: ...
+        @property
+        def key(self) -> bytes | None: ...
+        @property
+        def headers(self) -> Headers: ...
+        @property
+        def timestamp(self) -> int | None: ...
+    else:
+        value = property(itemgetter(0), doc="The record's value.")
+        key = property(itemgetter(1), doc="The key, or None.")
+        headers = property(itemgetter(2), doc="(name, value) pairs.")
+        timestamp = property(itemgetter(3), doc="Milliseconds, or None.")
 
     def __repr__(self) -> str:
         value, key, headers, timestamp = self
@@ -116,7 +126,7 @@ class Record(tuple):
             parts.append(f"timestamp={timestamp}")
         return f"Record({', '.join(parts)})"
 
-    def __getnewargs__(self) -> tuple:
+    def __getnewargs__(self) -> tuple[Any, ...]:
         return tuple(self)
 
 
@@ -267,4 +277,5 @@ class FetchResult:
 
     def _records(self) -> Iterator[tuple[int, Record]]:
         for batch in self.batches:
-            yield from enumerate(batch.records(), batch.base_offset)  # type: ignore[arg-type]
+            assert batch.base_offset is not None  # __post_init__ refuses a batch without one
+            yield from enumerate(batch.records(), batch.base_offset)

@@ -1,6 +1,7 @@
 """The uploader: WAL data → objects → one metadata commit → WAL trim (docs/store.md).
 
-One round takes every acknowledged batch up to a WAL position *P* (a prefix of the WAL), writes
+One round (the uploader keeps its own bookkeeping: what a round takes, the commit, the WAL trim
+position) takes every acknowledged batch up to a WAL position *P* (a prefix of the WAL), writes
 a stream object for each stream with at least ``stream_object_bytes`` of it and one multi-stream
 object for the rest, PUTs them, commits them with *P* in one metadata step, and trims the WAL to
 *P*. A crash between any two steps loses nothing and duplicates nothing visible: objects not
@@ -8,23 +9,38 @@ committed are orphans nobody reads; committed data still in the WAL is skipped a
 
 Rounds run on the uploader's thread when ``upload_bytes`` wait or ``upload_interval_ms`` has
 passed since the first of them, and in the caller's thread for ``flush()``, one at a time.
+
+Lock order: as :mod:`streamlib.node`; ``_round_lock`` is taken first of all (a round holds it
+across its I/O and takes ``Node.changes`` for the commit).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from streamlib.config import Config
-from streamlib.errors import StreamNotFound
-from streamlib.io import ObjectStore
-from streamlib.meta import ObjectMeta, StreamRange
+from streamlib.config import (
+    UPLOAD_BACKOFF_FIRST,
+    UPLOAD_BACKOFF_MAX,
+    UPLOAD_DESTROYED_RETRIES,
+    Config,
+)
+from streamlib.errors import FencedError, StreamNotFound, describe
+from streamlib.meta import Commit, ObjectMeta, StreamRange
 from streamlib.objects import ObjectWriter
 from streamlib.records import RecordBatch
+from streamlib.state import ObjectSlice, StreamState
+
+if TYPE_CHECKING:
+    from streamlib.io import ObjectStore
+    from streamlib.node import Node
+    from streamlib.shared.coordination import Coordination
+    from streamlib.wal import Wal
+    from streamlib.write import WritePath
 
 log = logging.getLogger("streamlib.uploader")
 
@@ -64,33 +80,28 @@ class UploadStats:
 
 
 class Uploader:
-    """Runs upload rounds for a store. ``take()`` gives a round's :class:`Work` (or None);
-    ``commit(objects, position)`` commits them; ``trim(position)`` trims the WAL; ``pending()``
-    says how many bytes wait and since when (``time.monotonic()``), for the triggers: a round
-    starts once ``threshold`` bytes wait (default ``upload_bytes``) or ``upload_interval_ms``
-    after the first of them."""
+    """Runs upload rounds for a node: on its own thread when the backlog's triggers say so
+    (``upload_bytes`` waiting, or ``upload_interval_ms`` after the first of them, or a
+    :meth:`~streamlib.node.Backlog.request`), and in the caller's thread for ``flush()``; one
+    round at a time."""
 
-    def __init__(self, *, objects: ObjectStore, config: Config, node_id: str, node_epoch: int,
-                 take: Callable[[], Work | None],
-                 commit: Callable[[Sequence[ObjectMeta], int], None],
-                 trim: Callable[[int], None],
-                 pending: Callable[[], tuple[int, float | None]],
-                 threshold: int | None = None) -> None:
+    def __init__(self, *, node: Node, wal: Wal, objects: ObjectStore, write: WritePath,
+                 coordination: Coordination, position_floor: int = 0) -> None:
+        self._node = node
+        self._wal = wal
         self._objects = objects
-        self._config = config
-        self._prefix = f"{DATA_PREFIX}/{node_id}/{node_epoch}"
-        self._take = take
-        self._commit = commit
-        self._trim = trim
-        self._pending = pending
-        self._threshold = config.upload_bytes if threshold is None else threshold
-        self._sequence = 0
+        self._write = write
+        self._coordination = coordination
+        self._config = node.config
+        self._prefix = f"{DATA_PREFIX}/{node.id}/{node.epoch}"
+        # Commits never move the node's WAL position below this (a WAL replaced by a new one
+        # that starts lower: docs/store.md).
+        self._position_floor = position_floor
+        self._sequence = 0  # GUARDED_BY(_round_lock)
         self._round_lock = threading.Lock()  # one round at a time (thread or flush)
-        self._wake = threading.Condition()
-        self._stopping = False
-        self._requested = False  # a round is wanted now, whatever the triggers say
+        self._stopping = False  # GUARDED_BY(backlog lock)
         self._thread: threading.Thread | None = None
-        self.stats = UploadStats()
+        self.stats = UploadStats()  # GUARDED_BY(_round_lock); read alone for a snapshot
 
     # ---- the background thread ----
 
@@ -99,51 +110,32 @@ class Uploader:
         self._thread.start()
 
     def stop(self) -> None:
-        with self._wake:
+        backlog = self._node.backlog
+        with backlog.wake:
             self._stopping = True
-            self._wake.notify_all()
+            backlog.wake.notify_all()
         if self._thread is not None:
             self._thread.join()
             self._thread = None
 
-    def notify(self) -> None:
-        """New data arrived: check the size trigger."""
-        with self._wake:
-            self._wake.notify_all()
-
-    def request(self) -> None:
-        """Run a round as soon as anything waits, whatever the triggers say (appends are
-        waiting for the room that uploads free)."""
-        with self._wake:
-            self._requested = True
-            self._wake.notify_all()
-
-    def _due(self) -> float | None:
-        """Seconds until the next round is due (0: now), or None if nothing waits."""
-        size, since = self._pending()
-        if since is None or size == 0:
-            return None
-        if size >= self._threshold or self._requested:
-            return 0.0
-        return max(0.0, since + self._config.upload_interval_ms / 1000 - time.monotonic())
-
     def _run(self) -> None:
+        backlog = self._node.backlog
         backoff = 0.0
         while True:
-            with self._wake:
+            with backlog.wake:
                 if backoff and not self._stopping:
-                    self._wake.wait(backoff)  # after a failure (a notify may end it early)
-                while not self._stopping and (due := self._due()) != 0.0:
-                    self._wake.wait(due)  # None: until data arrives
+                    backlog.wake.wait(backoff)  # after a failure (a notify may end it early)
+                while not self._stopping and (due := backlog.due()) != 0.0:
+                    backlog.wake.wait(due)  # None: until data arrives
                 if self._stopping:
                     return
-                self._requested = False
+                backlog.requested = False
             try:
                 uploaded = self.upload()
                 # A round that found nothing to take waits for more rather than spinning.
                 backoff = 0.0 if uploaded else self._config.upload_interval_ms / 1000
             except Exception as error:
-                backoff = min(max(backoff * 2, 0.1), 5.0)
+                backoff = min(max(backoff * 2, UPLOAD_BACKOFF_FIRST), UPLOAD_BACKOFF_MAX)
                 log.warning("upload failed, retrying in %.1fs: %r", backoff, error)
 
     # ---- one round ----
@@ -160,7 +152,7 @@ class Uploader:
                 except StreamNotFound as error:
                     # A stream was destroyed during the round: the next leaves it out (this
                     # round's objects are orphans). Only a store in a destroying spree fails.
-                    if attempts < 3:
+                    if attempts < UPLOAD_DESTROYED_RETRIES:
                         continue
                     self._failed(error)
                     raise
@@ -180,7 +172,7 @@ class Uploader:
         for item in built:
             self._objects.put(item.meta.key, item.data, part_bytes=self._config.part_bytes)
         self._commit([item.meta for item in built], work.position)
-        self._trim(work.position)
+        self._wal.trim(work.position)
         self.stats.rounds += 1
         self.stats.objects += len(built)
         self.stats.stream_objects += sum(item.stream_object for item in built)
@@ -193,6 +185,107 @@ class Uploader:
         built = build_objects(streams, self._config, self._prefix, self._sequence)
         self._sequence += len(built)
         return built
+
+    def _take(self) -> Work | None:
+        """The batches of the next round and the WAL position it may trim to.
+
+        Every acknowledged batch at a WAL position up to the **frontier** (the position of the
+        last acknowledged append) is taken: the WAL completes appends in order, so all records
+        before it are durable, and once acknowledged they are in the log cache. The trim
+        position is the frontier, lowered to the lowest possible position of an append still
+        inside its WAL call (its stream may not know of it yet), and to the first record kept
+        back by damage. With nothing in flight (so at open and at close, unless appends durable
+        on a shared store still wait for a look), it is the WAL's end: the round takes
+        everything and the WAL is emptied."""
+        node = self._node
+        with node.backlog.wake:
+            frontier = node.backlog.frontier
+        states = node.streams.all()
+        entering, end = node.backlog.entering(lambda: self._wal.end_position)
+        # Acknowledge what the WAL completed but no callback has yet (after one look at a
+        # shared store's metadata for them all).
+        self._write.acknowledge_all(states)
+        # Nothing in any stream's flight: every record below an entering append's lowest
+        # position comes from a finished WAL call and is acknowledged by now.
+        quiet = not any(s.inflight for s in states)
+        if quiet:
+            frontier = end  # everything before the end is acknowledged: take it all
+        position = frontier if entering is None else min(frontier, entering)
+        for state in states:
+            if state.kept is not None:
+                position = min(position, state.kept)
+        if frontier < 0 or position < self._wal.trim_position:
+            return None
+        work = Work({}, position)
+        for state in states:
+            batches = state.take(frontier)
+            if batches:
+                work.streams[state.id] = batches
+                work.bytes += sum(b.size for b in batches)
+        if not work.streams and position <= self._wal.trim_position:
+            return None  # nothing new to upload and nothing to trim
+        return work
+
+    def _commit(self, objects: Sequence[ObjectMeta], position: int) -> None:
+        """Commit a round's objects with the WAL position everything before which is in them
+        or committed already; then the batches move to the log cache's uploaded part."""
+        node = self._node
+        meta = node.meta
+        slices: dict[int, list[ObjectSlice]] = {}
+        for obj in objects:
+            for r in obj.ranges:
+                slices.setdefault(r.stream_id, []).append(
+                    ObjectSlice(r.start_offset, r.end_offset, obj.key, obj.size))
+        with node.changes:
+            states = {sid: node.streams.get(sid) for sid in slices}
+            gone = [sid for sid, state in states.items() if state is None]
+            if gone:  # destroyed since the round began: the next round leaves it out
+                raise StreamNotFound(describe("stream destroyed during an upload",
+                                              stream=gone[0]))
+            found = {sid: state for sid, state in states.items() if state is not None}
+            commit = Commit(node_id=node.id, wal_position=max(position, self._position_floor),
+                            objects=objects, epochs={sid: s.epoch for sid, s in found.items()},
+                            node_epoch=node.epoch)
+            try:
+                meta.commit(commit)
+            except FencedError as error:
+                if node.fenced_by_metadata():  # another process took this node: stop
+                    node.fail(error)
+                raise
+            except Exception:
+                # Applied or not? A remote store can fail after applying: learn the committed
+                # ends again, so that the next round starts from them instead of failing for good.
+                self._reload_ends(found.values())
+                raise
+            freed = 0
+            for stream_id, parts in slices.items():
+                state = found[stream_id]
+                freed += self._keep(state, state.committed(parts[-1].end, parts))
+        node.backlog.committed(freed)
+        self._coordination.committed(found.values())
+
+    def _reload_ends(self, states: Iterable[StreamState]) -> None:
+        """After a commit of unknown outcome: take each stream's committed end from the
+        metadata, drop what it covers from the log cache, reload the object index on the next
+        read (caller holds ``node.changes``)."""
+        freed = 0
+        for state in states:
+            try:
+                end = self._node.meta.get_stream(state.id).end_offset
+            except Exception as error:
+                log.warning("could not reload stream %d after a failed commit: %r", state.id,
+                            error)
+                continue
+            # The index is loaded again on the next read: objects of unknown commits.
+            freed += self._keep(state, state.committed(end, (), reset_index=True))
+        self._node.backlog.dropped(freed)
+
+    def _keep(self, state: StreamState, moved: list[RecordBatch]) -> int:
+        """Committed batches stay in the log cache as a chunk the cache may evict. Returns
+        their payload bytes (no longer pending upload)."""
+        node = self._node
+        node.cache.retain(node.scope, node.stream_key(state), moved, state.release_kept)
+        return sum(b.size for b in moved)
 
 
 def build_objects(streams: Mapping[int, Sequence[RecordBatch]], config: Config, prefix: str,

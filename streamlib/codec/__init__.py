@@ -19,11 +19,11 @@ import os
 import struct
 import threading
 from array import array
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from itertools import repeat
 from operator import add
-from typing import Generic, Literal, TypeVar
+from typing import Generic, Literal, Protocol, TypeAlias, TypeVar
 
 import lz4.block
 import zstandard
@@ -42,8 +42,44 @@ from streamlib.records import (
     now_ms,
 )
 
+_ScanResult: TypeAlias = tuple[int, list[tuple[int, ...]], int, int]
+"""(status, entries, stop position, error position), as a backend's scan gives it."""
 
-def _choose_backend():  # type: ignore[no-untyped-def]
+
+class _Backend(Protocol):
+    """The functions both backends (the modules ``_native`` and ``_python``) provide."""
+
+    @property
+    def NAME(self) -> Literal["c", "python"]: ...
+
+    def xxh64(self, data: bytes | bytearray | memoryview, seed: int = 0) -> int: ...
+
+    def records_encode(self, count: int, timestamps: Sequence[int] | None, base_timestamp: int,
+                       key_lengths: Sequence[int] | None, keys: bytes,
+                       value_lengths: Sequence[int], values: bytes,
+                       header_counts: Sequence[int] | None,
+                       header_lengths: Sequence[int] | None,
+                       header_bytes: bytes) -> tuple[int, bytes]: ...
+
+    def records_index(self, payload: bytes, count: int, base_timestamp: int
+                      ) -> tuple[int, int, array[int], array[int], int]: ...
+
+    def batch_header(self, flags: int, count: int, stream_id: int, base_offset: int,
+                     base_timestamp: int, max_timestamp: int, payload: bytes | memoryview
+                     ) -> tuple[int, bytes]: ...
+
+    def block_header(self, compression: int, raw_length: int, batch_count: int,
+                     record_count: int, stream_id: int, base_offset: int, first_timestamp: int,
+                     max_timestamp: int, stored: bytes | memoryview) -> tuple[int, bytes]: ...
+
+    def scan_batches(self, buf: bytes | bytearray | memoryview, start: int = 0,
+                     limit: int | None = None) -> _ScanResult: ...
+
+    def scan_blocks(self, buf: bytes | bytearray | memoryview, start: int = 0,
+                    limit: int | None = None) -> _ScanResult: ...
+
+
+def _choose_backend() -> _Backend:
     policy = os.environ.get("STREAMLIB_PURE", "")
     if policy == "1":
         return _python
@@ -67,11 +103,11 @@ BATCH_HEADER_SIZE = st.BATCH_HEADER_SIZE
 BLOCK_HEADER_SIZE = st.BLOCK_HEADER_SIZE
 MAX_PAYLOAD = st.MAX_PAYLOAD
 MAX_BLOCK = st.MAX_BLOCK
-COMPRESSIONS = {"none": 0, "lz4": 1, "zstd": 2}
+Compression = Literal["none", "lz4", "zstd"]
+COMPRESSIONS: dict[Compression, int] = {"none": 0, "lz4": 1, "zstd": 2}
 _COMPRESSION_NAMES = {code: name for name, code in COMPRESSIONS.items()}
 FLAG_RECORDS = 1
 
-Compression = Literal["none", "lz4", "zstd"]
 T = TypeVar("T")
 
 
@@ -88,7 +124,14 @@ def _corrupt(status: int, position: int, source: str | None, where: str = "") ->
 # ---- records ----
 
 
-def _columns(records: Sequence[Record], default_ts: int):  # type: ignore[no-untyped-def]
+# A string: array is subscriptable at run time only from Python 3.12.
+_Columns: TypeAlias = ("tuple[array[int] | None, int, int, array[int] | None, bytes, array[int], "
+                       "bytes, array[int] | None, array[int] | None, bytes]")
+"""(timestamps, base timestamp, max timestamp, key lengths, keys, value lengths, values, header
+counts, header lengths, header bytes): the backends' ``records_encode`` arguments, and the max."""
+
+
+def _columns(records: Sequence[Record], default_ts: int) -> _Columns:
     """Gather records into the columns both backends take.
 
     Every step is a C-level loop (zip, join, map, tuple comparison): per record this costs more
@@ -130,7 +173,7 @@ def _columns(records: Sequence[Record], default_ts: int):  # type: ignore[no-unt
             header_counts, header_lengths, header_data)
 
 
-def _lengths(items: Sequence[bytes]) -> array:
+def _lengths(items: Sequence[bytes]) -> array[int]:
     """``array('q', map(len, items))``, built the fastest way CPython offers (via struct)."""
     lengths = array("q")
     lengths.frombytes(struct.pack(f"{len(items)}q", *map(len, items)))
@@ -162,11 +205,13 @@ def encode_records(records: Iterable[Record], *, timestamp: int | None = None) -
         raise ValueError(f"a batch holds at most {MAX_BATCH_RECORDS} records: count=`{n}`")
     default_ts = now_ms() if timestamp is None else check_timestamp(timestamp, "timestamp")
     try:
-        ts, base, top, *columns = _columns(records, default_ts)
+        (ts, base, top, key_lengths, keys, value_lengths, values, header_counts,
+         header_lengths, header_bytes) = _columns(records, default_ts)
     except (TypeError, ValueError, AttributeError, OverflowError, struct.error):
         _explain(records)
         raise
-    status, payload = _impl.records_encode(n, ts, base, *columns)
+    status, payload = _impl.records_encode(n, ts, base, key_lengths, keys, value_lengths, values,
+                                           header_counts, header_lengths, header_bytes)
     if status == st.BAD_LENGTH:
         raise ValueError(f"records encode to more than the format's limit of {MAX_PAYLOAD} bytes")
     if status != st.OK:  # the columns come from validated Records: a bug if it happens
@@ -180,8 +225,8 @@ class RecordIndex:
     header, as in native/segment_codec.h), and the largest timestamp. Built by
     :func:`index_records`."""
 
-    records: array
-    headers: array
+    records: array[int]
+    headers: array[int]
     max_timestamp: int
 
 
@@ -236,7 +281,7 @@ def _materialize(payload: bytes, index: RecordIndex, count: int) -> list[Record]
     else:
         keys = [None if n < 0 else payload[p:p + n] for p, n in zip(key_pos, key_len, strict=True)]
     if not index.headers:
-        headers: Iterable[tuple] = repeat(())
+        headers: Iterable[tuple[tuple[str, bytes], ...]] = repeat(())
     else:
         h = index.headers
         pairs = [(payload[h[i]:h[i] + h[i + 1]].decode("utf-8"),
@@ -327,12 +372,11 @@ class Scan(Generic[T]):
 
 
 def _batch_info(e: tuple[int, ...]) -> BatchInfo:
-    return BatchInfo(e[0], e[1], "records" if e[2] & FLAG_RECORDS else "opaque",
-                     *e[3:])  # type: ignore[arg-type]
+    return BatchInfo(e[0], e[1], "records" if e[2] & FLAG_RECORDS else "opaque", *e[3:])
 
 
 def _block_info(e: tuple[int, ...]) -> BlockInfo:
-    return BlockInfo(e[0], e[1], _COMPRESSION_NAMES[e[2]], *e[3:])  # type: ignore[arg-type]
+    return BlockInfo(e[0], e[1], _COMPRESSION_NAMES[e[2]], *e[3:])
 
 
 def batch_header(stream_id: int, base_offset: int, batch: RecordBatch) -> bytes:
@@ -364,7 +408,10 @@ def _view(buf: bytes | bytearray | memoryview, end: int | None) -> memoryview:
     return view if end is None else view[:end]
 
 
-def _run_scan(scan, make, buf, start, end, source, strict, limit=None):  # type: ignore[no-untyped-def]
+def _run_scan(scan: Callable[[memoryview, int, int | None], _ScanResult],
+              make: Callable[[tuple[int, ...]], T], buf: bytes | bytearray | memoryview,
+              start: int, end: int | None, source: str | None, strict: bool,
+              limit: int | None = None) -> Scan[T]:
     if not isinstance(buf, bytes | bytearray | memoryview):
         raise TypeError(f"buffer must be bytes-like, not {type(buf).__name__}")
     size = buf.nbytes if isinstance(buf, memoryview) else len(buf)
@@ -421,7 +468,7 @@ _local = threading.local()  # zstd contexts are not thread-safe: one set per thr
 
 
 def _zstd_compressor(level: int) -> zstandard.ZstdCompressor:
-    cache = _local.__dict__.setdefault("compressors", {})
+    cache: dict[int, zstandard.ZstdCompressor] = _local.__dict__.setdefault("compressors", {})
     if level not in cache:
         cache[level] = zstandard.ZstdCompressor(level=level, write_content_size=True)
     return cache[level]
@@ -430,12 +477,13 @@ def _zstd_compressor(level: int) -> zstandard.ZstdCompressor:
 def _zstd_decompressor() -> zstandard.ZstdDecompressor:
     if not hasattr(_local, "decompressor"):
         _local.decompressor = zstandard.ZstdDecompressor()
-    return _local.decompressor
+    decompressor: zstandard.ZstdDecompressor = _local.decompressor
+    return decompressor
 
 
-def _compress(raw: bytes, compression: str, zstd_level: int) -> tuple[int, bytes]:
+def _compress(raw: bytes, compression: Compression, zstd_level: int) -> tuple[int, bytes]:
     if compression == "lz4":
-        stored = lz4.block.compress(raw, store_size=False)
+        stored: bytes = lz4.block.compress(raw, store_size=False)
     elif compression == "zstd":
         stored = _zstd_compressor(zstd_level).compress(raw)
     else:
@@ -451,7 +499,7 @@ def _decompress(stored: memoryview, info: BlockInfo, source: str | None) -> byte
         if info.compression == "none":
             return bytes(stored)
         if info.compression == "lz4":
-            raw = lz4.block.decompress(stored, uncompressed_size=info.raw_length)
+            raw: bytes = lz4.block.decompress(stored, uncompressed_size=info.raw_length)
         else:
             # Check the declared size first: zstd would allocate whatever the frame claims.
             declared = zstandard.frame_content_size(stored)
@@ -505,6 +553,7 @@ def encode_block(stream_id: int, batches: Sequence[RecordBatch], *,
         raise ValueError(f"a data block holds at most 2^32-1 records: count=`{records}`")
     code, stored = _compress(raw, compression, zstd_level)
     first = batches[0]
+    assert first.base_offset is not None  # the contiguity check above refuses None
     status, header = _impl.block_header(code, len(raw), len(batches), records, stream_id,
                                         first.base_offset, first.base_timestamp,
                                         max(b.max_timestamp for b in batches), stored)

@@ -7,9 +7,10 @@ long encodes, indexes and scans run in parallel with other Python threads.
 from __future__ import annotations
 
 from array import array
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Final
 
-from streamlib.codec._segment_codec import ffi, lib  # type: ignore[import-not-found]
+from streamlib.codec._segment_codec import ffi, lib
 from streamlib.codec._status import (
     BAD_ARGUMENT,
     BAD_COUNT,
@@ -25,7 +26,7 @@ from streamlib.codec._status import (
     RECORD_FIELDS,
 )
 
-NAME = "c"
+NAME: Final = "c"
 _SCAN_CHUNK = 256
 MASK64 = (1 << 64) - 1
 _from_buffer = ffi.from_buffer
@@ -54,7 +55,8 @@ def _i64(values: Sequence[int] | None) -> object:
 
 
 def xxh64(data: bytes | bytearray | memoryview, seed: int = 0) -> int:
-    return lib.slc_xxh64(_ptr(data), _size(data), seed)
+    digest: int = lib.slc_xxh64(_ptr(data), _size(data), seed)
+    return digest
 
 
 def records_encode(count: int, timestamps: Sequence[int] | None, base_timestamp: int,
@@ -84,7 +86,7 @@ def records_encode(count: int, timestamps: Sequence[int] | None, base_timestamp:
 
 
 def records_index(payload: bytes, count: int, base_timestamp: int
-                  ) -> tuple[int, int, array, array, int]:
+                  ) -> tuple[int, int, array[int], array[int], int]:
     size = _size(payload)
     if count < 1 or count > size // MIN_RECORD_SIZE:  # before allocating count entries
         return BAD_COUNT, 0, array("q"), array("q"), 0
@@ -127,8 +129,9 @@ def block_header(compression: int, raw_length: int, batch_count: int, record_cou
     return status, bytes(out) if status == OK else b""
 
 
-def _scan(function, fields: int, stream_field: int, buf: bytes | bytearray | memoryview, start: int,
-          limit: int | None) -> tuple[int, list[tuple[int, ...]], int, int]:
+def _scan(function: Callable[..., int], fields: int, stream_field: int,
+          buf: bytes | bytearray | memoryview, start: int, limit: int | None
+          ) -> tuple[int, list[tuple[int, ...]], int, int]:
     chunk = _SCAN_CHUNK if limit is None else max(1, min(limit, _SCAN_CHUNK))
     entries_out = ffi.new("int64_t[]", chunk * fields)
     out = ffi.new("size_t[3]")  # found, stop, error position

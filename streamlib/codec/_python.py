@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import struct
 from array import array
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Final
 
 import xxhash
 
@@ -37,7 +38,7 @@ from streamlib.codec._status import (
     TRUNCATED,
 )
 
-NAME = "python"
+NAME: Final = "python"
 
 BATCH_MAGIC = b"SLRB"
 BLOCK_MAGIC = b"SLDB"
@@ -182,7 +183,7 @@ def _valid_utf8(data: bytes | memoryview) -> bool:
 
 
 def records_index(payload: bytes, count: int, base_timestamp: int
-                  ) -> tuple[int, int, array, array, int]:
+                  ) -> tuple[int, int, array[int], array[int], int]:
     """(status, error position, record spans, header spans, max timestamp).
 
     Spans are flat ``array('q')``s: RECORD_FIELDS ints a record (timestamp, key position, key
@@ -317,7 +318,7 @@ def batch_header(flags: int, count: int, stream_id: int, base_offset: int, base_
     return OK, BATCH_MAGIC + _U64.pack(h.intdigest()) + tail
 
 
-def _check_batch(buf: memoryview, size: int, p: int) -> tuple[int, int, tuple | None]:
+def _check_batch(buf: memoryview, size: int, p: int) -> tuple[int, int, tuple[int, ...] | None]:
     """(status, error position or batch length, header fields)."""
     if size - p < BATCH_HEADER_SIZE:
         return TRUNCATED, p, None
@@ -347,7 +348,9 @@ def _check_batch(buf: memoryview, size: int, p: int) -> tuple[int, int, tuple | 
     return OK, BATCH_HEADER_SIZE + payload, fields
 
 
-def _scan(check, entry, buf: bytes | bytearray | memoryview, start: int, limit: int | None
+def _scan(check: Callable[[memoryview, int, int], tuple[int, int, tuple[int, ...] | None]],
+          entry: Callable[[int, int, tuple[int, ...]], tuple[int, ...]],
+          buf: bytes | bytearray | memoryview, start: int, limit: int | None
           ) -> tuple[int, list[tuple[int, ...]], int, int]:
     view = memoryview(buf).cast("B")
     size = len(view)
@@ -361,12 +364,13 @@ def _scan(check, entry, buf: bytes | bytearray | memoryview, start: int, limit: 
         status, value, fields = check(view, size, p)
         if status != OK:
             return status, entries, p, value
+        assert fields is not None  # a header that checks out comes with its fields
         entries.append(entry(p, value, fields))
         p += value
     return OK, entries, p, 0
 
 
-def _batch_entry(p: int, length: int, f: tuple) -> tuple[int, ...]:
+def _batch_entry(p: int, length: int, f: tuple[int, ...]) -> tuple[int, ...]:
     # position, length, flags, count, stream_id, base_offset, base_ts, max_ts
     return (p, length, f[1], f[4], f[5], f[6], f[7], f[8])
 
@@ -398,7 +402,7 @@ def block_header(compression: int, raw_length: int, batch_count: int, record_cou
     return OK, BLOCK_MAGIC + _U64.pack(h.intdigest()) + tail
 
 
-def _check_block(buf: memoryview, size: int, p: int) -> tuple[int, int, tuple | None]:
+def _check_block(buf: memoryview, size: int, p: int) -> tuple[int, int, tuple[int, ...] | None]:
     if size - p < BLOCK_HEADER_SIZE:
         return TRUNCATED, p, None
     if buf[p:p + 4] != BLOCK_MAGIC:
@@ -431,7 +435,7 @@ def _check_block(buf: memoryview, size: int, p: int) -> tuple[int, int, tuple | 
     return OK, BLOCK_HEADER_SIZE + stored, fields
 
 
-def _block_entry(p: int, length: int, f: tuple) -> tuple[int, ...]:
+def _block_entry(p: int, length: int, f: tuple[int, ...]) -> tuple[int, ...]:
     # position, length, compression, stored, raw, batches, records, stream_id, base_offset,
     # first_ts, max_ts
     return (p, length, f[1], f[3], f[4], f[5], f[6], f[7], f[8], f[9], f[10])

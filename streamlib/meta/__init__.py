@@ -391,6 +391,22 @@ class MetadataStore(abc.ABC):
 
     capabilities: Capabilities = Capabilities()
 
+    # ---- other processes' changes ----
+
+    def refresh(self) -> int:
+        """Read the changes other processes made since this one last looked; returns how many
+        versions the metadata moved. Reads in between may answer from what this process has
+        seen (a shared store's nodes look before every acknowledgement, docs/shared-stores.md).
+        A store whose reads always see every change has nothing to do (the default)."""
+        return 0
+
+    @property
+    def version(self) -> int:
+        """A number that moves whenever the metadata this process sees changes (its own
+        changes or others' read by :meth:`refresh`). A store with ``capabilities.shared`` must
+        keep it; the default (0, never moving) is for stores whose every read is current."""
+        return 0
+
     # ---- streams ----
 
     @abc.abstractmethod

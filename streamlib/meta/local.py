@@ -15,6 +15,7 @@ import os
 import sqlite3
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 from streamlib.disk import fsync_dir, makedirs_durable
 from streamlib.errors import (
@@ -105,7 +106,7 @@ def _translate(error: sqlite3.Error, path: str) -> Exception:
     return error
 
 
-def _stream(row: tuple) -> StreamMeta:
+def _stream(row: tuple[Any, ...]) -> StreamMeta:
     stream_id, name, epoch, start, end, state = row
     return StreamMeta(stream_id, name, epoch, start, end, StreamState(state))
 
@@ -442,8 +443,8 @@ class SQLiteMetadataStore(MetadataStore):
     def kv_write(self, namespace: str, key: str, value: bytes | None, *,
                  expected: bytes | _Any | None = ANY, node_id: str | int | None = None,
                  node_epoch: int | None = None) -> bool:
-        value, expected, node = check_kv_write(namespace, key, value, expected, node_id,
-                                               node_epoch)
+        value, condition, node = check_kv_write(namespace, key, value, expected, node_id,
+                                                node_epoch)
         with self._transaction(write=True) as db:
             if node is not None and node_epoch is not None:
                 current = self._node(db, node).node_epoch
@@ -452,8 +453,8 @@ class SQLiteMetadataStore(MetadataStore):
                                                node_epoch=node_epoch, current=current))
             row = db.execute("SELECT value FROM kv WHERE namespace = ? AND key = ?",
                              (namespace, key)).fetchone()
-            if not isinstance(expected, _Any) and (None if row is None
-                                                   else bytes(row[0])) != expected:
+            if not isinstance(condition, _Any) and (None if row is None
+                                                    else bytes(row[0])) != condition:
                 return False
             if value is None:
                 db.execute("DELETE FROM kv WHERE namespace = ? AND key = ?", (namespace, key))

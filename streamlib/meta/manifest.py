@@ -25,7 +25,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import zstandard
 
@@ -149,7 +149,7 @@ class _State:
         elif op == "open":
             stream = self.streams[args["id"]]
             stream.epoch = args["epoch"]
-            handover = args.get("from") or (None, None, None)
+            handover: Sequence[Any] = args.get("from") or (None, None, None)
             stream.owner, stream.since = args.get("owner"), args.get("since")
             stream.handover_from, stream.handover_epoch, stream.handover_since = (
                 *handover[:2], handover[2] if len(handover) > 2 else None)
@@ -378,7 +378,7 @@ class ManifestMetadataStore(MetadataStore):
                 raise ValueError(f"format {delta.get('format')} version {delta.get('version')}")
             if not isinstance(delta.get("op"), str) or not isinstance(delta.get("args"), dict):
                 raise ValueError("no operation")
-            return delta
+            return cast(dict[str, Any], delta)  # of what json gives, only a dict has .get
         except (ValueError, TypeError, AttributeError) as error:
             raise CorruptDataError(f"unreadable manifest delta ({error})", source=key) from error
 
@@ -463,7 +463,7 @@ class ManifestMetadataStore(MetadataStore):
                 log.warning("manifest create of %s: outcome unknown, checking: %s", key, error)
             found = self._read_delta(version)
             if found is not None:
-                return found.get("put") == delta["put"]
+                return bool(found.get("put") == delta["put"])
         raise StorageUnavailable(describe("manifest version exists but cannot be read (a store "
                                           "without read-after-write?)", key=key))
 
@@ -561,19 +561,20 @@ class ManifestMetadataStore(MetadataStore):
             # node opens the stream again: its time as owner goes on, its data and its new
             # appends follow each other (an owner in between wrote nothing: it waited for the
             # release). A stream another node owns is handed over from it.
-            handover, owner, since = None, stream.owner, stream.since
+            handover: tuple[str | None, int | None, int | None] | None = None
+            owner, since = stream.owner, stream.since
             if stream.handover_from is not None and stream.handover_from != node:
-                handover = [stream.handover_from, stream.handover_epoch, stream.handover_since]
+                handover = (stream.handover_from, stream.handover_epoch, stream.handover_since)
             if node is not None and stream.handover_from == node:
                 owner, since = node, stream.handover_since
             elif node is not None:
                 if stream.handover_from is None and stream.owner not in (None, node):
-                    handover = [stream.owner, stream.epoch, stream.since]
+                    handover = (stream.owner, stream.epoch, stream.since)
                 if stream.owner != node:
                     owner, since = node, epoch
             was, was_epoch, was_since = handover or (None, None, None)
             return ({"id": stream_id, "epoch": epoch, "owner": owner, "since": since,
-                     "from": handover},
+                     "from": None if handover is None else list(handover)},
                     StreamMeta(stream.id, stream.name, epoch, stream.start, stream.end,
                                StreamState.OPEN, owner, was, was_epoch, since, was_since))
 
@@ -765,8 +766,8 @@ class ManifestMetadataStore(MetadataStore):
     def kv_write(self, namespace: str, key: str, value: bytes | None, *,
                  expected: bytes | _Any | None = ANY, node_id: str | int | None = None,
                  node_epoch: int | None = None) -> bool:
-        value, expected, node = check_kv_write(namespace, key, value, expected, node_id,
-                                               node_epoch)
+        value, condition, node = check_kv_write(namespace, key, value, expected, node_id,
+                                                node_epoch)
 
         def plan(state: _State) -> tuple[dict[str, Any], bool]:
             if node is not None and node_epoch is not None:
@@ -774,8 +775,8 @@ class ManifestMetadataStore(MetadataStore):
                 if current != node_epoch:
                     raise FencedError(describe("key-value write by a fenced node", node=node,
                                                node_epoch=node_epoch, current=current))
-            if not isinstance(expected, _Any) and state.kv.get(namespace, {}).get(
-                    key) != expected:
+            if not isinstance(condition, _Any) and state.kv.get(namespace, {}).get(
+                    key) != condition:
                 raise _Unmet
             return {"namespace": namespace, "key": key,
                     "value": None if value is None else base64.b64encode(value).decode()}, True

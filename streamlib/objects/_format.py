@@ -87,7 +87,7 @@ class ObjectIndex:
 
     def __post_init__(self) -> None:
         streams: dict[int, tuple[int, int, int]] = {}
-        ranges = []
+        ranges: list[StreamRange] = []
         first = 0
         entries = self.entries
         for i in range(1, len(entries) + 1):
@@ -216,7 +216,7 @@ def decode_index(index: bytes | bytearray | memoryview, index_position: int, obj
     if count != (len(view) - INDEX_HEADER_SIZE) // ENTRY_SIZE or count == 0:
         raise _corrupt(f"index entry count disagrees with its size: entry_count=`{count}` "
                        f"index_size=`{len(view)}`", index_position, source)
-    entries = []
+    entries: list[IndexEntry] = []
     previous: IndexEntry | None = None
     at = index_position + INDEX_HEADER_SIZE
     for fields in _ENTRY.iter_unpack(view[INDEX_HEADER_SIZE:]):

@@ -1,4 +1,4 @@
-"""A fault-injecting fsspec filesystem, for tests of retries, failures and slow storage.
+"""Fault-injecting components, for tests of retries, failures, slow storage and races.
 
 :class:`FaultyFileSystem` wraps a real filesystem (memory, local, s3fs) and passes every call
 through, except that rules can delay a call or make it raise first — LevelDB's fault-injection
@@ -13,6 +13,27 @@ runs for real, and the errors raised are built in the shapes s3fs produces (a bu
 
 Operations: ``put`` (pipe_file), ``get`` (cat_file), ``list`` (find), ``delete`` (rm,
 rm_file), ``info``.
+
+:class:`FaultyMetadataStore` does the same for a :class:`~streamlib.meta.MetadataStore`: it
+wraps a real one and passes every call through, except that a :class:`MetadataRule` picks
+calls by operation (the method's name), by their arguments (``match``, given a :class:`Call`)
+and by the calling thread's name (``thread``), and for the next ``times`` of them (None: all)
+delays them, raises before them (nothing applied), or — with ``after=True`` — lets them apply
+and then raises (a lost answer), or holds them at a :class:`Gate` until the test releases it
+(before the call, or with ``after=True`` once it ran and before it returns). A gate's
+``reached`` event tells the test that a call is waiting there, so no test sleeps::
+
+    faulty = FaultyMetadataStore(SQLiteMetadataStore(path))
+    faulty.inject("commit", StorageUnavailable, after=True)     # applied, answer lost
+    faulty.inject("open_stream", FencedError, match=lambda call: call.args["stream_id"] == 7)
+    gate = faulty.pause("refresh", after=True, thread="streamlib-fences")
+    assert gate.reached.wait(5)          # the fence thread has refreshed and waits to return
+    ...                                  # look at the world while it is stopped there
+    gate.release()                       # (or faulty.clear(): drops every rule, opens every gate)
+    assert faulty.calls["commit"] == 1
+
+Operations: every method of the interface (:data:`METADATA_OPERATIONS`), ``refresh`` included;
+``version`` and ``capabilities`` are the wrapped store's, read through without faults.
 """
 
 from __future__ import annotations
@@ -20,11 +41,29 @@ from __future__ import annotations
 import errno
 import threading
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from fsspec import AbstractFileSystem
+from fsspec.implementations.local import LocalFileSystem
+
+from streamlib.errors import describe
+from streamlib.io import TMP_PREFIX
+from streamlib.meta import (
+    ANY,
+    Capabilities,
+    Commit,
+    MetadataStore,
+    NodeMeta,
+    ObjectMeta,
+    StreamMeta,
+    StreamObject,
+    _Any,
+)
+
+T = TypeVar("T")
 
 ErrorFactory = Callable[[str], BaseException]
 
@@ -32,8 +71,10 @@ ErrorFactory = Callable[[str], BaseException]
 def _client_error(code: str, status: int, message: str, operation: str) -> BaseException:
     from botocore.exceptions import ClientError
 
-    return ClientError({"Error": {"Code": code, "Message": message},
-                        "ResponseMetadata": {"HTTPStatusCode": status}}, operation)
+    error: BaseException = ClientError({"Error": {"Code": code, "Message": message},
+                                        "ResponseMetadata": {"HTTPStatusCode": status}},
+                                       operation)
+    return error
 
 
 def slow_down(path: str) -> BaseException:
@@ -88,7 +129,7 @@ class Rule:
                 and (self.match is None or self.match(path)))
 
 
-class FaultyFileSystem(AbstractFileSystem):
+class FaultyFileSystem(AbstractFileSystem):  # type: ignore[misc]  # fsspec has no types
     """Passes calls through to ``fs``, applying injected :class:`Rule` s first.
 
     Also keeps a log of finished calls (``events``: ``(op, path, ok)`` in completion order),
@@ -159,14 +200,23 @@ class FaultyFileSystem(AbstractFileSystem):
 
     # ---- what ObjectStore uses ----
 
-    def _strip_protocol(self, path: str) -> str:  # type: ignore[override]
-        return self.fs._strip_protocol(path)
+    def _strip_protocol(self, path: str) -> str:
+        return cast(str, self.fs._strip_protocol(path))
 
     def invalidate_cache(self, path: str | None = None) -> None:
         self.fs.invalidate_cache(path)
 
     def pipe_file(self, path: str, value: bytes, **kwargs: Any) -> Any:
+        if isinstance(self.fs, LocalFileSystem) and kwargs.get("mode") != "create":
+            # Whole or not at all, as ObjectStore's own local PUT (and S3's): a process killed
+            # in the middle leaves no torn object.
+            return self._run("put", path, lambda: self._replace_local(path, value))
         return self._run("put", path, lambda: self.fs.pipe_file(path, value, **kwargs))
+
+    def _replace_local(self, path: str, value: bytes) -> None:
+        tmp = f"{path.rpartition('/')[0]}/{TMP_PREFIX}{uuid.uuid4().hex}"
+        self.fs.pipe_file(tmp, value)
+        self.fs.mv(tmp, path)
 
     def cat_file(self, path: str, start: int | None = None, end: int | None = None,
                  **kwargs: Any) -> Any:
@@ -191,5 +241,292 @@ class FaultyFileSystem(AbstractFileSystem):
         return self._run("info", path, lambda: self.fs.info(path, **kwargs))
 
 
-__all__ = ["FaultyFileSystem", "Rule", "access_denied", "connection_reset", "internal_error",
-           "slow_down", "timeout"]
+# ---- the metadata store ----
+
+METADATA_OPERATIONS = frozenset({
+    "create_stream", "get_stream", "get_stream_by_name", "streams", "open_stream",
+    "release_streams", "trim_stream", "destroy_stream", "commit", "objects", "stream_objects",
+    "node", "register_node", "kv_get", "kv_items", "kv_write", "refresh", "close",
+})
+"""What rules of a :class:`FaultyMetadataStore` can pick: the interface's methods, by name."""
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One call of a :class:`FaultyMetadataStore`: the operation, its arguments by the names
+    the interface gives them (``call.args["stream_id"]``, ``call.args["commit"]``) and the name
+    of the thread that made it."""
+
+    op: str
+    args: Mapping[str, Any]
+    thread: str
+
+    def __str__(self) -> str:
+        return describe("injected fault", op=self.op, thread=self.thread)
+
+
+MetadataError = type[BaseException] | Callable[[Call], BaseException]
+"""What a rule raises: an exception class (built with a message naming the call) or a factory
+given the :class:`Call`."""
+
+
+class Gate:
+    """Where the calls of a pausing rule wait until the test lets them go.
+
+    ``reached`` is set when the first call arrives (and stays set); :meth:`wait_reached` waits
+    for more of them. :meth:`release` lets the waiting calls go on, and every later one."""
+
+    def __init__(self) -> None:
+        self.reached = threading.Event()
+        self._opened = threading.Event()
+        self._arrived = threading.Condition()
+        self.arrivals = 0
+        """Calls that have come to the gate so far (guarded by ``_arrived``)."""
+
+    def __repr__(self) -> str:
+        return f"Gate(arrivals={self.arrivals}, released={self.released})"
+
+    @property
+    def released(self) -> bool:
+        return self._opened.is_set()
+
+    def release(self) -> None:
+        self._opened.set()
+
+    def wait_reached(self, count: int = 1, timeout: float | None = None) -> bool:
+        """Wait until ``count`` calls in all have come to the gate; False if ``timeout``
+        (seconds) passed first."""
+        with self._arrived:
+            return self._arrived.wait_for(lambda: self.arrivals >= count, timeout)
+
+    def _hold(self, call: Call, timeout: float) -> None:
+        with self._arrived:
+            self.arrivals += 1
+            self._arrived.notify_all()
+        self.reached.set()
+        if not self._opened.wait(timeout):
+            raise TimeoutError(describe("a test left a gate closed", op=call.op,
+                                        thread=call.thread, waited=f"{timeout}s"))
+
+
+@dataclass
+class MetadataRule:
+    """For the next ``times`` calls (None: all) of ``op`` that ``match`` (given the
+    :class:`Call`) from a thread that ``thread`` names: hold them at ``gate`` until it is
+    released, then sleep ``delay`` seconds, then raise ``error`` — all before the call, so that
+    nothing of it applies, or with ``after`` once it has run (a change applied whose answer is
+    lost; an answer held back). A call that raises by itself gets no ``after`` fault.
+
+    ``thread`` is a thread's name (also matching the workers of a pool given it as
+    ``thread_name_prefix``: ``name_0``, ``name_1``…) or a predicate on the name. ``hits``
+    counts the calls the rule took; ``calls`` lists them."""
+
+    op: str
+    error: MetadataError | None = None
+    delay: float = 0.0
+    times: int | None = 1
+    match: Callable[[Call], bool] | None = None
+    thread: str | Callable[[str], bool] | None = None
+    gate: Gate | None = None
+    after: bool = False
+    hits: int = 0
+    calls: list[Call] = field(default_factory=list)
+
+    def applies(self, call: Call) -> bool:
+        return (call.op == self.op and (self.times is None or self.hits < self.times)
+                and self._on_thread(call.thread) and (self.match is None or self.match(call)))
+
+    def _on_thread(self, name: str) -> bool:
+        if self.thread is None:
+            return True
+        if isinstance(self.thread, str):
+            worker = name.removeprefix(f"{self.thread}_")
+            return name == self.thread or (worker != name and worker.isdigit())
+        return self.thread(name)
+
+
+class FaultyMetadataStore(MetadataStore):
+    """Passes every call through to ``store``, applying injected :class:`MetadataRule` s first
+    (the module docstring shows how). The first rule that applies to a call takes it.
+
+    ``calls`` counts the calls per operation, faulted ones included. ``capabilities`` and
+    ``version`` are the wrapped store's. A call held at a gate for ``gate_timeout`` seconds
+    raises ``TimeoutError``: a test that forgets a gate fails instead of hanging.
+
+    Locks: ``_lock`` guards ``rules``, ``calls`` and each rule's ``hits`` and ``calls``; it is
+    never held while a call runs, waits or sleeps, nor while another lock is taken. A rule's
+    predicates run under it, so they must not call this store."""
+
+    def __init__(self, store: MetadataStore, *, gate_timeout: float = 60.0) -> None:
+        if not isinstance(store, MetadataStore):
+            raise TypeError(f"store must be a MetadataStore, not {type(store).__name__}")
+        self.store = store
+        self.capabilities: Capabilities = store.capabilities
+        self.gate_timeout = gate_timeout
+        self.rules: list[MetadataRule] = []
+        self.calls: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"FaultyMetadataStore({self.store!r})"
+
+    # ---- rules ----
+
+    def inject(self, op: str, error: MetadataError | None = None, *, delay: float = 0.0,
+               times: int | None = 1, match: Callable[[Call], bool] | None = None,
+               thread: str | Callable[[str], bool] | None = None, gate: Gate | None = None,
+               after: bool = False) -> MetadataRule:
+        """Add a rule (see :class:`MetadataRule`) and return it."""
+        if op not in METADATA_OPERATIONS:
+            raise ValueError(describe("no such metadata operation", op=op,
+                                      known=", ".join(sorted(METADATA_OPERATIONS))))
+        if times is not None and times < 1:
+            raise ValueError(describe("times must be at least 1, or None for all", times=times))
+        if delay < 0:
+            raise ValueError(describe("delay must not be negative", delay=delay))
+        rule = MetadataRule(op, error, delay, times, match, thread, gate, after)
+        with self._lock:
+            self.rules.append(rule)
+        return rule
+
+    def pause(self, op: str, *, after: bool = False, times: int | None = 1,
+              match: Callable[[Call], bool] | None = None,
+              thread: str | Callable[[str], bool] | None = None) -> Gate:
+        """Hold the matching calls of ``op`` at a new gate — before the call, or with
+        ``after`` once it ran and before it returns — and return the gate."""
+        gate = Gate()
+        self.inject(op, times=times, match=match, thread=thread, gate=gate, after=after)
+        return gate
+
+    def clear(self) -> None:
+        """Drop every rule and release every gate (the calls waiting there go on)."""
+        with self._lock:
+            rules, self.rules = self.rules, []
+        for rule in rules:
+            if rule.gate is not None:
+                rule.gate.release()
+
+    def _run(self, op: str, args: Mapping[str, Any], call: Callable[[], T]) -> T:
+        here = Call(op, args, threading.current_thread().name)
+        with self._lock:
+            self.calls[op] = self.calls.get(op, 0) + 1
+            rule = next((r for r in self.rules if r.applies(here)), None)
+            if rule is not None:
+                rule.hits += 1
+                rule.calls.append(here)
+        if rule is not None and not rule.after:
+            self._strike(rule, here)
+        result = call()
+        if rule is not None and rule.after:
+            self._strike(rule, here)
+        return result
+
+    def _strike(self, rule: MetadataRule, call: Call) -> None:
+        if rule.gate is not None:
+            rule.gate._hold(call, self.gate_timeout)
+        if rule.delay:
+            time.sleep(rule.delay)
+        if isinstance(rule.error, type):
+            raise rule.error(str(call))
+        if rule.error is not None:
+            raise rule.error(call)
+
+    # ---- what the store's users see: refresh and version ----
+
+    def refresh(self) -> int:
+        """The wrapped store's ``refresh`` (0 where it has none)."""
+        refresh: Callable[[], int] | None = getattr(self.store, "refresh", None)
+        return self._run("refresh", {}, refresh if refresh is not None else lambda: 0)
+
+    @property
+    def version(self) -> int:
+        """The wrapped store's ``version`` (0 where it has none)."""
+        return int(getattr(self.store, "version", 0))
+
+    # ---- streams ----
+
+    def create_stream(self, name: str | None = None) -> StreamMeta:
+        return self._run("create_stream", {"name": name},
+                         lambda: self.store.create_stream(name))
+
+    def get_stream(self, stream_id: int, *, include_destroyed: bool = False) -> StreamMeta:
+        return self._run("get_stream", {"stream_id": stream_id,
+                                        "include_destroyed": include_destroyed},
+                         lambda: self.store.get_stream(stream_id,
+                                                       include_destroyed=include_destroyed))
+
+    def get_stream_by_name(self, name: str) -> StreamMeta:
+        return self._run("get_stream_by_name", {"name": name},
+                         lambda: self.store.get_stream_by_name(name))
+
+    def streams(self) -> list[StreamMeta]:
+        return self._run("streams", {}, self.store.streams)
+
+    def open_stream(self, stream_id: int, *, expected_epoch: int | None = None,
+                    node_id: str | int | None = None,
+                    node_epoch: int | None = None) -> StreamMeta:
+        return self._run("open_stream", {"stream_id": stream_id, "expected_epoch": expected_epoch,
+                                         "node_id": node_id, "node_epoch": node_epoch},
+                         lambda: self.store.open_stream(stream_id, expected_epoch=expected_epoch,
+                                                        node_id=node_id, node_epoch=node_epoch))
+
+    def release_streams(self, node_id: str | int, node_epoch: int,
+                        stream_ids: Sequence[int]) -> None:
+        self._run("release_streams", {"node_id": node_id, "node_epoch": node_epoch,
+                                      "stream_ids": stream_ids},
+                  lambda: self.store.release_streams(node_id, node_epoch, stream_ids))
+
+    def trim_stream(self, stream_id: int, offset: int) -> StreamMeta:
+        return self._run("trim_stream", {"stream_id": stream_id, "offset": offset},
+                         lambda: self.store.trim_stream(stream_id, offset))
+
+    def destroy_stream(self, stream_id: int) -> StreamMeta:
+        return self._run("destroy_stream", {"stream_id": stream_id},
+                         lambda: self.store.destroy_stream(stream_id))
+
+    # ---- objects and nodes ----
+
+    def commit(self, commit: Commit) -> None:
+        self._run("commit", {"commit": commit}, lambda: self.store.commit(commit))
+
+    def objects(self, stream_id: int, from_offset: int = 0) -> list[ObjectMeta]:
+        return self._run("objects", {"stream_id": stream_id, "from_offset": from_offset},
+                         lambda: self.store.objects(stream_id, from_offset))
+
+    def stream_objects(self, stream_id: int, from_offset: int = 0) -> list[StreamObject]:
+        return self._run("stream_objects", {"stream_id": stream_id, "from_offset": from_offset},
+                         lambda: self.store.stream_objects(stream_id, from_offset))
+
+    def node(self, node_id: str | int) -> NodeMeta:
+        return self._run("node", {"node_id": node_id}, lambda: self.store.node(node_id))
+
+    def register_node(self, node_id: str | int) -> NodeMeta:
+        return self._run("register_node", {"node_id": node_id},
+                         lambda: self.store.register_node(node_id))
+
+    # ---- key-value entries ----
+
+    def kv_get(self, namespace: str, key: str) -> bytes | None:
+        return self._run("kv_get", {"namespace": namespace, "key": key},
+                         lambda: self.store.kv_get(namespace, key))
+
+    def kv_items(self, namespace: str, prefix: str = "") -> list[tuple[str, bytes]]:
+        return self._run("kv_items", {"namespace": namespace, "prefix": prefix},
+                         lambda: self.store.kv_items(namespace, prefix))
+
+    def kv_write(self, namespace: str, key: str, value: bytes | None, *,
+                 expected: bytes | _Any | None = ANY, node_id: str | int | None = None,
+                 node_epoch: int | None = None) -> bool:
+        return self._run("kv_write", {"namespace": namespace, "key": key, "value": value,
+                                      "expected": expected, "node_id": node_id,
+                                      "node_epoch": node_epoch},
+                         lambda: self.store.kv_write(namespace, key, value, expected=expected,
+                                                     node_id=node_id, node_epoch=node_epoch))
+
+    def close(self) -> None:
+        self._run("close", {}, self.store.close)
+
+
+__all__ = ["METADATA_OPERATIONS", "Call", "FaultyFileSystem", "FaultyMetadataStore", "Gate",
+           "MetadataError", "MetadataRule", "Rule", "access_denied", "connection_reset",
+           "internal_error", "slow_down", "timeout"]

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
 
@@ -88,7 +89,7 @@ class WalContract:
         done: list[int] = []
         lock = threading.Lock()
 
-        def note(i: int) -> object:
+        def note(i: int) -> Callable[[Future[int]], None]:
             def callback(_: Future[int]) -> None:
                 with lock:
                     done.append(i)
@@ -208,7 +209,7 @@ class WalContract:
         with pytest.raises(RuntimeError, match="once"):
             wal.recover()
         with pytest.raises(TypeError, match="WalRecord"):
-            wal.append(b"bytes")  # type: ignore[arg-type]
+            wal.append(b"bytes")  # type: ignore[arg-type]  # the wrong type, on purpose
         wal.close()
         with pytest.raises(StreamClosed):
             wal.append(make_record(1, 0))
@@ -233,7 +234,7 @@ class WalContract:
         with pytest.raises(ValueError, match="epoch"):
             WalRecord(1, -1, batch.with_offset(0))
         with pytest.raises(TypeError, match="RecordBatch"):
-            WalRecord(1, 1, b"x")  # type: ignore[arg-type]
+            WalRecord(1, 1, b"x")  # type: ignore[arg-type]  # the wrong type, on purpose
 
     # ---- back-pressure (bounded backends) ----
 
@@ -294,7 +295,7 @@ class WalContract:
         with contextlib.suppress(WalFullError):
             for i in range(1000):
                 last = wal.append(make_record(1, i, size=1000), timeout=0.05).result(timeout=30)
-        early: list[object] = []
+        early: list[Future[int]] = []
         first = threading.Thread(target=lambda: early.append(
             wal.append(make_record(2, 0, size=1000), timeout=10.0)))
         first.start()
@@ -305,5 +306,5 @@ class WalContract:
         wal.trim(last)  # room for everyone: the first waiter goes at once
         first.join(timeout=10)
         assert early and time.monotonic() - started < 2.0
-        early[0].result(timeout=10)  # type: ignore[attr-defined]
+        early[0].result(timeout=10)
         wal.close()

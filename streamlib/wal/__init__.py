@@ -35,7 +35,8 @@ class WalRecord:
 
     @property
     def base_offset(self) -> int:
-        return self.batch.base_offset  # type: ignore[return-value]
+        assert self.batch.base_offset is not None  # __post_init__ refuses a batch without one
+        return self.batch.base_offset
 
     @property
     def count(self) -> int:

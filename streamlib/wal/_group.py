@@ -13,10 +13,11 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
 from concurrent.futures import Future
 
 from streamlib.errors import StorageUnavailable, StreamClosed, WalFullError
-from streamlib.wal import Recovery, Wal, WalRecord
+from streamlib.wal import Recovery, Wal, WalEntry, WalRecord
 from streamlib.wal._admission import Admission
 from streamlib.wal._format import record_size
 
@@ -66,7 +67,7 @@ class GroupCommitWal(Wal):
     # ---- for backends ----
 
     @abc.abstractmethod
-    def _scan(self, recovery: Recovery):  # type: ignore[no-untyped-def]
+    def _scan(self, recovery: Recovery) -> Iterator[WalEntry]:
         """Yield the recovered entries; set ``recovery.end``; report damage."""
 
     @abc.abstractmethod
@@ -96,7 +97,7 @@ class GroupCommitWal(Wal):
             raise RuntimeError("recover() may be called only once")
         self._recovered = True
 
-        def scan(recovery: Recovery):  # type: ignore[no-untyped-def]
+        def scan(recovery: Recovery) -> Iterator[WalEntry]:
             yield from self._scan(recovery)
             with self._cond:
                 self._end = recovery.end
@@ -191,7 +192,8 @@ class GroupCommitWal(Wal):
                     if left <= 0:
                         break
                     self._cond.wait(left)
-            group, size = [], 0
+            group: list[Pending] = []
+            size = 0
             while self._queue and (not group or size + self._queue[0].size <= self._group_bytes):
                 item = self._queue.popleft()
                 group.append(item)

@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 
 from streamlib import codec
 from streamlib.disk import fsync_dir
-from streamlib.errors import CorruptDataError, WalLockedError
+from streamlib.errors import CorruptDataError, NodeLockedError
 from streamlib.wal import Capabilities, Recovery, WalEntry
 from streamlib.wal._format import (
     HEADER_SIZE,
@@ -231,10 +231,11 @@ class BlockWal(GroupCommitWal):
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise WalLockedError(f"WAL is locked by another process: path=`{self.path}`") from None
+            raise NodeLockedError(f"WAL is locked by another process: path=`{self.path}`") from None
         if created:
+            assert size is not None  # a file is created only with its ring size
             try:
-                os.posix_fallocate(fd, 0, RING_START + size)  # type: ignore[operator]
+                os.posix_fallocate(fd, 0, RING_START + size)
                 os.fsync(fd)
                 fsync_dir(os.path.dirname(os.path.abspath(self.path)))
             except BaseException:

@@ -12,7 +12,7 @@ import threading
 from collections.abc import Iterator
 
 from streamlib.disk import fsync_dir
-from streamlib.errors import WalLockedError
+from streamlib.errors import NodeLockedError
 from streamlib.wal import Capabilities, Recovery, WalEntry
 from streamlib.wal._format import record_parts, record_size, scan_run
 from streamlib.wal._group import GroupCommitWal, Pending
@@ -65,7 +65,7 @@ class FileWal(GroupCommitWal):
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(self._lock_fd)
-            raise WalLockedError(f"WAL is locked by another process: path=`{self.path}`") from None
+            raise NodeLockedError(f"WAL is locked by another process: path=`{self.path}`") from None
         self._trim = self._read_trim()
         self._trim_lock = threading.Lock()  # one TRIM file write and segment sweep at a time
         self._fd = -1  # the segment being appended to

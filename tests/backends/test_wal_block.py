@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from streamlib.errors import CorruptDataError, WalFullError, WalLockedError
+from streamlib.errors import CorruptDataError, NodeLockedError, WalFullError
 from streamlib.testing.wal import WalContract, make_record, recover_all
 from streamlib.wal import Damage, Wal, WalRecord, block
 from streamlib.wal._format import record_size
@@ -60,7 +60,7 @@ def patch_ring(path: Path, ring: int, position: int, data: bytes) -> None:
 def test_a_second_process_cannot_open_the_same_wal(tmp_path: Path) -> None:
     path = tmp_path / "ring"
     wal = BlockWal(path, size=SMALL_RING)
-    with pytest.raises(WalLockedError, match="locked"):
+    with pytest.raises(NodeLockedError, match="locked"):
         BlockWal(path)
     wal.close()
     BlockWal(path).close()  # the lock went with the first

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from streamlib.errors import WalLockedError
+from streamlib.errors import NodeLockedError
 from streamlib.testing.wal import WalContract, make_record, recover_all
 from streamlib.wal import Wal
 from streamlib.wal.file import FileWal
@@ -19,7 +19,7 @@ class TestFileWal(WalContract):
 
 def test_a_second_process_cannot_open_the_same_wal(tmp_path: Path) -> None:
     wal = FileWal(tmp_path)
-    with pytest.raises(WalLockedError, match="locked"):
+    with pytest.raises(NodeLockedError, match="locked"):
         FileWal(tmp_path)
     wal.close()
     FileWal(tmp_path).close()  # the lock went with the first

@@ -17,9 +17,10 @@ upload round where the child kills itself with SIGKILL the ``KILL_AT``-th time i
 - ``after_put``: every object of the round stored, the metadata commit not made (orphans);
 - ``after_commit``: committed, the WAL not trimmed (recovery finds committed data in the WAL).
 
-Rounds with no object (an empty final round) do not count. The hooks wrap the object store
-and the commit callable the store hands to its :class:`~streamlib.uploader.Uploader`:
-fault injection into streamlib's own code in this process, nothing below it is touched.
+Rounds with no object (an empty final round) do not count. The kill points are fault-injecting
+components handed to ``streamlib.open``: a :class:`~streamlib.testing.FaultyFileSystem` around
+the objects' filesystem (``before_put``) and a :class:`~streamlib.testing.FaultyMetadataStore`
+around the SQLite metadata (``after_put``, ``after_commit``); the store's code runs untouched.
 
 After opening, the child prints ``ready <stream next offsets as JSON>``. ``THREADS`` threads
 append to ``STREAMS`` streams (``s0``…), each thread choosing a stream at random for every batch,
@@ -92,59 +93,54 @@ class _Killer:
         self.lock = threading.Lock()
 
     def hit(self, detail: object = "") -> None:
+        if self.reached(detail):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def reached(self, detail: object = "") -> bool:
+        """Count one more time here; True (after logging it) the ``at``-th time."""
         with self.lock:
             self.count += 1
             if self.count == self.at:
                 os.write(self.log, f"K {self.point} {detail}\n".encode())
-                os.kill(os.getpid(), signal.SIGKILL)
+                return True
+            return False
 
 
-class _KillBeforePut:
-    """The uploader's view of the object store, killing before a PUT."""
+def faulty_parts(point: str, at: int, log: int, config: dict[str, Any],
+                 options: dict[str, Any] | None) -> dict[str, Any]:
+    """The store's object store and metadata, wrapped by fault-injecting components that kill
+    this process at ``point`` (arguments for ``streamlib.open``)."""
+    import fsspec
 
-    def __init__(self, objects: Any, killer: _Killer) -> None:
-        self._objects, self._killer = objects, killer
-
-    def put(self, *args: Any, **kwargs: Any) -> None:
-        self._killer.hit()
-        self._objects.put(*args, **kwargs)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._objects, name)
-
-
-def install_kill_point(point: str, at: int, log: int) -> None:
-    """Make the store's uploaders (the one ``open`` builds included) die at ``point``."""
-    import streamlib.store
-    from streamlib.uploader import Uploader
+    import streamlib
+    from streamlib.meta.local import SQLiteMetadataStore
+    from streamlib.testing import FaultyFileSystem, FaultyMetadataStore
 
     killer = _Killer(point, at, log)
+    settings = streamlib.Config.load(config)
+    url = settings.objects_url or "file://" + os.path.join(settings.path, "objects")
+    protocol, _, root = url.partition("://")
+    local = {"auto_mkdir": True} if protocol == "file" else {}
+    faulty_fs = FaultyFileSystem(fsspec.filesystem(protocol, **local, **(options or {})))
+    meta = FaultyMetadataStore(SQLiteMetadataStore(
+        settings.metadata_path or os.path.join(settings.path, "meta.sqlite")))
 
-    def before_commit(commit: Any) -> Any:
-        def wrapped(objects: Any, position: int) -> None:
-            if objects:  # a round with something to commit (not an empty final round)
-                killer.hit(len(objects))
-            commit(objects, position)
-        return wrapped
+    def kill(*_: object) -> BaseException:
+        os.kill(os.getpid(), signal.SIGKILL)
+        raise AssertionError("unreachable")
 
-    def after_commit(commit: Any) -> Any:
-        def wrapped(objects: Any, position: int) -> None:
-            commit(objects, position)
-            if objects:  # the uploader's next step is the WAL trim
-                killer.hit(len(objects))
-        return wrapped
+    def count(what: object) -> bool:
+        killer.hit(what)  # logs and kills on the at-th time
+        return False
 
-    class HookedUploader(Uploader):
-        def __init__(self, *, objects: Any, commit: Any, **kwargs: Any) -> None:
-            if point == "before_put":
-                objects = _KillBeforePut(objects, killer)
-            elif point == "after_put":
-                commit = before_commit(commit)
-            elif point == "after_commit":
-                commit = after_commit(commit)
-            super().__init__(objects=objects, commit=commit, **kwargs)
-
-    streamlib.store.Uploader = HookedUploader  # type: ignore[misc]
+    if point == "before_put":  # a PUT of a round's object
+        faulty_fs.inject("put", match=lambda path: "/data/" in path and count(""), times=None)
+    elif point in ("after_put", "after_commit"):  # a commit of a round with objects
+        meta.inject("commit", kill, after=point == "after_commit", times=None,
+                    match=lambda call: bool(call.args["commit"].objects)
+                    and killer.reached(len(call.args["commit"].objects)))
+    return {"filesystem": faulty_fs, "metadata_store": meta,
+            "objects_url": f"{protocol}://{root}"}
 
 
 def main() -> None:
@@ -153,13 +149,16 @@ def main() -> None:
                                     int(sys.argv[5]), int(sys.argv[6]))
     assert point in KILL_POINTS, point
     log = os.open(acklog, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    if point != "none":
-        install_kill_point(point, at, log)
 
     import streamlib
 
     options = json.loads(os.environ.get("S3_STORAGE_OPTIONS", "null"))
-    store = streamlib.open(config, storage_options=options)
+    if point == "none":
+        store = streamlib.open(config, storage_options=options)
+    else:
+        parts = faulty_parts(point, at, log, config, options)
+        store = streamlib.open({**config, "objects_url": parts.pop("objects_url")},
+                               storage_options=options, **parts)
     streams = []
     for i in range(STREAMS):
         try:

@@ -272,9 +272,9 @@ def test_stores_sharing_one_cache_share_its_budget_and_keep_their_streams_apart(
             assert {bytes(x.payload[:1]) for x in sa.fetch(0, max_bytes=4 * MiB)} == {b"A"}
             assert {bytes(x.payload[:1]) for x in sb.fetch(0, max_bytes=4 * MiB)} == {b"B"}
         assert watcher.peak <= budget
-        assert {scope for scope, _ in cache._chunks} == {a._scope, b._scope}
+        assert {scope for scope, _ in cache._chunks} == {a._node.scope, b._node.scope}  # type: ignore[union-attr]
         a.close()
-        assert {scope for scope, _ in cache._chunks} == {b._scope}  # a's chunks went with it
+        assert {scope for scope, _ in cache._chunks} == {b._node.scope}  # type: ignore[union-attr]  # a's chunks went with it
         b.close()
         assert cache.usage()["log_chunks"] == 0 and cache.pinned_bytes == 0
     finally:

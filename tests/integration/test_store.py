@@ -900,7 +900,7 @@ def test_open_takes_a_config_or_a_mapping(path: Path) -> None:
 def test_a_store_opened_twice(path: Path) -> None:
     with open_store(path) as store:
         store.create_stream("s").append([b"1"])
-        with pytest.raises(streamlib.WalLockedError):
+        with pytest.raises(streamlib.NodeLockedError):
             open_store(path)
         assert_still_works(store)
         assert store.get("s").next_offset == 1

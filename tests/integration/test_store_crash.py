@@ -233,8 +233,8 @@ class CrashHarness:
             assert stats["wal_usage_bytes"] <= WAL_LEFT_AFTER_OPEN, stats  # type: ignore[operator]
             committed = set()
             for info in store.streams():
-                committed.update(o.key for o in store._metadata().objects(info.id))
-            listed = {o.key for o in store._objects.list("data/")}
+                committed.update(o.key for o in store.metadata.objects(info.id))
+            listed = {o.key for o in store.objects.list("data/")}
             assert committed <= listed, "a committed object is missing"
             opened = Opened(recovered, committed_already, len(listed - committed),
                             len(committed))
@@ -265,7 +265,7 @@ class CrashHarness:
             contents[index] = Content(info.start_offset, info.next_offset, entries)
             # The committed ranges: contiguous from the first object, ending at the end (the
             # recovery upload committed everything, and nothing twice).
-            ranges = sorted((r for o in store._metadata().objects(info.id)
+            ranges = sorted((r for o in store.metadata.objects(info.id)
                              for r in o.ranges if r.stream_id == info.id),
                             key=lambda r: r.start_offset)
             if ranges:

@@ -32,7 +32,7 @@ from streamlib import (
     StreamNotFound,
     StreamStore,
     WalFullError,
-    WalLockedError,
+    NodeLockedError,
 )
 from streamlib.meta.local import SQLiteMetadataStore
 from streamlib.testing.faults import FaultyFileSystem, internal_error
@@ -100,13 +100,13 @@ def run_child(code: str, *args: object) -> str:
 # ---- a round meets an append inside its WAL call ----
 
 # Stream b's WAL append is durable, but b's append has not yet recorded it as in flight (held
-# right there, in _Inflight's constructor). Stream a's next append is acknowledged after it and
+# right there, in Inflight's constructor). Stream a's next append is acknowledged after it and
 # a round runs: it must not trim the WAL past b's record, which only the WAL holds. Then the
 # process dies before any later round.
 SUBMIT_WINDOW_CHILD = """
 import os, sys, threading
 import streamlib
-import streamlib.store as store_module
+import streamlib.write as write_module
 
 path, wal = sys.argv[1], sys.argv[2]
 store = streamlib.open(path, upload_interval_ms=3_600_000, wal=wal, wal_bytes="8MiB")
@@ -114,7 +114,7 @@ a = store.create_stream("a")
 b = store.create_stream("b")
 a.append([b"a0"])
 store.flush()
-original = store_module._Inflight
+original = write_module.Inflight
 entered, gate = threading.Event(), threading.Event()
 
 class Held(original):
@@ -127,7 +127,7 @@ class Held(original):
             gate.wait()  # ... and b's stream does not know of it yet
         super().__init__(batch, wal_future)
 
-store_module._Inflight = Held
+write_module.Inflight = Held
 acked = []
 writer = threading.Thread(target=lambda: acked.append(b.append([b"b-acked"])), name="b-writer")
 writer.start()
@@ -385,7 +385,7 @@ def test_a_commit_of_unknown_outcome_does_not_wedge_the_uploader(tmp_path: Path)
     path = tmp_path / "data"
     with open_store(path, wal_bytes="1MiB", append_timeout_ms=1000) as store:
         s = store.create_stream()
-        meta = store._meta
+        meta = store.metadata
         assert meta is not None
         commit = meta.commit
 
@@ -435,21 +435,21 @@ import streamlib
 try:
     streamlib.open(sys.argv[1], wal="object", upload_interval_ms=3_600_000).close()
     print("opened")
-except streamlib.WalLockedError:
-    print("WalLockedError")
+except streamlib.NodeLockedError:
+    print("NodeLockedError")
 """
 
 
-def test_a_second_opener_of_a_node_gets_wal_locked_with_the_object_wal(tmp_path: Path) -> None:
+def test_a_second_opener_of_a_node_is_refused_with_the_object_wal(tmp_path: Path) -> None:
     path = tmp_path / "data"
     with open_store(path, wal="object") as store:
         s = store.create_stream()
         assert s.append([b"before"]) == AppendResult(0, 1)
         store.flush()
-        assert run_child(SECOND_OPENER_CHILD, path).split() == ["WalLockedError"]
+        assert run_child(SECOND_OPENER_CHILD, path).split() == ["NodeLockedError"]
         second: StreamStore | None = None
         try:
-            with pytest.raises(WalLockedError, match="node"):
+            with pytest.raises(NodeLockedError, match="node"):
                 second = open_store(path, wal="object")
         finally:
             if second is not None:

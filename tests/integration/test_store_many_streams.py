@@ -80,15 +80,16 @@ def test_quiet_streams_share_an_object_per_interval(tmp_path: Path,
         store.close()
     total_elapsed = time.monotonic() - started
     listed = data_objects(moto_bucket)
-    uploaded = store._uploader.stats
+    uploaded = store.stats()
     print(f"\n{streams_n} streams, {streams_n * rounds} appends of {per_batch} records over "
           f"{elapsed:.2f}s ({math.ceil(elapsed / interval)} upload intervals): "
           f"{before_close} data objects before close, {len(listed)} after "
-          f"({uploaded.rounds} upload rounds, {uploaded.stream_objects} stream objects)")
+          f"({uploaded['upload_rounds']} upload rounds, "
+          f"{uploaded['stream_objects_uploaded']} stream objects)")
     assert 1 <= before_close <= math.ceil(elapsed / interval) + 2
     assert len(listed) <= math.ceil(total_elapsed / interval) + 2
-    assert len(listed) == uploaded.objects, "objects listed != objects PUT by the uploader"
-    assert uploaded.stream_objects == 0
+    assert len(listed) == uploaded["objects_uploaded"], "objects listed != objects PUT by the uploader"
+    assert uploaded["stream_objects_uploaded"] == 0
     assert all(o.key.endswith(".mobj") for o in listed)
 
     # Every record readable: through the store for a sample of the streams, and straight from
@@ -102,7 +103,7 @@ def test_quiet_streams_share_an_object_per_interval(tmp_path: Path,
             got = store.open_stream(info.id, read_only=True).fetch(0)
             assert [(o, r.value) for o, r in got.records()] == list(enumerate(
                 [v for n in range(rounds) for v in values(info.name, n, per_batch)]))  # type: ignore[arg-type]
-        committed = {o.key for o in store._metadata().objects(infos[0].id)}
+        committed = {o.key for o in store.metadata.objects(infos[0].id)}
     finally:
         store.close()
     assert committed <= {o.key for o in listed}
@@ -140,7 +141,7 @@ def test_big_streams_get_objects_of_their_own(tmp_path: Path, moto_bucket: S3Buc
               f"{kinds['sobj']} stream objects, {kinds['mobj']} multi-stream objects")
         assert kinds == {"sobj": big_n * rounds, "mobj": rounds}, kinds
         assert store.stats()["stream_objects_uploaded"] == big_n * rounds
-        meta = store._metadata()
+        meta = store.metadata
         for s in big:
             objects = meta.objects(s.id)
             assert len(objects) == rounds

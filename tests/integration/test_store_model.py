@@ -340,7 +340,7 @@ class StoreMachine(RuleBasedStateMachine):
         """White-box: every acknowledged batch not yet committed is still in the WAL (at or
         after its trim position) — what makes a crash lose nothing at any moment."""
         trim = self.store._wal.trim_position  # type: ignore[union-attr]
-        for state in list(self.store._states.values()):
+        for state in self.store._node.streams.all():  # type: ignore[union-attr]
             with state.lock:
                 assert not state.log_positions or state.log_positions[0] >= trim
                 assert state.log == [] or state.log[0].base_offset == state.committed_end

@@ -172,12 +172,9 @@ class SharedMachine(RuleBasedStateMachine):
                  f"owner {self.owner[name]}"]
         for other, store in self.stores.items():
             state = store._state(name)
-            lines.append(f"{other}: manifest {store._meta.get_stream(state.id)}; state "  # type: ignore[union-attr]
-                         f"epoch={state.epoch} committed={state.committed_end} "
-                         f"acked={state.acked_end} written_here={state.written_here} "
-                         f"fenced={state.fenced is not None} released={state.released} "
-                         f"from={state.handover_from} log={len(state.log)} "
-                         f"inflight={len(state.inflight)} parked={len(state.parked)}; "
+            lines.append(f"{other}: manifest {store.metadata.get_stream(state.id)}; state "
+                         f"{state!r} log={len(state.log)} inflight={len(state.inflight)} "
+                         f"parked={len(state.handover.parked)}; "
                          f"stats {store.stats()['upload_rounds']} rounds, "
                          f"{store.stats()['upload_failures']} failures")
         return "\n".join(lines)

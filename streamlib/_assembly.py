@@ -1,0 +1,215 @@
+"""From a :class:`~streamlib.Config` to the parts of a store: the object store, the metadata
+(with the node lock of a local one) and the WAL, each backend chosen by name from a registry
+(docs/store.md, "Parts and layout").
+
+A backend is registered under the name its config field takes (``wal="block"``,
+``metadata="manifest"``); its module is imported when first used.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from streamlib.config import Config
+from streamlib.errors import ConfigError, NodeLockedError, describe
+from streamlib.io import ObjectStore, RetryPolicy
+
+if TYPE_CHECKING:
+    from fsspec import AbstractFileSystem
+
+    from streamlib.meta import MetadataStore
+    from streamlib.wal import Wal
+
+
+def under(config: Config, field: str, value: str, default: str) -> str:
+    """``value``, or ``default`` under the store's path (ConfigError if it has none)."""
+    if value:
+        return value
+    if not config.path:
+        raise ConfigError(field, "must be set when the store has no path")
+    return os.path.join(config.path, default)
+
+
+# ---- the object store ----
+
+def open_objects(config: Config, storage_options: Mapping[str, Any] | None,
+                 filesystem: AbstractFileSystem | None) -> ObjectStore:
+    """Where objects go: ``objects_url`` (default ``objects/`` under the path), or a root within
+    ``filesystem`` when one is given."""
+    url = config.objects_url
+    if not url:
+        path = under(config, "objects_url", "", "objects")
+        os.makedirs(path, exist_ok=True)
+        url = "file://" + os.path.abspath(path)
+    retry = RetryPolicy(timeout=config.retry_timeout_ms / 1000)
+    try:
+        if filesystem is not None:
+            return ObjectStore(filesystem, url.split("://", 1)[-1], retry=retry)
+        return ObjectStore.from_url(url, storage_options, retry=retry)
+    except ValueError as e:
+        raise ConfigError("objects_url", str(e), url) from None
+
+
+def store_at(url: str, objects: ObjectStore, storage_options: Mapping[str, Any] | None
+             ) -> ObjectStore:
+    """The object store at ``url`` (the objects' own when empty), retried like it."""
+    if not url:
+        return objects
+    return ObjectStore.from_url(url, storage_options, retry=objects.retry)
+
+
+# ---- the metadata ----
+
+@dataclass(slots=True)
+class Metadata:
+    """An opened metadata store, and the node lock held for it (-1: none)."""
+
+    store: MetadataStore
+    lock: int = -1
+
+
+MetadataOpener = Callable[[Config, str, ObjectStore, "Mapping[str, Any] | None"], Metadata]
+
+
+def _sqlite(config: Config, node_id: str, objects: ObjectStore,
+            storage_options: Mapping[str, Any] | None) -> Metadata:
+    from streamlib.meta.local import SQLiteMetadataStore
+
+    path = under(config, "metadata_path", config.metadata_path, "meta.sqlite")
+    lock = lock_node(path, node_id)
+    try:
+        return Metadata(SQLiteMetadataStore(path), lock)
+    except BaseException:
+        os.close(lock)
+        raise
+
+
+def _manifest(config: Config, node_id: str, objects: ObjectStore,
+              storage_options: Mapping[str, Any] | None) -> Metadata:
+    from streamlib.meta.manifest import ManifestMetadataStore
+
+    # Shared: no lock file, which other machines would not see. Opening registers the node
+    # (a new node epoch), which fences any process still using its id.
+    store = store_at(config.metadata_url, objects, storage_options)
+    return Metadata(ManifestMetadataStore(store, node_id=node_id,
+                                          checkpoint_every=config.checkpoint_every))
+
+
+METADATA: dict[str, MetadataOpener] = {"sqlite": _sqlite, "manifest": _manifest}
+"""Metadata backends by the name ``Config.metadata`` takes."""
+
+
+def open_metadata(config: Config, node_id: str, objects: ObjectStore,
+                  storage_options: Mapping[str, Any] | None,
+                  given: MetadataStore | None = None) -> Metadata:
+    """The metadata ``config.metadata`` names, or ``given`` (a component passed to open). A
+    given store that is not shared gets the node lock beside ``metadata_path`` (or the store's
+    path) when there is one."""
+    if given is None:
+        return METADATA[config.metadata](config, node_id, objects, storage_options)
+    if given.capabilities.shared or not (config.metadata_path or config.path):
+        return Metadata(given)
+    return Metadata(given, lock_node(under(config, "metadata_path", config.metadata_path,
+                                           "meta.sqlite"), node_id))
+
+
+def lock_node(meta_path: str, node_id: str) -> int:
+    """One process at a time runs a node of a store (its WAL, its commits): an exclusive
+    ``flock`` beside the metadata, held until close. The file WAL locks itself too; the object
+    WAL has nothing else that would stop a second process on this machine."""
+    directory = os.path.dirname(os.path.abspath(meta_path))
+    os.makedirs(directory, exist_ok=True)
+    path = f"{os.path.abspath(meta_path)}.node-{node_id}.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise NodeLockedError(describe("another process has this store's node open: close it "
+                                       "there, or give this one another node_id",
+                                       node=node_id, lock=path)) from None
+    return fd
+
+
+# ---- the WAL ----
+
+@dataclass(frozen=True, slots=True)
+class WalPlace:
+    """Where a node's WAL is: its backend, the path of a file or block WAL, the object
+    store of an object WAL."""
+
+    backend: str
+    path: str
+    store: ObjectStore | None
+
+
+WalOpener = Callable[[Config, str, int, WalPlace, bool], "Wal"]
+
+
+def _file_wal(config: Config, node: str, node_epoch: int, place: WalPlace,
+              create: bool) -> Wal:
+    from streamlib.wal.file import FileWal
+
+    return FileWal(place.path, capacity=config.wal_bytes,
+                   full_timeout=config.append_timeout_ms / 1000)
+
+
+def _block_wal(config: Config, node: str, node_epoch: int, place: WalPlace,
+               create: bool) -> Wal:
+    from streamlib.wal.block import BlockWal
+
+    size = None if os.path.exists(place.path) else config.wal_bytes // 4096 * 4096
+    return BlockWal(place.path, size=size, full_timeout=config.append_timeout_ms / 1000,
+                    epoch=node_epoch)
+
+
+def _object_wal(config: Config, node: str, node_epoch: int, place: WalPlace,
+                create: bool) -> Wal:
+    from streamlib.wal.object import ObjectWal
+
+    assert place.store is not None
+    return ObjectWal(place.store, node, prefix="wal",
+                     full_timeout=config.append_timeout_ms / 1000,
+                     max_pending_bytes=max(config.wal_bytes, 4 * 1024 * 1024),
+                     flush_bytes=config.object_wal_flush_bytes,
+                     linger=config.object_wal_linger_us / 1_000_000,
+                     max_inflight=config.object_wal_in_flight)
+
+
+WALS: dict[str, WalOpener] = {"file": _file_wal, "block": _block_wal, "object": _object_wal}
+"""WAL backends by the name ``Config.wal`` takes."""
+
+
+def wal_place(config: Config, backend: str, path: str, url: str, objects: ObjectStore,
+              storage_options: Mapping[str, Any] | None) -> WalPlace:
+    if backend not in WALS:
+        raise ValueError(f"wal must be one of {', '.join(WALS)}: wal=`{backend}`")
+    if backend == "object":
+        return WalPlace(backend, path, store_at(url, objects, storage_options))
+    return WalPlace(backend, path, None)
+
+
+def open_wal(config: Config, node: str, node_epoch: int, place: WalPlace, *,
+             create: bool) -> Wal:
+    """The WAL of ``node`` at ``place``: this store's own (``create``), or one that must exist
+    already (a take-over)."""
+    if place.backend != "object" and not create and not os.path.exists(place.path):
+        raise ConfigError("wal_path", f"no {place.backend} WAL of node {node} there", place.path)
+    return WALS[place.backend](config, node, node_epoch, place, create)
+
+
+def own_wal_place(config: Config, objects: ObjectStore,
+                  storage_options: Mapping[str, Any] | None) -> WalPlace:
+    """Where this store's own WAL is (defaults under the store's path)."""
+    path = config.wal_path
+    if config.wal != "object":
+        path = under(config, "wal_path", path, "wal" if config.wal == "file" else "wal.ring")
+    return wal_place(config, config.wal, path, config.wal_url, objects, storage_options)
+
+
+__all__ = ["METADATA", "WALS", "Metadata", "WalPlace", "lock_node", "open_metadata",
+           "open_objects", "open_wal", "own_wal_place", "store_at", "under", "wal_place"]

@@ -1,0 +1,219 @@
+"""The write path: an append from its arguments to its acknowledgement (docs/store.md, "The
+write path").
+
+```
+submit ─► offset (stream order) ─► room (cache, WAL) ─► WAL append ─► durable
+   ─► coordination.durable ─► acknowledge: log cache, backlog, the append's future
+```
+
+Offsets are assigned under the stream's ``order`` lock in call order, and the WAL keeps that
+order, so acknowledgements come back in offset order. Conditions (``expected_offset``) and
+idempotence (producer sequences) are checked before anything is written. An append waits for
+room in the message cache (and, for a WAL without a capacity, under ``wal_bytes`` of data
+waiting for upload) with one deadline for every wait. On a store of one node a durable append is
+acknowledged at once on the WAL's thread; a shared store's coordination acknowledges it after a
+look at the metadata (docs/shared-stores.md).
+
+Lock order: as :mod:`streamlib.node`; ``StreamState.order`` is held from the offset to the WAL
+submission, never across the wait for durability.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from concurrent.futures import Future
+from typing import TYPE_CHECKING
+
+from streamlib.cache import BATCH_OVERHEAD, weight
+from streamlib.errors import (
+    CorruptDataError,
+    FencedError,
+    OffsetMismatchError,
+    OutcomeUnknown,
+    StreamClosed,
+    StreamNotFound,
+    WalFullError,
+    describe,
+)
+from streamlib.records import AppendResult, RecordBatch
+from streamlib.state import Inflight, Producer, StreamState
+from streamlib.wal import Wal, WalRecord
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from streamlib.node import Node
+    from streamlib.shared.coordination import Coordination
+
+log = logging.getLogger("streamlib.write")
+
+
+class WritePath:
+    """Appends of one node's streams, from submission to acknowledgement."""
+
+    def __init__(self, node: Node, wal: Wal, coordination: Coordination) -> None:
+        self._node = node
+        self._wal = wal
+        self._coordination = coordination
+
+    def submit(self, state: StreamState, epoch: int, batch: RecordBatch,
+               expected_offset: int | None, producer_id: object, sequence: int | None,
+               timeout: float | None) -> Future[AppendResult]:
+        """Append ``batch`` (checked by the handle) to ``state`` with a handle of ``epoch``:
+        the future completes once it is durable (and, on a shared store, once a look at the
+        metadata shows the stream still this node's)."""
+        config = self._node.config
+        # One deadline for every wait of this append: room in memory, room in the WAL.
+        deadline = time.monotonic() + (config.append_timeout_ms / 1000 if timeout is None
+                                       else timeout)
+
+        def left() -> float:
+            return max(0.0, deadline - time.monotonic())
+
+        with state.order:
+            self._node.check_open()
+            if state.destroyed:
+                raise StreamNotFound(describe("the stream was destroyed", stream=state.id))
+            state.check_writer(epoch)
+            self._node.check_appendable()
+            if state.damage is not None:
+                raise CorruptDataError(state.damage)
+            if state.handover.reason is not None:
+                raise FencedError(str(state.handover.reason))
+            self._coordination.before_append(state, left())
+            producer = None
+            if producer_id is not None:
+                assert sequence is not None
+                producer = state.producers.setdefault(producer_id, Producer())
+                earlier = producer.known(state.id, producer_id, sequence, batch.count)
+                if earlier is not None:
+                    return earlier
+            if expected_offset is not None and expected_offset != state.assigned_end:
+                raise OffsetMismatchError(state.id, expected_offset, state.assigned_end)
+            placed = batch.with_offset(state.assigned_end)
+            item = self._enter_wal(state, epoch, placed, left)
+            state.assigned_end = placed.next_offset
+            if producer is not None:
+                assert sequence is not None
+                producer.remember(sequence, batch.count, item.future)
+        item.wal_future.add_done_callback(lambda _: self._coordination.durable(state, item))
+        return item.future
+
+    def _enter_wal(self, state: StreamState, epoch: int, placed: RecordBatch,
+                   left: Callable[[], float]) -> Inflight:
+        """Room for ``placed``, then its WAL call (caller holds ``state.order``)."""
+        node = self._node
+        if self._wal.capacity is None:  # the WAL does not fill up: bound the memory here
+            self._wait_for_room(placed.size, left())
+        self._reserve(placed.size + BATCH_OVERHEAD, left())
+        # While the WAL call runs, its record may become durable before this stream knows of
+        # it: the uploader must not trim past it. Any position it gets is at or above the
+        # WAL's end as it is now.
+        token = node.backlog.enter(lambda: self._wal.end_position)
+        try:
+            wal_future = self._wal.append(WalRecord(state.id, epoch, placed), left())
+            item = Inflight(placed, wal_future)
+            with state.lock:
+                state.inflight.append(item)
+        except BaseException:
+            node.cache.unpin(node.scope, placed.size + BATCH_OVERHEAD)
+            raise
+        finally:
+            node.backlog.entered(token)
+        return item
+
+    def _wait_for_room(self, size: int, timeout: float) -> None:
+        """Back-pressure for a WAL without a capacity (the object WAL): data acknowledged and
+        not yet committed, which the log cache holds, stays within ``wal_bytes``."""
+        node = self._node
+        limit = node.config.wal_bytes
+        room = node.backlog.wait_for_room(size, limit, timeout, node.closing)
+        if node.closing.is_set():
+            raise StreamClosed("the store is closing")
+        if not room:
+            raise WalFullError(describe(
+                "data waiting for upload stayed above wal_bytes: uploads are not keeping up",
+                pending=node.backlog.bytes, size=size, wal_bytes=limit))
+
+    def _reserve(self, size: int, timeout: float) -> None:
+        """Room in the message cache for a batch until it is uploaded (back-pressure when
+        uploads fall behind: the log cache shares the cache's budget)."""
+        node = self._node
+        if not node.cache.reserve(node.scope, size, timeout, abort=node.closing_or_closed):
+            if node.closing_or_closed():
+                raise StreamClosed("the store is closing")
+            raise WalFullError(describe(
+                "data waiting for upload filled the message cache (cache_bytes): uploads are "
+                "not keeping up", size=size, cache_bytes=node.cache.max_bytes,
+                pinned=node.cache.pinned_bytes))
+
+    # ---- acknowledgement ----
+
+    def acknowledge(self, state: StreamState, looked: float | None = None) -> None:
+        """Acknowledge what the WAL completed of ``state``, in order (on a shared store only
+        what was durable when a look at the metadata started: ``looked``, its start)."""
+        node = self._node
+
+        def publish(position: int, added: int, error: BaseException | None) -> None:
+            node.backlog.acknowledged(position, added)
+            if error is not None and not isinstance(error, StreamClosed):
+                node.fail(error)  # a failed WAL write fails the WAL for good
+
+        dropped = state.drain(publish, looked)
+        if dropped:
+            node.cache.unpin(node.scope, weight(dropped))
+        self._coordination.acknowledged(state, looked)
+
+    def acknowledge_all(self, states: list[StreamState]) -> None:
+        """Acknowledge whatever the WAL completed but no callback has yet, for all these
+        streams (after one look at a shared store's metadata for them all)."""
+        looked = self._coordination.look(states)
+        for state in states:
+            self.acknowledge(state, looked)
+
+    # ---- closing ----
+
+    def finish(self, states: list[StreamState]) -> None:
+        """Close: wait until no append is between its offset and its WAL submission and
+        every WAL write has completed, then acknowledge them all (on a shared store after a
+        look, or two if the first started before some write was seen complete)."""
+        for state in states:
+            with state.order:
+                pass
+            with state.lock:
+                waiting = [item.wal_future for item in state.inflight]
+            for future in waiting:
+                with contextlib.suppress(Exception):  # reported to its appender
+                    future.result()
+        for _ in range(3):
+            try:
+                self.acknowledge_all(states)
+            except Exception as error:  # answered by settle_at_close: outcome unknown
+                log.warning("close: could not look at the metadata to acknowledge the last "
+                            "appends: %r", error)
+                return
+            if not any(state.first_durable() and not state.handover.fenced
+                       for state in states):
+                return
+
+    def settle_at_close(self, state: StreamState, released: bool) -> None:
+        """Answer what the store could not settle before closing: appends durable but never
+        acknowledged (a look at the metadata failed), and appends parked at a hand-over
+        (refused if the stream was ``released``, else of unknown outcome: the next open may
+        commit them)."""
+        with state.lock:
+            unsettled = [item.future for item in state.inflight]
+            state.inflight.clear()
+        unknown = OutcomeUnknown(describe(
+            "the store closed before the append could be settled (a look at the shared "
+            "manifest failed, or the stream's release): it may or may not be in the stream",
+            stream=state.id))
+        for future in unsettled:
+            if not future.done():
+                future.set_exception(unknown)
+        self._coordination.answer_parked(state, released, unknown)
+
+
+__all__ = ["WritePath"]
