@@ -32,6 +32,7 @@ test: lint test-c test-python
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check streamlib tests benchmarks examples native
+	$(BIN)/mypy --strict streamlib
 
 test-c: $(VENV)/.installed-test
 	STREAMLIB_PURE=0 $(BIN)/python -m pytest -q $(PYTEST_ARGS)

@@ -16,7 +16,7 @@ What is measured, all in one process:
      every field;
    - decode to Record objects: ``streamlib.codec.decode_records``, the index plus building the
      Record tuples.
-   Each for both backends. The target of DESIGN.md §10 (C at least 10 times the pure-Python
+   Each for both backends. The target (C at least 10 times the pure-Python
    twin on 100-byte records) is checked on the codec rows; the Record-object rows show what a
    caller who builds or wants Python objects gets, since per-object work is the same in both.
 2. Batch framing (``encode_batch``, one batch a call) and scanning (``scan_batches`` over a
@@ -77,7 +77,7 @@ MIB = 1 << 20
 XXH64_BYTES = MIB
 SCAN_BATCHES = 64  # framed batches in the buffer that scan_batches walks
 BLOCK_BATCHES = 10  # batches of 100 × 1 KiB in a data block: about 1 MiB before compression
-TARGET_RATIO = 10.0  # DESIGN.md §10: C ≥ 10 × Python on encode and decode of 100-byte records
+TARGET_RATIO = 10.0  # the target: C ≥ 10 × Python on encode and decode of 100-byte records
 BACKENDS: tuple[ModuleType, ...] = (_native, _python)
 EVENTS = ("view", "click", "search", "add_to_cart", "purchase", "login", "logout")
 
@@ -410,7 +410,7 @@ def report_targets(results: Sequence[Result]) -> list[dict[str, object]]:
             ratio = ratio_of(results, workload, op)
             targets.append({"workload": workload, "op": op, "ratio": ratio,
                             "met": ratio >= TARGET_RATIO})
-    print(f"Target (DESIGN.md §10): C >= {TARGET_RATIO:.0f}x Python on 100-byte records, "
+    print(f"Target: C >= {TARGET_RATIO:.0f}x Python on 100-byte records, "
           "on the codec's work")
     print(table(["workload", "operation", "C/Py", "target"],
                 [[str(t["workload"]), str(t["op"]), f"{t['ratio']:.1f}x",

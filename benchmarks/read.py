@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/read.py [--quick] [--no-s3] [--sweep] [--profile] [--json PATH]
                                         [--dir DIR]
 
-Three measurements in one run (DESIGN.md §3 and §10, docs/cache.md), the data being what
+Three measurements in one run (docs/cache.md), the data being what
 ``benchmarks/stream.py`` appends (batches of 1 KiB compact JSON events from a seeded pool):
 
 1. **Tailing latency.** A writer appends small batches (10 × 1 KiB) one at a time, each waited
@@ -650,7 +650,7 @@ def report(tail: dict[str, Any] | None, wake: dict[str, Any] | None,
     if "slatedb_error" in cu:
         print(f"  SlateDB on moto: NOT MEASURED: {cu['slatedb_error']}")
 
-    print("\ntargets (DESIGN.md §10)")
+    print("\ntargets")
     if tail is not None:
         for mode in MODES:
             p99 = tail["ack"][mode]["p99"]

@@ -806,7 +806,7 @@ def report(local: dict[str, Any], s3: dict[str, Any] | None) -> None:
     ratio_sq_rec = tp[s]["mb_per_s"] / tp[sq_rec]["mb_per_s"]
     ratio_raw = tp[s]["mb_per_s"] / tp[raw]["mb_per_s"]
     ratio_p99 = lat[s]["p99_ms"] / lat[raw]["p99_ms"]
-    print("\ntargets (DESIGN.md §10)")
+    print("\ntargets")
     print(f"  append vs SQLite (a row a batch)  {ratio_sq:>6.2f}x  target >= 2x    "
           f"{verdict(ratio_sq >= 2)}")
     print(f"  append vs SQLite (a row a record) {ratio_sq_rec:>6.2f}x  (for reference)")

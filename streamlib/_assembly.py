@@ -1,6 +1,7 @@
 """From a :class:`~streamlib.Config` to the parts of a store: the object store, the metadata
-(with the node lock of a local one) and the WAL, each backend chosen by name from a registry
-(docs/store.md, "Parts and layout").
+(with the node lock of a local one) and the WAL, each backend chosen by name from a registry,
+and the coordination with other nodes, chosen by the metadata's capabilities (docs/store.md,
+"Modules and the data flow").
 
 A backend is registered under the name its config field takes (``wal="block"``,
 ``metadata="manifest"``); its module is imported when first used.
@@ -17,11 +18,14 @@ from typing import TYPE_CHECKING, Any
 from streamlib.config import Config
 from streamlib.errors import ConfigError, NodeLockedError, describe
 from streamlib.io import ObjectStore, RetryPolicy
+from streamlib.shared.coordination import Coordination, LocalCoordination
+from streamlib.shared.fencing import SharedCoordination
 
 if TYPE_CHECKING:
     from fsspec import AbstractFileSystem
 
     from streamlib.meta import MetadataStore
+    from streamlib.node import Node
     from streamlib.wal import Wal
 
 
@@ -135,6 +139,16 @@ def lock_node(meta_path: str, node_id: str) -> int:
     return fd
 
 
+# ---- the coordination with other nodes ----
+
+def coordination_for(node: Node) -> Coordination:
+    """The coordination the node's metadata asks for: shared when its ``capabilities`` say
+    other nodes may use it at once, else that of a store of one node."""
+    if node.meta.capabilities.shared:
+        return SharedCoordination(node)
+    return LocalCoordination(node)
+
+
 # ---- the WAL ----
 
 @dataclass(frozen=True, slots=True)
@@ -211,5 +225,6 @@ def own_wal_place(config: Config, objects: ObjectStore,
     return wal_place(config, config.wal, path, config.wal_url, objects, storage_options)
 
 
-__all__ = ["METADATA", "WALS", "Metadata", "WalPlace", "lock_node", "open_metadata",
+__all__ = ["METADATA", "WALS", "Metadata", "WalPlace", "coordination_for", "lock_node",
+           "open_metadata",
            "open_objects", "open_wal", "own_wal_place", "store_at", "under", "wal_place"]

@@ -19,7 +19,7 @@ import json
 import sys
 import threading
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -68,61 +68,51 @@ class Report:
         return "\n".join(lines)
 
 
-def check_store(url: str, storage_options: dict[str, Any] | None = None) -> Report:
-    """Try everything on a fresh prefix of ``url`` and report (see the module docstring)."""
-    base = ObjectStore.from_url(url, storage_options, retry=RetryPolicy(timeout=10))
-    prefix = f"streamlib-check-{uuid.uuid4().hex[:12]}"
-    store = ObjectStore(base.fs, f"{base.root}/{prefix}", retry=base.retry)
-    protocols = {base.fs.protocol} if isinstance(base.fs.protocol, str) else set(
-        base.fs.protocol)
-    report = Report(url, in_process="memory" in protocols)
-    s3 = bool({"s3", "s3a"} & protocols)
+class _Probes:
+    """The checks of :func:`check_store`, on a fresh prefix (``store``) of ``base``; each
+    returns what it saw, or raises what went wrong ("n/a: …": not needed on this store)."""
 
-    def run(name: str, probe: Callable[[], str]) -> None:
-        try:
-            detail = probe()
-            outcome = "not needed" if detail.startswith("n/a") else "ok"
-            report.checks.append(Check(name, outcome, detail.removeprefix("n/a: ")))
-        except Exception as error:  # a failed check is a finding, not a crash
-            report.checks.append(Check(name, "failed", f"{type(error).__name__}: {error}"))
+    def __init__(self, base: ObjectStore, store: ObjectStore, s3: bool) -> None:
+        self.base, self.store, self.s3 = base, store, s3
 
-    def write_read() -> str:
+    def write_read(self) -> str:
         data = uuid.uuid4().bytes * 64
-        store.put("plain", data)
-        if store.get("plain") != data:
+        self.store.put("plain", data)
+        if self.store.get("plain") != data:
             raise AssertionError("read back other bytes than were written")
         return f"{len(data)} bytes"
 
-    def ranged() -> str:
+    def ranged(self) -> str:
         data = bytes(range(256)) * 16
-        store.put("ranged", data)
-        got = store.get("ranged", 1000, 1100)
+        self.store.put("ranged", data)
+        got = self.store.get("ranged", 1000, 1100)
         if got != data[1000:1100]:
             raise AssertionError(f"bytes [1000, 1100) came back as {len(got)} other bytes")
         return "bytes [1000, 1100) of 4096"
 
-    def listed() -> str:
-        store.put("listed/one", b"1")
-        keys = [info.key for info in store.list("listed/")]
+    def listed(self) -> str:
+        self.store.put("listed/one", b"1")
+        keys = [info.key for info in self.store.list("listed/")]
         if keys != ["listed/one"]:
             raise AssertionError(f"a listing right after a write shows {keys}")
-        store.delete(["listed/one"])
-        if store.list("listed/"):
+        self.store.delete(["listed/one"])
+        if self.store.list("listed/"):
             raise AssertionError("a listing right after a delete still shows the object")
         return "a write and a delete show at once"
 
-    def multipart() -> str:
-        if not s3:
+    def multipart(self) -> str:
+        if not self.s3:
             return "n/a: objects are written whole"
         data = uuid.uuid4().bytes * (11 * MiB // 16)
-        store.put("multipart", data, part_bytes=5 * MiB)
-        if store.get("multipart", len(data) - 16) != data[-16:]:
+        self.store.put("multipart", data, part_bytes=5 * MiB)
+        if self.store.get("multipart", len(data) - 16) != data[-16:]:
             raise AssertionError("the multipart object reads back wrong")
         return "11 MiB in 5 MiB parts"
 
-    def create_only() -> str:
+    def create_only(self) -> str:
+        store = self.store
         if not store.can_create:
-            raise AssertionError(f"no create-only write is known for {base.fs.protocol}")
+            raise AssertionError(f"no create-only write is known for {self.base.fs.protocol}")
         store.create("created", b"first")
         try:
             store.create("created", b"second")
@@ -150,10 +140,10 @@ def check_store(url: str, storage_options: dict[str, Any] | None = None) -> Repo
             raise AssertionError(f"{len(winners)} of 8 racing creates of one key succeeded")
         return "a second create is refused; 1 of 8 racing creates wins"
 
-    def compare_and_set() -> str:
-        if not s3:
+    def compare_and_set(self) -> str:
+        if not self.s3:
             return "n/a: the manifest uses create-only writes"
-        fs, path = base.fs, f"{store.root}/cas"
+        fs, path = self.base.fs, f"{self.store.root}/cas"
         bucket, _, key = path.partition("/")
         first = fs.call_s3("put_object", Bucket=bucket, Key=key, Body=b"1")
         try:
@@ -165,12 +155,28 @@ def check_store(url: str, storage_options: dict[str, Any] | None = None) -> Repo
         fs.call_s3("put_object", Bucket=bucket, Key=key, Body=b"2", IfMatch=first["ETag"])
         return "If-Match honoured (not needed by streamlib)"
 
+    CHECKS = (("write and read", write_read), ("ranged GET", ranged),
+              ("list after write", listed), ("multipart upload", multipart),
+              ("create only if absent", create_only), ("compare-and-set", compare_and_set))
+
+
+def check_store(url: str, storage_options: dict[str, Any] | None = None) -> Report:
+    """Try everything on a fresh prefix of ``url`` and report (see the module docstring)."""
+    base = ObjectStore.from_url(url, storage_options, retry=RetryPolicy(timeout=10))
+    prefix = f"streamlib-check-{uuid.uuid4().hex[:12]}"
+    store = ObjectStore(base.fs, f"{base.root}/{prefix}", retry=base.retry)
+    protocols = {base.fs.protocol} if isinstance(base.fs.protocol, str) else set(
+        base.fs.protocol)
+    report = Report(url, in_process="memory" in protocols)
+    probes = _Probes(base, store, s3=bool({"s3", "s3a"} & protocols))
     try:
-        for name, probe in (("write and read", write_read), ("ranged GET", ranged),
-                            ("list after write", listed), ("multipart upload", multipart),
-                            ("create only if absent", create_only),
-                            ("compare-and-set", compare_and_set)):
-            run(name, probe)
+        for name, probe in _Probes.CHECKS:
+            try:
+                detail = probe(probes)
+                outcome = "not needed" if detail.startswith("n/a") else "ok"
+                report.checks.append(Check(name, outcome, detail.removeprefix("n/a: ")))
+            except Exception as error:  # a failed check is a finding, not a crash
+                report.checks.append(Check(name, "failed", f"{type(error).__name__}: {error}"))
     finally:
         try:
             store.delete([info.key for info in store.list("")])

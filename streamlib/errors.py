@@ -159,9 +159,10 @@ class CommitConflict(Conflict):
     """A metadata commit's preconditions do not hold against the stored state, so nothing of it
     was applied: a range does not start at its stream's committed end (a gap, or data committed
     already — a retried commit that had succeeded lands here), an object key is taken, an
-    object to remove is unknown or still holds readable data, or the node's WAL position would
-    go back. Reload the metadata and decide: if your objects are already committed, the retry
-    is done; otherwise rebuild the commit from the current state."""
+    object to remove is unknown or still holds readable data, the node's WAL position would
+    go back, or the stream is being handed over to the committing node, whose commits wait
+    for the old owner's release. Reload the metadata and decide: if your objects are already
+    committed, the retry is done; otherwise rebuild the commit from the current state."""
 
 
 class OffsetMismatchError(Conflict):

@@ -244,7 +244,7 @@ class ObjectStore:
 
     def __init__(self, fs: AbstractFileSystem, root: str, *,
                  retry: RetryPolicy | None = None,
-                 sleep: Callable[[float], object] = time.sleep,
+                 sleep: Callable[[float], object] = time.sleep,  # the retry backoff's pause
                  clock: Callable[[], float] = time.monotonic,
                  random: Callable[[], float] = _random.random) -> None:
         if not isinstance(fs, AbstractFileSystem):

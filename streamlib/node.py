@@ -142,11 +142,15 @@ class Node:
 
     ``closing`` is an Event: set once close() began (appends are refused, waiters give up).
     ``failure`` is the error that stopped appends for good: a failed WAL write, or this node
-    taken over by another process (a :class:`~streamlib.errors.FencedError`)."""
+    taken over by another process (a :class:`~streamlib.errors.FencedError`). ``clock``
+    (monotonic seconds) orders the events of a shared store's acknowledgement gate: when an
+    append was seen durable, when a look at the metadata began."""
 
     def __init__(self, *, node_id: str, node_epoch: int, config: Config, meta: MetadataStore,
-                 cache: MessageCache, scope: str, objects_url: str, backlog: Backlog) -> None:
+                 cache: MessageCache, scope: str, objects_url: str, backlog: Backlog,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.id = node_id
+        self.clock = clock
         self.epoch = node_epoch
         self.config = config
         self.cache = cache

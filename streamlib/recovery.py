@@ -15,7 +15,8 @@ For each record of the WAL, in WAL order, against the stream's metadata as it is
 6. otherwise it is recovered, and the stream's end moves past it.
 
 Per stream the recovered records are therefore dense, start at the committed end, and hold
-nothing twice.
+nothing twice. :func:`recover` applies them to a store opening its own WAL; a take-over
+(:mod:`streamlib.shared.takeover`) uploads them for the dead node.
 """
 
 from __future__ import annotations
@@ -25,12 +26,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from streamlib.cache import BATCH_OVERHEAD
 from streamlib.errors import StreamNotFound, describe
 from streamlib.records import RecordBatch
+from streamlib.shared.handover import Ownership
 
 if TYPE_CHECKING:
     from streamlib.meta import MetadataStore, StreamMeta
-    from streamlib.wal import Damage, Recovery
+    from streamlib.node import Node
+    from streamlib.shared.coordination import Coordination
+    from streamlib.wal import Damage, Recovery, Wal
 
 log = logging.getLogger("streamlib.recovery")
 
@@ -107,6 +112,44 @@ def replay(recovery: Recovery, meta: MetadataStore, held: Held) -> Replay:
     return Replay(streams, skipped, recovery.records, recovery.end, list(recovery.dropped))
 
 
+def recover(node: Node, wal: Wal, coordination: Coordination, committed: int) -> int:
+    """A store opening: replay its WAL beyond what is committed into the log cache, pinned in
+    the message cache and counted in the backlog (uploaded before ``open`` returns). A stream
+    with records of its own becomes this node's (OWNED); a damaged one stays read-only and
+    keeps the WAL from its gap. Returns the WAL position commits must not go below
+    (``committed``, the node's position in the metadata, if this WAL ends below it)."""
+    found = replay(wal.recover(), node.meta, lambda m: coordination.held_epochs(m, node.id))
+    position, pending = -1, 0
+    for stream_id, recovered in found.streams.items():
+        state = node.streams.get(stream_id)
+        assert state is not None, "a live stream of the metadata is in the table"
+        with state.lock:
+            for batch, at in zip(recovered.batches, recovered.positions, strict=True):
+                state.add_to_log(batch, at)
+                node.cache.pin(node.scope, batch.size + BATCH_OVERHEAD)
+                pending += batch.size
+                position = max(position, at)
+            if recovered.batches and state.handover.state is Ownership.READER:
+                state.handover.move(Ownership.OWNED)
+            # Acknowledged records after a gap stay in the WAL (the uploader never trims past
+            # them), so the stream stays read-only at every open until it is repaired or
+            # destroyed, and no offset is handed out twice.
+            state.damage, state.kept = recovered.damage, recovered.damage_position
+    for state in node.streams.all():
+        state.assigned_end = state.acked_end
+    if pending:
+        node.backlog.recovered(position, pending)
+    log.info("recovered %d WAL records (%d committed already), %d bytes to upload",
+             found.records, found.skipped, pending)
+    if found.end < committed:
+        # Not the WAL the metadata knew (replaced, another backend, a fresh ring): commits
+        # keep the node's position from going back until this WAL passes it.
+        log.warning("the WAL ends at %d, below the node's committed position %d: a new or "
+                    "replaced WAL", found.end, committed)
+        return committed
+    return 0
+
+
 def _first(meta: MetadataStore, stream_id: int, held: Held,
            epochs: dict[int, tuple[int, int]]) -> Recovered | None:
     """A stream met for the first time in the WAL: what it takes (None: nothing)."""
@@ -121,4 +164,4 @@ def _first(meta: MetadataStore, stream_id: int, held: Held,
     return Recovered(m)
 
 
-__all__ = ["Recovered", "Replay", "replay"]
+__all__ = ["Recovered", "Replay", "recover", "replay"]

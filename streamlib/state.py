@@ -365,9 +365,15 @@ class StreamState:
         found = []
         for run in (self.kept_log, self.log):
             i = bisect.bisect_right(run, start, key=lambda b: b.next_offset)
-            j = bisect.bisect_left(run, end, lo=i, key=lambda b: b.base_offset)
+            j = bisect.bisect_left(run, end, lo=i, key=_base_of)
             found.extend(run[i:j])
         return found
+
+
+def _base_of(batch: RecordBatch) -> int:
+    base = batch.base_offset
+    assert base is not None, "a batch of the log cache has its offset"
+    return base
 
 
 def _resolve(future: asyncio.Future[None]) -> None:

@@ -20,7 +20,7 @@ from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
 from streamlib import _assembly
-from streamlib.cache import BATCH_OVERHEAD, MessageCache, Reader
+from streamlib.cache import MessageCache, Reader
 from streamlib.config import Config
 from streamlib.errors import (
     ConfigError,
@@ -36,9 +36,8 @@ from streamlib.meta import MetadataStore, check_id, check_node_id, check_text
 from streamlib.node import Backlog, Node
 from streamlib.read import ReadPath
 from streamlib.records import AppendResult, FetchResult, RecordBatch
-from streamlib.recovery import replay
-from streamlib.shared.coordination import Coordination, coordination_for
-from streamlib.shared.handover import Ownership
+from streamlib.recovery import recover
+from streamlib.shared.coordination import Coordination
 from streamlib.shared.takeover import TakeOver, take_over
 from streamlib.state import StreamInfo, StreamState
 from streamlib.stream import Stream
@@ -80,12 +79,14 @@ def open(path_or_config: str | os.PathLike[str] | Config | Mapping[str, object] 
     returns (or, if the object store is down, kept and uploaded in the background).
     """
     if isinstance(path_or_config, str | os.PathLike):
-        config = Config.load(path=os.fspath(path_or_config), **overrides)
+        config = Config.load({"path": os.fspath(path_or_config)})
     elif isinstance(path_or_config, Config | Mapping) or path_or_config is None:
-        config = Config.load(path_or_config, **overrides)
+        config = Config.load(path_or_config)
     else:
         raise TypeError(f"open takes a path, a Config or a mapping, "
                         f"not {type(path_or_config).__name__}")
+    if overrides:
+        config = config.replace(**overrides)
     return StreamStore(config, storage_options=storage_options, filesystem=filesystem,
                        cache=cache, metadata_store=metadata_store)
 
@@ -147,7 +148,7 @@ class StreamStore:
                                  config=config, meta=meta, cache=self._cache,
                                  scope=f"store-{next(_SCOPES)}", objects_url=self._objects.url,
                                  backlog=Backlog(threshold, config.upload_interval_ms / 1000))
-        coordination = self._coordination = coordination_for(node)
+        coordination = self._coordination = _assembly.coordination_for(node)
         for stream in meta.streams():
             node.streams.add(coordination.restore(stream))
         place = _assembly.own_wal_place(config, self._objects, self._storage_options)
@@ -155,7 +156,7 @@ class StreamStore:
                                        create=True)
         self._write = WritePath(node, self._wal, coordination)
         self._read = ReadPath(node, self._objects, coordination)
-        floor = self._recover(node, self._wal, coordination, registered.wal_position)
+        floor = recover(node, self._wal, coordination, registered.wal_position)
         self._uploader = Uploader(node=node, wal=self._wal, objects=self._objects,
                                   write=self._write, coordination=coordination,
                                   position_floor=floor)
@@ -166,41 +167,6 @@ class StreamStore:
         except (StorageUnavailable, OSError) as error:
             log.warning("could not upload recovered data at open; retrying in the background: "
                         "%s", error)
-
-    @staticmethod
-    def _recover(node: Node, wal: Wal, coordination: Coordination, committed: int) -> int:
-        """Replay the WAL beyond what is committed into the log cache (docs/store.md,
-        "Recovery at open"). Returns the WAL position commits must not go below."""
-        found = replay(wal.recover(), node.meta, lambda m: coordination.held_epochs(m, node.id))
-        position, pending = -1, 0
-        for stream_id, recovered in found.streams.items():
-            state = node.streams.get(stream_id)
-            assert state is not None
-            with state.lock:
-                for batch, at in zip(recovered.batches, recovered.positions, strict=True):
-                    state.add_to_log(batch, at)
-                    node.cache.pin(node.scope, batch.size + BATCH_OVERHEAD)
-                    pending += batch.size
-                    position = max(position, at)
-                if recovered.batches and state.handover.state is Ownership.READER:
-                    state.handover.move(Ownership.OWNED)
-                # Acknowledged records after a gap stay in the WAL (the uploader never trims
-                # past them), so the stream stays read-only at every open until it is repaired
-                # or destroyed, and no offset is handed out twice.
-                state.damage, state.kept = recovered.damage, recovered.damage_position
-        for state in node.streams.all():
-            state.assigned_end = state.acked_end
-        if pending:
-            node.backlog.recovered(position, pending)
-        log.info("recovered %d WAL records (%d committed already), %d bytes to upload",
-                 found.records, found.skipped, pending)
-        if found.end < committed:
-            # Not the WAL the metadata knew (replaced, another backend, a fresh ring): commits
-            # keep the node's position from going back until this WAL passes it.
-            log.warning("the WAL ends at %d, below the node's committed position %d: a new or "
-                        "replaced WAL", found.end, committed)
-            return committed
-        return 0
 
     # ---- streams ----
 

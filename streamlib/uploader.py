@@ -292,7 +292,8 @@ def build_objects(streams: Mapping[int, Sequence[RecordBatch]], config: Config, 
                   sequence: int) -> list[Built]:
     """The objects of one round: a stream object for each stream with ``stream_object_bytes``
     or more, one multi-stream object for the rest; keys ``prefix/<sequence + n>-<random>``."""
-    alone, shared = [], []
+    alone: list[tuple[int, Sequence[RecordBatch]]] = []
+    shared: list[tuple[int, Sequence[RecordBatch]]] = []
     for stream_id, batches in sorted(streams.items()):
         if not batches:
             continue

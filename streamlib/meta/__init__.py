@@ -14,6 +14,7 @@ import itertools
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from streamlib.records import INT64_MAX, check_int
 
@@ -27,14 +28,14 @@ MAX_KV_VALUE = 1 << 20
 checkpoint of a manifest."""
 
 
-class _Any:
-    """The ``expected`` of an unconditional key-value write."""
+class AnyValue:
+    """The type of :data:`ANY`: the ``expected`` of an unconditional key-value write."""
 
     def __repr__(self) -> str:
         return "ANY"
 
 
-ANY = _Any()
+ANY = AnyValue()
 
 
 # ---- argument checks shared by the types and the backends ----
@@ -93,7 +94,7 @@ def check_kv_write(namespace: object, key: object, value: object, expected: obje
     """The arguments of :meth:`MetadataStore.kv_write`, checked: ``(value, expected,
     node)`` as the backends use them."""
     value = check_kv(namespace, key, value)
-    if not isinstance(expected, _Any):
+    if not isinstance(expected, AnyValue):
         expected = check_kv(namespace, key, expected)
     node = None if node_id is None else check_node_id(node_id)
     if node_epoch is not None:
@@ -306,7 +307,7 @@ class Commit:
                 for stream_id, ranges in sorted(_ranges_by_stream(self.objects).items())}
 
 
-def _tuple_of(values: object, kind: type, what: str) -> tuple:
+def _tuple_of(values: object, kind: type, what: str) -> tuple[Any, ...]:
     if isinstance(values, str | bytes) or not isinstance(values, Iterable):
         raise TypeError(f"{what} must be a sequence of {kind.__name__}, "
                         f"not {type(values).__name__}")
@@ -369,7 +370,10 @@ class MetadataStore(abc.ABC):
 
       1. every stream in ``epochs`` exists and is live (``StreamNotFound``);
       2. its epoch equals the stream's current epoch, and ``node_epoch`` (if given) the node's
-         (``FencedError``);
+         (``FencedError``) — on a store that keeps owners, while a stream is handed over from
+         a node, that node commits with its old epoch (``handover_epoch``) and the new owner's
+         commits of the stream are refused until the release (``CommitConflict``: they would
+         land before the old owner's last records);
       3. each stream's new ranges start exactly at its ``end_offset``: no gap, no overlap, so a
          duplicate or retried commit fails here (``CommitConflict``);
       4. no object key is already committed (``CommitConflict``);
@@ -433,17 +437,25 @@ class MetadataStore(abc.ABC):
                     node_epoch: int | None = None) -> StreamMeta:
         """Raise the stream's epoch by one (only if it is ``expected_epoch``, when given) and
         return the stream with its new epoch. ``node_id``: the node opening it, for a store
-        that keeps owners (docs/shared-stores.md): when another node owns the stream, it is
-        handed over from that node, which may still commit what it acknowledged and then
-        releases it (:meth:`release_streams`). Stores without owners ignore it. With
-        ``node_epoch`` too, a node fenced since (another process registered its id, or took it
-        over) gets :class:`~streamlib.errors.FencedError`."""
+        that keeps owners (docs/shared-stores.md): it becomes the owner (``owner_since`` the
+        new epoch, unless it owned the stream already); when another node owned it, the stream
+        is handed over from that node (``handover_from``, with its epoch and first epoch),
+        which may still commit what it acknowledged and then releases it
+        (:meth:`release_streams`). While a hand-over is pending it stays with the node handing
+        over, whoever opens the stream next; if that node opens the stream itself, nothing is
+        handed over any more and its time as owner goes on (its ``owner_since`` is kept). An
+        open without ``node_id`` changes the epoch only (owner and hand-over stay). Stores
+        without owners ignore ``node_id``. With ``node_epoch`` too, a node fenced since
+        (another process registered its id, or took it over) gets
+        :class:`~streamlib.errors.FencedError`."""
 
     def release_streams(self, node_id: str | int, node_epoch: int,
                         stream_ids: Sequence[int]) -> None:
-        """``node_id`` (at ``node_epoch``, else :class:`~streamlib.errors.FencedError`) is
-        done with these streams: a hand-over from it completes, and streams it owns have no
-        owner any more. A store without owners has nothing to do."""
+        """``node_id`` (at ``node_epoch``, else :class:`~streamlib.errors.FencedError`,
+        whatever it holds) is done with these streams: a hand-over from it completes, and
+        streams it owns have no owner any more (its epoch stays the stream's: a later open by
+        any node is no hand-over). Streams it does not hold are left alone. A store without
+        owners has nothing to do."""
         check_node_id(node_id)
         check_id(node_epoch, "node_epoch")
         for stream_id in stream_ids:
@@ -495,7 +507,7 @@ class MetadataStore(abc.ABC):
 
     @abc.abstractmethod
     def kv_write(self, namespace: str, key: str, value: bytes | None, *,
-                 expected: bytes | _Any | None = ANY, node_id: str | int | None = None,
+                 expected: bytes | AnyValue | None = ANY, node_id: str | int | None = None,
                  node_epoch: int | None = None) -> bool:
         """Set (``value`` bytes) or delete (None) the entry, if its current value is
         ``expected`` (:data:`ANY`: whatever it is; None: absent). True if it was written, False
@@ -518,6 +530,7 @@ __all__ = [
     "ANY",
     "MAX_KV_VALUE",
     "MAX_NAME_CHARS",
+    "AnyValue",
     "Capabilities",
     "Commit",
     "MetadataStore",

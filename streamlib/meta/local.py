@@ -31,6 +31,7 @@ from streamlib.errors import (
 )
 from streamlib.meta import (
     ANY,
+    AnyValue,
     Capabilities,
     Commit,
     MetadataStore,
@@ -40,7 +41,6 @@ from streamlib.meta import (
     StreamObject,
     StreamRange,
     StreamState,
-    _Any,
     check_id,
     check_kv,
     check_kv_write,
@@ -441,7 +441,7 @@ class SQLiteMetadataStore(MetadataStore):
         return [(key, bytes(value)) for key, value in rows]
 
     def kv_write(self, namespace: str, key: str, value: bytes | None, *,
-                 expected: bytes | _Any | None = ANY, node_id: str | int | None = None,
+                 expected: bytes | AnyValue | None = ANY, node_id: str | int | None = None,
                  node_epoch: int | None = None) -> bool:
         value, condition, node = check_kv_write(namespace, key, value, expected, node_id,
                                                 node_epoch)
@@ -453,7 +453,7 @@ class SQLiteMetadataStore(MetadataStore):
                                                node_epoch=node_epoch, current=current))
             row = db.execute("SELECT value FROM kv WHERE namespace = ? AND key = ?",
                              (namespace, key)).fetchone()
-            if not isinstance(condition, _Any) and (None if row is None
+            if not isinstance(condition, AnyValue) and (None if row is None
                                                     else bytes(row[0])) != condition:
                 return False
             if value is None:

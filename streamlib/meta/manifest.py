@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import bisect
-import gc
 import json
 import logging
 import threading
@@ -24,7 +23,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any, TypeVar, cast
 
 import zstandard
@@ -44,6 +43,7 @@ from streamlib.errors import (
 from streamlib.io import ObjectStore
 from streamlib.meta import (
     ANY,
+    AnyValue,
     Capabilities,
     Commit,
     MetadataStore,
@@ -53,19 +53,17 @@ from streamlib.meta import (
     StreamObject,
     StreamRange,
     StreamState,
-    _Any,
     check_id,
     check_kv,
     check_kv_write,
     check_node_id,
     check_text,
 )
+from streamlib.meta._manifest_state import FORMAT, ManifestState
 from streamlib.records import check_int
 
 log = logging.getLogger("streamlib.meta")
 
-FORMAT = 1
-"""The delta and checkpoint format this code reads and writes."""
 CHECKPOINT_EVERY = 512
 PROBE = 16
 """Deltas read at once (concurrent GETs) when catching up."""
@@ -79,208 +77,8 @@ class _Unmet(Exception):
     """A key-value write's condition does not hold (on the newest state: the write is not
     made)."""
 
-Range = tuple[int, int, int, int]  # stream id, start offset, end offset, size
-
-
 def _version_key(kind: str, version: int) -> str:
     return f"{kind}/{version:020d}"
-
-
-@dataclass(slots=True)
-class _Stream:
-    id: int
-    name: str | None
-    epoch: int
-    start: int
-    end: int
-    live: bool = True
-    owner: str | None = None
-    handover_from: str | None = None
-    handover_epoch: int | None = None
-    since: int | None = None  # the epoch at which the owner became the owner
-    handover_since: int | None = None
-
-    def meta(self) -> StreamMeta:
-        return StreamMeta(self.id, self.name, self.epoch, self.start, self.end,
-                          StreamState.OPEN if self.live else StreamState.DESTROYED,
-                          self.owner, self.handover_from, self.handover_epoch, self.since,
-                          self.handover_since)
-
-
-class _State:
-    """The metadata at one version, in plain containers (building 100,000 value objects at
-    open would cost more than reading the checkpoint)."""
-
-    def __init__(self) -> None:
-        self.version = 0
-        self.next_id = 1
-        self.streams: dict[int, _Stream] = {}
-        self.names: dict[str, int] = {}  # live streams only
-        self.objects: dict[str, tuple[int, tuple[Range, ...]]] = {}
-        self.by_stream: dict[int, list[tuple[int, int, str]]] = {}  # (start, end, key), sorted
-        self.nodes: dict[str, list[int]] = {}  # node id -> [node epoch, WAL position]
-        self.kv: dict[str, dict[str, bytes]] = {}  # namespace -> key -> value
-
-    # ---- reading ----
-
-    def live(self, stream_id: int) -> _Stream:
-        stream = self.streams.get(stream_id)
-        if stream is None:
-            raise StreamNotFound(describe("no such stream", stream=stream_id))
-        if not stream.live:
-            raise StreamNotFound(describe("stream was destroyed", stream=stream_id))
-        return stream
-
-    def node(self, node_id: str) -> NodeMeta:
-        epoch, position = self.nodes.get(node_id, (0, 0))
-        return NodeMeta(node_id, epoch, position)
-
-    # ---- applying a delta (checked by its writer) ----
-
-    def apply(self, op: str, args: dict[str, Any]) -> None:
-        """Apply a delta whole, or raise (KeyError, TypeError, ValueError) having changed
-        nothing: every lookup that can fail comes before the first change."""
-        if op == "create":
-            stream = _Stream(args["id"], args["name"], 0, 0, 0)
-            self.streams[stream.id] = stream
-            if stream.name is not None:
-                self.names[stream.name] = stream.id
-            self.next_id = stream.id + 1
-        elif op == "open":
-            stream = self.streams[args["id"]]
-            stream.epoch = args["epoch"]
-            handover: Sequence[Any] = args.get("from") or (None, None, None)
-            stream.owner, stream.since = args.get("owner"), args.get("since")
-            stream.handover_from, stream.handover_epoch, stream.handover_since = (
-                *handover[:2], handover[2] if len(handover) > 2 else None)
-        elif op == "release":
-            node = args["node"]
-            for stream in [self.streams[stream_id] for stream_id in args["streams"]]:
-                if stream.handover_from == node:
-                    stream.handover_from = stream.handover_epoch = stream.handover_since = None
-                if stream.owner == node:
-                    stream.owner = stream.since = None
-        elif op == "trim":
-            self.streams[args["id"]].start = args["offset"]
-        elif op == "destroy":
-            stream = self.streams[args["id"]]
-            stream.live = False
-            if stream.name is not None and self.names.get(stream.name) == stream.id:
-                del self.names[stream.name]
-        elif op == "register":
-            self.nodes[args["node"]] = [args["epoch"], self.node(args["node"]).wal_position]
-        elif op == "commit":
-            self._commit(args)
-        elif op == "kv":
-            value = None if args["value"] is None else base64.b64decode(args["value"])
-            entries = self.kv.setdefault(args["namespace"], {})
-            if value is None:
-                entries.pop(args["key"], None)
-            else:
-                entries[args["key"]] = value
-        else:
-            raise CorruptDataError(describe("unknown manifest operation", op=op))
-
-    def _commit(self, args: dict[str, Any]) -> None:
-        objects = [(key, size, tuple(tuple(r) for r in ranges))
-                   for key, size, ranges in args["objects"]]
-        node, position = args["node"], int(args["wal_position"])
-        for key, _, ranges in objects:  # everything checked before anything changes
-            if key in self.objects:
-                raise ValueError(f"object {key} committed twice")
-            unknown = [r[0] for r in ranges if r[0] not in self.streams]
-            if unknown:
-                raise KeyError(f"object {key} holds unknown stream {unknown[0]}")
-        missing = [key for key in args["remove"] if key not in self.objects]
-        if missing:
-            raise KeyError(f"object {missing[0]} to remove was never committed")
-        for key, size, ranges in objects:
-            self.objects[key] = (size, ranges)
-            for stream_id, start, end, _ in ranges:  # usually at the end: insort is cheap
-                bisect.insort(self.by_stream.setdefault(stream_id, []), (start, end, key))
-                self.streams[stream_id].end = max(self.streams[stream_id].end, end)
-        for key in args["remove"]:
-            _, ranges = self.objects.pop(key)
-            for stream_id, start, end, _ in ranges:
-                self.by_stream[stream_id].remove((start, end, key))
-        self.nodes[node] = [self.node(node).node_epoch, position]
-
-    # ---- the checkpoint form: columns of plain values, which JSON parses fast ----
-
-    def dump(self) -> dict[str, Any]:
-        streams = list(self.streams.values())
-        objects = list(self.objects.items())
-        ranges = [r for _, (_, rs) in objects for r in rs]
-        return {"format": FORMAT, "version": self.version, "next_id": self.next_id,
-                "streams": {"id": [s.id for s in streams], "name": [s.name for s in streams],
-                            "epoch": [s.epoch for s in streams],
-                            "start": [s.start for s in streams], "end": [s.end for s in streams],
-                            "live": [s.live for s in streams],
-                            "owner": [s.owner for s in streams],
-                            "from": [s.handover_from for s in streams],
-                            "from_epoch": [s.handover_epoch for s in streams],
-                            "since": [s.since for s in streams],
-                            "from_since": [s.handover_since for s in streams]},
-                "objects": {"key": [key for key, _ in objects],
-                            "size": [size for _, (size, _) in objects],
-                            "ranges": [len(rs) for _, (_, rs) in objects],
-                            "stream": [r[0] for r in ranges], "start": [r[1] for r in ranges],
-                            "end": [r[2] for r in ranges], "used": [r[3] for r in ranges]},
-                "nodes": [[node, epoch, position]
-                          for node, (epoch, position) in self.nodes.items()],
-                "kv": [[namespace, key, base64.b64encode(value).decode()]
-                       for namespace, entries in self.kv.items()
-                       for key, value in entries.items()]}
-
-    @classmethod
-    def load(cls, data: dict[str, Any]) -> _State:
-        """The state a checkpoint holds (100,000 streams and objects: about 0.1 s; the cyclic
-        garbage collector is paused meanwhile, since nothing built here is garbage)."""
-        paused = gc.isenabled()
-        gc.disable()
-        try:
-            return cls._load(data)
-        finally:
-            if paused:
-                gc.enable()
-
-    @classmethod
-    def _load(cls, data: dict[str, Any]) -> _State:
-        state = cls()
-        state.version = data["version"]
-        state.next_id = data["next_id"]
-        s = data["streams"]
-        n = len(s["id"])
-        state.streams = dict(zip(s["id"], map(
-            _Stream, s["id"], s["name"], s["epoch"], s["start"], s["end"], s["live"],
-            s.get("owner", [None] * n), s.get("from", [None] * n),
-            s.get("from_epoch", [None] * n), s.get("since", [None] * n),
-            s.get("from_since", [None] * n)), strict=True))
-        state.names = {stream.name: stream.id for stream in state.streams.values()
-                       if stream.live and stream.name is not None}
-        o = data["objects"]
-        ranges = list(zip(o["stream"], o["start"], o["end"], o["used"], strict=True))
-        objects, by_stream = state.objects, state.by_stream
-        i = 0
-        for key, size, count in zip(o["key"], o["size"], o["ranges"], strict=True):
-            held = (ranges[i],) if count == 1 else tuple(ranges[i:i + count])
-            i += count
-            objects[key] = (size, held)
-            for stream_id, start, end, _ in held:
-                found = by_stream.get(stream_id)
-                if found is None:
-                    by_stream[stream_id] = [(start, end, key)]
-                else:
-                    found.append((start, end, key))
-        if i != len(ranges):
-            raise ValueError(f"{len(ranges)} ranges, objects claim {i}")
-        for found in by_stream.values():
-            if len(found) > 1:
-                found.sort()
-        state.nodes = {node: [epoch, position] for node, epoch, position in data["nodes"]}
-        for namespace, key, value in data.get("kv", ()):
-            state.kv.setdefault(namespace, {})[key] = base64.b64decode(value)
-        return state
 
 
 class ManifestMetadataStore(MetadataStore):
@@ -348,20 +146,20 @@ class ManifestMetadataStore(MetadataStore):
     def _key(self, kind: str, version: int) -> str:
         return f"{self._prefix}/{_version_key(kind, version)}"
 
-    def _open(self) -> tuple[_State, int]:
+    def _open(self) -> tuple[ManifestState, int]:
         """The state of the newest checkpoint (or the empty state)."""
         found = self._objects.list(f"{self._prefix}/checkpoint/")
         versions = sorted(int(info.key.rpartition("/")[2]) for info in found
                           if info.key.rpartition("/")[2].isdigit())
         if not versions:
-            return _State(), 0
+            return ManifestState(), 0
         key = self._key("checkpoint", versions[-1])
         raw = self._objects.get(key)
         try:
             data = json.loads(self._decompress.decompress(raw))
             if data.get("format") != FORMAT or data.get("version") != versions[-1]:
                 raise ValueError(f"format {data.get('format')} version {data.get('version')}")
-            return _State.load(data), versions[-1]
+            return ManifestState.load(data), versions[-1]
         except (ValueError, KeyError, TypeError, zstandard.ZstdError) as error:
             raise CorruptDataError(f"unreadable manifest checkpoint ({error})",
                                    source=key) from error
@@ -416,7 +214,7 @@ class ManifestMetadataStore(MetadataStore):
 
     # ---- changing it ----
 
-    def _change(self, op: str, plan: Callable[[_State], tuple[dict[str, Any], T]]) -> T:
+    def _change(self, op: str, plan: Callable[[ManifestState], tuple[dict[str, Any], T]]) -> T:
         """Check a change against the state (``plan``: its delta's arguments and the caller's
         answer, or an exception), write it at the next version, apply it. A lost version, or a
         check that fails on a state that may be old, means: catch up and plan again."""
@@ -487,7 +285,7 @@ class ManifestMetadataStore(MetadataStore):
         if self._closed:
             raise StreamClosed(describe("metadata store is closed", manifest=self._objects.url))
 
-    def _read(self, answer: Callable[[_State], T]) -> T:
+    def _read(self, answer: Callable[[ManifestState], T]) -> T:
         with self._lock:
             self._check_open()
             return answer(self._state)
@@ -498,7 +296,7 @@ class ManifestMetadataStore(MetadataStore):
         if name is not None:
             check_text(name, "name")
 
-        def plan(state: _State) -> tuple[dict[str, Any], StreamMeta]:
+        def plan(state: ManifestState) -> tuple[dict[str, Any], StreamMeta]:
             if name is not None and name in state.names:
                 raise StreamExists(describe("a live stream already has this name",
                                             name=repr(name), stream=state.names[name]))
@@ -513,7 +311,7 @@ class ManifestMetadataStore(MetadataStore):
             raise TypeError(f"include_destroyed must be a bool, "
                             f"not {type(include_destroyed).__name__}")
 
-        def answer(state: _State) -> StreamMeta:
+        def answer(state: ManifestState) -> StreamMeta:
             stream = state.streams.get(stream_id)
             if stream is not None and include_destroyed:
                 return stream.meta()
@@ -524,7 +322,7 @@ class ManifestMetadataStore(MetadataStore):
     def get_stream_by_name(self, name: str) -> StreamMeta:
         check_text(name, "name")
 
-        def answer(state: _State) -> StreamMeta:
+        def answer(state: ManifestState) -> StreamMeta:
             found = state.names.get(name)
             if found is None:
                 raise StreamNotFound(describe("no live stream has this name", name=repr(name)))
@@ -546,7 +344,7 @@ class ManifestMetadataStore(MetadataStore):
             check_id(node_epoch, "node_epoch")
         node = None if node_id is None else check_node_id(node_id)
 
-        def plan(state: _State) -> tuple[dict[str, Any], StreamMeta]:
+        def plan(state: ManifestState) -> tuple[dict[str, Any], StreamMeta]:
             if node is not None and node_epoch is not None:
                 current = state.node(node).node_epoch
                 if current != node_epoch:
@@ -584,7 +382,7 @@ class ManifestMetadataStore(MetadataStore):
         check_id(stream_id)
         check_id(offset, "offset")
 
-        def plan(state: _State) -> tuple[dict[str, Any], StreamMeta]:
+        def plan(state: ManifestState) -> tuple[dict[str, Any], StreamMeta]:
             stream = state.live(stream_id)
             if offset > stream.end:
                 raise OffsetOutOfRange(stream_id, offset, stream.start, stream.end + 1)
@@ -602,7 +400,7 @@ class ManifestMetadataStore(MetadataStore):
     def destroy_stream(self, stream_id: int) -> StreamMeta:
         check_id(stream_id)
 
-        def plan(state: _State) -> tuple[dict[str, Any], StreamMeta]:
+        def plan(state: ManifestState) -> tuple[dict[str, Any], StreamMeta]:
             stream = state.live(stream_id)
             return {"id": stream_id}, replace(stream.meta(), state=StreamState.DESTROYED)
 
@@ -614,7 +412,7 @@ class ManifestMetadataStore(MetadataStore):
         if not isinstance(commit, Commit):
             raise TypeError(f"commit must be a Commit, not {type(commit).__name__}")
 
-        def plan(state: _State) -> tuple[dict[str, Any], None]:
+        def plan(state: ManifestState) -> tuple[dict[str, Any], None]:
             streams = {stream_id: state.live(stream_id) for stream_id in commit.epochs}
             for stream_id, epoch in commit.epochs.items():
                 stream = streams[stream_id]
@@ -655,7 +453,7 @@ class ManifestMetadataStore(MetadataStore):
         self._change("commit", plan)
 
     @staticmethod
-    def _check_removable(state: _State, key: str) -> None:
+    def _check_removable(state: ManifestState, key: str) -> None:
         found = state.objects.get(key)
         if found is None:
             raise CommitConflict(describe("object to remove is not committed", key=key))
@@ -665,7 +463,7 @@ class ManifestMetadataStore(MetadataStore):
                 raise CommitConflict(describe("object to remove still holds readable records",
                                               key=key, stream=stream_id))
 
-    def _ranges_from(self, state: _State, stream_id: int,
+    def _ranges_from(self, state: ManifestState, stream_id: int,
                      from_offset: int) -> list[tuple[int, int, str]]:
         """The stream's ranges holding offsets at or above ``from_offset`` (they are disjoint
         and sorted: the first is found by bisection)."""
@@ -678,7 +476,7 @@ class ManifestMetadataStore(MetadataStore):
         check_id(stream_id)
         check_id(from_offset, "from_offset")
 
-        def answer(state: _State) -> list[ObjectMeta]:
+        def answer(state: ManifestState) -> list[ObjectMeta]:
             result = []
             for _, _, key in self._ranges_from(state, stream_id, from_offset):
                 size, ranges = state.objects[key]
@@ -691,7 +489,7 @@ class ManifestMetadataStore(MetadataStore):
         check_id(stream_id)
         check_id(from_offset, "from_offset")
 
-        def answer(state: _State) -> list[StreamObject]:
+        def answer(state: ManifestState) -> list[StreamObject]:
             result = []
             for start, end, key in self._ranges_from(state, stream_id, from_offset):
                 size, ranges = state.objects[key]
@@ -711,7 +509,7 @@ class ManifestMetadataStore(MetadataStore):
         check_id(node_epoch, "node_epoch")
         ids = [check_id(s) for s in stream_ids]
 
-        def plan(state: _State) -> tuple[dict[str, Any], None]:
+        def plan(state: ManifestState) -> tuple[dict[str, Any], None]:
             current = state.node(node).node_epoch
             if current != node_epoch:
                 raise FencedError(describe("release by a fenced node", node=node,
@@ -723,6 +521,10 @@ class ManifestMetadataStore(MetadataStore):
         with self._lock:
             self._check_open()
             self._catch_up()
+            current = self._state.node(node).node_epoch
+            if current != node_epoch:  # a fenced node is told so, held streams or not
+                raise FencedError(describe("release by a fenced node", node=node,
+                                           node_epoch=node_epoch, current=current))
             if not any(s in self._state.streams and node in (
                     self._state.streams[s].owner, self._state.streams[s].handover_from)
                     for s in ids):
@@ -732,7 +534,7 @@ class ManifestMetadataStore(MetadataStore):
     def register_node(self, node_id: str | int) -> NodeMeta:
         node = check_node_id(node_id)
 
-        def plan(state: _State) -> tuple[dict[str, Any], NodeMeta]:
+        def plan(state: ManifestState) -> tuple[dict[str, Any], NodeMeta]:
             meta = state.node(node)
             return ({"node": node, "epoch": meta.node_epoch + 1},
                     NodeMeta(node, meta.node_epoch + 1, meta.wal_position))
@@ -764,18 +566,18 @@ class ManifestMetadataStore(MetadataStore):
             return sorted((k, v) for k, v in entries.items() if k.startswith(prefix))
 
     def kv_write(self, namespace: str, key: str, value: bytes | None, *,
-                 expected: bytes | _Any | None = ANY, node_id: str | int | None = None,
+                 expected: bytes | AnyValue | None = ANY, node_id: str | int | None = None,
                  node_epoch: int | None = None) -> bool:
         value, condition, node = check_kv_write(namespace, key, value, expected, node_id,
                                                 node_epoch)
 
-        def plan(state: _State) -> tuple[dict[str, Any], bool]:
+        def plan(state: ManifestState) -> tuple[dict[str, Any], bool]:
             if node is not None and node_epoch is not None:
                 current = state.node(node).node_epoch
                 if current != node_epoch:
                     raise FencedError(describe("key-value write by a fenced node", node=node,
                                                node_epoch=node_epoch, current=current))
-            if not isinstance(condition, _Any) and state.kv.get(namespace, {}).get(
+            if not isinstance(condition, AnyValue) and state.kv.get(namespace, {}).get(
                     key) != condition:
                 raise _Unmet
             return {"namespace": namespace, "key": key,

@@ -2,7 +2,8 @@
 (docs/shared-stores.md), and its implementation for a store of one node.
 
 The store's write path, uploader, read path and facade call these hooks at fixed points; what a
-hook does depends on the metadata's ``capabilities.shared`` (:func:`coordination_for`):
+hook does depends on the metadata's ``capabilities.shared``
+(:func:`streamlib._assembly.coordination_for` chooses):
 
 =================  ==========================================  ==============================
 hook               on a store of one node                      on a shared store
@@ -224,13 +225,4 @@ class LocalCoordination(Coordination):
                     state.move_ends(end)
 
 
-def coordination_for(node: Node) -> Coordination:
-    """The coordination the node's metadata asks for: shared when its ``capabilities`` say
-    other nodes may use it at once."""
-    if node.meta.capabilities.shared:
-        from streamlib.shared.fencing import SharedCoordination
-
-        return SharedCoordination(node)
-    return LocalCoordination(node)
-
-__all__ = ["Coordination", "LocalCoordination", "coordination_for"]
+__all__ = ["Coordination", "LocalCoordination"]

@@ -111,7 +111,7 @@ class SharedCoordination(Coordination):
     # ---- the acknowledgement gate ----
 
     def durable(self, state: StreamState, item: Inflight) -> None:
-        item.durable_at = time.monotonic()
+        item.durable_at = self._node.clock()
         self._queue(state)
 
     def _queue(self, state: StreamState) -> None:
@@ -135,7 +135,7 @@ class SharedCoordination(Coordination):
         """Before appends are acknowledged: has another node opened their stream for write
         (or taken this node over) since? Returns when the look it relied on started (after
         this call began); raises if the look failed."""
-        asked = time.monotonic()
+        asked = self._node.clock()
         with self._check_done:
             while True:
                 if self._check_started >= asked and not self._checking:
@@ -144,7 +144,7 @@ class SharedCoordination(Coordination):
                     self._checking = True
                     break
                 self._check_done.wait()
-        started = time.monotonic()
+        started = self._node.clock()
         done = False
         try:
             meta = self._node.meta
@@ -363,9 +363,9 @@ class SharedCoordination(Coordination):
                 return False
             self._synced_version = meta.version
             live = {m.id: m for m in meta.streams()}
-            for m in live.values():
-                if m.id not in node.streams:
-                    node.streams.add(StreamState(m))
+            for new in live.values():
+                if new.id not in node.streams:
+                    node.streams.add(StreamState(new))
             for state in node.streams.all():
                 m = live.get(state.id)
                 if m is None:

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import errno
 import threading
-import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -53,6 +52,7 @@ from streamlib.errors import describe
 from streamlib.io import TMP_PREFIX
 from streamlib.meta import (
     ANY,
+    AnyValue,
     Capabilities,
     Commit,
     MetadataStore,
@@ -60,7 +60,6 @@ from streamlib.meta import (
     ObjectMeta,
     StreamMeta,
     StreamObject,
-    _Any,
 )
 
 T = TypeVar("T")
@@ -123,6 +122,8 @@ class Rule:
     after: bool = False
     hits: int = 0
     paths: list[str] = field(default_factory=list)
+    cleared: threading.Event = field(default_factory=threading.Event)
+    """Set when the rule is cleared: a call in its delay goes on at once."""
 
     def applies(self, op: str, path: str) -> bool:
         return (op == self.op and (self.times is None or self.hits < self.times)
@@ -158,8 +159,11 @@ class FaultyFileSystem(AbstractFileSystem):  # type: ignore[misc]  # fsspec has 
         return rule
 
     def clear(self) -> None:
+        """Drop every rule; calls in a rule's delay go on at once."""
         with self._lock:
-            self.rules.clear()
+            rules, self.rules = self.rules, []
+        for rule in rules:
+            rule.cleared.set()
 
     def _run(self, op: str, path: str, call: Callable[[], Any]) -> Any:
         with self._lock:
@@ -176,7 +180,7 @@ class FaultyFileSystem(AbstractFileSystem):  # type: ignore[misc]  # fsspec has 
             if rule is not None and rule.gate is not None and not rule.gate.wait(60):
                 raise TimeoutError(f"a test left a gate closed: {op} {path}")
             if rule is not None and rule.delay:
-                time.sleep(rule.delay)
+                rule.cleared.wait(rule.delay)  # a slow call (cut short by clear())
             if rule is not None and rule.error is not None and not rule.after:
                 raise rule.error(path)
             result = call()
@@ -331,6 +335,8 @@ class MetadataRule:
     after: bool = False
     hits: int = 0
     calls: list[Call] = field(default_factory=list)
+    cleared: threading.Event = field(default_factory=threading.Event)
+    """Set when the rule is cleared: a call in its delay goes on at once."""
 
     def applies(self, call: Call) -> bool:
         return (call.op == self.op and (self.times is None or self.hits < self.times)
@@ -403,6 +409,7 @@ class FaultyMetadataStore(MetadataStore):
         with self._lock:
             rules, self.rules = self.rules, []
         for rule in rules:
+            rule.cleared.set()
             if rule.gate is not None:
                 rule.gate.release()
 
@@ -425,7 +432,7 @@ class FaultyMetadataStore(MetadataStore):
         if rule.gate is not None:
             rule.gate._hold(call, self.gate_timeout)
         if rule.delay:
-            time.sleep(rule.delay)
+            rule.cleared.wait(rule.delay)  # a slow call (cut short by clear())
         if isinstance(rule.error, type):
             raise rule.error(str(call))
         if rule.error is not None:
@@ -515,7 +522,7 @@ class FaultyMetadataStore(MetadataStore):
                          lambda: self.store.kv_items(namespace, prefix))
 
     def kv_write(self, namespace: str, key: str, value: bytes | None, *,
-                 expected: bytes | _Any | None = ANY, node_id: str | int | None = None,
+                 expected: bytes | AnyValue | None = ANY, node_id: str | int | None = None,
                  node_epoch: int | None = None) -> bool:
         return self._run("kv_write", {"namespace": namespace, "key": key, "value": value,
                                       "expected": expected, "node_id": node_id,

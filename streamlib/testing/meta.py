@@ -17,22 +17,14 @@ The rules of owners and hand-overs (docs/shared-stores.md) are checked only on a
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import threading
-import uuid
-from collections.abc import Callable, Iterator
-from functools import partial
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import settings
-from hypothesis import strategies as st
 from hypothesis.stateful import (
-    RuleBasedStateMachine,
-    initialize,
-    invariant,
-    rule,
     run_state_machine_as_test,
 )
 
@@ -42,7 +34,6 @@ from streamlib.errors import (
     OffsetOutOfRange,
     StreamClosed,
     StreamExists,
-    StreamLibError,
     StreamNotFound,
 )
 from streamlib.meta import (
@@ -56,335 +47,25 @@ from streamlib.meta import (
     StreamRange,
     StreamState,
 )
+from streamlib.testing.meta_model import (
+    MetadataMachine,
+    MetadataModel,
+    commit_of,
+    holds,
+    make_object,
+    register,
+    snapshot,
+)
+from streamlib.testing.meta_owners import OwnersContract, StoreFixtures
 
 
-def make_object(key: str, *ranges: tuple[int, int, int], bytes_per_record: int = 10,
-                overhead: int = 64) -> ObjectMeta:
-    """An object holding ``(stream_id, start, end)`` ranges, sized from their record counts."""
-    parts = tuple(StreamRange(s, start, end, (end - start) * bytes_per_record)
-                  for s, start, end in ranges)
-    return ObjectMeta(key, sum(r.size for r in parts) + overhead, parts)
-
-
-class MetadataModel:
-    """The contract as a plain Python model: no files, no threads, the same errors.
-
-    Stream ids come from the store under test (the model only checks that they increase)."""
-
-    def __init__(self) -> None:
-        self.streams: dict[int, StreamMeta] = {}
-        self.objects: dict[str, ObjectMeta] = {}
-        self.nodes: dict[str, NodeMeta] = {}
-
-    def live(self, stream_id: int) -> StreamMeta:
-        meta = self.streams.get(stream_id)
-        if meta is None or not meta.live:
-            raise StreamNotFound(f"no such stream: stream=`{stream_id}`")
-        return meta
-
-    def live_streams(self) -> list[StreamMeta]:
-        return [m for _, m in sorted(self.streams.items()) if m.live]
-
-    def create(self, name: str | None, stream_id: int) -> StreamMeta:
-        if name is not None and any(m.name == name for m in self.live_streams()):
-            raise StreamExists(f"name taken: name=`{name}`")
-        assert stream_id > max(self.streams, default=-1), "stream ids must increase"
-        self.streams[stream_id] = StreamMeta(stream_id, name, 0, 0, 0)
-        return self.streams[stream_id]
-
-    def by_name(self, name: str) -> StreamMeta:
-        for meta in self.live_streams():
-            if meta.name == name:
-                return meta
-        raise StreamNotFound(f"no live stream has this name: name=`{name}`")
-
-    def open(self, stream_id: int, expected_epoch: int | None) -> StreamMeta:
-        meta = self.live(stream_id)
-        if expected_epoch is not None and expected_epoch != meta.epoch:
-            raise FencedError(f"epoch moved: stream=`{stream_id}`")
-        return self._set(meta, epoch=meta.epoch + 1)
-
-    def trim(self, stream_id: int, offset: int) -> StreamMeta:
-        meta = self.live(stream_id)
-        if offset > meta.end_offset:
-            raise OffsetOutOfRange(stream_id, offset, meta.start_offset, meta.end_offset + 1)
-        return self._set(meta, start_offset=max(offset, meta.start_offset))
-
-    def destroy(self, stream_id: int) -> StreamMeta:
-        return self._set(self.live(stream_id), state=StreamState.DESTROYED)
-
-    def node(self, node_id: str) -> NodeMeta:
-        return self.nodes.get(node_id, NodeMeta(node_id, 0, 0))
-
-    def register(self, node_id: str) -> NodeMeta:
-        node = self.node(node_id)
-        self.nodes[node_id] = dataclasses.replace(node, node_epoch=node.node_epoch + 1)
-        return self.nodes[node_id]
-
-    def readable(self, obj: ObjectMeta) -> bool:
-        """Whether ``obj`` holds records a reader may still ask for."""
-        return any(self.streams[r.stream_id].live
-                   and r.end_offset > self.streams[r.stream_id].start_offset for r in obj.ranges)
-
-    def commit(self, commit: Commit) -> None:
-        streams = {s: self.live(s) for s in commit.epochs}
-        if any(streams[s].epoch != epoch for s, epoch in commit.epochs.items()):
-            raise FencedError("commit by a fenced writer")
-        node = self.node(commit.node_id)
-        if commit.node_epoch is not None and commit.node_epoch != node.node_epoch:
-            raise FencedError("commit by a fenced node")
-        extents = commit.extents()
-        if any(start != streams[s].end_offset for s, (start, _) in extents.items()):
-            raise CommitConflict("range does not start at the end")
-        if any(o.key in self.objects for o in commit.objects):
-            raise CommitConflict("object already committed")
-        if any(k not in self.objects or self.readable(self.objects[k]) for k in commit.remove):
-            raise CommitConflict("object cannot be removed")
-        if commit.wal_position < node.wal_position:
-            raise CommitConflict("WAL position would go back")
-        for obj in commit.objects:
-            self.objects[obj.key] = obj
-        for stream_id, (_, end) in extents.items():
-            self._set(streams[stream_id], end_offset=end)
-        for key in commit.remove:
-            del self.objects[key]
-        self.nodes[node.node_id] = dataclasses.replace(node, wal_position=commit.wal_position)
-
-    def objects_of(self, stream_id: int, from_offset: int = 0) -> list[ObjectMeta]:
-        self.live(stream_id)
-        found = [(r.start_offset, obj) for obj in self.objects.values()
-                 if (r := obj.range_of(stream_id)) is not None and r.end_offset > from_offset]
-        return [obj for _, obj in sorted(found, key=lambda pair: pair[0])]
-
-    def _set(self, meta: StreamMeta, **changes: object) -> StreamMeta:
-        self.streams[meta.id] = dataclasses.replace(
-            meta, **changes)  # type: ignore[arg-type]  # each change has its field's type
-        return self.streams[meta.id]
-
-
-def commit_of(stream_id: int, start: int, end: int, *, epoch: int, node: str,
-              node_epoch: int | None = None) -> Commit:
-    """A commit by ``node`` of one object holding ``[start, end)`` of one stream at ``epoch``
-    (the WAL position stays 0: it may repeat)."""
-    return Commit(node_id=node, wal_position=0, epochs={stream_id: epoch}, node_epoch=node_epoch,
-                  objects=[make_object(f"obj-{uuid.uuid4().hex}", (stream_id, start, end))])
-
-
-def register(store: MetadataStore, *nodes: str) -> dict[str, int]:
-    """Each node registered once more: ``{node: its node epoch now}``."""
-    return {node: store.register_node(node).node_epoch for node in nodes}
-
-
-def holds(meta: StreamMeta, nodes: tuple[str, ...] = ("a", "b", "c")
-          ) -> dict[str, tuple[tuple[int, int] | None, int]]:
-    """``{node: (the epochs of its WAL records it may commit, the epoch it commits with)}``."""
-    return {node: (meta.held_epochs(node), meta.epoch_of(node)) for node in nodes}
-
-
-def snapshot(store: MetadataStore, stream_ids: list[int], nodes: tuple[str, ...] = ("n1",)
-             ) -> tuple[object, ...]:
-    """Everything a store shows about ``stream_ids`` and ``nodes``, to compare before/after."""
-    metas = [store.get_stream(s, include_destroyed=True) for s in stream_ids]
-    objects = [store.objects(m.id) if m.live else None for m in metas]
-    return store.streams(), metas, objects, [store.node(n) for n in nodes]
-
-
-class MetadataMachine(RuleBasedStateMachine):
-    """A store and :class:`MetadataModel` fed the same random operations (including closing and
-    reopening the store) must agree on every result, every error kind and every state."""
-
-    factory: Callable[[Path], MetadataStore]  # set by MetadataContract.test_matches_the_model
-    base: Path
-    NODES = ("n1", "n2")
-    NAMES = ("a", "b", "c", None)
-    UNKNOWN = 1 << 40  # an id no stream has
-
-    runs = itertools.count()  # each example gets a fresh location under `base`
-
-    def __init__(self) -> None:
-        super().__init__()
-        cls = type(self)
-        self.location = cls.base / f"run{next(cls.runs)}"
-        self.store = cls.factory(self.location)
-        self.model = MetadataModel()
-        self.keys = itertools.count()
-
-    def agree(self, on_store: Callable[[], object], on_model: Callable[[], object]) -> object:
-        outcomes = []
-        for call in (on_store, on_model):
-            try:
-                outcomes.append(("returned", call()))
-            except StreamLibError as e:
-                outcomes.append(("raised", type(e)))
-        assert outcomes[0] == outcomes[1]
-        return outcomes[0][1]
-
-    def pick_stream(self, data: st.DataObject) -> int:
-        """Mostly a stream the model knows (live or destroyed), now and then an unknown id."""
-        known = sorted(self.model.streams)
-        if known and data.draw(st.integers(0, 9)) != 0:
-            return data.draw(st.sampled_from(known))
-        return self.UNKNOWN
-
-    @initialize(count=st.integers(1, 3))
-    def some_open_streams(self, count: int) -> None:
-        for _ in range(count):
-            meta = self.store.create_stream()
-            self.model.create(None, meta.id)
-            assert self.store.open_stream(meta.id) == self.model.open(meta.id, None)
-
-    @rule(name=st.sampled_from(NAMES))
-    def create(self, name: str | None) -> None:
-        try:
-            meta = self.store.create_stream(name)
-        except StreamExists:
-            with pytest.raises(StreamExists):
-                self.model.create(name, self.UNKNOWN)
-            return
-        assert meta == self.model.create(name, meta.id)
-
-    @rule(data=st.data())
-    def open(self, data: st.DataObject) -> None:
-        stream_id = self.pick_stream(data)
-        epoch = self.model.streams[stream_id].epoch if stream_id in self.model.streams else 0
-        expected = data.draw(st.sampled_from([None, epoch, epoch + 1]))
-        self.agree(lambda: self.store.open_stream(stream_id, expected_epoch=expected),
-                   lambda: self.model.open(stream_id, expected))
-
-    @rule(data=st.data())
-    def trim(self, data: st.DataObject) -> None:
-        stream_id = self.pick_stream(data)
-        meta = self.model.streams.get(stream_id, StreamMeta(stream_id, None, 0, 0, 0))
-        offset = data.draw(st.sampled_from([meta.end_offset, meta.end_offset + 1,
-                                            meta.start_offset // 2])
-                           | st.integers(0, meta.end_offset))
-        self.agree(lambda: self.store.trim_stream(stream_id, offset),
-                   lambda: self.model.trim(stream_id, offset))
-
-    @rule(data=st.data())
-    def destroy(self, data: st.DataObject) -> None:
-        stream_id = self.pick_stream(data)
-        self.agree(lambda: self.store.destroy_stream(stream_id),
-                   lambda: self.model.destroy(stream_id))
-
-    @rule(node=st.sampled_from(NODES))
-    def register(self, node: str) -> None:
-        self.agree(lambda: self.store.register_node(node), lambda: self.model.register(node))
-
-    @rule(data=st.data())
-    def commit(self, data: st.DataObject) -> None:
-        commit = self.draw_commit(data)
-        self.agree(lambda: self.store.commit(commit), lambda: self.model.commit(commit))
-
-    FAULTS = (None,) * 6 + ("epoch", "gap", "overlap", "destroyed", "key", "remove",
-                            "position", "node_epoch")
-
-    def draw_commit(self, data: st.DataObject) -> Commit:
-        """A valid commit of up to three live streams over one or two objects, or one with a
-        single precondition broken (a stale epoch, a gap or an overlap, a destroyed stream, a key
-        taken, an object still readable, the WAL position going back, a stale node epoch)."""
-        draw = data.draw
-        model = self.model
-        fault = draw(st.sampled_from(self.FAULTS))
-        node = model.node(draw(st.sampled_from(self.NODES)))
-        live = model.live_streams()
-        chosen = draw(st.lists(st.sampled_from(live), unique=True, min_size=1, max_size=3)
-                      ) if live else []
-        destroyed = [m for m in model.streams.values() if not m.live]
-        if fault == "destroyed" and destroyed:
-            chosen.append(draw(st.sampled_from(destroyed)))
-        broken = draw(st.sampled_from(chosen)).id if chosen else None
-        epochs, pieces = {}, []
-        for meta in chosen:
-            epoch, start = meta.epoch, meta.end_offset
-            if meta.id == broken and fault == "epoch":
-                epoch = draw(st.sampled_from([epoch + 1, *([epoch - 1] if epoch else [])]))
-            elif meta.id == broken and fault in ("gap", "overlap"):
-                start = start + 1 if fault == "gap" or not start else start - 1
-            epochs[meta.id] = epoch
-            pieces.append((meta.id, start, start + draw(st.integers(1, 20))))
-        parts: list[list[tuple[int, int, int]]] = [[], []]
-        for stream_id, start, end in pieces:
-            if end - start > 1 and draw(st.booleans()):  # split over both objects
-                middle = (start + end) // 2
-                parts[0].append((stream_id, start, middle))
-                parts[1].append((stream_id, middle, end))
-            else:
-                parts[draw(st.integers(0, 1))].append((stream_id, start, end))
-        committed = sorted(model.objects)
-        keys = [f"k{next(self.keys)}" for _ in parts]
-        if fault == "key" and committed:
-            keys[draw(st.integers(0, 1))] = draw(st.sampled_from(committed))
-        objects = [make_object(key, *ranges) for key, ranges in zip(keys, parts, strict=True)
-                   if ranges]
-        dead = [k for k in committed if not model.readable(model.objects[k])]
-        remove = draw(st.lists(st.sampled_from(dead), unique=True, min_size=1, max_size=2)
-                      ) if dead else []
-        if fault == "remove":
-            readable = [k for k in committed if k not in dead]
-            remove.append(draw(st.sampled_from(readable)) if readable else "unknown-key")
-        remove = [k for k in remove if k not in keys]
-        position = node.wal_position + draw(st.sampled_from([0, 100, 1000]))
-        if fault == "position" and node.wal_position:
-            position = node.wal_position - 1
-        node_epoch = draw(st.sampled_from([None, node.node_epoch]))
-        if fault == "node_epoch":
-            node_epoch = node.node_epoch + 1
-        return Commit(node_id=node.node_id, wal_position=position, objects=objects,
-                      epochs=epochs, node_epoch=node_epoch, remove=remove)
-
-    @rule()
-    def reopen(self) -> None:
-        self.store.close()
-        self.store = type(self).factory(self.location)
-
-    @invariant()
-    def agrees_with_the_model(self) -> None:
-        assert self.store.streams() == self.model.live_streams()
-        for stream_id, meta in self.model.streams.items():
-            assert self.store.get_stream(stream_id, include_destroyed=True) == meta
-            if meta.live:
-                assert self.store.objects(stream_id) == self.model.objects_of(stream_id)
-                middle = (meta.start_offset + meta.end_offset) // 2
-                assert (self.store.objects(stream_id, middle)
-                        == self.model.objects_of(stream_id, middle))
-                assert (self.store.stream_objects(stream_id, middle)
-                        == [StreamObject(o.key, o.size, r)
-                            for o in self.model.objects_of(stream_id, middle)
-                            if (r := o.range_of(stream_id)) is not None])  # all of them
-        for name in self.NAMES[:-1]:
-            self.agree(partial(self.store.get_stream_by_name, name),
-                       partial(self.model.by_name, name))
-        for node in self.NODES:
-            assert self.store.node(node) == self.model.node(node)
-
-    def teardown(self) -> None:
-        self.store.close()
-
-
-class MetadataContract:
-    """The behaviour docs/store.md promises of a metadata store, for any backend."""
+class MetadataContract(OwnersContract):
+    """The behaviour docs/store.md promises of a metadata store, for any backend (with
+    :class:`~streamlib.testing.meta_owners.OwnersContract`: owners and hand-overs)."""
 
     model_examples = 50
     """Hypothesis examples of the model test (each up to ``model_steps`` operations)."""
     model_steps = 40
-
-    def open_store(self, location: Path) -> MetadataStore:
-        raise NotImplementedError
-
-    @pytest.fixture
-    def location(self, tmp_path: Path) -> Path:
-        return tmp_path / "meta"
-
-    @pytest.fixture
-    def store(self, location: Path) -> Iterator[MetadataStore]:
-        store = self.open_store(location)
-        yield store
-        store.close()
-
-    def reopen(self, store: MetadataStore, location: Path) -> MetadataStore:
-        store.close()
-        return self.open_store(location)
 
     # ---- streams ----
 
@@ -606,229 +287,6 @@ class MetadataContract:
         finally:
             store.close()
 
-    # ---- owners and hand-overs (a store declaring capabilities.shared) ----
-
-    @pytest.fixture
-    def shared_store(self, store: MetadataStore) -> MetadataStore:
-        """``store``, if it keeps owners; the tests of owners and hand-overs skip otherwise."""
-        if not store.capabilities.shared:
-            pytest.skip(f"{type(store).__name__} does not declare capabilities.shared: it "
-                        f"keeps no owners and hands nothing over (docs/shared-stores.md)")
-        return store
-
-    def reopen_keeping(self, store: MetadataStore, location: Path,
-                       *stream_ids: int) -> MetadataStore:
-        """``store`` closed and opened again, checked to read the streams back unchanged
-        (owners, hand-overs, epochs, offsets)."""
-        before = [store.get_stream(s) for s in stream_ids]
-        reopened = self.reopen(store, location)
-        try:
-            assert [reopened.get_stream(s) for s in stream_ids] == before
-        except BaseException:
-            reopened.close()
-            raise
-        return reopened
-
-    def test_an_open_by_a_node_makes_it_the_owner(self, shared_store: MetadataStore,
-                                                  location: Path) -> None:
-        store = shared_store
-        created = store.create_stream("s")
-        epoch_a = store.register_node("a").node_epoch
-        mine = store.open_stream(created.id, node_id="a", node_epoch=epoch_a)
-        assert mine == dataclasses.replace(created, epoch=1, owner="a", owner_since=1)
-        assert store.get_stream(created.id) == mine
-        assert holds(mine) == {"a": ((1, 1), 1), "b": (None, 1), "c": (None, 1)}
-        again = store.open_stream(created.id, node_id="a", node_epoch=epoch_a)
-        assert again == dataclasses.replace(mine, epoch=2)  # its reopen: no hand-over, same time
-        assert holds(again) == {"a": ((1, 2), 2), "b": (None, 2), "c": (None, 2)}
-        numbered = store.create_stream().id
-        assert store.open_stream(numbered, node_id=7).owner == "7"  # an int id is its str
-        store = self.reopen_keeping(store, location, created.id, numbered)
-        try:
-            assert store.open_stream(created.id, node_id="a", node_epoch=epoch_a) == \
-                dataclasses.replace(again, epoch=3)
-        finally:
-            store.close()
-
-    def test_an_open_by_another_node_hands_the_stream_over(self, shared_store: MetadataStore,
-                                                           location: Path) -> None:
-        store = shared_store
-        stream = store.create_stream("s").id
-        nodes = register(store, "a", "b")
-        store.open_stream(stream, node_id="a", node_epoch=nodes["a"])
-        mine = store.open_stream(stream, node_id="a", node_epoch=nodes["a"])
-        taken = store.open_stream(stream, node_id="b", node_epoch=nodes["b"])
-        assert taken == dataclasses.replace(mine, epoch=3, owner="b", owner_since=3,
-                                            handover_from="a", handover_epoch=2,
-                                            handover_since=1)
-        assert store.get_stream(stream) == taken
-        # A commits its records of epochs 1 to 2 with epoch 2; B holds none until the release.
-        assert holds(taken) == {"a": ((1, 2), 2), "b": (None, 3), "c": (None, 3)}
-        store = self.reopen_keeping(store, location, stream)
-        store.close()
-
-    def test_while_handing_over_only_the_node_handing_over_commits(
-            self, shared_store: MetadataStore, location: Path) -> None:
-        store = shared_store
-        stream = store.create_stream("s").id
-        nodes = register(store, "a", "b", "c")
-        store.open_stream(stream, node_id="a", node_epoch=nodes["a"])
-        store.open_stream(stream, node_id="b", node_epoch=nodes["b"])
-        store = self.reopen_keeping(store, location, stream)  # the hand-over is pending
-        try:
-            store.commit(commit_of(stream, 0, 5, epoch=1, node="a", node_epoch=nodes["a"]))
-            store.commit(commit_of(stream, 5, 8, epoch=1, node="a", node_epoch=nodes["a"]))
-            assert store.get_stream(stream).end_offset == 8
-            before = snapshot(store, [stream], ("a", "b", "c"))
-            # The new owner's commits wait for the release. The docstrings name no error kind
-            # for this refusal: FencedError or CommitConflict.
-            with pytest.raises((FencedError, CommitConflict), match=f"stream=`{stream}`"):
-                store.commit(commit_of(stream, 8, 9, epoch=2, node="b", node_epoch=nodes["b"]))
-            for node in ("b", "c"):  # the old epoch is only the node handing over's
-                with pytest.raises(FencedError, match=f"stream=`{stream}`"):
-                    store.commit(commit_of(stream, 8, 9, epoch=1, node=node))
-            assert snapshot(store, [stream], ("a", "b", "c")) == before
-            store = self.reopen_keeping(store, location, stream)
-            store.commit(commit_of(stream, 8, 10, epoch=1, node="a", node_epoch=nodes["a"]))
-            assert store.get_stream(stream).end_offset == 10
-        finally:
-            store.close()
-
-    def test_the_release_completes_the_hand_over(self, shared_store: MetadataStore,
-                                                 location: Path) -> None:
-        store = shared_store
-        stream = store.create_stream("s").id
-        nodes = register(store, "a", "b")
-        store.open_stream(stream, node_id="a", node_epoch=nodes["a"])
-        taken = store.open_stream(stream, node_id="b", node_epoch=nodes["b"])
-        store.commit(commit_of(stream, 0, 5, epoch=1, node="a", node_epoch=nodes["a"]))
-        store.release_streams("a", nodes["a"], [stream])
-        released = store.get_stream(stream)
-        assert released == dataclasses.replace(taken, end_offset=5, handover_from=None,
-                                               handover_epoch=None, handover_since=None)
-        assert holds(released) == {"a": (None, 2), "b": ((2, 2), 2), "c": (None, 2)}
-        store.release_streams("a", nodes["a"], [stream])  # again: nothing left to release
-        assert store.get_stream(stream) == released
-        store = self.reopen_keeping(store, location, stream)
-        try:
-            with pytest.raises(FencedError, match=f"stream=`{stream}`"):
-                store.commit(commit_of(stream, 5, 6, epoch=1, node="a", node_epoch=nodes["a"]))
-            store.commit(commit_of(stream, 5, 9, epoch=2, node="b", node_epoch=nodes["b"]))
-            assert store.get_stream(stream) == dataclasses.replace(released, end_offset=9)
-        finally:
-            store.close()
-
-    def test_the_node_handing_over_opens_the_stream_again_and_keeps_it(
-            self, shared_store: MetadataStore, location: Path) -> None:
-        """Before its release: nothing is handed over any more (the owner in between wrote
-        nothing, its appends waited for the release) and its time as owner goes on."""
-        store = shared_store
-        stream = store.create_stream("s").id
-        nodes = register(store, "a", "b")
-        mine = store.open_stream(stream, node_id="a", node_epoch=nodes["a"])
-        store.open_stream(stream, node_id="b", node_epoch=nodes["b"])
-        back = store.open_stream(stream, node_id="a", node_epoch=nodes["a"])
-        assert back == dataclasses.replace(mine, epoch=3)
-        assert store.get_stream(stream) == back
-        assert holds(back) == {"a": ((1, 3), 3), "b": (None, 3), "c": (None, 3)}
-        store = self.reopen_keeping(store, location, stream)
-        try:
-            store.commit(commit_of(stream, 0, 4, epoch=3, node="a", node_epoch=nodes["a"]))
-            for node, epoch in (("b", 2), ("a", 1)):  # B's epoch, and the hand-over's: gone
-                with pytest.raises(FencedError, match=f"stream=`{stream}`"):
-                    store.commit(commit_of(stream, 4, 5, epoch=epoch, node=node))
-            assert store.get_stream(stream) == dataclasses.replace(back, end_offset=4)
-        finally:
-            store.close()
-
-    def test_a_third_node_opening_leaves_the_hand_over_with_the_node_handing_over(
-            self, shared_store: MetadataStore, location: Path) -> None:
-        """A opens, B opens (A hands over), C opens before A's release: A still holds the
-        data, so the hand-over stays from A (B wrote nothing) and C is the owner."""
-        store = shared_store
-        stream = store.create_stream("s").id
-        nodes = register(store, "a", "b")
-        store.open_stream(stream, node_id="a", node_epoch=nodes["a"])
-        taken = store.open_stream(stream, node_id="b", node_epoch=nodes["b"])
-        third = store.open_stream(stream, node_id="c")  # C was never registered: node epoch 0
-        assert third == dataclasses.replace(taken, epoch=3, owner="c", owner_since=3)
-        assert (third.handover_from, third.handover_epoch, third.handover_since) == ("a", 1, 1)
-        assert holds(third) == {"a": ((1, 1), 1), "b": (None, 3), "c": (None, 3)}
-        store = self.reopen_keeping(store, location, stream)
-        try:
-            store.commit(commit_of(stream, 0, 3, epoch=1, node="a", node_epoch=nodes["a"]))
-            store.release_streams("a", nodes["a"], [stream])
-            assert holds(store.get_stream(stream)) == {"a": (None, 3), "b": (None, 3),
-                                                       "c": ((3, 3), 3)}
-            store.commit(commit_of(stream, 3, 4, epoch=3, node="c", node_epoch=0))
-            store.release_streams("c", 0, [stream])
-            assert store.get_stream(stream) == dataclasses.replace(
-                third, end_offset=4, owner=None, owner_since=None, handover_from=None,
-                handover_epoch=None, handover_since=None)
-        finally:
-            store.close()
-
-    def test_a_release_by_the_owner_leaves_the_stream_without_owner(
-            self, shared_store: MetadataStore, location: Path) -> None:
-        store = shared_store
-        stream = store.create_stream("s").id
-        nodes = register(store, "a", "b")
-        mine = store.open_stream(stream, node_id="a", node_epoch=nodes["a"])
-        store.commit(commit_of(stream, 0, 5, epoch=1, node="a", node_epoch=nodes["a"]))
-        store.release_streams("a", nodes["a"], [stream])
-        free = store.get_stream(stream)
-        assert free == dataclasses.replace(mine, end_offset=5, owner=None, owner_since=None)
-        assert holds(free) == {"a": (None, 1), "b": (None, 1), "c": (None, 1)}
-        store = self.reopen_keeping(store, location, stream)
-        try:
-            # The same node opening it again starts a new time as owner: what it held before
-            # the release is not its to commit any more.
-            again = store.open_stream(stream, node_id="a", node_epoch=nodes["a"])
-            assert again == dataclasses.replace(free, epoch=2, owner="a", owner_since=2)
-            assert holds(again)["a"] == ((2, 2), 2)
-            store.release_streams("a", nodes["a"], [stream])
-            store = self.reopen_keeping(store, location, stream)
-            other = store.open_stream(stream, node_id="b", node_epoch=nodes["b"])  # no hand-over
-            assert other == dataclasses.replace(free, epoch=3, owner="b", owner_since=3)
-            assert holds(other) == {"a": (None, 3), "b": ((3, 3), 3), "c": (None, 3)}
-            store.commit(commit_of(stream, 5, 7, epoch=3, node="b", node_epoch=nodes["b"]))
-            assert store.get_stream(stream).end_offset == 7
-        finally:
-            store.close()
-
-    def test_a_fenced_node_neither_opens_nor_releases(self, shared_store: MetadataStore,
-                                                      location: Path) -> None:
-        """Node A registered again (another process has its id): the old process's releases,
-        opens and commits are refused and change nothing; the new process's are not."""
-        store = shared_store
-        handed, owned = store.create_stream("handed").id, store.create_stream("owned").id
-        nodes = register(store, "a", "b")
-        for stream in (handed, owned):
-            store.open_stream(stream, node_id="a", node_epoch=nodes["a"])
-        store.open_stream(handed, node_id="b", node_epoch=nodes["b"])
-        old = nodes["a"]
-        new = store.register_node("a").node_epoch
-        before = snapshot(store, [handed, owned], ("a", "b"))
-        try:
-            for reopen in (False, True):
-                if reopen:
-                    store = self.reopen_keeping(store, location, handed, owned)
-                with pytest.raises(FencedError, match=f"node_epoch=`{old}`"):
-                    store.release_streams("a", old, [handed, owned])
-                for stream in (handed, owned):
-                    with pytest.raises(FencedError, match=f"node_epoch=`{old}`"):
-                        store.open_stream(stream, node_id="a", node_epoch=old)
-                with pytest.raises(FencedError, match=f"node_epoch=`{old}`"):
-                    store.commit(commit_of(handed, 0, 1, epoch=1, node="a", node_epoch=old))
-                assert snapshot(store, [handed, owned], ("a", "b")) == before
-            store.commit(commit_of(handed, 0, 1, epoch=1, node="a", node_epoch=new))
-            store.release_streams("a", new, [handed, owned])
-            assert [(m.owner, m.handover_from) for m in (store.get_stream(handed),
-                                                         store.get_stream(owned))] == \
-                [("b", None), (None, None)]
-        finally:
-            store.close()
-
     # ---- key-value entries ----
 
     def test_kv_get_put_conditions_and_delete(self, store: MetadataStore) -> None:
@@ -1041,3 +499,7 @@ class MetadataContract:
         run_state_machine_as_test(Machine, settings=settings(
             max_examples=self.model_examples, stateful_step_count=self.model_steps,
             deadline=None))
+
+
+__all__ = ["MetadataContract", "MetadataMachine", "MetadataModel", "OwnersContract",
+           "StoreFixtures", "commit_of", "holds", "make_object", "register", "snapshot"]

@@ -146,6 +146,16 @@ def free_port_pair(offset: int = 10000) -> tuple[int, int]:
     raise RuntimeError(f"no pair of free ports {offset} apart found")
 
 
+def _exited(process: subprocess.Popen[bytes], timeout: float) -> bool:
+    """Wait up to ``timeout`` seconds for ``process`` to exit; whether it has (a server that
+    died at start is seen at once, not after the start timeout)."""
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        return False
+    return True
+
+
 def _answers_http(host: str, port: int, timeout: float) -> bool:
     """Whether an HTTP server answers at host:port (any status: an S3 gateway says 403)."""
     try:
@@ -192,10 +202,9 @@ class MotoServer:
              "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 30
         while not _answers_http("127.0.0.1", port, timeout=0.2):
-            if self._process.poll() is not None or time.monotonic() > deadline:
+            if _exited(self._process, 0.05) or time.monotonic() > deadline:
                 self.stop()
                 raise RuntimeError(f"moto's server did not start on port {port}")
-            time.sleep(0.05)
         return S3Endpoint("moto", f"http://127.0.0.1:{port}", self.key, self.secret)
 
     def stop(self) -> None:
@@ -286,7 +295,7 @@ class SeaweedServer:
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"SeaweedFS's S3 port {port} did not answer in "
                                        f"{self.start_timeout}s:\n{self.output_tail()}")
-                time.sleep(0.05)
+                _exited(self._process, 0.05)  # the next look at the port, or its exit
         except BaseException:
             self.stop()
             raise

@@ -255,12 +255,12 @@ class WalContract:
 
         thread = threading.Thread(target=producer)
         thread.start()
-        stalled_at = -1
-        while len(positions) != stalled_at:  # wait until the producer stops making progress
-            stalled_at = len(positions)
-            time.sleep(0.2)
+        deadline = time.monotonic() + 30
+        while wal.waiting_appends == 0 and thread.is_alive():  # it waits for room, or ends
+            assert time.monotonic() < deadline, "the producer neither waits nor ends"
+            thread.join(0.01)
         assert not finished.is_set(), "appends went on past the capacity"
-        assert 0 < stalled_at < total and wal.usage <= capacity
+        assert 0 < len(positions) < total and wal.usage <= capacity
         while not finished.is_set():  # trim what is durable; the producer wakes up each time
             if positions:
                 wal.trim(positions[-1])
@@ -299,7 +299,11 @@ class WalContract:
         first = threading.Thread(target=lambda: early.append(
             wal.append(make_record(2, 0, size=1000), timeout=10.0)))
         first.start()
-        time.sleep(0.1)  # the first waiter is queued; a later one gives up behind it
+        deadline = time.monotonic() + 30
+        while wal.waiting_appends == 0:  # the first waiter is queued
+            assert first.is_alive() and time.monotonic() < deadline, "the first never waited"
+            first.join(0.01)
+        # a later one gives up behind it
         with pytest.raises(WalFullError):
             wal.append(make_record(3, 0, size=1000), timeout=0.2)
         started = time.monotonic()

@@ -168,6 +168,12 @@ class Wal(abc.ABC):
         """Bytes between the trim position and the end (records and padding)."""
         return self.end_position - self.trim_position
 
+    @property
+    def waiting_appends(self) -> int:
+        """Appends waiting for room now (back-pressure); 0 for a WAL that never makes them
+        wait."""
+        return 0
+
     @abc.abstractmethod
     def close(self) -> None:
         """Fail or complete every pending append, stop background work, release locks."""

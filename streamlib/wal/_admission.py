@@ -24,6 +24,11 @@ class Admission:
         self._numbers = itertools.count()
         self._waiting: deque[int] = deque()
 
+    @property
+    def waiting(self) -> int:
+        """Appends waiting for room now."""
+        return len(self._waiting)
+
     def wait(self, fits: Callable[[], bool], deadline: float, full: Callable[[], str],
              check_open: Callable[[], None]) -> None:
         """Return once this caller is the oldest waiter and ``fits()``; raise WalFullError with

@@ -153,6 +153,11 @@ class GroupCommitWal(Wal):
         self._trimmed(position)
 
     @property
+    def waiting_appends(self) -> int:
+        with self._cond:
+            return self._admission.waiting
+
+    @property
     def capacity(self) -> int:
         return self._capacity
 

@@ -316,16 +316,7 @@ class ObjectWal(Wal):
         cursor = self._trim  # every position before it is returned, trimmed or reported
         markers = self._epoch_markers(min((o.epoch for o in objects), default=self.epoch))
         cut = superseded_from([o.epoch for o in objects], markers)
-        late = [o for o in objects if o.start >= cut.get(o.epoch, 1 << 63)]
-        for item in late:  # reported once, then deleted: no verdict will ever accept them
-            recovery.drop(item.start, item.end, f"superseded: epoch {item.epoch} wrote it "
-                          f"after a later epoch had recovered past `{cut[item.epoch]}`")
-        if late:
-            try:
-                self.store.delete([o.key for o in late])
-            except Exception as e:
-                log.warning("could not delete superseded WAL objects; trim will: error=%r", e)
-                self._objects.extend(late)
+        late = self._drop_superseded(recovery, objects, cut)
         objects = [o for o in objects if o.start < cut.get(o.epoch, 1 << 63)]
         tails = in_flight_tails(objects, markers, self._trim)
         torn = set().union(*(keys for _, _, keys in tails.values()))
@@ -394,13 +385,33 @@ class ObjectWal(Wal):
         # Appends continue after the last object even if its end was damaged or it was part of
         # an in-flight tail: a position is never used twice. A late PUT of an earlier epoch
         # that lands after this may still be listed later: the marker's verdict supersedes it.
-        cursor = max([cursor, *(o.end for o in late)])
-        recovery.end = cursor
-        self._acked = cursor
+        self._open_epoch(recovery, max([cursor, *(o.end for o in late)]), accepted)
+
+    def _drop_superseded(self, recovery: Recovery, objects: list[WalObject],
+                         cut: dict[int, int]) -> list[WalObject]:
+        """Report and delete the objects an epoch wrote past a later epoch's verdict (late
+        PUTs); returns them."""
+        late = [o for o in objects if o.start >= cut.get(o.epoch, 1 << 63)]
+        for item in late:  # reported once, then deleted: no verdict will ever accept them
+            recovery.drop(item.start, item.end, f"superseded: epoch {item.epoch} wrote it "
+                          f"after a later epoch had recovered past `{cut[item.epoch]}`")
+        if late:
+            try:
+                self.store.delete([o.key for o in late])
+            except Exception as e:
+                log.warning("could not delete superseded WAL objects; trim will: error=%r", e)
+                self._objects.extend(late)
+        return late
+
+    def _open_epoch(self, recovery: Recovery, end: int, accepted: int) -> None:
+        """Recovery ends at ``end``: write this epoch's marker (its verdict: ``accepted``) and
+        start appending after it."""
+        recovery.end = end
+        self._acked = end
         self.store.put(f"{self.prefix}{self.epoch:020d}/OPEN",
-                       EpochMarker(cursor, accepted).encode())
+                       EpochMarker(end, accepted).encode())
         with self._lock:
-            self._end = cursor
+            self._end = end
             self._ready_to_append = not self._closed
             if self._ready_to_append:
                 self._dispatcher = threading.Thread(target=self._dispatch, daemon=True,
@@ -592,6 +603,11 @@ class ObjectWal(Wal):
                     self._markers.pop(epoch, None)
 
     # ---- state ----
+
+    @property
+    def waiting_appends(self) -> int:
+        with self._room:
+            return self._admission.waiting
 
     @property
     def capacity(self) -> int | None:

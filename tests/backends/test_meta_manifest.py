@@ -26,7 +26,8 @@ from streamlib.errors import (
 )
 from streamlib.io import ObjectStore, RetryPolicy
 from streamlib.meta import Commit, MetadataStore
-from streamlib.meta.manifest import ManifestMetadataStore, _State, _Stream
+from streamlib.meta._manifest_state import ManifestState, StreamRecord
+from streamlib.meta.manifest import ManifestMetadataStore
 from streamlib.testing.faults import FaultyFileSystem, timeout
 from streamlib.testing.meta import MetadataContract, make_object
 from streamlib.testing.s3 import S3Endpoint
@@ -210,10 +211,10 @@ def test_one_hundred_thousand_streams_and_objects_open_fast(tmp_path: Path) -> N
     """A manifest whose checkpoint holds 100,000 streams and 100,000 objects (each of one
     stream, as stream objects are) opens in well under a second; a steady commit's delta stays
     small."""
-    state = _State()
+    state = ManifestState()
     n = 100_000
     for i in range(1, n + 1):
-        state.streams[i] = _Stream(i, f"topic-{i}", 3, 0, 1000)
+        state.streams[i] = StreamRecord(i, f"topic-{i}", 3, 0, 1000)
         state.objects[f"data/n1/1/{i:012d}-abcdef.sobj"] = (
             1_100_000, ((i, 0, 1000, 1_050_000),))
     state.next_id = n + 1

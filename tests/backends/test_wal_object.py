@@ -9,13 +9,14 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
 import fsspec
 import pytest
+from waits import blocked_in, wait_for
 
 from streamlib.errors import StorageUnavailable, WalFullError
 from streamlib.io import ObjectStore, RetryPolicy
@@ -23,7 +24,7 @@ from streamlib.testing import faults
 from streamlib.testing.faults import FaultyFileSystem
 from streamlib.testing.s3 import S3Endpoint, fresh_bucket
 from streamlib.testing.wal import WalContract, make_record
-from streamlib.wal import Damage, Recovery, Wal, WalEntry
+from streamlib.wal import Damage, Recovery, Wal, WalEntry, WalRecord
 from streamlib.wal._format import record_size
 from streamlib.wal.object import ObjectWal
 
@@ -122,11 +123,13 @@ def is_data(path: str) -> bool:
     return path.endswith(".wal")
 
 
-def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.005)
+def append_alone(fs: FaultyFileSystem, wal: ObjectWal, record: WalRecord) -> Future[int]:
+    """Append ``record`` and wait until its object is sealed and its PUT has begun: an object
+    of its own (a fixed pause past the linger only makes that likely)."""
+    puts = fs.calls.get("put", 0)
+    future = wal.append(record)
+    wait_for(lambda: fs.calls.get("put", 0) > puts, what="the record's PUT")
+    return future
 
 
 def test_completions_stay_in_order_while_puts_finish_out_of_order(
@@ -138,10 +141,9 @@ def test_completions_stay_in_order_while_puts_finish_out_of_order(
     done: list[int] = []
     futures = []
     for i in range(20):
-        future = wal.append(make_record(1, i))
+        future = append_alone(fs, wal, make_record(1, i))  # objects of one record
         future.add_done_callback(lambda _, i=i: done.append(i))
         futures.append(future)
-        time.sleep(0.004)  # past the linger: objects of one or a few records
     # Later PUTs land...
     wait_for(lambda: sum(op == "put" and is_data(path) for op, path, _ in fs.events) >= 3)
     assert not any(f.done() for f in futures)  # ...but their appends wait for the first
@@ -159,13 +161,11 @@ def test_puts_are_pipelined_up_to_max_inflight(faulty: tuple[FaultyFileSystem, O
     gate = threading.Event()
     fs.inject("put", gate=gate, match=is_data, times=None)
     records = [make_record(2, i, size=300) for i in range(60)]
-    futures = []
-    for record in records[:30]:
-        futures.append(wal.append(record))
-        time.sleep(0.003)
+    futures = [append_alone(fs, wal, record) for record in records[:4]]  # one a slot
+    futures += [wal.append(record) for record in records[4:30]]
     wait_for(lambda: fs.running_puts == 4)
     futures += [wal.append(record) for record in records[30:]]  # gather while slots are busy
-    time.sleep(0.05)
+    time.sleep(0.05)  # a chance for a fifth PUT to start wrongly: no event says it did not
     assert fs.max_concurrent_puts == 4
     gate.set()
     for f in futures:
@@ -229,10 +229,7 @@ def test_a_failure_takes_back_the_later_objects_that_landed(
     # The next object's PUT is held, then fails for good; the ones after it land meanwhile.
     gate = threading.Event()
     fs.inject("put", faults.access_denied, gate=gate, match=is_data, times=1)
-    futures = []
-    for i in range(1, 8):
-        futures.append(wal.append(make_record(1, i)))
-        time.sleep(0.004)
+    futures = [append_alone(fs, wal, make_record(1, i)) for i in range(1, 8)]
     wait_for(lambda: len(data_keys(store)) >= 3)
     gate.set()
     for future in futures:
@@ -453,7 +450,7 @@ def test_appends_wait_for_room_and_completions_make_it(
     waiter = threading.Thread(target=lambda: fourth.append(
         wal.append(make_record(1, 3, size=1000))))
     waiter.start()
-    time.sleep(0.1)
+    wait_for(lambda: blocked_in(waiter, ObjectWal.append), what="the append to wait for room")
     assert waiter.is_alive()  # still waiting for room
     gate.set()  # PUTs complete, releases make room
     waiter.join(timeout=5)

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+from waits import wait_for
 
 from streamlib.testing.wal import make_record, recover_all
 from streamlib.wal.file import FileWal
@@ -115,7 +116,9 @@ def test_file_wal_keeps_what_it_acknowledged_through_a_power_loss(
     threads = [threading.Thread(target=producer, args=(s,)) for s in range(3)]
     for t in threads:
         t.start()
-    time.sleep(rng.uniform(0.05, 0.4))
+    time.sleep(rng.uniform(0.05, 0.4))  # the crash comes at a random moment: not a wait
+    # ...and only once enough was acknowledged for the test to mean anything (however slow)
+    wait_for(lambda: len(acked) > 20, what="more than 20 acknowledged appends")
     crash = tmp_path / "after-crash"
     with recorder.lock, lock:  # the moment of the crash: no sync in flight
         promised = dict(acked)

@@ -1,8 +1,7 @@
-"""Regression tests from a review of the read path and the message cache (one budget for
-pinned log-cache bytes, log chunks and blocks): each failed on the code before its fix —
-uploads not asked for when appends wait for room (alone and with a shared cache), close waiting
-out such an append, one batch's room evicting a lagging reader's whole log, a read iterator
-collected as garbage deadlocking the cache, two consumers at one offset losing their focus."""
+"""The message cache's one budget (pinned log-cache bytes, log chunks and blocks) at its
+edges: appends waiting for room ask for uploads (alone and with a shared cache), close ends such
+a wait, making room ahead of a lagging reader evicts one chunk, a read iterator collected as
+garbage inside the cache, two consumers at one offset keeping their focus."""
 
 from __future__ import annotations
 
@@ -10,6 +9,8 @@ import gc
 import threading
 import time
 from pathlib import Path
+
+from waits import wait_for
 
 import streamlib
 from streamlib import RecordBatch
@@ -88,9 +89,11 @@ def test_close_does_not_wait_out_an_append_waiting_for_room(tmp_path: Path) -> N
         except BaseException as error:
             errors.append(error)
 
+    waits = store.stats()["cache"]["log_waits"]  # type: ignore[index]
     thread = threading.Thread(target=append, daemon=True)
     thread.start()
-    time.sleep(0.3)  # the append is waiting for room
+    wait_for(lambda: store.stats()["cache"]["log_waits"] > waits,  # type: ignore[index,operator]
+             what="the append to wait for room")
     began = time.monotonic()
     store.close()
     took = time.monotonic() - began

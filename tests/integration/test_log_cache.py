@@ -67,7 +67,7 @@ class Watcher:
         while not self._stop.is_set():
             self.peak = max(self.peak, self.cache.nbytes)
             self.samples += 1
-            time.sleep(0.0005)
+            time.sleep(0.0005)  # the sampling period, not a wait: the work runs meanwhile
 
     def __enter__(self) -> Watcher:
         self._thread.start()

@@ -5,12 +5,12 @@ set; cache-only reads never wait; the block cache stays within its budget."""
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from waits import wait_for
 
 import streamlib
 from streamlib import CacheMiss, RecordBatch, StreamStore
@@ -69,10 +69,8 @@ def test_a_tailing_reader_makes_no_get(open_store: Any) -> None:
             result = stream.fetch(offset, timeout=5)
             assert [b.payload[:4] for b in result] == [n.to_bytes(4, "big")]
             offset = result.next_fetch_offset
-        deadline = time.monotonic() + 30
-        while store.stats()["upload_rounds"] < 2:  # type: ignore[operator]
-            assert time.monotonic() < deadline, "no uploads in the background"
-            time.sleep(0.02)
+        wait_for(lambda: store.stats()["upload_rounds"] >= 2,  # type: ignore[operator]
+                 timeout=30, what="uploads in the background")
         assert gets(store) == 0
 
 
@@ -161,7 +159,9 @@ def test_consumer_focused_eviction_keeps_what_live_readers_will_read(tmp_path: P
     options = {"compression": "none", "block_bytes": "1MiB", "upload_interval_ms": 3_600_000}
     with streamlib.open(tmp_path / "data", **options) as store:
         fill(store, 12)
-    cache = MessageCache(4 * MiB + 64 * 1024, reader_timeout=0.5, readahead_bytes=0)
+    now = [0.0]  # the cache's clock: it moves only when the test says
+    cache = MessageCache(4 * MiB + 64 * 1024, reader_timeout=0.5, readahead_bytes=0,
+                         clock=lambda: now[0])
     with streamlib.open(tmp_path / "data", cache=cache, **options) as store:
         stream = store.open_stream("s", read_only=True)
         per_block = 16  # batches of 4 records: 64 records a block
@@ -186,7 +186,7 @@ def test_consumer_focused_eviction_keeps_what_live_readers_will_read(tmp_path: P
         # C's two blocks needed room: the victims were behind every reader, not ahead of one.
         assert stats["evicted_behind_readers"] >= 1 and stats["evicted_ahead_of_readers"] == 0
         assert len(held_before) >= 3
-        time.sleep(0.6)  # every reader is gone: their blocks are plain LRU blocks now
+        now[0] += 0.6  # every reader is gone: their blocks are plain LRU blocks now
         stream.fetch(11 * per_block * 4, max_bytes=BATCH)
         assert cache.stats.readers == 1  # only the newest
 

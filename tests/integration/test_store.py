@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from waits import wait_for
 
 import streamlib
 from streamlib import (
@@ -107,13 +108,6 @@ def assert_still_works(store: StreamStore) -> None:
     stream = store.create_stream()
     assert stream.append([b"still", b"working"]) == AppendResult(0, 2)
     assert [r.value for _, r in stream.fetch(0).records()] == [b"still", b"working"]
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
 
 
 # ---- open, create, append, fetch ----
@@ -722,7 +716,9 @@ def test_upload_interval_triggers_an_upload_without_flush(path: Path) -> None:
     with streamlib.open(path, upload_interval_ms=50) as store:
         stream = store.create_stream()
         stream.append([b"quiet"])
-        wait_for(lambda: store.stats()["pending_upload_bytes"] == 0)
+        # The round counts its objects after its commit empties the backlog: wait for both.
+        wait_for(lambda: store.stats()["pending_upload_bytes"] == 0
+                 and store.stats()["objects_uploaded"] >= 1)  # type: ignore[operator]
         assert store.stats()["objects_uploaded"] == 1 and len(data_objects(path)) == 1
         stream.append([b"again"])
         wait_for(lambda: store.stats()["objects_uploaded"] == 2)
@@ -975,6 +971,7 @@ def test_the_wal_is_never_trimmed_past_an_uncommitted_append(tmp_path: Path, wal
     streams = [store.create_stream() for _ in range(4)]
     stop = threading.Event()
     problems: list[str] = []
+    looks = 0
 
     def append(stream: Stream) -> None:
         while not stop.is_set():
@@ -987,6 +984,7 @@ def test_the_wal_is_never_trimmed_past_an_uncommitted_append(tmp_path: Path, wal
             store.flush()
 
     def watch() -> None:
+        nonlocal looks
         while not stop.is_set():
             trim = store._wal.trim_position  # type: ignore[union-attr]
             for stream in streams:
@@ -995,13 +993,18 @@ def test_the_wal_is_never_trimmed_past_an_uncommitted_append(tmp_path: Path, wal
                     if state.log_positions and state.log_positions[0] < trim:
                         problems.append(f"stream {stream.id}: batch at WAL position "
                                         f"{state.log_positions[0]} below the trim {trim}")
-            time.sleep(0.0005)  # let the others run
+            looks += 1
+            # A pause between two looks, not a wait for anything: the others get the GIL.
+            time.sleep(0.0005)
 
     threads = [threading.Thread(target=append, args=(s,)) for s in streams]
     threads += [threading.Thread(target=flush), threading.Thread(target=watch)]
     for thread in threads:
         thread.start()
-    time.sleep(2.0)
+    # Until as many rounds and looks as an unloaded machine makes in about 2 s: a loaded one
+    # runs longer rather than checking less.
+    wait_for(lambda: store.stats()["upload_rounds"] >= 150 and looks >= 1500,  # type: ignore[operator]
+             timeout=120, what="150 upload rounds and 1500 looks at them")
     stop.set()
     for thread in threads:
         thread.join(timeout=60)

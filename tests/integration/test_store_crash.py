@@ -180,7 +180,7 @@ class CrashHarness:
             if point == "none":
                 line = stdout.readline()
                 assert line.startswith("ready "), f"child {gen}: {line!r} {errlog.read_text()}"
-                time.sleep(self.rng.uniform(*delay))
+                time.sleep(self.rng.uniform(*delay))  # a random moment to kill it: not a wait
                 assert child.poll() is None, f"child {gen} died by itself: {errlog.read_text()}"
                 child.send_signal(signal.SIGKILL)
             else:

@@ -1,4 +1,4 @@
-"""Edge cases of the store found by review, each once a bug (docs/store.md): an append
+"""The store at its edges (docs/store.md): an append
 acknowledged while a round trims the WAL, records after a recovery gap, a record as big as
 half the WAL, a new WAL below the node's committed position, a stream destroyed during a
 round, a cancelled append future, the object WAL's memory bound, a commit of unknown outcome,
@@ -13,30 +13,30 @@ import struct
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
 import fsspec
 import pytest
+from waits import blocked_in, wait_for
 
 import streamlib
 from streamlib import (
     AppendResult,
     CorruptDataError,
     FencedError,
+    NodeLockedError,
     RecordBatch,
     Stream,
     StreamNotFound,
     StreamStore,
     WalFullError,
-    NodeLockedError,
 )
 from streamlib.meta.local import SQLiteMetadataStore
-from streamlib.testing.faults import FaultyFileSystem, internal_error
+from streamlib.testing.faults import Call, FaultyFileSystem, FaultyMetadataStore, internal_error
 from streamlib.wal._format import HEADER_SIZE
+from streamlib.wal.file import FileWal
 
 NEVER = 3_600_000
 """upload_interval_ms for tests that decide themselves when data is uploaded (flush, close)."""
@@ -80,13 +80,6 @@ def is_data(key: str) -> bool:
 
 def is_wal_record(key: str) -> bool:
     return key.endswith(".wal")
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
 
 
 def run_child(code: str, *args: object) -> str:
@@ -241,7 +234,8 @@ def test_a_round_frees_the_room_an_append_is_waiting_for(tmp_path: Path) -> None
 
         writer = threading.Thread(target=waiting_append)
         writer.start()
-        time.sleep(0.2)  # the append waits for room: 500 KB + 600 KB > 1 MiB
+        # The append waits for room in the WAL: 500 KB + 600 KB > 1 MiB.
+        wait_for(lambda: blocked_in(writer, FileWal.append), what="the append to wait for room")
         store.flush()
         try:
             assert future.result(timeout=5) == AppendResult(1, 1)
@@ -383,33 +377,32 @@ def test_the_object_wal_bounds_data_waiting_for_upload_by_wal_bytes(tmp_path: Pa
 
 def test_a_commit_of_unknown_outcome_does_not_wedge_the_uploader(tmp_path: Path) -> None:
     path = tmp_path / "data"
-    with open_store(path, wal_bytes="1MiB", append_timeout_ms=1000) as store:
+    path.mkdir()
+    faulty = FaultyMetadataStore(SQLiteMetadataStore(path / "meta.sqlite"))
+    with open_store(path, wal_bytes="1MiB", append_timeout_ms=1000,
+                    metadata_store=faulty) as store:
         s = store.create_stream()
-        meta = store.metadata
-        assert meta is not None
-        commit = meta.commit
 
-        def applied_then_lost(c: Any) -> None:  # the reply is lost after the commit applied
-            commit(c)
-            raise ConnectionResetError("connection reset after the commit (injected)")
+        def applied_then_lost(call: Call) -> BaseException:  # the reply is lost after it applied
+            return ConnectionResetError("connection reset after the commit (injected)")
 
-        def not_applied(c: Any) -> None:
-            raise ConnectionResetError("connection reset before the commit (injected)")
+        def not_applied(call: Call) -> BaseException:
+            return ConnectionResetError("connection reset before the commit (injected)")
 
         s.append([b"a"])
-        meta.commit = applied_then_lost  # type: ignore[method-assign]
+        faulty.inject("commit", applied_then_lost, after=True, times=None)
         with pytest.raises(ConnectionResetError):
             store.flush()
-        meta.commit = commit  # type: ignore[method-assign]
+        faulty.clear()
         store.flush()  # was: CommitConflict, at every round from then on
         assert store.stats()["wal_usage_bytes"] == 0
         assert values(s) == [b"a"]
 
         s.append([b"b"])
-        meta.commit = not_applied  # type: ignore[method-assign]
+        faulty.inject("commit", not_applied, times=None)
         with pytest.raises(ConnectionResetError):
             store.flush()
-        meta.commit = commit  # type: ignore[method-assign]
+        faulty.clear()
         store.flush()
         assert values(s) == [b"a", b"b"]
         for _ in range(20):  # 2 MB through a 1 MiB WAL: it is trimmed round after round

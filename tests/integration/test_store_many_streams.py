@@ -1,4 +1,4 @@
-"""Many streams, few objects (DESIGN.md §2, docs/store.md "Upload, commit, trim"): quiet streams
+"""Many streams, few objects (docs/store.md "Upload, commit, trim"): quiet streams
 share one multi-stream object per upload round, so the number of PUTs follows the upload
 interval, not the number of streams; a stream with enough data in a round gets an object of its
 own. On moto's S3 server; every upload writes fresh keys, so the objects listed under ``data/``
@@ -73,6 +73,7 @@ def test_quiet_streams_share_an_object_per_interval(tmp_path: Path,
                        for s in streams]
             for future in futures:
                 future.result()
+            # Pacing, not a wait: one round of appends an upload interval (the trigger tested).
             time.sleep(max(0.0, started + (round_ + 1) * interval - time.monotonic()))
         elapsed = time.monotonic() - started
         before_close = len(data_objects(moto_bucket))
@@ -88,7 +89,7 @@ def test_quiet_streams_share_an_object_per_interval(tmp_path: Path,
           f"{uploaded['stream_objects_uploaded']} stream objects)")
     assert 1 <= before_close <= math.ceil(elapsed / interval) + 2
     assert len(listed) <= math.ceil(total_elapsed / interval) + 2
-    assert len(listed) == uploaded["objects_uploaded"], "objects listed != objects PUT by the uploader"
+    assert len(listed) == uploaded["objects_uploaded"], "objects listed != objects PUT"
     assert uploaded["stream_objects_uploaded"] == 0
     assert all(o.key.endswith(".mobj") for o in listed)
 

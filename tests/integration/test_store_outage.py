@@ -10,9 +10,11 @@ from pathlib import Path
 
 import fsspec
 import pytest
+from waits import blocked_in, wait_for
 
 import streamlib
 from streamlib import RecordBatch, StorageUnavailable, StreamClosed, StreamStore, WalFullError
+from streamlib.node import Backlog
 from streamlib.testing.faults import FaultyFileSystem, internal_error, slow_down
 
 
@@ -31,13 +33,6 @@ def objects_url(path: Path) -> str:
 
 def reopen(path: Path) -> StreamStore:
     return streamlib.open(path, objects_url=objects_url(path))
-
-
-def wait_for(condition, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
 
 
 def batch(n: int) -> RecordBatch:
@@ -64,7 +59,7 @@ def test_appends_go_on_while_the_object_store_is_down(tmp_path: Path) -> None:
         faulty.inject("put", internal_error, times=None)  # down until cleared
         for n in range(200):  # far more than the size trigger: rounds start and fail
             assert stream.append(batch(n)).base_offset == 2 * n
-        wait_for(lambda: store.stats()["upload_failures"] >= 2)  # type: ignore[operator]
+        wait_for(lambda: store.stats()["upload_failures"] >= 2, timeout=20)  # type: ignore[operator]
         with pytest.raises(StorageUnavailable, match="object store unavailable"):
             store.flush()
         assert store.stats()["objects_uploaded"] == 0
@@ -72,7 +67,7 @@ def test_appends_go_on_while_the_object_store_is_down(tmp_path: Path) -> None:
         got = stream.fetch(0, max_bytes=1 << 20)  # served from memory meanwhile
         assert [b.payload for b in got] == [batch(n).payload for n in range(200)]
         faulty.clear()  # back up: the uploader's next try goes through
-        wait_for(lambda: store.stats()["pending_upload_bytes"] == 0)
+        wait_for(lambda: store.stats()["pending_upload_bytes"] == 0, timeout=20)
     with reopen(tmp_path) as again:
         got = again.open_stream(stream.id).fetch(0, max_bytes=1 << 20)
         assert [b.payload for b in got] == [batch(n).payload for n in range(200)]
@@ -90,7 +85,7 @@ def test_a_full_wal_makes_appends_wait_then_fail_without_losing_anything(tmp_pat
             acked = n + 1
     assert 100 < acked < 300  # the WAL's room, then back-pressure
     faulty.clear()
-    wait_for(lambda: store.stats()["pending_upload_bytes"] == 0)
+    wait_for(lambda: store.stats()["pending_upload_bytes"] == 0, timeout=20)
     stream.append(RecordBatch(bytes(1000), count=1))  # room again
     store.close()
     with reopen(tmp_path) as again:
@@ -133,7 +128,7 @@ def test_close_releases_an_append_waiting_for_room_with_the_object_wal(tmp_path:
 
     waiter = threading.Thread(target=blocked_append)
     waiter.start()
-    time.sleep(0.3)
+    wait_for(lambda: blocked_in(waiter, Backlog.wait_for_room), what="the append to wait for room")
     assert outcome == []  # waiting for room: the uploads fail
     started = time.monotonic()
     store.close()

@@ -9,9 +9,10 @@ import time
 from pathlib import Path
 
 import pytest
+from waits import blocked_in, wait_for
 
 import streamlib
-from streamlib import RecordBatch, StreamClosed, StreamStore
+from streamlib import RecordBatch, Stream, StreamClosed, StreamStore
 
 
 def open_store(path: Path) -> StreamStore:
@@ -22,14 +23,20 @@ def batch(n: int) -> RecordBatch:
     return RecordBatch(n.to_bytes(4, "big"), count=1)
 
 
-def append_later(stream: streamlib.Stream, n: int, delay: float) -> threading.Thread:
+def append_once_waiting(stream: Stream, n: int, reader: threading.Thread) -> tuple[
+        threading.Thread, list[float]]:
+    """Append batch ``n`` once ``reader`` waits at the tail in a long-poll fetch; the list gets
+    the time the append began."""
+    sent: list[float] = []
+
     def run() -> None:
-        time.sleep(delay)
+        wait_for(lambda: blocked_in(reader, Stream.fetch), what="the fetch to wait at the tail")
+        sent.append(time.monotonic())
         stream.append(batch(n))
 
     thread = threading.Thread(target=run)
     thread.start()
-    return thread
+    return thread, sent
 
 
 def test_a_long_poll_wakes_within_milliseconds_of_an_append(tmp_path: Path) -> None:
@@ -37,13 +44,12 @@ def test_a_long_poll_wakes_within_milliseconds_of_an_append(tmp_path: Path) -> N
         stream = store.create_stream()
         wakes = []
         for n in range(20):
-            writer = append_later(stream, n, 0.02)
-            started = time.monotonic()
+            writer, sent = append_once_waiting(stream, n, threading.current_thread())
             result = stream.fetch(n, timeout=10)
             woke = time.monotonic()
             writer.join()
             assert [b.payload for b in result] == [batch(n).payload]
-            wakes.append(woke - started - 0.02)
+            wakes.append(woke - sent[0])
         wakes.sort()
         # The wake follows the durable append (an fdatasync) by well under the poll's timeout.
         assert wakes[10] < 0.05, wakes
@@ -78,8 +84,9 @@ def test_the_read_iterator_follows_the_tail(tmp_path: Path) -> None:
 
         reader = threading.Thread(target=consume)
         reader.start()
-        for n in range(3, 10):
-            time.sleep(0.01)
+        for n in range(3, 10):  # each append wakes the reader, which has read all before it
+            wait_for(lambda n=n: len(seen) == n and blocked_in(reader, Stream.read),
+                     what="the reader to wait at the tail")
             stream.append(batch(n))
         reader.join(timeout=10)
         assert seen == [batch(n).payload for n in range(10)]
@@ -102,7 +109,7 @@ def test_the_read_iterator_ends_after_its_idle_timeout_and_when_the_store_closes
 
     reader = threading.Thread(target=wait_forever)
     reader.start()
-    time.sleep(0.1)
+    wait_for(lambda: blocked_in(reader, Stream.read), what="the reader to wait at the tail")
     assert not ended.is_set()
     store.close()
     reader.join(timeout=5)
@@ -148,7 +155,7 @@ def test_closing_a_handle_ends_its_waiting_readers(tmp_path: Path) -> None:
 
         thread = threading.Thread(target=wait)
         thread.start()
-        time.sleep(0.05)
+        wait_for(lambda: blocked_in(thread, Stream.read), what="the reader to wait at the tail")
         reader_handle.close()
         thread.join(timeout=5)
         assert done.is_set()

@@ -48,11 +48,11 @@ def kill_child_at_random(spec: str, acklog: Path, seed: int, rng: random.Random,
                              cwd=CHILD.parent, env=env)
     try:
         if seed % 5 == 4:  # now and then, during start-up and recovery
-            time.sleep(rng.uniform(0.0, 0.3))
+            time.sleep(rng.uniform(0.0, 0.3))  # a random moment to kill it: not a wait
         else:
             line = child.stdout.readline()  # type: ignore[union-attr]  # S3 start-up: ~1 s
             assert line.strip() == "ready", child.stderr.read()  # type: ignore[union-attr]
-            time.sleep(rng.uniform(0.02, 0.5))
+            time.sleep(rng.uniform(0.02, 0.5))  # a random moment to kill it: not a wait
         assert child.poll() is None, f"child died by itself: {child.stderr.read()}"  # type: ignore[union-attr]
     finally:
         child.send_signal(signal.SIGKILL)

@@ -1,5 +1,6 @@
-"""What the shared-store tests have in common: nodes on one local bucket, reading a stream
-whole, waiting for a condition, a node dying as if killed."""
+"""What the shared-store tests have in common: nodes on one local bucket (with a
+fault-injecting metadata store when a test steers them), reading a stream whole, waiting for a
+condition, a node dying as if killed."""
 
 from __future__ import annotations
 
@@ -11,7 +12,10 @@ from typing import Any
 
 import streamlib
 from streamlib.errors import FencedError
-from streamlib.testing.faults import access_denied
+from streamlib.io import ObjectStore
+from streamlib.meta.manifest import ManifestMetadataStore
+from streamlib.testing import FaultyMetadataStore
+from streamlib.testing.faults import MetadataRule, access_denied
 
 HELD = {"upload_interval_ms": 3_600_000, "upload_bytes": "1GiB"}
 """Uploads only by flush, at a hand-over's release or at close."""
@@ -25,6 +29,36 @@ def node(tmp_path: Path, name: str, **extra: Any) -> streamlib.StreamStore:
                           objects_url=f"file://{bucket}", **extra)
 
 
+def faulty_node(tmp_path: Path, name: str,
+                **extra: Any) -> tuple[streamlib.StreamStore, FaultyMetadataStore]:
+    """Node ``name`` as :func:`node`, its manifest wrapped by a FaultyMetadataStore (returned
+    too) through which a test steers the node's looks, opens and releases."""
+    bucket = tmp_path / "bucket"
+    bucket.mkdir(exist_ok=True)
+    faulty = FaultyMetadataStore(ManifestMetadataStore(ObjectStore.from_url(f"file://{bucket}"),
+                                                       node_id=name))
+    store = streamlib.open(tmp_path / f"node-{name}", node_id=name, metadata="manifest",
+                           objects_url=f"file://{bucket}", metadata_store=faulty, **extra)
+    return store, faulty
+
+
+def looks(faulty: FaultyMetadataStore, thread: str = "streamlib-fences") -> MetadataRule:
+    """A rule that only counts the looks at the metadata (refreshes) that ``thread`` makes
+    from now on (``rule.hits``). After a change, two more looks of the fence thread mean that
+    the first of them, and its scan of the change, are done."""
+    return faulty.inject("refresh", thread=thread, times=None)
+
+
+def durable(stream: streamlib.Stream, count: int) -> bool:
+    """Whether the first ``count`` appends of ``stream`` in flight have completed their WAL
+    write (white-box: what no public call shows, and what the acknowledgement gate's tests
+    must know before they let a look end)."""
+    state = stream._state
+    with state.lock:
+        flight = list(state.inflight)
+    return len(flight) >= count and all(item.wal_future.done() for item in flight[:count])
+
+
 def values(stream: streamlib.Stream, start: int | None = None) -> list[bytes]:
     """Every record value from ``start`` (default: the stream's start) to its end."""
     found, offset = [], stream.start_offset if start is None else start
@@ -36,7 +70,8 @@ def values(stream: streamlib.Stream, start: int | None = None) -> list[bytes]:
     return found
 
 
-def wait_for(condition: Callable[[], object], timeout: float = 5.0, what: str = "") -> None:
+def wait_for(condition: Callable[[], object], timeout: float = 10.0, what: str = "") -> None:
+    """Wait until ``condition()`` holds (looking every 10 ms), at most ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"

@@ -15,12 +15,24 @@ from collections import deque
 from concurrent.futures import Future
 from pathlib import Path
 
+import fsspec
 import pytest
-from nodes import HELD, node, values
+from nodes import (
+    HELD,
+    crash,
+    eventually_read,
+    faulty_pair,
+    hand_over_during_an_append,
+    node,
+    values,
+    wait_for,
+)
 from test_shared_store import CHILD, acknowledged, run_until_killed, shared_config
 
 import streamlib
-from streamlib import AppendResult, FencedError, HandOverPending
+from streamlib import AppendResult, FencedError, HandOverPending, StreamNotFound
+from streamlib.testing import FaultyFileSystem
+from streamlib.testing.faults import access_denied
 from streamlib.testing.s3 import S3Endpoint
 
 # The hand-over protocol does not depend on the codec: the C pass runs it (conftest.py).
@@ -186,12 +198,121 @@ def test_an_idle_owner_hands_over_too(tmp_path: Path) -> None:
             assert time.monotonic() - started < 5
         a.flush()
         b.flush()
-        deadline = time.monotonic() + 5
-        while a.get(stream_id).next_offset < len(expected):  # a sees b's last commit soon
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
+        wait_for(lambda: a.get(stream_id).next_offset >= len(expected),
+                 what="A to see B's last commit")
         assert values(a.open_stream(stream_id, read_only=True)) == expected
         assert values(b.open_stream(stream_id, read_only=True)) == expected
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_node_restarted_after_a_crash_hands_over_the_streams_it_owned(
+        tmp_path: Path) -> None:
+    """A writes s, uploads everything and crashes (no release: the metadata still says owner
+    A). A restarts with nothing of s left in its WAL; B opens s: the live A must notice and
+    release it, so that B's append lands instead of waiting for ever."""
+    a = node(tmp_path, "a", **HELD)
+    a.create_stream("s").append([b"1"])
+    a.flush()
+    crash(a)
+    a = node(tmp_path, "a", **HELD)  # restarted (a deploy): alive and well
+    b = node(tmp_path, "b", **HELD, append_timeout_ms=10_000)
+    try:
+        b.open_stream("s").append([b"2"])
+        b.flush()
+        assert values(b.open_stream("s", read_only=True)) == [b"1", b"2"]
+    finally:
+        a.close()
+        b.close()
+
+
+def test_destroying_a_stream_being_handed_over_does_not_wedge_the_old_owners_uploads(
+        tmp_path: Path) -> None:
+    """A has acknowledged, not yet uploaded appends in s and t; its uploads fail for now. B
+    opens s (A fences s and must commit its data before releasing) and destroys it. A must
+    drop s at its next look: once uploads work again, t's data is committed and B reads it."""
+    faulty = FaultyFileSystem(fsspec.filesystem("memory"))
+    a, b, _ = faulty_pair(tmp_path, faulty)
+    try:
+        s, t = a.create_stream("s"), a.create_stream("t")
+        s.append([b"s1"])
+        t.append([b"t1"])
+        failing = faulty.inject("put", access_denied, times=None, match=lambda p: "/data/" in p)
+        b.open_stream("s")
+        wait_for(lambda: failing.hits >= 1, what="A to see the hand-over and try to upload")
+        b.destroy_stream("s")
+        wait_for(lambda: gone(s), what="A to drop s")
+        faulty.clear()
+        a.flush()
+        assert eventually_read(b, "t", 1) == [b"t1"]
+    finally:
+        faulty.clear()
+        a.close()
+        b.close()
+
+
+def gone(stream: streamlib.Stream) -> bool:
+    """Whether the handle's store dropped the stream (destroyed)."""
+    try:
+        stream.info()
+    except StreamNotFound:
+        return True
+    return False
+
+
+def test_a_parked_append_answered_at_close_never_shows_after_a_restart(
+        tmp_path: Path) -> None:
+    """A hands s over to B with an acknowledged append not yet uploaded (A's uploads fail for
+    now) and an append X parked (durable after the fence). A closes: its last upload fails,
+    so s is not released and X stays in A's WAL. A restarts and recovers its WAL: if X was
+    answered with FencedError, it must not be in the stream."""
+    faulty = FaultyFileSystem(fsspec.filesystem("memory"))
+    a, b, options = faulty_pair(tmp_path, faulty)
+    try:
+        stream, _, future = hand_over_during_an_append(
+            a, b, faulty, lambda p: "/data/" in p or p.endswith("/TRIM"), before=[b"acked"],
+            upload_before=False)
+        refused = stream.name
+        assert refused is not None
+        failing = faulty.rules[-1]
+        wait_for(lambda: failing.hits >= 1, what="A to fence s and try to upload")
+        assert not future.done()  # X is parked: A cannot release s
+        a.close()
+        try:
+            future.result(timeout=10)
+            answered = "acknowledged"
+        except FencedError:
+            answered = "FencedError"
+        except Exception as error:
+            answered = repr(error)
+        faulty.clear()
+        a = streamlib.open(tmp_path / "node-a", **options)  # restarted: recovered, uploaded
+        got = eventually_read(b, refused, 1)
+        assert not (answered == "FencedError" and b"X" in got), (
+            f"an append answered with FencedError is visible: {got}")
+    finally:
+        faulty.clear()
+        a.close()
+        b.close()
+
+
+def test_a_fenced_handle_cannot_trim_the_new_owners_stream(tmp_path: Path) -> None:
+    """A hands s over to B, which appends. A's old handle can neither append nor trim."""
+    a = node(tmp_path, "a", **HELD)
+    b = node(tmp_path, "b", **HELD)
+    try:
+        old = a.create_stream("s")
+        old.append([b"1", b"2"])
+        a.flush()
+        taken = b.open_stream("s")
+        taken.append([b"3", b"4"])
+        b.flush()
+        with pytest.raises(FencedError):
+            old.append([b"late"])
+        with pytest.raises(FencedError):
+            old.trim(2)
+        assert values(b.open_stream("s", read_only=True)) == [b"1", b"2", b"3", b"4"]
     finally:
         a.close()
         b.close()

@@ -1,9 +1,8 @@
-"""Regression tests from a review of the shared-store code, each failing before its fix: a
-remote destroy wedging the writer's uploads, a tailing reader on the node that handed its stream
-over, appends refused after a hand-over committed by a restart or a take-over, the taker not
-seeing what it took over, parked appends of a node taken over while alive never answered, a
-take-over with the wrong WAL backend releasing the streams, a stale manifest trim, idle async
-readers of a remote stream piling up waiters."""
+"""Streams across the nodes of one bucket, at the edges of a hand-over or a take-over: a stream
+destroyed by another node, a tailing reader on the node that handed its stream over, appends
+refused at a hand-over staying refused through a restart or a take-over, the taker reading what
+it took over, the answers a node taken over while alive gives, a take-over given the wrong WAL
+backend, a trim on a stale view, idle async readers of another node's stream."""
 
 from __future__ import annotations
 
