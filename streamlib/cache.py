@@ -30,6 +30,12 @@ first: only its oldest is ever a candidate).
 
 Streams are named by a :data:`StreamKey`, ``(objects URL, stream id)``: stores on one bucket
 see one stream under one key.
+
+Lock order: one lock, ``MessageCache._lock`` (``_room`` is a condition of it), level 5 of the
+node's order (:mod:`streamlib.node`). Under it the cache takes only a stream's
+``StreamState.lock`` (a log chunk's ``release``, when it is evicted) and runs ``reserve``'s
+``abort`` (which takes no lock); it is never held while asking a store for an upload, reading
+an object or waiting for another reader's load. So it is never taken under a stream's lock.
 """
 
 from __future__ import annotations
@@ -107,7 +113,9 @@ def weight(batches: Sequence[RecordBatch]) -> int:
 
 @dataclass(slots=True)
 class Reader:
-    """One sequential reader of one stream, as the cache sees it."""
+    """One sequential reader of one stream, as the cache sees it. ``id`` and ``stream`` are
+    fixed; every other field is GUARDED_BY(MessageCache._lock): only the cache reads or changes
+    them, under its lock."""
 
     id: int
     stream: StreamKey
@@ -133,7 +141,9 @@ class _Block:
     stream: StreamKey
     start: int
     end: int
-    prefetched_for: int | None = None  # a reader id, until that reader reads it
+    # A reader id, until that reader reads it. GUARDED_BY(MessageCache._lock); the other
+    # fields are fixed once the block is in the cache.
+    prefetched_for: int | None = None
     release: Callable[[int], None] | None = None  # a log chunk: drop the stream's log below
 
 
@@ -157,29 +167,36 @@ class MessageCache:
                 or not reader_timeout > 0:
             raise ValueError(f"reader_timeout must be a positive number of seconds: "
                              f"reader_timeout=`{reader_timeout}`")
-        self.readahead_bytes = readahead_bytes
+        self.readahead_bytes = readahead_bytes  # max_bytes and these settings: fixed
         self.first_window = min(first_window, readahead_bytes)
         self.reader_timeout = reader_timeout
-        self.stats = CacheStats()
+        self.stats = CacheStats()  # GUARDED_BY(_lock); read alone for a snapshot (store.stats())
         self._clock = clock
         self._lock = threading.Lock()
         self._room = threading.Condition(self._lock)  # pinned bytes went down, or evictable up
+        # GUARDED_BY(_lock); its length is read alone (``len(cache)``)
         self._blocks: OrderedDict[BlockKey, _Block] = OrderedDict()
-        self._loading: dict[BlockKey, Future[list[RecordBatch]]] = {}
-        self._bytes = 0  # blocks + log chunks + pinned
-        self._pinned: dict[str, int] = {}  # per scope: reserved for batches not yet uploaded
-        self._uploaders: dict[str, Callable[[], None]] = {}  # per scope: ask for a round
-        self._chunks: dict[tuple[str, int], list[BlockKey]] = {}  # a stream's, in offset order
-        self._readers: dict[int, Reader] = {}
-        self._by_position: dict[tuple[StreamKey, int], list[int]] = {}  # → readers there
-        self._forgotten: deque[Reader] = deque()  # readers ended without the lock (see forget)
-        self._ids = itertools.count(1)
+        self._loading: dict[BlockKey, Future[list[RecordBatch]]] = {}  # GUARDED_BY(_lock)
+        # Blocks + log chunks + pinned. GUARDED_BY(_lock); read alone by ``nbytes`` (may be stale)
+        self._bytes = 0
+        # Per scope: reserved for batches not yet uploaded. GUARDED_BY(_lock)
+        self._pinned: dict[str, int] = {}
+        self._uploaders: dict[str, Callable[[], None]] = {}  # GUARDED_BY(_lock): ask for a round
+        # A stream's log chunks, in offset order. GUARDED_BY(_lock)
+        self._chunks: dict[tuple[str, int], list[BlockKey]] = {}
+        self._readers: dict[int, Reader] = {}  # GUARDED_BY(_lock)
+        # Readers by where their next fetch starts. GUARDED_BY(_lock)
+        self._by_position: dict[tuple[StreamKey, int], list[int]] = {}
+        # Readers ended without the lock (see forget): appended alone (a deque's append is
+        # atomic), emptied under _lock.
+        self._forgotten: deque[Reader] = deque()
+        self._ids = itertools.count(1)  # GUARDED_BY(_lock)
 
     @property
     def nbytes(self) -> int:
         """Bytes held now: blocks, log chunks and reservations (never above ``max_bytes``,
         but for a lone batch larger than the budget, or data recovered at open)."""
-        return self._bytes
+        return self._bytes  # one int, read without the lock: a moment's value
 
     @property
     def pinned_bytes(self) -> int:
@@ -200,7 +217,7 @@ class MessageCache:
 
     def __len__(self) -> int:
         """Blocks and log chunks held."""
-        return len(self._blocks)
+        return len(self._blocks)  # one len(), atomic without the lock: a moment's value
 
     # ---- the log cache's bytes ----
 

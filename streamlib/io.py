@@ -81,7 +81,7 @@ _PERMANENT_ERRNOS = frozenset({
 
 Kind = Literal["missing", "transient", "permanent", "invalid_range"]
 
-_MEMORY_CREATE = threading.Lock()  # memory:// lives in this process: a lock makes create atomic
+_MEMORY_CREATE = threading.Lock()  # Lock order: a leaf. Makes a memory:// create atomic
 
 
 def _chain(error: BaseException) -> list[BaseException]:
@@ -249,6 +249,11 @@ class ObjectStore:
                  random: Callable[[], float] = _random.random) -> None:
         if not isinstance(fs, AbstractFileSystem):
             raise TypeError(f"fs must be an fsspec filesystem, not {type(fs).__name__}")
+        # Lock order: a store holds no lock and no mutable state (every field is fixed here),
+        # so threads share one freely; it sits below every lock of the node's order
+        # (:mod:`streamlib.node`) and calls nothing back up. The module's one lock,
+        # _MEMORY_CREATE, is a leaf held around a memory:// create's check and write only (a
+        # plain put does not take it: no caller puts and creates one key at once).
         self.fs = fs
         self.root = fs._strip_protocol(root).rstrip("/")
         if not self.root:

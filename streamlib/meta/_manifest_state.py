@@ -44,7 +44,8 @@ class StreamRecord:
 
 class ManifestState:
     """The metadata at one version, in plain containers (building 100,000 value objects at
-    open would cost more than reading the checkpoint)."""
+    open would cost more than reading the checkpoint). Not thread-safe: its manifest's lock
+    guards it (:mod:`streamlib.meta.manifest`)."""
 
     def __init__(self) -> None:
         self.version = 0

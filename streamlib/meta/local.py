@@ -5,6 +5,10 @@ before the call returns, and a crash at any moment leaves either all of a transa
 of it. Every operation is one transaction; writes take the write lock up front
 (``BEGIN IMMEDIATE``) so that their checks and their changes see the same state, even when
 another process on this machine has the same file open.
+
+Lock order: one lock, ``_lock``, a leaf below the node's order (:mod:`streamlib.node`): held
+for a whole transaction (which may wait up to ``timeout`` for another process's write lock),
+calling nothing but SQLite.
 """
 
 from __future__ import annotations
@@ -140,6 +144,7 @@ class SQLiteMetadataStore(MetadataStore):
                                    check_same_thread=False)
         except sqlite3.Error as e:
             raise _translate(e, self.path) from e
+        # GUARDED_BY(_lock): the connection and every use of it (None once closed)
         self._conn: sqlite3.Connection | None = conn
         try:
             self._configure(conn)

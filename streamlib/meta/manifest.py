@@ -10,6 +10,12 @@ Each change carries a random **put id**: a create that comes back "exists" after
 is recognised as the writer's own. A **checkpoint** (``checkpoint/<version>``, the whole state,
 zstd-compressed) is written every ``checkpoint_every`` versions; opening reads the newest one and
 the deltas after it.
+
+Lock order: one lock, ``_lock`` (re-entrant), a leaf below the node's order
+(:mod:`streamlib.node`). A change holds it across its object-store calls (the create, the
+catch-up's reads), so that this process makes one change at a time on the newest state it knows;
+the catch-up's pool threads only read objects and take no lock. Nothing called under it calls
+back up.
 """
 
 from __future__ import annotations
@@ -107,10 +113,13 @@ class ManifestMetadataStore(MetadataStore):
         if store.create_trusts_the_server:
             self._probe_create()
         self._lock = threading.RLock()
-        self._closed = False
+        self._closed = False  # GUARDED_BY(_lock)
+        # Shut down by close once ``_closed`` is set: no catch-up (which holds the lock) runs then.
         self._pool = ThreadPoolExecutor(PROBE, thread_name_prefix="streamlib-manifest")
-        self._decompress = zstandard.ZstdDecompressor()
+        self._decompress = zstandard.ZstdDecompressor()  # used at open only (not thread-safe)
         try:
+            # ``_state``: the object is never replaced; its contents are GUARDED_BY(_lock), but
+            # ``version`` reads its version alone. ``_checkpointed``: GUARDED_BY(_lock).
             self._state, self._checkpointed = self._open()
             self._catch_up()
         except BaseException:
@@ -139,6 +148,8 @@ class ManifestMetadataStore(MetadataStore):
     @property
     def version(self) -> int:
         """The version this process has applied."""
+        # Read without the lock: one int, which _apply sets once the delta's changes are in, so
+        # a reader may see an older version than the state holds, never a newer one.
         return self._state.version
 
     # ---- reading the manifest ----

@@ -1,5 +1,11 @@
 """Reading an object through an :class:`~streamlib.io.ObjectStore` with few ranged GETs: one for
-the footer and the index (the object's tail), then one per run of the blocks a read needs."""
+the footer and the index (the object's tail), then one per run of the blocks a read needs.
+
+Lock order: ``ObjectReader._load_lock`` → ``IndexCache._lock``, ``ObjectReader._count_lock``;
+the last two are leaves. A first index load holds ``_load_lock`` across its GETs. These sit
+below the node's order (:mod:`streamlib.node`) and the message cache, which calls a reader with
+its own lock released; nothing here calls back up.
+"""
 
 from __future__ import annotations
 
@@ -39,10 +45,12 @@ class IndexCache:
 
     def __init__(self, max_bytes: int = 16 * MiB) -> None:
         self.max_bytes = check_int(max_bytes, "max_bytes", 0, INT64_MAX)
-        self.hits = 0
-        self.misses = 0
+        self.hits = 0  # GUARDED_BY(_lock); read alone (a counter)
+        self.misses = 0  # GUARDED_BY(_lock); read alone (a counter)
+        # GUARDED_BY(_lock); ``len`` and ``in`` read it alone (one dict call each, atomic: an
+        # answer that may be stale by the time it is used, which a reader tolerates)
         self._items: OrderedDict[Hashable, ObjectIndex] = OrderedDict()
-        self._bytes = 0
+        self._bytes = 0  # GUARDED_BY(_lock); read alone by ``nbytes``
         self._lock = threading.Lock()
 
     @property
@@ -159,8 +167,9 @@ class ObjectReader:
         self.cache = cache
         self.tail_guess = check_int(tail_guess, "tail_guess", 0, INT64_MAX)
         self.merge_gap = check_int(merge_gap, "merge_gap", 0, INT64_MAX)
-        self.gets = 0
-        self.fetched_bytes = 0
+        self.gets = 0  # GUARDED_BY(_count_lock); read alone (a counter)
+        self.fetched_bytes = 0  # GUARDED_BY(_count_lock); read alone (a counter)
+        # Written once, GUARDED_BY(_load_lock); read alone first (a reference: None or final)
         self._index: ObjectIndex | None = None
         self._load_lock = threading.Lock()
         self._count_lock = threading.Lock()

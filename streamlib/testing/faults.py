@@ -34,6 +34,11 @@ and then raises (a lost answer), or holds them at a :class:`Gate` until the test
 
 Operations: every method of the interface (:data:`METADATA_OPERATIONS`), ``refresh`` included;
 ``version`` and ``capabilities`` are the wrapped store's, read through without faults.
+
+Lock order: every lock here is a leaf — ``FaultyFileSystem._lock``, ``FaultyMetadataStore._lock``
+and ``Gate._arrived`` — never held while a wrapped call runs, waits at a gate or sleeps, so the
+wrapped filesystem's and store's own locks are never taken under one. A rule's predicates
+(``match``, ``thread``) run under their wrapper's lock and must not call it.
 """
 
 from __future__ import annotations
@@ -120,8 +125,8 @@ class Rule:
     match: Callable[[str], bool] | None = None
     gate: threading.Event | None = None
     after: bool = False
-    hits: int = 0
-    paths: list[str] = field(default_factory=list)
+    hits: int = 0  # GUARDED_BY(FaultyFileSystem._lock); read alone by tests
+    paths: list[str] = field(default_factory=list)  # GUARDED_BY(FaultyFileSystem._lock)
     cleared: threading.Event = field(default_factory=threading.Event)
     """Set when the rule is cleared: a call in its delay goes on at once."""
 
@@ -143,6 +148,8 @@ class FaultyFileSystem(AbstractFileSystem):  # type: ignore[misc]  # fsspec has 
     def __init__(self, fs: AbstractFileSystem, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.fs = fs
+        # These five: GUARDED_BY(_lock); tests read them alone (a moment's value; complete
+        # once the calls they look at have returned).
         self.rules: list[Rule] = []
         self.events: list[tuple[str, str, bool]] = []
         self.calls: dict[str, int] = {}
@@ -285,7 +292,8 @@ class Gate:
         self._opened = threading.Event()
         self._arrived = threading.Condition()
         self.arrivals = 0
-        """Calls that have come to the gate so far (guarded by ``_arrived``)."""
+        """Calls that have come to the gate so far. GUARDED_BY(_arrived); read alone by
+        ``repr`` and tests (a moment's value)."""
 
     def __repr__(self) -> str:
         return f"Gate(arrivals={self.arrivals}, released={self.released})"
@@ -333,8 +341,8 @@ class MetadataRule:
     thread: str | Callable[[str], bool] | None = None
     gate: Gate | None = None
     after: bool = False
-    hits: int = 0
-    calls: list[Call] = field(default_factory=list)
+    hits: int = 0  # GUARDED_BY(FaultyMetadataStore._lock); read alone by tests
+    calls: list[Call] = field(default_factory=list)  # GUARDED_BY(FaultyMetadataStore._lock)
     cleared: threading.Event = field(default_factory=threading.Event)
     """Set when the rule is cleared: a call in its delay goes on at once."""
 
@@ -369,8 +377,8 @@ class FaultyMetadataStore(MetadataStore):
         self.store = store
         self.capabilities: Capabilities = store.capabilities
         self.gate_timeout = gate_timeout
-        self.rules: list[MetadataRule] = []
-        self.calls: dict[str, int] = {}
+        self.rules: list[MetadataRule] = []  # GUARDED_BY(_lock)
+        self.calls: dict[str, int] = {}  # GUARDED_BY(_lock); read alone by tests
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:

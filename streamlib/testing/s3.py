@@ -14,6 +14,11 @@ a ``conftest.py``::
 Facts these rely on are in LOCAL_S3.md: moto wants no LocationConstraint on bucket creation,
 SeaweedFS binds every interface unless told ``-ip``/``-ip.bind``, and has fixed default ports for
 each of its components (so two runs on one machine would collide unless each port is set).
+
+Lock order: no lock here. A server is started and stopped by its fixture's thread only. An
+:class:`S3Endpoint` is shared by a test's threads: its ``fs`` and ``store_fs`` are built once by
+``functools.cached_property`` (under the property's own lock up to Python 3.11; from 3.12 two
+threads asking first at once may each build one and one is kept: harmless, as each works).
 """
 
 from __future__ import annotations

@@ -1,4 +1,8 @@
-"""First come, first served: appends that wait for room keep their order."""
+"""First come, first served: appends that wait for room keep their order.
+
+Lock order: no lock of its own. Every method runs under the lock of the WAL's condition it is
+given (``GroupCommitWal._cond``, ``ObjectWal._lock``), and so do the callables it is passed.
+"""
 
 from __future__ import annotations
 
@@ -21,12 +25,12 @@ class Admission:
 
     def __init__(self, cond: threading.Condition) -> None:
         self._cond = cond
-        self._numbers = itertools.count()
-        self._waiting: deque[int] = deque()
+        self._numbers = itertools.count()  # GUARDED_BY(cond)
+        self._waiting: deque[int] = deque()  # GUARDED_BY(cond): the waiters' numbers, oldest first
 
     @property
     def waiting(self) -> int:
-        """Appends waiting for room now."""
+        """Appends waiting for room now (caller holds ``cond``'s lock)."""
         return len(self._waiting)
 
     def wait(self, fits: Callable[[], bool], deadline: float, full: Callable[[], str],

@@ -4,6 +4,12 @@ Callers queue records; one writer thread takes everything queued (up to ``group_
 an optional ``linger``), hands it to the backend's ``_write_group`` — one write and one sync —
 and completes the group's futures in order. Admission control bounds memory and disk: an append
 that would take the WAL past its capacity waits on a condition that ``trim`` signals.
+
+Lock order: one lock, ``_cond``, a leaf below the node's order (:mod:`streamlib.node`). It is
+never held while writing, syncing, reclaiming space (``_trimmed``) or completing futures: the
+writer thread completes them with no lock held, so their callbacks (the store's
+acknowledgement) may take the node's locks. A backend's own lock (``FileWal._trim_lock``,
+``BlockWal._header_lock``) is never taken under ``_cond``, nor ``_cond`` under it.
 """
 
 from __future__ import annotations
@@ -49,19 +55,26 @@ class GroupCommitWal(Wal):
         if capacity <= 0 or group_bytes <= 0 or linger < 0 or full_timeout < 0:
             raise ValueError("capacity and group_bytes must be positive, linger and "
                              "full_timeout non-negative")
-        self._capacity = capacity
+        self._capacity = capacity  # these four: fixed
         self._group_bytes = group_bytes
         self._linger = linger
         self._full_timeout = full_timeout
         self._cond = threading.Condition()
-        self._queue: deque[Pending] = deque()
-        self._queued_bytes = 0
-        self._admission = Admission(self._cond)  # first come, first served
+        self._queue: deque[Pending] = deque()  # GUARDED_BY(_cond)
+        self._queued_bytes = 0  # GUARDED_BY(_cond)
+        self._admission = Admission(self._cond)  # GUARDED_BY(_cond): first come, first served
+        # GUARDED_BY(_cond); read alone (``trim_position``, a backend reclaiming space): it only
+        # grows, so a stale value is an older trim
         self._trim = 0
-        self._end = 0  # the position after the last written record
-        self._recovered = False
-        self._closed = False
-        self._failure: BaseException | None = None
+        # The position after the last written record. GUARDED_BY(_cond) for writes, made by
+        # recovery and then the writer thread alone, which reads it alone; others read it alone
+        # (``end_position``): a stale value is lower
+        self._end = 0
+        self._recovered = False  # recover()'s caller's alone: it is called once, first
+        self._closed = False  # GUARDED_BY(_cond)
+        self._failure: BaseException | None = None  # GUARDED_BY(_cond)
+        # Set once, alone, by recovery, which its caller finishes before appending or closing;
+        # read after that by ``_check_open`` and close
         self._writer: threading.Thread | None = None
 
     # ---- for backends ----

@@ -3,6 +3,11 @@
 Two 4 KiB header slots, then the ring. Each group commit is laid out from a 4 KiB-aligned
 position, padded to a 4 KiB boundary and written with one ``pwrite`` (two when it wraps), with
 ``O_DIRECT`` when the file or device accepts it.
+
+Lock order: ``_header_lock`` (one header write at a time; it also guards closing ``_fd``) is a
+leaf, taken by the writer thread (a group about to overwrite bytes whose trim is not on disk
+yet) and by trimming threads, never together with ``GroupCommitWal._cond``
+(:mod:`streamlib.wal._group`).
 """
 
 from __future__ import annotations
@@ -187,7 +192,10 @@ class BlockWal(GroupCommitWal):
                              f"least {MIN_RING}: size=`{size}`")
         self.node_id = node_id
         self.epoch = epoch
-        self.direct_io = False
+        self.direct_io = False  # fixed once open, as the ring's sizes and buffers below
+        # ``_fd``: the writer thread writes through it alone (close waits for the writer
+        # first); closing it is GUARDED_BY(_header_lock), so a late trim never writes to a
+        # closed or reused descriptor.
         self._lock_fd = self._fd = -1
         self._header_lock = threading.Lock()  # one header write at a time; guards _fd's close
         try:
@@ -205,7 +213,9 @@ class BlockWal(GroupCommitWal):
             self.admission_slack = self._group_bytes + 2 * (BLOCK + HEADER_SIZE)
             self._ring_size = ring
             self._span = max_record + 2 * BLOCK  # the longest record, wrap padding included
-            self._buffer = mmap.mmap(-1, _padded(self._group_bytes))  # page-aligned
+            # Page-aligned buffers: the first two the writer thread's alone, the header's
+            # GUARDED_BY(_header_lock) (after the open's own header write).
+            self._buffer = mmap.mmap(-1, _padded(self._group_bytes))
             self._wrap_buffer = mmap.mmap(-1, BLOCK)
             self._header_buffer = mmap.mmap(-1, BLOCK)
             self._open_data(direct_io, replace(found, generation=found.generation + 1,
@@ -213,6 +223,9 @@ class BlockWal(GroupCommitWal):
         except BaseException:
             self._close_files()
             raise
+        # ``_header`` (set by the open's header write) and ``_persisted_trim``, the trim in it:
+        # GUARDED_BY(_header_lock). The writer reads ``_persisted_trim`` alone to skip the lock:
+        # it only grows, and ``_persist_trim`` looks again under the lock.
         self._trim = self._end = self._persisted_trim = found.trim
 
     # ---- opening ----
@@ -421,6 +434,7 @@ class BlockWal(GroupCommitWal):
         jump = ring - offset if offset + length > ring else 0  # wrap padding to the ring's end
         first = start + jump
         end = first + length
+        # ``_trim`` read alone: a stale value is lower, and _wait_for_room looks under _cond.
         if end - self._trim > ring:  # padding took it past the room admission saw
             self._wait_for_room(end, time.monotonic() + self._full_timeout)
         if end - ring > self._persisted_trim:
@@ -461,7 +475,7 @@ class BlockWal(GroupCommitWal):
         with self._header_lock:
             if self._persisted_trim >= needed or self._fd < 0:
                 return
-            target = self._trim
+            target = self._trim  # read alone (GUARDED_BY GroupCommitWal._cond): the newest asked
             new = replace(self._header, generation=self._header.generation + 1, trim=target)
             self._write_header(new)
             self._header = new

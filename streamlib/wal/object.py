@@ -38,6 +38,16 @@ an epoch (the ``OPEN`` marker says where the epoch starts, so a missing first ob
 too) that no later object of the epoch claims as acknowledged. Such a tail is reported as
 dropped and never returned. A gap that a later object claims as acknowledged is damage (an
 acknowledged object went missing): reported, and the records after it are returned.
+
+Lock order: ``_release_lock`` → ``_lock`` (with its conditions ``_room`` and ``_work``), and
+``_trim_lock`` → ``_lock``; ``_release_lock`` and ``_trim_lock`` are never held together.
+``_lock`` is held briefly, never across a PUT, a GET or a future's completion. Recovery runs
+before the dispatcher starts and before any append or trim can touch what it fills, so it fills
+its fields without the lock. ``_release_lock`` is held while futures complete (they complete in
+order), so their done-callbacks — the store's acknowledgement, which takes node locks
+(:mod:`streamlib.node`), and the append futures' own callbacks — run under it: it is the one
+lock of this WAL taken *above* node locks. Only PUT workers take it, never a thread holding a
+node lock, which is why a done-callback must not wait on this WAL.
 """
 
 from __future__ import annotations
@@ -141,7 +151,12 @@ class WalObject:
 
 
 class _Flush:
-    """The records of one object, from gathering until release."""
+    """The records of one object, from gathering until release. ``start`` is fixed; ``size``,
+    ``parts``, ``futures`` and ``first_at`` grow under ``ObjectWal._lock`` while it gathers, and
+    once sealed nothing changes them but its PUT worker, which reads ``parts`` and drops them
+    alone, and the release, which completes ``futures`` under ``_release_lock``. ``done``,
+    ``error`` and ``settled``: GUARDED_BY(ObjectWal._lock). ``key``: set under it before the PUT
+    is submitted, fixed after."""
 
     __slots__ = ("done", "error", "first_at", "futures", "key", "parts", "settled", "size",
                  "start")
@@ -226,23 +241,31 @@ class ObjectWal(Wal):
         self._work = threading.Condition(self._lock)
         self._release_lock = threading.Lock()  # completions are handed out one object at a time
         self._trim_lock = threading.Lock()  # one TRIM write and sweep at a time
-        self._admission = Admission(self._room)  # first come, first served
-        self._gathering: _Flush | None = None
-        self._ready: deque[_Flush] = deque()  # sealed, waiting for a PUT slot
-        self._inflight: deque[_Flush] = deque()  # submitted, not yet released, in order
-        self._running = 0  # PUTs running
-        self._pending_bytes = 0
+        self._admission = Admission(self._room)  # GUARDED_BY(_lock): first come, first served
+        self._gathering: _Flush | None = None  # GUARDED_BY(_lock)
+        self._ready: deque[_Flush] = deque()  # GUARDED_BY(_lock): sealed, waiting for a slot
+        # Submitted, not yet released, in order. GUARDED_BY(_lock)
+        self._inflight: deque[_Flush] = deque()
+        self._running = 0  # GUARDED_BY(_lock): PUTs running
+        self._pending_bytes = 0  # GUARDED_BY(_lock)
+        # GUARDED_BY(_lock); read alone by ``trim_position`` and by a trim under _trim_lock (it
+        # only grows: the newest trim asked for, or an older one)
         self._trim = 0
+        # GUARDED_BY(_lock); read alone by ``end_position``: a stale value is lower
         self._end = 0
-        self._acked = 0  # the end of the last released (acknowledged) object
-        self.epoch = 0
-        self._objects: deque[WalObject] = deque()  # durable objects, for trim
-        self._markers: dict[int, str] = {}  # OPEN markers of earlier epochs
-        self._recovered = False
-        self._ready_to_append = False
-        self._closed = False
-        self._failure: BaseException | None = None
+        self._acked = 0  # GUARDED_BY(_lock): the end of the last released (acknowledged) object
+        self.epoch = 0  # set by recovery, fixed after
+        # Durable objects, for trim. Filled by recovery alone, then GUARDED_BY(_lock)
+        self._objects: deque[WalObject] = deque()
+        # OPEN markers of earlier epochs. Filled and read by recovery alone, then GUARDED_BY(_lock)
+        self._markers: dict[int, str] = {}
+        self._recovered = False  # recover()'s caller's alone: it is called once, first
+        self._ready_to_append = False  # GUARDED_BY(_lock)
+        self._closed = False  # GUARDED_BY(_lock)
+        self._failure: BaseException | None = None  # GUARDED_BY(_lock)
         self._pool = ThreadPoolExecutor(max_inflight, thread_name_prefix="ObjectWal")
+        # GUARDED_BY(_lock); close reads it alone after setting ``_closed`` under the lock: no
+        # dispatcher starts after that
         self._dispatcher: threading.Thread | None = None
 
     # ---- keys ----
@@ -407,10 +430,10 @@ class ObjectWal(Wal):
         """Recovery ends at ``end``: write this epoch's marker (its verdict: ``accepted``) and
         start appending after it."""
         recovery.end = end
-        self._acked = end
         self.store.put(f"{self.prefix}{self.epoch:020d}/OPEN",
                        EpochMarker(end, accepted).encode())
         with self._lock:
+            self._acked = end
             self._end = end
             self._ready_to_append = not self._closed
             if self._ready_to_append:
@@ -493,7 +516,7 @@ class ObjectWal(Wal):
     def _put(self, flush: _Flush) -> None:
         error: BaseException | None = None
         try:
-            self.store.put(flush.key, b"".join(flush.parts))
+            self.store.put(flush.key, b"".join(flush.parts))  # sealed: no append changes them
         except Exception as e:
             error = e
         flush.parts = []  # the bytes are not needed any more, whatever the outcome
@@ -581,7 +604,7 @@ class ObjectWal(Wal):
                 raise ValueError(f"trim beyond the end: position=`{position}` end=`{self._end}`")
             self._trim = position
         with self._trim_lock:
-            position = self._trim  # a later trim may have overtaken this one
+            position = self._trim  # read alone: a later trim may have overtaken this one
             self.store.put(f"{self.prefix}TRIM", str(position).encode())
             with self._lock:
                 doomed = [o for o in self._objects if o.end <= position]

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import streamlib
-from streamlib.errors import FencedError
+from streamlib.errors import FencedError, StreamNotFound
 from streamlib.io import ObjectStore
 from streamlib.meta.manifest import ManifestMetadataStore
 from streamlib.testing import FaultyMetadataStore
@@ -57,6 +57,20 @@ def durable(stream: streamlib.Stream, count: int) -> bool:
     with state.lock:
         flight = list(state.inflight)
     return len(flight) >= count and all(item.wal_future.done() for item in flight[:count])
+
+
+def lines_in(path: Path) -> int:
+    """Lines a child process has written to ``path`` so far (0 before it exists)."""
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def gone(stream: streamlib.Stream) -> bool:
+    """Whether the handle's store dropped the stream (destroyed, here or by another node)."""
+    try:
+        stream.info()
+    except StreamNotFound:
+        return True
+    return False
 
 
 def values(stream: streamlib.Stream, start: int | None = None) -> list[bytes]:

@@ -22,7 +22,9 @@ from nodes import (
     crash,
     eventually_read,
     faulty_pair,
+    gone,
     hand_over_during_an_append,
+    lines_in,
     node,
     values,
     wait_for,
@@ -30,7 +32,7 @@ from nodes import (
 from test_shared_store import CHILD, acknowledged, run_until_killed, shared_config
 
 import streamlib
-from streamlib import AppendResult, FencedError, HandOverPending, StreamNotFound
+from streamlib import AppendResult, FencedError, HandOverPending
 from streamlib.testing import FaultyFileSystem
 from streamlib.testing.faults import access_denied
 from streamlib.testing.s3 import S3Endpoint
@@ -96,7 +98,7 @@ def test_opening_a_stream_on_another_node_hands_it_over(tmp_path: Path) -> None:
         writer = threading.Thread(target=write)
         writer.start()
         assert started.wait(30)
-        time.sleep(0.05)
+        wait_for(lambda: len(acked) >= 28, what="A to acknowledge appends in flight")
         taken = b.open_stream("s")  # the hand-over starts: A is fenced
         writer.join(timeout=60)
         assert not writer.is_alive()
@@ -152,10 +154,9 @@ def test_two_writer_processes_of_one_stream(server: str, tmp_path: Path,
         text=True)
     try:
         assert child.stdout is not None and child.stdout.readline().strip() == "ready"
-        deadline = time.monotonic() + 60
-        while not acklog.exists() or len(acklog.read_text().splitlines()) < 100:
-            assert child.poll() is None and time.monotonic() < deadline
-            time.sleep(0.01)
+        wait_for(lambda: lines_in(acklog) >= 100 or child.poll() is not None, timeout=60,
+                 what="the writer process to acknowledge 100 appends")
+        assert child.poll() is None, child.stderr.read() if child.stderr else ""
         with streamlib.open(shared_config(bucket, tmp_path, "b"),
                             storage_options=options) as b:
             stream = b.open_stream("s")
@@ -250,15 +251,6 @@ def test_destroying_a_stream_being_handed_over_does_not_wedge_the_old_owners_upl
         faulty.clear()
         a.close()
         b.close()
-
-
-def gone(stream: streamlib.Stream) -> bool:
-    """Whether the handle's store dropped the stream (destroyed)."""
-    try:
-        stream.info()
-    except StreamNotFound:
-        return True
-    return False
 
 
 def test_a_parked_append_answered_at_close_never_shows_after_a_restart(

@@ -10,13 +10,21 @@ import asyncio
 import contextlib
 import os
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
 import fsspec
 import pytest
-from nodes import HELD, faulty_pair, hand_over_during_an_append, node, values
+from nodes import (
+    HELD,
+    faulty_node,
+    faulty_pair,
+    gone,
+    hand_over_during_an_append,
+    node,
+    values,
+    wait_for,
+)
 from test_shared_store import run_until_killed
 
 import streamlib
@@ -32,25 +40,21 @@ pytestmark = pytest.mark.once
 # ---- a stream this node writes, destroyed by another node ----
 
 def test_a_remote_destroy_does_not_wedge_the_writers_uploads(tmp_path: Path) -> None:
-    """A writes streams x and y; B destroys x. A's table keeps x (``_sync`` skips streams
-    written here, ``_scan_fences`` skips a StreamNotFound), so every upload round of A commits
-    x's batches and fails with StreamNotFound: y's data is never committed, A's WAL never
-    trimmed."""
+    """A writes streams x and y; B destroys x. A drops x at its next look, so that its upload
+    rounds (which would otherwise commit x's batches and fail with StreamNotFound for ever)
+    commit y's data: B reads it."""
     a, b = node(tmp_path, "a", **HELD), node(tmp_path, "b", **HELD)
     try:
         x, y = a.create_stream("x"), a.create_stream("y")
         x.append([b"x1"])
         y.append([b"y1"])
         b.destroy_stream("x")
-        time.sleep(0.5)
+        wait_for(lambda: gone(x), what="A to drop x")
         y.append([b"y2"])
         with contextlib.suppress(StreamNotFound):  # one failed round is fine if the next
             a.flush()                               # leaves x out
         a.flush()
-        deadline = time.monotonic() + 5  # b sees a's commit at its next look
-        while b.get("y").next_offset != 2:
-            assert time.monotonic() < deadline, b.get("y")
-            time.sleep(0.02)
+        wait_for(lambda: b.get("y").next_offset == 2, what="B to see A's commit")
     finally:
         a.close()
         b.close()
@@ -59,30 +63,37 @@ def test_a_remote_destroy_does_not_wedge_the_writers_uploads(tmp_path: Path) -> 
 # ---- a reader on the node that handed its stream over ----
 
 def test_a_tailing_reader_follows_the_stream_after_a_hand_over(tmp_path: Path) -> None:
-    """A reader of A's own stream waits at its end; B opens the stream for write (a hand-over)
-    and appends. ``_wait_for_append`` decided ``remote`` once, when the stream was written
-    here: it waits on the local condition and never polls the manifest."""
-    a, b = node(tmp_path, "a", **HELD), node(tmp_path, "b", **HELD)
+    """A reader of A's own stream waits at its end (A writes it: nothing to poll); B opens the
+    stream for write (a hand-over) and appends. Once A has handed the stream over, the reader
+    must follow it like another node's stream: it sees B's append."""
+    a, faulty = faulty_node(tmp_path, "a", **HELD)
+    b = node(tmp_path, "b", **HELD)
     try:
         stream = a.create_stream("x")
         stream.append([b"a"])
         a.flush()
         got: list[bytes] = []
+        held = faulty.pause("refresh", thread="streamlib-fences")  # A learns nothing yet
+        assert held.wait_reached(1, 10)
+        reading = threading.Event()
 
         def tail() -> None:
-            for batch in stream.read(1, idle_timeout=4):
+            reading.set()
+            for batch in stream.read(1, idle_timeout=10):
                 got.extend(r.value for r in batch.records())
                 return
 
         reader = threading.Thread(target=tail)
         reader.start()
-        time.sleep(0.2)
+        assert reading.wait(10)  # the reader waits while A still writes the stream
         taken = b.open_stream("x")
+        held.release()  # A learns of the hand-over, and releases the stream
         taken.append([b"b"])
         b.flush()
-        reader.join(10)
+        reader.join(15)
         assert got == [b"b"], "A's tailing reader never sees B's append"
     finally:
+        faulty.clear()
         a.close()
         b.close()
 
@@ -191,13 +202,12 @@ def test_appends_of_a_node_taken_over_while_alive_are_answered(tmp_path: Path) -
         stream = a.create_stream("s")
         writer = threading.Thread(target=write, args=(stream,))
         writer.start()
-        time.sleep(0.3)
+        wait_for(lambda: len(futures) > 8 and futures[0].done(), what="A to be appending")
         c.take_over("a", wal="object")
         stop.set()
-        writer.join(5)
-        deadline = time.monotonic() + 3
-        while not all(f.done() for f in futures) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        writer.join(10)
+        with contextlib.suppress(AssertionError):  # the assertion below says what is left
+            wait_for(lambda: all(f.done() for f in futures))
     finally:
         a.close()
         c.close()
@@ -301,10 +311,7 @@ def test_the_new_owner_sees_what_the_old_one_commits_before_appending(
         a.create_stream("s").append([b"1", b"2"])
         b.open_stream("s")
         a.flush()
-        deadline = time.monotonic() + 5
-        while b.get("s").next_offset != 2:
-            assert time.monotonic() < deadline, b.get("s")
-            time.sleep(0.02)
+        wait_for(lambda: b.get("s").next_offset == 2, what="B to follow A's commit")
         assert values(b.open_stream("s", read_only=True)) == [b"1", b"2"]
     finally:
         a.close()
@@ -338,10 +345,7 @@ def test_an_append_refused_at_a_hand_over_stays_refused_when_the_stream_comes_ba
         else:
             a = reader = streamlib.open(tmp_path / "node-a", **options)
             reader.flush()
-        deadline = time.monotonic() + 5
-        while reader.get(refused).next_offset < 1:
-            assert time.monotonic() < deadline, reader.get(refused)
-            time.sleep(0.02)
+        wait_for(lambda: reader.get(refused).next_offset >= 1, what="the reader to see it")
         assert values(reader.open_stream(refused, read_only=True)) == [b"kept"]
     finally:
         faulty.clear()

@@ -9,7 +9,7 @@ dense, and no append answered with ``FencedError`` is ever visible."""
 from __future__ import annotations
 
 import itertools
-import time
+import os
 from collections.abc import Iterator
 from concurrent.futures import Future
 from pathlib import Path
@@ -25,6 +25,7 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
+from nodes import crash, wait_for
 
 import streamlib
 from streamlib import AppendResult, FencedError, StreamStore
@@ -143,9 +144,7 @@ class SharedMachine(RuleBasedStateMachine):
         another takes it over; the dead node's streams move to the taker."""
         if taker == node:
             return
-        dead = self.stores[node]
-        dead._uploader.stop()  # as if killed: nothing more is uploaded or released
-        dead._release()
+        crash(self.stores[node])  # as if killed: nothing more is uploaded or released
         result = self.stores[taker].take_over(node)
         assert not result.damaged, result
         self.open_node(node)  # it comes back (a new process, a new WAL epoch)
@@ -158,10 +157,11 @@ class SharedMachine(RuleBasedStateMachine):
     def every_node_reads_the_model(self) -> None:
         for name in STREAMS:
             for node, store in self.stores.items():
-                deadline = time.monotonic() + 10
-                while store.get(name).next_offset < len(self.model[name]):
-                    assert time.monotonic() < deadline, self.explain(node, name)
-                    time.sleep(0.02)
+                try:
+                    wait_for(lambda s=store, n=name: s.get(n).next_offset >= len(self.model[n]),
+                             timeout=30)
+                except AssertionError:
+                    raise AssertionError(self.explain(node, name)) from None
                 got = read_all(store, name)
                 assert got == self.model[name], (node, name)
                 assert not self.refused & set(got), (node, name, self.refused & set(got))
@@ -184,12 +184,17 @@ class SharedMachine(RuleBasedStateMachine):
             store.close()
 
 
+EXAMPLES = int(os.environ.get("SHARED_MODEL_EXAMPLES", "20"))
+STEPS = int(os.environ.get("SHARED_MODEL_STEPS", "30"))
+"""The suite's size; by hand, e.g. ``SHARED_MODEL_EXAMPLES=300 SHARED_MODEL_STEPS=30``."""
+
+
 def test_nodes_sharing_a_bucket_match_the_model(tmp_path: Path) -> None:
     class Machine(SharedMachine):
         pass
 
     Machine.base = tmp_path
-    run_state_machine_as_test(Machine, settings=settings(max_examples=12,
-                                                         stateful_step_count=15,
+    run_state_machine_as_test(Machine, settings=settings(max_examples=EXAMPLES,
+                                                         stateful_step_count=STEPS,
                                                          deadline=None))
 

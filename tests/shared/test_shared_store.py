@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from nodes import values
+from nodes import lines_in, values, wait_for
 
 import streamlib
 from streamlib.errors import FencedError
@@ -117,11 +117,9 @@ def run_until_killed(config: dict[str, Any], env: dict[str, str], acklog: Path,
     try:
         assert child.stdout is not None and child.stdout.readline().strip() == "ready", \
             child.stderr.read() if child.stderr else ""
-        deadline = time.monotonic() + 60
-        while not acklog.exists() or len(acklog.read_text().splitlines()) < acks:
-            assert child.poll() is None, child.stderr.read() if child.stderr else ""
-            assert time.monotonic() < deadline, "the writer made too little progress"
-            time.sleep(0.01)
+        wait_for(lambda: lines_in(acklog) >= acks or child.poll() is not None, timeout=60,
+                 what="the writer process to make progress")
+        assert child.poll() is None, child.stderr.read() if child.stderr else ""
         child.send_signal(signal.SIGKILL)
         assert child.wait(timeout=30) == -signal.SIGKILL
     finally:
@@ -172,10 +170,8 @@ def test_a_killed_writer_is_taken_over_with_every_acknowledged_record(
         assert len(got) == end  # dense: every offset below the end, once
         for base, batch in acked.items():
             assert got[base:base + 10] == [f"s:{batch}:{i}".encode() for i in range(10)]
-        deadline = time.monotonic() + 10
-        while reader.get("s").next_offset < end:  # the third node sees it at its next look
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        wait_for(lambda: reader.get("s").next_offset >= end,  # the third node, at its next look
+                 what="the third node to see what was taken over")
         assert values(stream) == got
         again = taker.take_over("a")  # nothing left: the WAL was emptied
         assert again.streams == {} and again.node_epoch == 3
