@@ -13,7 +13,10 @@ Lock order of a node — a thread holding one of these takes only those further 
 7. ``Backlog`` lock (and its conditions), ``StreamTable`` lock, ``Node`` status lock: leaves
 
 Locks of the parts below (WAL, object store, metadata backend) are taken inside any of these and
-never call back up.
+never call back up, with one exception: a WAL completes append futures on its own thread (the
+group WALs' writer; the object WAL holding its release lock, so that outcomes go out in order),
+and their callbacks run the acknowledgement (locks 5 to 7) and then users' callbacks, which must
+be quick and must not wait on the store (``Stream.append_future``).
 """
 
 from __future__ import annotations
