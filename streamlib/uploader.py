@@ -200,8 +200,11 @@ class Uploader:
         node = self._node
         with node.backlog.wake:
             frontier = node.backlog.frontier
-        states = node.streams.all()
         entering, end = node.backlog.entering(lambda: self._wal.end_position)
+        # Listed after the WAL's end was read: a stream created meanwhile, whose append may be
+        # below that end and not acknowledged yet, is among them (and keeps the round from
+        # counting as quiet).
+        states = node.streams.all()
         # Acknowledge what the WAL completed but no callback has yet (after one look at a
         # shared store's metadata for them all).
         self._write.acknowledge_all(states)

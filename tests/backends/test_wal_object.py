@@ -16,7 +16,7 @@ from typing import Any
 
 import fsspec
 import pytest
-from waits import blocked_in, wait_for
+from waits import wait_for
 
 from streamlib.errors import StorageUnavailable, WalFullError
 from streamlib.io import ObjectStore, RetryPolicy
@@ -450,7 +450,7 @@ def test_appends_wait_for_room_and_completions_make_it(
     waiter = threading.Thread(target=lambda: fourth.append(
         wal.append(make_record(1, 3, size=1000))))
     waiter.start()
-    wait_for(lambda: blocked_in(waiter, ObjectWal.append), what="the append to wait for room")
+    wait_for(lambda: wal.waiting_appends == 1, what="the append to wait for room")
     assert waiter.is_alive()  # still waiting for room
     gate.set()  # PUTs complete, releases make room
     waiter.join(timeout=5)

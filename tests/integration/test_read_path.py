@@ -69,7 +69,7 @@ def test_a_tailing_reader_makes_no_get(open_store: Any) -> None:
             result = stream.fetch(offset, timeout=5)
             assert [b.payload[:4] for b in result] == [n.to_bytes(4, "big")]
             offset = result.next_fetch_offset
-        wait_for(lambda: store.stats()["upload_rounds"] >= 2,  # type: ignore[operator]
+        wait_for(lambda: store.stats()["upload_rounds"] >= 2,
                  timeout=30, what="uploads in the background")
         assert gets(store) == 0
 

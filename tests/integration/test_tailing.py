@@ -85,7 +85,7 @@ def test_the_read_iterator_follows_the_tail(tmp_path: Path) -> None:
         reader = threading.Thread(target=consume)
         reader.start()
         for n in range(3, 10):  # each append wakes the reader, which has read all before it
-            wait_for(lambda n=n: len(seen) == n and blocked_in(reader, Stream.read),
+            wait_for(lambda: len(seen) == stream.next_offset and blocked_in(reader, Stream.read),
                      what="the reader to wait at the tail")
             stream.append(batch(n))
         reader.join(timeout=10)
