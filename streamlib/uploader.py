@@ -171,12 +171,14 @@ class Uploader:
         built = self.build(work.streams)
         for item in built:
             self._objects.put(item.meta.key, item.data, part_bytes=self._config.part_bytes)
-        self._commit([item.meta for item in built], work.position)
-        self._wal.trim(work.position)
-        self.stats.rounds += 1
+        # Counted once stored, before the commit frees the backlog: a snapshot of stats()
+        # never shows the bytes gone from "pending" and not yet among the uploaded.
         self.stats.objects += len(built)
         self.stats.stream_objects += sum(item.stream_object for item in built)
         self.stats.bytes += sum(item.meta.size for item in built)
+        self._commit([item.meta for item in built], work.position)
+        self._wal.trim(work.position)
+        self.stats.rounds += 1
         return work.bytes
 
     def build(self, streams: Mapping[int, Sequence[RecordBatch]]) -> list[Built]:

@@ -176,14 +176,20 @@ class BlockWal(GroupCommitWal):
     lets a group wait for more appends; ``full_timeout`` (seconds) is how long an append waits
     for room by default. ``node_id`` and ``epoch`` are written into the header at open.
     ``direct_io``: None uses ``O_DIRECT`` if the file accepts it, True requires it, False
-    uses buffered writes and ``fdatasync``; ``direct_io`` (the attribute) says which runs."""
+    uses buffered writes and ``fdatasync``; ``direct_io`` (the attribute) says which runs.
+    ``persist_trims``: write the header's trim position at every trim (the default: recovery
+    starts at the newest trim), or, with False, only when the writer must, before it overwrites
+    trimmed space (one header write a lap instead of one a trim; recovery then replays from an
+    older trim and skips what is committed)."""
 
     capabilities = Capabilities(aligned_writes=True, shared_storage=False)
 
     def __init__(self, path: str | os.PathLike[str], *, size: int | None = None,
                  group_bytes: int = 4 * MiB, linger: float = 0.0, full_timeout: float = 30.0,
-                 node_id: int = 0, epoch: int = 0, direct_io: bool | None = None) -> None:
+                 node_id: int = 0, epoch: int = 0, direct_io: bool | None = None,
+                 persist_trims: bool = True) -> None:
         self.path = os.fspath(path)
+        self.persist_trims = persist_trims
         _check_u64("node_id", node_id)
         _check_u64("epoch", epoch)
         if size is not None and (isinstance(size, bool) or not isinstance(size, int)
@@ -467,7 +473,8 @@ class BlockWal(GroupCommitWal):
     # ---- trim and close ----
 
     def _trimmed(self, position: int) -> None:
-        self._persist_trim(position)
+        if self.persist_trims:
+            self._persist_trim(position)
 
     def _persist_trim(self, needed: int) -> None:
         """Make the header's trim position at least ``needed`` (it is never beyond the trim
