@@ -4,11 +4,12 @@ condition, a node dying as if killed."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
+
+from waits import wait_for
 
 import streamlib
 from streamlib.errors import FencedError, StreamNotFound
@@ -82,14 +83,6 @@ def values(stream: streamlib.Stream, start: int | None = None) -> list[bytes]:
             found += [r.value for r in batch.records()]
         offset = result.next_fetch_offset
     return found
-
-
-def wait_for(condition: Callable[[], object], timeout: float = 10.0, what: str = "") -> None:
-    """Wait until ``condition()`` holds (looking every 10 ms), at most ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.01)
 
 
 def eventually_read(store: streamlib.StreamStore, name: str, count: int) -> list[bytes]:
