@@ -18,7 +18,7 @@ with :class:`~streamlib.errors.FencedError`. A node found taken over answers the
 **The new owner.** A stream opened here while another node still holds it is WAITING: its
 appends wait (on the stream's condition) until a look shows the release; meanwhile its readers
 follow the old owner's commits. While an append waits, the fence thread looks every
-:data:`RELEASE_POLL` seconds instead of every ``fence_poll_ms``.
+:data:`~streamlib.config.RELEASE_POLL` seconds instead of every ``fence_poll_ms``.
 
 Lock order: as :mod:`streamlib.node`; this module's own: ``_sync_lock`` (level 4), and the
 leaves ``_check_done`` and ``_ack_ready`` (never held while calling out, except
@@ -165,7 +165,7 @@ class SharedCoordination(Coordination):
     def _watch(self) -> None:
         """The fence thread: acknowledges durable appends after a look that started after
         they were durable, and looks every ``fence_poll_ms`` anyway (every
-        :data:`RELEASE_POLL` while an append waits for a release), so that an idle node too
+        :data:`~streamlib.config.RELEASE_POLL` while an append waits for a release), so that an idle node too
         learns of hand-overs and of being taken over."""
         node = self._node
         write = self._write

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from nodes import HELD, durable, eventually_read, faulty_node, node, wait_for
 
+import streamlib
 from streamlib.cache import MessageCache
 from streamlib.config import Config
 from streamlib.errors import FencedError, StorageUnavailable
@@ -33,6 +34,20 @@ QUIET = {"fence_poll_ms": 3_600_000, **HELD}
 """The fence thread looks only when an append waits for a look (no idle looks)."""
 
 
+def append_w_with_its_look_held(a: streamlib.StreamStore, faulty: FaultyMetadataStore, *,
+                                after_reading: bool) -> tuple[streamlib.Stream, Gate,
+                                                              Future[streamlib.AppendResult]]:
+    """A stream of A with one acknowledged record, then an append W whose look at the metadata
+    (the first after W is durable: A makes no idle looks) is held — before it reads, or once
+    it has read (``after_reading``). Returns the handle, the gate and W's future."""
+    old = a.create_stream("s")
+    old.append([b"before"])
+    look = faulty.pause("refresh", after=after_reading, thread="streamlib-fences")
+    w = old.append_future([b"W"])
+    assert look.wait_reached(1, 10), "the look for W never came"
+    return old, look, w
+
+
 def test_an_append_durable_after_a_look_began_is_not_acknowledged_by_it(
         tmp_path: Path) -> None:
     """A's look for W has read the metadata (no hand-over yet) and is held there; B opens the
@@ -41,11 +56,7 @@ def test_an_append_durable_after_a_look_began_is_not_acknowledged_by_it(
     a, faulty = faulty_node(tmp_path, "a", **QUIET)
     b = node(tmp_path, "b", **HELD)
     try:
-        old = a.create_stream("s")
-        old.append([b"before"])
-        look = faulty.pause("refresh", after=True, thread="streamlib-fences")
-        w = old.append_future([b"W"])
-        assert look.wait_reached(1, 10), "the look for W never came"
+        old, look, w = append_w_with_its_look_held(a, faulty, after_reading=True)
         b.open_stream("s")  # the hand-over, after the look read the metadata
         x = old.append_future([b"X"])  # A has not seen it: X goes to the WAL
         wait_for(lambda: durable(old, 2), what="X durable")
@@ -69,11 +80,7 @@ def test_an_append_acknowledged_by_a_node_being_taken_over_is_kept_by_the_taker(
     a, faulty = faulty_node(tmp_path, "a", wal="object", **QUIET)
     c = node(tmp_path, "c", wal="object", **HELD)
     try:
-        old = a.create_stream("s")
-        old.append([b"before"])
-        look = faulty.pause("refresh", after=True, thread="streamlib-fences")
-        w = old.append_future([b"W"])
-        assert look.wait_reached(1, 10), "the look for W never came"
+        old, look, w = append_w_with_its_look_held(a, faulty, after_reading=True)
         c.take_over("a", wal="object")  # recovers W (durable), commits it, releases s
         x = old.append_future([b"X"])
         wait_for(lambda: durable(old, 2), what="X durable")
@@ -96,11 +103,7 @@ def test_an_append_refused_by_a_node_taken_over_never_shows(tmp_path: Path) -> N
     a, faulty = faulty_node(tmp_path, "a", wal="object", **QUIET)
     c = node(tmp_path, "c", wal="object", **HELD)
     try:
-        old = a.create_stream("s")
-        old.append([b"before"])
-        look = faulty.pause("refresh", thread="streamlib-fences")
-        w = old.append_future([b"W"])
-        assert look.wait_reached(1, 10), "the look for W never came"
+        _, look, w = append_w_with_its_look_held(a, faulty, after_reading=False)
         c.take_over("a", wal="object")  # recovers W, commits it
         look.release()  # A's look now finds itself taken over
         with contextlib.suppress(Exception):
