@@ -16,11 +16,17 @@ one retry policy and one translation of errors:
 
 Errors are classified by their shape, not their Python type alone: s3fs turns a botocore
 ``ClientError`` into a builtin ``OSError`` whose ``errno`` says little (a 412 is ``EINVAL``), so
-the HTTP status and error code are read from the chain (``e.__cause__``), see LOCAL_S3.md.
+the HTTP status and error code are read from the chain (``e.__cause__``).
 
 Stores built by :meth:`ObjectStore.from_url` for ``s3://`` turn s3fs's and botocore's own
 retries off, so that the budget here is the one that holds; a filesystem passed in is used as
 its owner configured it (its retries then run inside each of ours).
+
+Lock order: an :class:`ObjectStore` holds no lock and no mutable state (every field is fixed at
+construction), so threads share one freely; it sits below every lock of the node's order
+(:mod:`streamlib.node`) and calls nothing back up. The module's one lock, ``_MEMORY_CREATE``, is a
+leaf held around a ``memory://`` create's check and write only (a plain put does not take it: no
+caller puts and creates one key at once).
 """
 
 from __future__ import annotations
@@ -249,11 +255,6 @@ class ObjectStore:
                  random: Callable[[], float] = _random.random) -> None:
         if not isinstance(fs, AbstractFileSystem):
             raise TypeError(f"fs must be an fsspec filesystem, not {type(fs).__name__}")
-        # Lock order: a store holds no lock and no mutable state (every field is fixed here),
-        # so threads share one freely; it sits below every lock of the node's order
-        # (:mod:`streamlib.node`) and calls nothing back up. The module's one lock,
-        # _MEMORY_CREATE, is a leaf held around a memory:// create's check and write only (a
-        # plain put does not take it: no caller puts and creates one key at once).
         self.fs = fs
         self.root = fs._strip_protocol(root).rstrip("/")
         if not self.root:
@@ -432,7 +433,7 @@ class ObjectStore:
             return b""
 
         def attempt() -> bytes:
-            # Always a range: without one s3fs sends a HEAD first (LOCAL_S3.md).
+            # Always a range: without one s3fs sends a HEAD first (one request more).
             try:
                 return bytes(self.fs.cat_file(path, start=start, end=end))
             except Exception as error:

@@ -165,8 +165,8 @@ class SharedCoordination(Coordination):
     def _watch(self) -> None:
         """The fence thread: acknowledges durable appends after a look that started after
         they were durable, and looks every ``fence_poll_ms`` anyway (every
-        :data:`~streamlib.config.RELEASE_POLL` while an append waits for a release), so that an idle node too
-        learns of hand-overs and of being taken over."""
+        :data:`~streamlib.config.RELEASE_POLL` while an append waits for a release), so that
+        an idle node too learns of hand-overs and of being taken over."""
         node = self._node
         write = self._write
         assert write is not None

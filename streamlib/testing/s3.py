@@ -11,7 +11,7 @@ a ``conftest.py``::
     def test_something(moto_bucket):
         store = moto_bucket.store("prefix")
 
-Facts these rely on are in LOCAL_S3.md: moto wants no LocationConstraint on bucket creation,
+Facts these rely on: moto wants no LocationConstraint on bucket creation,
 SeaweedFS binds every interface unless told ``-ip``/``-ip.bind``, and has fixed default ports for
 each of its components (so two runs on one machine would collide unless each port is set).
 
