@@ -4,12 +4,15 @@ The public names: ``open`` and the store and stream it gives, records and batche
 object, the message cache (to share one memory budget between stores), and the error kinds.
 """
 
+import logging
+
 from streamlib.cache import MessageCache
 from streamlib.config import Config
 from streamlib.errors import (
     CacheMiss,
     CommitConflict,
     ConfigError,
+    ConfigWarning,
     Conflict,
     CorruptDataError,
     FencedError,
@@ -36,12 +39,16 @@ from streamlib.stream import Stream, StreamInfo
 
 __version__ = "0.1.0.dev0"
 
+# A library logs; the application decides where it goes (nothing reaches stderr unless it does).
+logging.getLogger("streamlib").addHandler(logging.NullHandler())
+
 __all__ = [
     "AppendResult",
     "CacheMiss",
     "CommitConflict",
     "Config",
     "ConfigError",
+    "ConfigWarning",
     "Conflict",
     "CorruptDataError",
     "FencedError",

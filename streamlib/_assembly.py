@@ -10,7 +10,9 @@ A backend is registered under the name its config field takes (``wal="block"``,
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
+import stat
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -29,6 +31,8 @@ if TYPE_CHECKING:
     from streamlib.wal import Wal
 
 
+log = logging.getLogger("streamlib.store")
+
 def under(config: Config, field: str, value: str, default: str) -> str:
     """``value``, or ``default`` under the store's path (ConfigError if it has none)."""
     if value:
@@ -36,6 +40,34 @@ def under(config: Config, field: str, value: str, default: str) -> str:
     if not config.path:
         raise ConfigError(field, "must be set when the store has no path")
     return os.path.join(config.path, default)
+
+
+def check_places(config: Config) -> None:
+    """The store's path is a local directory and the ``*_url`` fields are URLs: a URL given as
+    the path, or a path as a URL, would silently make a local directory of that name."""
+    if "://" in config.path:
+        raise ConfigError("path", "is the store's local directory (its WAL and metadata); to keep "
+                          "objects elsewhere give objects_url (s3://bucket/prefix), and to keep "
+                          "nothing locally also wal='object' and metadata='manifest' "
+                          "(docs/guide.md)", config.path)
+    for field in ("objects_url", "wal_url", "metadata_url"):
+        value = getattr(config, field)
+        if value and "://" not in value:
+            raise ConfigError(field, "must be a URL with its scheme (file:///path, "
+                              "s3://bucket/prefix, memory://name)", value)
+
+
+def make_directory(config: Config) -> None:
+    """The store's directory, made if missing (ConfigError naming the path otherwise)."""
+    if not config.path:
+        return
+    try:
+        os.makedirs(config.path, exist_ok=True)
+    except FileExistsError:
+        raise ConfigError("path", "exists and is not a directory", config.path) from None
+    except OSError as e:
+        raise ConfigError("path", f"cannot be made a directory ({e.strerror})",
+                          config.path) from None
 
 
 # ---- the object store ----
@@ -133,8 +165,9 @@ def lock_node(meta_path: str, node_id: str) -> int:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
-        raise NodeLockedError(describe("another process has this store's node open: close it "
-                                       "there, or give this one another node_id",
+        raise NodeLockedError(describe("another process, or another open store of this "
+                                       "process, has this store's node open: close it there, "
+                                       "or give this one another node_id",
                                        node=node_id, lock=path)) from None
     return fd
 
@@ -176,8 +209,16 @@ def _block_wal(config: Config, node: str, node_epoch: int, place: WalPlace,
                create: bool) -> Wal:
     from streamlib.wal.block import BlockWal
 
-    size = None if os.path.exists(place.path) else config.wal_bytes // 4096 * 4096
-    return BlockWal(place.path, size=size, full_timeout=config.append_timeout_ms / 1000,
+    path = place.path
+    device = os.path.exists(path) and stat.S_ISBLK(os.stat(path).st_mode)
+    if os.path.realpath(path).startswith("/dev/") and not device:
+        # A typo in a device's name would otherwise make a "durable" ring in /dev (RAM).
+        raise ConfigError("wal_path", "under /dev a block WAL must be an existing block device "
+                          "(a ring file is made only outside /dev)", path)
+    size = None if os.path.exists(path) else config.wal_bytes // 4096 * 4096
+    log.info("block WAL: %s %s", "device" if device else "ring file" if size is None
+             else "new ring file", path)
+    return BlockWal(path, size=size, full_timeout=config.append_timeout_ms / 1000,
                     epoch=node_epoch)
 
 

@@ -16,11 +16,13 @@ import dataclasses
 import difflib
 import os
 import re
+import threading
+import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from streamlib.errors import ConfigError
+from streamlib.errors import ConfigError, ConfigWarning, describe
 
 ENV_PREFIX = "STREAMLIB_"
 _NO_VALUE = ConfigError.NO_VALUE
@@ -296,7 +298,9 @@ class Config:
     @classmethod
     def env_values(cls, environ: Mapping[str, str] | None = None) -> dict[str, str]:
         """The ``STREAMLIB_*`` settings in ``environ`` (default ``os.environ``), by field name.
-        An unknown ``STREAMLIB_*`` variable is an error: it is most likely a typo."""
+        An unknown ``STREAMLIB_*`` variable is most likely a typo: it is left out with a
+        :class:`~streamlib.errors.ConfigWarning` naming it (and the field it may mean), rather
+        than stopping every store of the process."""
         environ = os.environ if environ is None else environ
         known = cls.field_names()
         values = {}
@@ -307,7 +311,10 @@ class Config:
             if name not in known:
                 close = difflib.get_close_matches(name, known, n=1)
                 hint = f" (did you mean {ENV_PREFIX}{close[0].upper()}?)" if close else ""
-                raise ConfigError(key, f"unknown environment variable{hint}", value)
+                warnings.warn(describe(f"unknown environment variable left out{hint}",
+                                       variable=key, value=repr(value)), ConfigWarning,
+                              stacklevel=3)
+                continue
             values[name] = value
         return values
 
@@ -320,12 +327,13 @@ class Config:
     def load(cls, source: Config | Mapping[str, object] | None = None, *, env: bool = True,
              environ: Mapping[str, str] | None = None, **overrides: object) -> Config:
         """Defaults, then the environment (unless ``env=False``), then ``source``, then keyword
-        ``overrides``. A ``Config`` given as ``source`` already holds every field, so it takes
-        precedence over the environment as a whole."""
-        values: dict[str, object] = dict(cls.env_values(environ)) if env else {}
+        ``overrides``. A ``Config`` given as ``source`` already holds every field, so the
+        environment is not read at all."""
         if isinstance(source, Config):
-            values = source.to_dict()
-        elif source is not None:
+            values: dict[str, object] = source.to_dict()
+        else:
+            values = dict(cls.env_values(environ)) if env else {}
+        if source is not None and not isinstance(source, Config):
             if not isinstance(source, Mapping):
                 raise TypeError("config must be a Config or a mapping, "
                                 f"not {type(source).__name__}")
@@ -349,6 +357,9 @@ class Config:
 # Fixed values of the data flow that are not settings (changing them changes no guarantee, but
 # none needs tuning by users); named here so that every one is found in one place.
 
+LONGEST_WAIT = threading.TIMEOUT_MAX / 2
+"""Seconds any wait is capped at (about 146 years): a timeout of ``inf`` waits until the event
+or close, and the operating system's lock waits refuse longer ones."""
 RELEASE_POLL = 0.02
 """Seconds between a shared store's looks at the metadata while an append waits for another
 node's release of its stream (the hand-over completes within about this much of the release)."""

@@ -27,12 +27,23 @@ no streamlib-specific handling.
 
 from __future__ import annotations
 
+LONGEST_VALUE = 200
+"""Characters of a value a message shows; a longer one is cut, saying how long it was."""
+
 
 def describe(what: str, **values: object) -> str:
-    """Format a message as ``what: name=`value` …`` (values last, as STYLE.md asks)."""
+    """Format a message as ``what: name=`value` …`` (values last), each value cut to
+    :data:`LONGEST_VALUE` characters."""
     if not values:
         return what
-    return what + ": " + " ".join(f"{name}=`{value}`" for name, value in values.items())
+    return what + ": " + " ".join(f"{name}=`{_cut(value)}`" for name, value in values.items())
+
+
+def _cut(value: object) -> str:
+    text = str(value)
+    if len(text) <= LONGEST_VALUE:
+        return text
+    return f"{text[:LONGEST_VALUE]}…({len(text)} characters)"
 
 
 class StreamLibError(Exception):
@@ -69,6 +80,11 @@ class ConfigError(StreamLibError, ValueError):
         if value is not ConfigError.NO_VALUE:
             values["value"] = repr(value) if isinstance(value, str) else value
         super().__init__(describe(f"invalid config: {problem}", **values))
+
+
+class ConfigWarning(UserWarning):
+    """A setting was left out (an unknown ``STREAMLIB_*`` environment variable): check its
+    name."""
 
 
 class CorruptDataError(StreamLibError):

@@ -139,8 +139,9 @@ def recover(node: Node, wal: Wal, coordination: Coordination, committed: int) ->
         state.assigned_end = state.acked_end
     if pending:
         node.backlog.recovered(position, pending)
-    log.info("recovered %d WAL records (%d committed already), %d bytes to upload",
-             found.records, found.skipped, pending)
+    log.log(logging.INFO if pending else logging.DEBUG,
+            "recovered %d WAL records (%d committed already), %d bytes to upload",
+            found.records, found.skipped, pending)
     if found.end < committed:
         # Not the WAL the metadata knew (replaced, another backend, a fresh ring): commits
         # keep the node's position from going back until this WAL passes it.

@@ -15,6 +15,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import warnings
 from collections.abc import Mapping
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
@@ -32,7 +33,7 @@ from streamlib.errors import (
     describe,
 )
 from streamlib.kv import KeyValue
-from streamlib.meta import MetadataStore, check_id, check_node_id, check_text
+from streamlib.meta import MetadataStore, check_id, check_name, check_node_id
 from streamlib.node import Backlog, Node
 from streamlib.read import ReadPath
 from streamlib.records import AppendResult, FetchResult, RecordBatch
@@ -115,8 +116,8 @@ class StreamStore:
             self.node_id = check_node_id(config.node_id)
         except ValueError as e:
             raise ConfigError("node_id", str(e), config.node_id) from None
-        if config.path:
-            os.makedirs(config.path, exist_ok=True)
+        _assembly.check_places(config)
+        _assembly.make_directory(config)
         self._cache = (MessageCache(config.cache_bytes, readahead_bytes=config.readahead_bytes)
                        if cache is None else cache)
         self._metadata: _assembly.Metadata | None = None
@@ -174,7 +175,7 @@ class StreamStore:
         """A new stream, opened for write. ``name`` is optional and unique among live
         streams (:class:`~streamlib.errors.StreamExists`)."""
         if name is not None:
-            check_text(name, "name")
+            check_name(name)
         node = self._live()
         state = node.streams.add(StreamState(node.meta.create_stream(name)))
         return self._open_state(state, read_only=False)
@@ -342,6 +343,12 @@ class StreamStore:
         if metadata is not None and metadata.lock >= 0:
             os.close(metadata.lock)  # releases the flock
             metadata.lock = -1
+
+    def __del__(self) -> None:
+        node = getattr(self, "_node", None)
+        if node is not None and not node.closed:  # its threads and its node lock live on
+            warnings.warn(f"unclosed {self!r}: close() it (or use it in a with block)",
+                          ResourceWarning, source=self, stacklevel=2)
 
     def __enter__(self) -> StreamStore:
         return self

@@ -6,11 +6,13 @@ stream is :class:`~streamlib.state.StreamState` (docs/store.md).
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Protocol
 
+from streamlib.config import LONGEST_WAIT
 from streamlib.errors import ReadOnlyError, StreamClosed, StreamNotFound, describe
 from streamlib.records import (
     INT64_MAX,
@@ -72,13 +74,17 @@ class StreamPaths(Protocol):
         """Read other nodes' changes (a shared store)."""
 
 
-def _check_timeout(timeout: object) -> float | None:
+def _check_timeout(timeout: object, what: str = "timeout") -> float | None:
+    """A wait in seconds: None, or a non-negative number; ``inf`` (or anything above
+    :data:`~streamlib.config.LONGEST_WAIT`) waits until the event or close."""
     if timeout is None:
         return None
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout < 0:
-        raise ValueError(f"timeout must be a non-negative number of seconds: "
-                         f"timeout=`{timeout}`")
-    return float(timeout)
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+        raise TypeError(f"{what} must be a number of seconds or None, "
+                        f"not {type(timeout).__name__}")
+    if math.isnan(timeout) or timeout < 0:
+        raise ValueError(f"{what} must be a non-negative number of seconds: {what}=`{timeout}`")
+    return min(float(timeout), LONGEST_WAIT)
 
 
 def as_batch(batch: object, max_bytes: int) -> RecordBatch:
@@ -168,9 +174,9 @@ class Stream:
         :class:`~streamlib.errors.OffsetMismatchError` and nothing is written. ``producer_id``
         and ``sequence`` make the append idempotent: a retry of a sequence already appended
         gets the original result back and writes nothing; sequences of one producer must follow
-        each other (:class:`~streamlib.errors.SequenceError`). ``timeout`` (seconds) bounds the
-        wait for room in a full WAL (:class:`~streamlib.errors.WalFullError`); default
-        ``Config.append_timeout_ms``."""
+        each other (:class:`~streamlib.errors.SequenceError`). ``timeout`` (seconds; ``inf``:
+        no bound) bounds the wait for room in a full WAL or cache
+        (:class:`~streamlib.errors.WalFullError`); default ``Config.append_timeout_ms``."""
         return self.append_future(batch, expected_offset=expected_offset,
                                   producer_id=producer_id, sequence=sequence,
                                   timeout=timeout).result()
@@ -224,8 +230,9 @@ class Stream:
         end), in offset order and whole: the first may begin before ``start_offset``. The
         payloads add up to at most ``max_bytes``, except that one batch is always returned if
         there is one, however large. Fetching at :attr:`next_offset` returns nothing at once,
-        or, with ``timeout`` (seconds), waits that long for an append (a long poll: it wakes
-        when one is acknowledged). Outside ``[start_offset, next_offset]`` raises
+        or, with ``timeout`` (seconds; ``inf``: until one comes or the handle or store closes),
+        waits that long for an append (a long poll: it wakes when one is acknowledged).
+        Outside ``[start_offset, next_offset]`` raises
         :class:`~streamlib.errors.OffsetOutOfRange` with the readable range.
 
         ``cache_only``: answer from memory (the log cache, cached blocks and indexes) or raise
@@ -255,7 +262,7 @@ class Stream:
         The first batch may begin before ``from_offset`` (batch granularity)."""
         offset = check_int(from_offset, "from_offset", 0, INT64_MAX)
         max_bytes = check_int(max_bytes, "max_bytes", 0, INT64_MAX)
-        idle = _check_timeout(idle_timeout)
+        idle = _check_timeout(idle_timeout, "idle_timeout")
         self._check_usable()
         reader = self._paths.new_reader(self._state, offset)  # the cache keeps blocks for it
         try:
@@ -281,7 +288,7 @@ class Stream:
         since reading uploaded data may wait on GETs."""
         offset = check_int(from_offset, "from_offset", 0, INT64_MAX)
         max_bytes = check_int(max_bytes, "max_bytes", 0, INT64_MAX)
-        idle = _check_timeout(idle_timeout)
+        idle = _check_timeout(idle_timeout, "idle_timeout")
         loop = asyncio.get_running_loop()
         state = self._state
         self._check_usable()

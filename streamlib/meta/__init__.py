@@ -61,6 +61,16 @@ def check_text(value: object, what: str) -> str:
     return value
 
 
+def check_name(value: object) -> str:
+    """A new stream's name: as :func:`check_text`, and printable (no control characters, no
+    line breaks), neither blank nor starting or ending with whitespace."""
+    name = check_text(value, "name")
+    if not name.isprintable() or name != name.strip():
+        raise ValueError(f"a stream name is printable characters (no control characters), not "
+                         f"blank and without whitespace at either end: name=`{name[:100]!r}`")
+    return name
+
+
 def check_node_id(value: object) -> str:
     """A node id as the WALs take it: an int or a str of letters, digits, '.', '_', '-'; the
     metadata keeps its str form (``7`` and ``"7"`` are the same node)."""
@@ -543,6 +553,7 @@ __all__ = [
     "check_id",
     "check_kv",
     "check_kv_write",
+    "check_name",
     "check_node_id",
     "check_text",
 ]

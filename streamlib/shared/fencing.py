@@ -219,8 +219,9 @@ class SharedCoordination(Coordination):
             with state.opening, state.lock:  # not while this node opens it again
                 if state.handover.fenced or state.epoch > m.epoch:
                     continue  # known, or reopened here after the version this scan reads
-                state.handover.move(Ownership.FENCED, reason=_fence_error(state.id, m.owner))
-            log.info("stream %d was opened for write on node %s: handing it over",
+                state.handover.move(Ownership.FENCED,
+                                    reason=_fence_error(state.id, m.owner, node.failure))
+            log.info("stream %d is no longer this node's (owner now: %s): handing it over",
                      state.id, m.owner)
             node.backlog.request()  # commit what was acknowledged, then release
         for state in states:
@@ -390,7 +391,18 @@ class SharedCoordination(Coordination):
                 self._follow(state, self._node.meta.get_stream(stream_id))
 
 
-def _fence_error(stream_id: int, owner: str | None) -> FencedError:
+def _fence_error(stream_id: int, owner: str | None,
+                 failure: BaseException | None = None) -> FencedError:
+    """Why appends here are refused: the stream's new owner, or what took it from this node."""
+    if isinstance(failure, FencedError):
+        return FencedError(describe("another process took over this store's node: it no "
+                                    "longer writes the stream", stream=stream_id))
+    if failure is not None:
+        return FencedError(describe("this node's WAL failed: it hands its streams over",
+                                    stream=stream_id, error=repr(failure)))
+    if owner is None:
+        return FencedError(describe("the stream was released while this node wrote it (no "
+                                    "owner now): open it for write again", stream=stream_id))
     return FencedError(describe("the stream was opened for write on another node: this node "
                                 "handed it over", stream=stream_id, node=owner))
 

@@ -60,7 +60,7 @@ def take_over(node: Node, objects: ObjectStore, coordination: Coordination,
         raise ConfigError("wal", f"no object WAL of node {dead} in {place.store.url}: give "
                           f"its backend (wal=, wal_path=, wal_url=)", backend)
     fenced = meta.register_node(dead)
-    log.warning("taking over node %s (node epoch %d now)", dead, fenced.node_epoch)
+    log.info("taking over node %s (node epoch %d now)", dead, fenced.node_epoch)
     old = _assembly.open_wal(config, dead, fenced.node_epoch, place, create=False)
     try:
         found = replay(old.recover(), meta, lambda m: coordination.held_epochs(m, dead))

@@ -756,7 +756,7 @@ BAD_APPENDS: list[tuple[str, Callable[[Stream], object], type[Exception], str]] 
     ("str sequence", lambda s: s.append([b"a"], producer_id="p", sequence="1"), TypeError,
      "sequence"),  # type: ignore[arg-type]
     ("negative timeout", lambda s: s.append([b"a"], timeout=-1), ValueError, "timeout"),
-    ("str timeout", lambda s: s.append([b"a"], timeout="1"), ValueError, "timeout"),  # type: ignore[arg-type]
+    ("str timeout", lambda s: s.append([b"a"], timeout="1"), TypeError, "timeout"),  # type: ignore[arg-type]
 ]
 
 BAD_READS: list[tuple[str, Callable[[Stream], object], type[Exception], str]] = [

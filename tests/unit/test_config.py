@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
+import warnings
 
 import pytest
 
 from streamlib import Config, ConfigError
 from streamlib.config import MiB
+from streamlib.errors import ConfigWarning
 
 
 def test_defaults_are_documented_with_units() -> None:
@@ -68,9 +70,15 @@ def test_bad_values_name_the_field(kwargs: dict, field: str, text: str) -> None:
 def test_unknown_names_are_refused_with_a_suggestion() -> None:
     with pytest.raises(ConfigError, match="did you mean `compression`"):
         Config.from_dict({"compresion": "lz4"})
-    with pytest.raises(ConfigError, match="did you mean STREAMLIB_BLOCK_BYTES") as info:
-        Config.from_env({"STREAMLIB_BLOCKBYTES": "1"})
-    assert "field=`STREAMLIB_BLOCKBYTES` value=`'1'`" in str(info.value)
+    with pytest.warns(ConfigWarning, match="did you mean STREAMLIB_BLOCK_BYTES") as info:
+        config = Config.from_env({"STREAMLIB_BLOCKBYTES": "1"})
+    assert "variable=`STREAMLIB_BLOCKBYTES` value=`'1'`" in str(info[0].message)
+    assert config == Config()  # left out, not half applied
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an explicit Config reads no environment at all
+        assert Config.load(Config(zstd_level=5), environ={"STREAMLIB_NOPE": "1",
+                                                         "STREAMLIB_ZSTD_LEVEL": "9"}
+                           ).zstd_level == 5
     with pytest.raises(TypeError):
         Config("lz4")  # type: ignore[misc]  # keyword arguments only
     with pytest.raises(ConfigError, match="keyword"):
