@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from streamlib.config import Config
-from streamlib.errors import ConfigError, NodeLockedError, describe
+from streamlib.errors import ConfigError, NodeLockedError, StorageUnavailable, describe
 from streamlib.io import ObjectStore, RetryPolicy
 from streamlib.shared.coordination import Coordination, LocalCoordination
 from streamlib.shared.fencing import SharedCoordination
@@ -84,10 +84,31 @@ def open_objects(config: Config, storage_options: Mapping[str, Any] | None,
     retry = RetryPolicy(timeout=config.retry_timeout_ms / 1000)
     try:
         if filesystem is not None:
-            return ObjectStore(filesystem, url.split("://", 1)[-1], retry=retry)
-        return ObjectStore.from_url(url, storage_options, retry=retry)
+            store = ObjectStore(filesystem, url.split("://", 1)[-1], retry=retry)
+        else:
+            store = ObjectStore.from_url(url, storage_options, retry=retry)
     except ValueError as e:
         raise ConfigError("objects_url", str(e), url) from None
+    if store.remote:
+        _check_objects(store, url)
+    return store
+
+
+def _check_objects(store: ObjectStore, url: str) -> None:
+    """A store across the network is written once at open: a missing bucket or a refusal is a
+    ConfigError now rather than a failure at the first upload. A store that does not answer is
+    only logged: the node opens and its uploads are tried again in the background."""
+    try:
+        store.check_writable()
+    except FileNotFoundError:
+        raise ConfigError("objects_url", "the bucket does not exist (create it first)",
+                          url) from None
+    except PermissionError as e:
+        raise ConfigError("objects_url", f"access denied: cannot write there ({e})",
+                          url) from None
+    except StorageUnavailable as e:
+        log.warning("the object store does not answer at open; uploads will be retried in "
+                    "the background: %s", e)
 
 
 def store_at(url: str, objects: ObjectStore, storage_options: Mapping[str, Any] | None

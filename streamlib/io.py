@@ -47,6 +47,7 @@ from typing import Any, Literal, TypeVar
 
 import fsspec
 from fsspec import AbstractFileSystem
+from fsspec.asyn import AsyncFileSystem
 from fsspec.implementations.local import LocalFileSystem
 
 from streamlib.disk import fsync_dir, makedirs_durable
@@ -166,14 +167,21 @@ def classify(error: BaseException) -> Kind:
     return "permanent"
 
 
+ATTEMPT_FLOOR = 1.0
+"""Seconds an attempt on an asynchronous filesystem may always take, whatever is left of its
+call's budget (a call given a budget of 0 still gets one real try)."""
+
+
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
     """How transient errors are retried: exponential backoff with full jitter.
 
     Before attempt *n + 1* the caller sleeps a random time in ``[0, min(cap, initial * 2^n))``;
     once the next attempt would start more than ``timeout`` seconds after the first, the call
-    fails with StorageUnavailable. The budget bounds when attempts start, not how long one
-    attempt may take (the filesystem's own timeouts do that)."""
+    fails with StorageUnavailable. On an asynchronous filesystem (s3fs: the network) each
+    attempt also gets the rest of the budget as its deadline (at least
+    :data:`ATTEMPT_FLOOR`), so that a server that accepts and never answers costs at most the
+    budget plus that floor; a local filesystem's calls run to their end."""
 
     initial: float = 0.1
     """Ceiling of the first backoff, seconds. Default: 0.1."""
@@ -265,6 +273,10 @@ class ObjectStore:
         self._clock = clock
         self._random = random
         self._local = isinstance(fs, LocalFileSystem)
+        self._async = isinstance(fs, AsyncFileSystem)
+        self._deadline = threading.local()  # .at: the running call's deadline (this thread's)
+        self._calls_lock = threading.Lock()
+        self._calls: dict[int, tuple[str, str, float]] = {}  # GUARDED_BY(_calls_lock)
         protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
         self.url = f"{protocol}://{self.root}"
 
@@ -300,9 +312,49 @@ class ObjectStore:
 
     # ---- retries and errors ----
 
+    @property
+    def remote(self) -> bool:
+        """Whether the store is across a network (not a local directory, not memory)."""
+        return not self._local and "memory" not in _protocols(self.fs)
+
+    def check_writable(self) -> None:
+        """Write and delete one small object: a missing bucket is ``FileNotFoundError``, a
+        refusal ``PermissionError``, a store that does not answer ``StorageUnavailable``."""
+        key = f"streamlib-probe/{uuid.uuid4().hex}"
+        self.put(key, b"probe")
+        self.delete([key])
+
+    def in_flight(self) -> tuple[int, float]:
+        """Calls running now and how long the oldest has been running (seconds): a stalled
+        object store shows here before its calls fail."""
+        now = time.monotonic()
+        with self._calls_lock:
+            return len(self._calls), max((now - s for _, _, s in self._calls.values()),
+                                         default=0.0)
+
+    def _limit(self) -> dict[str, float]:
+        """The keyword that bounds one network call of an asynchronous filesystem by what is
+        left of its budget (nothing for other filesystems)."""
+        at = getattr(self._deadline, "at", None)
+        if not self._async or at is None:
+            return {}
+        return {"timeout": max(ATTEMPT_FLOOR, at - self._clock())}
+
     def _call(self, op: str, key: str, attempt: Callable[[], T]) -> T:
         """Run ``attempt`` until it succeeds, retrying transient errors within the budget."""
+        token = id(threading.current_thread())
+        with self._calls_lock:
+            self._calls[token] = (op, key, time.monotonic())
+        try:
+            return self._attempts(op, key, attempt)
+        finally:
+            with self._calls_lock:
+                self._calls.pop(token, None)
+            self._deadline.at = None
+
+    def _attempts(self, op: str, key: str, attempt: Callable[[], T]) -> T:
         started = self._clock()
+        self._deadline.at = started + self.retry.timeout
         ceiling = self.retry.initial
         attempts = 0
         while True:
@@ -349,7 +401,8 @@ class ObjectStore:
         options: dict[str, Any] = {}
         if part_bytes is not None and "s3" in _protocols(self.fs):
             options["chunksize"] = part_bytes
-        self._call("put", key, lambda: self.fs.pipe_file(path, body, **options))
+        self._call("put", key, lambda: self.fs.pipe_file(path, body, **options,
+                                                          **self._limit()))
 
     @property
     def can_create(self) -> bool:
@@ -386,7 +439,7 @@ class ObjectStore:
         else:
             def attempt() -> None:
                 try:
-                    self.fs.pipe_file(path, bytes(data), mode="create")
+                    self.fs.pipe_file(path, bytes(data), mode="create", **self._limit())
                 except Exception as error:
                     found = _client_error(error)
                     if isinstance(error, FileExistsError) or (found is not None and (
@@ -435,7 +488,7 @@ class ObjectStore:
         def attempt() -> bytes:
             # Always a range: without one s3fs sends a HEAD first (one request more).
             try:
-                return bytes(self.fs.cat_file(path, start=start, end=end))
+                return bytes(self.fs.cat_file(path, start=start, end=end, **self._limit()))
             except Exception as error:
                 if classify(error) == "invalid_range":
                     return b""  # the object exists; the range starts at or past its end
@@ -455,7 +508,7 @@ class ObjectStore:
         def attempt() -> list[ObjectInfo]:
             self.fs.invalidate_cache(base)
             try:
-                found = self.fs.find(base, detail=True)
+                found = self.fs.find(base, detail=True, **self._limit())
             except FileNotFoundError as error:
                 if (_client_error(error) or ("",))[0] == "NoSuchBucket":
                     raise  # a missing bucket is a configuration error, not an empty listing
@@ -480,12 +533,12 @@ class ObjectStore:
 
         def attempt() -> None:
             try:
-                self.fs.rm(paths)
+                self.fs.rm(paths, **self._limit())
             except FileNotFoundError:
                 # fsspec refuses a list with a missing path in it; S3 does not care.
                 for path in paths:
                     with contextlib.suppress(FileNotFoundError):
-                        self.fs.rm_file(path)
+                        self.fs.rm_file(path, **self._limit())
             if self._local:
                 self._remove_empty_dirs(paths)
 
@@ -507,7 +560,7 @@ class ObjectStore:
 
         def attempt() -> bool:
             try:
-                self.fs.info(path)
+                self.fs.info(path, **self._limit())
             except FileNotFoundError as error:
                 if classify(error) != "missing":
                     raise

@@ -285,12 +285,14 @@ class StreamStore:
         node = self._node
         assert node is not None and self._uploader is not None
         up = self._uploader.stats
+        calls, longest = self._objects.in_flight()
         return {"streams": sum(1 for s in node.streams.all() if not s.destroyed),
                 "pending_upload_bytes": node.backlog.bytes,
                 "upload_rounds": up.rounds, "objects_uploaded": up.objects,
                 "stream_objects_uploaded": up.stream_objects, "bytes_uploaded": up.bytes,
                 "upload_failures": up.failures, "last_upload_error": up.last_error,
                 "wal_usage_bytes": self._wal.usage if self._wal is not None else 0,
+                "object_store": {"calls_in_flight": calls, "longest_call_s": longest},
                 "cache": {**self._cache.stats.snapshot(), **self._cache.usage()}}
 
     def flush(self) -> None:

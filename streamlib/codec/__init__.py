@@ -408,13 +408,20 @@ def _view(buf: bytes | bytearray | memoryview, end: int | None) -> memoryview:
     return view if end is None else view[:end]
 
 
+def _check_buffer(buf: object) -> int:
+    """The size in bytes of a buffer a decoder was given (TypeError if it is not one)."""
+    if not isinstance(buf, bytes | bytearray | memoryview):
+        raise TypeError(f"buffer must be bytes-like, not {type(buf).__name__}")
+    return buf.nbytes if isinstance(buf, memoryview) else len(buf)
+
+
 def _run_scan(scan: Callable[[memoryview, int, int | None], _ScanResult],
               make: Callable[[tuple[int, ...]], T], buf: bytes | bytearray | memoryview,
               start: int, end: int | None, source: str | None, strict: bool,
               limit: int | None = None) -> Scan[T]:
-    if not isinstance(buf, bytes | bytearray | memoryview):
-        raise TypeError(f"buffer must be bytes-like, not {type(buf).__name__}")
-    size = buf.nbytes if isinstance(buf, memoryview) else len(buf)
+    # The caller's range is checked here, before any byte is read: a range outside the buffer
+    # is the caller's mistake (ValueError naming it), never damage and never clipped.
+    size = _check_buffer(buf)
     if end is not None:
         end = check_int(end, "end", 0, size)
     start = check_int(start, "start", 0, size if end is None else end)
@@ -439,7 +446,10 @@ def scan_batches(buf: bytes | bytearray | memoryview, start: int = 0, end: int |
 
 def decode_batch(buf: bytes | bytearray | memoryview, position: int = 0, *,
                  source: str | None = None) -> tuple[BatchInfo, RecordBatch]:
-    """The batch framed at ``position``: its header fields and the batch (with its offset)."""
+    """The batch framed at ``position``: its header fields and the batch (with its offset).
+    ``position`` outside ``[0, len(buf)]`` raises ValueError (naming it ``start``, the scan's
+    word); at the very end, where the bytes end before a batch could begin, CorruptDataError
+    (truncated)."""
     scan = _run_scan(_impl.scan_batches, _batch_info, buf, position, None, source, True, 1)
     if not scan.entries:
         raise CorruptDataError(st.MESSAGES[st.TRUNCATED], position=position, source=source,
@@ -456,9 +466,10 @@ def _batch_from(info: BatchInfo, view: memoryview) -> RecordBatch:
 
 def read_batches(buf: bytes | bytearray | memoryview, start: int = 0, end: int | None = None, *,
                  source: str | None = None) -> list[tuple[BatchInfo, RecordBatch]]:
-    """Every batch in ``buf[start:end]``, checked; CorruptDataError at the first bad one."""
-    view = _view(buf, end)
-    scan = scan_batches(view, start, source=source)
+    """Every batch in ``buf[start:end]``, checked; CorruptDataError at the first bad one.
+    A range outside the buffer raises ValueError, as for :func:`scan_batches`."""
+    scan = scan_batches(buf, start, end, source=source)
+    view = _view(buf, None)
     return [(info, _batch_from(info, view)) for info in scan.entries]
 
 
@@ -508,7 +519,8 @@ def _decompress(stored: memoryview, info: BlockInfo, source: str | None) -> byte
                 raise CorruptDataError(
                     f"zstd frame declares {said}, the block header `{info.raw_length}`",
                     position=position, source=source, status=st.BAD_LENGTH)
-            raw = _zstd_decompressor().decompress(stored)
+            # One frame and nothing after it, as lz4's block is the whole of the stored bytes.
+            raw = _zstd_decompressor().decompress(stored, allow_extra_data=False)
     except CorruptDataError:
         raise
     except (lz4.block.LZ4BlockError, zstandard.ZstdError, ValueError) as e:
@@ -571,7 +583,9 @@ def scan_blocks(buf: bytes | bytearray | memoryview, start: int = 0, end: int | 
 def decode_block(buf: bytes | bytearray | memoryview, position: int = 0, *,
                  source: str | None = None) -> tuple[BlockInfo, list[RecordBatch]]:
     """The block at ``position``, checked, decompressed, and split into its batches; every
-    disagreement between the header and the batches inside raises CorruptDataError."""
+    disagreement between the header and the batches inside raises CorruptDataError.
+    ``position`` is checked as in :func:`decode_batch`."""
+    _check_buffer(buf)
     view = _view(buf, None)
     scan = _run_scan(_impl.scan_blocks, _block_info, view, position, None, source, True, 1)
     if not scan.entries:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from streamlib import codec
 from streamlib.errors import CorruptDataError
+from streamlib.records import INT64_MAX, check_int
 
 VERSION = 1
 FOOTER_SIZE = 32
@@ -166,7 +167,9 @@ def decode_footer(footer: bytes | bytearray | memoryview, object_size: int, *,
                   source: str | None = None) -> tuple[int, int]:
     """``(index_position, index_size)`` from the last 32 bytes of an object of ``object_size``
     bytes, checked: magic, version, checksum, reserved bytes, and an index that lies in the object
-    and ends exactly where the footer begins. CorruptDataError names the footer's position."""
+    and ends exactly where the footer begins. CorruptDataError names the footer's position; a
+    negative ``object_size`` is the caller's mistake (ValueError), a small one the object's."""
+    object_size = check_int(object_size, "object_size", 0, INT64_MAX)
     at = object_size - FOOTER_SIZE
     if object_size < FOOTER_SIZE:
         raise _corrupt(f"object of `{object_size}` bytes is too small for a footer", 0, source)
@@ -204,10 +207,14 @@ def decode_index(index: bytes | bytearray | memoryview, index_position: int, obj
     """Parse and check the index block ``index`` (exactly the bytes the footer points at):
     magic, checksum, entry count, and every entry: its own fields, and its place — blocks back to
     back from 0 to the index, streams in ascending id, each stream's blocks contiguous in offset.
-    CorruptDataError names the index's position, or the bad entry's."""
+    CorruptDataError names the index's position, or the bad entry's. Arguments that cannot
+    describe such bytes (a negative position, an object too small to hold the index and a
+    footer after it) raise ValueError."""
     view = memoryview(index).cast("B")
     if len(view) < INDEX_HEADER_SIZE or (len(view) - INDEX_HEADER_SIZE) % ENTRY_SIZE:
         raise ValueError(f"not the size of an index block: size=`{len(view)}`")
+    index_position = check_int(index_position, "index_position", 0, INT64_MAX)
+    check_int(object_size, "object_size", index_position + len(view) + FOOTER_SIZE, INT64_MAX)
     magic, checksum, count = _INDEX_HEAD.unpack_from(view)
     if magic != INDEX_MAGIC:
         raise _corrupt(f"bad index magic: magic=`{bytes(magic)!r}`", index_position, source)

@@ -17,7 +17,7 @@ from typing import cast
 
 from streamlib import codec
 from streamlib.codec import BlockInfo
-from streamlib.errors import CorruptDataError
+from streamlib.errors import CorruptDataError, StorageUnavailable
 from streamlib.io import ObjectStore
 from streamlib.objects._format import (
     FOOTER_SIZE,
@@ -31,8 +31,13 @@ from streamlib.records import INT64_MAX, UINT64_MAX, RecordBatch, check_int
 KiB = 1024
 MiB = 1024 * KiB
 TAIL_RATIO = 16 * KiB
-"""The tail GET reads at least one byte per TAIL_RATIO bytes of object: an index of 1 MiB blocks
-(56 bytes an entry) fits in it whatever the object's size."""
+"""The tail GET reads at least one byte per TAIL_RATIO bytes of object (up to TAIL_MAX): an index
+of 1 MiB blocks (56 bytes an entry) fits in it for objects up to 16 GiB."""
+TAIL_MAX = 1 * MiB
+"""The most the object's size adds to the tail GET. The size comes from the metadata and is only
+a claim until that GET returns the bytes up to it, and a store may allocate what a GET asks for
+before it knows how much the object holds (a local file's read does): so what the claim makes
+the reader ask for, before it is checked, stays small. A larger index takes a second GET."""
 
 
 class IndexCache:
@@ -139,14 +144,17 @@ class ObjectReader:
     """Reads one object of ``size`` bytes (known from metadata) under ``key`` of ``store``.
 
     The first use fetches the footer and the index with one ranged GET of the object's last
-    ``32 + max(tail_guess, size / 16 KiB)`` bytes, and a second GET (of the missing part only)
-    when the index is larger than that; the parsed index is kept by the reader and, when
+    ``32 + max(tail_guess, min(size / 16 KiB, 1 MiB))`` bytes, and a second GET (of the missing
+    part only) when the index is larger than that; the parsed index is kept by the reader and, when
     ``cache`` is given, in the shared :class:`IndexCache`. Blocks are then fetched with one
     ranged GET per run of blocks at most ``merge_gap`` bytes apart.
 
     Every check of docs/format.md is made: a damaged footer, index or block raises
     :class:`~streamlib.errors.CorruptDataError` naming ``key`` and the position in the object;
-    damaged data is never returned. A missing object raises FileNotFoundError (from the store).
+    damaged data is never returned. ``size`` is checked too, by the GETs themselves: an object
+    that ends before it (a GET that ends early, or fails where the object has ended) raises
+    CorruptDataError naming where it ended; one longer than it shows no footer at ``size``. A
+    missing object raises FileNotFoundError (from the store).
 
     ``gets`` and ``fetched_bytes`` count the GETs this reader made and the bytes they returned.
     A reader may be shared by threads.
@@ -202,8 +210,10 @@ class ObjectReader:
         if self.size < FOOTER_SIZE:
             raise CorruptDataError(f"object of `{self.size}` bytes is too small for a footer",
                                    position=0, source=self.key)
-        tail_start = self.size - min(self.size,
-                                     FOOTER_SIZE + max(self.tail_guess, self.size // TAIL_RATIO))
+        guess = max(self.tail_guess, min(self.size // TAIL_RATIO, TAIL_MAX))
+        tail_start = self.size - min(self.size, FOOTER_SIZE + guess)
+        # Once this GET has returned every byte asked for, the object is known to hold `size`
+        # bytes: the index GET below and the block GETs later stay within what it holds.
         tail = self._get(tail_start, self.size)
         position, index_size = decode_footer(memoryview(tail)[-FOOTER_SIZE:], self.size,
                                              source=self.key)
@@ -214,9 +224,25 @@ class ObjectReader:
         return decode_index(block, position, self.size, source=self.key)
 
     def _get(self, start: int, end: int) -> bytes:
+        """Bytes ``[start, end)`` of the object, all of them: fewer is damage (the object is
+        shorter than its recorded size), reported by where the object ended."""
         with self._count_lock:
             self.gets += 1
-        data = self.store.get(self.key, start, end)
+        try:
+            data = self.store.get(self.key, start, end)
+        except (FileNotFoundError, StorageUnavailable):
+            raise
+        except OSError as error:
+            # A GET past the end may fail instead of coming back short (a local file refuses
+            # to seek beyond the largest size its filesystem allows): if the object ends before
+            # `end`, that is what is wrong; otherwise the store's error stands.
+            held = self._listed_size()
+            if held is not None and held < end:
+                raise CorruptDataError(
+                    f"object of `{held}` bytes is shorter than its recorded size `{self.size}` "
+                    f"(a ranged GET of `[{start}, {end})` failed)",
+                    position=held, source=self.key) from error
+            raise
         with self._count_lock:
             self.fetched_bytes += len(data)
         if len(data) != end - start:
@@ -224,6 +250,15 @@ class ObjectReader:
                                    f"(a ranged GET of `[{start}, {end})` ended early)",
                                    position=start + len(data), source=self.key)
         return data
+
+    def _listed_size(self) -> int | None:
+        """The object's size as the store lists it, or None if the listing fails or lacks it
+        (this runs only to explain a failed GET: the GET's error is the one to report then)."""
+        try:
+            listed = self.store.list(self.key)
+        except Exception:  # the GET's error, raised by the caller, says more than this one
+            return None
+        return next((info.size for info in listed if info.key == self.key), None)
 
     # ---- blocks ----
 

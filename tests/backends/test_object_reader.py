@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import tracemalloc
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +19,7 @@ from streamlib.io import ObjectStore
 from streamlib.objects import FOOTER_SIZE, IndexCache, ObjectIndex, ObjectReader, encode_object
 from streamlib.testing.s3 import object_store
 
+MiB = 1 << 20
 Wire = list[tuple[str, str]]  # (method, Range header) of each request sent
 
 
@@ -183,6 +185,72 @@ def test_a_missing_object_and_a_short_one(store: ObjectStore) -> None:
     with pytest.raises(CorruptDataError, match="shorter than its recorded size") as caught:
         ObjectReader(store, key, len(data) * 1000, tail_guess=0).index()
     assert caught.value.position is not None and caught.value.position > len(data)
+
+
+SMALL = encode_object({1: opaque(0, 3, 100)}, compression="none")[0]
+
+
+@pytest.mark.parametrize("size", [
+    len(SMALL) + 1, len(SMALL) + 100, 1 << 20, 1 << 40, 1 << 50, 1 << 62, (1 << 63) - 1,
+], ids=lambda size: f"{size}")
+def test_a_recorded_size_beyond_the_object_is_corrupt_data(store: ObjectStore,
+                                                          size: int) -> None:
+    """The metadata's size is a claim: a GET past the object's end is damage naming the key
+    and where the object ended, never an OSError; and the reader asks for no more than a
+    bounded tail however large the claim (a local file's read allocates what it is asked for:
+    measured there; S3 is measured by the Range it is sent, moto's own allocations being in this
+    process too)."""
+    key = put(store, SMALL)
+    reader = ObjectReader(store, key, size)
+    with wire_requests(store) as wire:
+        tracemalloc.start()
+        try:
+            with pytest.raises(CorruptDataError, match="shorter than its recorded size") as caught:
+                reader.index()
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert caught.value.source == key and f"`{size}`" in str(caught.value)
+    assert caught.value.position is not None and len(SMALL) <= caught.value.position <= size
+    if wire is None:
+        assert peak < 4 * MiB, f"reading the tail of a {size}-byte claim took {peak} bytes"
+    else:
+        first, last = map(int, wire[0][1].removeprefix("bytes=").split("-"))
+        assert last == size - 1 and last - first + 1 <= FOOTER_SIZE + MiB
+
+
+@pytest.mark.parametrize("size", [len(SMALL) - 1, len(SMALL) // 2, FOOTER_SIZE, 31, 1, 0])
+def test_a_recorded_size_below_the_object_is_corrupt_data(store: ObjectStore,
+                                                         size: int) -> None:
+    key = put(store, SMALL)
+    with pytest.raises(CorruptDataError, match="footer") as caught:
+        ObjectReader(store, key, size).read(1, 0)
+    assert caught.value.source == key
+    assert caught.value.position == max(0, size - FOOTER_SIZE)
+
+
+@pytest.mark.parametrize("kept", [len(SMALL) - 1, len(SMALL) - FOOTER_SIZE, 100, 1, 0])
+def test_a_truncated_object_is_corrupt_data(store: ObjectStore, kept: int) -> None:
+    key = put(store, SMALL[:kept])
+    with pytest.raises(CorruptDataError, match="shorter than its recorded size") as caught:
+        ObjectReader(store, key, len(SMALL)).read(1, 0)
+    assert caught.value.source == key and caught.value.position == kept
+
+
+def test_an_object_truncated_after_its_index_was_read(store: ObjectStore) -> None:
+    """A block GET that ends early (the object replaced by a shorter one) is damage too."""
+    batches = opaque(0, 30, 500)
+    data, index = encode_object({1: batches}, block_bytes=2_000, compression="none")
+    key = put(store, data)
+    reader = ObjectReader(store, key, len(data))
+    reader.index()
+    cut = index.entries[2].position + 10
+    store.put(key, data[:cut])
+    two = index.entries[1].end_offset  # the first two blocks are still whole
+    assert reader.read(1, 0, two) == [b for b in batches if b.base_offset < two]
+    with pytest.raises(CorruptDataError, match="shorter than its recorded size") as caught:
+        reader.read(1, index.entries[2].start_offset)
+    assert caught.value.source == key and caught.value.position == cut
 
 
 def test_threads_share_one_reader_and_one_index_load(store: ObjectStore) -> None:

@@ -133,7 +133,7 @@ def store_log() -> Iterator[_Capture]:
     handler = _Capture()
     level = logger.level
     logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
+    logger.setLevel(logging.DEBUG)  # recovery reports at DEBUG when nothing is left to upload
     try:
         yield handler
     finally:

@@ -176,6 +176,25 @@ def test_decompression_failures() -> None:
         codec.decode_block(sealed_block(b"\xff" * 40, 2, len(raw)))
 
 
+@pytest.mark.parametrize("compression", ["lz4", "zstd"])
+@pytest.mark.parametrize("extra", [b"\x00", b"junk", None],
+                         ids=["a zero byte", "junk", "a second frame"])
+def test_bytes_after_the_compressed_data_are_damage(compression: str, extra: bytes | None
+                                                    ) -> None:
+    batch = RecordBatch(b"compressible " * 100, 4, base_timestamp=7, base_offset=0)
+    block = codec.encode_block(1, [batch], compression=compression)
+    info, _ = codec.decode_block(block)
+    assert info.compression == compression  # compressed, not stored as it is
+    stored = block[64:]
+    damaged = bytearray(block + (stored if extra is None else extra))
+    struct.pack_into("<I", damaged, 16, len(damaged) - 64)  # stored_length, then resealed
+    with pytest.raises(CorruptDataError, match=f"{compression} block does not decompress"
+                       ) as caught:
+        codec.decode_block(reseal(damaged), source="obj")
+    assert (caught.value.status, caught.value.position, caught.value.source) == (
+        st.BAD_LENGTH, 64, "obj")
+
+
 def test_block_header_that_contradicts_its_batches() -> None:
     block = codec.encode_block(1, [BATCH.with_offset(0), BATCH.with_offset(3)])
     for fmt, offset, value, what in [("<I", 28, 7, "records"), ("<Q", 32, 2, "stream"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import os
 import pathlib
 import random
@@ -47,6 +48,7 @@ from streamlib.objects import (
     encode_object,
     plan_runs,
 )
+from streamlib.testing.faults import FaultyFileSystem, access_denied
 
 GOLDEN = pathlib.Path(__file__).parents[1] / "golden"
 sys.path.insert(0, str(GOLDEN))
@@ -530,6 +532,28 @@ def test_index_block_damage(two_streams: tuple[bytes, ObjectIndex]) -> None:
         decode_index(data[at:at + 20], at, len(data))
 
 
+def test_footer_and_index_refuse_positions_outside_the_object(
+        two_streams: tuple[bytes, ObjectIndex]) -> None:
+    data, index = two_streams
+    footer = data[-FOOTER_SIZE:]
+    block = data[index.index_position:-FOOTER_SIZE]
+    assert decode_footer(footer, len(data)) == (index.index_position, index.index_size)
+    for size in (-1, -len(data)):
+        with pytest.raises(ValueError, match=f"^object_size must be in .*`{size}`"):
+            decode_footer(footer, size)
+    with pytest.raises(TypeError, match=r"^object_size must be an int"):
+        decode_footer(footer, float(len(data)))
+    with pytest.raises(CorruptDataError, match="too small for a footer"):  # a size is data
+        decode_footer(footer, FOOTER_SIZE - 1)
+    assert decode_index(block, index.index_position, len(data)) == index
+    with pytest.raises(ValueError, match=r"^index_position must be in"):
+        decode_index(block, -1, len(data))
+    # The index block and the footer after it must fit in the object the caller names.
+    for size in (-1, 0, len(data) - 1):
+        with pytest.raises(ValueError, match=r"^object_size must be in"):
+            decode_index(block, index.index_position, size)
+
+
 def entry_cases(index: ObjectIndex) -> list[tuple[int, str, list[IndexEntry]]]:
     """(bad entry number, message, entries) for every check of an entry."""
     e = list(index.entries)
@@ -652,6 +676,40 @@ def test_an_object_shorter_than_its_recorded_size(store: ObjectStore,
     store.put(key, b"more" + data)  # another object than the size was recorded for
     corrupt_at(len(data) - 32, "bad footer magic", ObjectReader(store, key, len(data)).index)
 
+
+
+def test_a_get_that_fails_past_the_end_is_explained_by_the_listed_size(
+        two_streams: tuple[bytes, ObjectIndex]) -> None:
+    """A GET past the object's end may fail rather than come back short (a local file cannot
+    seek past its filesystem's largest size): the reader asks the listing how long the object
+    is and reports damage; an error the object's length does not explain stands."""
+    data, _ = two_streams
+    faulty = FaultyFileSystem(fsspec.filesystem("memory"))
+    store = ObjectStore(faulty, f"/faulty-{uuid.uuid4().hex}")
+    store.put("obj", data)
+
+    def invalid(path: str) -> BaseException:
+        return OSError(errno.EINVAL, "Invalid argument")
+
+    faulty.inject("get", invalid)
+    with pytest.raises(CorruptDataError, match=f"object of `{len(data)}` bytes is shorter than "
+                       f"its recorded size `{1 << 50}`") as caught:
+        ObjectReader(store, "obj", 1 << 50).index()
+    assert (caught.value.source, caught.value.position) == ("obj", len(data))
+    assert isinstance(caught.value.__cause__, OSError)
+    # The size is right: the GET's own error is the answer.
+    faulty.inject("get", invalid)
+    with pytest.raises(OSError, match="Invalid argument"):
+        ObjectReader(store, "obj", len(data)).index()
+    faulty.inject("get", access_denied)
+    with pytest.raises(PermissionError):
+        ObjectReader(store, "obj", len(data)).index()
+    # The listing fails too: the GET's error, not the listing's, is raised.
+    faulty.inject("get", invalid)
+    faulty.inject("list", access_denied)
+    with pytest.raises(OSError, match="Invalid argument"):
+        ObjectReader(store, "obj", 1 << 50).index()
+    assert ObjectReader(store, "obj", len(data)).index() == decode_object_index(data)
 
 def test_every_single_bit_flip_is_caught(store: ObjectStore) -> None:
     """Flip each bit of a small object (three streams, compressed and not, one two-block
