@@ -16,6 +16,8 @@ TYPE_PADDING = 2
 # version type reserved body_length group_offset position epoch
 _TAIL = struct.Struct("<BBHIIqq")
 _CHECKSUM = struct.Struct("<Q")
+_POSITION = struct.Struct("<q")  # the header's position field, at offset 24
+_PAYLOAD_LENGTH = struct.Struct("<I")  # a batch header's payload_length, at its offset 16
 
 
 def header(kind: int, body_length: int, position: int, epoch: int, group_start: int) -> bytes:
@@ -51,6 +53,9 @@ def read_header(buf: bytes | memoryview, at: int, position: int
     ``position`` and whose body fits in ``buf``; else None."""
     if len(buf) - at < HEADER_SIZE or buf[at:at + 4] != MAGIC:
         return None
+    # The position first: it costs no hash, and stale bytes and stray patterns fail it.
+    if _POSITION.unpack_from(buf, at + 24)[0] != position:
+        return None
     tail = buf[at + 12:at + HEADER_SIZE]
     if _CHECKSUM.unpack_from(buf, at + 4)[0] != codec.xxh64(tail):
         return None
@@ -61,37 +66,44 @@ def read_header(buf: bytes | memoryview, at: int, position: int
     return kind, body, epoch, position - group_offset
 
 
-def read_record(buf: bytes | memoryview, at: int, position: int
-                ) -> tuple[WalRecord | None, int, int] | None:
-    """The record at ``buf[at:]`` claiming ``position``: (record, or None for padding; its
-    length; its group's start), or None if it is not a valid record."""
+def examine(buf: bytes | memoryview, at: int, position: int
+            ) -> tuple[tuple[WalRecord | None, int, int] | None, int]:
+    """What a scan finds at ``buf[at:]``, where ``position`` is expected: the record as
+    :func:`read_record` gives it (or None), and how many bytes the scan may move on by.
+
+    That is the record's length when its header is valid, even if its body is not: the header's
+    checksum vouches for the length, so no record of this log starts inside the damaged one, and
+    skipping it whole hashes each byte at most once — the scan stays linear in the bytes
+    scanned, whatever they hold. With no valid header, it is 1: the next byte may start one."""
     found = read_header(buf, at, position)
     if found is None:
-        return None
+        return None, 1
     kind, body, epoch, group = found
     length = HEADER_SIZE + body
     if kind == TYPE_PADDING:
-        return None, length, group
+        return (None, length, group), length
     start, end = at + HEADER_SIZE, at + length
+    # The body is one batch exactly, so its header must say that it ends where the body does.
+    # Checked first: the scan below then checks one batch, never a chain of them (which a
+    # crafted body could hold, to be walked and hashed batch by batch at every candidate).
+    if (body < codec.BATCH_HEADER_SIZE or _PAYLOAD_LENGTH.unpack_from(buf, start + 16)[0]
+            != body - codec.BATCH_HEADER_SIZE):
+        return None, length
     scan = codec.scan_batches(buf, start, end, strict=False)
     if scan.error is not None or len(scan.entries) != 1:
-        return None
+        return None, length
     info = scan.entries[0]
     payload = bytes(buf[info.payload_position:info.end])
     batch = RecordBatch._trusted(payload, info.count, info.base_timestamp, info.max_timestamp,
                                  info.encoding, info.base_offset)
-    return WalRecord(info.stream_id, epoch, batch), length, group
+    return (WalRecord(info.stream_id, epoch, batch), length, group), length
 
 
-def next_valid(buf: bytes, start: int, base: int) -> int | None:
-    """The offset of the first valid record at or after ``start`` (a header that claims its own
-    position ``base + offset``), or None."""
-    at = buf.find(MAGIC, start)
-    while at >= 0:
-        if read_record(buf, at, base + at) is not None:
-            return at
-        at = buf.find(MAGIC, at + 1)
-    return None
+def read_record(buf: bytes | memoryview, at: int, position: int
+                ) -> tuple[WalRecord | None, int, int] | None:
+    """The record at ``buf[at:]`` claiming ``position``: (record, or None for padding; its
+    length; its group's start), or None if it is not a valid record."""
+    return examine(buf, at, position)[0]
 
 
 def scan_run(buf: bytes, base: int, recovery: Recovery, *, last: bool = False
@@ -108,15 +120,20 @@ def scan_run(buf: bytes, base: int, recovery: Recovery, *, last: bool = False
     groups: list[int] = []  # each entry's group start
     holes: list[tuple[int, int]] = []
     at = 0
+    damaged: int | None = None  # where the invalid bytes being skipped began
     while at < len(buf):
-        found = read_record(buf, at, base + at)
+        found, step = examine(buf, at, base + at)
         if found is None:
-            resume = next_valid(buf, at + 1, base)
-            if resume is None:
+            if damaged is None:
+                damaged = at
+            at = buf.find(MAGIC, at + step)  # a record starts with its magic
+            if at < 0:
+                at = damaged
                 break
-            holes.append((base + at, base + resume))
-            at = resume
             continue
+        if damaged is not None:
+            holes.append((base + damaged, base + at))
+            damaged = None
         record, length, group = found
         if record is not None:
             entries.append(WalEntry(base + at, record))

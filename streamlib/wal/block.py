@@ -33,9 +33,9 @@ from streamlib.wal._format import (
     HEADER_SIZE,
     MAGIC,
     TYPE_PADDING,
+    examine,
     header,
     padding,
-    read_record,
     record_parts,
 )
 from streamlib.wal._group import GroupCommitWal, Pending
@@ -362,9 +362,9 @@ class BlockWal(GroupCommitWal):
         pending: list[tuple[int, int]] = []  # holes whose group the next record tells
         while position < limit:
             buf, at = window.at(position)
-            found = read_record(buf, at, position)
+            found, step = examine(buf, at, position)
             if found is None:
-                resume = self._next_valid(window, position, limit)
+                resume = self._next_valid(window, position + step, limit)
                 if resume is None:
                     break  # a torn group or a previous lap's bytes: the log ends here
                 pending.append((position, resume))
@@ -417,15 +417,21 @@ class BlockWal(GroupCommitWal):
         return sealed
 
     @staticmethod
-    def _next_valid(window: _Window, position: int, limit: int) -> int | None:
-        """The first block boundary after ``position`` that holds a valid record at its own
-        position (groups start at boundaries, so the next intact group is found)."""
-        candidate = _round_up(position + 1)
+    def _next_valid(window: _Window, after: int, limit: int) -> int | None:
+        """The first block boundary at or after ``after`` that holds a valid record at its own
+        position (groups start at boundaries, so the next intact group is found). A candidate
+        whose header is valid but whose body is not is skipped whole (see ``examine``), so that
+        no byte is hashed twice."""
+        candidate = _round_up(after)
         while candidate < limit:
             buf, at = window.at(candidate)
-            if buf[at:at + 4] == MAGIC and read_record(buf, at, candidate) is not None:
+            if buf[at:at + 4] != MAGIC:
+                candidate += BLOCK
+                continue
+            found, step = examine(buf, at, candidate)
+            if found is not None:
                 return candidate
-            candidate += BLOCK
+            candidate = _round_up(candidate + step)
         return None
 
     # ---- writing ----

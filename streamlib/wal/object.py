@@ -7,11 +7,12 @@ Keys, under the store's root::
                                                        then again with the epoch's start
     PREFIX/NODE/EPOCH/START-END-ACKED.wal              the records of one flush
 
-``EPOCH``, ``START``, ``END`` and ``ACKED`` are 20-digit numbers, so a listing sorts by epoch,
-then position. ``ACKED`` is the position up to which the epoch's records had been acknowledged
-when the flush's PUT was issued. The ``OPEN`` marker exists so that an open that has written
-nothing yet still holds its epoch: the next open (a restart) takes a higher one, and can never
-write a key that a predecessor still running might write too.
+``EPOCH``, ``START``, ``END`` and ``ACKED`` are 20-digit numbers below 2^63, so a listing sorts
+by epoch, then position; recovery ignores (and logs) any other key under the node's prefix.
+``ACKED`` is the position up to which the epoch's records had been acknowledged when the
+flush's PUT was issued. The ``OPEN`` marker exists so that an open that has written nothing yet
+still holds its epoch: the next open (a restart) takes a higher one, and can never write a key
+that a predecessor still running might write too.
 
 The write path::
 
@@ -62,7 +63,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from streamlib.errors import StorageUnavailable, StreamClosed, describe
+from streamlib.errors import CorruptDataError, StorageUnavailable, StreamClosed, describe
 from streamlib.io import ObjectStore
 from streamlib.wal import Capabilities, Recovery, Wal, WalEntry, WalRecord
 from streamlib.wal._admission import Admission
@@ -72,8 +73,13 @@ log = logging.getLogger("streamlib.wal")
 
 MiB = 1 << 20
 _NODE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-_OBJECT = re.compile(r"(\d{20})/(\d{20})-(\d{20})-(\d{20})\.wal")
-_MARKER = re.compile(r"(\d{20})/OPEN")
+_OBJECT = re.compile(r"([0-9]{20})/([0-9]{20})-([0-9]{20})-([0-9]{20})\.wal")
+_MARKER = re.compile(r"([0-9]{20})/OPEN")
+KEY_LIMIT = 1 << 63
+"""Every epoch and position in a key is below this: what the WAL writes (epochs count opens,
+positions count bytes), and what its 20-digit numbers sort by. A key with a number at or above
+it was not written by this WAL; recovery ignores it, so that it can never push the next epoch
+(one above the highest) past the 20 digits that recovery lists."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,9 +101,12 @@ class EpochMarker:
         unreadable one."""
         fields = dict(line.partition("=")[::2] for line in data.decode(errors="replace").split())
         try:
-            return cls(int(fields["start"]), int(fields["accepted"]))
+            start, accepted = int(fields["start"]), int(fields["accepted"])
         except (KeyError, ValueError):
             return None
+        if not (0 <= start < KEY_LIMIT and 0 <= accepted < KEY_LIMIT):
+            return None
+        return cls(start, accepted)
 
 
 def superseded_from(epochs: list[int], markers: Mapping[int, EpochMarker | None]
@@ -192,6 +201,9 @@ class ObjectWal(Wal):
 
     ``capacity`` is None: an object store does not fill up.
 
+    ``ignored_keys``: how many keys under the node's prefix recovery ignored — a number beyond
+    :data:`KEY_LIMIT`, or no shape of the WAL's keys — each logged at WARNING with its key.
+
     Futures complete on a PUT worker thread, in order; a done-callback must not block on this
     WAL (an append there that waits for room would wait for itself). One process writes a node's
     log at a time: two opening the same node at once could claim the same epoch (claiming it
@@ -255,6 +267,7 @@ class ObjectWal(Wal):
         self._end = 0
         self._acked = 0  # GUARDED_BY(_lock): the end of the last released (acknowledged) object
         self.epoch = 0  # set by recovery, fixed after
+        self.ignored_keys = 0  # set by recovery, fixed after
         # Durable objects, for trim. Filled by recovery alone, then GUARDED_BY(_lock)
         self._objects: deque[WalObject] = deque()
         # OPEN markers of earlier epochs. Filled and read by recovery alone, then GUARDED_BY(_lock)
@@ -292,22 +305,30 @@ class ObjectWal(Wal):
             name = info.key[len(self.prefix):]
             if name == "TRIM":
                 trim_found = True
-            elif match := _OBJECT.fullmatch(name):
-                epoch, start, end, acked = (int(g) for g in match.groups())
-                epochs.append(epoch)
-                if start < end:
-                    objects.append(WalObject(epoch, start, end, info.key, acked))
-                else:
-                    log.warning("WAL object with an empty or backwards range ignored: key=`%s`",
-                                info.key)
-            elif match := _MARKER.fullmatch(name):
-                epoch = int(match.group(1))
-                epochs.append(epoch)
+                continue
+            match = _OBJECT.fullmatch(name) or _MARKER.fullmatch(name)
+            numbers = [int(g) for g in match.groups()] if match else []
+            if not numbers or max(numbers) >= KEY_LIMIT:
+                # Not written by this WAL: it must neither move the epoch nor hide objects.
+                self.ignored_keys += 1
+                log.warning("not a key this WAL writes (a number beyond 2^63 - 1, or not a WAL "
+                            "key's shape), ignored: key=`%s`", info.key)
+                continue
+            epoch = numbers[0]
+            epochs.append(epoch)
+            if len(numbers) == 1:  # the epoch's OPEN marker
                 self._markers[epoch] = info.key
+            elif numbers[1] < numbers[2]:
+                _, start, end, acked = numbers
+                objects.append(WalObject(epoch, start, end, info.key, acked))
             else:
-                log.debug("not a WAL object, ignored: key=`%s`", info.key)
+                log.warning("WAL object with an empty or backwards range ignored: key=`%s`",
+                            info.key)
         self._trim = self._read_trim() if trim_found else 0
         self.epoch = max(epochs) + 1
+        if self.epoch >= KEY_LIMIT:
+            raise CorruptDataError(f"no epoch left below 2^63 for this node: prefix="
+                                   f"`{self.prefix}` highest=`{self.epoch - 1}`")
         self.store.put(f"{self.prefix}{self.epoch:020d}/OPEN", b"")
         objects.sort(key=lambda o: (o.epoch, o.start))  # the order of the keys
         live = [o for o in objects if o.end > self._trim]
@@ -317,11 +338,14 @@ class ObjectWal(Wal):
     def _read_trim(self) -> int:
         text = self.store.get(f"{self.prefix}TRIM")
         try:
-            return int(text.decode().strip() or 0)
+            trim = int(text.decode().strip() or 0)
         except ValueError:
+            trim = -1
+        if not 0 <= trim < KEY_LIMIT:  # beyond it, every object would count as trimmed
             log.error("WAL TRIM object unreadable, recovering from the first object: "
                       "key=`%sTRIM`", self.prefix)
             return 0
+        return trim
 
     def _epoch_markers(self, since: int) -> dict[int, EpochMarker | None]:
         """The verdicts of every earlier epoch from ``since`` on."""
@@ -340,7 +364,7 @@ class ObjectWal(Wal):
         markers = self._epoch_markers(min((o.epoch for o in objects), default=self.epoch))
         cut = superseded_from([o.epoch for o in objects], markers)
         late = self._drop_superseded(recovery, objects, cut)
-        objects = [o for o in objects if o.start < cut.get(o.epoch, 1 << 63)]
+        objects = [o for o in objects if o.start < cut.get(o.epoch, KEY_LIMIT)]
         tails = in_flight_tails(objects, markers, self._trim)
         torn = set().union(*(keys for _, _, keys in tails.values()))
         regions = deque(sorted((start, end, epoch) for epoch, (start, end, _) in tails.items()))
@@ -389,7 +413,7 @@ class ObjectWal(Wal):
             if begin < cursor:
                 recovery.drop(begin, min(cursor, item.end), "overlapping WAL objects")
             entries, valid = scan_run(data, begin, recovery)
-            limit = cut.get(item.epoch, 1 << 63)
+            limit = cut.get(item.epoch, KEY_LIMIT)
             if limit < item.end:  # a late PUT past the verdict of a later epoch
                 recovery.drop(limit, item.end, f"superseded: epoch {item.epoch} wrote it after "
                               f"a later epoch had recovered past `{limit}`")
@@ -404,7 +428,7 @@ class ObjectWal(Wal):
             cursor = max(cursor, min(item.end, limit))
             self._objects.append(item)
         accepted = cursor  # what this recovery accepts ends here; trailing tails do not count
-        pass_tails(1 << 63)
+        pass_tails(KEY_LIMIT)
         # Appends continue after the last object even if its end was damaged or it was part of
         # an in-flight tail: a position is never used twice. A late PUT of an earlier epoch
         # that lands after this may still be listed later: the marker's verdict supersedes it.
@@ -414,7 +438,7 @@ class ObjectWal(Wal):
                          cut: dict[int, int]) -> list[WalObject]:
         """Report and delete the objects an epoch wrote past a later epoch's verdict (late
         PUTs); returns them."""
-        late = [o for o in objects if o.start >= cut.get(o.epoch, 1 << 63)]
+        late = [o for o in objects if o.start >= cut.get(o.epoch, KEY_LIMIT)]
         for item in late:  # reported once, then deleted: no verdict will ever accept them
             recovery.drop(item.start, item.end, f"superseded: epoch {item.epoch} wrote it "
                           f"after a later epoch had recovered past `{cut[item.epoch]}`")
