@@ -9,7 +9,10 @@ A writer that loses a version to another applies the winner's delta and checks i
 Each change carries a random **put id**: a create that comes back "exists" after a lost answer
 is recognised as the writer's own. A **checkpoint** (``checkpoint/<version>``, the whole state,
 zstd-compressed) is written every ``checkpoint_every`` versions; opening reads the newest one and
-the deltas after it.
+the deltas after it. What a reader accepts of either — bounded sizes and nesting, every field
+checked — is decided in :mod:`streamlib.meta._manifest_state`; anything else is
+``CorruptDataError`` naming the object, and changes nothing here. Opening fails only with
+streamlib's errors: ``StorageUnavailable``, ``ConfigError`` or ``CorruptDataError``.
 
 Lock order: one lock, ``_lock`` (re-entrant), a leaf below the node's order
 (:mod:`streamlib.node`). A change holds it across its object-store calls (the create, the
@@ -22,7 +25,6 @@ from __future__ import annotations
 
 import base64
 import bisect
-import json
 import logging
 import threading
 import time
@@ -30,9 +32,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from typing import Any, TypeVar, cast
-
-import zstandard
+from typing import Any, TypeVar
 
 from streamlib.errors import (
     CommitConflict,
@@ -43,6 +43,7 @@ from streamlib.errors import (
     StorageUnavailable,
     StreamClosed,
     StreamExists,
+    StreamLibError,
     StreamNotFound,
     describe,
 )
@@ -65,7 +66,17 @@ from streamlib.meta import (
     check_node_id,
     check_text,
 )
-from streamlib.meta._manifest_state import FORMAT, ManifestState
+from streamlib.meta._manifest_state import (
+    FORMAT,
+    MAX_CHECKPOINT_BYTES,
+    MAX_DELTA_BYTES,
+    Malformed,
+    ManifestState,
+    encode_checkpoint,
+    encode_delta,
+    read_checkpoint,
+    read_delta,
+)
 from streamlib.records import check_int
 
 log = logging.getLogger("streamlib.meta")
@@ -110,20 +121,27 @@ class ManifestMetadataStore(MetadataStore):
                               "only if absent (S3, a local directory, memory)", store.url)
         self._objects = store
         self._prefix = prefix.strip("/")
-        if store.create_trusts_the_server:
-            self._probe_create()
+        if any(part in ("", ".", "..") for part in self._prefix.split("/")):
+            raise ValueError(f"prefix must be a key path without empty parts, '.' or '..': "
+                             f"prefix=`{prefix}`")
         self._lock = threading.RLock()
         self._closed = False  # GUARDED_BY(_lock)
         # Shut down by close once ``_closed`` is set: no catch-up (which holds the lock) runs then.
         self._pool = ThreadPoolExecutor(PROBE, thread_name_prefix="streamlib-manifest")
-        self._decompress = zstandard.ZstdDecompressor()  # used at open only (not thread-safe)
         try:
+            if store.create_trusts_the_server:
+                self._probe_create()
             # ``_state``: the object is never replaced; its contents are GUARDED_BY(_lock), but
             # ``version`` reads its version alone. ``_checkpointed``: GUARDED_BY(_lock).
             self._state, self._checkpointed = self._open()
             self._catch_up()
-        except BaseException:
+        except BaseException as error:
             self._pool.shutdown(wait=False)
+            if isinstance(error, OSError) and not isinstance(error, StreamLibError):
+                # What the object store refuses for good (access denied, no such bucket): the
+                # store's settings are wrong.
+                raise ConfigError("metadata", f"the object store refuses the manifest's "
+                                  f"requests ({error})", store.url) from error
             raise
         self.opened_version = self._state.version
 
@@ -132,18 +150,44 @@ class ManifestMetadataStore(MetadataStore):
 
     def _probe_create(self) -> None:
         """Refuse a server that ignores create-only conditions (some S3-compatible stores do):
-        on it, two writers could both win a version. Three requests at open."""
+        on it, two writers could both win a version. Creates one object twice, then deletes
+        it: three requests at open. Each create writes its own put id, read back when a create
+        says "exists", so that a create whose answer was lost (it landed; its retry heard
+        "exists") is known for the probe's own, as a change's is (:meth:`_create`)."""
         key = f"{self._prefix}/probe/{uuid.uuid4().hex}"
-        self._objects.create(key, b"1")
+        first, second = (f"probe {uuid.uuid4().hex}".encode() for _ in range(2))
         try:
-            self._objects.create(key, b"2")
-        except FileExistsError:
-            return
+            found = self._create_or_read(key, first)
+            if found == first:
+                found = self._create_or_read(key, second)
         finally:
-            self._objects.delete([key])
-        raise ConfigError("metadata", "the object store ignores create-only writes "
-                          "(If-None-Match): a shared manifest would not be safe there; see "
-                          "`streamlib check-store`", self._objects.url)
+            try:
+                self._objects.delete([key])
+            except OSError as error:  # StorageUnavailable too; a probe object left is harmless
+                log.warning("could not delete the manifest's probe object %s: %r", key, error)
+        if found == first:
+            return  # the second create was refused: conditions are honoured
+        if found == second:
+            raise ConfigError("metadata", "the object store ignores create-only writes "
+                              "(If-None-Match): a shared manifest would not be safe there; see "
+                              "`streamlib check-store`", self._objects.url)
+        raise ConfigError("metadata", f"the object store gave back other bytes than the "
+                          f"manifest's probe wrote at {key}", self._objects.url)
+
+    def _create_or_read(self, key: str, body: bytes) -> bytes:
+        """Create ``key`` holding ``body``: ``body`` if it did (or an earlier try of it whose
+        answer was lost did), else what the object there holds."""
+        try:
+            self._objects.create(key, body)
+            return body
+        except FileExistsError:
+            pass
+        try:
+            return self._objects.get(key)
+        except FileNotFoundError as error:
+            raise StorageUnavailable(describe(
+                "an object said to exist cannot be read (a store without read-after-write?)",
+                key=key)) from error
 
     @property
     def version(self) -> int:
@@ -159,36 +203,33 @@ class ManifestMetadataStore(MetadataStore):
 
     def _open(self) -> tuple[ManifestState, int]:
         """The state of the newest checkpoint (or the empty state)."""
-        found = self._objects.list(f"{self._prefix}/checkpoint/")
-        versions = sorted(int(info.key.rpartition("/")[2]) for info in found
-                          if info.key.rpartition("/")[2].isdigit())
+        names = (info.key.rpartition("/")[2]
+                 for info in self._objects.list(f"{self._prefix}/checkpoint/"))
+        versions = sorted(int(name) for name in names  # only names a writer gives (20 digits)
+                          if len(name) == 20 and name.isascii() and name.isdigit())
         if not versions:
             return ManifestState(), 0
         key = self._key("checkpoint", versions[-1])
-        raw = self._objects.get(key)
         try:
-            data = json.loads(self._decompress.decompress(raw))
-            if data.get("format") != FORMAT or data.get("version") != versions[-1]:
-                raise ValueError(f"format {data.get('format')} version {data.get('version')}")
-            return ManifestState.load(data), versions[-1]
-        except (ValueError, KeyError, TypeError, zstandard.ZstdError) as error:
+            raw = self._objects.get(key, 0, MAX_CHECKPOINT_BYTES + 1)
+        except FileNotFoundError as error:
+            raise CorruptDataError("manifest checkpoint listed but not there",
+                                   source=key) from error
+        try:
+            return read_checkpoint(raw, versions[-1]), versions[-1]
+        except Malformed as error:
             raise CorruptDataError(f"unreadable manifest checkpoint ({error})",
                                    source=key) from error
 
     def _read_delta(self, version: int) -> dict[str, Any] | None:
         key = self._key("log", version)
         try:
-            raw = self._objects.get(key)
+            raw = self._objects.get(key, 0, MAX_DELTA_BYTES + 1)
         except FileNotFoundError:
             return None
         try:
-            delta = json.loads(raw)
-            if delta.get("format") != FORMAT or delta.get("version") != version:
-                raise ValueError(f"format {delta.get('format')} version {delta.get('version')}")
-            if not isinstance(delta.get("op"), str) or not isinstance(delta.get("args"), dict):
-                raise ValueError("no operation")
-            return cast(dict[str, Any], delta)  # of what json gives, only a dict has .get
-        except (ValueError, TypeError, AttributeError) as error:
+            return read_delta(raw, version)
+        except Malformed as error:
             raise CorruptDataError(f"unreadable manifest delta ({error})", source=key) from error
 
     def _catch_up(self) -> int:
@@ -211,8 +252,8 @@ class ManifestMetadataStore(MetadataStore):
     def _apply(self, delta: dict[str, Any]) -> None:
         try:
             self._state.apply(delta["op"], delta["args"])
-        except (KeyError, TypeError, ValueError, AttributeError) as error:
-            raise CorruptDataError(f"manifest delta does not apply ({error!r})",
+        except Malformed as error:
+            raise CorruptDataError(f"manifest delta does not apply ({error})",
                                    source=self._key("log", delta["version"])) from error
         self._state.version = delta["version"]
 
@@ -256,7 +297,7 @@ class ManifestMetadataStore(MetadataStore):
         call, or by an earlier try of it whose answer was lost), False if another writer's
         delta is there."""
         key = self._key("log", version)
-        body = json.dumps(delta, separators=(",", ":")).encode()
+        body = encode_delta(delta)
         for tries in range(1, CREATE_TRIES + 1):
             try:
                 self._objects.create(key, body)
@@ -280,8 +321,12 @@ class ManifestMetadataStore(MetadataStore):
         state = self._state
         if state.version - self._checkpointed < self._checkpoint_every:
             return
-        body = zstandard.ZstdCompressor(level=3).compress(
-            json.dumps(state.dump(), separators=(",", ":")).encode())
+        try:
+            body = encode_checkpoint(state)
+        except ValueError as error:  # readers would refuse it; they read more deltas instead
+            log.error("manifest checkpoint at version %d not written: %s", state.version, error)
+            self._checkpointed = state.version  # tried again ``checkpoint_every`` versions on
+            return
         try:
             self._objects.create(self._key("checkpoint", state.version), body)
         except FileExistsError:

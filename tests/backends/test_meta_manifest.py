@@ -1,7 +1,8 @@
 """The object-store manifest: the metadata contract on a local directory, in memory and on S3
 (moto), plus what only a shared manifest has — several writers on one manifest, a create whose
-answer is lost, checkpoints, damaged deltas, stores that cannot create only if absent, and the
-open time and delta sizes at 100,000 streams and objects."""
+answer is lost, checkpoints, damaged deltas, stores that cannot create only if absent, an open
+whose probe of the store loses an answer, and the open time and delta sizes at 100,000 streams
+and objects (forged checkpoints and deltas: test_manifest_refuses_forged_objects.py)."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ from streamlib.io import ObjectStore, RetryPolicy
 from streamlib.meta import Commit, MetadataStore
 from streamlib.meta._manifest_state import ManifestState, StreamRecord
 from streamlib.meta.manifest import ManifestMetadataStore
-from streamlib.testing.faults import FaultyFileSystem, timeout
+from streamlib.testing.faults import FaultyFileSystem, access_denied, timeout
 from streamlib.testing.meta import MetadataContract, make_object
 from streamlib.testing.s3 import S3Endpoint
 
@@ -306,6 +307,78 @@ def test_a_server_that_ignores_create_only_conditions_is_refused() -> None:
         ManifestMetadataStore(ObjectStore(plain, f"/ignores-{uuid.uuid4().hex}"))
     honest = FaultyFileSystem(fsspec.filesystem("memory"))
     ManifestMetadataStore(ObjectStore(honest, f"/honest-{uuid.uuid4().hex}")).close()
+
+
+def open_twenty_times_losing_the_probes_first_answer(faulty: FaultyFileSystem,
+                                                     objects: ObjectStore) -> None:
+    """Open a manifest 20 times, each time losing the answer of the probe's first create (it
+    lands; the client hears a timeout and retries into "exists"): every open succeeds and
+    leaves no probe object behind."""
+    for _ in range(20):
+        rule = faulty.inject("put", timeout, after=True, match=lambda path: "/probe/" in path)
+        ManifestMetadataStore(objects).close()
+        assert rule.hits == 1
+        assert objects.list("manifest/probe/") == []
+        faulty.clear()
+
+
+def test_opening_survives_a_lost_answer_of_its_probe() -> None:
+    faulty = FaultyFileSystem(fsspec.filesystem("memory"))
+    objects = ObjectStore(faulty, f"/probe-{uuid.uuid4().hex}",
+                          retry=RetryPolicy(initial=0.001, timeout=5))
+    assert objects.create_trusts_the_server  # the probe runs: no plain memory filesystem
+    open_twenty_times_losing_the_probes_first_answer(faulty, objects)
+
+
+def test_opening_survives_a_lost_answer_of_its_probe_on_a_real_s3_server(
+        moto_s3: S3Endpoint) -> None:
+    bucket = moto_s3.create_bucket()
+    try:
+        faulty = FaultyFileSystem(moto_s3.filesystem())
+        objects = ObjectStore(faulty, f"{bucket}/m", retry=RetryPolicy(initial=0.01, timeout=10))
+        open_twenty_times_losing_the_probes_first_answer(faulty, objects)
+    finally:
+        moto_s3.delete_bucket(bucket)
+
+
+def test_every_failure_of_the_probe_is_a_streamlib_error_and_leaves_no_probe() -> None:
+    """A server that ignores create-only conditions is still refused when an answer is lost;
+    a store that stays unavailable, or refuses the writes, fails the open with the error
+    that says what to do; no probe object stays in any case."""
+
+    class IgnoresConditions(FaultyFileSystem):
+        def pipe_file(self, path: str, value: bytes, **kwargs: object) -> object:
+            kwargs.pop("mode", None)  # the condition is lost on the way
+            return super().pipe_file(path, value, **kwargs)
+
+    ignores = IgnoresConditions(fsspec.filesystem("memory"))
+    objects = ObjectStore(ignores, f"/ignores-{uuid.uuid4().hex}",
+                          retry=RetryPolicy(initial=0.001, timeout=5))
+    for lost in (1, 2):  # the answer of the first create lost, or of the second
+        if lost == 2:
+            ignores.inject("put", match=lambda path: "/probe/" in path)  # passes the first
+        ignores.inject("put", timeout, after=True, match=lambda path: "/probe/" in path)
+        with pytest.raises(ConfigError, match="ignores create-only writes"):
+            ManifestMetadataStore(objects)
+        ignores.clear()
+        assert objects.list("manifest/probe/") == []
+    faulty = FaultyFileSystem(fsspec.filesystem("memory"))
+    objects = ObjectStore(faulty, f"/failing-{uuid.uuid4().hex}",
+                          retry=RetryPolicy(initial=0.001, timeout=0.5))
+    cases: list[tuple[str, Callable[[str], BaseException], type[Exception]]] = [
+        ("put", timeout, StorageUnavailable),  # never answers: nothing landed
+        ("get", timeout, StorageUnavailable),  # the read-back after a lost answer's "exists"
+        ("put", access_denied, ConfigError),
+        ("list", access_denied, ConfigError),
+    ]
+    for op, error, expected in cases:
+        if op == "get":
+            faulty.inject("put", timeout, after=True, match=lambda path: "/probe/" in path)
+        faulty.inject(op, error, times=None)
+        with pytest.raises(expected):
+            ManifestMetadataStore(objects)
+        faulty.clear()
+        assert objects.list("manifest/probe/") == [], op
 
 
 def test_a_delta_that_does_not_apply_changes_nothing(tmp_path: Path) -> None:

@@ -1,0 +1,577 @@
+"""A manifest refuses every checkpoint and delta in its bucket that its writers could not have
+written — forged, damaged, or of another format — with ``CorruptDataError`` naming the object's
+key, at open or at refresh, and keeps its in-memory state as it was (docs/shared-stores.md,
+"What a reader accepts"). The shapes include those that once escaped as ``MemoryError`` (a zstd
+frame claiming a huge size), ``RecursionError`` (deep nesting) and plain Python errors, and
+values that were taken and failed later, in reads."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+import struct
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import zstandard
+from hypothesis import event, given, settings
+from hypothesis import strategies as st
+
+from streamlib.errors import CorruptDataError
+from streamlib.io import ObjectStore
+from streamlib.meta import MAX_KV_VALUE, MAX_NAME_CHARS, Commit
+from streamlib.meta import _manifest_state as manifest_format
+from streamlib.meta.manifest import ManifestMetadataStore
+from streamlib.testing.meta import make_object
+
+# The manifest: the codec plays no part; the C pass runs it (conftest.py).
+pytestmark = pytest.mark.once
+
+HUGE = 1 << 63  # one past the largest id, epoch, offset or position
+TOO_LONG = "x" * (MAX_NAME_CHARS + 1)
+
+
+def populated() -> tuple[ObjectStore, ManifestMetadataStore]:
+    """A manifest in memory with something of every kind: live, named and destroyed streams, a
+    stream handed over between nodes, a committed object, a registered node, a key-value
+    entry. Stream 1 ``one`` (owner ``a``, object ``obj-1`` holds [0, 5)), 2 ``two`` (handed
+    over from ``a`` to ``b``), 3 destroyed; node ``a`` at epoch 1."""
+    objects = ObjectStore.from_url(f"memory://forged-{uuid.uuid4().hex}")
+    store = ManifestMetadataStore(objects, node_id="w", checkpoint_every=1000)
+    one = store.create_stream("one").id
+    two = store.create_stream("two").id
+    store.destroy_stream(store.create_stream("gone").id)
+    store.register_node("a")
+    epoch = store.open_stream(one, node_id="a").epoch
+    store.open_stream(two, node_id="a")
+    store.open_stream(two, node_id="b")
+    store.commit(Commit(node_id="a", wal_position=10, epochs={one: epoch},
+                        objects=[make_object("obj-1", (one, 0, 5))]))
+    store.kv_write("ns", "k", b"value")
+    return objects, store
+
+
+def snapshot(store: ManifestMetadataStore) -> tuple[object, ...]:
+    """The handle's whole in-memory state, its derived indexes included."""
+    state = store._state
+    return (state.version, json.dumps(state.dump(), sort_keys=True), dict(state.names),
+            {stream: list(entries) for stream, entries in state.by_stream.items()})
+
+
+def read_everything(store: ManifestMetadataStore) -> None:
+    """Every read of the interface, over everything the state holds: none may fail."""
+    state = store._state
+    store.streams()
+    for stream_id in list(state.streams):
+        meta = store.get_stream(stream_id, include_destroyed=True)
+        if meta.live:
+            if meta.name is not None:
+                store.get_stream_by_name(meta.name)
+            store.objects(stream_id)
+            store.stream_objects(stream_id)
+            store.objects(stream_id, meta.end_offset)
+    for node in list(state.nodes):
+        store.node(node)
+    for namespace in list(state.kv):
+        store.kv_items(namespace)
+
+
+def delta(store: ManifestMetadataStore, op: str, args: object, /, **envelope: object) -> bytes:
+    """The next delta of ``store`` as its writers write it, with ``envelope`` fields replaced
+    (a value of ``...`` drops the field)."""
+    body: dict[str, object] = {"format": 1, "version": store.version + 1, "put": uuid.uuid4().hex,
+                               "node": "w", "time": 1_795_000_000_000, "op": op, "args": args}
+    body.update(envelope)
+    return json.dumps({k: v for k, v in body.items() if v is not ...}).encode()
+
+
+def forge_delta(objects: ObjectStore, store: ManifestMetadataStore, body: bytes) -> str:
+    key = f"manifest/log/{store.version + 1:020d}"
+    objects.create(key, body)
+    return key
+
+
+def assert_refused(objects: ObjectStore, store: ManifestMetadataStore, key: str) -> None:
+    """Refused by name at refresh (twice: a retry applies no half of it) and at open; the
+    state is as it was."""
+    before = snapshot(store)
+    for _ in range(2):
+        with pytest.raises(CorruptDataError) as refused:
+            store.refresh()
+        assert refused.value.source == key and key in str(refused.value)
+        assert snapshot(store) == before
+    with pytest.raises(CorruptDataError) as refused:
+        ManifestMetadataStore(objects)
+    assert refused.value.source == key
+
+
+# ---- deltas ----
+
+def deep(depth: int) -> object:
+    value: object = 1
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+# (name, op, args, envelope changes)
+DELTAS: list[tuple[str, str, Any, dict[str, Any]]] = [
+    # the envelope
+    ("format as a string", "destroy", {"id": 1}, {"format": "1"}),
+    ("format as a float", "destroy", {"id": 1}, {"format": 1.0}),
+    ("another format", "destroy", {"id": 1}, {"format": 2}),
+    ("format missing", "destroy", {"id": 1}, {"format": ...}),
+    ("version as a string", "destroy", {"id": 1}, {"version": "9"}),
+    ("put id as an int", "destroy", {"id": 1}, {"put": 7}),
+    ("put id missing", "destroy", {"id": 1}, {"put": ...}),
+    ("writer not a node id", "destroy", {"id": 1}, {"node": "no/slash"}),
+    ("writer as an int", "destroy", {"id": 1}, {"node": 7}),
+    ("time negative", "destroy", {"id": 1}, {"time": -1}),
+    ("time as a string", "destroy", {"id": 1}, {"time": "now"}),
+    ("unknown operation", "explode", {"id": 1}, {}),
+    ("operation as a list", "destroy", {"id": 1}, {"op": ["destroy"]}),
+    ("operation missing", "destroy", {"id": 1}, {"op": ...}),
+    ("arguments as a list", "destroy", [1], {}),
+    ("arguments missing", "destroy", {"id": 1}, {"args": ...}),
+    ("an unknown field", "destroy", {"id": 1}, {"extra": 1}),
+    ("nested deeper than a delta is", "commit", {"node": "a", "wal_position": 11,
+                                                 "objects": deep(6), "remove": []}, {}),
+    # create
+    ("create: id as a string", "create", {"id": "4", "name": None}, {}),
+    ("create: id negative", "create", {"id": -4, "name": None}, {}),
+    ("create: id 2^63", "create", {"id": HUGE, "name": None}, {}),
+    ("create: id as a bool", "create", {"id": True, "name": None}, {}),
+    ("create: id of an existing stream", "create", {"id": 1, "name": "again"}, {}),
+    ("create: name as an int", "create", {"id": 4, "name": 5}, {}),
+    ("create: name empty", "create", {"id": 4, "name": ""}, {}),
+    ("create: name with NUL", "create", {"id": 4, "name": "a\x00b"}, {}),
+    ("create: name too long", "create", {"id": 4, "name": TOO_LONG}, {}),
+    ("create: name not UTF-8", "create", {"id": 4, "name": "\ud800"}, {}),
+    ("create: name of a live stream", "create", {"id": 4, "name": "one"}, {}),
+    ("create: name missing", "create", {"id": 4}, {}),
+    ("create: an unknown argument", "create", {"id": 4, "name": None, "x": 1}, {}),
+    # open
+    ("open: unknown stream", "open", {"id": 99, "epoch": 9}, {}),
+    ("open: epoch negative", "open", {"id": 1, "epoch": -1}, {}),
+    ("open: epoch as a string", "open", {"id": 1, "epoch": "2"}, {}),
+    ("open: epoch missing", "open", {"id": 1}, {}),
+    ("open: owner as an int", "open", {"id": 1, "epoch": 2, "owner": 7}, {}),
+    ("open: owner not a node id", "open", {"id": 1, "epoch": 2, "owner": "a b"}, {}),
+    ("open: since as a float", "open", {"id": 1, "epoch": 2, "since": 1.5}, {}),
+    ("open: from as a string", "open", {"id": 1, "epoch": 2, "from": "a"}, {}),
+    ("open: from too short", "open", {"id": 1, "epoch": 2, "from": ["a"]}, {}),
+    ("open: from too long", "open", {"id": 1, "epoch": 2, "from": ["a", 1, 1, 1]}, {}),
+    ("open: from of no node", "open", {"id": 1, "epoch": 2, "from": [None, 1, 1]}, {}),
+    ("open: from epoch as a string", "open", {"id": 1, "epoch": 2, "from": ["a", "1", 1]}, {}),
+    # release
+    ("release: node as an int", "release", {"node": 5, "streams": [1]}, {}),
+    ("release: streams as a string", "release", {"node": "a", "streams": "1"}, {}),
+    ("release: an unknown stream", "release", {"node": "a", "streams": [1, 99]}, {}),
+    ("release: a stream id as a string", "release", {"node": "a", "streams": [1, "2"]}, {}),
+    # trim, destroy
+    ("trim: offset negative", "trim", {"id": 1, "offset": -5}, {}),
+    ("trim: offset null", "trim", {"id": 1, "offset": None}, {}),
+    ("trim: unknown stream", "trim", {"id": 99, "offset": 0}, {}),
+    ("destroy: unknown stream", "destroy", {"id": 99}, {}),
+    ("destroy: id as a float", "destroy", {"id": 1.0}, {}),
+    # register
+    ("register: node as an int", "register", {"node": 5, "epoch": 2}, {}),
+    ("register: node empty", "register", {"node": "", "epoch": 2}, {}),
+    ("register: epoch 2^64", "register", {"node": "a", "epoch": 1 << 64}, {}),
+    ("register: epoch null", "register", {"node": "a", "epoch": None}, {}),
+    # commit
+    ("commit: objects as an object", "commit",
+     {"node": "a", "wal_position": 11, "objects": {"k": 1}, "remove": []}, {}),
+    ("commit: an object too short", "commit",
+     {"node": "a", "wal_position": 11, "objects": [["k", 100]], "remove": []}, {}),
+    ("commit: a key as an int", "commit",
+     {"node": "a", "wal_position": 11, "objects": [[5, 100, [[1, 5, 9, 40]]]], "remove": []},
+     {}),
+    ("commit: a key too long", "commit", {"node": "a", "wal_position": 11,
+                                          "objects": [[TOO_LONG, 100, [[1, 5, 9, 40]]]],
+                                          "remove": []}, {}),
+    ("commit: a key already committed", "commit", {"node": "a", "wal_position": 11,
+                                                   "objects": [["obj-1", 100, [[1, 5, 9, 40]]]],
+                                                   "remove": []}, {}),
+    ("commit: a key twice", "commit", {"node": "a", "wal_position": 11, "remove": [],
+                                       "objects": [["k", 100, [[1, 5, 9, 40]]],
+                                                   ["k", 100, [[1, 9, 12, 40]]]]}, {}),
+    ("commit: size negative", "commit",
+     {"node": "a", "wal_position": 11, "objects": [["k", -1, [[1, 5, 9, 40]]]], "remove": []},
+     {}),
+    ("commit: no ranges", "commit",
+     {"node": "a", "wal_position": 11, "objects": [["k", 100, []]], "remove": []}, {}),
+    ("commit: a range too short", "commit",
+     {"node": "a", "wal_position": 11, "objects": [["k", 100, [[1, 5, 9]]]], "remove": []}, {}),
+    ("commit: a range of no record", "commit",
+     {"node": "a", "wal_position": 11, "objects": [["k", 100, [[1, 9, 9, 40]]]], "remove": []},
+     {}),
+    ("commit: a range of an unknown stream", "commit", {"node": "a", "wal_position": 11,
+                                                        "objects": [["k", 100, [[99, 5, 9, 4]]]],
+                                                        "remove": []}, {}),
+    ("commit: two ranges of one stream", "commit",
+     {"node": "a", "wal_position": 11, "remove": [],
+      "objects": [["k", 100, [[1, 5, 9, 10], [1, 9, 12, 10]]]]}, {}),
+    ("commit: ranges larger than the object", "commit",
+     {"node": "a", "wal_position": 11, "objects": [["k", 100, [[1, 5, 9, 101]]]], "remove": []},
+     {}),
+    ("commit: an end offset 2^63", "commit", {"node": "a", "wal_position": 11, "remove": [],
+                                              "objects": [["k", 100, [[1, 5, HUGE, 40]]]]}, {}),
+    ("commit: remove as a string", "commit",
+     {"node": "a", "wal_position": 11, "objects": [], "remove": "obj-1"}, {}),
+    ("commit: remove a key as an int", "commit",
+     {"node": "a", "wal_position": 11, "objects": [], "remove": [5]}, {}),
+    ("commit: remove an object never committed", "commit",
+     {"node": "a", "wal_position": 11, "objects": [], "remove": ["nothing"]}, {}),
+    ("commit: remove an object twice", "commit",
+     {"node": "a", "wal_position": 11, "objects": [], "remove": ["obj-1", "obj-1"]}, {}),
+    ("commit: add and remove one object", "commit",
+     {"node": "a", "wal_position": 11, "objects": [["k", 100, [[1, 5, 9, 40]]]],
+      "remove": ["k"]}, {}),
+    ("commit: WAL position as a string", "commit",
+     {"node": "a", "wal_position": "11", "objects": [], "remove": []}, {}),
+    ("commit: WAL position as a float", "commit",
+     {"node": "a", "wal_position": 11.0, "objects": [], "remove": []}, {}),
+    ("commit: node missing", "commit", {"wal_position": 11, "objects": [], "remove": []}, {}),
+    # key-value entries
+    ("kv: value not base64", "kv", {"namespace": "ns", "key": "k", "value": "!!!"}, {}),
+    ("kv: value base64 without its padding", "kv",
+     {"namespace": "ns", "key": "k", "value": "YQ"}, {}),
+    ("kv: value as an int", "kv", {"namespace": "ns", "key": "k", "value": 5}, {}),
+    ("kv: value too large", "kv", {"namespace": "ns", "key": "k", "value": base64.b64encode(
+        bytes(MAX_KV_VALUE + 1)).decode()}, {}),
+    ("kv: namespace as an int", "kv", {"namespace": 5, "key": "k", "value": None}, {}),
+    ("kv: namespace empty", "kv", {"namespace": "", "key": "k", "value": "YQ=="}, {}),
+    ("kv: key as a list", "kv", {"namespace": "ns", "key": ["k"], "value": "YQ=="}, {}),
+    ("kv: key missing", "kv", {"namespace": "ns", "value": "YQ=="}, {}),
+]
+
+
+@pytest.mark.parametrize(("op", "args", "envelope"), [case[1:] for case in DELTAS],
+                         ids=[case[0] for case in DELTAS])
+def test_a_forged_delta_is_refused_by_name_and_changes_nothing(
+        op: str, args: Any, envelope: dict[str, Any]) -> None:
+    objects, store = populated()
+    key = forge_delta(objects, store, delta(store, op, args, **envelope))
+    assert_refused(objects, store, key)
+
+
+RAW_DELTAS = {
+    "empty": b"",
+    "not JSON": b'{"format": 1,',
+    "not UTF-8": b'{"format": 1, "op": "\xff"}',
+    "a JSON list": b"[1, 2]",
+    "JSON null": b"null",
+    "nested 100,000 deep": b'{"format": 1, "args": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+    "an int of 5,000 digits": b'{"format": 1, "version": ' + b"9" * 5000 + b"}",
+    "NaN": b'{"format": NaN}',
+}
+
+
+@pytest.mark.parametrize("body", list(RAW_DELTAS.values()), ids=list(RAW_DELTAS))
+def test_a_delta_that_is_not_json_of_the_format_is_refused_by_name(body: bytes) -> None:
+    objects, store = populated()
+    key = forge_delta(objects, store, body)
+    assert_refused(objects, store, key)
+
+
+def test_a_delta_larger_than_the_bound_is_refused_before_it_is_parsed(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    objects, store = populated()
+    monkeypatch.setattr(manifest_format, "MAX_DELTA_BYTES", 4096)
+    body = delta(store, "kv", {"namespace": "ns", "key": "big",
+                               "value": base64.b64encode(bytes(4096)).decode()})
+    key = forge_delta(objects, store, body)
+    assert_refused(objects, store, key)
+    objects.delete([key])
+    with pytest.raises(ValueError, match="larger than a delta"):  # nor does a writer write one
+        store.kv_write("ns", "big", bytes(4096))
+    assert store.refresh() == 0 and store.kv_get("ns", "big") is None
+
+
+def test_a_well_formed_delta_of_every_operation_applies() -> None:
+    """The control: deltas as the writers write them (and as older versions wrote them: an
+    open without owner fields, a hand-over of two fields) are taken."""
+    objects, store = populated()
+    for op, args in [
+        ("create", {"id": 4, "name": "four"}),
+        ("open", {"id": 4, "epoch": 1}),
+        ("open", {"id": 1, "epoch": 3, "owner": "b", "from": ["a", 2]}),
+        ("open", {"id": 1, "epoch": 4, "owner": "a", "since": 4, "from": ["b", 3, None]}),
+        ("release", {"node": "b", "streams": [1, 2]}),
+        ("commit", {"node": "a", "wal_position": 20, "remove": [],
+                    "objects": [["k", 100, [[1, 5, 9, 40], [2, 0, 3, 30]]]]}),
+        ("trim", {"id": 1, "offset": 9}),
+        ("commit", {"node": "a", "wal_position": 20, "objects": [], "remove": ["obj-1"]}),
+        ("register", {"node": "c", "epoch": 1}),
+        ("kv", {"namespace": "ns", "key": "k", "value": None}),
+        ("kv", {"namespace": "ns", "key": "z", "value": "YQ=="}),
+        ("destroy", {"id": 2}),
+    ]:
+        forge_delta(objects, store, delta(store, op, args))
+        assert store.refresh() == 1, op
+    read_everything(store)
+    assert store.get_stream(1).start_offset == 9 and store.kv_get("ns", "z") == b"a"
+    assert ManifestMetadataStore(objects).version == store.version
+
+
+# ---- checkpoints ----
+
+def checkpoint_of(store: ManifestMetadataStore) -> dict[str, Any]:
+    return copy.deepcopy(store._state.dump())
+
+
+def forge_checkpoint(objects: ObjectStore, store: ManifestMetadataStore, body: bytes) -> str:
+    key = f"manifest/checkpoint/{store.version:020d}"
+    objects.create(key, body)
+    return key
+
+
+def compressed(data: object) -> bytes:
+    return zstandard.ZstdCompressor(level=3).compress(json.dumps(data).encode())
+
+
+def assert_open_refuses(objects: ObjectStore, key: str) -> str:
+    """Refused by name at open; returns the message."""
+    with pytest.raises(CorruptDataError) as refused:
+        ManifestMetadataStore(objects)
+    assert refused.value.source == key and key in str(refused.value)
+    return str(refused.value)
+
+
+def column(table: str, name: str, value: Callable[[list[Any]], object]
+           ) -> Callable[[dict[str, Any]], None]:
+    def change(data: dict[str, Any]) -> None:
+        data[table][name] = value(data[table][name])
+    return change
+
+
+def first(value: object) -> Callable[[list[Any]], list[Any]]:
+    return lambda values: [value, *values[1:]]
+
+
+def put(name: str, value: object) -> Callable[[dict[str, Any]], None]:
+    return lambda data: data.update({name: value})
+
+
+def drop(name: str) -> Callable[[dict[str, Any]], None]:
+    return lambda data: data.pop(name)
+
+
+CHECKPOINTS: dict[str, Callable[[dict[str, Any]], None]] = {
+    "a JSON list": lambda data: data.clear(),  # replaced by a list below
+    "format as a string": put("format", "1"),
+    "another format": put("format", 2),
+    "version as a bool": put("version", True),
+    "next id negative": put("next_id", -1),
+    "next id as a float": put("next_id", 4.0),
+    "next id not past every stream": put("next_id", 3),
+    "next id missing": drop("next_id"),
+    "an unknown field": put("extra", []),
+    "streams as a list": put("streams", []),
+    "streams missing": drop("streams"),
+    "a stream column missing": lambda data: data["streams"].pop("epoch"),
+    "a stream column too short": column("streams", "name", lambda v: v[:-1]),
+    "an unknown stream column": lambda data: data["streams"].update(x=[0, 0, 0]),
+    "a stream id as a string": column("streams", "id", first("1")),
+    "a stream id twice": column("streams", "id", lambda v: [v[1], *v[1:]]),
+    "a stream name as an int": column("streams", "name", first(5)),
+    "a stream name empty": column("streams", "name", first("")),
+    "a stream name with NUL": column("streams", "name", first("a\x00")),
+    "a stream name too long": column("streams", "name", first(TOO_LONG)),
+    "a stream name not UTF-8": column("streams", "name", first("\udc80")),
+    "two live streams of one name": column("streams", "name", lambda v: [v[1], *v[1:]]),
+    "an epoch negative": column("streams", "epoch", first(-1)),
+    "a start offset 2^63": column("streams", "start", first(HUGE)),
+    "an end offset as a float": column("streams", "end", first(5.0)),
+    "live as an int": column("streams", "live", first(1)),
+    "an owner not a node id": column("streams", "owner", first("a/b")),
+    "an owner as an int": column("streams", "owner", first(7)),
+    "a hand-over epoch as a string": column("streams", "from_epoch", first("1")),
+    "a first epoch negative": column("streams", "since", first(-1)),
+    "objects missing": drop("objects"),
+    "an object key as an int": column("objects", "key", first(5)),
+    "an object key twice": lambda data: data["objects"].update(
+        key=["obj-1", "obj-1"], size=[100, 100], ranges=[1, 1], stream=[1, 1], start=[0, 5],
+        end=[5, 9], used=[10, 10]),
+    "an object size negative": column("objects", "size", first(-1)),
+    "an object of no range": column("objects", "ranges", first(0)),
+    "ranges that objects do not claim": column("objects", "stream", lambda v: [*v, 1]),
+    "a range of an unknown stream": column("objects", "stream", first(99)),
+    "a range of no record": column("objects", "end", first(0)),
+    "ranges larger than their object": column("objects", "used", first(10 ** 6)),
+    "two ranges of one stream in one object": lambda data: data["objects"].update(
+        ranges=[2], stream=[1, 1], start=[0, 5], end=[5, 9], used=[10, 10]),
+    "nodes as an object": put("nodes", {"a": [1, 10]}),
+    "a node entry too short": put("nodes", [["a", 1]]),
+    "a node id as an int": put("nodes", [[7, 1, 10]]),
+    "a node id not a node id": put("nodes", [["", 1, 10]]),
+    "a node twice": put("nodes", [["a", 1, 10], ["a", 2, 10]]),
+    "a WAL position negative": put("nodes", [["a", 1, -10]]),
+    "a key-value value not base64": put("kv", [["ns", "k", "%%%"]]),
+    "a key-value value too large": put("kv", [["ns", "k", base64.b64encode(
+        bytes(MAX_KV_VALUE + 1)).decode()]]),
+    "a key-value namespace empty": put("kv", [["", "k", "YQ=="]]),
+    "a key-value entry twice": put("kv", [["ns", "k", "YQ=="], ["ns", "k", "Yg=="]]),
+    "a key-value entry too long": put("kv", [["ns", "k", "YQ==", 1]]),
+}
+
+
+@pytest.mark.parametrize("change", list(CHECKPOINTS.values()), ids=list(CHECKPOINTS))
+def test_a_forged_checkpoint_is_refused_by_name_at_open(
+        change: Callable[[dict[str, Any]], None]) -> None:
+    objects, store = populated()
+    data: Any = checkpoint_of(store)
+    change(data)
+    if not data:
+        data = [1, 2]
+    key = forge_checkpoint(objects, store, compressed(data))
+    assert_open_refuses(objects, key)
+
+
+def frame_claiming(size: int) -> bytes:
+    """A 26-byte zstd frame whose header claims ``size`` bytes of content (single segment, an
+    8-byte content size) and holds one raw block of 10 bytes."""
+    return (struct.pack("<IB", 0xFD2FB528, 0xE0) + struct.pack("<Q", size)
+            + bytes([(10 << 3) | 1, 0, 0]) + b"[" * 10)
+
+
+RAW_CHECKPOINTS = {
+    "a 26-byte frame claiming 2^62 bytes": frame_claiming(1 << 62),
+    "a frame claiming more than it holds": frame_claiming(1000),
+    "not zstd": b"\x00" * 40,
+    "empty": b"",
+    "a truncated frame": compressed({"format": 1})[:-3],
+    "nested 100,000 deep": zstandard.ZstdCompressor().compress(b"[" * 100_000
+                                                                + b"]" * 100_000),
+    "not UTF-8": zstandard.ZstdCompressor().compress(b'{"format": "\xff"}'),
+    "not JSON": zstandard.ZstdCompressor().compress(b'{"format": 1,'),
+}
+
+
+@pytest.mark.parametrize("body", list(RAW_CHECKPOINTS.values()), ids=list(RAW_CHECKPOINTS))
+def test_a_checkpoint_that_is_not_json_of_the_format_is_refused_by_name(body: bytes) -> None:
+    objects, store = populated()
+    key = forge_checkpoint(objects, store, body)
+    assert_open_refuses(objects, key)
+
+
+def test_a_checkpoint_nested_deeper_than_the_format_is_refused() -> None:
+    objects, store = populated()
+    data = checkpoint_of(store)
+    data["nodes"] = [["a", 1, [10]]]  # one level deeper than a checkpoint ever nests
+    key = forge_checkpoint(objects, store, compressed(data))
+    assert "nested deeper" in assert_open_refuses(objects, key)
+
+
+@pytest.mark.parametrize("declared", [True, False], ids=["size declared", "size not declared"])
+def test_a_checkpoint_larger_than_the_bound_is_refused_while_decompressing(
+        declared: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A frame that inflates past the bound — valid JSON once inflated (leading blanks) — is
+    refused whether or not its header says how large it is."""
+    objects, store = populated()
+    monkeypatch.setattr(manifest_format, "MAX_CHECKPOINT_BYTES", 1 << 20)
+    text = b" " * (1 << 20) + json.dumps(checkpoint_of(store)).encode()
+    body = zstandard.ZstdCompressor(write_content_size=declared).compress(text)
+    assert zstandard.frame_content_size(body) == (len(text) if declared else -1)
+    key = forge_checkpoint(objects, store, body)
+    assert "larger than a checkpoint may be" in assert_open_refuses(objects, key)
+
+
+def test_a_well_formed_checkpoint_opens_and_a_legacy_one_too() -> None:
+    """The control: the checkpoint as written opens to the same state; one written before
+    owners and key-value entries (without those columns) opens too."""
+    objects, store = populated()
+    data = checkpoint_of(store)
+    forge_checkpoint(objects, store, compressed(data))
+    reopened = ManifestMetadataStore(objects)
+    assert snapshot(reopened) == snapshot(store)
+    read_everything(reopened)
+    for name in ("owner", "from", "from_epoch", "since", "from_since"):
+        del data["streams"][name]
+    del data["kv"]
+    other = ObjectStore.from_url(f"memory://legacy-{uuid.uuid4().hex}")
+    other.create(f"manifest/checkpoint/{store.version:020d}", compressed(data))
+    read_everything(ManifestMetadataStore(other))
+
+
+# ---- any arguments of any operation ----
+
+junk = st.recursive(
+    st.none() | st.booleans() | st.integers(-(1 << 64), 1 << 64) | st.floats()
+    | st.text(max_size=6),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner,
+                                                                  max_size=3),
+    max_leaves=8)
+# Likely values first (Hypothesis leans to the first of a sampled list), then the edges.
+ids = st.sampled_from([1, 2, 3, 0, 4, 5, -1, (1 << 63) - 1, HUGE]) | st.integers(0, 1 << 20)
+new_ids = st.sampled_from([4, 5, 1, -1, (1 << 63) - 1, HUGE])
+texts = st.sampled_from(["new", "k", "obj-1", "one", "", "a\x00", TOO_LONG, "\ud800"]
+                        ) | st.text(min_size=1, max_size=5)
+node_ids = st.sampled_from(["a", "b", "c", "", "a b", "-x", 7])
+values = st.binary(max_size=8).map(lambda b: base64.b64encode(b).decode()) | st.sampled_from(
+    ["!!", "YQ", "YQ==\n"])
+offsets = st.integers(0, 20) | ids
+ranges = st.lists(st.tuples(ids, offsets, offsets, offsets).map(list) | junk, max_size=3)
+object_lists = st.lists(st.tuples(texts, offsets, ranges).map(list) | junk, max_size=3)
+FIELDS: dict[str, dict[str, st.SearchStrategy[Any]]] = {
+    "create": {"id": new_ids, "name": st.none() | texts},
+    "open": {"id": ids, "epoch": offsets, "owner": st.none() | node_ids,
+             "since": st.none() | offsets,
+             "from": st.none() | st.lists(st.none() | node_ids | ids, min_size=2, max_size=4)},
+    "release": {"node": node_ids, "streams": st.lists(ids, max_size=3)},
+    "trim": {"id": ids, "offset": offsets},
+    "destroy": {"id": ids},
+    "register": {"node": node_ids, "epoch": offsets},
+    "commit": {"node": node_ids, "wal_position": offsets, "objects": object_lists,
+               "remove": st.lists(texts, max_size=3)},
+    "kv": {"namespace": texts, "key": texts, "value": st.none() | values},
+}
+
+
+def rarely(strategy: st.SearchStrategy[Any], otherwise: st.SearchStrategy[Any]
+           ) -> st.SearchStrategy[Any]:
+    """``strategy`` one time in six, else ``otherwise``."""
+    return st.sampled_from([False] * 5 + [True]).flatmap(
+        lambda rare: strategy if rare else otherwise)
+
+
+def arguments(op: str) -> st.SearchStrategy[Any]:
+    """Arguments of ``op``: each field a likely value, or now and then junk; now and then a
+    field dropped or one added, or junk instead of the whole."""
+    fields = FIELDS[op]
+    whole = st.fixed_dictionaries({name: rarely(junk, value) for name, value in fields.items()})
+    dropped = rarely(st.sets(st.sampled_from(sorted(fields)), min_size=1, max_size=1),
+                     st.just(set()))
+    added = rarely(st.dictionaries(st.text(max_size=3), junk, min_size=1, max_size=1),
+                   st.just({}))
+    shaped = st.tuples(whole, dropped, added).map(
+        lambda t: {k: v for k, v in t[0].items() if k not in t[1]} | t[2])
+    return rarely(junk, shaped)
+
+
+@pytest.mark.parametrize("op", sorted(FIELDS))
+@settings(max_examples=40)
+@given(data=st.data())
+def test_any_arguments_of_an_operation_apply_whole_or_are_refused(op: str,
+                                                                  data: st.DataObject) -> None:
+    """Whatever a delta's arguments are, refreshing either applies it — and every read still
+    answers — or raises CorruptDataError naming it, with nothing changed."""
+    args = data.draw(arguments(op), label="args")
+    objects, store = populated()
+    before = snapshot(store)
+    key = forge_delta(objects, store, delta(store, op, args))
+    try:
+        moved = store.refresh()
+    except CorruptDataError as refused:
+        event("refused")
+        assert refused.source == key
+        assert snapshot(store) == before
+    else:
+        event("applied")
+        assert moved == 1
+        read_everything(store)
+    store.close()
