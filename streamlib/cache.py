@@ -13,11 +13,16 @@ stream, together with the stream's older chunks: a stream's log stays one contig
 **Blocks** are keyed by ``(store URL, object key, block position)`` and weighed by their decoded
 bytes. A miss loads the run of missing blocks a read needs with the object reader's coalesced
 ranged GETs; a reader that needs a block another is loading waits for that load instead of
-starting its own GET.
+starting its own GET. A load counts in the budget from before its GET until its blocks are
+admitted: the decoded size its blocks will take (the index says it, or the reader's
+``max_block_bytes`` bounds it) is reserved first, evicting as an admission would. A readahead
+reserves only room that is free or evictable without touching what lies ahead of a reader, and
+loads only the blocks that fit; a fetch's load reserves what it needs even past the budget
+(the read must be answered), and what does not fit is returned to it but not kept.
 
 **Readers.** A fetch that starts where an earlier fetch of the same stream ended continues that
 reader; others start a new one. A reader seen for ``reader_timeout`` seconds no more is gone.
-Each reader has a readahead **window** (stored bytes, first ``first_window``): it doubles, up to
+Each reader has a readahead **window** (decoded bytes, first ``first_window``): it doubles, up to
 ``readahead_bytes``, each time the reader reads a block prefetched for it, and halves with a
 cool-down when such a block is evicted unread. Blocks already in memory (a fetch's own run may
 reach past what it returned) do not use the window: readahead loads what is missing beyond them.
@@ -128,7 +133,7 @@ class Reader:
     """Offset up to which readahead was already asked for."""
     cooldown_until: float = 0.0
     ahead: list[tuple[int, int]] = field(default_factory=list)
-    """(end offset, stored bytes) of the blocks prefetched beyond ``position``."""
+    """(end offset, decoded bytes) of the blocks prefetched beyond ``position``."""
     prefetching: bool = False
 
 
@@ -177,8 +182,10 @@ class MessageCache:
         # GUARDED_BY(_lock); its length is read alone (``len(cache)``)
         self._blocks: OrderedDict[BlockKey, _Block] = OrderedDict()
         self._loading: dict[BlockKey, Future[list[RecordBatch]]] = {}  # GUARDED_BY(_lock)
-        # Blocks + log chunks + pinned. GUARDED_BY(_lock); read alone by ``nbytes`` (may be stale)
+        # Blocks + log chunks + pinned + loading. GUARDED_BY(_lock); read alone by ``nbytes``
+        # (may be stale)
         self._bytes = 0
+        self._loading_bytes = 0  # GUARDED_BY(_lock): reserved for loads between GET and admission
         # Per scope: reserved for batches not yet uploaded. GUARDED_BY(_lock)
         self._pinned: dict[str, int] = {}
         self._uploaders: dict[str, Callable[[], None]] = {}  # GUARDED_BY(_lock): ask for a round
@@ -194,8 +201,9 @@ class MessageCache:
 
     @property
     def nbytes(self) -> int:
-        """Bytes held now: blocks, log chunks and reservations (never above ``max_bytes``,
-        but for a lone batch larger than the budget, or data recovered at open)."""
+        """Bytes held now: blocks, log chunks, reservations and loads in flight (never above
+        ``max_bytes``, but for a lone batch larger than the budget, data recovered at open, or
+        a fetch's own load when pinned bytes leave it no room)."""
         return self._bytes  # one int, read without the lock: a moment's value
 
     @property
@@ -210,10 +218,12 @@ class MessageCache:
             chunks = sum(len(keys) for keys in self._chunks.values())
             chunk_bytes = sum(b.size for b in self._blocks.values() if b.release is not None)
             pinned = sum(self._pinned.values())
+            loading = self._loading_bytes
             return {"bytes": self._bytes, "max_bytes": self.max_bytes,
-                    "block_bytes": self._bytes - chunk_bytes - pinned,
+                    "block_bytes": self._bytes - chunk_bytes - pinned - loading,
                     "blocks": len(self._blocks) - chunks, "log_chunk_bytes": chunk_bytes,
-                    "log_chunks": chunks, "log_pinned_bytes": pinned}
+                    "log_chunks": chunks, "log_pinned_bytes": pinned,
+                    "loading_bytes": loading}
 
     def __len__(self) -> int:
         """Blocks and log chunks held."""
@@ -271,9 +281,9 @@ class MessageCache:
             ask()
 
     def _try_pin(self, scope: str, size: int) -> bool:
-        pinned = sum(self._pinned.values())
-        if pinned and pinned + size > self.max_bytes:
-            return False  # only uploads make room: evicting would not
+        held = sum(self._pinned.values()) + self._loading_bytes  # what eviction cannot free
+        if held and held + size > self.max_bytes:
+            return False  # only uploads (or loads ending) make room: evicting would not
         if self._bytes + size > self.max_bytes:
             self._make_room(size, self._clock())
         self._pinned[scope] = self._pinned.get(scope, 0) + size
@@ -422,7 +432,7 @@ class MessageCache:
             self._drop(reader)
 
     def start_readahead(self, reader: Reader) -> tuple[int, int] | None:
-        """``(from offset, stored bytes)`` of readahead to run now for ``reader``, or None: it
+        """``(from offset, decoded bytes)`` of readahead to run now for ``reader``, or None: it
         has not read sequentially twice yet, its window is full, or a readahead of it runs.
         A non-None answer must be followed by :meth:`readahead_done`."""
         with self._lock:
@@ -440,11 +450,12 @@ class MessageCache:
         with self._lock:
             return key in self._blocks or key in self._loading
 
-    def prefetched(self, reader: Reader, entries: Sequence[IndexEntry]) -> None:
-        """These blocks were loaded ahead of ``reader``."""
+    def prefetched(self, reader: Reader, entries: Sequence[IndexEntry],
+                   sizes: Sequence[int]) -> None:
+        """These blocks, of these decoded ``sizes``, were loaded ahead of ``reader``."""
         with self._lock:
-            for entry in entries:
-                reader.ahead.append((entry.end_offset, entry.size))
+            for entry, size in zip(entries, sizes, strict=True):
+                reader.ahead.append((entry.end_offset, size))
                 reader.prefetched_to = max(reader.prefetched_to, entry.end_offset)
 
     def readahead_done(self, reader: Reader) -> None:
@@ -470,10 +481,12 @@ class MessageCache:
         from memory, from a load another reader started, or fetched now with one GET per run
         of adjacent missing blocks. ``cache_only``: raise :class:`Uncached` rather than wait or
         fetch. ``ahead_of``: a readahead for that reader (blocks already held or loading are
-        skipped: their places in the answer are None). ``lookup``: not a reader's read (a time
-        lookup): no hit is counted, no window grows."""
+        skipped, and so are those past the room a readahead may take: their places in the
+        answer are None). ``lookup``: not a reader's read (a time lookup): no hit is counted,
+        no window grows."""
         found: list[list[RecordBatch] | None] = [None] * len(entries)
         waits: list[tuple[int, BlockKey, Future[list[RecordBatch]]]] = []
+        missing: list[tuple[int, IndexEntry, BlockKey]] = []
         mine: list[tuple[int, IndexEntry, BlockKey, Future[list[RecordBatch]]]] = []
         now = self._clock()
         with self._lock:
@@ -487,9 +500,6 @@ class MessageCache:
                     continue
                 if cache_only:
                     self.stats.cache_only_misses += 1
-                    for _, _, own, claimed in mine:  # give back what this call claimed
-                        del self._loading[own]
-                        claimed.cancel()
                     raise Uncached(entry)
                 loading = self._loading.get(key)
                 if loading is not None:
@@ -497,6 +507,9 @@ class MessageCache:
                         waits.append((i, key, loading))
                         self.stats.shared_loads += 1
                     continue
+                missing.append((i, entry, key))
+            reserved = self._reserve(reader, missing, now, ahead_of is not None)
+            for i, entry, key in missing[:reserved[0]]:
                 future: Future[list[RecordBatch]] = Future()
                 self._loading[key] = future
                 mine.append((i, entry, key, future))
@@ -505,7 +518,7 @@ class MessageCache:
                 else:
                     self.stats.readahead_blocks += 1
         if mine:
-            self._fetch(reader, mine, found, ahead_of)
+            self._fetch(reader, mine, found, ahead_of, reserved[1])
         for i, _, future in waits:
             found[i] = future.result()
         if waits and not lookup:  # a block a readahead loaded while this read waited: a hit
@@ -515,6 +528,32 @@ class MessageCache:
                     if held is not None and held.prefetched_for is not None:
                         self._touch(key, held, now)
         return found
+
+    def _reserve(self, reader: ObjectReader, missing: list[tuple[int, IndexEntry, BlockKey]],
+                 now: float, readahead: bool) -> tuple[int, int]:
+        """Count the decoded size of the blocks about to be loaded in the budget, from before
+        their GET (caller holds the lock): ``(how many of missing to load, bytes reserved)``.
+        A readahead takes only the room there is without evicting ahead of a reader, and
+        loads only the blocks that fit in it; a fetch's load evicts as its admission would and
+        loads all it needs, the part the budget cannot hold (pinned bytes fill it, or a block
+        is larger than the whole budget) outside it: that part is returned to the fetch and
+        not kept."""
+        bounds = [reader.decoded_bound(entry) for _, entry, _ in missing]
+        need = sum(bounds)
+        if not need:
+            return 0, 0
+        self._make_room(need, now, spare_ahead=readahead)
+        room = max(self.max_bytes - self._bytes, 0)
+        count = len(missing)
+        if readahead:
+            count = need = 0
+            while count < len(bounds) and need + bounds[count] <= room:
+                need += bounds[count]
+                count += 1
+        need = min(need, room)
+        self._loading_bytes += need
+        self._bytes += need
+        return count, need
 
     def _touch(self, key: BlockKey, block: _Block, now: float) -> None:
         """A reader read this block (caller holds the lock)."""
@@ -529,7 +568,8 @@ class MessageCache:
 
     def _fetch(self, reader: ObjectReader,
                mine: list[tuple[int, IndexEntry, BlockKey, Future[list[RecordBatch]]]],
-               found: list[list[RecordBatch] | None], ahead_of: Reader | None) -> None:
+               found: list[list[RecordBatch] | None], ahead_of: Reader | None,
+               reserved: int) -> None:
         gets, fetched = reader.gets, reader.fetched_bytes
         loaded: list[list[RecordBatch]] | None = None
         try:
@@ -538,6 +578,8 @@ class MessageCache:
                 raise AssertionError(f"{len(mine)} blocks asked for, {len(loaded)} read")
             now = self._clock()
             with self._lock:
+                self._unreserve(reserved)
+                reserved = 0
                 incoming = []
                 for (i, entry, key, _), batches in zip(mine, loaded, strict=True):
                     found[i] = batches
@@ -561,13 +603,19 @@ class MessageCache:
                     future.set_exception(error)
             raise
         finally:
-            with self._lock:
+            with self._room:
+                self._unreserve(reserved)
                 for _, _, key, _ in mine:
                     self._loading.pop(key, None)
                 self.stats.gets += reader.gets - gets
                 self.stats.get_bytes += reader.fetched_bytes - fetched
+                self._room.notify_all()  # a reservation gone may let an append in
         for (_, _, _, future), batches in zip(mine, loaded, strict=True):
             future.set_result(batches)
+
+    def _unreserve(self, reserved: int) -> None:
+        self._loading_bytes -= reserved
+        self._bytes -= reserved
 
     def _rank(self, block: _Block, order: int,
               positions: dict[StreamKey, list[int]]) -> tuple[int, int]:

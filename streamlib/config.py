@@ -109,8 +109,11 @@ class Config:
         _Kind("bytes", low=4 * KiB, high=64 * MiB))
     max_batch_bytes: int = _setting(
         8 * MiB,
-        "Largest record batch payload a stream append will accept (the stream layer refuses "
-        "larger ones with ValueError). The format's own limit is 64 MiB.",
+        "Largest record batch a stream append will accept, counted as its records' keys, "
+        "values and headers (names and values), or an opaque batch's payload: an 8 MiB value "
+        "fits the default. Its encoding, a few bytes a record more, must also stay within "
+        "twice this and the format's 64 MiB. A larger batch is refused with ValueError "
+        "naming the limit and the sizes.",
         _Kind("bytes", low=1 * KiB, high=64 * MiB))
 
     # ---- where the parts live (empty: under `path`) ----
@@ -228,9 +231,17 @@ class Config:
     # ---- the read path ----
     readahead_bytes: int = _setting(
         32 * MiB,
-        "The largest readahead window of a catch-up reader (stored bytes loaded ahead of it); "
-        "0 turns readahead off. Used when the store makes its own message cache.",
+        "The largest readahead window of a catch-up reader (decoded bytes loaded ahead of "
+        "it, within cache_bytes); 0 turns readahead off. Used when the store makes its own "
+        "message cache.",
         _Kind("bytes", low=0, high=1 << 40))
+    max_block_bytes: int = _setting(
+        16 * MiB,
+        "The most a data block read back may decode to: a block whose header or index says "
+        "more is refused as CorruptDataError before anything is decompressed. At least "
+        "block_bytes and twice max_batch_bytes (the store's own blocks always fit); the "
+        "format's limit is 128 MiB.",
+        _Kind("bytes", low=1 * MiB, high=128 * MiB))
     index_cache_bytes: int = _setting(
         16 * MiB,
         "Memory for object indexes (each object's footer and index, read once), beside the "
@@ -265,6 +276,11 @@ class Config:
         for f in dataclasses.fields(self):
             value = f.metadata["kind"].parse(f.name, getattr(self, f.name))
             object.__setattr__(self, f.name, value)
+        least = max(self.block_bytes, 2 * self.max_batch_bytes)
+        if self.max_block_bytes < least:
+            raise ConfigError("max_block_bytes", f"must be at least block_bytes and twice "
+                              f"max_batch_bytes ({least} bytes), so that the store reads "
+                              f"back every block it writes", self.max_block_bytes)
 
     # ---- loading ----
 

@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from streamlib.cache import Uncached
+from streamlib.cache import Uncached, weight
 from streamlib.config import READAHEAD_THREADS
 from streamlib.errors import CacheMiss, CorruptDataError, OffsetOutOfRange, describe
 from streamlib.objects import IndexCache, ObjectReader
@@ -199,7 +199,8 @@ class ReadPath:
 
     def _reader(self, piece: ObjectSlice, stream_id: int, offset: int,
                 cache_only: bool) -> ObjectReader:
-        reader = ObjectReader(self._objects, piece.key, piece.size, cache=self._index_cache)
+        reader = ObjectReader(self._objects, piece.key, piece.size, cache=self._index_cache,
+                              max_block_bytes=self._node.config.max_block_bytes)
         if (self._objects.url, piece.key) not in self._index_cache:
             if cache_only:
                 raise CacheMiss(stream_id, offset, f"the index of object `{piece.key}`")
@@ -212,17 +213,18 @@ class ReadPath:
                    budget: Callable[[], int], cache_only: bool) -> Iterator[list[RecordBatch]]:
         """The batches of each block of ``piece`` holding ``[start, end)``, loaded through the
         block cache a run at a time: as many blocks as the fetch's remaining ``budget()`` of
-        bytes may use (stored sizes; at least one), so that a fetch bounded by max_bytes does
-        not load far beyond it, and what it loads is kept for the next fetch."""
+        bytes may use (decoded sizes, as the index gives them; at least one), so that a fetch
+        bounded by max_bytes does not load, nor decompress, far beyond it, and what it loads is
+        kept for the next fetch."""
         reader = self._reader(piece, stream_id, start, cache_only)
         entries = reader.index().blocks(stream_id, start, end)
         i = 0
         while i < len(entries):
             left = budget()
             j = i
-            stored = 0
-            while j < len(entries) and (j == i or stored < left):
-                stored += entries[j].size
+            decoded = 0
+            while j < len(entries) and (j == i or decoded < left):
+                decoded += reader.decoded_bound(entries[j])
                 j += 1
             try:
                 loaded = self._node.cache.load(reader, entries[i:j], cache_only=cache_only)
@@ -244,8 +246,8 @@ class ReadPath:
             self._node.cache.readahead_done(reader)
 
     def _readahead(self, state: StreamState, reader: Reader, start: int, want: int) -> None:
-        """Load about ``want`` stored bytes of the stream's blocks from ``start`` into the cache,
-        in the background, for ``reader``."""
+        """Load about ``want`` decoded bytes of the stream's blocks from ``start`` into the
+        cache, in the background, for ``reader`` (as many as the cache's room allows)."""
         cache = self._node.cache
         try:
             self._load_index(state)
@@ -263,10 +265,15 @@ class ReadPath:
                     if cache.holds(objects, entry):
                         continue  # loaded by a fetch's own run, or loading: not ours to count
                     chosen.append(entry)
-                    want -= entry.size
+                    want -= objects.decoded_bound(entry)
                 if chosen:
-                    cache.load(objects, chosen, ahead_of=reader)
-                    cache.prefetched(reader, chosen)
+                    found = cache.load(objects, chosen, ahead_of=reader)
+                    loaded = [(entry, weight(batches))
+                              for entry, batches in zip(chosen, found, strict=True)
+                              if batches is not None]
+                    cache.prefetched(reader, [e for e, _ in loaded], [w for _, w in loaded])
+                    if len(loaded) < len(chosen):
+                        return  # the cache had no more room for this reader's readahead
         except Exception as error:  # a readahead is a guess: the read itself will report
             log.debug("readahead of stream %d failed: %r", state.id, error)
         finally:

@@ -1,5 +1,6 @@
-"""Objects: the files the uploader writes to the object store (docs/format.md, "Object (format
-version 1)") — data blocks of one or many streams, an index block, a 32-byte footer.
+"""Objects: the files the uploader writes to the object store (docs/format.md, "Object"; format
+version 2 is written, 1 is read too) — data blocks of one or many streams, an index block, a
+32-byte footer.
 
 - :class:`ObjectWriter` (or :func:`encode_object`) builds one object's bytes and returns its
   :class:`ObjectIndex`: the per-stream ranges (:class:`StreamRange`) a metadata commit records
@@ -16,6 +17,8 @@ from streamlib.objects._format import (
     FOOTER_SIZE,
     INDEX_HEADER_SIZE,
     VERSION,
+    VERSIONS,
+    Footer,
     IndexEntry,
     ObjectIndex,
     StreamRange,
@@ -29,7 +32,8 @@ from streamlib.objects.reader import IndexCache, ObjectReader, plan_runs
 from streamlib.objects.writer import ObjectWriter, cut_blocks, encode_object
 
 __all__ = [
-    "ENTRY_SIZE", "FOOTER_SIZE", "INDEX_HEADER_SIZE", "VERSION", "IndexCache", "IndexEntry",
+    "ENTRY_SIZE", "FOOTER_SIZE", "INDEX_HEADER_SIZE", "VERSION", "VERSIONS", "Footer",
+    "IndexCache", "IndexEntry",
     "ObjectIndex", "ObjectReader", "ObjectWriter", "StreamRange", "cut_blocks",
     "decode_footer", "decode_index", "decode_object_index", "encode_footer", "encode_index",
     "encode_object", "plan_runs",

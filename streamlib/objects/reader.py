@@ -10,6 +10,7 @@ its own lock released; nothing here calls back up.
 from __future__ import annotations
 
 import bisect
+import struct
 import threading
 from collections import OrderedDict
 from collections.abc import Hashable, Iterable, Iterator, Sequence
@@ -30,9 +31,12 @@ from streamlib.records import INT64_MAX, UINT64_MAX, RecordBatch, check_int
 
 KiB = 1024
 MiB = 1024 * KiB
-TAIL_RATIO = 16 * KiB
+_RAW_LENGTH = struct.Struct("<I")
+_RAW_LENGTH_AT = 20
+"""Where a data block's header holds ``raw_length`` (docs/format.md, "Data block")."""
+TAIL_RATIO = 8 * KiB
 """The tail GET reads at least one byte per TAIL_RATIO bytes of object (up to TAIL_MAX): an index
-of 1 MiB blocks (56 bytes an entry) fits in it for objects up to 16 GiB."""
+of 1 MiB blocks (64 bytes an entry) fits in it for objects up to 8 GiB."""
 TAIL_MAX = 1 * MiB
 """The most the object's size adds to the tail GET. The size comes from the metadata and is only
 a claim until that GET returns the bytes up to it, and a store may allocate what a GET asks for
@@ -144,7 +148,7 @@ class ObjectReader:
     """Reads one object of ``size`` bytes (known from metadata) under ``key`` of ``store``.
 
     The first use fetches the footer and the index with one ranged GET of the object's last
-    ``32 + max(tail_guess, min(size / 16 KiB, 1 MiB))`` bytes, and a second GET (of the missing
+    ``32 + max(tail_guess, min(size / 8 KiB, 1 MiB))`` bytes, and a second GET (of the missing
     part only) when the index is larger than that; the parsed index is kept by the reader and, when
     ``cache`` is given, in the shared :class:`IndexCache`. Blocks are then fetched with one
     ranged GET per run of blocks at most ``merge_gap`` bytes apart.
@@ -156,13 +160,18 @@ class ObjectReader:
     CorruptDataError naming where it ended; one longer than it shows no footer at ``size``. A
     missing object raises FileNotFoundError (from the store).
 
+    No block decodes to more than ``max_block_bytes``: a block whose header (or index entry)
+    says more is refused with CorruptDataError before anything is decompressed (the limit of
+    ``Config.max_block_bytes``; the format's own is 128 MiB), and one whose header disagrees
+    with its entry's ``raw_size`` too.
+
     ``gets`` and ``fetched_bytes`` count the GETs this reader made and the bytes they returned.
     A reader may be shared by threads.
     """
 
     def __init__(self, store: ObjectStore, key: str, size: int, *,
                  cache: IndexCache | None = None, tail_guess: int = 64 * KiB,
-                 merge_gap: int = 64 * KiB) -> None:
+                 merge_gap: int = 64 * KiB, max_block_bytes: int = codec.MAX_BLOCK) -> None:
         if not isinstance(store, ObjectStore):
             raise TypeError(f"store must be an ObjectStore, not {type(store).__name__}")
         if not isinstance(key, str):
@@ -175,6 +184,7 @@ class ObjectReader:
         self.cache = cache
         self.tail_guess = check_int(tail_guess, "tail_guess", 0, INT64_MAX)
         self.merge_gap = check_int(merge_gap, "merge_gap", 0, INT64_MAX)
+        self.max_block_bytes = check_int(max_block_bytes, "max_block_bytes", 1, codec.MAX_BLOCK)
         self.gets = 0  # GUARDED_BY(_count_lock); read alone (a counter)
         self.fetched_bytes = 0  # GUARDED_BY(_count_lock); read alone (a counter)
         # Written once, GUARDED_BY(_load_lock); read alone first (a reference: None or final)
@@ -184,6 +194,11 @@ class ObjectReader:
 
     def __repr__(self) -> str:
         return f"ObjectReader({self.store.url}/{self.key}, size={self.size})"
+
+    def decoded_bound(self, entry: IndexEntry) -> int:
+        """The most the block of ``entry`` may take once decoded, before it is fetched: its
+        index's ``raw_size`` (format 2), else ``max_block_bytes`` (format 1 does not say)."""
+        return self.max_block_bytes if entry.raw_size is None else entry.raw_size
 
     @property
     def _cache_key(self) -> tuple[str, str]:
@@ -215,13 +230,13 @@ class ObjectReader:
         # Once this GET has returned every byte asked for, the object is known to hold `size`
         # bytes: the index GET below and the block GETs later stay within what it holds.
         tail = self._get(tail_start, self.size)
-        position, index_size = decode_footer(memoryview(tail)[-FOOTER_SIZE:], self.size,
-                                             source=self.key)
+        position, index_size, version = decode_footer(memoryview(tail)[-FOOTER_SIZE:],
+                                                      self.size, source=self.key)
         if position < tail_start:  # the guess was short: fetch only what is missing
             block: bytes | memoryview = self._get(position, tail_start) + tail[:-FOOTER_SIZE]
         else:
             block = memoryview(tail)[position - tail_start:position - tail_start + index_size]
-        return decode_index(block, position, self.size, source=self.key)
+        return decode_index(block, position, self.size, version=version, source=self.key)
 
     def _get(self, start: int, end: int) -> bytes:
         """Bytes ``[start, end)`` of the object, all of them: fewer is damage (the object is
@@ -326,6 +341,20 @@ class ObjectReader:
     def _decode(self, block: memoryview, entry: IndexEntry) -> list[RecordBatch]:
         where = f"data block of stream `{entry.stream_id}` at offsets " \
                 f"`[{entry.start_offset}, {entry.end_offset})`"
+        # What the block decodes to, from its header, before anything is decompressed (the
+        # header is checked whole by the decoder; a wrong value here is refused either way).
+        raw = _RAW_LENGTH.unpack_from(block, _RAW_LENGTH_AT)[0] \
+            if len(block) >= codec.BLOCK_HEADER_SIZE else 0
+        claimed = max(raw, entry.raw_size or 0)
+        if claimed > self.max_block_bytes:
+            raise CorruptDataError(
+                f"{where} decodes to `{claimed}` bytes, more than max_block_bytes "
+                f"`{self.max_block_bytes}` (a larger limit reads it if it is genuine)",
+                position=entry.position, source=self.key)
+        if entry.raw_size is not None and raw != entry.raw_size:
+            raise CorruptDataError(f"{where} disagrees with its index entry: raw_size=`{raw}` "
+                                   f"(index `{entry.raw_size}`)",
+                                   position=entry.position, source=self.key)
         try:
             info, batches = codec.decode_block(block, source=self.key)
         except CorruptDataError as error:

@@ -1,5 +1,5 @@
 """Building an object: data blocks of one or many streams, then the index block and the footer
-(docs/format.md, "Object (format version 1)")."""
+(docs/format.md, "Object")."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from streamlib import codec
 from streamlib.codec import Compression
 from streamlib.objects._format import (
     MAX_ENTRIES,
+    VERSION,
+    VERSIONS,
     IndexEntry,
     ObjectIndex,
     encode_footer,
@@ -75,10 +77,15 @@ class ObjectWriter:
     Blocks are encoded at ``finish``; an object written in parts (multipart upload) would encode a
     stream's blocks as soon as the stream is complete, with the same :func:`cut_blocks` and
     entries — hence the two-step shape. Defaults are those of :class:`streamlib.Config`.
+    ``version``: the object format to write (1 only to make objects as older releases did, for
+    tests and tools).
     """
 
     def __init__(self, *, block_bytes: int = 1 * MiB, compression: Compression = "lz4",
-                 zstd_level: int = 3) -> None:
+                 zstd_level: int = 3, version: int = VERSION) -> None:
+        if version not in VERSIONS:
+            raise ValueError(f"version must be one of {VERSIONS}: version=`{version}`")
+        self.version = version
         self.block_bytes = check_int(block_bytes, "block_bytes", 1, MAX_BLOCK_BYTES)
         if compression not in codec.COMPRESSIONS:
             raise ValueError(f"compression must be one of none, lz4, zstd: "
@@ -125,31 +132,33 @@ class ObjectWriter:
                 first, last = group[0], group[-1]
                 start = first.base_offset
                 assert start is not None  # checked by add
+                raw = sum(codec.BATCH_HEADER_SIZE + len(b.payload) for b in group)
                 entries.append(IndexEntry(stream_id, start, last.next_offset, position,
                                           len(block), last.next_offset - start,
                                           first.base_timestamp,
-                                          max(b.max_timestamp for b in group)))
+                                          max(b.max_timestamp for b in group),
+                                          raw if self.version >= 2 else None))
                 parts.append(block)
                 position += len(block)
         if len(entries) > MAX_ENTRIES:
             raise ValueError(f"an object holds at most {MAX_ENTRIES} blocks: "
                              f"blocks=`{len(entries)}` (raise block_bytes or split the object)")
-        index = encode_index(entries)
+        index = encode_index(entries, version=self.version)
         parts.append(index)
-        parts.append(encode_footer(position, len(index)))
+        parts.append(encode_footer(position, len(index), version=self.version))
         data = b"".join(parts)
         return data, ObjectIndex(len(data), position, tuple(entries))
 
 
 def encode_object(streams: Mapping[int, Sequence[RecordBatch]], *, block_bytes: int = 1 * MiB,
-                  compression: Compression = "lz4",
-                  zstd_level: int = 3) -> tuple[bytes, ObjectIndex]:
+                  compression: Compression = "lz4", zstd_level: int = 3,
+                  version: int = VERSION) -> tuple[bytes, ObjectIndex]:
     """One object from ``{stream_id: batches}`` in one call (see :class:`ObjectWriter`)."""
     if not isinstance(streams, Mapping):
         raise TypeError(f"streams must be a mapping of stream id to batches, "
                         f"not {type(streams).__name__}")
     writer = ObjectWriter(block_bytes=block_bytes, compression=compression,
-                          zstd_level=zstd_level)
+                          zstd_level=zstd_level, version=version)
     for stream_id, batches in streams.items():
         writer.add(stream_id, batches)
     return writer.finish()

@@ -6,6 +6,7 @@ reader's own counter."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import threading
 import tracemalloc
 import uuid
@@ -16,7 +17,15 @@ import pytest
 
 from streamlib import CorruptDataError, Record, RecordBatch
 from streamlib.io import ObjectStore
-from streamlib.objects import FOOTER_SIZE, IndexCache, ObjectIndex, ObjectReader, encode_object
+from streamlib.objects import (
+    FOOTER_SIZE,
+    IndexCache,
+    ObjectIndex,
+    ObjectReader,
+    encode_footer,
+    encode_index,
+    encode_object,
+)
 from streamlib.testing.s3 import object_store
 
 MiB = 1 << 20
@@ -109,7 +118,7 @@ def test_footer_and_index_in_one_get_then_the_cache(store: ObjectStore) -> None:
 
 def test_an_index_larger_than_the_guess_takes_one_more_get(store: ObjectStore) -> None:
     data, index = encode_object({5: opaque(0, 60, 10)}, block_bytes=1, compression="none")
-    assert len(index.entries) == 60  # an index of 3376 bytes
+    assert len(index.entries) == 60  # an index of 3856 bytes
     key = put(store, data)
     for guess in (0, 100, index.index_size - 1):
         with wire_requests(store) as wire:
@@ -118,7 +127,7 @@ def test_an_index_larger_than_the_guess_takes_one_more_get(store: ObjectStore) -
             assert reader.gets == 2
             assert reader.fetched_bytes == index.index_size + FOOTER_SIZE  # nothing twice
             if wire is not None:
-                tail = len(data) - FOOTER_SIZE - guess
+                tail = len(data) - FOOTER_SIZE - max(guess, len(data) // (8 * 1024))
                 assert wire == [("GET", f"bytes={tail}-{len(data) - 1}"),
                                 ("GET", f"bytes={index.index_position}-{tail - 1}")]
     reader = ObjectReader(store, key, len(data), tail_guess=index.index_size)
@@ -126,13 +135,13 @@ def test_an_index_larger_than_the_guess_takes_one_more_get(store: ObjectStore) -
 
 
 def test_the_guess_grows_with_the_object(store: ObjectStore) -> None:
-    # Four blocks of 1 MiB: an index of 240 bytes, found in a tail of size / 16 KiB.
+    # Four blocks of 1 MiB: an index of 272 bytes, found in a tail of size / 8 KiB.
     data, index = encode_object({1: opaque(0, 4, 1 << 20)}, compression="none")
-    assert len(index.entries) == 4 and index.index_size < len(data) // (16 * 1024)
+    assert len(index.entries) == 4 and index.index_size < len(data) // (8 * 1024)
     key = put(store, data)
     reader = ObjectReader(store, key, len(data), tail_guess=10)
     reader.index()
-    assert reader.fetched_bytes == FOOTER_SIZE + len(data) // (16 * 1024) and reader.gets == 1
+    assert reader.fetched_bytes == FOOTER_SIZE + len(data) // (8 * 1024) and reader.gets == 1
 
 
 def test_one_get_per_run_of_adjacent_blocks(store: ObjectStore) -> None:
@@ -274,3 +283,64 @@ def test_threads_share_one_reader_and_one_index_load(store: ObjectStore) -> None
         t.join()
     assert errors == []
     assert reader.gets == 1 + 8 * 3  # one index load, then one GET per read
+
+
+# ---- what a block decodes to (docs/format.md, "Object format version 2") ----
+
+
+def squeezable(start: int, n: int) -> list[RecordBatch]:
+    """Batches of 2 MiB that zstd squeezes to a few KiB each."""
+    return [RecordBatch(b"squeeze me " * 190_651, 1, 7, 7, base_offset=start + i)
+            for i in range(n)]
+
+
+def test_a_block_larger_than_max_block_bytes_is_refused_before_decompression(
+        store: ObjectStore) -> None:
+    data, index = encode_object({1: squeezable(0, 3)}, compression="zstd")
+    assert len(data) < 100_000 and all(e.raw_size and e.raw_size > 2 * MiB - 100
+                                       for e in index.entries)
+    key = put(store, data)
+    reader = ObjectReader(store, key, len(data), max_block_bytes=1 * MiB)
+    assert reader.decoded_bound(index.entries[0]) == index.entries[0].raw_size
+    tracemalloc.start()
+    try:
+        with pytest.raises(CorruptDataError, match="more than max_block_bytes `1048576`") as caught:
+            reader.read(1, 0)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert caught.value.source == key and caught.value.position == 0
+    if not store.url.startswith("s3://"):  # (an S3 client's own allocations would drown it)
+        assert peak < MiB // 2, peak  # refused before any block was decompressed
+    whole = ObjectReader(store, key, len(data), max_block_bytes=4 * MiB)
+    assert whole.read(1, 0) == squeezable(0, 3)
+
+
+def test_a_version_1_block_is_bounded_by_its_header(store: ObjectStore) -> None:
+    """A version-1 index does not give decoded sizes: a reader assumes the worst before the
+    GET (its max_block_bytes) and checks the header before decompressing."""
+    data, index = encode_object({1: squeezable(0, 2)}, compression="zstd", version=1)
+    assert index.version == 1 and index.entries[0].raw_size is None
+    key = put(store, data)
+    reader = ObjectReader(store, key, len(data), max_block_bytes=1 * MiB)
+    assert reader.index() == index and reader.decoded_bound(index.entries[0]) == 1 * MiB
+    with pytest.raises(CorruptDataError, match="decodes to `2097217` bytes, more than"):
+        reader.read(1, 0)
+    assert ObjectReader(store, key, len(data)).read(1, 0) == squeezable(0, 2)
+
+
+def test_an_index_that_understates_a_block_is_refused(store: ObjectStore) -> None:
+    """A version-2 entry whose raw_size disagrees with the block's header is damage: found
+    before decompression, named by the block's position."""
+    data, index = encode_object({1: squeezable(0, 2)}, compression="zstd")
+    second = index.entries[1]
+    lying = [index.entries[0], dataclasses.replace(second, raw_size=4096)]
+    block = encode_index(lying)
+    forged = data[:index.index_position] + block + encode_footer(index.index_position,
+                                                                 len(block))
+    key = put(store, forged)
+    reader = ObjectReader(store, key, len(forged))
+    with pytest.raises(CorruptDataError, match=r"disagrees with its index entry: raw_size=") \
+            as caught:
+        reader.read(1, 0)
+    assert caught.value.position == second.position and caught.value.source == key

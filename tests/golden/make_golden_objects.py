@@ -1,5 +1,5 @@
-"""Write the golden object file from object_cases.py. Run only for a deliberate, versioned
-format change: python tests/golden/make_golden_objects.py"""
+"""Write the golden object files from object_cases.py (one per format version). Run only for a
+deliberate, versioned format change: python tests/golden/make_golden_objects.py"""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from object_cases import object_none  # noqa: E402
 
 
 def files() -> dict[str, bytes]:
-    return {"object_none.bin": object_none()[0]}
+    return {"object_none.bin": object_none(1)[0], "object_none_v2.bin": object_none(2)[0]}
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
-"""The inputs behind the golden object file. Changing one changes the bytes: that is a format
-change (docs/format.md, "Object (format version 1)"), to be made with a new version, never by
-regenerating the file."""
+"""The inputs behind the golden object files (one per format version). Changing one changes the
+bytes: that is a format change (docs/format.md, "Object"), to be made with a new version, never
+by regenerating a file."""
 
 from __future__ import annotations
 
@@ -23,5 +23,7 @@ def object_streams() -> dict[int, list[RecordBatch]]:
     return {STREAM_ID: block_batches(), UINT64_MAX: last, 3: small}
 
 
-def object_none() -> tuple[bytes, ObjectIndex]:
-    return encode_object(object_streams(), block_bytes=BLOCK_BYTES, compression="none")
+def object_none(version: int = 1) -> tuple[bytes, ObjectIndex]:
+    """The golden object of format ``version`` (``object_none.bin`` is version 1)."""
+    return encode_object(object_streams(), block_bytes=BLOCK_BYTES, compression="none",
+                         version=version)

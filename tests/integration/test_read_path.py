@@ -4,7 +4,9 @@ set; cache-only reads never wait; the block cache stays within its budget."""
 
 from __future__ import annotations
 
+import functools
 import threading
+import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -222,3 +224,56 @@ def test_a_finished_read_iterator_stops_pinning(tmp_path: Path) -> None:
         assert store.stats()["cache"]["readers"] == 1  # type: ignore[index]
         reading.close()  # given up early by its user
         assert store.stats()["cache"]["readers"] == 0  # type: ignore[index]
+
+
+def test_readahead_stays_within_the_budget_while_it_loads(tmp_path: Path) -> None:
+    """A readahead window (8 MiB at first) larger than the whole cache (4 MiB): what the
+    readahead loads, counted from before its GET, fits in the room the cache has — the memory
+    the process allocates while a reader catches up stays near the budget, not the window."""
+    options = {"compression": "none", "block_bytes": "1MiB", "upload_interval_ms": 3_600_000}
+    with streamlib.open(tmp_path / "data", **options) as store:
+        fill(store, 24)
+    budget = 4 * MiB
+    with streamlib.open(tmp_path / "data", cache_bytes=budget, **options) as store:
+        stream = store.open_stream("s", read_only=True)
+        stream.fetch(0, max_bytes=1)  # the object index: not what this test measures
+        tracemalloc.start()
+        try:
+            base = tracemalloc.get_traced_memory()[0]
+            offset = 0
+            while offset < stream.next_offset:
+                result = stream.fetch(offset, max_bytes=256 * 1024)
+                offset = result.next_fetch_offset
+                del result
+            peak = tracemalloc.get_traced_memory()[1] - base
+        finally:
+            tracemalloc.stop()
+        cache = store.stats()["cache"]
+    assert cache["readahead_blocks"] >= 3, cache  # type: ignore[index]
+    # The budget, a fetch's answer, and the GET buffers of two loads at once (a fetch's and a
+    # readahead's, a block each) beside their decoded copies. Uncounted, the window made 25 MiB.
+    assert peak <= budget + 4 * MiB, (peak / MiB, cache)
+
+
+def test_objects_of_format_version_1_are_read_a_block_at_a_time(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A store written by a release before format version 2 (its objects' indexes give no
+    decoded sizes) reads back whole; each block counts as max_block_bytes until its header is
+    read, so a fetch loads one block at a time and a readahead only what that bound allows."""
+    import streamlib.uploader
+
+    options = {"compression": "zstd", "block_bytes": "1MiB", "upload_interval_ms": 3_600_000}
+    monkeypatch.setattr(streamlib.uploader, "ObjectWriter",
+                        functools.partial(streamlib.uploader.ObjectWriter, version=1))
+    with streamlib.open(tmp_path / "data", **options) as store:
+        fill(store, 8)
+    monkeypatch.undo()
+    with streamlib.open(tmp_path / "data", cache_bytes="32MiB", **options) as store:
+        stream = store.open_stream("s", read_only=True)
+        assert read_all(stream, max_bytes=4 * MiB) == [n.to_bytes(4, "big")
+                                                       for n in range(8 * MiB // BATCH)]
+        cache = store.stats()["cache"]
+    # Nine blocks (15 batches each), a GET for each alone, and one for the index; a 4 MiB
+    # fetch of version-2 objects takes its blocks four at a time in one GET.
+    loads = cache["block_misses"] + cache["readahead_blocks"]  # type: ignore[index]
+    assert loads == 9 and cache["gets"] == loads + 1, cache  # type: ignore[index]

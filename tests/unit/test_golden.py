@@ -1,4 +1,5 @@
-"""The golden files pin format version 1: a change to the bytes fails here (docs/format.md)."""
+"""The golden files pin the batch and block format, version 1: a change to the bytes fails here
+(docs/format.md)."""
 
 from __future__ import annotations
 

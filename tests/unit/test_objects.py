@@ -1,4 +1,4 @@
-"""The object format (docs/format.md, "Object (format version 1)"): the writer, the index and
+"""The object format (docs/format.md, "Object"; versions 2 and 1): the writer, the index and
 footer codec, the reader's choices, and damage — every check of the spec raises CorruptDataError
 naming the object and the position, and no damaged byte ever comes back as data.
 
@@ -92,44 +92,55 @@ def read_all(reader: ObjectReader) -> dict[int, list[RecordBatch]]:
 # ---- golden file ----
 
 
-def test_golden_object_bytes_are_pinned() -> None:
-    pinned = (GOLDEN / "object_none.bin").read_bytes()
-    assert make_golden_objects.files()["object_none.bin"] == pinned
+GOLDEN_FILES = {1: "object_none.bin", 2: "object_none_v2.bin"}
 
 
-def test_golden_object_read_by_hand() -> None:
-    """Footer and index as docs/format.md draws them, read with struct alone."""
-    data = (GOLDEN / "object_none.bin").read_bytes()
+@pytest.mark.parametrize("name", GOLDEN_FILES.values())
+def test_golden_object_bytes_are_pinned(name: str) -> None:
+    pinned = (GOLDEN / name).read_bytes()
+    assert make_golden_objects.files()[name] == pinned
+
+
+@pytest.mark.parametrize("version", GOLDEN_FILES)
+def test_golden_object_read_by_hand(version: int) -> None:
+    """Footer and index as docs/format.md draws them, read with struct alone (version 2's
+    entries add the block's decoded size and four reserved bytes)."""
+    data = (GOLDEN / GOLDEN_FILES[version]).read_bytes()
     footer = data[-32:]
-    index_position, index_size, version = struct.unpack_from("<QIB", footer)
+    index_position, index_size, found_version = struct.unpack_from("<QIB", footer)
     assert footer[13:16] == bytes(3) and footer[24:28] == bytes(4) and footer[28:] == b"SLOB"
     assert struct.unpack_from("<Q", footer, 16)[0] == xxhash.xxh64_intdigest(footer[:16])
-    assert version == 1 and index_position + index_size == len(data) - 32
+    assert found_version == version and index_position + index_size == len(data) - 32
     index = data[index_position:index_position + index_size]
     assert index[:4] == b"SLIX"
     assert struct.unpack_from("<Q", index, 4)[0] == xxhash.xxh64_intdigest(index[12:])
     (count,) = struct.unpack_from("<I", index, 12)
-    assert index_size == 16 + 56 * count and count == 5  # stream 3: 1 block, 7: 3, 2^64-1: 1
-    entries = [struct.unpack_from("<QqqQIIqq", index, 16 + 56 * i) for i in range(count)]
+    width, shape = (56, "<QqqQIIqq") if version == 1 else (64, "<QqqQIIqqII")
+    assert index_size == 16 + width * count and count == 5  # stream 3: 1 block, 7: 3, 2^64-1: 1
+    entries = [struct.unpack_from(shape, index, 16 + width * i) for i in range(count)]
     assert [e[0] for e in entries] == [3, 7, 7, 7, UINT64_MAX]
     assert [(e[1], e[2], e[5]) for e in entries] == [
         (0, 3, 3), (1000, 1005, 5), (1005, 1025, 20), (1025, 1037, 12),
         ((1 << 62) + 1, (1 << 62) + 4, 3)]
     position = 0
-    for stream, start, end, at, size, _, first, top in entries:
+    for stream, start, end, at, size, _, first, top, *more in entries:
         assert at == position
         info, found = codec.decode_block(data[at:at + size])
         assert (info.stream_id, info.base_offset, info.next_offset) == (stream, start, end)
         assert (info.first_timestamp, info.max_timestamp, info.length) == (first, top, size)
         assert info.compression == "none" and sum(b.count for b in found) == end - start
+        if version == 2:
+            assert more == [info.raw_length, 0]
+            assert info.raw_length == sum(56 + len(b.payload) for b in found)
         position += size
     assert position == index_position
 
 
-def test_golden_object_decodes(store: ObjectStore) -> None:
-    data = (GOLDEN / "object_none.bin").read_bytes()
-    _, index = object_none()
-    assert decode_object_index(data) == index
+@pytest.mark.parametrize("version", GOLDEN_FILES)
+def test_golden_object_decodes(store: ObjectStore, version: int) -> None:
+    data = (GOLDEN / GOLDEN_FILES[version]).read_bytes()
+    _, index = object_none(version)
+    assert decode_object_index(data) == index and index.version == version
     assert [(r.stream_id, r.start_offset, r.end_offset, r.block_count) for r in index.ranges] == [
         (3, 0, 3, 1), (7, 1000, 1037, 3), (UINT64_MAX, (1 << 62) + 1, (1 << 62) + 4, 1)]
     assert read_all(reader_for(store, data)) == dict(sorted(object_streams().items()))
@@ -149,7 +160,7 @@ def test_streams_go_in_ascending_id_and_ranges_describe_them() -> None:
         (2, 0, 2), (9, 50, 58)]
     assert index.ranges[0].position == 0 and index.ranges[1].position == index.ranges[0].size
     assert sum(r.size for r in index.ranges) == index.index_position
-    assert index.size == len(data) and index.index_size == 16 + 56 * len(index.entries)
+    assert index.size == len(data) and index.index_size == 16 + ENTRY_SIZE * len(index.entries)
     assert [e.stream_id for e in index.entries] == [2, 9, 9, 9, 9]  # 156 + 156 > 300
     assert index.range_of(9) == StreamRange(9, 50, 58, index.ranges[1].position,
                                             index.ranges[1].size, 4)
@@ -466,7 +477,7 @@ def corrupt_at(position: int, match: str, call, *args, **kwargs) -> CorruptDataE
 
 
 def refooter(data: bytes, index_position: int | None = None, index_size: int | None = None,
-             version: int = 1, reserved: bytes = bytes(3)) -> bytes:
+             version: int = 2, reserved: bytes = bytes(3)) -> bytes:
     """``data`` with its footer rewritten (and resealed) with some fields changed."""
     position, size = struct.unpack_from("<QI", data, len(data) - 32)
     head = struct.pack("<QIB3s", position if index_position is None else index_position,
@@ -491,7 +502,7 @@ def test_footer_damage(two_streams: tuple[bytes, ObjectIndex]) -> None:
             decode_object_index(damaged, source="k/obj")
 
     check(data[:-1] + b"C", "bad footer magic")
-    check(refooter(data, version=2), "unsupported object format version: version=`2`")
+    check(refooter(data, version=3), "unsupported object format version: version=`3`")
     check(refooter(data, version=0), "unsupported object format version")
     flipped = bytearray(data)
     flipped[at + 3] ^= 0x10
@@ -505,10 +516,10 @@ def test_footer_damage(two_streams: tuple[bytes, ObjectIndex]) -> None:
     check(refooter(data, index_position=at + 4, index_size=4), "index overlaps the footer")
     check(refooter(data, index_position=index.index_position + 24, index_size=index_size),
           "index overlaps the footer")
-    check(refooter(data, index_size=index_size - 56), "index does not end where the footer")
-    check(refooter(data, index_position=at, index_size=0), "index size is not 16 \\+ 56")
-    check(refooter(data, index_position=at - 16, index_size=16), "index size is not 16 \\+ 56")
-    check(refooter(data, index_position=at - 20, index_size=20), "index size is not 16 \\+ 56")
+    check(refooter(data, index_size=index_size - ENTRY_SIZE), "index does not end where the footer")
+    check(refooter(data, index_position=at, index_size=0), "index size is not 16 \\+ 64")
+    check(refooter(data, index_position=at - 16, index_size=16), "index size is not 16 \\+ 64")
+    check(refooter(data, index_position=at - 20, index_size=20), "index size is not 16 \\+ 64")
     corrupt_at(0, "too small for a footer", decode_object_index, data[-31:])
     corrupt_at(0, "too small for a footer", decode_object_index, b"")
     with pytest.raises(ValueError, match="32 bytes"):
@@ -528,7 +539,7 @@ def test_index_block_damage(two_streams: tuple[bytes, ObjectIndex]) -> None:
     bad = bytearray(data)
     struct.pack_into("<I", bad, at + 12, len(index.entries) + 1)
     corrupt_at(at, "entry count disagrees", decode_object_index, reseal(bad, at, len(data) - 32))
-    with pytest.raises(ValueError, match="size of an index block"):
+    with pytest.raises(ValueError, match="size of a version-2 index block"):
         decode_index(data[at:at + 20], at, len(data))
 
 
@@ -537,7 +548,7 @@ def test_footer_and_index_refuse_positions_outside_the_object(
     data, index = two_streams
     footer = data[-FOOTER_SIZE:]
     block = data[index.index_position:-FOOTER_SIZE]
-    assert decode_footer(footer, len(data)) == (index.index_position, index.index_size)
+    assert decode_footer(footer, len(data)) == (index.index_position, index.index_size, 2)
     for size in (-1, -len(data)):
         with pytest.raises(ValueError, match=f"^object_size must be in .*`{size}`"):
             decode_footer(footer, size)
@@ -589,11 +600,12 @@ def test_index_entry_damage(two_streams: tuple[bytes, ObjectIndex]) -> None:
     assert index.entries[0].stream_id == index.entries[1].stream_id == index.entries[2].stream_id
     for number, match, entries in entry_cases(index):
         damaged = reindex(data, index, entries)
-        corrupt_at(index.index_position + 16 + 56 * number, match, decode_object_index, damaged)
+        corrupt_at(index.index_position + 16 + ENTRY_SIZE * number, match, decode_object_index,
+                   damaged)
     # The last block ends before the index: bytes no entry covers.
     e = list(index.entries)
     short = reindex(data, index, [*e[:-1], dataclasses.replace(e[-1], size=e[-1].size - 1)])
-    corrupt_at(index.index_position + 16 + 56 * (len(e) - 1), "do not fill the data area",
+    corrupt_at(index.index_position + 16 + ENTRY_SIZE * (len(e) - 1), "do not fill the data area",
                decode_object_index, short)
 
 
@@ -754,6 +766,7 @@ def test_random_bytes_are_refused_cleanly(store: ObjectStore) -> None:
 
 
 def test_entry_layout_constants() -> None:
-    assert (FOOTER_SIZE, INDEX_HEADER_SIZE, ENTRY_SIZE) == (32, 16, 56)
+    assert (FOOTER_SIZE, INDEX_HEADER_SIZE, ENTRY_SIZE) == (32, 16, 64)
     assert len(encode_footer(0, 72)) == 32
-    assert os.path.getsize(GOLDEN / "object_none.bin") == object_none()[1].size
+    assert os.path.getsize(GOLDEN / "object_none.bin") == object_none(1)[1].size
+    assert os.path.getsize(GOLDEN / "object_none_v2.bin") == object_none(2)[1].size
