@@ -332,14 +332,32 @@ int64_t slc_records_encode(uint32_t count, const int64_t *timestamps, int64_t ba
         return (status);              \
     } while (0)
 
+/* Where slc_records_index stopped: before record `records`, at byte `position`. */
+static void stop_at(slc_records_cursor *cursor, size_t position, size_t records, size_t headers,
+                    int64_t max_timestamp) {
+    cursor->position = position;
+    cursor->records = records;
+    cursor->headers = headers;
+    cursor->max_timestamp = max_timestamp;
+}
+
 int slc_records_index(const uint8_t *payload, size_t size, uint32_t count, int64_t base_timestamp,
-                      int64_t *records, int64_t *headers, size_t headers_cap, size_t *needed,
-                      int64_t *max_timestamp, size_t *error_position) {
-    size_t pos = 0, header_index = 0;
-    int64_t max_ts = base_timestamp;
+                      int64_t *records, size_t records_cap, int64_t *headers, size_t headers_cap,
+                      slc_records_cursor *cursor, size_t *error_position) {
+    size_t pos = cursor->position, header_index = cursor->headers;
+    int64_t max_ts = cursor->max_timestamp;
     uint64_t v;
     if (count == 0 || count > size / SLC_MIN_RECORD_SIZE) FAIL(SLC_BAD_COUNT, 0);
-    for (uint32_t i = 0; i < count; i++) {
+    for (size_t i = cursor->records; i < count; i++) {
+        /* The state before this record, for the cursor if the record does not fit (kept in
+         * locals: the cursor is written only when the call returns). */
+        size_t record_pos = pos, record_headers = header_index;
+        int64_t record_max_ts = max_ts;
+        if (i == records_cap) {
+            stop_at(cursor, pos, i, header_index, max_ts);
+            cursor->headers_needed = header_index;
+            return SLC_NEED_SPACE;
+        }
         size_t field = pos;
         if (!get_uvarint(payload, &pos, size, &v)) FAIL(SLC_BAD_VARINT, field);
         if (v > size - pos) FAIL(SLC_BAD_LENGTH, field);
@@ -392,8 +410,13 @@ int slc_records_index(const uint8_t *payload, size_t size, uint32_t count, int64
             pos += (size_t)v;
         }
         if (pos != end) FAIL(SLC_BAD_LENGTH, pos);
+        if (header_index > headers_cap) { /* the record is sound but its headers did not fit */
+            stop_at(cursor, record_pos, i, record_headers, record_max_ts);
+            cursor->headers_needed = header_index;
+            return SLC_NEED_SPACE;
+        }
 
-        int64_t *r = records + SLC_RECORD_FIELDS * (size_t)i;
+        int64_t *r = records + SLC_RECORD_FIELDS * i;
         r[0] = ts;
         r[1] = (int64_t)key_pos;
         r[2] = key_len;
@@ -403,9 +426,8 @@ int slc_records_index(const uint8_t *payload, size_t size, uint32_t count, int64
         r[6] = (int64_t)header_count;
     }
     if (pos != size) FAIL(SLC_BAD_LENGTH, pos);
-    *needed = header_index;
-    *max_timestamp = max_ts;
-    return header_index > headers_cap ? SLC_NEED_SPACE : SLC_OK;
+    stop_at(cursor, pos, count, header_index, max_ts);
+    return SLC_OK;
 }
 
 /* ---- batch header and scanner ---- */

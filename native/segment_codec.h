@@ -6,7 +6,8 @@
  * Every function is total on any stored bytes: lengths are checked before every read, nothing
  * is allocated, and damage is reported as a status code plus the byte position where it was
  * found. The caller's own arrays are the exception: each must hold the number of entries its
- * comment says (the Python wrapper, streamlib/codec/_native.py, checks that before calling). The Python facade (streamlib/codec/__init__.py) turns a status into CorruptDataError;
+ * comment says (the Python wrapper, streamlib/codec/_native.py, checks that before calling).
+ * The Python facade (streamlib/codec/__init__.py) turns a status into CorruptDataError;
  * the pure-Python twin (streamlib/codec/_python.py) returns the same codes and positions.
  */
 #ifndef STREAMLIB_SEGMENT_CODEC_H
@@ -43,7 +44,7 @@ enum {
     SLC_BAD_VARINT = 11,
     SLC_BAD_RECORD = 12,    /* a record whose offset delta or timestamp contradicts the batch */
     SLC_BAD_UTF8 = 13,
-    SLC_NEED_SPACE = 14,    /* the header span array is too small; *needed says how large */
+    SLC_NEED_SPACE = 14,    /* an output array is too small to go on: grow it and call again */
     SLC_BAD_ARGUMENT = 15   /* the caller's columns are inconsistent (never from stored bytes) */
 };
 
@@ -68,13 +69,29 @@ int64_t slc_records_encode(uint32_t count, const int64_t *timestamps, int64_t ba
                            size_t header_total, const uint8_t *header_bytes,
                            size_t header_bytes_size, uint8_t *out, size_t out_size);
 
-/* Validate a records payload and fill count * SLC_RECORD_FIELDS spans in records (which must
- * hold that many unless count > size / SLC_MIN_RECORD_SIZE, refused at once) and up to
- * headers_cap * SLC_HEADER_FIELDS in headers. On SLC_NEED_SPACE, *needed is the number of
- * headers; call again with that capacity. *max_timestamp receives the largest timestamp. */
+/* Where slc_records_index stands between calls: the records and headers indexed so far (always
+ * whole records), the byte where the next record starts, and the largest timestamp so far. Zero
+ * it, with max_timestamp = base_timestamp, before the first call. */
+typedef struct {
+    size_t position;
+    size_t records;
+    size_t headers;
+    size_t headers_needed; /* on SLC_NEED_SPACE: the header capacity the next record needs */
+    int64_t max_timestamp;
+} slc_records_cursor;
+
+/* Validate a records payload of count records (refused at once if count > size /
+ * SLC_MIN_RECORD_SIZE) and locate their fields: SLC_RECORD_FIELDS spans a record into records
+ * (room for records_cap records) and SLC_HEADER_FIELDS a header into headers (room for
+ * headers_cap headers), both numbered from the payload's first record. Goes on from *cursor.
+ * Returns SLC_OK once all count records are indexed (the cursor past the last), or
+ * SLC_NEED_SPACE when the next record does not fit (records_cap records done, or its headers
+ * past headers_cap: cursor->headers_needed), the cursor before it: grow the arrays, keeping what
+ * they hold, and call again. So the caller allocates as records prove valid, never for a count
+ * the bytes only claim. On damage, *error_position is the bad byte (the cursor means nothing). */
 int slc_records_index(const uint8_t *payload, size_t size, uint32_t count, int64_t base_timestamp,
-                      int64_t *records, int64_t *headers, size_t headers_cap, size_t *needed,
-                      int64_t *max_timestamp, size_t *error_position);
+                      int64_t *records, size_t records_cap, int64_t *headers, size_t headers_cap,
+                      slc_records_cursor *cursor, size_t *error_position);
 
 /* Write the 56-byte batch header for payload into out. Returns SLC_OK or SLC_BAD_ARGUMENT. */
 int slc_batch_header(uint8_t *out, uint8_t flags, uint32_t count, uint64_t stream_id,

@@ -504,15 +504,30 @@ def _compress(raw: bytes, compression: Compression, zstd_level: int) -> tuple[in
     return COMPRESSIONS[compression], stored
 
 
+# How far each compression can expand the stored bytes: an lz4 block yields less than 255 bytes a
+# byte (a match length byte of 255 at best), a zstd frame at most 128 KiB for 4 bytes (an RLE block:
+# a 3-byte block header and the byte). A raw_length beyond that is damage, refused before the
+# decompressor allocates it.
+_MOST_EXPANSION: dict[Compression, int] = {"lz4": 255, "zstd": 32 * 1024}
+
+
 def _decompress(stored: memoryview, info: BlockInfo, source: str | None) -> bytes:
+    """The block's raw bytes: exactly ``raw_length`` of them, in one buffer of that size,
+    allocated only once the header's ``raw_length`` is possible for its stored bytes."""
     position = info.position + BLOCK_HEADER_SIZE
+    if info.compression == "none":
+        return bytes(stored)
+    if info.raw_length > _MOST_EXPANSION[info.compression] * info.stored_length:
+        raise CorruptDataError(
+            f"{info.compression} block of `{info.stored_length}` bytes cannot decompress to "
+            f"`{info.raw_length}`", position=position, source=source, status=st.BAD_LENGTH)
     try:
-        if info.compression == "none":
-            return bytes(stored)
         if info.compression == "lz4":
+            # Writes at most raw_length bytes; fewer is caught below.
             raw: bytes = lz4.block.decompress(stored, uncompressed_size=info.raw_length)
         else:
-            # Check the declared size first: zstd would allocate whatever the frame claims.
+            # Check the declared size first: zstd allocates what the frame claims, and then
+            # refuses a frame whose content is not exactly that size.
             declared = zstandard.frame_content_size(stored)
             if declared != info.raw_length:
                 said = "no size" if declared < 0 else f"`{declared}` bytes"
@@ -593,32 +608,64 @@ def decode_block(buf: bytes | bytearray | memoryview, position: int = 0, *,
                                status=st.TRUNCATED)
     info = scan.entries[0]
     raw = _decompress(view[info.position + BLOCK_HEADER_SIZE:info.end], info, source)
+    return info, _block_batches(raw, info, source)
+
+
+_BLOCK_SCAN_STEP = 256  # batches of a block scanned, and checked against its header, at a time
+
+
+def _block_batches(raw: bytes, info: BlockInfo, source: str | None) -> list[RecordBatch]:
+    """The batches of a decompressed block, each checked against the block's header as the scan
+    finds it: a header contradicted early costs no more than the batches before (a few bytes of
+    zstd can hold a million copies of one batch)."""
     inner = f"{source or 'buffer'} block@{info.position} (decompressed)"
-    batches = read_batches(raw, source=inner)
-    problem = _block_mismatch(info, [b for _, b in batches], [i for i, _ in batches])
+    view = memoryview(raw)
+    batches: list[RecordBatch] = []
+    expected = info.base_offset
+    top = info.first_timestamp
+    start = 0
+    while start < len(raw):
+        status, entries, start, at = _impl.scan_batches(view, start, _BLOCK_SCAN_STEP)
+        for entry in entries:
+            batch = _batch_info(entry)
+            problem = _batch_mismatch(info, batch, len(batches), expected)
+            if problem:
+                raise CorruptDataError(f"block contents contradict its header: {problem}",
+                                       position=info.position, source=source,
+                                       status=st.BAD_RECORD)
+            batches.append(_batch_from(batch, view))
+            expected += batch.count
+            top = max(top, batch.max_timestamp)
+        if status not in (st.OK, st.MORE):
+            raise _corrupt(status, at, inner)
+    problem = ""
+    if len(batches) != info.batch_count:
+        problem = f"batches=`{len(batches)}` header=`{info.batch_count}`"
+    elif expected - info.base_offset != info.record_count:
+        problem = f"records=`{expected - info.base_offset}` header=`{info.record_count}`"
+    elif top != info.max_timestamp:
+        problem = f"max timestamp `{top}`, header `{info.max_timestamp}`"
     if problem:
         raise CorruptDataError(f"block contents contradict its header: {problem}",
                                position=info.position, source=source, status=st.BAD_RECORD)
-    return info, [b for _, b in batches]
+    return batches
 
 
-def _block_mismatch(info: BlockInfo, batches: list[RecordBatch], infos: list[BatchInfo]) -> str:
-    if len(batches) != info.batch_count:
-        return f"batches=`{len(batches)}` header=`{info.batch_count}`"
-    expected = info.base_offset
-    for b in infos:
-        if b.stream_id != info.stream_id:
-            return f"batch of stream `{b.stream_id}` in a block of stream `{info.stream_id}`"
-        if b.base_offset != expected:
-            return f"batch at offset `{b.base_offset}`, expected `{expected}`"
-        expected += b.count
-    if expected - info.base_offset != info.record_count:
-        return f"records=`{expected - info.base_offset}` header=`{info.record_count}`"
-    if infos[0].base_timestamp != info.first_timestamp:
-        return f"first timestamp `{infos[0].base_timestamp}`, header `{info.first_timestamp}`"
-    top = max(b.max_timestamp for b in infos)
-    if top != info.max_timestamp:
-        return f"max timestamp `{top}`, header `{info.max_timestamp}`"
+def _batch_mismatch(info: BlockInfo, batch: BatchInfo, index: int, expected: int) -> str:
+    """What batch number ``index`` of a block, expected at offset ``expected``, contradicts in
+    the block's header; empty if nothing."""
+    if index == info.batch_count:
+        return f"batches=`>{index}` header=`{info.batch_count}`"
+    if batch.stream_id != info.stream_id:
+        return f"batch of stream `{batch.stream_id}` in a block of stream `{info.stream_id}`"
+    if batch.base_offset != expected:
+        return f"batch at offset `{batch.base_offset}`, expected `{expected}`"
+    if batch.next_offset - info.base_offset > info.record_count:
+        return f"records=`>{info.record_count}` header=`{info.record_count}`"
+    if index == 0 and batch.base_timestamp != info.first_timestamp:
+        return f"first timestamp `{batch.base_timestamp}`, header `{info.first_timestamp}`"
+    if batch.max_timestamp > info.max_timestamp:
+        return f"max timestamp `{batch.max_timestamp}` above the header's `{info.max_timestamp}`"
     return ""
 
 

@@ -28,6 +28,8 @@ from streamlib.codec._status import (
 
 NAME: Final = "c"
 _SCAN_CHUNK = 256
+_FIRST_RECORDS = 1024  # records the span arrays hold before they first grow
+_FIRST_HEADERS = 256
 MASK64 = (1 << 64) - 1
 _from_buffer = ffi.from_buffer
 _NULL = ffi.NULL
@@ -88,27 +90,44 @@ def records_encode(count: int, timestamps: Sequence[int] | None, base_timestamp:
 def records_index(payload: bytes, count: int, base_timestamp: int
                   ) -> tuple[int, int, array[int], array[int], int]:
     size = _size(payload)
-    if count < 1 or count > size // MIN_RECORD_SIZE:  # before allocating count entries
+    if count < 1 or count > size // MIN_RECORD_SIZE:
         return BAD_COUNT, 0, array("q"), array("q"), 0
     # The C code writes straight into the arrays that are returned: no copy, no int objects.
-    records = array("q", bytes(8 * RECORD_FIELDS * count))
-    headers = array("q")
-    out = ffi.new("size_t[2]")  # needed, error position
-    max_ts = ffi.new("int64_t *")
+    # They grow (doubling) as records prove valid, so that bytes which only claim many records
+    # cost no more than the records before the damage.
+    records_cap = min(count, _FIRST_RECORDS)
+    records = array("q", bytes(8 * RECORD_FIELDS * records_cap))
+    headers, headers_cap = array("q"), 0
+    cursor = ffi.new("slc_records_cursor *")
+    cursor.max_timestamp = base_timestamp
+    error = ffi.new("size_t *")
     data = _ptr(payload)
-    spans = _from_buffer("int64_t[]", records, require_writable=True)
-    cap = 0
     while True:
-        status = lib.slc_records_index(data, size, count, base_timestamp, spans,
-                                       _from_buffer("int64_t[]", headers, require_writable=True)
-                                       if cap else _NULL, cap, out, max_ts, out + 1)
+        # A grown array is a new one: the old one's buffer may still be exported to cffi.
+        status = lib.slc_records_index(
+            data, size, count, base_timestamp,
+            _from_buffer("int64_t[]", records, require_writable=True), records_cap,
+            _from_buffer("int64_t[]", headers, require_writable=True) if headers_cap else _NULL,
+            headers_cap, cursor, error)
         if status != NEED_SPACE:
             break
-        cap = out[0]
-        headers = array("q", bytes(8 * HEADER_FIELDS * cap))
+        if cursor.records == records_cap:
+            records_cap = min(2 * records_cap, count)
+            records = _grown(records, RECORD_FIELDS * records_cap)
+        else:
+            headers_cap = max(2 * headers_cap, cursor.headers_needed, _FIRST_HEADERS)
+            headers = _grown(headers, HEADER_FIELDS * headers_cap)
     if status != OK:
-        return status, out[1], array("q"), array("q"), 0
-    return OK, 0, records, headers, max_ts[0]
+        return status, error[0], array("q"), array("q"), 0
+    del headers[HEADER_FIELDS * cursor.headers:]
+    return OK, 0, records, headers, cursor.max_timestamp
+
+
+def _grown(spans: array[int], length: int) -> array[int]:
+    """A zeroed array of ``length`` ints that begins with ``spans``."""
+    grown = array("q", bytes(8 * length))
+    grown[:len(spans)] = spans
+    return grown
 
 
 def batch_header(flags: int, count: int, stream_id: int, base_offset: int, base_timestamp: int,

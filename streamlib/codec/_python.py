@@ -189,21 +189,24 @@ def records_index(payload: bytes, count: int, base_timestamp: int
     Spans are flat ``array('q')``s: RECORD_FIELDS ints a record (timestamp, key position, key
     length or -1, value position, value length, first header, header count) and HEADER_FIELDS a
     header (name position, name length, value position, value length). On an error, only the status
-    and the position mean anything (empty spans and 0, as the C code gives)."""
+    and the position mean anything (empty spans and 0, as the C code gives).
+
+    The spans grow as records prove valid, 8 bytes a field as in C: bytes that only claim many
+    records cost no more than the records before the damage."""
     if count == 0 or count > len(payload) // MIN_RECORD_SIZE:
         return BAD_COUNT, 0, array("q"), array("q"), 0
     status, position, records, headers, max_ts = _index(payload, count, base_timestamp)
     if status != OK:
         return status, position, array("q"), array("q"), 0
-    return OK, 0, array("q", records), array("q", headers), max_ts
+    return OK, 0, records, headers, max_ts
 
 
 def _index(payload: bytes, count: int, base_timestamp: int
-           ) -> tuple[int, int, list[int], list[int], int]:
+           ) -> tuple[int, int, array[int], array[int], int]:
     size = len(payload)
     pos = 0
-    records: list[int] = []
-    headers: list[int] = []
+    records = array("q")
+    headers = array("q")
     max_ts = base_timestamp
     get = _get_uvarint
     for i in range(count):
@@ -291,11 +294,11 @@ def _index(payload: bytes, count: int, base_timestamp: int
             v, pos = r
             if v > end - pos:
                 return BAD_LENGTH, field, records, headers, max_ts
-            headers += (name_pos, name_len, pos, v)
+            headers.extend((name_pos, name_len, pos, v))
             pos += v
         if pos != end:
             return BAD_LENGTH, pos, records, headers, max_ts
-        records += (ts, key_pos, key_len, value_pos, value_len, first_header, header_count)
+        records.extend((ts, key_pos, key_len, value_pos, value_len, first_header, header_count))
     if pos != size:
         return BAD_LENGTH, pos, records, headers, max_ts
     return OK, 0, records, headers, max_ts

@@ -138,11 +138,12 @@ def encode_checkpoint(state: ManifestState) -> bytes:
     return body
 
 
-def _decompress(raw: bytes) -> bytes:
+def _decompress(raw: bytes) -> bytearray:
     """A checkpoint's JSON, never more than :data:`MAX_CHECKPOINT_BYTES` of it: a frame that
-    declares its size (as every writer's does) is refused beyond the bound before anything is
-    allocated; one that does not is read in pieces up to the bound (its window within
-    libzstd's default limit, 128 MiB)."""
+    declares a larger size is refused before anything is decompressed. The frame is read in
+    pieces, so that what is allocated follows what it really holds, not what it declares (a
+    30-byte frame declaring 256 MiB costs nothing), and the declared size must be what came
+    out. The window stays within libzstd's default limit, 128 MiB."""
     limit = MAX_CHECKPOINT_BYTES
     if len(raw) > limit:
         raise Malformed(describe("larger than a checkpoint may be", bytes=len(raw), limit=limit))
@@ -151,26 +152,26 @@ def _decompress(raw: bytes) -> bytes:
         if declared > limit:
             raise Malformed(describe("a zstd frame larger than a checkpoint may be",
                                      declared=declared, limit=limit))
-        if declared >= 0:
-            return zstandard.ZstdDecompressor().decompress(raw, max_output_size=limit)
-        pieces, size = [], 0
+        text = bytearray()
         with zstandard.ZstdDecompressor().stream_reader(raw) as reader:
             while piece := reader.read(1 << 20):
-                size += len(piece)
-                if size > limit:
+                text += piece
+                if len(text) > limit:
                     raise Malformed(describe("a zstd frame larger than a checkpoint may be",
                                              inflated=f">{limit}", limit=limit))
-                pieces.append(piece)
-        return b"".join(pieces)
     except zstandard.ZstdError as error:
         raise Malformed(f"not a zstd frame ({error})") from error
+    if declared >= 0 and len(text) != declared:
+        raise Malformed(describe("a zstd frame that holds other than it declares",
+                                 declared=declared, inflated=len(text)))
+    return text
 
 
 _NOT_STRUCTURE = bytes(b for b in range(256) if b not in b'"[]{}')
 _BRACKETS = bytes.maketrans(b"{}", b"[]")
 
 
-def _parse(raw: bytes, depth: int) -> Any:
+def _parse(raw: bytes | bytearray, depth: int) -> Any:
     """JSON of at most ``depth`` levels of nesting (checked before it is parsed)."""
     try:
         text = raw.decode("utf-8")

@@ -11,6 +11,7 @@ import base64
 import copy
 import json
 import struct
+import tracemalloc
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -479,6 +480,30 @@ def test_a_checkpoint_larger_than_the_bound_is_refused_while_decompressing(
     assert zstandard.frame_content_size(body) == (len(text) if declared else -1)
     key = forge_checkpoint(objects, store, body)
     assert "larger than a checkpoint may be" in assert_open_refuses(objects, key)
+
+
+def test_a_frame_that_declares_more_than_it_holds_costs_what_it_holds() -> None:
+    """A frame of a few dozen bytes whose header declares 100 MiB (within the largest
+    checkpoint) is refused, and reading it allocates about what it really holds, not what it
+    declares."""
+    objects, store = populated()
+    declared = 100 << 20
+    body = bytearray(zstandard.ZstdCompressor().compress(b" " * 70_000))
+    descriptor = body[4]  # the frame header descriptor: a 4-byte content size follows it
+    assert descriptor >> 6 == 2 and len(body) < 100
+    at = 5 if descriptor & 0x20 else 6  # after the window byte, unless single-segment
+    struct.pack_into("<I", body, at, declared)
+    assert zstandard.frame_content_size(bytes(body)) == declared
+    tracemalloc.start()
+    try:
+        with pytest.raises(manifest_format.Malformed, match="zstd"):
+            manifest_format.read_checkpoint(bytes(body), 1)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 << 20, peak  # the declared 100 MiB were allocated at once before
+    key = forge_checkpoint(objects, store, bytes(body))
+    assert "not a zstd frame" in assert_open_refuses(objects, key)
 
 
 def test_a_well_formed_checkpoint_opens_and_a_legacy_one_too() -> None:

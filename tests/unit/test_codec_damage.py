@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import struct
 
+import lz4.block
 import pytest
 import zstandard
 from strategies import reseal
@@ -174,6 +175,36 @@ def test_decompression_failures() -> None:
         codec.decode_block(sealed_block(b"\x28\xb5\x2f\xfd" + b"\x00" * 20, 2, len(raw)))
     with pytest.raises(CorruptDataError, match="zstd block does not decompress"):
         codec.decode_block(sealed_block(b"\xff" * 40, 2, len(raw)))
+
+
+def with_content_size(frame: bytes, size: int) -> bytes:
+    """The zstd frame with its header's content size set to ``size`` (in a field as wide as
+    before), the rest unchanged."""
+    descriptor = frame[4]
+    single_segment, dictionary = descriptor >> 5 & 1, descriptor & 3
+    at = 5 + (1 - single_segment) + (0, 1, 2, 4)[dictionary]
+    width = (single_segment, 2, 4, 8)[descriptor >> 6]
+    stored = size - 256 if width == 2 else size
+    return frame[:at] + stored.to_bytes(width, "little") + frame[at + width:]
+
+
+@pytest.mark.parametrize("compression", ["lz4", "zstd"])
+@pytest.mark.parametrize("change", [-1, 1, 1000])
+def test_decompression_yields_exactly_raw_length_bytes(compression: str, change: int) -> None:
+    # The header's raw_length, and for zstd the frame's content size with it, one byte short of
+    # what the stored bytes hold, one byte past it, or far past it: never a block.
+    raw = codec.encode_batch(1, 0, RecordBatch(b"compressible " * 200, 4, base_timestamp=7))
+    claimed = len(raw) + change
+    if compression == "lz4":
+        stored = lz4.block.compress(raw, store_size=False)
+        expected = "does not decompress" if change < 0 else f"decompresses to `{len(raw)}` bytes"
+    else:
+        stored = with_content_size(zstandard.ZstdCompressor().compress(raw), claimed)
+        assert zstandard.frame_content_size(stored) == claimed
+        expected = "zstd block does not decompress"
+    with pytest.raises(CorruptDataError, match=expected) as caught:
+        codec.decode_block(sealed_block(stored, codec.COMPRESSIONS[compression], claimed))
+    assert (caught.value.status, caught.value.position) == (st.BAD_LENGTH, 64)
 
 
 @pytest.mark.parametrize("compression", ["lz4", "zstd"])

@@ -158,3 +158,25 @@ def test_a_header_max_timestamp_the_records_contradict_is_damage() -> None:
     lying = RecordBatch._trusted(batch.payload, 2, 1, 9, "records")
     with pytest.raises(codec.CorruptDataError, match="largest timestamp"):
         lying.records()
+
+
+@pytest.mark.parametrize("shape", ["many records", "many headers on one record",
+                                   "headers spread over many records"])
+def test_span_arrays_that_grow_while_indexing_agree(shape: str) -> None:
+    # The C backend indexes into arrays that start small and grow as records prove valid; both
+    # backends give the same spans however often they grow, and report damage found after.
+    if shape == "many records":
+        records = [Record(b"v%d" % i, key=b"k" if i % 3 else None) for i in range(5000)]
+    elif shape == "many headers on one record":
+        records = [Record(b"a", headers=[(f"h{i}", b"x") for i in range(3000)]),
+                   *(Record(b"b") for _ in range(10))]
+    else:
+        records = [Record(b"c", headers=[("n", b"%d" % i)] * (i % 5)) for i in range(4000)]
+    batch = RecordBatch.from_records(records, timestamp=7)
+    result = both("records_index", batch.payload, batch.count, batch.base_timestamp)
+    assert result[0] == 0 and len(result[2]) == 7 * batch.count
+    assert len(result[3]) == 4 * sum(len(r.headers) for r in records)
+    assert batch.records() == [Record(r.value, r.key, r.headers, 7) for r in records]
+    damaged = batch.payload + b"\x00"  # a byte after the last record
+    status, at, *_ = both("records_index", damaged, batch.count, batch.base_timestamp)
+    assert (status, at) == (8, len(batch.payload))  # BAD_LENGTH
