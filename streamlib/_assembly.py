@@ -79,7 +79,11 @@ def open_objects(config: Config, storage_options: Mapping[str, Any] | None,
     url = config.objects_url
     if not url:
         path = under(config, "objects_url", "", "objects")
-        os.makedirs(path, exist_ok=True)
+        try:
+            os.makedirs(path, exist_ok=True)
+        except OSError as e:
+            raise ConfigError("path", f"cannot make the objects' directory in it "
+                              f"({e.strerror})", config.path) from None
         url = "file://" + os.path.abspath(path)
     retry = RetryPolicy(timeout=config.retry_timeout_ms / 1000)
     try:
@@ -89,22 +93,22 @@ def open_objects(config: Config, storage_options: Mapping[str, Any] | None,
             store = ObjectStore.from_url(url, storage_options, retry=retry)
     except ValueError as e:
         raise ConfigError("objects_url", str(e), url) from None
-    if store.remote:
-        _check_objects(store, url)
+    _check_objects(store, url)
     return store
 
 
 def _check_objects(store: ObjectStore, url: str) -> None:
-    """A store across the network is written once at open: a missing bucket or a refusal is a
-    ConfigError now rather than a failure at the first upload. A store that does not answer is
-    only logged: the node opens and its uploads are tried again in the background."""
+    """The store must take writes (``ObjectStore.check_writable``: a local directory is checked,
+    a store across the network written once): a missing bucket, a read-only store or a refusal
+    is a ConfigError now rather than a failure at the first upload. A store that does not
+    answer is only logged: the node opens and its uploads are tried again in the background."""
     try:
         store.check_writable()
     except FileNotFoundError:
         raise ConfigError("objects_url", "the bucket does not exist (create it first)",
                           url) from None
     except PermissionError as e:
-        raise ConfigError("objects_url", f"access denied: cannot write there ({e})",
+        raise ConfigError("objects_url", f"cannot write objects there ({e.strerror or e})",
                           url) from None
     except StorageUnavailable as e:
         log.warning("the object store does not answer at open; uploads will be retried in "

@@ -147,7 +147,9 @@ class StreamClosed(StreamLibError):
 
 
 class StorageUnavailable(RetryLater, OSError):
-    """The WAL or object store could not be reached after retries. Retry later."""
+    """The WAL or object store could not be reached after retries, or the object store's local
+    disk cannot store data now (full, read-only, failing: ``errno`` is ``ENOSPC``, ``EDQUOT``,
+    ``EROFS`` or ``EIO``). Nothing acknowledged is lost: retry later (after freeing room)."""
 
 
 class WalFullError(RetryLater, TimeoutError):
@@ -201,8 +203,9 @@ class SequenceError(Conflict, ValueError):
 
 
 class ReadOnlyError(StreamLibError):
-    """This stream handle was opened read-only (or the stream is held read-only after damage
-    was found at recovery); open the stream for write to append or trim."""
+    """This stream handle was opened read-only; open the stream for write to append or trim.
+    (A stream held read-only because recovery found its acknowledged data damaged refuses
+    appends with :class:`CorruptDataError` instead.)"""
 
 
 class CacheMiss(RetryLater):

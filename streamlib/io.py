@@ -11,8 +11,12 @@ one retry policy and one translation of errors:
 - a **missing** object (or bucket) is a plain :class:`FileNotFoundError` whose message names
   the key: it is not retried, and it is what fsspec itself raises, so callers need no
   streamlib-specific handling for it;
-- anything else (access denied, a bad request, a full disk) is **permanent**: raised at once,
-  unchanged, with a note naming the operation and the key.
+- a local filesystem that cannot store data now (``ENOSPC`` a full disk, ``EDQUOT`` a quota,
+  ``EROFS`` a read-only mount, ``EIO`` a failing device) is **unavailable**: raised at once as
+  :class:`~streamlib.errors.StorageUnavailable` naming the operation, the key and the errno (its
+  ``errno`` attribute is the original one); the caller keeps its data and tries again later;
+- anything else (access denied, a bad request) is **permanent**: raised at once, unchanged,
+  with a note naming the operation and the key.
 
 Errors are classified by their shape, not their Python type alone: s3fs turns a botocore
 ``ClientError`` into a builtin ``OSError`` whose ``errno`` says little (a 412 is ``EINVAL``), so
@@ -81,12 +85,15 @@ _TRANSIENT_ERRNOS = frozenset({
     errno.EREMOTEIO,
 })
 _PERMANENT_ERRNOS = frozenset({
-    errno.EACCES, errno.EPERM, errno.EISDIR, errno.ENOTDIR, errno.EROFS, errno.ENOSPC,
-    errno.EDQUOT, errno.ENAMETOOLONG,
+    errno.EACCES, errno.EPERM, errno.EISDIR, errno.ENOTDIR, errno.ENAMETOOLONG,
 })
 """Local failures that say what they are whatever was being handled when they were raised."""
+_UNAVAILABLE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
+"""Local failures of the storage itself, whatever was being handled when they were raised: no
+call of this budget would do better, but a later round may (room freed, the mount writable).
+``EIO`` means the same unless a network failure led to it (then it is transient)."""
 
-Kind = Literal["missing", "transient", "permanent", "invalid_range"]
+Kind = Literal["missing", "transient", "permanent", "unavailable", "invalid_range"]
 
 _MEMORY_CREATE = threading.Lock()  # Lock order: a leaf. Makes a memory:// create atomic
 
@@ -118,6 +125,14 @@ def _client_error(error: BaseException) -> tuple[str, int | None] | None:
     return None
 
 
+def _no_credentials(error: BaseException) -> bool:
+    """Whether botocore found no credentials to sign with (none given, none in the
+    environment)."""
+    exceptions = sys.modules.get("botocore.exceptions")
+    return exceptions is not None and any(isinstance(link, exceptions.NoCredentialsError)
+                                          for link in _chain(error))
+
+
 def _transport_error(link: BaseException) -> bool:
     """Whether ``link`` is a connection or timeout failure of botocore, aiohttp or the OS."""
     if isinstance(link, TimeoutError | ConnectionError):
@@ -137,8 +152,9 @@ def _transport_error(link: BaseException) -> bool:
 
 def classify(error: BaseException) -> Kind:
     """What an error from a filesystem call means: ``missing``, ``transient`` (worth another
-    try), ``invalid_range`` (HTTP 416: the object exists but the range is past its end) or
-    ``permanent``."""
+    try), ``unavailable`` (the local storage cannot store data now: a full disk, a read-only
+    mount, an I/O error), ``invalid_range`` (HTTP 416: the object exists but the range is past
+    its end) or ``permanent``."""
     # Whatever was being handled when these were raised (their context) does not change them
     # unless it is an HTTP answer (s3fs raises its translations while handling the answer).
     found = _client_error(error)
@@ -148,6 +164,8 @@ def classify(error: BaseException) -> Kind:
         return "missing"
     if found is None and isinstance(error, OSError) and error.errno in _PERMANENT_ERRNOS:
         return "permanent"
+    if found is None and isinstance(error, OSError) and error.errno in _UNAVAILABLE_ERRNOS:
+        return "unavailable"
     if found is not None:  # the HTTP answer is the best evidence there is
         code, status = found
         if code == "InvalidRange" or status == 416:
@@ -164,6 +182,8 @@ def classify(error: BaseException) -> Kind:
         return "missing"
     if any(isinstance(link, OSError) and link.errno in _TRANSIENT_ERRNOS for link in chain):
         return "transient"
+    if isinstance(error, OSError) and error.errno == errno.EIO:
+        return "unavailable"
     return "permanent"
 
 
@@ -241,6 +261,17 @@ def _protocols(fs: AbstractFileSystem) -> tuple[str, ...]:
     return (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
 
 
+def _unavailable(op: str, key_url: str, error: OSError) -> StorageUnavailable:
+    """A local storage failure (a full disk, a read-only mount, an I/O error) as the kind
+    callers handle, keeping its errno."""
+    code = error.errno if error.errno is not None else errno.EIO
+    unavailable = StorageUnavailable(describe(
+        "object store cannot store data now", op=op, key=key_url,
+        errno=errno.errorcode.get(code, code), error=error.strerror or error))
+    unavailable.errno = code  # not strerror: with both, str() would show only them
+    return unavailable
+
+
 class ObjectStore:
     """Keys and bytes under ``root`` of an fsspec filesystem, with retries.
 
@@ -277,8 +308,10 @@ class ObjectStore:
         self._deadline = threading.local()  # .at: the running call's deadline (this thread's)
         self._calls_lock = threading.Lock()
         self._calls: dict[int, tuple[str, str, float]] = {}  # GUARDED_BY(_calls_lock)
-        protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-        self.url = f"{protocol}://{self.root}"
+        protocols = _protocols(fs)
+        # Some filesystems keep the scheme in their paths (http: the root is the whole URL).
+        self.url = (self.root if any(self.root.startswith(f"{p}://") for p in protocols)
+                    else f"{protocols[0]}://{self.root}")
 
     @classmethod
     def from_url(cls, url: str, storage_options: Mapping[str, Any] | None = None,
@@ -318,11 +351,56 @@ class ObjectStore:
         return not self._local and "memory" not in _protocols(self.fs)
 
     def check_writable(self) -> None:
-        """Write and delete one small object: a missing bucket is ``FileNotFoundError``, a
-        refusal ``PermissionError``, a store that does not answer ``StorageUnavailable``."""
+        """Whether this process can write here: a local directory must be writable (the
+        nearest one that exists, as the root is made at the first put), memory always is, and
+        anywhere else one small object is written and deleted.
+
+        A store that cannot be written raises ``PermissionError`` saying why: a read-only
+        mount, no permission, or a filesystem that refuses to write or delete (fsspec's
+        read-only implementations — http, zip, tar, data — answer ``NotImplementedError`` or
+        ``ValueError``), and an S3 store with no credentials. A missing bucket is
+        ``FileNotFoundError``; a store that does not answer (or whose disk is full)
+        ``StorageUnavailable``."""
+        if self._local:
+            self._check_local_writable()
+            return
+        if "memory" in _protocols(self.fs):
+            return
         key = f"streamlib-probe/{uuid.uuid4().hex}"
-        self.put(key, b"probe")
-        self.delete([key])
+        op = "put"
+        try:
+            self.put(key, b"probe")
+            op = "delete"
+            self.delete([key])
+        except (NotImplementedError, ValueError) as error:
+            raise PermissionError(errno.EROFS, describe(
+                f"the object store is read-only: its filesystem cannot {op} objects",
+                url=self.url, filesystem=type(self.fs).__name__, error=repr(error))) from error
+        except StorageUnavailable as error:
+            if error.errno != errno.EROFS:
+                raise
+            raise PermissionError(errno.EROFS, describe(
+                "the object store is read-only", url=self.url, error=error)) from error
+        except Exception as error:
+            if not _no_credentials(error):
+                raise
+            raise PermissionError(errno.EACCES, describe(
+                "no credentials found for the object store (give them in storage_options or "
+                "the environment)", url=self.url)) from error
+
+    def _check_local_writable(self) -> None:
+        directory = self.root
+        while not os.path.isdir(directory) and os.path.dirname(directory) != directory:
+            directory = os.path.dirname(directory)
+        if os.access(directory, os.W_OK | os.X_OK):
+            return
+        if os.statvfs(directory).f_flag & os.ST_RDONLY:
+            raise PermissionError(errno.EROFS, describe(
+                "the object store is read-only: its directory is on a read-only mount",
+                url=self.url, directory=directory))
+        raise PermissionError(errno.EACCES, describe(
+            "the object store is not writable: no permission to write in its directory",
+            url=self.url, directory=directory))
 
     def in_flight(self) -> tuple[int, float]:
         """Calls running now and how long the oldest has been running (seconds): a stalled
@@ -367,6 +445,9 @@ class ObjectStore:
                     raise FileNotFoundError(
                         errno.ENOENT, describe("no such object (or bucket)", op=op,
                                                key=self._key_url(key))) from error
+                if kind == "unavailable":
+                    assert isinstance(error, OSError)  # what classify says
+                    raise _unavailable(op, self._key_url(key), error) from error
                 if kind != "transient":
                     error.add_note(describe("object store call failed", op=op,
                                             key=self._key_url(key)))

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Protocol
 
+from streamlib import codec
 from streamlib.config import LONGEST_WAIT
 from streamlib.errors import ReadOnlyError, StreamClosed, StreamNotFound, describe
 from streamlib.records import (
@@ -88,21 +89,59 @@ def _check_timeout(timeout: object, what: str = "timeout") -> float | None:
 
 
 def as_batch(batch: object, max_bytes: int) -> RecordBatch:
-    """What an append accepts: a RecordBatch, or a non-empty sequence of Record / bytes."""
+    """What an append accepts: a RecordBatch, or a non-empty sequence of Record / bytes, whose
+    data (:func:`data_bytes`) is at most ``max_bytes`` and whose encoding (framed: the batch
+    header, each record's framing, the data) at most twice that."""
     if isinstance(batch, RecordBatch):
         result = batch
     elif isinstance(batch, list | tuple):
         if not batch:
             raise ValueError("cannot append an empty batch: give at least one record")
         records = [r if isinstance(r, Record) else Record(r) for r in batch]
-        result = RecordBatch.from_records(records)
+        try:
+            result = RecordBatch.from_records(records)
+        except ValueError:  # the format's own limit (64 MiB of payload), or a bad record
+            _check_size(sum(map(_record_data_bytes, records)), None, max_bytes, len(records))
+            raise
     else:
         raise TypeError(f"append takes a RecordBatch or a list of Record / bytes, "
                         f"not {type(batch).__name__}")
-    if result.size > max_bytes:
-        raise ValueError(describe("batch too large (see Config.max_batch_bytes)",
-                                  size=result.size, max=max_bytes))
+    if result.size > max_bytes:  # the payload holds the data and its framing: look closer
+        _check_size(data_bytes(result), result.size, max_bytes, result.count)
     return result
+
+
+def _check_size(data: int, payload: int | None, max_bytes: int, count: int) -> None:
+    if data > max_bytes:
+        raise ValueError(describe("batch too large for Config.max_batch_bytes (which counts "
+                                  "the records' keys, values and headers, or an opaque "
+                                  "batch's payload)",
+                                  data=data, max_batch_bytes=max_bytes, records=count))
+    # The bound a data block read back is checked against (Config.max_block_bytes) allows a
+    # framed batch of twice max_batch_bytes: only many tiny records come near it.
+    if payload is not None and codec.BATCH_HEADER_SIZE + payload > 2 * max_bytes:
+        raise ValueError(describe("batch too large: with each record's framing its encoding "
+                                  "exceeds twice Config.max_batch_bytes (many small records: "
+                                  "split the batch)", encoded=codec.BATCH_HEADER_SIZE + payload,
+                                  data=data, max_batch_bytes=max_bytes, records=count))
+
+
+def _record_data_bytes(record: Record) -> int:
+    value, key, headers, _ = record
+    return (len(value) + (0 if key is None else len(key))
+            + sum(len(name.encode("utf-8")) + len(v) for name, v in headers))
+
+
+def data_bytes(batch: RecordBatch) -> int:
+    """What ``Config.max_batch_bytes`` counts: the records' keys, values, header names (UTF-8)
+    and header values — an opaque batch's payload — without the framing the codec adds."""
+    if batch.encoding != "records":
+        return batch.size
+    index = codec.index_records(batch.payload, batch.count, batch.base_timestamp)
+    spans, headers = index.records, index.headers
+    keys = spans[2::7]  # a missing key's length is -1
+    return (sum(keys) + keys.count(-1) + sum(spans[4::7]) + sum(headers[1::4])
+            + sum(headers[3::4]))
 
 
 class Stream:
@@ -400,4 +439,4 @@ class Stream:
         return self._epoch
 
 
-__all__ = ["DEFAULT_FETCH_BYTES", "Stream", "StreamInfo", "StreamPaths", "as_batch"]
+__all__ = ["DEFAULT_FETCH_BYTES", "Stream", "StreamInfo", "StreamPaths", "as_batch", "data_bytes"]

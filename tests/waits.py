@@ -3,10 +3,12 @@ generous enough for a loaded machine, never for a fixed time that only usually s
 
 from __future__ import annotations
 
+import gc
 import sys
 import threading
 import time
 from collections.abc import Callable
+from types import FrameType
 
 
 def wait_for(condition: Callable[[], object], timeout: float = 10.0, what: str = "") -> None:
@@ -17,6 +19,19 @@ def wait_for(condition: Callable[[], object], timeout: float = 10.0, what: str =
         time.sleep(0.01)
 
 
+def _frames() -> dict[int, FrameType]:
+    """``sys._current_frames()`` with the garbage collector held off: on CPython up to 3.11 a
+    collection inside it can free a ``threading.local`` (every ObjectStore has one), whose
+    finalizer waits for the runtime lock the call holds — a deadlock (CPython gh-106883)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return sys._current_frames()
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def blocked_in(thread: threading.Thread, function: Callable[..., object]) -> bool:
     """Whether ``thread`` is waiting on a condition (``Condition.wait``, which ``Event.wait``
     uses too) inside a call of ``function`` (a function or method object: its code is looked
@@ -24,7 +39,7 @@ def blocked_in(thread: threading.Thread, function: Callable[..., object]) -> boo
     a reader waiting at the tail — where a fixed sleep would only hope the thread got there.
     Once this is true, whatever wakes the wait must take the condition's lock, which the
     waiter gave up only once it was registered: it cannot miss the wake-up."""
-    frame = sys._current_frames().get(thread.ident)  # type: ignore[arg-type]
+    frame = _frames().get(thread.ident)  # type: ignore[arg-type]
     if frame is None or (frame.f_code.co_filename, frame.f_code.co_name) != (
             threading.__file__, "wait"):
         return False

@@ -1,17 +1,26 @@
 """The examples run as users run them: the quickstart as a script, the S3 example against the
-local moto server."""
+local moto server, the user guide's snippets in order."""
 
 from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+import pytest
+
+import streamlib
 from streamlib.testing.s3 import S3Bucket
 
 EXAMPLES = Path(__file__).parents[2] / "examples"
+GUIDE = Path(__file__).parents[2] / "docs" / "guide.md"
+NEEDS = "# needs: "
+"""The first line of a guide snippet that needs what a test machine lacks (a bucket, a device),
+saying what: such a snippet is compiled, not run."""
 
 
 def test_quickstart_runs_and_shows_the_data_survived() -> None:
@@ -72,3 +81,46 @@ def test_shared_nodes_example_on_moto(moto_bucket: S3Bucket) -> None:
     assert done.returncode == 0, done.stderr[-2000:]
     assert "node c took over node b: offsets {1: [5, 9]}" in done.stdout
     assert "  order 8 (from b)" in done.stdout
+
+
+def guide_snippets() -> list[tuple[int, str]]:
+    """The guide's ``python`` code blocks, each with the line its code starts on."""
+    text = GUIDE.read_text()
+    return [(text.count("\n", 0, m.start(1)) + 1, m.group(1))
+            for m in re.finditer(r"^```python\n(.*?)^```$", text, re.MULTILINE | re.DOTALL)]
+
+
+def test_every_guide_snippet_runs_or_says_what_it_needs(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The snippets run in order in one namespace, as a reader would paste them, in an empty
+    directory; one that needs hardware or a cloud says so on its first line."""
+    monkeypatch.chdir(tmp_path)
+    namespace: dict[str, Any] = {}
+    ran = needing = 0
+    try:
+        for line, code in guide_snippets():
+            compiled = compile(code, f"{GUIDE}:{line}", "exec")  # each must at least parse
+            if code.startswith(NEEDS):
+                assert code.splitlines()[0].strip() != NEEDS.strip(), f"guide.md:{line}"
+                needing += 1
+                continue
+            exec(compiled, namespace)  # the guide's own code, as a reader runs it
+            ran += 1
+    finally:
+        for value in namespace.values():
+            if isinstance(value, streamlib.StreamStore):
+                value.close()
+    assert ran >= 6 and needing >= 3  # the guide as it is: none was skipped by mistake
+
+
+def test_the_guide_error_table_lists_every_error_kind() -> None:
+    text = GUIDE.read_text()
+    section = text[text.index("## Errors\n"):]
+    section = section[:section.index("\n## ")]
+    rows = [line.split("|") for line in section.splitlines() if line.startswith("| ")]
+    listed = {name for row in rows for name in re.findall(r"`(\w+)`", row[1] + row[2])}
+    exported = {name for name in streamlib.__all__
+                if isinstance(getattr(streamlib, name), type)
+                and issubclass(getattr(streamlib, name), streamlib.StreamLibError | Warning)}
+    assert "StreamLibError" in section
+    assert exported - {"StreamLibError"} <= listed, exported - listed

@@ -6,14 +6,18 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import io
 import logging
 import math
 import os
+import tarfile
 import threading
 import warnings
+import zipfile
 from pathlib import Path
 
 import pytest
+from fsspec.implementations.zip import ZipFileSystem
 from waits import blocked_in
 
 import streamlib
@@ -24,7 +28,10 @@ from streamlib.errors import (
     OutcomeUnknown,
     StreamNotFound,
 )
+from streamlib.io import ObjectStore
+from streamlib.records import Record, RecordBatch
 from streamlib.stream import Stream
+from streamlib.testing.s3 import S3Bucket
 
 pytestmark = pytest.mark.once  # the store's arguments, not the codec
 
@@ -144,3 +151,84 @@ def test_a_fenced_node_is_told_what_took_its_stream(tmp_path: Path) -> None:
     finally:
         a.close()
         c.close()
+
+
+def test_max_batch_bytes_counts_the_records_data_so_an_8_mib_value_fits_the_default(
+        tmp_path: Path) -> None:
+    limit = 8 * 1024 * 1024
+    with streamlib.open(tmp_path / "data") as store:
+        assert store.config.max_batch_bytes == limit
+        stream = store.create_stream("s")
+        value = os.urandom(limit)
+        assert stream.append([Record(value)]).base_offset == 0
+        keyed = Record(value[:limit - 3], key=b"k", headers=[("h", b"v")])  # 8 MiB in all
+        assert stream.append([keyed]).base_offset == 1
+        assert stream.append(RecordBatch(value, 1)).base_offset == 2  # an opaque payload
+        for batch in ([Record(value + b"!")], [Record(value[:limit - 1], key=b"kk")],
+                      RecordBatch(value + b"!", 1)):
+            with pytest.raises(ValueError, match="max_batch_bytes") as info:
+                stream.append(batch)
+            assert f"data=`{limit + 1}` max_batch_bytes=`{limit}`" in str(info.value)
+        store.flush()
+        assert [r.value for _, r in stream.fetch(0, 2, max_bytes=1).records()] == [value]
+        assert [(r.value, r.key) for _, r in stream.fetch(1, 2).records()] == [
+            (value[:limit - 3], b"k")]
+        assert stream.next_offset == 3
+
+
+def test_a_batch_of_many_tiny_records_is_refused_by_its_encoded_size(tmp_path: Path) -> None:
+    with streamlib.open(tmp_path / "data", max_batch_bytes="1KiB") as store:
+        stream = store.create_stream("s")
+        stream.append([b""] * 100)  # no data, and an encoding well under twice the limit
+        with pytest.raises(ValueError, match=r"twice Config\.max_batch_bytes") as info:
+            stream.append([b""] * 1000)
+        assert "data=`0`" in str(info.value) and "max_batch_bytes=`1024`" in str(info.value)
+        assert stream.next_offset == 100
+
+
+def test_an_http_objects_url_is_shown_as_given(moto_bucket: S3Bucket) -> None:
+    url = f"{moto_bucket.endpoint.url}/{moto_bucket.name}"  # http://127.0.0.1:port/bucket
+    assert url.startswith("http://")
+    store = ObjectStore.from_url(url)
+    assert store.url == url and repr(store) == f"ObjectStore({url!r})"
+    with pytest.raises(FileNotFoundError, match=f"key=`{url}/missing`"):
+        store.get("missing")
+
+
+def test_an_objects_store_that_cannot_be_written_is_refused_at_open(
+        tmp_path: Path, moto_bucket: S3Bucket) -> None:
+    # Plain HTTP on an S3 server: fsspec's http filesystem can PUT, but not delete or list.
+    url = f"{moto_bucket.endpoint.url}/{moto_bucket.name}"
+    with pytest.raises(ConfigError, match="read-only: its filesystem cannot delete") as info:
+        streamlib.open(tmp_path / "http", objects_url=url)
+    assert info.value.field == "objects_url" and f"url=`{url}`" in str(info.value)
+    assert "http://http" not in str(info.value)
+
+    # fsspec's read-only implementations, by URL and as a filesystem handed to open.
+    archive = tmp_path / "objects.tar"
+    with tarfile.open(archive, "w") as tar:
+        tar.addfile(tarfile.TarInfo("objects/old"), io.BytesIO())
+    with pytest.raises(ConfigError, match="read-only: its filesystem cannot put"):
+        streamlib.open(tmp_path / "tar", objects_url=f"tar://objects::file://{archive}")
+    with zipfile.ZipFile(tmp_path / "objects.zip", "w") as zipped:
+        zipped.writestr("objects/old", b"")
+    with pytest.raises(ConfigError, match="read-only: its filesystem cannot put"):
+        streamlib.open(tmp_path / "zip", objects_url="zip://objects",
+                       filesystem=ZipFileSystem(tmp_path / "objects.zip"))
+    for refused in ("http", "tar", "zip"):  # nothing was left open: the node can open again
+        with streamlib.open(tmp_path / refused):
+            pass
+
+
+def test_an_s3_store_without_credentials_is_refused_at_open(
+        tmp_path: Path, moto_bucket: S3Bucket, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith("AWS_"):
+            monkeypatch.delenv(name)
+    for name in ("AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE"):
+        monkeypatch.setenv(name, str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    options = {"client_kwargs": {"endpoint_url": moto_bucket.endpoint.url}}
+    with pytest.raises(ConfigError, match="no credentials") as info:
+        streamlib.open(tmp_path / "data", objects_url=moto_bucket.url, storage_options=options)
+    assert info.value.field == "objects_url"
