@@ -13,10 +13,13 @@ MAGIC = b"SLWR"
 VERSION = 1
 TYPE_BATCH = 1
 TYPE_PADDING = 2
-# version type reserved body_length group_offset position epoch
-_TAIL = struct.Struct("<BBHIIqq")
+# version type reserved body_length group_offset position epoch: the epoch unsigned, as
+# WalRecord's (any in [0, 2^64)); the position signed, as positions are below 2^63
+_TAIL = struct.Struct("<BBHIIqQ")
 _CHECKSUM = struct.Struct("<Q")
 _POSITION = struct.Struct("<q")  # the header's position field, at offset 24
+POSITION_LIMIT = 1 << 63
+"""Positions are below it: the header's position field is a signed 64-bit integer."""
 _PAYLOAD_LENGTH = struct.Struct("<I")  # a batch header's payload_length, at its offset 16
 
 
@@ -106,23 +109,31 @@ def read_record(buf: bytes | memoryview, at: int, position: int
     return examine(buf, at, position)[0]
 
 
-def scan_run(buf: bytes, base: int, recovery: Recovery, *, last: bool = False
-             ) -> tuple[list[WalEntry], int]:
+def scan_run(buf: bytes, base: int, recovery: Recovery, *, last: bool = False,
+             groups_from: int | None = None) -> tuple[list[WalEntry], int]:
     """The valid records of ``buf``, whose first byte is at position ``base``, skipping (and
     reporting) damaged bytes between valid records; and the offset where the valid records end:
     what follows is a tail with no valid record in it, for the caller to judge.
 
+    ``groups_from``: where the segment or object that ``buf`` is read from begins (default:
+    ``base``). Its groups all begin there or after (the writer starts one only between
+    groups), so a record whose header says its group began before it is damage.
+
     ``last``: ``buf`` ends the log, so its last group may have been torn by a machine crash
     (docs/wal.md). If the last hole lies inside the last group — every record after it belongs
-    to a group that began at or before it — that group was never synced, so none of it was
-    acknowledged: the valid records end at the group's start, and the hole is not damage."""
+    to a group that began at or before it, in ``buf`` — that group was never synced, so none of
+    it was acknowledged: the valid records end at the group's start, and the hole is not
+    damage."""
     entries: list[WalEntry] = []
     groups: list[int] = []  # each entry's group start
     holes: list[tuple[int, int]] = []
+    first_group = base if groups_from is None else groups_from
     at = 0
     damaged: int | None = None  # where the invalid bytes being skipped began
     while at < len(buf):
         found, step = examine(buf, at, base + at)
+        if found is not None and found[2] < first_group:
+            found = None  # damage at its own position, skipped whole as its header allows
         if found is None:
             if damaged is None:
                 damaged = at
@@ -142,7 +153,7 @@ def scan_run(buf: bytes, base: int, recovery: Recovery, *, last: bool = False
     if last and holes:
         hole = holes[-1][0]
         after = [g for entry, g in zip(entries, groups, strict=True) if entry.position > hole]
-        if after and after[0] <= hole and all(g == after[0] for g in after):
+        if after and base <= after[0] <= hole and all(g == after[0] for g in after):
             torn = after[0]
             holes = [h for h in holes if h[1] <= torn]
             entries = [e for e in entries if e.position < torn]

@@ -27,11 +27,12 @@ from dataclasses import dataclass, replace
 
 from streamlib import codec
 from streamlib.disk import fsync_dir
-from streamlib.errors import CorruptDataError, NodeLockedError
+from streamlib.errors import ConfigError, CorruptDataError, NodeLockedError
 from streamlib.wal import Capabilities, Recovery, WalEntry
 from streamlib.wal._format import (
     HEADER_SIZE,
     MAGIC,
+    POSITION_LIMIT,
     TYPE_PADDING,
     examine,
     header,
@@ -58,6 +59,9 @@ _HEADER_VERSION = 1
 _HEADER_TAIL = struct.Struct("<B3xQQQQQQ")
 _HEADER_END = 12 + _HEADER_TAIL.size  # the checksum covers [12, 64)
 _U64 = struct.Struct("<Q")
+GENERATION_LIMIT = 1 << 63
+"""A header's generation is below it: each header write adds one, and the field has 64 bits,
+so a ring can never run out of generations."""
 
 
 def _round_up(n: int) -> int:
@@ -168,9 +172,12 @@ class BlockWal(GroupCommitWal):
 
     ``path`` is an existing ring (file or device), a file to create (``size`` required: the
     ring's bytes, a multiple of 4 KiB, at least 64 KiB; the file gets ``size`` + 8 KiB,
-    preallocated), or an existing file or device whose two header slots are zero, which is
-    formatted with ``size``. A new ring's positions start at a random 4 KiB-aligned value, so
-    the stale records of a ring the space held before never pass for live ones.
+    preallocated), or an existing file or device whose two header slots are zero (an empty
+    file too), which is formatted with ``size``. Any other file is refused, never formatted
+    over: :class:`~streamlib.errors.CorruptDataError` when it holds no valid header slot (or
+    one whose fields the ring cannot use), :class:`~streamlib.errors.ConfigError` when it is
+    too short to be a ring and not empty. A new ring's positions start at a random 4 KiB-aligned
+    value, so the stale records of a ring the space held before never pass for live ones.
 
     ``group_bytes`` bounds one group write (at most a quarter of the ring); ``linger`` (seconds)
     lets a group wait for more appends; ``full_timeout`` (seconds) is how long an append waits
@@ -267,7 +274,7 @@ class BlockWal(GroupCommitWal):
         """The newer valid header slot, or a new header for a file whose slots are zero."""
         fd = self._lock_fd
         length = os.lseek(fd, 0, os.SEEK_END)  # st_size is 0 for a block device
-        slots = os.pread(fd, RING_START, 0) if length >= RING_START else b""
+        slots = os.pread(fd, min(length, RING_START), 0)
         found = [RingHeader.unpack(slots[i * BLOCK:(i + 1) * BLOCK]) for i in (0, 1)]
         valid = [h for h in found if h is not None]
         if valid:
@@ -276,15 +283,20 @@ class BlockWal(GroupCommitWal):
                     b"\0"):
                 log.warning("WAL header slot %d is damaged or torn; using generation %d: "
                             "path=`%s`", 1 - best.slot, best.generation, self.path)
-            ring = best.ring_size
-            if ring < MIN_RING or ring % BLOCK or RING_START + ring > length:
-                raise CorruptDataError(f"the header's ring size does not fit the file: ring="
-                                       f"`{ring}` file=`{length}`", source=self.path)
-            if size is not None and size != ring:
+            self._check_header(best, length)
+            if size is not None and size != best.ring_size:
                 raise ValueError(f"size does not match the existing ring: path=`{self.path}` "
-                                 f"size=`{size}` ring=`{ring}`")
+                                 f"size=`{size}` ring=`{best.ring_size}`")
             return best
         if slots.strip(b"\0"):
+            if any(slots[i * BLOCK:i * BLOCK + 4] == _HEADER_MAGIC for i in (0, 1)):
+                raise CorruptDataError("no valid header slot: both are damaged", source=self.path)
+            if length < RING_START:
+                # Too short to have been a ring (its file is made whole before its first
+                # header), and not empty: someone else's file, not to be formatted over.
+                raise ConfigError("wal_path", "not a block WAL, and not empty (no ring header, "
+                                  "and too short for one): refusing to format over it",
+                                  self.path)
             raise CorruptDataError("no valid header slot: not a block WAL, or both slots "
                                    "damaged", source=self.path)
         if size is None:
@@ -300,6 +312,25 @@ class BlockWal(GroupCommitWal):
         # records of any ring this space held before claim positions the new one never has.
         start = secrets.randbits(40) * BLOCK
         return RingHeader(0, size, start, 0, 0, int(time.time() * 1000))
+
+    def _check_header(self, header: RingHeader, length: int) -> None:
+        """Refuse a header whose checksum holds but whose fields this ring cannot use: a ring
+        that does not fit the file, a generation with no room for the next header writes, or
+        a live window ``[trim, trim + ring size)`` beyond the positions the record format
+        holds (docs/wal.md). Such a header was never written by a BlockWal."""
+        where = header.slot * BLOCK
+        ring = header.ring_size
+        if ring < MIN_RING or ring % BLOCK or RING_START + ring > length:
+            raise CorruptDataError(f"the header's ring size does not fit the file: ring="
+                                   f"`{ring}` file=`{length}`", position=where, source=self.path)
+        if header.generation >= GENERATION_LIMIT:
+            raise CorruptDataError(f"the header's generation is out of range: generation="
+                                   f"`{header.generation}` valid=`[0, 2^63)`", position=where,
+                                   source=self.path)
+        if header.trim > POSITION_LIMIT - ring:
+            raise CorruptDataError(f"the header's trim position is out of range: trim="
+                                   f"`{header.trim}` ring=`{ring}` valid=`[0, 2^63 - ring]`",
+                                   position=where, source=self.path)
 
     def _open_data(self, direct_io: bool | None, first: RingHeader) -> None:
         """Open the data descriptor, O_DIRECT if accepted, and write the open's header (which
@@ -352,7 +383,8 @@ class BlockWal(GroupCommitWal):
     def _scan(self, recovery: Recovery) -> Iterator[WalEntry]:
         """Records are held back a group at a time: a hole inside the *last* group means a
         machine crash tore that group's write, so it was never synced and none of it was
-        acknowledged — it is dropped whole. A hole before a later group is damage."""
+        acknowledged — it is dropped whole. A hole before a later group, or inside a group
+        that began before the trim, is damage."""
         limit = self._trim + self._ring_size  # beyond it lies data older than the trim
         window = _Window(self._read_ring, limit, self._span)
         position = end = self._trim
@@ -386,9 +418,20 @@ class BlockWal(GroupCommitWal):
                 held.append(WalEntry(position, record))
             position += length
             end = position
-        if holed and group is not None:  # the last group was torn: drop it whole
-            held, end = [], group
+        if holed and group is not None and group >= self._trim:
+            held, end = [], group  # the last group was torn: drop it whole
+        else:
+            # A group that began before the trim was synced whole (trims come after syncs):
+            # its holes are damage, and appends must not go on before the trim.
+            for hole in holed:
+                recovery.drop(*hole, "damaged bytes between valid records")
         yield from held
+        if position > end:
+            # The dropped group's surviving records claim the very positions the next appends
+            # take: left on the ring, those beyond a shorter append would pass for live at the
+            # next recovery, or make its group look torn. Every valid record beyond ``end``
+            # lies before ``position`` (the search above found none further on).
+            self._overwrite(end, bytes(position - end))
         recovery.end = self._seal(end)
 
     def _seal(self, end: int) -> int:
@@ -405,16 +448,25 @@ class BlockWal(GroupCommitWal):
             log.warning("block WAL full at recovery: the lost padding at `%s` is not "
                         "rewritten; the next recovery will report it as damage", end)
             return _round_up(end)
-        first = end - end % BLOCK
-        buffer = mmap.mmap(-1, sealed - first)  # page-aligned, as O_DIRECT writes need
-        buffer[:] = self._read_ring(first, sealed - first)
-        buffer[end - first:] = padding(end, gap, end)
+        self._overwrite(end, padding(end, gap, end))
+        return sealed
+
+    def _overwrite(self, start: int, data: bytes) -> None:
+        """Put ``data`` at logical position ``start`` durably, before any append: the blocks
+        around it are read, patched and written back whole (O_DIRECT writes whole blocks)."""
+        first = start - start % BLOCK
+        length = _round_up(start + len(data)) - first
+        buffer = mmap.mmap(-1, length)  # page-aligned, as O_DIRECT writes need
+        buffer[:] = self._read_ring(first, length)
+        buffer[start - first:start - first + len(data)] = data
         view = memoryview(buffer)
-        for at in range(0, len(buffer), BLOCK):  # a block never straddles the ring's end
-            self._write_piece(view[at:at + BLOCK], (first + at) % self._ring_size)
+        offset = first % self._ring_size
+        split = min(length, self._ring_size - offset)  # a piece never crosses the ring's end
+        self._write_piece(view[:split], offset)
+        if split < length:
+            self._write_piece(view[split:], 0)
         if not self.direct_io:
             os.fdatasync(self._fd)
-        return sealed
 
     @staticmethod
     def _next_valid(window: _Window, after: int, limit: int) -> int | None:

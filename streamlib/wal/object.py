@@ -412,7 +412,7 @@ class ObjectWal(Wal):
                 continue
             if begin < cursor:
                 recovery.drop(begin, min(cursor, item.end), "overlapping WAL objects")
-            entries, valid = scan_run(data, begin, recovery)
+            entries, valid = scan_run(data, begin, recovery, groups_from=item.start)
             limit = cut.get(item.epoch, KEY_LIMIT)
             if limit < item.end:  # a late PUT past the verdict of a later epoch
                 recovery.drop(limit, item.end, f"superseded: epoch {item.epoch} wrote it after "

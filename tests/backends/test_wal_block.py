@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from streamlib.errors import CorruptDataError, NodeLockedError, WalFullError
+from streamlib.errors import ConfigError, CorruptDataError, NodeLockedError, WalFullError
 from streamlib.testing.wal import WalContract, make_record, recover_all
 from streamlib.wal import Damage, Wal, WalRecord, block
 from streamlib.wal._format import record_size
@@ -92,6 +92,40 @@ def test_a_zeroed_file_is_formatted_and_a_foreign_one_refused(tmp_path: Path) ->
     foreign.write_bytes(b"not a ring" * 10000)
     with pytest.raises(CorruptDataError, match="no valid header slot"):
         BlockWal(foreign, size=SMALL_RING)
+
+
+def test_a_short_file_is_formatted_only_if_empty_or_zeros(tmp_path: Path) -> None:
+    """A file too short for the two header slots was taken for an unformatted one, whatever it
+    held: formatted over with a size, refused with a misleading "needs its ring size" without.
+    Only an empty or zeroed one is formatted; one holding anything else is someone else's file,
+    or the remains of a ring."""
+    notes = tmp_path / "notes"
+    notes.write_bytes(b"someone else's notes\n")
+    for size in (None, SMALL_RING):
+        with pytest.raises(ConfigError, match="not a block WAL, and not empty") as refused:
+            BlockWal(notes, size=size)
+        assert refused.value.field == "wal_path" and refused.value.value == str(notes)
+    assert notes.read_bytes() == b"someone else's notes\n"
+
+    ring = tmp_path / "ring"
+    BlockWal(ring, size=SMALL_RING).close()
+    cut = tmp_path / "cut"  # a ring cut short: its newer header slot (1) is still valid
+    cut.write_bytes(ring.read_bytes()[:BLOCK + 1000])
+    with pytest.raises(CorruptDataError, match="ring size does not fit the file"):
+        BlockWal(cut, size=SMALL_RING)
+    damaged = tmp_path / "damaged"  # the ring's magic, a header of no ring
+    damaged.write_bytes(b"SLWH" + bytes(60) + b"rest")
+    with pytest.raises(CorruptDataError, match="no valid header slot: both are damaged"):
+        BlockWal(damaged, size=SMALL_RING)
+    assert cut.stat().st_size == BLOCK + 1000 and damaged.stat().st_size == 68
+
+    empty = tmp_path / "empty"
+    empty.touch()
+    with pytest.raises(ValueError, match="needs its ring size"):
+        BlockWal(empty)
+    with BlockWal(empty, size=SMALL_RING) as wal:
+        assert recover_all(wal) == []
+    assert empty.stat().st_size == RING_START + SMALL_RING
 
 
 def recovered_end(wal: Wal) -> int:
@@ -417,4 +451,39 @@ def test_a_hole_inside_the_last_group_drops_the_whole_group(tmp_path: Path) -> N
     assert [e.record for e in recovery.entries()] == before
     assert recovery.dropped == [] and recovery.end == group[0]
     assert wal.append(make_record(3, 0)).result(timeout=10) == group[0]
+    wal.close()
+
+
+def test_a_hole_in_a_last_group_that_began_before_the_trim_is_damage(tmp_path: Path) -> None:
+    """A trim inside the last group comes after that group's sync, so a hole in it is damage,
+    not a torn write: recovery keeps the records around it and appends go on after them. Taken
+    for a torn group, it sent appends back to the group's start, before the trim, where the
+    next recovery — which starts at the trim — never looked for them."""
+    path = tmp_path / "ring"
+    wal = BlockWal(path, size=SMALL_RING, direct_io=False)
+    recover_all(wal)
+    wal.close()
+    # One group of four one-block records (so that each starts on a boundary, where recovery
+    # resyncs); it closes when the four are queued.
+    size = next(n for n in range(3000, 4096) if record_size(make_record(2, 0, size=n)) == BLOCK)
+    records = [make_record(2, i, size=size) for i in range(4)]
+    wal = BlockWal(path, direct_io=False, linger=60.0, group_bytes=4 * BLOCK)
+    recover_all(wal)
+    group = [f.result(timeout=10) for f in [wal.append(r) for r in records]]
+    assert group == [group[0] + i * BLOCK for i in range(4)]
+    wal.trim(group[1])  # records 0 and 1 uploaded; the trim reaches the header
+    wal.close()
+    assert newest(path).trim == group[1]
+    patch_ring(path, SMALL_RING, group[2] + 100, bytes(200))  # the medium lost record 2
+    wal = BlockWal(path, direct_io=False)
+    recovery = wal.recover()
+    assert [e.record for e in recovery.entries()] == [records[1], records[3]]
+    assert recovery.dropped == [Damage(group[2], group[3],
+                                       "damaged bytes between valid records")]
+    assert recovery.end == group[3] + BLOCK
+    after = make_record(3, 0)
+    assert wal.append(after).result(timeout=10) == group[3] + BLOCK
+    wal.close()
+    wal = BlockWal(path, direct_io=False)
+    assert [e.record for e in recover_all(wal)] == [records[1], records[3], after]
     wal.close()

@@ -375,6 +375,20 @@ def test_a_damaged_object_reports_its_damaged_part(tmp_path: Path, damaged: int)
     assert recovery.dropped == [Damage(positions[damaged], positions[damaged + 1], reason)]
 
 
+def test_a_trim_inside_an_object_recovers_the_rest_of_it(tmp_path: Path) -> None:
+    """Recovery reads an object from the trim position on: the records there belong to a group
+    that began before what was read, at the object's start, and are no damage for it."""
+    store = ObjectStore.from_url(f"file://{tmp_path}")
+    records = [make_record(1, i, size=300) for i in range(3)]
+    wal, _, _ = opened(store, flush_bytes=3 * record_size(records[0]), linger=5.0)
+    positions = [f.result(timeout=10) for f in [wal.append(r) for r in records]]
+    assert len(data_keys(store)) == 1  # one object, one group
+    wal.trim(positions[1])
+    wal.close()
+    _, recovery, entries = opened(store)
+    assert [e.record for e in entries] == records[1:] and recovery.dropped == []
+
+
 def test_a_truncated_object_is_reported(tmp_path: Path) -> None:
     store = ObjectStore.from_url(f"file://{tmp_path}")
     wal, _, _ = opened(store)

@@ -88,24 +88,7 @@ class Known:
                 and self.message in str(error) and bool(frames) and frames[-1].name == self.where)
 
 
-KNOWN: tuple[Known, ...] = (
-    Known(("wal.examine", "wal.scan_run", "wal.block_ring"), ValueError,
-          "epoch must be an int in [0, 2^64)", "__post_init__",
-          "a WAL record header's epoch is read as signed (streamlib/wal/_format.py, _TAIL): "
-          "one of 2^63 or more, checksum valid, makes WalRecord raise ValueError out of "
-          "recovery (and the writer cannot write the epochs WalRecord accepts there)"),
-    Known(("wal.scan_run",), AssertionError, "scan_run(last=True) ends at -", "scan_run",
-          "scan_run(last=True) returns a negative end when a record after a hole claims a "
-          "group that began before the buffer (its header's group offset, checksum valid): "
-          "the file WAL then reports damage before its segment (streamlib/wal/_format.py)"),
-    Known(("wal.block_ring",), struct.error, "argument out of range", "header",
-          "a ring header whose trim position is 2^63 or more (checksum valid): recovery's "
-          "padding write packs that position as signed and raises struct.error "
-          "(streamlib/wal/block.py _seal, streamlib/wal/_format.py header)"),
-    Known(("wal.block_ring",), struct.error, "argument out of range", "pack",
-          "a ring header whose generation is 2^64 - 1 (checksum valid): the open writes "
-          "generation + 1 and raises struct.error (streamlib/wal/block.py RingHeader.pack)"),
-)
+KNOWN: tuple[Known, ...] = ()
 
 
 class Disagreement(AssertionError):
@@ -367,8 +350,9 @@ def recover_block_ring(data: bytes) -> None:
     path = os.path.join(_scratch_dir(), "ring")
     with open(path, "wb") as f:
         f.write(data)
-    # Zero header slots: a ring to format. So is, today, a file too short to hold them, whatever
-    # it holds (block.py reads no slots from it): with a size given, BlockWal would format it.
+    # Zero header slots, or an empty file: a ring to format, which without a size is the
+    # caller's mistake (ValueError). A file too short for the slots that holds anything else is
+    # not a ring and is never formatted (ConfigError on wal_path, a ValueError too).
     unformatted = len(data) < RING_START or not data[:RING_START].strip(b"\0")
     try:
         wal = BlockWal(path, direct_io=False)
