@@ -17,8 +17,10 @@ starting its own GET. A load counts in the budget from before its GET until its 
 admitted: the decoded size its blocks will take (the index says it, or the reader's
 ``max_block_bytes`` bounds it) is reserved first, evicting as an admission would. A readahead
 reserves only room that is free or evictable without touching what lies ahead of a reader, and
-loads only the blocks that fit; a fetch's load reserves what it needs even past the budget
-(the read must be answered), and what does not fit is returned to it but not kept.
+loads only the blocks that fit; a fetch's load reserves what room it can make and loads all it
+needs (the read must be answered): the part the budget cannot hold (pinned bytes fill it, or a
+block is larger than the whole budget) is returned to the fetch, outside the budget, and not
+kept.
 
 **Readers.** A fetch that starts where an earlier fetch of the same stream ended continues that
 reader; others start a new one. A reader seen for ``reader_timeout`` seconds no more is gone.
