@@ -290,7 +290,10 @@ class BlockWal(GroupCommitWal):
             return best
         if slots.strip(b"\0"):
             if any(slots[i * BLOCK:i * BLOCK + 4] == _HEADER_MAGIC for i in (0, 1)):
-                raise CorruptDataError("no valid header slot: both are damaged", source=self.path)
+                state = ["empty" if not slots[i * BLOCK:(i + 1) * BLOCK].strip(b"\0")
+                         else "damaged" for i in (0, 1)]
+                raise CorruptDataError(f"no valid header slot: slot 0 {state[0]}, slot 1 "
+                                       f"{state[1]}", source=self.path)
             if length < RING_START:
                 # Too short to have been a ring (its file is made whole before its first
                 # header), and not empty: someone else's file, not to be formatted over.
@@ -430,8 +433,13 @@ class BlockWal(GroupCommitWal):
             # The dropped group's surviving records claim the very positions the next appends
             # take: left on the ring, those beyond a shorter append would pass for live at the
             # next recovery, or make its group look torn. Every valid record beyond ``end``
-            # lies before ``position`` (the search above found none further on).
-            self._overwrite(end, bytes(position - end))
+            # lies before ``position`` (the search above found none further on). The group's
+            # first block goes first, durably: if a crash cuts the rest short, what survives
+            # of the group no longer has its start and is dropped again, never taken as live.
+            head = min(position, end - end % BLOCK + BLOCK)
+            self._overwrite(end, bytes(head - end))
+            if position > head:
+                self._overwrite(head, bytes(position - head))
         recovery.end = self._seal(end)
 
     def _seal(self, end: int) -> int:

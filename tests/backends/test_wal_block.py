@@ -115,8 +115,17 @@ def test_a_short_file_is_formatted_only_if_empty_or_zeros(tmp_path: Path) -> Non
         BlockWal(cut, size=SMALL_RING)
     damaged = tmp_path / "damaged"  # the ring's magic, a header of no ring
     damaged.write_bytes(b"SLWH" + bytes(60) + b"rest")
-    with pytest.raises(CorruptDataError, match="no valid header slot: both are damaged"):
+    with pytest.raises(CorruptDataError, match="no valid header slot: slot 0 damaged, slot 1 "
+                                               "empty"):
         BlockWal(damaged, size=SMALL_RING)
+    torn = tmp_path / "torn"  # a new ring's first header (slot 1) torn: the message says which
+    data = bytearray(ring.read_bytes())
+    data[:BLOCK] = bytes(BLOCK)
+    data[BLOCK + 40] ^= 0xFF
+    torn.write_bytes(bytes(data))
+    with pytest.raises(CorruptDataError, match="no valid header slot: slot 0 empty, slot 1 "
+                                               "damaged"):
+        BlockWal(torn, size=SMALL_RING)
     assert cut.stat().st_size == BLOCK + 1000 and damaged.stat().st_size == 68
 
     empty = tmp_path / "empty"
