@@ -11,6 +11,7 @@ from streamlib.config import Config
 from streamlib.errors import (
     CacheMiss,
     CommitConflict,
+    CompactionConflict,
     ConfigError,
     ConfigWarning,
     Conflict,
@@ -33,6 +34,7 @@ from streamlib.errors import (
     WalFullError,
 )
 from streamlib.kv import KeyValue
+from streamlib.meta import Retention
 from streamlib.records import AppendResult, FetchResult, Record, RecordBatch
 from streamlib.store import StreamStore, open
 from streamlib.stream import Stream, StreamInfo
@@ -46,6 +48,7 @@ __all__ = [
     "AppendResult",
     "CacheMiss",
     "CommitConflict",
+    "CompactionConflict",
     "Config",
     "ConfigError",
     "ConfigWarning",
@@ -64,6 +67,7 @@ __all__ = [
     "ReadOnlyError",
     "Record",
     "RecordBatch",
+    "Retention",
     "RetryLater",
     "SequenceError",
     "StorageUnavailable",

@@ -85,6 +85,22 @@ def open_objects(config: Config, storage_options: Mapping[str, Any] | None,
             raise ConfigError("path", f"cannot make the objects' directory in it "
                               f"({e.strerror})", config.path) from None
         url = "file://" + os.path.abspath(path)
+    return _writable_store(config, "objects_url", url, storage_options, filesystem)
+
+
+def open_archive(config: Config, storage_options: Mapping[str, Any] | None,
+                 filesystem: AbstractFileSystem | None) -> ObjectStore | None:
+    """The archive tier (``archive_url``), or None when it is not set. With ``filesystem``,
+    the URL's path is a root within it, as for the objects."""
+    if not config.archive_url:
+        return None
+    return _writable_store(config, "archive_url", config.archive_url, storage_options,
+                           filesystem)
+
+
+def _writable_store(config: Config, setting: str, url: str,
+                    storage_options: Mapping[str, Any] | None,
+                    filesystem: AbstractFileSystem | None) -> ObjectStore:
     retry = RetryPolicy(timeout=config.retry_timeout_ms / 1000)
     try:
         if filesystem is not None:
@@ -92,12 +108,12 @@ def open_objects(config: Config, storage_options: Mapping[str, Any] | None,
         else:
             store = ObjectStore.from_url(url, storage_options, retry=retry)
     except ValueError as e:
-        raise ConfigError("objects_url", str(e), url) from None
-    _check_objects(store, url)
+        raise ConfigError(setting, str(e), url) from None
+    _check_objects(store, url, setting)
     return store
 
 
-def _check_objects(store: ObjectStore, url: str) -> None:
+def _check_objects(store: ObjectStore, url: str, setting: str) -> None:
     """The store must take writes (``ObjectStore.check_writable``: a local directory is checked,
     a store across the network written once): a missing bucket, a read-only store or a refusal
     is a ConfigError now rather than a failure at the first upload. A store that does not
@@ -105,10 +121,10 @@ def _check_objects(store: ObjectStore, url: str) -> None:
     try:
         store.check_writable()
     except FileNotFoundError:
-        raise ConfigError("objects_url", "the bucket does not exist (create it first)",
+        raise ConfigError(setting, "the bucket does not exist (create it first)",
                           url) from None
     except PermissionError as e:
-        raise ConfigError("objects_url", f"cannot write objects there ({e.strerror or e})",
+        raise ConfigError(setting, f"cannot write objects there ({e.strerror or e})",
                           url) from None
     except StorageUnavailable as e:
         log.warning("the object store does not answer at open; uploads will be retried in "

@@ -272,6 +272,62 @@ class Config:
         "it).",
         _Kind("versions", low=1, high=1 << 30))
 
+    # ---- the object lifecycle (docs/lifecycle.md) ----
+    compaction_interval_ms: int = _setting(
+        300_000,
+        "How often the store's lifecycle thread runs a pass: retention, compaction of small "
+        "objects, marking objects that hold nothing readable, deleting doomed objects. 0 turns "
+        "the background thread off (store.compact() still runs a pass on demand).",
+        _Kind("milliseconds", low=0, high=7 * 24 * 3600 * 1000))
+    compaction_object_bytes: int = _setting(
+        64 * MiB,
+        "The size compaction merges objects up to: objects smaller than this are its inputs, "
+        "and its outputs are about this large.",
+        _Kind("bytes", low=1 * MiB, high=64 * GiB))
+    compaction_max_object_bytes: int = _setting(
+        4 * GiB,
+        "The largest object compaction writes (it writes large objects as multipart uploads, "
+        "never holding one in memory).",
+        _Kind("bytes", low=1 * MiB, high=1024 * GiB))
+    compaction_max_objects: int = _setting(
+        500,
+        "The most objects one compaction merges at once.",
+        _Kind("objects", low=2, high=100_000))
+    compaction_bytes_per_s: int = _setting(
+        64_000_000,
+        "Bytes per second background compaction may read plus write (a token bucket); 0: no "
+        "limit. store.compact() runs unlimited unless given bytes_per_s.",
+        _Kind("bytes", low=0, high=1 << 50))
+    delete_grace_ms: int = _setting(
+        600_000,
+        "How long an object no longer referenced stays before it is deleted, so that reads "
+        "that resolved it before (on any node) finish. At least four times retry_timeout_ms.",
+        _Kind("milliseconds", low=0, high=30 * 24 * 3600 * 1000))
+    gc_interval_ms: int = _setting(
+        3_600_000,
+        "The least time between two garbage-collecting sweeps of the lifecycle thread (each "
+        "lists the objects and deletes what no metadata references and is older than "
+        "delete_grace_ms). 0: no sweep in the background (store.collect_garbage() still runs "
+        "one).",
+        _Kind("milliseconds", low=0, high=30 * 24 * 3600 * 1000))
+    retention_max_age_ms: int = _setting(
+        0,
+        "The store's default retention by age, for streams without their own "
+        "(create_stream(retention=...)): records older than this go, at block granularity. "
+        "0: no limit.",
+        _Kind("milliseconds", low=0, high=1 << 62))
+    retention_max_bytes: int = _setting(
+        0,
+        "The store's default retention by size, for streams without their own: the newest "
+        "this many bytes of a stream's uploaded data stay, at block granularity. 0: no limit.",
+        _Kind("bytes", low=0, high=1 << 62))
+    archive_url: str = _setting(
+        "",
+        "A cheaper object store compaction writes its outputs to (any fsspec URL); uploads "
+        "keep going to objects_url and readers read either. Empty: compaction writes to "
+        "objects_url.",
+        _Kind("text"))
+
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             value = f.metadata["kind"].parse(f.name, getattr(self, f.name))
@@ -281,6 +337,15 @@ class Config:
             raise ConfigError("max_block_bytes", f"must be at least block_bytes and twice "
                               f"max_batch_bytes ({least} bytes), so that the store reads "
                               f"back every block it writes", self.max_block_bytes)
+        if self.delete_grace_ms < 4 * self.retry_timeout_ms:
+            raise ConfigError("delete_grace_ms", f"must be at least four times retry_timeout_ms "
+                              f"({4 * self.retry_timeout_ms} ms), so that an upload or a "
+                              f"compaction still running never finds its objects deleted",
+                              self.delete_grace_ms)
+        if self.compaction_max_object_bytes < self.compaction_object_bytes:
+            raise ConfigError("compaction_max_object_bytes", f"must be at least "
+                              f"compaction_object_bytes ({self.compaction_object_bytes} bytes)",
+                              self.compaction_max_object_bytes)
 
     # ---- loading ----
 
@@ -385,5 +450,9 @@ UPLOAD_BACKOFF_FIRST = 0.1
 """Seconds the uploader waits after a failed round; doubled by each further failure."""
 UPLOAD_BACKOFF_MAX = 5.0
 """The longest wait between failed upload rounds (seconds)."""
+COMPACTION_READ_BYTES = 8 * MiB
+"""Decoded bytes compaction reads at once (a run of input blocks, fetched with one GET per
+input object it touches): with the part being uploaded and the one being filled, compaction's
+memory is about this plus twice ``part_bytes``."""
 UPLOAD_DESTROYED_RETRIES = 3
 """Rounds tried in a row when streams are destroyed under them (each leaves those out)."""

@@ -9,7 +9,8 @@ The kinds come in families, by what the caller does; catching a family catches a
 - :class:`RetryLater` — StorageUnavailable, WalFullError, HandOverPending, CacheMiss: the
   request was fine but could not be done now; retry later.
 - :class:`Conflict` — OffsetMismatchError, SequenceError, StreamExists, CommitConflict,
-  NodeLockedError: another writer got there first; read the state and decide.
+  CompactionConflict, NodeLockedError: another writer got there first; read the state and
+  decide.
 - :class:`FencedError`: a newer owner holds the stream (or the node); reopen if still yours.
 - :class:`OutcomeUnknown`: an append may or may not have landed; read before retrying.
 - :class:`NotFound` — StreamNotFound, OffsetOutOfRange: look up what is there.
@@ -181,6 +182,13 @@ class CommitConflict(Conflict):
     go back, or the stream is being handed over to the committing node, whose commits wait
     for the old owner's release. Reload the metadata and decide: if your objects are already
     committed, the retry is done; otherwise rebuild the commit from the current state."""
+
+
+class CompactionConflict(Conflict):
+    """A compaction's (or deletion's) swap was refused because what it planned from changed:
+    an input was compacted or deleted by another node first, a stream was destroyed, or the
+    ranges moved. Nothing was applied; the objects it wrote are not referenced and are to be
+    deleted. Plan again from the current metadata."""
 
 
 class OffsetMismatchError(Conflict):

@@ -1,8 +1,10 @@
-"""The object store: the one module of streamlib that talks to fsspec (STYLE.md point 4).
+"""The object store: with its streaming uploads (:mod:`streamlib.io_upload`), the one module of
+streamlib that talks to fsspec (STYLE.md point 4).
 
 :class:`ObjectStore` wraps an fsspec filesystem and a root path, and gives the rest of streamlib
-a small key–value view of it — ``put``, ranged ``get``, ``list``, ``delete``, ``exists`` — with
-one retry policy and one translation of errors:
+a small key–value view of it — ``put``, ``upload`` (part by part), ranged ``get``, ``list``
+(with sizes and modification times), ``delete``, ``exists``, ``server_time`` — with one retry
+policy and one translation of errors:
 
 - a **transient** error (a timeout, a refused or dropped connection, HTTP 500/502/503/504,
   ``SlowDown`` and other throttling) is retried with exponential backoff and full jitter until
@@ -38,6 +40,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import functools
 import logging
 import os
 import random as _random
@@ -46,8 +49,9 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import fsspec
 from fsspec import AbstractFileSystem
@@ -57,12 +61,18 @@ from fsspec.implementations.local import LocalFileSystem
 from streamlib.disk import fsync_dir, makedirs_durable
 from streamlib.errors import ConfigError, StorageUnavailable, describe
 
+if TYPE_CHECKING:
+    from streamlib.io_upload import Upload
+
 log = logging.getLogger("streamlib.io")
 
 T = TypeVar("T")
 
 TMP_PREFIX = ".streamlib-tmp-"
-"""Names of the temporary files of an atomic local PUT; :meth:`ObjectStore.list` hides them."""
+"""Names of the temporary files of a local PUT or upload; :meth:`ObjectStore.list` hides them."""
+
+UPLOAD_PART_BYTES = 16 * 2**20
+"""Default part size of :meth:`ObjectStore.upload`: 16 MiB."""
 
 _S3_PROTOCOLS = frozenset({"s3", "s3a"})
 
@@ -220,10 +230,31 @@ class RetryPolicy:
 
 @dataclass(frozen=True, slots=True)
 class ObjectInfo:
-    """One listed object: its key (relative to the store's root) and its size in bytes."""
+    """One listed object: its key (relative to the store's root), its size in bytes and when it
+    was last modified (POSIX seconds by the store's clock, :meth:`ObjectStore.server_time`;
+    None if the filesystem does not say). Equality compares key and size only."""
 
     key: str
     size: int
+    modified: float | None = field(default=None, compare=False)
+
+
+_MODIFIED_FIELDS = ("LastModified", "mtime", "created")
+"""Where fsspec infos give the modification time: s3fs a datetime, local a float (``mtime``),
+memory a float (``created``: its objects are never modified in place)."""
+
+
+def _modified(info: Mapping[str, Any]) -> float | None:
+    """The modification time in an fsspec info, as POSIX seconds (None if it has none)."""
+    for name in _MODIFIED_FIELDS:
+        value = info.get(name)
+        if isinstance(value, datetime):
+            if value.tzinfo is None:  # S3 and fsspec times are UTC; never the local zone
+                value = value.replace(tzinfo=UTC)
+            return value.timestamp()
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    return None
 
 
 def _s3_defaults(options: Mapping[str, Any]) -> dict[str, Any]:
@@ -485,6 +516,43 @@ class ObjectStore:
         self._call("put", key, lambda: self.fs.pipe_file(path, body, **options,
                                                           **self._limit()))
 
+    def upload(self, key: str, *, part_bytes: int = UPLOAD_PART_BYTES) -> Upload:
+        """An object written part by part, holding about one part (``part_bytes``; S3: 5 MiB
+        at least) in memory; it appears whole and durable under ``key`` only at complete. The
+        backends (S3 multipart, a local temporary file, memory): :mod:`streamlib.io_upload`."""
+        from streamlib import io_upload  # it builds on this module: imported when first used
+
+        path, url = self._path(key), self._key_url(key)
+
+        def run(op: str, attempt: Callable[[], T]) -> T:
+            return self._call(op, key, attempt)
+
+        if self._local:
+            return io_upload.LocalUpload(url, path, part_bytes, run,
+                                         cleanup=lambda: self._remove_empty_dirs([path]))
+        put = functools.partial(self.put, key)
+        if io_upload.S3Upload.takes(self.fs):
+            return io_upload.S3Upload(url, path, part_bytes, run, put, fs=self.fs,
+                                      limit=self._limit)
+        return io_upload.BufferedUpload(url, part_bytes, put)
+
+    def server_time(self) -> float:
+        """The store's clock now, POSIX seconds: what the ``modified`` times of :meth:`list`
+        compare with, whatever this machine's clock says. Across a network: an empty probe
+        object (``streamlib-probe/<uuid>``) put, its time read, deleted — whole seconds on S3,
+        so up to a second behind. Local, memory, or no time given: ``time.time()``."""
+        if not self.remote:
+            return time.time()
+        key = f"streamlib-probe/{uuid.uuid4().hex}"
+        self.put(key, b"")
+        try:
+            info = self._call("info", key, lambda: self.fs.info(self._path(key),
+                                                                **self._limit()))
+        finally:
+            self.delete([key])
+        found = _modified(info)
+        return time.time() if found is None else found
+
     @property
     def can_create(self) -> bool:
         """Whether :meth:`create` is atomic against other writers here: S3 (``If-None-Match``),
@@ -599,7 +667,7 @@ class ObjectStore:
                 key = name[strip:]
                 if (info.get("type") != "directory" and key.startswith(prefix)
                         and not key.rpartition("/")[2].startswith(TMP_PREFIX)):
-                    infos.append(ObjectInfo(key, int(info.get("size") or 0)))
+                    infos.append(ObjectInfo(key, int(info.get("size") or 0), _modified(info)))
             return sorted(infos, key=lambda i: i.key)
 
         return self._call("list", prefix, attempt)

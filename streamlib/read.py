@@ -22,14 +22,20 @@ import logging
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from streamlib.cache import Uncached, weight
 from streamlib.config import READAHEAD_THREADS
-from streamlib.errors import CacheMiss, CorruptDataError, OffsetOutOfRange, describe
+from streamlib.errors import (
+    CacheMiss,
+    ConfigError,
+    CorruptDataError,
+    OffsetOutOfRange,
+    describe,
+)
 from streamlib.objects import IndexCache, ObjectReader
 from streamlib.records import FetchResult, RecordBatch
-from streamlib.state import ObjectSlice, StreamState, new_object_index
+from streamlib.state import INDEX_SLICES, ObjectSlice, StreamState
 
 if TYPE_CHECKING:
     from sortedcontainers import SortedKeyList
@@ -40,6 +46,8 @@ if TYPE_CHECKING:
     from streamlib.shared.coordination import Coordination
 
 log = logging.getLogger("streamlib.read")
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,9 +68,11 @@ class _Picture:
 class ReadPath:
     """Reads of one node's streams."""
 
-    def __init__(self, node: Node, objects: ObjectStore, coordination: Coordination) -> None:
+    def __init__(self, node: Node, objects: ObjectStore, coordination: Coordination,
+                 archive: ObjectStore | None = None) -> None:
         self._node = node
         self._objects = objects
+        self._stores = {"": objects} if archive is None else {"": objects, "archive": archive}
         self._coordination = coordination
         self._index_cache = IndexCache(node.config.index_cache_bytes)
         self._prefetcher = ThreadPoolExecutor(READAHEAD_THREADS,
@@ -91,30 +101,50 @@ class ReadPath:
         ``mine``: the reader of a ``read()`` iterator (else the cache finds or makes one)."""
         if start >= state.acked_end and self._coordination.remote(state):
             self._coordination.sync()  # at the end of another node's stream: has it moved?
-        picture = self._picture(state, start, end)
         reader = self._node.cache.reader_at(self._node.stream_key(state), start, mine)
         try:
-            return self._read(state, reader, start, max_bytes, cache_only, picture)
+            return self._after_replacements(state, lambda: self._read(
+                state, reader, start, max_bytes, cache_only, self._picture(state, start, end)))
         except BaseException:
             self._node.cache.advance(reader, start)  # a retry of this fetch continues it
             raise
 
+    def _after_replacements(self, state: StreamState, read: Callable[[], T]) -> T:
+        """``read()``, and once more from a freshly loaded index if it found an object gone:
+        compaction or deletion replaced it and its grace period passed under a slow reader
+        (docs/lifecycle.md, "Readers across a swap"). Gone again: the object is really lost,
+        and its FileNotFoundError stands."""
+        try:
+            return read()
+        except FileNotFoundError as error:
+            log.info("stream %d: an object was gone (%s); reading from the metadata's objects "
+                     "again", state.id, error)
+        self._coordination.sync(True)  # a shared store: another node may have swapped it
+        state.objects_replaced()
+        return read()
+
     def _picture(self, state: StreamState, start: int, end: int | None) -> _Picture:
         while True:
-            self._load_index(state)
             with state.lock:  # one consistent picture: the index, the log cache, the range
-                index = state.objects
-                if index is None:
-                    continue  # reset by a commit of unknown outcome: load it again
                 low, high = state.start_offset, state.acked_end
                 if not low <= start <= high:
                     raise OffsetOutOfRange(state.id, start, low, high)
                 end = high if end is None else min(end, high)
                 memory = state.memory_start  # below: read from objects; from here: memory
-                slices = _slices(index, start, min(end, memory))
-                logged = (state.log_slice(max(start, memory), end) if end > max(start, memory)
-                          else [])
-                return _Picture(low, high, end, memory, slices, logged, state.committed_end)
+                slices: list[ObjectSlice] = []
+                if start < min(end, memory):
+                    window = state.index.find(start)
+                    if window is None:
+                        commits = state.commits
+                    else:
+                        if not window.to_end and window.high < min(end, memory):
+                            end = window.high  # the rest is the next fetch's (another window)
+                        slices = _slices(window.slices, start, min(end, memory))
+                if start >= min(end, memory) or window is not None:
+                    logged = (state.log_slice(max(start, memory), end)
+                              if end > max(start, memory) else [])
+                    return _Picture(low, high, end, memory, slices, logged, state.committed_end)
+            self._load_window(state, start, commits)
 
     def _read(self, state: StreamState, reader: Reader, start: int, max_bytes: int,
               cache_only: bool, picture: _Picture) -> FetchResult:
@@ -183,25 +213,38 @@ class ReadPath:
 
     # ---- objects and blocks ----
 
-    def _load_index(self, state: StreamState) -> None:
-        """Load the stream's object index if it is not (caller reads ``state.objects`` under
-        ``state.lock`` afterwards, and calls again if it was reset meanwhile)."""
+    def _load_window(self, state: StreamState, offset: int, commits: int) -> None:
+        """Load the window of the stream's object index from ``offset`` (caller saw none
+        covering it, with ``state.commits`` at ``commits``), unless a commit came meanwhile:
+        then the caller looks again."""
+        objects = self._node.meta.stream_objects(state.id, offset, limit=INDEX_SLICES)
+        with state.lock:
+            if state.commits == commits and state.index.find(offset) is None:
+                state.index.install(offset, objects)
+
+    def _window_slices(self, state: StreamState, start: int, end: int
+                       ) -> tuple[list[ObjectSlice], int]:
+        """The object slices holding ``[start, end)`` as far as one window of the index goes
+        (loading it if needed), and where they end (``end`` or the window's end)."""
         while True:
             with state.lock:
-                if state.objects is not None:
-                    return
+                window = state.index.find(start)
+                if window is not None:
+                    stop = end if window.to_end else min(end, window.high)
+                    return _slices(window.slices, start, stop), stop
                 commits = state.commits
-            objects = self._node.meta.stream_objects(state.id, 0)
-            with state.lock:
-                if state.commits == commits and state.objects is None:
-                    state.objects = new_object_index(objects)
-                    return
+            self._load_window(state, start, commits)
 
     def _reader(self, piece: ObjectSlice, stream_id: int, offset: int,
                 cache_only: bool) -> ObjectReader:
-        reader = ObjectReader(self._objects, piece.key, piece.size, cache=self._index_cache,
+        store = self._stores.get(piece.tier)
+        if store is None:
+            raise ConfigError("archive_url", describe(
+                "an object is in the archive tier and this store has none: set archive_url to "
+                "read it", stream=stream_id, key=piece.key), "")
+        reader = ObjectReader(store, piece.key, piece.size, cache=self._index_cache,
                               max_block_bytes=self._node.config.max_block_bytes)
-        if (self._objects.url, piece.key) not in self._index_cache:
+        if (store.url, piece.key) not in self._index_cache:
             if cache_only:
                 raise CacheMiss(stream_id, offset, f"the index of object `{piece.key}`")
             gets, fetched = reader.gets, reader.fetched_bytes
@@ -250,10 +293,9 @@ class ReadPath:
         cache, in the background, for ``reader`` (as many as the cache's room allows)."""
         cache = self._node.cache
         try:
-            self._load_index(state)
             with state.lock:
-                index = state.objects
-                slices = [] if index is None else _slices(index, start, state.memory_start)
+                memory = state.memory_start
+            slices = self._window_slices(state, start, memory)[0] if start < memory else []
             for piece in slices:
                 if want <= 0 or self._node.closing.is_set():
                     return
@@ -283,24 +325,28 @@ class ReadPath:
 
     def offset_for_timestamp(self, state: StreamState, timestamp: int) -> int | None:
         """The first readable offset whose record's timestamp is at least ``timestamp``."""
-        while True:
-            self._load_index(state)
-            with state.lock:
-                index = state.objects
-                if index is None:
-                    continue  # reset meanwhile: load it again
-                start, memory = state.start_offset, state.memory_start
-                slices = _slices(index, start, memory)
-                logged = state.log_slice(max(start, memory), state.acked_end)
+        return self._after_replacements(state,
+                                        lambda: self._offset_for_timestamp(state, timestamp))
+
+    def _offset_for_timestamp(self, state: StreamState, timestamp: int) -> int | None:
+        with state.lock:
+            start, memory = state.start_offset, state.memory_start
+            logged = state.log_slice(max(start, memory), state.acked_end)
+        at = start
+        while at < memory:  # window after window of the index, as far as it needs to look
+            slices, at = self._window_slices(state, at, memory)
+            for piece in slices:
+                reader = self._reader(piece, state.id, start, False)
+                for entry in reader.index().blocks(state.id, max(start, piece.start),
+                                                   piece.end):
+                    if entry.max_timestamp >= timestamp:
+                        found = _first_at(self._node.cache.load(reader, [entry],
+                                                                lookup=True)[0],
+                                          timestamp, start)
+                        if found is not None:
+                            return found
+            if not slices:
                 break
-        for piece in slices:
-            reader = self._reader(piece, state.id, start, False)
-            for entry in reader.index().blocks(state.id, max(start, piece.start), piece.end):
-                if entry.max_timestamp >= timestamp:
-                    found = _first_at(self._node.cache.load(reader, [entry], lookup=True)[0],
-                                      timestamp, start)
-                    if found is not None:
-                        return found
         for batch in logged:
             found = _first_at([batch], timestamp, start)
             if found is not None:

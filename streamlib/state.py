@@ -65,12 +65,85 @@ class ObjectSlice:
     end: int
     key: str
     size: int
+    tier: str = ""
+    """Which object store holds it (``ObjectMeta.tier``)."""
 
 
 def new_object_index(objects: Sequence[StreamObject]) -> SortedKeyList:
     """A stream's committed objects by the first offset each holds (O(log n) lookups)."""
-    return SortedKeyList((ObjectSlice(o.range.start_offset, o.range.end_offset, o.key, o.size)
-                          for o in objects), key=lambda s: s.start)
+    return SortedKeyList((ObjectSlice(o.range.start_offset, o.range.end_offset, o.key, o.size,
+                                      o.tier) for o in objects), key=lambda s: s.start)
+
+
+INDEX_SLICES = 256
+"""The most object slices one window of a stream's index holds in memory."""
+INDEX_WINDOWS = 2
+"""Windows of a stream's index held at once: the tail's, and one further back."""
+
+
+@dataclass(slots=True)
+class IndexWindow:
+    """Consecutive object slices of a stream covering offsets ``[low, high)``; ``to_end``: the
+    window reaches the stream's committed end (and commits extend it)."""
+
+    slices: SortedKeyList
+    low: int
+    high: int
+    to_end: bool
+
+    def covers(self, offset: int) -> bool:
+        return self.low <= offset and (self.to_end or offset < self.high)
+
+
+class SliceIndex:
+    """Which committed objects hold a stream's offsets, the part of it in memory bounded
+    (docs/lifecycle.md, "The in-memory index of objects"): at most :data:`INDEX_WINDOWS`
+    windows of at most :data:`INDEX_SLICES` slices, loaded from the metadata where a read
+    needs them (``stream_objects(id, offset, limit)``), most recently used first. A window that
+    reaches the committed end takes the slices of new commits and lets its oldest go past the
+    bound, so a tailing reader's window follows the tail. Guarded by its stream's ``lock``."""
+
+    __slots__ = ("windows",)
+
+    def __init__(self) -> None:
+        self.windows: list[IndexWindow] = []
+
+    def __len__(self) -> int:
+        return sum(len(w.slices) for w in self.windows)
+
+    def clear(self) -> None:
+        """Forget every window (the objects changed in a way a commit does not say)."""
+        self.windows = []
+
+    def find(self, offset: int) -> IndexWindow | None:
+        for i, window in enumerate(self.windows):
+            if window.covers(offset):
+                if i:
+                    self.windows.insert(0, self.windows.pop(i))
+                return window
+        return None
+
+    def install(self, offset: int, objects: Sequence[StreamObject]) -> IndexWindow:
+        """A window loaded from the metadata: ``objects`` from ``offset``, as many as the
+        metadata gave up to :data:`INDEX_SLICES` (fewer: they reach the end)."""
+        slices = new_object_index(objects)
+        to_end = len(objects) < INDEX_SLICES
+        window = IndexWindow(slices, offset, slices[-1].end if slices else offset, to_end)
+        self.windows = [w for w in self.windows if not (to_end and w.to_end)]
+        self.windows.insert(0, window)
+        del self.windows[INDEX_WINDOWS:]
+        return window
+
+    def committed(self, slices: Sequence[ObjectSlice]) -> None:
+        """New slices at the end: the windows reaching the end take them."""
+        for window in self.windows:
+            if window.to_end:
+                window.slices.update(slices)
+                if window.slices:
+                    window.high = window.slices[-1].end
+                while len(window.slices) > INDEX_SLICES:
+                    window.slices.pop(0)
+                    window.low = window.slices[0].start
 
 
 class Inflight:
@@ -182,7 +255,7 @@ class StreamState:
         # Committed batches still in memory, ending at committed_end (contiguous with ``log``):
         # tailing readers a little behind the tail read them without a GET. GUARDED_BY(lock)
         self.kept_log: list[RecordBatch] = []
-        self.objects: SortedKeyList | None = None  # GUARDED_BY(lock): ObjectSlice by start
+        self.index = SliceIndex()  # GUARDED_BY(lock): where the committed offsets are
         self.commits = 0  # GUARDED_BY(lock): bumped by every commit; a racing loader reloads
         self.producers: dict[object, Producer] = {}  # GUARDED_BY(order)
         self.destroyed = False  # GUARDED_BY(lock); read alone: once True, it stays
@@ -217,7 +290,7 @@ class StreamState:
         if end <= self.committed_end:
             return False
         self.committed_end = self.acked_end = self.assigned_end = end
-        self.objects = None
+        self.index.clear()
         self.commits += 1
         self.wake_readers()
         return True
@@ -321,11 +394,19 @@ class StreamState:
             if not self.destroyed:
                 self.kept_log.extend(moved)
             if reset_index:
-                self.objects = None
-            elif self.objects is not None:
-                self.objects.update(slices)
+                self.index.clear()
+            else:
+                self.index.committed(slices)
             self.commits += 1
             return moved
+
+    def objects_replaced(self) -> None:
+        """Compaction or deletion swapped some of the stream's objects for others: the object
+        index is loaded again on the next read (reads that resolved the old objects finish:
+        they stay for the grace period)."""
+        with self.lock:
+            self.index.clear()
+            self.commits += 1
 
     def release_kept(self, end: int) -> None:
         """The message cache evicted uploaded batches up to ``end``: drop them (readers of

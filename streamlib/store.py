@@ -17,26 +17,33 @@ import logging
 import os
 import warnings
 from collections.abc import Mapping
-from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
 from streamlib import _assembly
-from streamlib.cache import MessageCache, Reader
+from streamlib._paths import StorePaths
+from streamlib.cache import MessageCache
 from streamlib.config import Config
 from streamlib.errors import (
     ConfigError,
-    FencedError,
-    OffsetOutOfRange,
     StorageUnavailable,
     StreamClosed,
     StreamNotFound,
     describe,
 )
 from streamlib.kv import KeyValue
-from streamlib.meta import MetadataStore, check_id, check_name, check_node_id
+from streamlib.lifecycle import Lifecycle
+from streamlib.lifecycle.compaction import CompactionReport
+from streamlib.lifecycle.sweep import GarbageReport
+from streamlib.meta import (
+    MetadataStore,
+    Retention,
+    check_id,
+    check_name,
+    check_node_id,
+    check_retention,
+)
 from streamlib.node import Backlog, Node
 from streamlib.read import ReadPath
-from streamlib.records import AppendResult, FetchResult, RecordBatch
 from streamlib.recovery import recover
 from streamlib.shared.coordination import Coordination
 from streamlib.shared.takeover import TakeOver, take_over
@@ -125,8 +132,10 @@ class StreamStore:
         self._node: Node | None = None
         self._uploader: Uploader | None = None
         self._coordination: Coordination | None = None
+        self._lifecycle: Lifecycle | None = None
         try:
             self._objects = _assembly.open_objects(config, storage_options, filesystem)
+            self._archive = _assembly.open_archive(config, storage_options, filesystem)
             self._metadata = _assembly.open_metadata(config, self.node_id, self._objects,
                                                      storage_options, metadata_store)
             self._wire(self._metadata)
@@ -134,8 +143,10 @@ class StreamStore:
             self._release()
             raise
         assert self._coordination is not None and self._uploader is not None
+        assert self._lifecycle is not None
         self._coordination.start(self._write)
         self._uploader.start()
+        self._lifecycle.start()
 
     def _wire(self, metadata: _assembly.Metadata) -> None:
         """Register the node, build the data flow's parts, recover the WAL."""
@@ -156,13 +167,25 @@ class StreamStore:
         self._wal = _assembly.open_wal(config, self.node_id, self.node_epoch, place,
                                        create=True)
         self._write = WritePath(node, self._wal, coordination)
-        self._read = ReadPath(node, self._objects, coordination)
+        self._read = ReadPath(node, self._objects, coordination, self._archive)
         floor = recover(node, self._wal, coordination, registered.wal_position)
         self._uploader = Uploader(node=node, wal=self._wal, objects=self._objects,
                                   write=self._write, coordination=coordination,
                                   position_floor=floor)
         self._cache.register(node.scope, node.backlog.request)
-        self._paths = _Paths(node, self._write, self._read, self._uploader, coordination)
+        paths = self._paths = StorePaths(node, self._write, self._read, self._uploader,
+                                         coordination)
+        stores = {"": self._objects}
+        if self._archive is not None:
+            stores["archive"] = self._archive
+        wal_stores = [self._objects]
+        if config.wal == "object" and config.wal_url:
+            wal_stores.append(_assembly.store_at(config.wal_url, self._objects,
+                                                 self._storage_options))
+        # Its callbacks hold the parts, not the store: an unclosed store can still be collected.
+        self._lifecycle = Lifecycle(node=node, stores=stores, wal_stores=wal_stores,
+                                    owns=lambda state: not coordination.remote(state),
+                                    trim=paths.trim_as_owner)
         try:
             self._uploader.upload()
         except (StorageUnavailable, OSError) as error:
@@ -171,13 +194,17 @@ class StreamStore:
 
     # ---- streams ----
 
-    def create_stream(self, name: str | None = None) -> Stream:
+    def create_stream(self, name: str | None = None, *,
+                      retention: Retention | None = None) -> Stream:
         """A new stream, opened for write. ``name`` is optional and unique among live
-        streams (:class:`~streamlib.errors.StreamExists`)."""
+        streams (:class:`~streamlib.errors.StreamExists`); ``retention``: what of it to keep
+        (:meth:`Stream.set_retention <streamlib.Stream.set_retention>`)."""
         if name is not None:
             check_name(name)
+        retention = check_retention(retention)
         node = self._live()
-        state = node.streams.add(StreamState(node.meta.create_stream(name)))
+        state = node.streams.add(StreamState(node.meta.create_stream(name,
+                                                                     retention=retention)))
         return self._open_state(state, read_only=False)
 
     def open_stream(self, stream: int | str, *, read_only: bool = False) -> Stream:
@@ -237,6 +264,31 @@ class StreamStore:
                 break  # nothing new in a shared store, or not shared at all
         raise StreamNotFound(describe("no such stream", stream=stream))
 
+    # ---- the object lifecycle ----
+
+    def compact(self, *, bytes_per_s: int = 0) -> CompactionReport:
+        """Run a lifecycle pass now: retention of the streams this node writes, objects that
+        hold nothing readable marked for deletion, small objects merged (docs/lifecycle.md),
+        doomed objects past their grace period deleted. ``bytes_per_s``: the most its
+        compaction reads plus writes a second (0, the default: as fast as it can; the
+        background pass keeps to ``compaction_bytes_per_s``). Returns what it did: objects
+        read, written and doomed, bytes, GETs, seconds, and swaps refused because another
+        node changed their inputs first."""
+        self._live()
+        if isinstance(bytes_per_s, bool) or not isinstance(bytes_per_s, int) or bytes_per_s < 0:
+            raise ValueError(f"bytes_per_s must be a non-negative int: bytes_per_s=`{bytes_per_s}`")
+        assert self._lifecycle is not None
+        return self._lifecycle.run_pass(bytes_per_s=bytes_per_s)
+
+    def collect_garbage(self, *, dry_run: bool = False) -> GarbageReport:
+        """List the object stores and delete what no metadata references: objects of upload
+        rounds and compactions that crashed (older than ``delete_grace_ms``) and object-WAL
+        objects below their node's trim position. Returns what it deleted, or with
+        ``dry_run`` what it would delete (keys, sizes, reasons), deleting nothing."""
+        self._live()
+        assert self._lifecycle is not None
+        return self._lifecycle.collect_garbage(dry_run=bool(dry_run))
+
     def _sync(self, force: bool = False) -> bool:
         return self._coordination is not None and self._coordination.sync(force)
 
@@ -293,7 +345,8 @@ class StreamStore:
                 "upload_failures": up.failures, "last_upload_error": up.last_error,
                 "wal_usage_bytes": self._wal.usage if self._wal is not None else 0,
                 "object_store": {"calls_in_flight": calls, "longest_call_s": longest},
-                "cache": {**self._cache.stats.snapshot(), **self._cache.usage()}}
+                "cache": {**self._cache.stats.snapshot(), **self._cache.usage()},
+                "lifecycle": self._lifecycle.snapshot() if self._lifecycle is not None else {}}
 
     def flush(self) -> None:
         """Upload every acknowledged append now, and commit it (a round of the uploader in this
@@ -313,6 +366,8 @@ class StreamStore:
         self._cache.wake()  # and those waiting for room in the cache
         node.streams.wake_all()  # tailing readers end
         states = node.streams.all()
+        if self._lifecycle is not None:
+            self._lifecycle.stop()
         self._write.finish(states)
         self._uploader.stop()
         self._read.stop()
@@ -361,81 +416,6 @@ class StreamStore:
     def __repr__(self) -> str:
         return (f"<StreamStore path={self.config.path!r} wal={self.config.wal} "
                 f"objects={self._objects.url!r}>")
-
-
-class _Paths:
-    """What a :class:`~streamlib.stream.Stream` handle runs on (the interface it documents as
-    :class:`~streamlib.stream.StreamPaths`): the store's write and read paths, its uploader
-    (a trim of data not yet uploaded uploads it first), its coordination and its life."""
-
-    def __init__(self, node: Node, write: WritePath, read: ReadPath, uploader: Uploader,
-                 coordination: Coordination) -> None:
-        self.config = node.config
-        self._node = node
-        self._write = write
-        self._read = read
-        self._uploader = uploader
-        self._coordination = coordination
-
-    def check_open(self) -> None:
-        self._node.check_open()
-
-    def closing(self) -> bool:
-        return self._node.closing_or_closed()
-
-    def append(self, state: StreamState, epoch: int, batch: RecordBatch,
-               expected_offset: int | None, producer_id: object, sequence: int | None,
-               timeout: float | None) -> Future[AppendResult]:
-        return self._write.submit(state, epoch, batch, expected_offset, producer_id, sequence,
-                                  timeout)
-
-    def fetch(self, state: StreamState, start: int, end: int | None, max_bytes: int,
-              cache_only: bool = False, reader: Reader | None = None) -> FetchResult:
-        return self._read.fetch(state, start, end, max_bytes, cache_only, reader)
-
-    def new_reader(self, state: StreamState, offset: int) -> Reader:
-        return self._read.new_reader(state, offset)
-
-    def forget_reader(self, reader: Reader) -> None:
-        self._read.forget_reader(reader)
-
-    def offset_for_timestamp(self, state: StreamState, timestamp: int) -> int | None:
-        return self._read.offset_for_timestamp(state, timestamp)
-
-    def remote(self, state: StreamState) -> bool:
-        return self._coordination.remote(state)
-
-    def sync(self) -> None:
-        self._coordination.sync()
-
-    def flush(self) -> None:
-        self._node.check_open()
-        if self._node.closing.is_set():
-            raise StreamClosed("the store is closing (close() uploads what is left)")
-        self._uploader.upload()
-
-    def trim(self, state: StreamState, epoch: int, offset: int) -> None:
-        """Records below ``offset`` become unreadable (uploading first what is not)."""
-        node = self._node
-        with state.lock:
-            low, high = state.start_offset, state.acked_end
-            committed = state.committed_end
-        if offset > high:
-            raise OffsetOutOfRange(state.id, offset, low, high)
-        if offset <= low:
-            return
-        if offset > committed:
-            self.flush()  # the metadata trims committed data only
-        self._coordination.before_trim(state)
-        with node.changes:
-            state.check_writer(epoch)
-            if state.handover.reason is not None:
-                raise FencedError(str(state.handover.reason))
-            meta = node.meta.trim_stream(state.id, offset)
-            with state.lock:
-                state.start_offset = max(state.start_offset, meta.start_offset)
-        state.release_kept(offset)
-        node.cache.drop_log(node.scope, state.id, below=offset)
 
 
 __all__ = ["StreamStore", "TakeOver", "open"]

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Protocol
 from streamlib import codec
 from streamlib.config import LONGEST_WAIT
 from streamlib.errors import ReadOnlyError, StreamClosed, StreamNotFound, describe
+from streamlib.meta import Retention, check_retention
 from streamlib.records import (
     INT64_MAX,
     AppendResult,
@@ -54,6 +55,13 @@ class StreamPaths(Protocol):
 
     def trim(self, state: StreamState, epoch: int, offset: int) -> None:
         """Records below ``offset`` become unreadable."""
+
+    def retention(self, state: StreamState) -> Retention | None:
+        """The stream's retention as the metadata keeps it."""
+
+    def set_retention(self, state: StreamState, epoch: int,
+                      retention: Retention | None) -> None:
+        """Keep ``retention`` with the stream (the writer's ``epoch``)."""
 
     def fetch(self, state: StreamState, start: int, end: int | None, max_bytes: int,
               cache_only: bool = False, reader: Reader | None = None) -> FetchResult:
@@ -259,6 +267,23 @@ class Stream:
         uploaded uploads it first. A lower offset than the current start changes nothing."""
         offset = check_int(offset, "offset", 0, INT64_MAX)
         self._paths.trim(self._state, self._check_writer(), offset)
+
+    @property
+    def retention(self) -> Retention | None:
+        """What of the stream is kept (None: everything, or the store's default retention if
+        it has one): see :meth:`set_retention`."""
+        self._check_usable()
+        return self._paths.retention(self._state)
+
+    def set_retention(self, retention: Retention | None) -> None:
+        """Keep only what ``retention`` says: records younger than ``max_age`` seconds and the
+        newest ``max_bytes`` bytes of uploaded data (either or both; None: the store's default,
+        ``retention_max_age_ms`` / ``retention_max_bytes``, which keeps everything unless set).
+        Kept in the metadata with the stream, and applied by the node that writes the stream
+        as trims, in the background every ``compaction_interval_ms``, at block granularity
+        (a little more than asked may stay; what is still in the WAL always stays)."""
+        retention = check_retention(retention)
+        self._paths.set_retention(self._state, self._check_writer(), retention)
 
     # ---- reading ----
 

@@ -16,8 +16,10 @@ across its I/O and takes ``Node.changes`` for the commit).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -29,7 +31,7 @@ from streamlib.config import (
     UPLOAD_DESTROYED_RETRIES,
     Config,
 )
-from streamlib.errors import FencedError, StreamNotFound, describe
+from streamlib.errors import FencedError, StorageUnavailable, StreamNotFound, describe
 from streamlib.meta import Commit, ObjectMeta, StreamRange
 from streamlib.objects import ObjectWriter
 from streamlib.records import RecordBatch
@@ -169,8 +171,19 @@ class Uploader:
         if work is None:
             return 0
         built = self.build(work.streams)
+        started = time.monotonic()
         for item in built:
             self._objects.put(item.meta.key, item.data, part_bytes=self._config.part_bytes)
+        grace = self._config.delete_grace_ms / 1000
+        if grace and time.monotonic() - started > grace / 2:
+            # The garbage collector may take objects this old for orphans of a crashed round:
+            # never commit them; the next round writes the data again under new keys.
+            with contextlib.suppress(Exception):
+                self._objects.delete([item.meta.key for item in built])
+            raise StorageUnavailable(describe(
+                "an upload round's PUTs took more than half of delete_grace_ms: its objects are "
+                "given up and the data uploaded again",
+                seconds=f"{time.monotonic() - started:.1f}"))
         # Counted once stored, before the commit frees the backlog: a snapshot of stats()
         # never shows the bytes gone from "pending" and not yet among the uploaded.
         self.stats.objects += len(built)

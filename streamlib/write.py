@@ -31,6 +31,7 @@ from streamlib.errors import (
     CorruptDataError,
     FencedError,
     OffsetMismatchError,
+    OffsetOutOfRange,
     OutcomeUnknown,
     StreamClosed,
     StreamNotFound,
@@ -174,6 +175,33 @@ class WritePath:
             self.acknowledge(state, looked)
 
     # ---- closing ----
+
+    def trim(self, state: StreamState, epoch: int, offset: int,
+             upload: Callable[[], None]) -> None:
+        """Records below ``offset`` become unreadable: the metadata's start offset moves, then
+        the log cache lets them go. The metadata trims committed data only: what is not
+        uploaded yet is uploaded first (``upload``). ``epoch``: the writer's (a fenced one is
+        refused)."""
+        node = self._node
+        with state.lock:
+            low, high = state.start_offset, state.acked_end
+            committed = state.committed_end
+        if offset > high:
+            raise OffsetOutOfRange(state.id, offset, low, high)
+        if offset <= low:
+            return
+        if offset > committed:
+            upload()
+        self._coordination.before_trim(state)
+        with node.changes:
+            state.check_writer(epoch)
+            if state.handover.reason is not None:
+                raise FencedError(str(state.handover.reason))
+            meta = node.meta.trim_stream(state.id, offset)
+            with state.lock:
+                state.start_offset = max(state.start_offset, meta.start_offset)
+        state.release_kept(offset)
+        node.cache.drop_log(node.scope, state.id, below=offset)
 
     def finish(self, states: list[StreamState]) -> None:
         """Close: wait until no append is between its offset and its WAL submission and

@@ -61,6 +61,11 @@ def check_text(value: object, what: str) -> str:
     return value
 
 
+def check_limit(value: object) -> int:
+    """A page size: an int of at least 1."""
+    return check_int(value, "limit", 1, INT64_MAX)
+
+
 def check_name(value: object) -> str:
     """A new stream's name: as :func:`check_text`, and printable (no control characters, no
     line breaks), neither blank nor starting or ending with whitespace."""
@@ -69,6 +74,17 @@ def check_name(value: object) -> str:
         raise ValueError(f"a stream name is printable characters (no control characters), not "
                          f"blank and without whitespace at either end: name=`{name[:100]!r}`")
     return name
+
+
+TIERS = ("", "archive")
+"""The object stores an object may be in: the objects store and the archive tier."""
+
+
+def check_tier(value: object) -> str:
+    """An object's tier: one of :data:`TIERS`."""
+    if value not in TIERS or not isinstance(value, str):
+        raise ValueError(f"tier must be one of {TIERS}: tier=`{value!r}`")
+    return value
 
 
 def check_node_id(value: object) -> str:
@@ -114,6 +130,58 @@ def check_kv_write(namespace: object, key: object, value: object, expected: obje
 
 # ---- the value types ----
 
+@dataclass(frozen=True, slots=True)
+class Retention:
+    """How much of a stream to keep (docs/lifecycle.md, "Retention"): records younger than
+    ``max_age`` seconds (by their batches' timestamps) and the newest ``max_bytes`` bytes of its
+    objects; either or both. ``Retention()`` (both None) keeps everything. The stream's owner
+    applies it as trims at block granularity, so a little more than asked may stay (at most one
+    block at the old end), never less."""
+
+    max_age: float | None = None
+    """Seconds; None: no limit by age."""
+    max_bytes: int | None = None
+    """Bytes of uploaded objects; None: no limit by size."""
+
+    def __post_init__(self) -> None:
+        if self.max_age is not None:
+            if isinstance(self.max_age, bool) or not isinstance(self.max_age, int | float):
+                raise TypeError(f"max_age must be a number of seconds or None, "
+                                f"not {type(self.max_age).__name__}")
+            if not 0 < self.max_age <= INT64_MAX / 1000:
+                raise ValueError(f"max_age must be positive seconds: max_age=`{self.max_age}`")
+        if self.max_bytes is not None:
+            check_int(self.max_bytes, "max_bytes", 1, INT64_MAX)
+
+    @property
+    def max_age_ms(self) -> int | None:
+        """``max_age`` in whole milliseconds (as the metadata keeps it: at least 1, at most
+        2^63 - 1)."""
+        if self.max_age is None:
+            return None
+        return min(INT64_MAX, max(1, round(self.max_age * 1000)))
+
+    @classmethod
+    def from_ms(cls, max_age_ms: int | None, max_bytes: int | None) -> Retention | None:
+        """The retention the metadata keeps as ``(max_age_ms, max_bytes)``; None if neither."""
+        if max_age_ms is None and max_bytes is None:
+            return None
+        return cls(None if max_age_ms is None else max_age_ms / 1000, max_bytes)
+
+    @property
+    def keeps_everything(self) -> bool:
+        return self.max_age is None and self.max_bytes is None
+
+
+def check_retention(value: object) -> Retention | None:
+    """A retention argument: a :class:`Retention` (one that keeps everything is None) or None."""
+    if value is None:
+        return None
+    if not isinstance(value, Retention):
+        raise TypeError(f"retention must be a Retention or None, not {type(value).__name__}")
+    return None if value.keeps_everything else value
+
+
 class StreamState(enum.Enum):
     """Whether a stream can be used. A destroyed stream keeps its id (never reused) and its
     committed objects (until GC) but no longer counts: its name is free again."""
@@ -144,6 +212,8 @@ class StreamMeta:
     """The epoch at which ``owner`` became the owner (its reopens keep it)."""
     handover_since: int | None = None
     """The epoch at which ``handover_from`` became the owner."""
+    retention: Retention | None = None
+    """What of the stream to keep (None: everything)."""
 
     @property
     def live(self) -> bool:
@@ -203,10 +273,14 @@ class ObjectMeta:
     key: str
     size: int
     ranges: tuple[StreamRange, ...]
+    tier: str = ""
+    """Which object store holds it: ``""`` the objects store (``objects_url``), ``"archive"``
+    the cheap tier (``archive_url``, written by compaction)."""
 
     def __post_init__(self) -> None:
         check_text(self.key, "key")
         check_id(self.size, "size")
+        check_tier(self.tier)
         if isinstance(self.ranges, str | bytes) or not isinstance(self.ranges, Iterable):
             raise TypeError(f"ranges must be a sequence of StreamRange, "
                             f"not {type(self.ranges).__name__}")
@@ -243,6 +317,59 @@ class StreamObject:
     key: str
     size: int
     range: StreamRange
+    tier: str = ""
+    """The object's tier (:attr:`ObjectMeta.tier`): which object store to read it from."""
+
+
+@dataclass(frozen=True, slots=True)
+class DoomedObject:
+    """An object no stream's ranges name any more (replaced by compaction, or holding only
+    trimmed records or those of destroyed streams), waiting to be deleted: readers that resolved
+    it before may still read it until ``marked_at_ms`` plus the grace period
+    (docs/lifecycle.md, "Object states")."""
+
+    key: str
+    size: int
+    marked_at_ms: int
+    """When it was marked, milliseconds since the epoch, by the clock of the metadata store's
+    writer."""
+    tier: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Replacement:
+    """One step of compaction or deletion: the committed objects ``inputs`` leave the streams'
+    ranges (they become :class:`DoomedObject`), the new objects ``outputs`` take their place.
+
+    ``outputs`` may be empty: the inputs then held nothing readable (every range below its
+    stream's start offset, or of a destroyed stream). The metadata checks the rest
+    (:meth:`MetadataStore.replace`); construction checks what it can alone: at least one input,
+    keys unique and not both input and output, each stream's output ranges contiguous."""
+
+    inputs: Sequence[str]
+    outputs: Sequence[ObjectMeta] = ()
+
+    def __post_init__(self) -> None:
+        inputs = tuple(check_text(k, "input key") for k in _tuple_of(self.inputs, str, "inputs"))
+        outputs = _tuple_of(self.outputs, ObjectMeta, "outputs")
+        if not inputs:
+            raise ValueError("a replacement needs at least one input")
+        keys = [o.key for o in outputs]
+        duplicate = _first_duplicate(inputs) or _first_duplicate(keys)
+        if duplicate is not None:
+            raise ValueError(f"an object key appears twice in the replacement: "
+                             f"key=`{duplicate}`")
+        both = set(inputs) & set(keys)
+        if both:
+            raise ValueError(f"an object cannot be both input and output: key=`{min(both)}`")
+        _check_contiguous(outputs, "a replacement")
+        object.__setattr__(self, "inputs", inputs)
+        object.__setattr__(self, "outputs", outputs)
+
+    def extents(self) -> dict[int, tuple[int, int]]:
+        """``{stream_id: (first offset, end offset)}`` of the outputs, by stream id."""
+        return {stream_id: (ranges[0].start_offset, ranges[-1].end_offset)
+                for stream_id, ranges in sorted(_ranges_by_stream(self.outputs).items())}
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,14 +385,15 @@ class NodeMeta:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Commit:
-    """One atomic step of the uploader (or, with ``remove``, of GC): add ``objects``, move each
+    """One atomic step of the uploader: add ``objects``, move each
     stream's end offset to the end of its new ranges, and move the WAL position of ``node_id``
     to ``wal_position``.
 
     ``epochs`` maps every stream that has a range here (and any other stream the writer wants
     checked) to the epoch the writer holds; ``node_epoch``, if given, must be the node's
     current one. ``remove`` lists keys of committed objects that hold no readable data any more
-    (every range trimmed away or of a destroyed stream), to drop from the metadata.
+    (every range trimmed away or of a destroyed stream): they become doomed
+    (:class:`DoomedObject`), as :meth:`MetadataStore.replace` without outputs would make them.
 
     Construction checks what can be checked without the store (``ValueError`` / ``TypeError``):
     object keys unique, each stream's ranges contiguous across the commit and covered by
@@ -298,15 +426,11 @@ class Commit:
         both = set(keys) & set(remove)
         if both:
             raise ValueError(f"an object cannot be added and removed at once: key=`{min(both)}`")
-        for stream_id, ranges in _ranges_by_stream(objects).items():
+        for stream_id in _ranges_by_stream(objects):
             if stream_id not in epochs:
                 raise ValueError(f"epochs must give the epoch of every stream committed: "
                                  f"stream=`{stream_id}`")
-            for a, b in itertools.pairwise(ranges):
-                if b.start_offset != a.end_offset:
-                    raise ValueError(f"a stream's ranges must be contiguous within a commit: "
-                                     f"stream=`{stream_id}` ranges=`[{a.start_offset}, "
-                                     f"{a.end_offset})` `[{b.start_offset}, {b.end_offset})`")
+        _check_contiguous(objects, "a commit")
         object.__setattr__(self, "objects", objects)
         object.__setattr__(self, "remove", remove)
         object.__setattr__(self, "epochs", dict(sorted(epochs.items())))
@@ -335,6 +459,15 @@ def _first_duplicate(values: Iterable[str]) -> str | None:
             return value
         seen.add(value)
     return None
+
+
+def _check_contiguous(objects: Iterable[ObjectMeta], what: str) -> None:
+    for stream_id, ranges in _ranges_by_stream(objects).items():
+        for a, b in itertools.pairwise(ranges):
+            if b.start_offset != a.end_offset:
+                raise ValueError(f"a stream's ranges must be contiguous within {what}: "
+                                 f"stream=`{stream_id}` ranges=`[{a.start_offset}, "
+                                 f"{a.end_offset})` `[{b.start_offset}, {b.end_offset})`")
 
 
 def _ranges_by_stream(objects: Iterable[ObjectMeta]) -> dict[int, list[StreamRange]]:
@@ -386,12 +519,41 @@ class MetadataStore(abc.ABC):
          land before the old owner's last records);
       3. each stream's new ranges start exactly at its ``end_offset``: no gap, no overlap, so a
          duplicate or retried commit fails here (``CommitConflict``);
-      4. no object key is already committed (``CommitConflict``);
-      5. every object to remove is committed and holds no readable data (``CommitConflict``);
+      4. no object key is already committed, nor doomed (``CommitConflict``);
+      5. every object to remove is committed (live, not doomed) and holds no readable data
+         (``CommitConflict``);
       6. the WAL position does not go back (equal is fine) (``CommitConflict``).
 
       Then it adds the objects, sets each stream's ``end_offset`` to the end of its ranges,
-      removes the objects in ``remove`` and sets the node's WAL position.
+      makes the objects in ``remove`` doomed (marked at the commit's time) and sets the node's
+      WAL position.
+    - **Replace** (compaction's swap; deletion's marking, without outputs) needs no epoch: it
+      moves committed records between objects, never changes them, so it is safe beside the
+      owner's commits and trims. It checks, in this order, and reports the first that fails
+      with :class:`~streamlib.errors.CompactionConflict`, nothing applied:
+
+      1. every input is live: committed and not doomed (of two replaces of one input, the
+         second fails here);
+      2. no output's key is committed or doomed;
+      3. for each stream that the inputs or the outputs hold ranges of, by id: the inputs hold
+         it; if the outputs hold it, the stream is live, the inputs' ranges of it are
+         contiguous, ``[a, b)``, and the outputs' are ``[c, b)`` with
+         ``a <= c <= max(a, start_offset)`` (a stream trimmed since the plan may be covered
+         from a later offset, never from an earlier one, and nothing readable is left out);
+         if the outputs do not hold it, the inputs hold nothing readable of it
+         (``b <= start_offset``, or the stream is destroyed).
+
+      Then the inputs are doomed, marked at the operation's time, and the outputs live;
+      nothing else changes (offsets, epochs, WAL positions).
+    - **Doomed objects** are in no stream's ranges, so in no :meth:`objects`,
+      :meth:`stream_objects` or :meth:`live_objects` answer; :meth:`doomed` lists them with
+      the time they were marked (milliseconds since the epoch, by the writer's clock), for
+      deletion after a grace period (docs/lifecycle.md). Their keys stay taken: no commit or
+      replace adds an object under a doomed key, since readers may still read it.
+      :meth:`forget` drops the entries once the objects are deleted.
+    - **Retention** is kept with the stream (:meth:`create_stream`, :meth:`set_retention`),
+      in whole milliseconds (``Retention.max_age_ms``): what is read back is
+      ``Retention.from_ms`` of it, None for one that keeps everything.
     - **Nodes.** :meth:`node` of a node never seen is epoch 0, position 0; :meth:`register_node`
       raises the node's epoch by one (a process taking over the node's WAL).
     - **Key-value entries** (``kv_*``): bytes under ``(namespace, key)``, for a broker's own
@@ -424,9 +586,16 @@ class MetadataStore(abc.ABC):
     # ---- streams ----
 
     @abc.abstractmethod
-    def create_stream(self, name: str | None = None) -> StreamMeta:
-        """A new stream with a fresh id; :class:`~streamlib.errors.StreamExists` if a live
-        stream has ``name``."""
+    def create_stream(self, name: str | None = None, *,
+                      retention: Retention | None = None) -> StreamMeta:
+        """A new stream with a fresh id (and ``retention``, kept with it);
+        :class:`~streamlib.errors.StreamExists` if a live stream has ``name``."""
+
+    @abc.abstractmethod
+    def set_retention(self, stream_id: int, retention: Retention | None) -> StreamMeta:
+        """Keep ``retention`` with the live stream (None, or one that keeps everything: no
+        limit) and return the stream so. No epoch is needed: any node may change it; the owner
+        applies it."""
 
     @abc.abstractmethod
     def get_stream(self, stream_id: int, *, include_destroyed: bool = False) -> StreamMeta:
@@ -490,12 +659,37 @@ class MetadataStore(abc.ABC):
         """The committed objects holding records of ``stream_id`` at or above ``from_offset``,
         in offset order (trimmed records are not filtered: pass ``start_offset`` for that)."""
 
-    def stream_objects(self, stream_id: int, from_offset: int = 0) -> list[StreamObject]:
-        """:meth:`objects`, each narrowed to this stream's range: what a reader's index needs.
-        A multi-stream object holds ranges of thousands of streams; a backend should answer
-        this without reading them (the default derives it from :meth:`objects`)."""
-        return [StreamObject(obj.key, obj.size, obj.range_of(stream_id))  # type: ignore[arg-type]
-                for obj in self.objects(stream_id, from_offset)]
+    def stream_objects(self, stream_id: int, from_offset: int = 0, *,
+                       limit: int | None = None) -> list[StreamObject]:
+        """:meth:`objects`, each narrowed to this stream's range: what a reader's index needs
+        (the first ``limit`` of them, when given: a reader's index holds a window of a long
+        stream's objects). A multi-stream object holds ranges of thousands of streams; a
+        backend should answer this without reading them, and with ``limit`` without reading
+        the stream's later objects (the default derives it from :meth:`objects`)."""
+        found = [StreamObject(obj.key, obj.size, obj.range_of(stream_id),  # type: ignore[arg-type]
+                              obj.tier)
+                 for obj in self.objects(stream_id, from_offset)]
+        return found if limit is None else found[:check_limit(limit)]
+
+    @abc.abstractmethod
+    def live_objects(self, after: str | None = None, limit: int = 1000) -> list[ObjectMeta]:
+        """Up to ``limit`` (at least 1) committed objects, not doomed, with every range, in
+        key order from the first key greater than ``after``: a page of what compaction plans
+        from and garbage collection keeps. Ranges of destroyed streams are included."""
+
+    @abc.abstractmethod
+    def replace(self, replacement: Replacement) -> None:
+        """Swap ``replacement.inputs`` for its outputs, whole or not at all (see the class
+        docstring)."""
+
+    @abc.abstractmethod
+    def doomed(self) -> list[DoomedObject]:
+        """Every doomed object, by ``marked_at_ms`` then key."""
+
+    @abc.abstractmethod
+    def forget(self, keys: Sequence[str]) -> int:
+        """Drop these doomed entries (their objects are deleted); keys not doomed are ignored,
+        so a repeated call is harmless. Returns how many were dropped."""
 
     @abc.abstractmethod
     def node(self, node_id: str | int) -> NodeMeta:
@@ -540,12 +734,16 @@ __all__ = [
     "ANY",
     "MAX_KV_VALUE",
     "MAX_NAME_CHARS",
+    "TIERS",
     "AnyValue",
     "Capabilities",
     "Commit",
+    "DoomedObject",
     "MetadataStore",
     "NodeMeta",
     "ObjectMeta",
+    "Replacement",
+    "Retention",
     "StreamMeta",
     "StreamObject",
     "StreamRange",
@@ -553,7 +751,10 @@ __all__ = [
     "check_id",
     "check_kv",
     "check_kv_write",
+    "check_limit",
     "check_name",
     "check_node_id",
+    "check_retention",
     "check_text",
+    "check_tier",
 ]

@@ -14,16 +14,19 @@ calling nothing but SQLite.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from streamlib.disk import fsync_dir, makedirs_durable
 from streamlib.errors import (
     CommitConflict,
+    CompactionConflict,
     CorruptDataError,
     FencedError,
     OffsetOutOfRange,
@@ -38,9 +41,12 @@ from streamlib.meta import (
     AnyValue,
     Capabilities,
     Commit,
+    DoomedObject,
     MetadataStore,
     NodeMeta,
     ObjectMeta,
+    Replacement,
+    Retention,
     StreamMeta,
     StreamObject,
     StreamRange,
@@ -48,20 +54,19 @@ from streamlib.meta import (
     check_id,
     check_kv,
     check_kv_write,
+    check_limit,
     check_node_id,
+    check_retention,
     check_text,
 )
+from streamlib.meta._swap import Span, check_keys, check_page, key_problem, swap_problem
 
 log = logging.getLogger("streamlib.meta")
 
 SCHEMA_VERSION = 1
 """The schema this code reads and writes; a file of any other version is refused."""
 
-# Added after version 1 shipped; a version-1 file without it gets it at open (older code
-# ignores it).
-_KV_TABLE = ("CREATE TABLE IF NOT EXISTS kv (namespace TEXT NOT NULL, key TEXT NOT NULL, "
-             "value BLOB NOT NULL, PRIMARY KEY (namespace, key)) WITHOUT ROWID")
-
+# Version 1 as it first shipped (new files get the additions below too).
 _SCHEMA = (
     "CREATE TABLE schema_version (version INTEGER NOT NULL)",
     # The next stream id, kept apart from the rows so that no deletion can ever make it go back.
@@ -81,10 +86,28 @@ _SCHEMA = (
     "CREATE INDEX ranges_by_object ON ranges (object_key)",
     "CREATE TABLE nodes (node_id TEXT PRIMARY KEY, node_epoch INTEGER NOT NULL, "
     "wal_position INTEGER NOT NULL) WITHOUT ROWID",
-    _KV_TABLE,
 )
 
-_STREAM_COLUMNS = "id, name, epoch, start_offset, end_offset, state"
+# Added after version 1 shipped, each where it is missing at open, to new files too (so that
+# every file has one schema): tables, then columns as (table, column, its definition). Older
+# code reading such a file ignores them: it reads no retention and no tier, and drops the
+# objects a commit removes where this code dooms them.
+_ADDED_TABLES = (
+    "CREATE TABLE IF NOT EXISTS kv (namespace TEXT NOT NULL, key TEXT NOT NULL, "
+    "value BLOB NOT NULL, PRIMARY KEY (namespace, key)) WITHOUT ROWID",
+    # Objects no stream's ranges name any more, until they are deleted (docs/lifecycle.md).
+    "CREATE TABLE IF NOT EXISTS doomed (key TEXT PRIMARY KEY, size INTEGER NOT NULL, "
+    "marked_at_ms INTEGER NOT NULL, tier TEXT NOT NULL DEFAULT '') WITHOUT ROWID",
+    "CREATE INDEX IF NOT EXISTS doomed_by_time ON doomed (marked_at_ms, key)",
+)
+_ADDED_COLUMNS = (
+    ("objects", "tier", "TEXT NOT NULL DEFAULT ''"),
+    ("streams", "retain_ms", "INTEGER"),  # Retention.max_age_ms; NULL: no limit
+    ("streams", "retain_bytes", "INTEGER"),
+)
+
+_STREAM_COLUMNS = "id, name, epoch, start_offset, end_offset, state, retain_ms, retain_bytes"
+_IN_ONE_QUERY = 500  # keys or ids bound in one `IN (...)`, far below SQLite's limit
 
 # The ranges `r` of stream ?1 holding offsets at or above ?2. A stream's ranges are disjoint: the
 # one holding ?2 is the last that starts at or below it, so the primary key finds the first row
@@ -111,8 +134,32 @@ def _translate(error: sqlite3.Error, path: str) -> Exception:
 
 
 def _stream(row: tuple[Any, ...]) -> StreamMeta:
-    stream_id, name, epoch, start, end, state = row
-    return StreamMeta(stream_id, name, epoch, start, end, StreamState(state))
+    stream_id, name, epoch, start, end, state, retain_ms, retain_bytes = row
+    return StreamMeta(stream_id, name, epoch, start, end, StreamState(state),
+                      retention=Retention.from_ms(retain_ms, retain_bytes))
+
+
+def _kept(retention: Retention | None) -> tuple[int | None, int | None]:
+    """A retention as the streams table keeps it: ``(retain_ms, retain_bytes)``."""
+    return (None, None) if retention is None else (retention.max_age_ms, retention.max_bytes)
+
+
+def _objects(rows: Iterable[tuple[Any, ...]]) -> list[ObjectMeta]:
+    """Objects from rows of ``key, size, tier, stream_id, start, end, used``, one per range,
+    those of one object together."""
+    result: list[ObjectMeta] = []
+    ranges: list[StreamRange] = []
+    rows = list(rows)
+    for i, (key, size, tier, *fields) in enumerate(rows):
+        ranges.append(StreamRange(*fields))
+        if i + 1 == len(rows) or rows[i + 1][0] != key:
+            result.append(ObjectMeta(key, size, tuple(ranges), tier))
+            ranges = []
+    return result
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
 
 
 class SQLiteMetadataStore(MetadataStore):
@@ -176,8 +223,7 @@ class SQLiteMetadataStore(MetadataStore):
                     db.execute(statement)
                 db.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
                 db.execute("INSERT INTO counters VALUES ('next_stream_id', 1)")
-                return
-            if "schema_version" not in tables:
+            elif "schema_version" not in tables:
                 raise CorruptDataError("not a streamlib metadata database (no schema_version "
                                        "table)", source=self.path)
             versions = [row[0] for row in db.execute("SELECT version FROM schema_version")]
@@ -185,8 +231,11 @@ class SQLiteMetadataStore(MetadataStore):
                 raise CorruptDataError(f"unsupported metadata schema version {versions} (this "
                                        f"streamlib reads version {SCHEMA_VERSION}; a newer "
                                        f"streamlib may have written it)", source=self.path)
-            if "kv" not in tables:
-                db.execute(_KV_TABLE)
+            for statement in _ADDED_TABLES:
+                db.execute(statement)
+            for table, column, definition in _ADDED_COLUMNS:
+                if column not in {row[1] for row in db.execute(f"PRAGMA table_info({table})")}:
+                    db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
 
     @contextlib.contextmanager
     def _transaction(self, *, write: bool) -> Iterator[sqlite3.Connection]:
@@ -231,9 +280,11 @@ class SQLiteMetadataStore(MetadataStore):
 
     # ---- streams ----
 
-    def create_stream(self, name: str | None = None) -> StreamMeta:
+    def create_stream(self, name: str | None = None, *,
+                      retention: Retention | None = None) -> StreamMeta:
         if name is not None:
             check_text(name, "name")
+        retain_ms, retain_bytes = _kept(check_retention(retention))
         with self._transaction(write=True) as db:
             if name is not None:
                 row = db.execute("SELECT id FROM streams WHERE name = ? AND state = 'open'",
@@ -245,10 +296,21 @@ class SQLiteMetadataStore(MetadataStore):
                 "SELECT value FROM counters WHERE name = 'next_stream_id'").fetchone()
             db.execute("UPDATE counters SET value = ? WHERE name = 'next_stream_id'",
                        (stream_id + 1,))
-            meta = StreamMeta(stream_id, name, 0, 0, 0, StreamState.OPEN)
-            db.execute(f"INSERT INTO streams ({_STREAM_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
-                       (stream_id, name, 0, 0, 0, StreamState.OPEN.value))
-            return meta
+            db.execute(f"INSERT INTO streams ({_STREAM_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                       (stream_id, name, 0, 0, 0, StreamState.OPEN.value, retain_ms,
+                        retain_bytes))
+            return StreamMeta(stream_id, name, 0, 0, 0, StreamState.OPEN,
+                              retention=Retention.from_ms(retain_ms, retain_bytes))
+
+    def set_retention(self, stream_id: int, retention: Retention | None) -> StreamMeta:
+        check_id(stream_id)
+        retain_ms, retain_bytes = _kept(check_retention(retention))
+        with self._transaction(write=True) as db:
+            meta = self._live(db, stream_id)
+            db.execute("UPDATE streams SET retain_ms = ?, retain_bytes = ? WHERE id = ?",
+                       (retain_ms, retain_bytes, stream_id))
+            return dataclasses.replace(meta, retention=Retention.from_ms(retain_ms,
+                                                                         retain_bytes))
 
     def get_stream(self, stream_id: int, *, include_destroyed: bool = False) -> StreamMeta:
         check_id(stream_id)
@@ -297,8 +359,7 @@ class SQLiteMetadataStore(MetadataStore):
                 raise FencedError(describe("stream epoch has moved on", stream=stream_id,
                                            expected_epoch=expected_epoch, epoch=meta.epoch))
             db.execute("UPDATE streams SET epoch = ? WHERE id = ?", (meta.epoch + 1, stream_id))
-            return StreamMeta(meta.id, meta.name, meta.epoch + 1, meta.start_offset,
-                              meta.end_offset, meta.state)
+            return dataclasses.replace(meta, epoch=meta.epoch + 1)
 
     def trim_stream(self, stream_id: int, offset: int) -> StreamMeta:
         check_id(stream_id)
@@ -311,8 +372,7 @@ class SQLiteMetadataStore(MetadataStore):
             if offset <= meta.start_offset:
                 return meta
             db.execute("UPDATE streams SET start_offset = ? WHERE id = ?", (offset, stream_id))
-            return StreamMeta(meta.id, meta.name, meta.epoch, offset, meta.end_offset,
-                              meta.state)
+            return dataclasses.replace(meta, start_offset=offset)
 
     def destroy_stream(self, stream_id: int) -> StreamMeta:
         check_id(stream_id)
@@ -320,8 +380,7 @@ class SQLiteMetadataStore(MetadataStore):
             meta = self._live(db, stream_id)
             db.execute("UPDATE streams SET state = ? WHERE id = ?",
                        (StreamState.DESTROYED.value, stream_id))
-            return StreamMeta(meta.id, meta.name, meta.epoch, meta.start_offset,
-                              meta.end_offset, StreamState.DESTROYED)
+            return dataclasses.replace(meta, state=StreamState.DESTROYED)
 
     # ---- objects and nodes ----
 
@@ -346,31 +405,58 @@ class SQLiteMetadataStore(MetadataStore):
                         "range does not start at the stream's committed end", stream=stream_id,
                         start=start, end_offset=streams[stream_id].end_offset))
             for obj in commit.objects:
-                if db.execute("SELECT 1 FROM objects WHERE key = ?", (obj.key,)).fetchone():
-                    raise CommitConflict(describe("object already committed", key=obj.key))
+                known = self._known(db, obj.key)
+                if known is not None:
+                    raise CommitConflict(describe(f"object already committed ({known})",
+                                                  key=obj.key))
             for key in commit.remove:
                 self._check_removable(db, key)
             if commit.wal_position < node.wal_position:
                 raise CommitConflict(describe("WAL position would go back", node=node.node_id,
                                               wal_position=commit.wal_position,
                                               current=node.wal_position))
-            for obj in commit.objects:
-                db.execute("INSERT INTO objects (key, size) VALUES (?, ?)", (obj.key, obj.size))
-                db.executemany(
-                    "INSERT INTO ranges (stream_id, start_offset, end_offset, size, object_key) "
-                    "VALUES (?, ?, ?, ?, ?)",
-                    [(r.stream_id, r.start_offset, r.end_offset, r.size, obj.key)
-                     for r in obj.ranges])
+            self._add(db, commit.objects)
             db.executemany("UPDATE streams SET end_offset = ? WHERE id = ?",
                            [(end, stream_id) for stream_id, (_, end) in extents.items()])
-            db.executemany("DELETE FROM objects WHERE key = ?", [(k,) for k in commit.remove])
+            self._doom(db, commit.remove)
             db.execute("INSERT INTO nodes (node_id, node_epoch, wal_position) VALUES (?, 0, ?) "
                        "ON CONFLICT (node_id) DO UPDATE SET wal_position = excluded.wal_position",
                        (commit.node_id, commit.wal_position))
 
+    @staticmethod
+    def _known(db: sqlite3.Connection, key: str) -> str | None:
+        """Whether ``key`` is taken: "live" or "doomed"; None if not."""
+        if db.execute("SELECT 1 FROM objects WHERE key = ?", (key,)).fetchone():
+            return "live"
+        if db.execute("SELECT 1 FROM doomed WHERE key = ?", (key,)).fetchone():
+            return "doomed"
+        return None
+
+    @staticmethod
+    def _add(db: sqlite3.Connection, objects: Sequence[ObjectMeta]) -> None:
+        db.executemany("INSERT INTO objects (key, size, tier) VALUES (?, ?, ?)",
+                       [(obj.key, obj.size, obj.tier) for obj in objects])
+        db.executemany(
+            "INSERT INTO ranges (stream_id, start_offset, end_offset, size, object_key) "
+            "VALUES (?, ?, ?, ?, ?)",
+            [(r.stream_id, r.start_offset, r.end_offset, r.size, obj.key)
+             for obj in objects for r in obj.ranges])
+
+    @staticmethod
+    def _doom(db: sqlite3.Connection, keys: Sequence[str]) -> None:
+        """Move live objects (their ranges go with them) to the doomed, marked now."""
+        marked = _now_ms()
+        for part in _parts(keys):
+            db.execute(f"INSERT INTO doomed (key, size, marked_at_ms, tier) "
+                       f"SELECT key, size, ?, tier FROM objects WHERE key IN ({_marks(part)})",
+                       (marked, *part))
+            db.execute(f"DELETE FROM objects WHERE key IN ({_marks(part)})", part)
+
     def _check_removable(self, db: sqlite3.Connection, key: str) -> None:
-        if not db.execute("SELECT 1 FROM objects WHERE key = ?", (key,)).fetchone():
-            raise CommitConflict(describe("object to remove is not committed", key=key))
+        known = self._known(db, key)
+        if known != "live":
+            raise CommitConflict(describe("object to remove is not committed" if known is None
+                                          else "object to remove is doomed already", key=key))
         live = db.execute(
             "SELECT r.stream_id FROM ranges r JOIN streams s ON s.id = r.stream_id "
             "WHERE r.object_key = ? AND s.state = 'open' AND r.end_offset > s.start_offset "
@@ -384,33 +470,83 @@ class SQLiteMetadataStore(MetadataStore):
         check_id(from_offset, "from_offset")
         with self._transaction(write=False) as db:
             self._live(db, stream_id)
-            rows = db.execute(
-                "SELECT r.object_key, o.size, a.stream_id, a.start_offset, a.end_offset, a.size "
+            return _objects(db.execute(
+                "SELECT r.object_key, o.size, o.tier, a.stream_id, a.start_offset, "
+                "a.end_offset, a.size "
                 "FROM ranges r JOIN objects o ON o.key = r.object_key "
                 "JOIN ranges a ON a.object_key = r.object_key "
                 + _STREAM_RANGES_FROM
-                + "ORDER BY r.start_offset, a.stream_id", (stream_id, from_offset)).fetchall()
-        result: list[ObjectMeta] = []
-        ranges: list[StreamRange] = []
-        for i, (key, size, *fields) in enumerate(rows):
-            ranges.append(StreamRange(*fields))
-            if i + 1 == len(rows) or rows[i + 1][0] != key:
-                result.append(ObjectMeta(key, size, tuple(ranges)))
-                ranges = []
-        return result
+                + "ORDER BY r.start_offset, a.stream_id", (stream_id, from_offset)))
 
-    def stream_objects(self, stream_id: int, from_offset: int = 0) -> list[StreamObject]:
+    def stream_objects(self, stream_id: int, from_offset: int = 0, *,
+                       limit: int | None = None) -> list[StreamObject]:
         check_id(stream_id)
         check_id(from_offset, "from_offset")
+        rows_limit = -1 if limit is None else check_limit(limit)  # SQLite: -1 is no limit
         with self._transaction(write=False) as db:
             self._live(db, stream_id)
             rows = db.execute(
-                "SELECT r.object_key, o.size, r.start_offset, r.end_offset, r.size "
+                "SELECT r.object_key, o.size, r.start_offset, r.end_offset, r.size, o.tier "
                 "FROM ranges r JOIN objects o ON o.key = r.object_key "
                 + _STREAM_RANGES_FROM
-                + "ORDER BY r.start_offset", (stream_id, from_offset)).fetchall()
-        return [StreamObject(key, size, StreamRange(stream_id, start, end, used))
-                for key, size, start, end, used in rows]
+                + "ORDER BY r.start_offset LIMIT ?3", (stream_id, from_offset,
+                                                       rows_limit)).fetchall()
+        return [StreamObject(key, size, StreamRange(stream_id, start, end, used), tier)
+                for key, size, start, end, used, tier in rows]
+
+    def live_objects(self, after: str | None = None, limit: int = 1000) -> list[ObjectMeta]:
+        after, limit = check_page(after, limit)
+        with self._transaction(write=False) as db:
+            return _objects(db.execute(
+                "SELECT o.key, o.size, o.tier, r.stream_id, r.start_offset, r.end_offset, "
+                "r.size FROM (SELECT key, size, tier FROM objects WHERE key > ? ORDER BY key "
+                "LIMIT ?) o JOIN ranges r ON r.object_key = o.key ORDER BY o.key, r.stream_id",
+                ("" if after is None else after, limit)))
+
+    def replace(self, replacement: Replacement) -> None:
+        if not isinstance(replacement, Replacement):
+            raise TypeError(f"replacement must be a Replacement, "
+                            f"not {type(replacement).__name__}")
+        inputs = replacement.inputs
+        with self._transaction(write=True) as db:
+            problem = key_problem(inputs, [o.key for o in replacement.outputs],
+                                  lambda key: self._known(db, key))
+            if problem is not None:
+                raise CompactionConflict(problem)
+            given: dict[int, list[Span]] = {}
+            for part in _parts(inputs):
+                for stream_id, start, end in db.execute(
+                        f"SELECT stream_id, start_offset, end_offset FROM ranges "
+                        f"WHERE object_key IN ({_marks(part)})", part):
+                    given.setdefault(stream_id, []).append((start, end))
+            taken: dict[int, list[Span]] = {}
+            for obj in replacement.outputs:
+                for r in obj.ranges:
+                    taken.setdefault(r.stream_id, []).append((r.start_offset, r.end_offset))
+            streams = {row[0]: (row[1] == StreamState.OPEN.value, row[2])
+                       for part in _parts(sorted(given.keys() | taken.keys()))
+                       for row in db.execute(f"SELECT id, state, start_offset FROM streams "
+                                             f"WHERE id IN ({_marks(part)})", part)}
+            problem = swap_problem(given, taken, streams.get)
+            if problem is not None:
+                raise CompactionConflict(problem)
+            self._doom(db, inputs)  # first: an output may start where an input did
+            self._add(db, replacement.outputs)
+
+    def doomed(self) -> list[DoomedObject]:
+        with self._transaction(write=False) as db:
+            rows = db.execute("SELECT key, size, marked_at_ms, tier FROM doomed "
+                              "ORDER BY marked_at_ms, key").fetchall()
+        return [DoomedObject(*row) for row in rows]
+
+    def forget(self, keys: Sequence[str]) -> int:
+        keys = check_keys(keys)
+        dropped = 0
+        with self._transaction(write=True) as db:
+            for part in _parts(keys):
+                dropped += db.execute(f"DELETE FROM doomed WHERE key IN ({_marks(part)})",
+                                      part).rowcount
+        return dropped
 
     def node(self, node_id: str | int) -> NodeMeta:
         node = check_node_id(node_id)
@@ -477,6 +613,15 @@ class SQLiteMetadataStore(MetadataStore):
 
     def __repr__(self) -> str:
         return f"SQLiteMetadataStore({self.path!r})"
+
+
+def _parts(values: Sequence[Any]) -> list[tuple[Any, ...]]:
+    """``values`` in pieces of at most :data:`_IN_ONE_QUERY`, each bound to one ``IN (...)``."""
+    return [tuple(values[i:i + _IN_ONE_QUERY]) for i in range(0, len(values), _IN_ONE_QUERY)]
+
+
+def _marks(part: Sequence[Any]) -> str:
+    return ", ".join("?" * len(part))
 
 
 __all__ = ["SCHEMA_VERSION", "SQLiteMetadataStore"]

@@ -25,17 +25,18 @@ from __future__ import annotations
 
 import base64
 import bisect
+import dataclasses
 import logging
 import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 from typing import Any, TypeVar
 
 from streamlib.errors import (
     CommitConflict,
+    CompactionConflict,
     ConfigError,
     CorruptDataError,
     FencedError,
@@ -53,9 +54,12 @@ from streamlib.meta import (
     AnyValue,
     Capabilities,
     Commit,
+    DoomedObject,
     MetadataStore,
     NodeMeta,
     ObjectMeta,
+    Replacement,
+    Retention,
     StreamMeta,
     StreamObject,
     StreamRange,
@@ -63,7 +67,9 @@ from streamlib.meta import (
     check_id,
     check_kv,
     check_kv_write,
+    check_limit,
     check_node_id,
+    check_retention,
     check_text,
 )
 from streamlib.meta._manifest_state import (
@@ -77,6 +83,7 @@ from streamlib.meta._manifest_state import (
     read_checkpoint,
     read_delta,
 )
+from streamlib.meta._swap import check_keys, check_page
 from streamlib.records import check_int
 
 log = logging.getLogger("streamlib.meta")
@@ -91,11 +98,24 @@ T = TypeVar("T")
 
 
 class _Unmet(Exception):
-    """A key-value write's condition does not hold (on the newest state: the write is not
-    made)."""
+    """A change's condition does not hold (a key-value write's expected value; a forget that
+    finds nothing doomed): on the newest state, nothing is written."""
+
 
 def _version_key(kind: str, version: int) -> str:
     return f"{kind}/{version:020d}"
+
+
+def _encoded(obj: ObjectMeta) -> list[Any]:
+    """An object as a delta holds it: ``[key, size, ranges]``, and its tier if not ""."""
+    ranges = [[r.stream_id, r.start_offset, r.end_offset, r.size] for r in obj.ranges]
+    return [obj.key, obj.size, ranges, *([obj.tier] if obj.tier else [])]
+
+
+def _retention_args(retention: Retention | None) -> dict[str, int | None]:
+    if retention is None:
+        return {"max_age_ms": None, "max_bytes": None}
+    return {"max_age_ms": retention.max_age_ms, "max_bytes": retention.max_bytes}
 
 
 class ManifestMetadataStore(MetadataStore):
@@ -251,7 +271,7 @@ class ManifestMetadataStore(MetadataStore):
 
     def _apply(self, delta: dict[str, Any]) -> None:
         try:
-            self._state.apply(delta["op"], delta["args"])
+            self._state.apply(delta["op"], delta["args"], delta["time"], delta["format"])
         except Malformed as error:
             raise CorruptDataError(f"manifest delta does not apply ({error})",
                                    source=self._key("log", delta["version"])) from error
@@ -278,7 +298,7 @@ class ManifestMetadataStore(MetadataStore):
                 try:
                     args, result = plan(self._state)
                 except (StreamNotFound, StreamExists, FencedError, CommitConflict,
-                        OffsetOutOfRange, _Unmet):
+                        CompactionConflict, OffsetOutOfRange, _Unmet):
                     if caught_up or not self._catch_up():
                         raise  # true of the newest state
                     caught_up = True
@@ -348,18 +368,35 @@ class ManifestMetadataStore(MetadataStore):
 
     # ---- streams ----
 
-    def create_stream(self, name: str | None = None) -> StreamMeta:
+    def create_stream(self, name: str | None = None, *,
+                      retention: Retention | None = None) -> StreamMeta:
         if name is not None:
             check_text(name, "name")
+        retention = check_retention(retention)
+        kept = {} if retention is None else _retention_args(retention)  # left out if none
 
         def plan(state: ManifestState) -> tuple[dict[str, Any], StreamMeta]:
             if name is not None and name in state.names:
                 raise StreamExists(describe("a live stream already has this name",
                                             name=repr(name), stream=state.names[name]))
             stream_id = state.next_id
-            return {"id": stream_id, "name": name}, StreamMeta(stream_id, name, 0, 0, 0)
+            return ({"id": stream_id, "name": name, **kept},
+                    StreamMeta(stream_id, name, 0, 0, 0, retention=Retention.from_ms(
+                        kept.get("max_age_ms"), kept.get("max_bytes"))))
 
         return self._change("create", plan)
+
+    def set_retention(self, stream_id: int, retention: Retention | None) -> StreamMeta:
+        check_id(stream_id)
+        kept = _retention_args(check_retention(retention))
+
+        def plan(state: ManifestState) -> tuple[dict[str, Any], StreamMeta]:
+            stream = state.live(stream_id)
+            return {"id": stream_id, **kept}, dataclasses.replace(
+                stream.meta(), retention=Retention.from_ms(kept["max_age_ms"],
+                                                           kept["max_bytes"]))
+
+        return self._change("retention", plan)
 
     def get_stream(self, stream_id: int, *, include_destroyed: bool = False) -> StreamMeta:
         check_id(stream_id)
@@ -429,8 +466,9 @@ class ManifestMetadataStore(MetadataStore):
             was, was_epoch, was_since = handover or (None, None, None)
             return ({"id": stream_id, "epoch": epoch, "owner": owner, "since": since,
                      "from": None if handover is None else list(handover)},
-                    StreamMeta(stream.id, stream.name, epoch, stream.start, stream.end,
-                               StreamState.OPEN, owner, was, was_epoch, since, was_since))
+                    dataclasses.replace(stream.meta(), epoch=epoch, owner=owner,
+                                        handover_from=was, handover_epoch=was_epoch,
+                                        owner_since=since, handover_since=was_since))
 
         return self._change("open", plan)
 
@@ -442,8 +480,8 @@ class ManifestMetadataStore(MetadataStore):
             stream = state.live(stream_id)
             if offset > stream.end:
                 raise OffsetOutOfRange(stream_id, offset, stream.start, stream.end + 1)
-            return {"id": stream_id, "offset": offset}, replace(stream.meta(),
-                                                                start_offset=offset)
+            return {"id": stream_id, "offset": offset}, dataclasses.replace(
+                stream.meta(), start_offset=offset)
 
         with self._lock:  # a trim that moves nothing writes nothing (on the newest state)
             self._check_open()
@@ -458,7 +496,8 @@ class ManifestMetadataStore(MetadataStore):
 
         def plan(state: ManifestState) -> tuple[dict[str, Any], StreamMeta]:
             stream = state.live(stream_id)
-            return {"id": stream_id}, replace(stream.meta(), state=StreamState.DESTROYED)
+            return {"id": stream_id}, dataclasses.replace(stream.meta(),
+                                                          state=StreamState.DESTROYED)
 
         return self._change("destroy", plan)
 
@@ -492,8 +531,10 @@ class ManifestMetadataStore(MetadataStore):
                         "range does not start at the stream's committed end", stream=stream_id,
                         start=start, end_offset=streams[stream_id].end))
             for obj in commit.objects:
-                if obj.key in state.objects:
-                    raise CommitConflict(describe("object already committed", key=obj.key))
+                known = state.known(obj.key)
+                if known is not None:
+                    raise CommitConflict(describe(f"object already committed ({known})",
+                                                  key=obj.key))
             for key in commit.remove:
                 self._check_removable(state, key)
             if commit.wal_position < node.wal_position:
@@ -501,9 +542,7 @@ class ManifestMetadataStore(MetadataStore):
                                               wal_position=commit.wal_position,
                                               current=node.wal_position))
             return {"node": commit.node_id, "wal_position": commit.wal_position,
-                    "objects": [[o.key, o.size, [[r.stream_id, r.start_offset, r.end_offset,
-                                                  r.size] for r in o.ranges]]
-                                for o in commit.objects],
+                    "objects": [_encoded(o) for o in commit.objects],
                     "remove": list(commit.remove)}, None
 
         self._change("commit", plan)
@@ -512,48 +551,100 @@ class ManifestMetadataStore(MetadataStore):
     def _check_removable(state: ManifestState, key: str) -> None:
         found = state.objects.get(key)
         if found is None:
-            raise CommitConflict(describe("object to remove is not committed", key=key))
+            raise CommitConflict(describe("object to remove is not committed"
+                                          if state.known(key) is None
+                                          else "object to remove is doomed already", key=key))
         for stream_id, _, end, _ in found[1]:
             stream = state.streams.get(stream_id)
             if stream is not None and stream.live and end > stream.start:
                 raise CommitConflict(describe("object to remove still holds readable records",
                                               key=key, stream=stream_id))
 
-    def _ranges_from(self, state: ManifestState, stream_id: int,
-                     from_offset: int) -> list[tuple[int, int, str]]:
+    def _ranges_from(self, state: ManifestState, stream_id: int, from_offset: int,
+                     limit: int | None = None) -> list[tuple[int, int, str]]:
         """The stream's ranges holding offsets at or above ``from_offset`` (they are disjoint
-        and sorted: the first is found by bisection)."""
+        and sorted: the first is found by bisection), the first ``limit`` of them if given."""
         state.live(stream_id)
         entries = state.by_stream.get(stream_id, [])
         first = max(bisect.bisect_right(entries, from_offset, key=lambda e: e[0]) - 1, 0)
-        return [entry for entry in entries[first:] if entry[1] > from_offset]
+        if first < len(entries) and entries[first][1] <= from_offset:
+            first += 1  # the range before the offset: it ends at or below it
+        return entries[first:] if limit is None else entries[first:first + limit]
 
     def objects(self, stream_id: int, from_offset: int = 0) -> list[ObjectMeta]:
         check_id(stream_id)
         check_id(from_offset, "from_offset")
 
         def answer(state: ManifestState) -> list[ObjectMeta]:
-            result = []
-            for _, _, key in self._ranges_from(state, stream_id, from_offset):
-                size, ranges = state.objects[key]
-                result.append(ObjectMeta(key, size, tuple(StreamRange(*r) for r in ranges)))
-            return result
+            return [self._object(state, key)
+                    for _, _, key in self._ranges_from(state, stream_id, from_offset)]
 
         return self._read(answer)
 
-    def stream_objects(self, stream_id: int, from_offset: int = 0) -> list[StreamObject]:
+    def stream_objects(self, stream_id: int, from_offset: int = 0, *,
+                       limit: int | None = None) -> list[StreamObject]:
         check_id(stream_id)
         check_id(from_offset, "from_offset")
+        most = None if limit is None else check_limit(limit)
 
         def answer(state: ManifestState) -> list[StreamObject]:
             result = []
-            for start, end, key in self._ranges_from(state, stream_id, from_offset):
+            for start, end, key in self._ranges_from(state, stream_id, from_offset, most):
                 size, ranges = state.objects[key]
                 used = next(r[3] for r in ranges if r[0] == stream_id)
-                result.append(StreamObject(key, size, StreamRange(stream_id, start, end, used)))
+                result.append(StreamObject(key, size, StreamRange(stream_id, start, end, used),
+                                           state.tiers.get(key, "")))
             return result
 
         return self._read(answer)
+
+    @staticmethod
+    def _object(state: ManifestState, key: str) -> ObjectMeta:
+        size, ranges = state.objects[key]
+        return ObjectMeta(key, size, tuple(StreamRange(*r) for r in ranges),
+                          state.tiers.get(key, ""))
+
+    def live_objects(self, after: str | None = None, limit: int = 1000) -> list[ObjectMeta]:
+        after, limit = check_page(after, limit)
+        return self._read(lambda state: [self._object(state, key)
+                                         for key in state.keys_after(after, limit)])
+
+    def replace(self, replacement: Replacement) -> None:
+        if not isinstance(replacement, Replacement):
+            raise TypeError(f"replacement must be a Replacement, "
+                            f"not {type(replacement).__name__}")
+        outputs = [_encoded(o) for o in replacement.outputs]
+        as_state = [(o.key, o.size, tuple((r.stream_id, r.start_offset, r.end_offset, r.size)
+                                          for r in o.ranges), o.tier)
+                    for o in replacement.outputs]
+
+        def plan(state: ManifestState) -> tuple[dict[str, Any], None]:
+            problem = state.replace_problem(replacement.inputs, as_state)
+            if problem is not None:
+                raise CompactionConflict(problem)
+            return {"inputs": list(replacement.inputs), "outputs": outputs}, None
+
+        self._change("replace", plan)
+
+    def doomed(self) -> list[DoomedObject]:
+        return self._read(lambda state: sorted(
+            (DoomedObject(key, size, marked, tier)
+             for key, (size, marked, tier) in state.doomed.items()),
+            key=lambda d: (d.marked_at_ms, d.key)))
+
+    def forget(self, keys: Sequence[str]) -> int:
+        wanted = list(dict.fromkeys(check_keys(keys)))  # each once, in order
+
+        def plan(state: ManifestState) -> tuple[dict[str, Any], int]:
+            found = [key for key in wanted if key in state.doomed]
+            if not found:
+                raise _Unmet  # nothing to drop: nothing to write
+            return {"keys": found}, len(found)
+
+        try:
+            return self._change("forget", plan)
+        except _Unmet:
+            return 0
 
     def node(self, node_id: str | int) -> NodeMeta:
         node = check_node_id(node_id)

@@ -29,12 +29,12 @@ from streamlib.objects._format import (
     encode_index,
 )
 from streamlib.objects.reader import IndexCache, ObjectReader, plan_runs
-from streamlib.objects.writer import ObjectWriter, cut_blocks, encode_object
+from streamlib.objects.writer import ObjectStreamWriter, ObjectWriter, cut_blocks, encode_object
 
 __all__ = [
     "ENTRY_SIZE", "FOOTER_SIZE", "INDEX_HEADER_SIZE", "VERSION", "VERSIONS", "Footer",
-    "IndexCache", "IndexEntry",
-    "ObjectIndex", "ObjectReader", "ObjectWriter", "StreamRange", "cut_blocks",
+    "IndexCache", "IndexEntry", "ObjectIndex", "ObjectReader", "ObjectStreamWriter",
+    "ObjectWriter", "StreamRange", "cut_blocks",
     "decode_footer", "decode_index", "decode_object_index", "encode_footer", "encode_index",
     "encode_object", "plan_runs",
 ]

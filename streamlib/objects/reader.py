@@ -329,6 +329,43 @@ class ObjectReader:
         found = dict(self._fetch(unique, None))
         return [found[entry] for entry in wanted]
 
+    def read_stored(self, entries: Sequence[IndexEntry]
+                    ) -> list[tuple[IndexEntry, memoryview]]:
+        """The stored bytes of each of these blocks (entries of :meth:`index`, sorted by
+        position, no repeats), as they are in the object, not yet checked: fetched as
+        :meth:`read_blocks` does, one GET a run. :meth:`check_stored` checks one without
+        decompressing it; :meth:`decode_stored` decodes it (what compaction does with the
+        blocks it copies as they are, and with those it cuts anew)."""
+        found: list[tuple[IndexEntry, memoryview]] = []
+        for run in plan_runs(entries, self.merge_gap, None):
+            start = run[0].position
+            data = memoryview(self._get(start, run[-1].end))
+            found.extend((entry, data[entry.position - start:entry.end - start])
+                         for entry in run)
+        return found
+
+    def check_stored(self, block: memoryview, entry: IndexEntry) -> BlockInfo:
+        """The header of a stored block, its checksum over the stored bytes verified and its
+        fields compared with its index entry (CorruptDataError naming the object and where),
+        without decompressing it."""
+        scan = codec.scan_blocks(block, source=self.key)
+        if len(scan.entries) != 1 or scan.entries[0].length != len(block):
+            raise CorruptDataError(f"not one data block at `{entry.position}` (its index entry "
+                                   f"says `{entry.size}` bytes)", position=entry.position,
+                                   source=self.key)
+        info = scan.entries[0]
+        problem = _header_problem(info, entry)
+        if problem or (entry.raw_size is not None and info.raw_length != entry.raw_size):
+            raise CorruptDataError(f"data block of stream `{entry.stream_id}` disagrees with its "
+                                   f"index entry: {problem or f'raw_size={info.raw_length}'}",
+                                   position=entry.position, source=self.key)
+        return info
+
+    def decode_stored(self, block: memoryview, entry: IndexEntry) -> list[RecordBatch]:
+        """The batches of a stored block from :meth:`read_stored`, checked as a read checks
+        them."""
+        return self._decode(block, entry)
+
     def _fetch(self, entries: Sequence[IndexEntry],
                limit: int | None) -> Iterator[tuple[IndexEntry, list[RecordBatch]]]:
         """Each block's batches, fetching a run at a time, only when the caller gets that far."""

@@ -116,7 +116,7 @@ class Coordination(abc.ABC):
                         # Others wrote it (or committed what they held): theirs is the end.
                         state.committed_end = state.acked_end = state.assigned_end = max(
                             state.committed_end, meta.end_offset)
-                        state.objects = None
+                        state.index.clear()
                         state.commits += 1
                     handover.move(Ownership.OWNED if source is None else Ownership.WAITING,
                                   source=source)

@@ -60,9 +60,12 @@ from streamlib.meta import (
     AnyValue,
     Capabilities,
     Commit,
+    DoomedObject,
     MetadataStore,
     NodeMeta,
     ObjectMeta,
+    Replacement,
+    Retention,
     StreamMeta,
     StreamObject,
 )
@@ -255,9 +258,10 @@ class FaultyFileSystem(AbstractFileSystem):  # type: ignore[misc]  # fsspec has 
 # ---- the metadata store ----
 
 METADATA_OPERATIONS = frozenset({
-    "create_stream", "get_stream", "get_stream_by_name", "streams", "open_stream",
-    "release_streams", "trim_stream", "destroy_stream", "commit", "objects", "stream_objects",
-    "node", "register_node", "kv_get", "kv_items", "kv_write", "refresh", "close",
+    "create_stream", "set_retention", "get_stream", "get_stream_by_name", "streams",
+    "open_stream", "release_streams", "trim_stream", "destroy_stream", "commit", "objects",
+    "stream_objects", "live_objects", "replace", "doomed", "forget", "node", "register_node",
+    "kv_get", "kv_items", "kv_write", "refresh", "close",
 })
 """What rules of a :class:`FaultyMetadataStore` can pick: the interface's methods, by name."""
 
@@ -460,9 +464,14 @@ class FaultyMetadataStore(MetadataStore):
 
     # ---- streams ----
 
-    def create_stream(self, name: str | None = None) -> StreamMeta:
-        return self._run("create_stream", {"name": name},
-                         lambda: self.store.create_stream(name))
+    def create_stream(self, name: str | None = None, *,
+                      retention: Retention | None = None) -> StreamMeta:
+        return self._run("create_stream", {"name": name, "retention": retention},
+                         lambda: self.store.create_stream(name, retention=retention))
+
+    def set_retention(self, stream_id: int, retention: Retention | None) -> StreamMeta:
+        return self._run("set_retention", {"stream_id": stream_id, "retention": retention},
+                         lambda: self.store.set_retention(stream_id, retention))
 
     def get_stream(self, stream_id: int, *, include_destroyed: bool = False) -> StreamMeta:
         return self._run("get_stream", {"stream_id": stream_id,
@@ -508,9 +517,25 @@ class FaultyMetadataStore(MetadataStore):
         return self._run("objects", {"stream_id": stream_id, "from_offset": from_offset},
                          lambda: self.store.objects(stream_id, from_offset))
 
-    def stream_objects(self, stream_id: int, from_offset: int = 0) -> list[StreamObject]:
-        return self._run("stream_objects", {"stream_id": stream_id, "from_offset": from_offset},
-                         lambda: self.store.stream_objects(stream_id, from_offset))
+    def stream_objects(self, stream_id: int, from_offset: int = 0, *,
+                       limit: int | None = None) -> list[StreamObject]:
+        return self._run("stream_objects", {"stream_id": stream_id, "from_offset": from_offset,
+                                            "limit": limit},
+                         lambda: self.store.stream_objects(stream_id, from_offset, limit=limit))
+
+    def live_objects(self, after: str | None = None, limit: int = 1000) -> list[ObjectMeta]:
+        return self._run("live_objects", {"after": after, "limit": limit},
+                         lambda: self.store.live_objects(after, limit))
+
+    def replace(self, replacement: Replacement) -> None:
+        self._run("replace", {"replacement": replacement},
+                  lambda: self.store.replace(replacement))
+
+    def doomed(self) -> list[DoomedObject]:
+        return self._run("doomed", {}, self.store.doomed)
+
+    def forget(self, keys: Sequence[str]) -> int:
+        return self._run("forget", {"keys": keys}, lambda: self.store.forget(keys))
 
     def node(self, node_id: str | int) -> NodeMeta:
         return self._run("node", {"node_id": node_id}, lambda: self.store.node(node_id))

@@ -11,7 +11,8 @@ against it::
 again must find what the last store there committed. :class:`MetadataModel` states the contract
 in plain Python, and a Hypothesis state machine runs a backend and the model side by side.
 The rules of owners and hand-overs (docs/shared-stores.md) are checked only on a store whose
-``capabilities.shared`` is true; elsewhere those tests skip.
+``capabilities.shared`` is true; elsewhere those tests skip. The lifecycle's (replacements,
+doomed objects, retention: docs/lifecycle.md) are in :mod:`streamlib.testing.meta_lifecycle`.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from streamlib.meta import (
     StreamRange,
     StreamState,
 )
+from streamlib.testing.meta_lifecycle import LifecycleContract
 from streamlib.testing.meta_model import (
     MetadataMachine,
     MetadataModel,
@@ -59,9 +61,11 @@ from streamlib.testing.meta_model import (
 from streamlib.testing.meta_owners import OwnersContract, StoreFixtures
 
 
-class MetadataContract(OwnersContract):
+class MetadataContract(OwnersContract, LifecycleContract):
     """The behaviour docs/store.md promises of a metadata store, for any backend (with
-    :class:`~streamlib.testing.meta_owners.OwnersContract`: owners and hand-overs)."""
+    :class:`~streamlib.testing.meta_owners.OwnersContract`: owners and hand-overs, and
+    :class:`~streamlib.testing.meta_lifecycle.LifecycleContract`: replacements, doomed
+    objects, retention)."""
 
     model_examples = 50
     """Hypothesis examples of the model test (each up to ``model_steps`` operations)."""
@@ -501,5 +505,6 @@ class MetadataContract(OwnersContract):
             deadline=None))
 
 
-__all__ = ["MetadataContract", "MetadataMachine", "MetadataModel", "OwnersContract",
-           "StoreFixtures", "commit_of", "holds", "make_object", "register", "snapshot"]
+__all__ = ["LifecycleContract", "MetadataContract", "MetadataMachine", "MetadataModel",
+           "OwnersContract", "StoreFixtures", "commit_of", "holds", "make_object", "register",
+           "snapshot"]

@@ -6,22 +6,26 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import operator
 import uuid
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
 import pytest
+from hypothesis import event
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
     initialize,
     invariant,
+    precondition,
     rule,
 )
 
 from streamlib.errors import (
     CommitConflict,
+    CompactionConflict,
     FencedError,
     OffsetOutOfRange,
     StreamExists,
@@ -33,6 +37,8 @@ from streamlib.meta import (
     MetadataStore,
     NodeMeta,
     ObjectMeta,
+    Replacement,
+    Retention,
     StreamMeta,
     StreamObject,
     StreamRange,
@@ -41,11 +47,18 @@ from streamlib.meta import (
 
 
 def make_object(key: str, *ranges: tuple[int, int, int], bytes_per_record: int = 10,
-                overhead: int = 64) -> ObjectMeta:
+                overhead: int = 64, tier: str = "") -> ObjectMeta:
     """An object holding ``(stream_id, start, end)`` ranges, sized from their record counts."""
     parts = tuple(StreamRange(s, start, end, (end - start) * bytes_per_record)
                   for s, start, end in ranges)
-    return ObjectMeta(key, sum(r.size for r in parts) + overhead, parts)
+    return ObjectMeta(key, sum(r.size for r in parts) + overhead, parts, tier)
+
+
+def kept(retention: Retention | None) -> Retention | None:
+    """A retention as the metadata gives it back: in whole milliseconds, None for none."""
+    if retention is None or retention.keeps_everything:
+        return None
+    return Retention.from_ms(retention.max_age_ms, retention.max_bytes)
 
 
 class MetadataModel:
@@ -55,7 +68,8 @@ class MetadataModel:
 
     def __init__(self) -> None:
         self.streams: dict[int, StreamMeta] = {}
-        self.objects: dict[str, ObjectMeta] = {}
+        self.objects: dict[str, ObjectMeta] = {}  # the live ones
+        self.doomed: dict[str, ObjectMeta] = {}  # (their marks: the store's clock, not here)
         self.nodes: dict[str, NodeMeta] = {}
 
     def live(self, stream_id: int) -> StreamMeta:
@@ -67,12 +81,17 @@ class MetadataModel:
     def live_streams(self) -> list[StreamMeta]:
         return [m for _, m in sorted(self.streams.items()) if m.live]
 
-    def create(self, name: str | None, stream_id: int) -> StreamMeta:
+    def create(self, name: str | None, stream_id: int,
+               retention: Retention | None = None) -> StreamMeta:
         if name is not None and any(m.name == name for m in self.live_streams()):
             raise StreamExists(f"name taken: name=`{name}`")
         assert stream_id > max(self.streams, default=-1), "stream ids must increase"
-        self.streams[stream_id] = StreamMeta(stream_id, name, 0, 0, 0)
+        self.streams[stream_id] = StreamMeta(stream_id, name, 0, 0, 0,
+                                             retention=kept(retention))
         return self.streams[stream_id]
+
+    def set_retention(self, stream_id: int, retention: Retention | None) -> StreamMeta:
+        return self._set(self.live(stream_id), retention=kept(retention))
 
     def by_name(self, name: str) -> StreamMeta:
         for meta in self.live_streams():
@@ -118,7 +137,7 @@ class MetadataModel:
         extents = commit.extents()
         if any(start != streams[s].end_offset for s, (start, _) in extents.items()):
             raise CommitConflict("range does not start at the end")
-        if any(o.key in self.objects for o in commit.objects):
+        if any(o.key in self.objects or o.key in self.doomed for o in commit.objects):
             raise CommitConflict("object already committed")
         if any(k not in self.objects or self.readable(self.objects[k]) for k in commit.remove):
             raise CommitConflict("object cannot be removed")
@@ -129,8 +148,50 @@ class MetadataModel:
         for stream_id, (_, end) in extents.items():
             self._set(streams[stream_id], end_offset=end)
         for key in commit.remove:
-            del self.objects[key]
+            self.doomed[key] = self.objects.pop(key)
         self.nodes[node.node_id] = dataclasses.replace(node, wal_position=commit.wal_position)
+
+    def replace(self, replacement: Replacement) -> None:
+        """The contract's "Replace", step by step."""
+        if any(key not in self.objects for key in replacement.inputs):
+            raise CompactionConflict("an input is not live")
+        if any(o.key in self.objects or o.key in self.doomed for o in replacement.outputs):
+            raise CompactionConflict("an output's key is taken")
+        inputs = [self.objects[key] for key in replacement.inputs]
+        for stream_id in sorted({r.stream_id for o in [*inputs, *replacement.outputs]
+                                 for r in o.ranges}):
+            given, taken = ([(r.start_offset, r.end_offset) for o in objects
+                             if (r := o.range_of(stream_id)) is not None]
+                            for objects in (inputs, replacement.outputs))
+            meta = self.streams.get(stream_id)
+            live, start = (meta.live, meta.start_offset) if meta else (False, 0)
+            if not given:
+                raise CompactionConflict("an output of a stream the inputs do not hold")
+            given.sort()
+            a, b = given[0][0], given[-1][1]
+            if not taken:
+                if live and b > start:
+                    raise CompactionConflict("readable records left out")
+                continue
+            taken.sort()
+            if not live or any(map(operator.ne, [e for _, e in given[:-1]],
+                                   [s for s, _ in given[1:]])):
+                raise CompactionConflict("destroyed, or inputs not contiguous")
+            if taken[-1][1] != b or not a <= taken[0][0] <= max(a, start):
+                raise CompactionConflict("the outputs do not cover the inputs")
+        for key in replacement.inputs:
+            self.doomed[key] = self.objects.pop(key)
+        for obj in replacement.outputs:
+            self.objects[obj.key] = obj
+
+    def forget(self, keys: list[str]) -> int:
+        found = {key for key in keys if key in self.doomed}
+        for key in found:
+            del self.doomed[key]
+        return len(found)
+
+    def live_objects(self) -> list[ObjectMeta]:
+        return [obj for _, obj in sorted(self.objects.items())]
 
     def objects_of(self, stream_id: int, from_offset: int = 0) -> list[ObjectMeta]:
         self.live(stream_id)
@@ -165,10 +226,12 @@ def holds(meta: StreamMeta, nodes: tuple[str, ...] = ("a", "b", "c")
 
 def snapshot(store: MetadataStore, stream_ids: list[int], nodes: tuple[str, ...] = ("n1",)
              ) -> tuple[object, ...]:
-    """Everything a store shows about ``stream_ids`` and ``nodes``, to compare before/after."""
+    """Everything a store shows about ``stream_ids`` and ``nodes``, and every live and doomed
+    object, to compare before/after."""
     metas = [store.get_stream(s, include_destroyed=True) for s in stream_ids]
     objects = [store.objects(m.id) if m.live else None for m in metas]
-    return store.streams(), metas, objects, [store.node(n) for n in nodes]
+    return (store.streams(), metas, objects, [store.node(n) for n in nodes],
+            store.live_objects(limit=1 << 30), store.doomed())
 
 
 class MetadataMachine(RuleBasedStateMachine):
@@ -179,6 +242,8 @@ class MetadataMachine(RuleBasedStateMachine):
     base: Path
     NODES = ("n1", "n2")
     NAMES = ("a", "b", "c", None)
+    RETENTIONS = (None, Retention(), Retention(max_age=1.5), Retention(max_bytes=1000),
+                  Retention(max_age=0.0004, max_bytes=7))
     UNKNOWN = 1 << 40  # an id no stream has
 
     runs = itertools.count()  # each example gets a fresh location under `base`
@@ -215,15 +280,21 @@ class MetadataMachine(RuleBasedStateMachine):
             self.model.create(None, meta.id)
             assert self.store.open_stream(meta.id) == self.model.open(meta.id, None)
 
-    @rule(name=st.sampled_from(NAMES))
-    def create(self, name: str | None) -> None:
+    @rule(name=st.sampled_from(NAMES), retention=st.sampled_from(RETENTIONS))
+    def create(self, name: str | None, retention: Retention | None) -> None:
         try:
-            meta = self.store.create_stream(name)
+            meta = self.store.create_stream(name, retention=retention)
         except StreamExists:
             with pytest.raises(StreamExists):
                 self.model.create(name, self.UNKNOWN)
             return
-        assert meta == self.model.create(name, meta.id)
+        assert meta == self.model.create(name, meta.id, retention)
+
+    @rule(data=st.data(), retention=st.sampled_from(RETENTIONS))
+    def set_retention(self, data: st.DataObject, retention: Retention | None) -> None:
+        stream_id = self.pick_stream(data)
+        self.agree(lambda: self.store.set_retention(stream_id, retention),
+                   lambda: self.model.set_retention(stream_id, retention))
 
     @rule(data=st.data())
     def open(self, data: st.DataObject) -> None:
@@ -295,16 +366,17 @@ class MetadataMachine(RuleBasedStateMachine):
                 parts[draw(st.integers(0, 1))].append((stream_id, start, end))
         committed = sorted(model.objects)
         keys = [f"k{next(self.keys)}" for _ in parts]
-        if fault == "key" and committed:
-            keys[draw(st.integers(0, 1))] = draw(st.sampled_from(committed))
+        if fault == "key" and (committed or model.doomed):  # live or doomed: taken
+            keys[draw(st.integers(0, 1))] = draw(st.sampled_from(committed
+                                                                 + sorted(model.doomed)))
         objects = [make_object(key, *ranges) for key, ranges in zip(keys, parts, strict=True)
                    if ranges]
         dead = [k for k in committed if not model.readable(model.objects[k])]
         remove = draw(st.lists(st.sampled_from(dead), unique=True, min_size=1, max_size=2)
                       ) if dead else []
-        if fault == "remove":
-            readable = [k for k in committed if k not in dead]
-            remove.append(draw(st.sampled_from(readable)) if readable else "unknown-key")
+        if fault == "remove":  # readable, doomed already, or never committed
+            unfit = [k for k in committed if k not in dead] + sorted(model.doomed)
+            remove.append(draw(st.sampled_from(unfit)) if unfit else "unknown-key")
         remove = [k for k in remove if k not in keys]
         position = node.wal_position + draw(st.sampled_from([0, 100, 1000]))
         if fault == "position" and node.wal_position:
@@ -314,6 +386,83 @@ class MetadataMachine(RuleBasedStateMachine):
             node_epoch = node.node_epoch + 1
         return Commit(node_id=node.node_id, wal_position=position, objects=objects,
                       epochs=epochs, node_epoch=node_epoch, remove=remove)
+
+    @precondition(lambda self: self.model.objects)
+    @rule(data=st.data())
+    def replace(self, data: st.DataObject) -> None:
+        replacement = self.draw_replacement(data)
+        if replacement is not None:
+            outcome = self.agree(lambda: self.store.replace(replacement),
+                                 lambda: self.model.replace(replacement))
+            event("replace: refused" if outcome else "replace: applied")
+
+    REPLACE_FAULTS = (None,) * 7 + ("doomed input", "unknown input", "key taken", "start",
+                                    "end", "no outputs", "stranger")
+
+    def draw_replacement(self, data: st.DataObject) -> Replacement | None:
+        """A run of one stream's live objects (adjacent in offsets) swapped for one or two new
+        objects holding each stream's records from the first readable one (or none, when
+        nothing is readable) — which may still be refused (another stream's ranges in the run
+        are not contiguous) — or one with a fault: an input doomed or unknown, an output's key
+        taken, outputs starting one later or ending one off, no outputs, or an output of a
+        stream the inputs do not hold. None when the drawn outputs are not a Replacement
+        (nothing to run)."""
+        draw, model = data.draw, self.model
+        fault = draw(st.sampled_from(self.REPLACE_FAULTS))
+        stream_id = draw(st.sampled_from(sorted({r.stream_id for o in model.objects.values()
+                                                 for r in o.ranges})))
+        starts = [(r.start_offset, o.key) for o in model.objects.values()
+                  if (r := o.range_of(stream_id)) is not None]
+        run = [model.objects[key] for _, key in sorted(starts)]
+        first = draw(st.integers(0, len(run) - 1))
+        inputs = run[first:draw(st.integers(first + 1, len(run)))]
+        pieces: list[tuple[int, int, int]] = []
+        for stream_id in sorted({r.stream_id for o in inputs for r in o.ranges}):
+            spans = sorted((r.start_offset, r.end_offset) for o in inputs
+                           if (r := o.range_of(stream_id)) is not None)
+            meta = model.streams[stream_id]
+            a, b = spans[0][0], spans[-1][1]
+            start = draw(st.sampled_from(sorted({a, min(max(a, meta.start_offset), b - 1)})))
+            if meta.live and b > meta.start_offset and fault != "no outputs":
+                pieces.append((stream_id, start, b))
+        if fault == "start" and pieces:
+            stream_id, start, end = pieces[0]
+            pieces[0] = (stream_id, min(start + 1, end - 1), end)
+        elif fault == "end" and pieces:
+            stream_id, start, end = pieces[0]
+            pieces[0] = (stream_id, start, end + draw(st.sampled_from([-1, 1])))
+        elif fault == "stranger":
+            pieces.append((draw(st.sampled_from([*model.streams, self.UNKNOWN])), 0, 1))
+        keys = [o.key for o in inputs]
+        if fault in ("doomed input", "unknown input"):
+            keys.append(draw(st.sampled_from(sorted(model.doomed)))
+                        if model.doomed and fault == "doomed input" else "unknown-key")
+        names = [f"r{next(self.keys)}", f"r{next(self.keys)}"]
+        taken = [k for k in [*model.objects, *model.doomed] if k not in keys]
+        if fault == "key taken" and taken:
+            names[0] = draw(st.sampled_from(sorted(taken)))
+        parts: list[list[tuple[int, int, int]]] = [[], []]
+        for stream_id, start, end in pieces:
+            if end - start > 1 and draw(st.booleans()):  # over both outputs
+                middle = draw(st.integers(start + 1, end - 1))
+                parts[0].append((stream_id, start, middle))
+                parts[1].append((stream_id, middle, end))
+            else:
+                parts[draw(st.integers(0, 1))].append((stream_id, start, end))
+        tier = draw(st.sampled_from(["", "archive"]))
+        try:
+            return Replacement(inputs=keys or ["unknown-key"], outputs=[
+                make_object(name, *ranges, tier=tier)
+                for name, ranges in zip(names, parts, strict=True) if ranges])
+        except ValueError:  # e.g. a range that holds no record
+            return None
+
+    @rule(data=st.data())
+    def forget(self, data: st.DataObject) -> None:
+        model = self.model
+        keys = data.draw(st.lists(st.sampled_from(sorted(model.doomed) + sorted(model.objects)
+                                                  + ["unknown-key"]), max_size=4))
+        self.agree(lambda: self.store.forget(keys), lambda: self.model.forget(keys))
 
     @rule()
     def reopen(self) -> None:
@@ -331,7 +480,7 @@ class MetadataMachine(RuleBasedStateMachine):
                 assert (self.store.objects(stream_id, middle)
                         == self.model.objects_of(stream_id, middle))
                 assert (self.store.stream_objects(stream_id, middle)
-                        == [StreamObject(o.key, o.size, r)
+                        == [StreamObject(o.key, o.size, r, o.tier)
                             for o in self.model.objects_of(stream_id, middle)
                             if (r := o.range_of(stream_id)) is not None])  # all of them
         for name in self.NAMES[:-1]:
@@ -339,6 +488,14 @@ class MetadataMachine(RuleBasedStateMachine):
                        partial(self.model.by_name, name))
         for node in self.NODES:
             assert self.store.node(node) == self.model.node(node)
+        pages: list[ObjectMeta] = []
+        while page := self.store.live_objects(pages[-1].key if pages else None, limit=3):
+            pages += page
+        assert pages == self.model.live_objects()
+        doomed = self.store.doomed()
+        assert doomed == sorted(doomed, key=lambda d: (d.marked_at_ms, d.key))
+        assert sorted((d.key, d.size, d.tier) for d in doomed) == sorted(
+            (key, o.size, o.tier) for key, o in self.model.doomed.items())
 
     def teardown(self) -> None:
         self.store.close()

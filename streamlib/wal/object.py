@@ -64,7 +64,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from streamlib.errors import CorruptDataError, StorageUnavailable, StreamClosed, describe
-from streamlib.io import ObjectStore
+from streamlib.io import ObjectInfo, ObjectStore
 from streamlib.wal import Capabilities, Recovery, Wal, WalEntry, WalRecord
 from streamlib.wal._admission import Admission
 from streamlib.wal._format import record_parts, record_size, scan_run
@@ -81,6 +81,32 @@ positions count bytes), and what its 20-digit numbers sort by. A key with a numb
 it was not written by this WAL; recovery ignores it, so that it can never push the next epoch
 (one above the highest) past the 20 digits that recovery lists."""
 
+
+
+def trimmed_objects(store: ObjectStore, prefix: str = "wal") -> list[ObjectInfo]:
+    """The record objects of every node's object WAL under ``prefix`` of ``store`` that end at
+    or before that node's ``TRIM`` position: what the node deletes itself when it trims or
+    recovers, left behind by a node that crashed in between and never came back (the garbage
+    collector's sweep deletes them). Markers and anything not of this WAL's shape are left
+    alone."""
+    base = f"{prefix.strip('/')}/" if prefix.strip("/") else ""
+    listed = store.list(base)
+    nodes = {info.key[len(base):].split("/", 1)[0] for info in listed
+             if info.key[len(base):].endswith("/TRIM")}
+    found = []
+    for node in sorted(nodes):
+        if not _NODE.fullmatch(node):
+            continue
+        try:
+            trim = int(store.get(f"{base}{node}/TRIM").decode().strip() or 0)
+        except (FileNotFoundError, ValueError, UnicodeDecodeError):
+            continue  # gone meanwhile, or unreadable: recovery will say
+        for info in listed:
+            name = info.key[len(base) + len(node) + 1:]
+            match = _OBJECT.fullmatch(name) if info.key.startswith(f"{base}{node}/") else None
+            if match and int(match.group(3)) <= trim < KEY_LIMIT:
+                found.append(info)
+    return found
 
 @dataclass(frozen=True, slots=True)
 class EpochMarker:

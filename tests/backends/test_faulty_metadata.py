@@ -23,7 +23,7 @@ from streamlib.errors import (
     StreamNotFound,
 )
 from streamlib.io import ObjectStore, open_filesystem
-from streamlib.meta import Commit, MetadataStore, NodeMeta, StreamMeta
+from streamlib.meta import Commit, MetadataStore, NodeMeta, Replacement, Retention, StreamMeta
 from streamlib.meta.local import SQLiteMetadataStore
 from streamlib.meta.manifest import ManifestMetadataStore
 from streamlib.testing import FaultyMetadataStore
@@ -120,6 +120,14 @@ def test_every_call_passes_through_and_is_counted(faulty: FaultyMetadataStore) -
     assert faulty.kv_write("ns", "k", b"v", expected=None, node_id="n1", node_epoch=1)
     assert faulty.kv_get("ns", "k") == b"v" and faulty.kv_items("ns") == [("k", b"v")]
     assert faulty.trim_stream(created.id, 4).start_offset == 4
+    kept = faulty.set_retention(created.id, Retention(max_bytes=100))
+    assert kept == inner.get_stream(created.id) and kept.retention == Retention(max_bytes=100)
+    assert faulty.live_objects() == inner.live_objects(limit=1) == list(commit.objects)
+    merged = make_object("merged", (created.id, 0, 10))
+    faulty.replace(Replacement(inputs=[commit.objects[0].key], outputs=[merged]))
+    assert inner.objects(created.id) == [merged]
+    assert [d.key for d in faulty.doomed()] == [commit.objects[0].key]
+    assert faulty.forget([commit.objects[0].key]) == 1 and inner.doomed() == []
     faulty.release_streams("n1", node.node_epoch, [created.id])
     assert faulty.destroy_stream(created.id) == inner.get_stream(created.id,
                                                                  include_destroyed=True)

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from streamlib.errors import CorruptDataError
 from streamlib.io import ObjectStore
-from streamlib.meta import MAX_KV_VALUE, MAX_NAME_CHARS, Commit
+from streamlib.meta import MAX_KV_VALUE, MAX_NAME_CHARS, Commit, Replacement, Retention
 from streamlib.meta import _manifest_state as manifest_format
 from streamlib.meta.manifest import ManifestMetadataStore
 from streamlib.testing.meta import make_object
@@ -37,9 +37,11 @@ TOO_LONG = "x" * (MAX_NAME_CHARS + 1)
 
 def populated() -> tuple[ObjectStore, ManifestMetadataStore]:
     """A manifest in memory with something of every kind: live, named and destroyed streams, a
-    stream handed over between nodes, a committed object, a registered node, a key-value
-    entry. Stream 1 ``one`` (owner ``a``, object ``obj-1`` holds [0, 5)), 2 ``two`` (handed
-    over from ``a`` to ``b``), 3 destroyed; node ``a`` at epoch 1."""
+    stream handed over between nodes, committed objects (one in the archive tier), a doomed
+    object, a retention, a registered node, a key-value entry. Stream 1 ``one`` (owner ``a``,
+    kept an hour; object ``obj-1`` holds [0, 5), ``arc-1`` [5, 9) in the archive, which
+    replaced ``obj-2``, doomed), 2 ``two`` (handed over from ``a`` to ``b``), 3 destroyed;
+    node ``a`` at epoch 1."""
     objects = ObjectStore.from_url(f"memory://forged-{uuid.uuid4().hex}")
     store = ManifestMetadataStore(objects, node_id="w", checkpoint_every=1000)
     one = store.create_stream("one").id
@@ -51,6 +53,11 @@ def populated() -> tuple[ObjectStore, ManifestMetadataStore]:
     store.open_stream(two, node_id="b")
     store.commit(Commit(node_id="a", wal_position=10, epochs={one: epoch},
                         objects=[make_object("obj-1", (one, 0, 5))]))
+    store.commit(Commit(node_id="a", wal_position=11, epochs={one: epoch},
+                        objects=[make_object("obj-2", (one, 5, 9))]))
+    store.replace(Replacement(inputs=["obj-2"],
+                              outputs=[make_object("arc-1", (one, 5, 9), tier="archive")]))
+    store.set_retention(one, Retention(max_age=3600))
     store.kv_write("ns", "k", b"value")
     return objects, store
 
@@ -78,11 +85,15 @@ def read_everything(store: ManifestMetadataStore) -> None:
         store.node(node)
     for namespace in list(state.kv):
         store.kv_items(namespace)
+    store.live_objects()
+    store.live_objects(limit=1)
+    store.doomed()
 
 
 def delta(store: ManifestMetadataStore, op: str, args: object, /, **envelope: object) -> bytes:
-    """The next delta of ``store`` as its writers write it, with ``envelope`` fields replaced
-    (a value of ``...`` drops the field)."""
+    """The next delta of ``store`` as format-1 writers wrote it, with ``envelope`` fields
+    replaced (a value of ``...`` drops the field; ``**V2``: as this format's writers write
+    it)."""
     body: dict[str, object] = {"format": 1, "version": store.version + 1, "put": uuid.uuid4().hex,
                                "node": "w", "time": 1_795_000_000_000, "op": op, "args": args}
     body.update(envelope)
@@ -118,12 +129,16 @@ def deep(depth: int) -> object:
     return value
 
 
+V2 = {"format": 2}
+NEW = [["new", 100, [[1, 0, 5, 40]]]]  # an output that replaces obj-1 whole
+
 # (name, op, args, envelope changes)
 DELTAS: list[tuple[str, str, Any, dict[str, Any]]] = [
     # the envelope
     ("format as a string", "destroy", {"id": 1}, {"format": "1"}),
     ("format as a float", "destroy", {"id": 1}, {"format": 1.0}),
-    ("another format", "destroy", {"id": 1}, {"format": 2}),
+    ("another format", "destroy", {"id": 1}, {"format": 3}),
+    ("format 0", "destroy", {"id": 1}, {"format": 0}),
     ("format missing", "destroy", {"id": 1}, {"format": ...}),
     ("version as a string", "destroy", {"id": 1}, {"version": "9"}),
     ("put id as an int", "destroy", {"id": 1}, {"put": 7}),
@@ -248,6 +263,81 @@ DELTAS: list[tuple[str, str, Any, dict[str, Any]]] = [
     ("kv: namespace empty", "kv", {"namespace": "", "key": "k", "value": "YQ=="}, {}),
     ("kv: key as a list", "kv", {"namespace": "ns", "key": ["k"], "value": "YQ=="}, {}),
     ("kv: key missing", "kv", {"namespace": "ns", "value": "YQ=="}, {}),
+    # what format 2 added: in a delta of format 1
+    ("format 1: a replace", "replace", {"inputs": ["obj-1"], "outputs": NEW}, {}),
+    ("format 1: a forget", "forget", {"keys": ["obj-2"]}, {}),
+    ("format 1: a retention", "retention", {"id": 1, "max_age_ms": 5, "max_bytes": None}, {}),
+    ("format 1: a create with retention", "create",
+     {"id": 4, "name": None, "max_age_ms": 1000, "max_bytes": None}, {}),
+    ("format 1: a tier", "commit", {"node": "a", "wal_position": 11, "remove": [],
+                                    "objects": [["k", 100, [[1, 9, 12, 40]], "archive"]]}, {}),
+    # format 2: create and commit
+    ("create: max_age_ms zero", "create", {"id": 4, "name": None, "max_age_ms": 0}, V2),
+    ("create: max_bytes as a string", "create", {"id": 4, "name": None, "max_bytes": "1"}, V2),
+    ("commit: an unknown tier", "commit", {"node": "a", "wal_position": 11, "remove": [],
+                                           "objects": [["k", 100, [[1, 9, 12, 40]], "cold"]]},
+     V2),
+    ("commit: a tier as an int", "commit", {"node": "a", "wal_position": 11, "remove": [],
+                                            "objects": [["k", 100, [[1, 9, 12, 40]], 1]]}, V2),
+    ("commit: an object too long", "commit",
+     {"node": "a", "wal_position": 11, "remove": [],
+      "objects": [["k", 100, [[1, 9, 12, 40]], "archive", 1]]}, V2),
+    ("commit: a doomed key", "commit", {"node": "a", "wal_position": 11, "remove": [],
+                                        "objects": [["obj-2", 100, [[1, 9, 12, 40]]]]}, V2),
+    ("commit: remove a doomed object", "commit",
+     {"node": "a", "wal_position": 11, "objects": [], "remove": ["obj-2"]}, V2),
+    # replace
+    ("replace: inputs as a string", "replace", {"inputs": "obj-1", "outputs": NEW}, V2),
+    ("replace: no inputs", "replace", {"inputs": [], "outputs": []}, V2),
+    ("replace: outputs missing", "replace", {"inputs": ["obj-1"]}, V2),
+    ("replace: an input never committed", "replace", {"inputs": ["nothing"], "outputs": NEW},
+     V2),
+    ("replace: an input doomed", "replace", {"inputs": ["obj-2"], "outputs": []}, V2),
+    ("replace: an input twice", "replace", {"inputs": ["obj-1", "obj-1"], "outputs": NEW}, V2),
+    ("replace: an input as an int", "replace", {"inputs": [7], "outputs": NEW}, V2),
+    ("replace: an output live", "replace",
+     {"inputs": ["obj-1"], "outputs": [["arc-1", 100, [[1, 0, 5, 40]]]]}, V2),
+    ("replace: an output doomed", "replace",
+     {"inputs": ["obj-1"], "outputs": [["obj-2", 100, [[1, 0, 5, 40]]]]}, V2),
+    ("replace: an output that is an input", "replace",
+     {"inputs": ["obj-1"], "outputs": [["obj-1", 100, [[1, 0, 5, 40]]]]}, V2),
+    ("replace: an output twice", "replace", {"inputs": ["obj-1"], "outputs": [
+        ["new", 100, [[1, 0, 3, 40]]], ["new", 100, [[1, 3, 5, 40]]]]}, V2),
+    ("replace: outputs short of the inputs", "replace",
+     {"inputs": ["obj-1"], "outputs": [["new", 100, [[1, 0, 4, 40]]]]}, V2),
+    ("replace: outputs not contiguous", "replace", {"inputs": ["obj-1"], "outputs": [
+        ["new", 100, [[1, 0, 2, 40]]], ["new-2", 100, [[1, 3, 5, 40]]]]}, V2),
+    ("replace: readable records left out", "replace", {"inputs": ["obj-1"], "outputs": []},
+     V2),
+    ("replace: an output of a stream without inputs", "replace",
+     {"inputs": ["obj-1"], "outputs": [["new", 100, [[1, 0, 5, 40], [2, 0, 3, 30]]]]}, V2),
+    ("replace: an output of an unknown stream", "replace",
+     {"inputs": ["obj-1"], "outputs": [["new", 100, [[1, 0, 5, 40], [99, 0, 3, 30]]]]}, V2),
+    ("replace: an unknown tier", "replace",
+     {"inputs": ["obj-1"], "outputs": [["new", 100, [[1, 0, 5, 40]], "cold"]]}, V2),
+    ("replace: an unknown argument", "replace",
+     {"inputs": ["obj-1"], "outputs": NEW, "time": 5}, V2),
+    # forget
+    ("forget: a key not doomed", "forget", {"keys": ["obj-1"]}, V2),
+    ("forget: an unknown key", "forget", {"keys": ["nothing"]}, V2),
+    ("forget: no keys", "forget", {"keys": []}, V2),
+    ("forget: a key twice", "forget", {"keys": ["obj-2", "obj-2"]}, V2),
+    ("forget: keys as a string", "forget", {"keys": "obj-2"}, V2),
+    ("forget: a key as an int", "forget", {"keys": [5]}, V2),
+    # retention
+    ("retention: max_age_ms zero", "retention", {"id": 1, "max_age_ms": 0, "max_bytes": None},
+     V2),
+    ("retention: max_bytes negative", "retention",
+     {"id": 1, "max_age_ms": None, "max_bytes": -1}, V2),
+    ("retention: max_age_ms as a float", "retention",
+     {"id": 1, "max_age_ms": 1.5, "max_bytes": None}, V2),
+    ("retention: max_bytes 2^63", "retention", {"id": 1, "max_age_ms": None, "max_bytes": HUGE},
+     V2),
+    ("retention: max_bytes as a bool", "retention",
+     {"id": 1, "max_age_ms": None, "max_bytes": True}, V2),
+    ("retention: max_bytes missing", "retention", {"id": 1, "max_age_ms": None}, V2),
+    ("retention: an unknown stream", "retention",
+     {"id": 99, "max_age_ms": None, "max_bytes": None}, V2),
 ]
 
 
@@ -319,6 +409,38 @@ def test_a_well_formed_delta_of_every_operation_applies() -> None:
     assert ManifestMetadataStore(objects).version == store.version
 
 
+def test_a_well_formed_delta_of_every_format_2_operation_applies() -> None:
+    """The control of what format 2 added: retentions, tiers, replaces (with and without
+    outputs), forgets; what they doom is marked at the delta's time."""
+    objects, store = populated()
+    for op, args in [
+        ("create", {"id": 4, "name": "four", "max_age_ms": 60_000, "max_bytes": None}),
+        ("retention", {"id": 4, "max_age_ms": None, "max_bytes": 4096}),
+        ("commit", {"node": "a", "wal_position": 20, "remove": [],
+                    "objects": [["k", 100, [[1, 9, 12, 40]], "archive"],
+                                ["j", 50, [[4, 0, 2, 20]]]]}),
+        ("replace", {"inputs": ["obj-1", "arc-1"], "outputs": [["m", 200, [[1, 0, 9, 90]]]]}),
+        ("trim", {"id": 1, "offset": 12}),
+        ("replace", {"inputs": ["m"], "outputs": []}),
+        ("forget", {"keys": ["obj-2", "obj-1"]}),
+        ("commit", {"node": "a", "wal_position": 21, "objects": [], "remove": ["k"]}),
+        ("retention", {"id": 1, "max_age_ms": None, "max_bytes": None}),
+    ]:
+        forge_delta(objects, store, delta(store, op, args, **V2))
+        assert store.refresh() == 1, op
+    read_everything(store)
+    assert store.get_stream(4).retention == Retention(max_bytes=4096)
+    assert store.get_stream(1).retention is None
+    assert [o.key for o in store.live_objects()] == ["j"]
+    assert [(d.key, d.marked_at_ms, d.tier) for d in store.doomed()][-3:] == [
+        ("arc-1", 1_795_000_000_000, "archive"), ("k", 1_795_000_000_000, "archive"),
+        ("m", 1_795_000_000_000, "")]
+    again = ManifestMetadataStore(objects)
+    assert snapshot(again) == snapshot(store)
+    forge_checkpoint(objects, store, compressed(checkpoint_of(store)))
+    assert snapshot(ManifestMetadataStore(objects)) == snapshot(store)
+
+
 # ---- checkpoints ----
 
 def checkpoint_of(store: ManifestMetadataStore) -> dict[str, Any]:
@@ -365,7 +487,8 @@ def drop(name: str) -> Callable[[dict[str, Any]], None]:
 CHECKPOINTS: dict[str, Callable[[dict[str, Any]], None]] = {
     "a JSON list": lambda data: data.clear(),  # replaced by a list below
     "format as a string": put("format", "1"),
-    "another format": put("format", 2),
+    "another format": put("format", 3),
+    "format 1 with what format 2 added": put("format", 1),
     "version as a bool": put("version", True),
     "next id negative": put("next_id", -1),
     "next id as a float": put("next_id", 4.0),
@@ -418,6 +541,21 @@ CHECKPOINTS: dict[str, Callable[[dict[str, Any]], None]] = {
     "a key-value namespace empty": put("kv", [["", "k", "YQ=="]]),
     "a key-value entry twice": put("kv", [["ns", "k", "YQ=="], ["ns", "k", "Yg=="]]),
     "a key-value entry too long": put("kv", [["ns", "k", "YQ==", 1]]),
+    "doomed as an object": put("doomed", {"obj-2": [10, 5, ""]}),
+    "a doomed entry too short": put("doomed", [["obj-2", 10, 5]]),
+    "a doomed key also live": put("doomed", [["obj-1", 10, 5, ""]]),
+    "a doomed key twice": put("doomed", [["x", 10, 5, ""], ["x", 10, 5, ""]]),
+    "a doomed key empty": put("doomed", [["", 10, 5, ""]]),
+    "a doomed size negative": put("doomed", [["x", -10, 5, ""]]),
+    "a doomed time as a string": put("doomed", [["x", 10, "5", ""]]),
+    "a doomed tier unknown": put("doomed", [["x", 10, 5, "cold"]]),
+    "a tier column too short": column("objects", "tier", lambda v: v[:-1]),
+    "a tier unknown": column("objects", "tier", first("cold")),
+    "a tier null": column("objects", "tier", first(None)),
+    "a retention age zero": column("streams", "max_age_ms", first(0)),
+    "a retention size as a float": column("streams", "max_bytes", first(1.5)),
+    "a retention size negative": column("streams", "max_bytes", first(-1)),
+    "a retention column too short": column("streams", "max_age_ms", lambda v: v[:-1]),
 }
 
 
@@ -507,20 +645,32 @@ def test_a_frame_that_declares_more_than_it_holds_costs_what_it_holds() -> None:
 
 
 def test_a_well_formed_checkpoint_opens_and_a_legacy_one_too() -> None:
-    """The control: the checkpoint as written opens to the same state; one written before
-    owners and key-value entries (without those columns) opens too."""
+    """The control: the checkpoint as written opens to the same state; one of format 1
+    (without doomed objects, tiers and retentions) and one written before owners and
+    key-value entries (without those columns either) open too."""
     objects, store = populated()
     data = checkpoint_of(store)
+    assert data["format"] == 2 and data["doomed"] and "tier" in data["objects"]
     forge_checkpoint(objects, store, compressed(data))
     reopened = ManifestMetadataStore(objects)
     assert snapshot(reopened) == snapshot(store)
     read_everything(reopened)
-    for name in ("owner", "from", "from_epoch", "since", "from_since"):
-        del data["streams"][name]
-    del data["kv"]
-    other = ObjectStore.from_url(f"memory://legacy-{uuid.uuid4().hex}")
-    other.create(f"manifest/checkpoint/{store.version:020d}", compressed(data))
-    read_everything(ManifestMetadataStore(other))
+    data["format"] = 1
+    for table, name in (("streams", "max_age_ms"), ("streams", "max_bytes"),
+                        ("objects", "tier")):
+        del data[table][name]
+    del data["doomed"]
+    for legacy in (True, False):
+        if legacy:
+            for name in ("owner", "from", "from_epoch", "since", "from_since"):
+                del data["streams"][name]
+            del data["kv"]
+        other = ObjectStore.from_url(f"memory://legacy-{uuid.uuid4().hex}")
+        other.create(f"manifest/checkpoint/{store.version:020d}", compressed(data))
+        opened = ManifestMetadataStore(other)
+        read_everything(opened)
+        assert opened.doomed() == [] and opened.get_stream(1).retention is None
+        assert {o.tier for o in opened.live_objects()} == {""}
 
 
 # ---- any arguments of any operation ----
@@ -534,16 +684,20 @@ junk = st.recursive(
 # Likely values first (Hypothesis leans to the first of a sampled list), then the edges.
 ids = st.sampled_from([1, 2, 3, 0, 4, 5, -1, (1 << 63) - 1, HUGE]) | st.integers(0, 1 << 20)
 new_ids = st.sampled_from([4, 5, 1, -1, (1 << 63) - 1, HUGE])
-texts = st.sampled_from(["new", "k", "obj-1", "one", "", "a\x00", TOO_LONG, "\ud800"]
-                        ) | st.text(min_size=1, max_size=5)
+texts = st.sampled_from(["new", "k", "obj-1", "obj-2", "arc-1", "one", "", "a\x00", TOO_LONG,
+                        "\ud800"]) | st.text(min_size=1, max_size=5)
 node_ids = st.sampled_from(["a", "b", "c", "", "a b", "-x", 7])
 values = st.binary(max_size=8).map(lambda b: base64.b64encode(b).decode()) | st.sampled_from(
     ["!!", "YQ", "YQ==\n"])
 offsets = st.integers(0, 20) | ids
 ranges = st.lists(st.tuples(ids, offsets, offsets, offsets).map(list) | junk, max_size=3)
-object_lists = st.lists(st.tuples(texts, offsets, ranges).map(list) | junk, max_size=3)
+tiers = st.sampled_from(["archive", "", "cold", None])
+object_lists = st.lists(st.tuples(texts, offsets, ranges).map(list)
+                        | st.tuples(texts, offsets, ranges, tiers).map(list) | junk, max_size=3)
+limits = st.none() | offsets
 FIELDS: dict[str, dict[str, st.SearchStrategy[Any]]] = {
-    "create": {"id": new_ids, "name": st.none() | texts},
+    "create": {"id": new_ids, "name": st.none() | texts, "max_age_ms": limits,
+               "max_bytes": limits},
     "open": {"id": ids, "epoch": offsets, "owner": st.none() | node_ids,
              "since": st.none() | offsets,
              "from": st.none() | st.lists(st.none() | node_ids | ids, min_size=2, max_size=4)},
@@ -554,6 +708,9 @@ FIELDS: dict[str, dict[str, st.SearchStrategy[Any]]] = {
     "commit": {"node": node_ids, "wal_position": offsets, "objects": object_lists,
                "remove": st.lists(texts, max_size=3)},
     "kv": {"namespace": texts, "key": texts, "value": st.none() | values},
+    "replace": {"inputs": st.lists(texts, max_size=3), "outputs": object_lists},
+    "forget": {"keys": st.lists(texts, max_size=3)},
+    "retention": {"id": ids, "max_age_ms": limits, "max_bytes": limits},
 }
 
 
@@ -586,9 +743,10 @@ def test_any_arguments_of_an_operation_apply_whole_or_are_refused(op: str,
     """Whatever a delta's arguments are, refreshing either applies it — and every read still
     answers — or raises CorruptDataError naming it, with nothing changed."""
     args = data.draw(arguments(op), label="args")
+    version = data.draw(st.sampled_from([2, 1]), label="format")
     objects, store = populated()
     before = snapshot(store)
-    key = forge_delta(objects, store, delta(store, op, args))
+    key = forge_delta(objects, store, delta(store, op, args, format=version))
     try:
         moved = store.refresh()
     except CorruptDataError as refused:

@@ -1,5 +1,6 @@
 """The SQLite metadata store: the contract suite, plus what only a SQLite file has (its schema
-version, its durability settings, a transaction cut by SIGKILL)."""
+version and the upgrade of older files, its durability settings, a transaction cut by SIGKILL,
+one query a page of live objects)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from streamlib.errors import CorruptDataError, FencedError
-from streamlib.meta import Commit, MetadataStore, NodeMeta
+from streamlib.meta import Commit, MetadataStore, NodeMeta, Replacement, Retention
 from streamlib.meta.local import SCHEMA_VERSION, SQLiteMetadataStore
 from streamlib.testing.meta import MetadataContract, make_object
 
@@ -111,3 +112,102 @@ def test_two_stores_on_one_file_fence_each_other(tmp_path: Path) -> None:
     finally:
         first.close()
         second.close()
+
+
+# The schema as version 1 first shipped (without kv, doomed, tiers, retention).
+FIRST_SCHEMA = (
+    "CREATE TABLE schema_version (version INTEGER NOT NULL)",
+    "CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID",
+    "CREATE TABLE streams (id INTEGER PRIMARY KEY, name TEXT, epoch INTEGER NOT NULL, "
+    "start_offset INTEGER NOT NULL, end_offset INTEGER NOT NULL, "
+    "state TEXT NOT NULL CHECK (state IN ('open', 'destroyed')), "
+    "CHECK (0 <= start_offset AND start_offset <= end_offset))",
+    "CREATE UNIQUE INDEX streams_live_names ON streams (name) WHERE state = 'open'",
+    "CREATE TABLE objects (key TEXT PRIMARY KEY, size INTEGER NOT NULL) WITHOUT ROWID",
+    "CREATE TABLE ranges (stream_id INTEGER NOT NULL, start_offset INTEGER NOT NULL, "
+    "end_offset INTEGER NOT NULL, size INTEGER NOT NULL, "
+    "object_key TEXT NOT NULL REFERENCES objects (key) ON DELETE CASCADE, "
+    "PRIMARY KEY (stream_id, start_offset)) WITHOUT ROWID",
+    "CREATE INDEX ranges_by_object ON ranges (object_key)",
+    "CREATE TABLE nodes (node_id TEXT PRIMARY KEY, node_epoch INTEGER NOT NULL, "
+    "wal_position INTEGER NOT NULL) WITHOUT ROWID",
+    "INSERT INTO schema_version VALUES (1)",
+    "INSERT INTO counters VALUES ('next_stream_id', 3)",
+    "INSERT INTO streams VALUES (1, 's', 2, 0, 9, 'open'), (2, NULL, 0, 0, 0, 'destroyed')",
+    "INSERT INTO objects VALUES ('o1', 200), ('o2', 100)",
+    "INSERT INTO ranges VALUES (1, 0, 5, 50, 'o1'), (1, 5, 9, 40, 'o2')",
+    "INSERT INTO nodes VALUES ('n1', 1, 9)",
+)
+
+
+def test_a_file_of_the_first_schema_is_upgraded_at_open(tmp_path: Path) -> None:
+    """A version-1 file from before key-value entries and the lifecycle gets their tables and
+    columns at open (the version stays 1: older code reads the file still) and keeps its
+    data; the upgrade is done once, and twice is harmless."""
+    path = tmp_path / "meta.sqlite"
+    with sqlite3.connect(path) as conn:
+        for statement in FIRST_SCHEMA:
+            conn.execute(statement)
+    conn.close()
+    for _ in range(2):  # upgraded, then opened as it is
+        store = SQLiteMetadataStore(path)
+        try:
+            meta = store.get_stream(1)
+            assert (meta.name, meta.epoch, meta.end_offset, meta.retention) == ("s", 2, 9, None)
+            assert [(o.key, o.size, o.tier) for o in store.live_objects()] == [
+                ("o1", 200, ""), ("o2", 100, "")]
+            assert store.node("n1") == NodeMeta("n1", 1, 9) and store.doomed() == []
+        finally:
+            store.close()
+    store = SQLiteMetadataStore(path)
+    try:
+        assert store.create_stream().id == 3
+        assert store.set_retention(1, Retention(max_age=60)).retention == Retention(max_age=60)
+        store.replace(Replacement(inputs=["o1", "o2"], outputs=[
+            make_object("m", (1, 0, 9), tier="archive")]))
+        assert [d.key for d in store.doomed()] == ["o1", "o2"]
+        assert store.kv_write("ns", "k", b"v")
+        conn = store._conn
+        assert conn is not None
+        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    finally:
+        store.close()
+    fresh = SQLiteMetadataStore(tmp_path / "fresh.sqlite")  # a new file: the same schema
+    try:
+        def schema(store: SQLiteMetadataStore) -> list[tuple[str, str]]:
+            assert store._conn is not None
+            return sorted(store._conn.execute(
+                "SELECT name, type FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'"))
+
+        def columns(store: SQLiteMetadataStore, table: str) -> list[str]:
+            assert store._conn is not None
+            return [row[1] for row in store._conn.execute(f"PRAGMA table_info({table})")]
+
+        upgraded = SQLiteMetadataStore(path)
+        assert schema(upgraded) == schema(fresh)
+        for table in ("streams", "objects", "doomed", "kv"):
+            assert columns(upgraded, table) == columns(fresh, table)
+        upgraded.close()
+    finally:
+        fresh.close()
+
+
+def test_live_objects_is_one_query_a_page(tmp_path: Path) -> None:
+    """A page of live objects with their ranges is read in one statement, whatever it holds."""
+    store = SQLiteMetadataStore(tmp_path / "meta.sqlite")
+    try:
+        ids = [store.open_stream(store.create_stream().id).id for _ in range(3)]
+        for n in range(20):
+            store.commit(Commit(node_id="n1", wal_position=n, epochs=dict.fromkeys(ids, 1),
+                                objects=[make_object(f"k{n:02d}", *((s, n, n + 1) for s in ids))]))
+        assert store._conn is not None
+        statements: list[str] = []
+        store._conn.set_trace_callback(statements.append)
+        page = store.live_objects("k04", 10)
+        store._conn.set_trace_callback(None)
+        assert [o.key for o in page] == [f"k{n:02d}" for n in range(5, 15)]
+        assert all(len(o.ranges) == 3 for o in page)
+        assert len([s for s in statements if s.lstrip().upper().startswith("SELECT")]) == 1
+    finally:
+        store.close()

@@ -19,6 +19,7 @@ import zstandard
 
 from streamlib.errors import (
     CommitConflict,
+    CompactionConflict,
     ConfigError,
     CorruptDataError,
     FencedError,
@@ -26,7 +27,7 @@ from streamlib.errors import (
     StreamExists,
 )
 from streamlib.io import ObjectStore, RetryPolicy
-from streamlib.meta import Commit, MetadataStore
+from streamlib.meta import Commit, MetadataStore, Replacement, Retention
 from streamlib.meta._manifest_state import ManifestState, StreamRecord
 from streamlib.meta.manifest import ManifestMetadataStore
 from streamlib.testing.faults import FaultyFileSystem, access_denied, timeout
@@ -402,3 +403,89 @@ def test_a_delta_that_does_not_apply_changes_nothing(tmp_path: Path) -> None:
         assert store.get_stream(stream).end_offset == 5
     with pytest.raises(CorruptDataError, match=f"{store.version + 1:020d}"):
         ManifestMetadataStore(local_store(tmp_path))
+
+
+def test_a_replace_on_an_old_state_is_planned_again_on_the_newest(tmp_path: Path) -> None:
+    """A writer that has not seen another's commit plans a replace of its objects again once
+    it has caught up; one that has not seen another's replace of the same inputs finds them
+    doomed, and writes nothing."""
+    a = ManifestMetadataStore(local_store(tmp_path), node_id="a")
+    b = ManifestMetadataStore(local_store(tmp_path), node_id="b")
+    stream = a.create_stream("s").id
+    epoch = a.open_stream(stream).epoch
+    a.commit(Commit(node_id="a", wal_position=1, epochs={stream: epoch},
+                    objects=[make_object("o1", (stream, 0, 5)), make_object("o2", (stream, 5, 9))]))
+    b.replace(Replacement(inputs=["o1", "o2"], outputs=[make_object("b1", (stream, 0, 9))]))
+    assert [o.key for o in b.objects(stream)] == ["b1"]
+    version = b.version
+    with pytest.raises(CompactionConflict, match="doomed already"):
+        a.replace(Replacement(inputs=["o1"], outputs=[make_object("a1", (stream, 0, 5))]))
+    assert a.version == b.version == version  # a caught up, and wrote nothing
+    assert [o.key for o in a.objects(stream)] == ["b1"]
+    assert sorted(d.key for d in a.doomed()) == ["o1", "o2"]
+    assert b.forget(["o1"]) == 1
+    assert a.forget(["o1", "o2"]) == 1  # a catches up: o1 is forgotten already
+    assert a.doomed() == [] and b.refresh() == 1 and b.doomed() == []
+    a.close()
+    b.close()
+
+
+def test_the_lifecycle_survives_in_checkpoints(tmp_path: Path) -> None:
+    """With a checkpoint at every version, retentions, tiers and doomed objects (with their
+    marks) read back the same from the checkpoint alone."""
+    store = ManifestMetadataStore(local_store(tmp_path), checkpoint_every=1)
+    stream = store.create_stream("s", retention=Retention(max_age=60)).id
+    epoch = store.open_stream(stream).epoch
+    steps: list[Callable[[], object]] = [
+        lambda: store.commit(Commit(node_id="n1", wal_position=1, epochs={stream: epoch},
+                                    objects=[make_object("o1", (stream, 0, 5))])),
+        lambda: store.replace(Replacement(inputs=["o1"], outputs=[
+            make_object("a1", (stream, 0, 5), tier="archive")])),
+        lambda: store.set_retention(stream, Retention(max_bytes=1 << 30)),
+        lambda: store.trim_stream(stream, 5),
+        lambda: store.commit(Commit(node_id="n1", wal_position=1, remove=["a1"])),
+        lambda: store.forget(["o1"]),
+    ]
+    for step in steps:
+        step()
+        assert (tmp_path / "manifest" / "checkpoint" / f"{store.version:020d}").exists()
+        reopened = ManifestMetadataStore(local_store(tmp_path))
+        assert reopened.opened_version == store.version
+        assert reopened.get_stream(stream) == store.get_stream(stream)
+        assert reopened.live_objects() == store.live_objects()
+        assert reopened.stream_objects(stream) == store.stream_objects(stream)
+        assert reopened.doomed() == store.doomed()
+        reopened.close()
+    assert [(d.key, d.tier) for d in store.doomed()] == [("a1", "archive")]
+    store.close()
+
+
+FORMAT_1_LOG = [  # deltas as format-1 writers wrote them
+    {"op": "create", "args": {"id": 1, "name": "s"}},
+    {"op": "open", "args": {"id": 1, "epoch": 1, "owner": "a", "since": 1, "from": None}},
+    {"op": "commit", "args": {"node": "a", "wal_position": 9, "remove": [],
+                              "objects": [["o1", 100, [[1, 0, 5, 50]]],
+                                          ["o2", 100, [[1, 5, 9, 40]]]]}},
+    {"op": "trim", "args": {"id": 1, "offset": 5}},
+    {"op": "commit", "args": {"node": "a", "wal_position": 9, "objects": [], "remove": ["o1"]}},
+]
+
+
+def test_a_format_1_manifest_opens_and_goes_on_in_format_2(tmp_path: Path) -> None:
+    """A manifest written by format-1 writers (what they removed is doomed now, marked at the
+    delta's time); this code's changes after it are format 2, which a format-1 reader refuses
+    by its number."""
+    objects = local_store(tmp_path)
+    for version, entry in enumerate(FORMAT_1_LOG, 1):
+        objects.create(f"manifest/log/{version:020d}", json.dumps(
+            {"format": 1, "version": version, "put": uuid.uuid4().hex, "node": "a",
+             "time": 1_795_000_000_000 + version, **entry}).encode())
+    store = ManifestMetadataStore(objects, node_id="b")
+    assert store.version == len(FORMAT_1_LOG) and store.get_stream(1).retention is None
+    assert [o.key for o in store.live_objects()] == ["o2"]
+    assert [(d.key, d.marked_at_ms) for d in store.doomed()] == [("o1", 1_795_000_000_005)]
+    store.replace(Replacement(inputs=["o2"], outputs=[make_object("m", (1, 5, 9))]))
+    written = json.loads(objects.get(f"manifest/log/{store.version:020d}"))
+    assert written["format"] == 2 and written["op"] == "replace"
+    assert ManifestMetadataStore(objects).doomed() == store.doomed()
+    store.close()

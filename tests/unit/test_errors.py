@@ -12,7 +12,7 @@ FAMILIES = {
     errors.RetryLater: (errors.StorageUnavailable, errors.WalFullError, errors.HandOverPending,
                         errors.CacheMiss),
     errors.Conflict: (errors.OffsetMismatchError, errors.SequenceError, errors.StreamExists,
-                      errors.CommitConflict, errors.NodeLockedError),
+                      errors.CommitConflict, errors.CompactionConflict, errors.NodeLockedError),
     errors.NotFound: (errors.StreamNotFound, errors.OffsetOutOfRange),
 }
 

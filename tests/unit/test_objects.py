@@ -37,6 +37,7 @@ from streamlib.objects import (
     IndexEntry,
     ObjectIndex,
     ObjectReader,
+    ObjectStreamWriter,
     ObjectWriter,
     StreamRange,
     cut_blocks,
@@ -191,6 +192,56 @@ def test_huge_counts_start_a_new_block() -> None:
     group = [RecordBatch(b"x", big, 0, 0, base_offset=i * big) for i in range(3)]
     _, index = encode_object({1: group}, compression="none")
     assert [e.record_count for e in index.entries] == [2 * big, big]  # u32 record_count per block
+
+
+@given(sizes=st.lists(st.lists(st.integers(1, 300), min_size=1, max_size=12), min_size=1,
+                      max_size=5),
+       cuts=st.lists(st.integers(1, 4), min_size=1, max_size=20),
+       block_bytes=st.integers(1, 1200), compression=st.sampled_from(["none", "lz4", "zstd"]))
+def test_the_streaming_writer_gives_the_bytes_of_the_whole_object_writer(
+        sizes: list[list[int]], cuts: list[int], block_bytes: int, compression: str) -> None:
+    """Whatever pieces a stream's batches come in, and whenever the bytes are taken, the
+    streamed object is the object ObjectWriter builds at once: same bytes, same index."""
+    streams = {stream_id * 3: batches(stream_id * 100, stream_sizes, noise=stream_id % 2 == 1)
+               for stream_id, stream_sizes in enumerate(sizes)}
+    expected = encode_object(streams, block_bytes=block_bytes,
+                             compression=compression)  # type: ignore[arg-type]
+    writer = ObjectStreamWriter(block_bytes=block_bytes,
+                                compression=compression)  # type: ignore[arg-type]
+    parts = []
+    turn = 0
+    for stream_id, group in streams.items():
+        i = 0
+        while i < len(group):
+            step = cuts[turn % len(cuts)]
+            turn += 1
+            writer.add(stream_id, group[i:i + step])
+            i += step
+            if turn % 2:
+                parts.append(writer.take())
+    tail, index = writer.finish()
+    assert (b"".join(parts) + tail, index) == expected
+    assert writer.raw_size == sum(codec.BATCH_HEADER_SIZE + len(b.payload)
+                                  for group in streams.values() for b in group)
+
+
+def test_the_streaming_writer_refuses_what_would_break_the_object() -> None:
+    writer = ObjectStreamWriter()
+    with pytest.raises(ValueError, match="at least one stream"):
+        writer.finish()
+    writer.add(5, batches(0, [3]))
+    with pytest.raises(ValueError, match=r"ascending id: stream=`4` after=`5`"):
+        writer.add(4, batches(0, [3]))
+    with pytest.raises(ValueError, match="expected=`2`"):
+        writer.add(5, batches(7, [3]))  # a gap in the stream
+    writer.add(6, batches(10, [3]))
+    data, index = writer.finish()
+    assert [r.stream_id for r in index.ranges] == [5, 6]
+    assert len(data) == index.size
+    with pytest.raises(ValueError, match="finished"):
+        writer.add(7, batches(0, [1]))
+    with pytest.raises(ValueError, match="finished"):
+        writer.finish()
 
 
 def test_writer_refuses_bad_input_and_adds_nothing_then() -> None:
