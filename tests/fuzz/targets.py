@@ -26,6 +26,7 @@ once ``STREAMLIB_PURE`` is set: it imports streamlib.
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import json
 import os
 import random
@@ -54,7 +55,7 @@ from streamlib import Record, RecordBatch, codec, objects
 from streamlib.codec import _python
 from streamlib.errors import CorruptDataError
 from streamlib.io import ObjectStore
-from streamlib.meta import Commit
+from streamlib.meta import Commit, Replacement, Retention
 from streamlib.meta import _manifest_state as manifest
 from streamlib.meta.manifest import ManifestMetadataStore
 from streamlib.testing.meta_model import make_object
@@ -375,7 +376,8 @@ def _manifest_history() -> tuple[list[dict[str, Any]], list[bytes], list[bytes]]
     """A manifest's states at versions 0..n (as checkpoint JSON), its deltas 1..n and its
     checkpoints 1..n, as a ManifestMetadataStore writes them: streams made, opened by one node
     and handed over to another, trimmed, destroyed; a node registered; objects committed and
-    removed; key-value entries written and deleted."""
+    removed; objects replaced (compaction: the inputs doomed, an output in the archive tier) and
+    forgotten; retention set; key-value entries written and deleted."""
     if not _manifest_cache:
         store = ObjectStore.from_url(f"memory://streamlib-fuzz-{uuid.uuid4().hex}")
         meta = ManifestMetadataStore(store, node_id="w", checkpoint_every=1)
@@ -394,6 +396,14 @@ def _manifest_history() -> tuple[list[dict[str, Any]], list[bytes], list[bytes]]
         meta.trim_stream(one, 5)
         meta.commit(Commit(node_id="a", wal_position=21, epochs={one: epoch}, remove=["obj-1"]))
         meta.release_streams("a", node.node_epoch, [two])
+        meta.commit(Commit(node_id="a", wal_position=30, epochs={one: epoch},
+                           objects=[make_object("obj-3", (one, 9, 12)),
+                                    make_object("obj-4", (one, 12, 20))]))
+        meta.replace(Replacement(inputs=["obj-3", "obj-4"], outputs=[
+            dataclasses.replace(make_object("obj-5", (one, 9, 20)), tier="archive")]))
+        meta.forget(["obj-1"])
+        meta.set_retention(one, Retention(max_age=3600, max_bytes=1 << 20))
+        meta.create_stream("kept", retention=Retention(max_bytes=4096))
         meta.kv_write("ns", "k", b"value")
         meta.kv_write("ns", "gone", b"x")
         meta.kv_write("ns", "gone", None)

@@ -233,3 +233,38 @@ def test_a_stream_object_run_merges_into_one(open_store: Any) -> None:
     (merged,) = store.metadata.live_objects(limit=100)
     assert merged.key.endswith(".sobj") and merged.ranges[0].start_offset == 0
     assert everything(stream) == before
+
+
+def test_with_an_archive_tier_compaction_writes_there_and_readers_follow(tmp_path: Path) -> None:
+    archive = tmp_path / "archive"
+    settings: dict[str, Any] = {"upload_interval_ms": 3_600_000, "block_bytes": 16 * KiB,
+                                "compaction_interval_ms": 0, "delete_grace_ms": 0,
+                                "retry_timeout_ms": 0, "compaction_object_bytes": "1MiB",
+                                "archive_url": f"file://{archive}"}
+    with streamlib.open(tmp_path / "data", **settings) as store:
+        handles = write_rounds(store, streams=3, rounds=6)
+        before = {s.id: everything(s) for s in handles}
+        report = store.compact()
+        assert report.objects_written >= 1
+        live = store.metadata.live_objects(limit=1000)
+        outputs = {o.key for o in live if o.key.startswith("data/compacted/")}
+        assert len(outputs) == report.objects_written
+        assert {o.tier for o in live if o.key in outputs} == {"archive"}
+        assert {o.tier for o in live if o.key not in outputs} <= {""}
+        archived = {str(p.relative_to(archive)) for p in archive.rglob("*") if p.is_file()}
+        assert archived == outputs
+        # The inputs, doomed, are deleted from the objects store (no grace period here).
+        assert data_keys(store) == {o.key for o in live if o.tier == ""}
+        assert {s.id: everything(s) for s in handles} == before
+        store.compact()  # the pass that counts objects by tier
+        counts = store.stats()["lifecycle"]["objects"]  # type: ignore[index]
+        assert counts["archive"]["objects"] == len(outputs)
+        assert store.collect_garbage().garbage == []
+    with streamlib.open(tmp_path / "data", **settings) as store:  # reopened: reads the archive
+        for stream_id, expected in before.items():
+            assert everything(store.open_stream(stream_id, read_only=True)) == expected
+    without = {k: v for k, v in settings.items() if k != "archive_url"}
+    with streamlib.open(tmp_path / "data", **without) as store:
+        stream = store.open_stream(next(iter(before)), read_only=True)
+        with pytest.raises(streamlib.ConfigError, match="archive_url"):
+            stream.fetch(0)
