@@ -237,10 +237,11 @@ def rss_now() -> int:
     return 0
 
 
-def soak(directory: Path, seconds: float, data: Data) -> dict[str, Any]:
+def soak(directory: Path, seconds: float, data: Data, **settings: Any) -> dict[str, Any]:
     """50 streams written at SOAK_MB_PER_S with 5 tailing and 2 catch-up readers, under
-    ``cache_bytes`` = 64 MiB, the background lifecycle at its defaults; RSS every 5 s."""
-    store = streamlib.open(directory, cache_bytes=SOAK_CACHE)
+    ``cache_bytes`` = 64 MiB, the background lifecycle at its defaults (unless ``settings``
+    say otherwise); RSS every 5 s."""
+    store = streamlib.open(directory, cache_bytes=SOAK_CACHE, **settings)
     streams = [store.create_stream(f"s{i}") for i in range(50)]
     stop = threading.Event()
     counts = {"appended": 0, "tailed": 0, "caught_up": 0}
@@ -369,6 +370,8 @@ def main() -> None:
     parser.add_argument("--dir", type=Path, help="directory for the stores")
     parser.add_argument("--soak", type=float, metavar="SECONDS",
                         help="only the soak (6.), for this long")
+    parser.add_argument("--soak-interval-ms", type=int, metavar="MS",
+                        help="the soak's compaction_interval_ms (default: the default)")
     args = parser.parse_args()
     mib = args.mib or (256 if args.quick else 1024)
     data = Data(2048)
@@ -378,7 +381,9 @@ def main() -> None:
     results: dict[str, Any] = {}
     if args.soak:
         try:
-            results["soak"] = soak(directory / "soak", args.soak, data)
+            extra = ({"compaction_interval_ms": args.soak_interval_ms}
+                     if args.soak_interval_ms else {})
+            results["soak"] = soak(directory / "soak", args.soak, data, **extra)
             report_soak(results["soak"])
         finally:
             if not args.dir:

@@ -172,9 +172,17 @@ def _manifest(config: Config, node_id: str, objects: ObjectStore,
     # Shared: no lock file, which other machines would not see. Opening registers the node
     # (a new node epoch), which fences any process still using its id.
     store = store_at(config.metadata_url, objects, storage_options)
+    # Its old deltas go after the store's grace period, but never within a minute: a smaller
+    # grace would make every look at the manifest list its checkpoints (docs/shared-stores.md).
+    grace = max(config.delete_grace_ms, MANIFEST_GRACE_FLOOR_MS)
     return Metadata(ManifestMetadataStore(store, node_id=node_id,
-                                          checkpoint_every=config.checkpoint_every))
+                                          checkpoint_every=config.checkpoint_every,
+                                          delete_grace_ms=grace))
 
+
+MANIFEST_GRACE_FLOOR_MS = 60_000
+"""The least time a shared manifest keeps a delta past its checkpoint (the manifest's own grace
+period is the store's ``delete_grace_ms``, or this if that is smaller)."""
 
 METADATA: dict[str, MetadataOpener] = {"sqlite": _sqlite, "manifest": _manifest}
 """Metadata backends by the name ``Config.metadata`` takes."""

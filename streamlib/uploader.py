@@ -16,7 +16,6 @@ across its I/O and takes ``Node.changes`` for the commit).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
@@ -31,7 +30,7 @@ from streamlib.config import (
     UPLOAD_DESTROYED_RETRIES,
     Config,
 )
-from streamlib.errors import FencedError, StorageUnavailable, StreamNotFound, describe
+from streamlib.errors import FencedError, StreamNotFound, describe
 from streamlib.meta import Commit, ObjectMeta, StreamRange
 from streamlib.objects import ObjectWriter
 from streamlib.records import RecordBatch
@@ -171,25 +170,15 @@ class Uploader:
         if work is None:
             return 0
         built = self.build(work.streams)
-        started = time.monotonic()
+        not_after = commit_deadline(self._config)  # before the first PUT: see the function
         for item in built:
             self._objects.put(item.meta.key, item.data, part_bytes=self._config.part_bytes)
-        grace = self._config.delete_grace_ms / 1000
-        if grace and time.monotonic() - started > grace / 2:
-            # The garbage collector may take objects this old for orphans of a crashed round:
-            # never commit them; the next round writes the data again under new keys.
-            with contextlib.suppress(Exception):
-                self._objects.delete([item.meta.key for item in built])
-            raise StorageUnavailable(describe(
-                "an upload round's PUTs took more than half of delete_grace_ms: its objects are "
-                "given up and the data uploaded again",
-                seconds=f"{time.monotonic() - started:.1f}"))
         # Counted once stored, before the commit frees the backlog: a snapshot of stats()
         # never shows the bytes gone from "pending" and not yet among the uploaded.
         self.stats.objects += len(built)
         self.stats.stream_objects += sum(item.stream_object for item in built)
         self.stats.bytes += sum(item.meta.size for item in built)
-        self._commit([item.meta for item in built], work.position)
+        self._commit([item.meta for item in built], work.position, not_after)
         self._wal.trim(work.position)
         self.stats.rounds += 1
         return work.bytes
@@ -244,7 +233,8 @@ class Uploader:
             return None  # nothing new to upload and nothing to trim
         return work
 
-    def _commit(self, objects: Sequence[ObjectMeta], position: int) -> None:
+    def _commit(self, objects: Sequence[ObjectMeta], position: int,
+                not_after: int | None) -> None:
         """Commit a round's objects with the WAL position everything before which is in them
         or committed already; then the batches move to the log cache's uploaded part."""
         node = self._node
@@ -263,7 +253,7 @@ class Uploader:
             found = {sid: state for sid, state in states.items() if state is not None}
             commit = Commit(node_id=node.id, wal_position=max(position, self._position_floor),
                             objects=objects, epochs={sid: s.epoch for sid, s in found.items()},
-                            node_epoch=node.epoch)
+                            node_epoch=node.epoch, not_after_ms=not_after)
             try:
                 meta.commit(commit)
             except FencedError as error:
@@ -306,6 +296,17 @@ class Uploader:
         return sum(b.size for b in moved)
 
 
+def commit_deadline(config: Config) -> int | None:
+    """The time (milliseconds since the epoch) after which objects whose first PUT starts now
+    may no longer be committed: half of ``delete_grace_ms`` from now, so that the garbage
+    collector, which takes unreferenced objects older than ``delete_grace_ms`` for orphans of
+    a crashed round, never deletes an object a late commit then names (the metadata checks it
+    in the commit's own step; a round refused so uploads its data again under new keys).
+    None with no grace period (then nothing may upload while a sweep runs)."""
+    grace = config.delete_grace_ms
+    return int(time.time() * 1000) + grace // 2 if grace else None
+
+
 def build_objects(streams: Mapping[int, Sequence[RecordBatch]], config: Config, prefix: str,
                   sequence: int) -> list[Built]:
     """The objects of one round: a stream object for each stream with ``stream_object_bytes``
@@ -336,4 +337,5 @@ def build_objects(streams: Mapping[int, Sequence[RecordBatch]], config: Config, 
     return built
 
 
-__all__ = ["DATA_PREFIX", "Built", "UploadStats", "Uploader", "Work", "build_objects"]
+__all__ = ["DATA_PREFIX", "Built", "UploadStats", "Uploader", "Work", "build_objects",
+           "commit_deadline"]

@@ -34,6 +34,7 @@ from streamlib.io import ObjectStore
 from streamlib.meta import MetadataStore, ObjectMeta, Replacement, StreamMeta, StreamRange
 from streamlib.objects import IndexCache, IndexEntry, ObjectReader, ObjectStreamWriter
 from streamlib.records import RecordBatch
+from streamlib.uploader import commit_deadline
 
 log = logging.getLogger("streamlib.lifecycle")
 
@@ -324,20 +325,14 @@ class Compactor:
         """Write the task's outputs and swap them in; returns them. On a refused swap the
         outputs are deleted and :class:`~streamlib.errors.CompactionConflict` raised."""
         written: list[ObjectMeta] = []
-        started = time.monotonic()
-        grace = self._config.delete_grace_ms / 1000
+        not_after = commit_deadline(self._config)  # the sweep's orphans: see the function
         try:
             for output in task.outputs:
                 written.append(self._write(output, report))
             if self._stopping():
                 raise CompactionConflict("the store is closing: compaction left off")
-            if grace and time.monotonic() - started > grace / 2:
-                # The sweep may take outputs this old for orphans: never commit them.
-                raise CompactionConflict(describe(
-                    "a compaction's outputs took more than half of delete_grace_ms to write: "
-                    "given up", seconds=f"{time.monotonic() - started:.1f}"))
             self._meta.replace(Replacement(inputs=[o.key for o in task.inputs],
-                                           outputs=written))
+                                           outputs=written, not_after_ms=not_after))
         except (CompactionConflict, StreamNotFound) as error:
             # Refused: the outputs are nobody's (unless an earlier try of this very swap
             # applied and its answer was lost: then they are live and stay).

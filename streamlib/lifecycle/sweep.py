@@ -10,6 +10,9 @@ deleted (docs/lifecycle.md, "Garbage collection").
 - **object-WAL leftovers**: record objects at or below their node's ``TRIM`` position
   (:func:`~streamlib.wal.object.trimmed_objects`), left by a node that crashed between
   writing its trim position and deleting them.
+- **the metadata's own old objects** (:meth:`~streamlib.meta.MetadataStore.collect_garbage`):
+  a shared manifest's deltas and checkpoints no reader needs, by the rule of
+  docs/shared-stores.md ("Old deltas and checkpoints").
 
 Lock order: no lock; calls the metadata and the object stores (leaves).
 """
@@ -41,7 +44,8 @@ class Garbage:
     key: str
     size: int
     reason: str
-    """``"orphan"`` or ``"wal"`` (an object-WAL leftover)."""
+    """``"orphan"``, ``"wal"`` (an object-WAL leftover) or ``"manifest"`` (an old delta or
+    checkpoint of the manifest)."""
 
 
 @dataclass(slots=True)
@@ -96,6 +100,8 @@ class Sweeper:
             report.garbage.extend(found)
             if not dry_run:
                 self._delete(store, found)
+        report.garbage.extend(Garbage(*found) for found in self._meta.collect_garbage(
+            self._grace_ms, dry_run=dry_run))
         report.seconds = time.monotonic() - started
         return report
 

@@ -348,8 +348,14 @@ class Replacement:
 
     inputs: Sequence[str]
     outputs: Sequence[ObjectMeta] = ()
+    not_after_ms: int | None = None
+    """Refused (``CompactionConflict``) if the operation's time is past this (milliseconds
+    since the epoch): the outputs were PUT long enough ago that the garbage collector may have
+    taken them for orphans (docs/lifecycle.md, invariant 4)."""
 
     def __post_init__(self) -> None:
+        if self.not_after_ms is not None:
+            check_id(self.not_after_ms, "not_after_ms")
         inputs = tuple(check_text(k, "input key") for k in _tuple_of(self.inputs, str, "inputs"))
         outputs = _tuple_of(self.outputs, ObjectMeta, "outputs")
         if not inputs:
@@ -406,9 +412,15 @@ class Commit:
     epochs: Mapping[int, int] = field(default_factory=dict)
     node_epoch: int | None = None
     remove: Sequence[str] = ()
+    not_after_ms: int | None = None
+    """Refused (``CommitConflict``) if the operation's time is past this (milliseconds since
+    the epoch): the objects were PUT long enough ago that the garbage collector may have taken
+    them for orphans (docs/lifecycle.md, invariant 4)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "node_id", check_node_id(self.node_id))
+        if self.not_after_ms is not None:
+            check_id(self.not_after_ms, "not_after_ms")
         check_id(self.wal_position, "wal_position")
         if self.node_epoch is not None:
             check_id(self.node_epoch, "node_epoch")
@@ -522,7 +534,10 @@ class MetadataStore(abc.ABC):
       4. no object key is already committed, nor doomed (``CommitConflict``);
       5. every object to remove is committed (live, not doomed) and holds no readable data
          (``CommitConflict``);
-      6. the WAL position does not go back (equal is fine) (``CommitConflict``).
+      6. the WAL position does not go back (equal is fine) (``CommitConflict``);
+      7. the operation's time (the store's clock: this machine's for SQLite, the writer's for
+         a manifest, taken as the change is written) is not past ``not_after_ms``, if given
+         (``CommitConflict``).
 
       Then it adds the objects, sets each stream's ``end_offset`` to the end of its ranges,
       makes the objects in ``remove`` doomed (marked at the commit's time) and sets the node's
@@ -536,12 +551,14 @@ class MetadataStore(abc.ABC):
          second fails here);
       2. no output's key is committed or doomed;
       3. for each stream that the inputs or the outputs hold ranges of, by id: the inputs hold
-         it; if the outputs hold it, the stream is live, the inputs' ranges of it are
-         contiguous, ``[a, b)``, and the outputs' are ``[c, b)`` with
+         it; if the outputs hold it, the stream is live, the inputs' ranges of it that end
+         above its ``start_offset`` are contiguous, ``[a, b)``, and the outputs' are ``[c, b)`` with
          ``a <= c <= max(a, start_offset)`` (a stream trimmed since the plan may be covered
          from a later offset, never from an earlier one, and nothing readable is left out);
          if the outputs do not hold it, the inputs hold nothing readable of it
-         (``b <= start_offset``, or the stream is destroyed).
+         (``b <= start_offset``, or the stream is destroyed); the inputs' ranges wholly
+         below ``start_offset`` count for nothing here (they go with their objects);
+      4. the operation's time is not past ``not_after_ms``, if given (as for a commit).
 
       Then the inputs are doomed, marked at the operation's time, and the outputs live;
       nothing else changes (offsets, epochs, WAL positions).
@@ -582,6 +599,15 @@ class MetadataStore(abc.ABC):
         changes or others' read by :meth:`refresh`). A store with ``capabilities.shared`` must
         keep it; the default (0, never moving) is for stores whose every read is current."""
         return 0
+
+    def collect_garbage(self, grace_ms: int, *,
+                        dry_run: bool = False) -> list[tuple[str, str, int, str]]:
+        """Delete the store's own objects that no reader needs any more (a manifest's old deltas
+        and checkpoints, docs/shared-stores.md), none younger than ``grace_ms`` milliseconds,
+        and return them — or, with ``dry_run``, what it would delete, deleting nothing — as
+        ``(store URL, key, size, reason)``. A store with nothing of the kind (the default; the
+        local SQLite store) returns ``[]``."""
+        return []
 
     # ---- streams ----
 

@@ -56,6 +56,11 @@ def swap_problem(inputs: Mapping[int, Sequence[Span]], outputs: Mapping[int, Seq
             continue
         if not live:
             return describe("an output holds records of a destroyed stream", stream=stream_id)
+        # Ranges wholly below the start hold nothing readable: they go with their inputs, and
+        # need not be contiguous with the rest (the planner merges by readable ranges). With
+        # nothing readable at all, trimmed records may still be carried over, whole.
+        given = [span for span in given if span[1] > start_offset] or given
+        a = given[0][0]
         for what, spans in (("inputs", given), ("outputs", taken)):
             gap = _gap(spans)
             if gap is not None:

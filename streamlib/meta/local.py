@@ -133,6 +133,16 @@ def _translate(error: sqlite3.Error, path: str) -> Exception:
     return error
 
 
+def _too_late(not_after_ms: int | None) -> str:
+    """Why a change given ``not_after_ms`` comes too late now (inside its transaction: the
+    check and the change are one step), or nothing."""
+    now = _now_ms()
+    if not_after_ms is None or now <= not_after_ms:
+        return ""
+    return describe("too late: its objects were PUT long enough ago that the garbage collector "
+                    "may have deleted them as orphans", not_after_ms=not_after_ms, now_ms=now)
+
+
 def _stream(row: tuple[Any, ...]) -> StreamMeta:
     stream_id, name, epoch, start, end, state, retain_ms, retain_bytes = row
     return StreamMeta(stream_id, name, epoch, start, end, StreamState(state),
@@ -415,6 +425,9 @@ class SQLiteMetadataStore(MetadataStore):
                 raise CommitConflict(describe("WAL position would go back", node=node.node_id,
                                               wal_position=commit.wal_position,
                                               current=node.wal_position))
+            late = _too_late(commit.not_after_ms)
+            if late:
+                raise CommitConflict(late)
             self._add(db, commit.objects)
             db.executemany("UPDATE streams SET end_offset = ? WHERE id = ?",
                            [(end, stream_id) for stream_id, (_, end) in extents.items()])
@@ -527,8 +540,9 @@ class SQLiteMetadataStore(MetadataStore):
                        for part in _parts(sorted(given.keys() | taken.keys()))
                        for row in db.execute(f"SELECT id, state, start_offset FROM streams "
                                              f"WHERE id IN ({_marks(part)})", part)}
-            problem = swap_problem(given, taken, streams.get)
-            if problem is not None:
+            problem = swap_problem(given, taken, streams.get) or _too_late(
+                replacement.not_after_ms)
+            if problem:
                 raise CompactionConflict(problem)
             self._doom(db, inputs)  # first: an output may start where an input did
             self._add(db, replacement.outputs)

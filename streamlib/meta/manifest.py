@@ -9,10 +9,14 @@ A writer that loses a version to another applies the winner's delta and checks i
 Each change carries a random **put id**: a create that comes back "exists" after a lost answer
 is recognised as the writer's own. A **checkpoint** (``checkpoint/<version>``, the whole state,
 zstd-compressed) is written every ``checkpoint_every`` versions; opening reads the newest one and
-the deltas after it. What a reader accepts of either — bounded sizes and nesting, every field
-checked — is decided in :mod:`streamlib.meta._manifest_state`; anything else is
-``CorruptDataError`` naming the object, and changes nothing here. Opening fails only with
-streamlib's errors: ``StorageUnavailable``, ``ConfigError`` or ``CorruptDataError``.
+the deltas after it. Old ones are deleted (:meth:`collect_garbage`, the rule in
+:mod:`streamlib.meta._manifest_gc`): a handle takes a delta only while it can vouch that its
+version was never deleted (:meth:`_catch_up`), and a writer whose create came back late checks
+that it did not create a deleted version again (:meth:`_landed`). What a reader accepts of
+either — bounded sizes and nesting, every field checked — is decided in
+:mod:`streamlib.meta._manifest_state`; anything else is ``CorruptDataError`` naming the object,
+and changes nothing here. Opening fails only with streamlib's errors: ``StorageUnavailable``,
+``ConfigError`` or ``CorruptDataError``.
 
 Lock order: one lock, ``_lock`` (re-entrant), a leaf below the node's order
 (:mod:`streamlib.node`). A change holds it across its object-store calls (the create, the
@@ -27,6 +31,7 @@ import base64
 import bisect
 import dataclasses
 import logging
+import math
 import threading
 import time
 import uuid
@@ -72,6 +77,8 @@ from streamlib.meta import (
     check_retention,
     check_text,
 )
+from streamlib.meta._manifest_gc import Landing, collect, judge_create, listed
+from streamlib.meta._manifest_probe import probe_create
 from streamlib.meta._manifest_state import (
     FORMAT,
     MAX_CHECKPOINT_BYTES,
@@ -93,6 +100,8 @@ PROBE = 16
 """Deltas read at once (concurrent GETs) when catching up."""
 CREATE_TRIES = 3
 """Creates of one version whose outcome stayed unknown before a change gives up."""
+DELETE_GRACE_MS = 600_000
+"""The default grace period of deletions (``Config.delete_grace_ms``'s default)."""
 
 T = TypeVar("T")
 
@@ -124,18 +133,26 @@ class ManifestMetadataStore(MetadataStore):
 
     ``node_id`` names the writer in each delta (for people reading the manifest). Reads answer
     from this process's copy; :meth:`refresh` reads what other processes changed since (every
-    change refreshes first when it finds it is behind)."""
+    change refreshes first when it finds it is behind). ``delete_grace_ms`` is the grace period
+    of the deletion of old deltas, the same on every node of the bucket: a handle whose view is
+    older than half of it reads from the newest checkpoint again. ``clock`` (monotonic
+    seconds) measures that age."""
 
     capabilities = Capabilities(shared=True)
 
     def __init__(self, store: ObjectStore, *, prefix: str = "manifest",
                  node_id: str | int | None = None,
-                 checkpoint_every: int = CHECKPOINT_EVERY) -> None:
+                 checkpoint_every: int = CHECKPOINT_EVERY,
+                 delete_grace_ms: int = DELETE_GRACE_MS,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         if not isinstance(store, ObjectStore):
             raise TypeError(f"store must be an ObjectStore, not {type(store).__name__}")
         check_text(prefix, "prefix")
         self._writer = None if node_id is None else check_node_id(node_id)
         self._checkpoint_every = check_int(checkpoint_every, "checkpoint_every", 1, 1 << 30)
+        self._grace_ms = check_int(delete_grace_ms, "delete_grace_ms", 0, 1 << 40)
+        self._half = self._grace_ms / 2000  # seconds
+        self._clock = clock
         if not store.can_create:
             raise ConfigError("metadata", "a manifest needs a store that can create an object "
                               "only if absent (S3, a local directory, memory)", store.url)
@@ -148,12 +165,13 @@ class ManifestMetadataStore(MetadataStore):
         self._closed = False  # GUARDED_BY(_lock)
         # Shut down by close once ``_closed`` is set: no catch-up (which holds the lock) runs then.
         self._pool = ThreadPoolExecutor(PROBE, thread_name_prefix="streamlib-manifest")
+        # ``_state``: GUARDED_BY(_lock), replaced whole by a newer checkpoint; ``version``
+        # reads its version alone. ``_checkpointed`` (the newest checkpoint known) and
+        # ``_anchor`` (see _catch_up: -inf, the view vouches for nothing): GUARDED_BY(_lock).
+        self._state, self._checkpointed, self._anchor = ManifestState(), 0, -math.inf
         try:
             if store.create_trusts_the_server:
-                self._probe_create()
-            # ``_state``: the object is never replaced; its contents are GUARDED_BY(_lock), but
-            # ``version`` reads its version alone. ``_checkpointed``: GUARDED_BY(_lock).
-            self._state, self._checkpointed = self._open()
+                probe_create(store, self._prefix)
             self._catch_up()
         except BaseException as error:
             self._pool.shutdown(wait=False)
@@ -168,47 +186,6 @@ class ManifestMetadataStore(MetadataStore):
     def __repr__(self) -> str:
         return f"ManifestMetadataStore({self._objects.url!r}, prefix={self._prefix!r})"
 
-    def _probe_create(self) -> None:
-        """Refuse a server that ignores create-only conditions (some S3-compatible stores do):
-        on it, two writers could both win a version. Creates one object twice, then deletes
-        it: three requests at open. Each create writes its own put id, read back when a create
-        says "exists", so that a create whose answer was lost (it landed; its retry heard
-        "exists") is known for the probe's own, as a change's is (:meth:`_create`)."""
-        key = f"{self._prefix}/probe/{uuid.uuid4().hex}"
-        first, second = (f"probe {uuid.uuid4().hex}".encode() for _ in range(2))
-        try:
-            found = self._create_or_read(key, first)
-            if found == first:
-                found = self._create_or_read(key, second)
-        finally:
-            try:
-                self._objects.delete([key])
-            except OSError as error:  # StorageUnavailable too; a probe object left is harmless
-                log.warning("could not delete the manifest's probe object %s: %r", key, error)
-        if found == first:
-            return  # the second create was refused: conditions are honoured
-        if found == second:
-            raise ConfigError("metadata", "the object store ignores create-only writes "
-                              "(If-None-Match): a shared manifest would not be safe there; see "
-                              "`streamlib check-store`", self._objects.url)
-        raise ConfigError("metadata", f"the object store gave back other bytes than the "
-                          f"manifest's probe wrote at {key}", self._objects.url)
-
-    def _create_or_read(self, key: str, body: bytes) -> bytes:
-        """Create ``key`` holding ``body``: ``body`` if it did (or an earlier try of it whose
-        answer was lost did), else what the object there holds."""
-        try:
-            self._objects.create(key, body)
-            return body
-        except FileExistsError:
-            pass
-        try:
-            return self._objects.get(key)
-        except FileNotFoundError as error:
-            raise StorageUnavailable(describe(
-                "an object said to exist cannot be read (a store without read-after-write?)",
-                key=key)) from error
-
     @property
     def version(self) -> int:
         """The version this process has applied."""
@@ -221,25 +198,33 @@ class ManifestMetadataStore(MetadataStore):
     def _key(self, kind: str, version: int) -> str:
         return f"{self._prefix}/{_version_key(kind, version)}"
 
-    def _open(self) -> tuple[ManifestState, int]:
-        """The state of the newest checkpoint (or the empty state)."""
-        names = (info.key.rpartition("/")[2]
-                 for info in self._objects.list(f"{self._prefix}/checkpoint/"))
-        versions = sorted(int(name) for name in names  # only names a writer gives (20 digits)
-                          if len(name) == 20 and name.isascii() and name.isdigit())
-        if not versions:
-            return ManifestState(), 0
-        key = self._key("checkpoint", versions[-1])
-        try:
-            raw = self._objects.get(key, 0, MAX_CHECKPOINT_BYTES + 1)
-        except FileNotFoundError as error:
-            raise CorruptDataError("manifest checkpoint listed but not there",
-                                   source=key) from error
-        try:
-            return read_checkpoint(raw, versions[-1]), versions[-1]
-        except Malformed as error:
-            raise CorruptDataError(f"unreadable manifest checkpoint ({error})",
-                                   source=key) from error
+    def _relist(self) -> int:
+        """List the checkpoints and load the newest if it is past this state (one listed but
+        deleted before it is read: list again). Returns the newest version listed; the anchor
+        moves to the listing's start."""
+        missing = None
+        while True:
+            listed_at = self._clock()
+            found = listed(self._objects, f"{self._prefix}/checkpoint/")
+            newest = found[-1][0] if found else 0
+            self._checkpointed = max(self._checkpointed, newest)
+            if newest <= self._state.version:
+                break
+            key = self._key("checkpoint", newest)
+            try:
+                raw = self._objects.get(key, 0, MAX_CHECKPOINT_BYTES + 1)
+                self._state = read_checkpoint(raw, newest)
+                break
+            except FileNotFoundError as error:
+                if newest == missing:  # the newest is never deleted: not the collector's doing
+                    raise CorruptDataError("manifest checkpoint listed but not there",
+                                           source=key) from error
+                missing = newest
+            except Malformed as error:
+                raise CorruptDataError(f"unreadable manifest checkpoint ({error})",
+                                       source=key) from error
+        self._anchor = max(self._anchor, listed_at)
+        return newest
 
     def _read_delta(self, version: int) -> dict[str, Any] | None:
         key = self._key("log", version)
@@ -252,22 +237,36 @@ class ManifestMetadataStore(MetadataStore):
         except Malformed as error:
             raise CorruptDataError(f"unreadable manifest delta ({error})", source=key) from error
 
-    def _catch_up(self) -> int:
+    def _catch_up(self, *, relist: bool = False) -> int:
         """Apply every delta after the current version (caller holds the lock or owns the
-        store). Returns how many. Nothing new costs one GET; a run of deltas is read
-        :data:`PROBE` at a time."""
-        delta = self._read_delta(self._state.version + 1)
-        if delta is None:
-            return 0
-        self._apply(delta)
-        applied = 1
+        store); returns how many versions it moved. Nothing new costs one GET; a run of deltas
+        is read :data:`PROBE` at a time.
+
+        A delta read is taken only while the handle can vouch that its version was never
+        deleted (a paused writer may create a deleted version again). The **anchor** is a time
+        (this handle's clock) such that no delta above this version is deleted before the grace
+        period has passed since: the handle read the next version as absent, listed the
+        checkpoints (none above this version) or created this version after it. Reads that come
+        back more than half the grace period after it are checked by listing the checkpoints:
+        none at or above them, they stand (no version there was ever deleted); else the newest
+        checkpoint is loaded and they are dropped. ``relist``: list the checkpoints first."""
+        before = self._state.version
+        if relist or self._clock() - self._anchor > self._half:
+            self._relist()
+        count = 1
         while True:
+            issued = self._clock()
             first = self._state.version + 1
-            for delta in self._pool.map(self._read_delta, range(first, first + PROBE)):
+            found = ([self._read_delta(first)] if count == 1 else
+                     list(self._pool.map(self._read_delta, range(first, first + count))))
+            if self._clock() - self._anchor > self._half and self._relist() >= first:
+                continue  # read from the checkpoint on: what was read may be a deleted version
+            for delta in found:
                 if delta is None:
-                    return applied
+                    self._anchor = max(self._anchor, issued)
+                    return self._state.version - before
                 self._apply(delta)
-                applied += 1
+            count = PROBE
 
     def _apply(self, delta: dict[str, Any]) -> None:
         try:
@@ -286,13 +285,18 @@ class ManifestMetadataStore(MetadataStore):
 
     # ---- changing it ----
 
-    def _change(self, op: str, plan: Callable[[ManifestState], tuple[dict[str, Any], T]]) -> T:
+    def _change(self, op: str, plan: Callable[[ManifestState], tuple[dict[str, Any], T]],
+                not_after: tuple[int | None, type[Exception]] = (None, CommitConflict)) -> T:
         """Check a change against the state (``plan``: its delta's arguments and the caller's
         answer, or an exception), write it at the next version, apply it. A lost version, or a
-        check that fails on a state that may be old, means: catch up and plan again."""
+        check that fails on a state that may be old, means: catch up and plan again.
+        ``not_after``: a time (ms) the delta's own time must not be past, and the error to
+        raise if it is (the check is made as the delta is stamped, right before its create)."""
         put = uuid.uuid4().hex
         with self._lock:
             self._check_open()
+            if self._clock() - self._anchor > self._half / 2:  # a quarter: see _landed
+                self._catch_up(relist=True)
             caught_up = False
             while True:
                 try:
@@ -304,13 +308,42 @@ class ManifestMetadataStore(MetadataStore):
                     caught_up = True
                     continue
                 version = self._state.version + 1
+                now = int(time.time() * 1000)
+                if not_after[0] is not None and now > not_after[0]:
+                    raise not_after[1](describe(
+                        "too late: its objects were PUT long enough ago that the garbage "
+                        "collector may have deleted them as orphans", not_after_ms=not_after[0],
+                        now_ms=now))
                 delta = {"format": FORMAT, "version": version, "put": put, "node": self._writer,
-                         "time": int(time.time() * 1000), "op": op, "args": args}
+                         "time": now, "op": op, "args": args}
+                anchor, sent = self._anchor, self._clock()
                 if self._create(version, delta):
-                    self._apply(delta)
-                    self._maybe_checkpoint()
-                    return result
+                    if self._clock() - anchor <= self._half or self._landed(version):
+                        self._apply(delta)
+                        self._anchor = sent
+                        self._maybe_checkpoint()
+                        return result
+                    caught_up = True  # a copy of a deleted version: planned again on the newest
+                    continue
                 caught_up = self._catch_up() > 0 or caught_up  # another writer got ``version``
+
+    def _landed(self, version: int) -> bool:
+        """Whether a create of ``version`` that came back more than half the grace period after
+        the anchor made the version (True) or a copy of a deleted one (False: the copy is
+        deleted by ``judge_create``, the newest checkpoint loaded). A change re-reads from a
+        checkpoint when its view is older than a quarter of the grace period: a create answered
+        within ``retry_timeout_ms`` (a quarter of the grace or less, Config) needs no check."""
+        landing = judge_create(self._objects, self._prefix, version)
+        if landing is Landing.NEW:
+            return True
+        key = self._key("log", version)
+        self._anchor = -math.inf  # never read this version again: from the newest checkpoint
+        if landing is Landing.UNKNOWN:
+            raise StorageUnavailable(describe(
+                "manifest change of unknown outcome: its create came back late, after a "
+                "checkpoint past it; the next change finds out whether it applied", key=key))
+        self._catch_up()  # the copy is deleted: plan again
+        return False
 
     def _create(self, version: int, delta: dict[str, Any]) -> bool:
         """Create ``delta`` at ``version``: True if it is there now as ours (created by this
@@ -545,7 +578,7 @@ class ManifestMetadataStore(MetadataStore):
                     "objects": [_encoded(o) for o in commit.objects],
                     "remove": list(commit.remove)}, None
 
-        self._change("commit", plan)
+        self._change("commit", plan, (commit.not_after_ms, CommitConflict))
 
     @staticmethod
     def _check_removable(state: ManifestState, key: str) -> None:
@@ -624,7 +657,7 @@ class ManifestMetadataStore(MetadataStore):
                 raise CompactionConflict(problem)
             return {"inputs": list(replacement.inputs), "outputs": outputs}, None
 
-        self._change("replace", plan)
+        self._change("replace", plan, (replacement.not_after_ms, CompactionConflict))
 
     def doomed(self) -> list[DoomedObject]:
         return self._read(lambda state: sorted(
@@ -737,6 +770,16 @@ class ManifestMetadataStore(MetadataStore):
             return self._change("kv", plan)
         except _Unmet:
             return False
+
+    def collect_garbage(self, grace_ms: int, *,
+                        dry_run: bool = False) -> list[tuple[str, str, int, str]]:
+        """Delete the deltas and checkpoints no reader needs (:mod:`~._manifest_gc`), with the
+        larger of ``grace_ms`` and this handle's ``delete_grace_ms`` (what its reads assume)."""
+        grace = max(check_int(grace_ms, "grace_ms", 0, 1 << 40), self._grace_ms)
+        with self._lock:
+            self._check_open()
+        return [(self._objects.url, info.key, info.size, "manifest")
+                for info in collect(self._objects, self._prefix, grace, dry_run=dry_run)]
 
     def close(self) -> None:
         with self._lock:

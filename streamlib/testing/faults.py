@@ -261,7 +261,7 @@ METADATA_OPERATIONS = frozenset({
     "create_stream", "set_retention", "get_stream", "get_stream_by_name", "streams",
     "open_stream", "release_streams", "trim_stream", "destroy_stream", "commit", "objects",
     "stream_objects", "live_objects", "replace", "doomed", "forget", "node", "register_node",
-    "kv_get", "kv_items", "kv_write", "refresh", "close",
+    "kv_get", "kv_items", "kv_write", "refresh", "collect_garbage", "close",
 })
 """What rules of a :class:`FaultyMetadataStore` can pick: the interface's methods, by name."""
 
@@ -562,6 +562,11 @@ class FaultyMetadataStore(MetadataStore):
                                       "node_epoch": node_epoch},
                          lambda: self.store.kv_write(namespace, key, value, expected=expected,
                                                      node_id=node_id, node_epoch=node_epoch))
+
+    def collect_garbage(self, grace_ms: int, *,
+                        dry_run: bool = False) -> list[tuple[str, str, int, str]]:
+        return self._run("collect_garbage", {"grace_ms": grace_ms, "dry_run": dry_run},
+                         lambda: self.store.collect_garbage(grace_ms, dry_run=dry_run))
 
     def close(self) -> None:
         self._run("close", {}, self.store.close)

@@ -290,6 +290,27 @@ class LifecycleContract(StoreFixtures):
         store.destroy_stream(stream)  # a destroyed stream's objects: still listed
         assert keys_of(store.live_objects(limit=1 << 40)) == ["k03", "k05", "k07", "k11"]
 
+    def test_a_change_past_its_deadline_is_refused_whole(self, store: MetadataStore) -> None:
+        """``not_after_ms``: a commit or a swap whose objects the garbage collector may have
+        taken for orphans is refused in its own step, nothing applied."""
+        t = Layout(store)
+        before = snapshot(store, t.ids)
+        past, future = int(time.time() * 1000) - 1, int(time.time() * 1000) + 3_600_000
+        late = Commit(node_id="n1", wal_position=30, epochs={t.a: 1}, not_after_ms=past,
+                      objects=[make_object("late", (t.a, 25, 30))])
+        with pytest.raises(CommitConflict, match="too late"):
+            store.commit(late)
+        with pytest.raises(CompactionConflict, match="too late"):
+            store.replace(Replacement(inputs=["o2"], outputs=[make_object("m", (t.a, 10, 20))],
+                                      not_after_ms=past))
+        assert snapshot(store, t.ids) == before and store.doomed() == []
+        store.commit(dataclasses.replace(late, not_after_ms=future))
+        store.replace(Replacement(inputs=["o2"], outputs=[make_object("m", (t.a, 10, 20))],
+                                  not_after_ms=future))
+        assert keys_of(store.objects(t.a)) == ["o1", "m", "o3", "late"]
+        with pytest.raises(ValueError, match="not_after_ms"):
+            Commit(node_id="n1", wal_position=0, not_after_ms=-1)
+
     def test_a_streams_objects_come_in_windows(self, store: MetadataStore) -> None:
         """``stream_objects(..., limit=)``: the first ``limit`` from the offset, as a reader's
         index window loads them."""

@@ -134,6 +134,7 @@ def test_every_call_passes_through_and_is_counted(faulty: FaultyMetadataStore) -
     assert faulty.streams() == inner.streams() == []
     assert faulty.refresh() == 0  # nobody else changed anything
     assert faulty.version == getattr(inner, "version", 0)
+    assert faulty.collect_garbage(0, dry_run=True) == []  # nothing old enough to delete
     faulty.close()
     assert faulty.calls == dict.fromkeys(METADATA_OPERATIONS, 1)
     with pytest.raises(StreamClosed):

@@ -13,6 +13,9 @@ from nodes import node
 
 from streamlib import Record, StreamStore
 
+# Nodes on one bucket: the codec's part is tested by test_compaction (the C pass runs it).
+pytestmark = pytest.mark.once
+
 KiB = 1024
 LIFECYCLE = {"upload_interval_ms": 3_600_000, "upload_bytes": "1GiB", "block_bytes": 4 * KiB,
              "compaction_interval_ms": 0, "delete_grace_ms": 0, "retry_timeout_ms": 0,
