@@ -81,6 +81,7 @@ bench: $(VENV)/.installed-bench
 	$(BIN)/python benchmarks/stream.py
 	$(BIN)/python benchmarks/read.py
 	$(BIN)/python benchmarks/shared.py
+	$(BIN)/python benchmarks/lifecycle.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info streamlib/codec/_segment_codec*.so .pytest_cache .hypothesis

@@ -5,9 +5,11 @@ it costs a concurrent writer, in one run.
                                              [--dir DIR]
 
 The data: batches of 100 records of 1 KiB (the compact JSON events of ``benchmarks/stream.py``),
-appended round-robin to 100 streams with 64 appends in flight, through a store with the
-default settings (file WAL, 1 s upload interval, 8 MiB upload trigger, lz4): ``--mib`` MiB of
-record values (default 1024; ``--quick`` 256), each stream holding a hundredth.
+appended round-robin to 100 streams with 64 appends in flight at 6 MB/s, through a store with
+the default settings (file WAL, 1 s upload interval, 8 MiB upload trigger, lz4): ``--mib`` MiB
+of record values (default 1024; ``--quick`` 256), each stream holding a hundredth. At that pace
+every upload round is one multi-stream object of about 6 MB (3 MB stored): the objects a
+steady writer leaves behind.
 
 1. **Objects per GiB** (of record values written) in the bucket before and after
    ``store.compact()``, and a **catch-up read of one stream** (``fetch`` with its default
@@ -65,19 +67,27 @@ STREAMS = 100
 LATENCY_SAMPLES = 1500
 CACHE_BYTES = 256 * MIB  # the default: what the RSS target is stated against
 BACKGROUND_RATE = streamlib.Config().compaction_bytes_per_s  # the background pass's limit
+PACE_MB_PER_S = 6
+"""How fast 1. and 5. write: with the default 1 s upload interval, rounds of about 6 MB each
+(below the 8 MiB upload trigger): the small objects a steady writer leaves, which compaction
+is for. The RSS run (4.) writes as fast as it can."""
 SOAK_CACHE = 64 * MIB
 SOAK_MB_PER_S = 2
 
 
-def write(store: streamlib.StreamStore, mib: int, data: Data) -> float:
-    """``mib`` MiB of record values round-robin into streams s0 … s99; returns seconds."""
+def write(store: streamlib.StreamStore, mib: int, data: Data, mb_per_s: float = 0) -> float:
+    """``mib`` MiB of record values round-robin into streams s0 … s99, at ``mb_per_s`` (0: as
+    fast as the store takes them); returns seconds."""
     streams = [store.create_stream(f"s{i}") for i in range(STREAMS)]
     batches = mib * MIB // (BIG * RECORD_BYTES)
     pending: deque[Future[Any]] = deque()
     start = time.perf_counter()
+    interval = BIG * RECORD_BYTES / (mb_per_s * MB) if mb_per_s else 0.0
     for n in range(batches):
         if len(pending) >= IN_FLIGHT:
             pending.popleft().result()
+        if interval:
+            time.sleep(max(0.0, start + n * interval - time.perf_counter()))
         pending.append(streams[n % STREAMS].append_future(data.big[n % len(data.big)]))
     for future in pending:
         future.result()
@@ -168,7 +178,7 @@ def lifecycle_run(directory: Path, mib: int, data: Data, *, storage: dict[str, A
     options: dict[str, Any] = {"objects_url": objects_url} if objects_url else {}
     result: dict[str, Any] = {"mib": mib}
     with streamlib.open(directory, storage_options=storage, **options) as store:
-        result["write_s"] = write(store, mib, data)
+        result["write_s"] = write(store, mib, data, PACE_MB_PER_S)
         result["objects_before"], result["bytes_before"] = bucket(store)
     result["read_before"] = catch_up(directory, options, storage)
     with streamlib.open(directory, storage_options=storage, **options) as store:
@@ -335,7 +345,7 @@ def verdict(ok: bool) -> str:
 def report_run(title: str, run: dict[str, Any]) -> None:
     before, after, compaction = run["read_before"], run["read_after"], run["compaction"]
     print(f"\n{title}: {run['mib']} MiB of record values in {STREAMS} streams "
-          f"(written in {run['write_s']:.1f} s)")
+          f"(written at {PACE_MB_PER_S} MB/s in {run['write_s']:.1f} s)")
     print(f"  objects per GiB: {run['objects_per_gib_before']:.0f} before, "
           f"{run['objects_per_gib_after']:.1f} after compact() "
           f"[target <= 16: {verdict(run['objects_per_gib_after'] <= 16)}]; stored "

@@ -5,20 +5,19 @@ one wins and the loser leaves nothing behind. On the local store and on S3 (moto
 
 from __future__ import annotations
 
-import itertools
 import random
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from lifecycle_checks import bucket, check_coverage, referenced
 from waits import wait_for
 
 import streamlib
 from streamlib import Record, StreamStore
 from streamlib.errors import CompactionConflict
 from streamlib.lifecycle.compaction import CompactionReport, Compactor
-from streamlib.meta import MetadataStore
 from streamlib.testing.s3 import S3Endpoint
 
 KiB = 1024
@@ -85,27 +84,6 @@ def everything(stream: Any) -> list[tuple[int, Record]]:
     return [(o, r) for o, r in found if o >= stream.start_offset]
 
 
-def check_coverage(meta: MetadataStore) -> None:
-    """Every live stream's readable offsets lie in exactly one range of one live object."""
-    for s in meta.streams():
-        spans = sorted((o.range.start_offset, o.range.end_offset)
-                       for o in meta.stream_objects(s.id, 0))
-        readable = [span for span in spans if span[1] > s.start_offset]
-        if s.end_offset > s.start_offset:
-            assert readable and readable[0][0] <= s.start_offset, (s, spans)
-            assert readable[-1][1] == s.end_offset, (s, spans)
-        assert all(a[1] == b[0] for a, b in itertools.pairwise(readable)), spans
-
-
-def data_keys(store: StreamStore) -> set[str]:
-    return {info.key for info in store.objects.list("data/")}
-
-
-def referenced(meta: MetadataStore) -> set[str]:
-    keys = {o.key for o in meta.live_objects(limit=100_000)}
-    return keys | {d.key for d in meta.doomed()}
-
-
 def delete_doomed(store: StreamStore) -> None:
     """Run passes until the doomed objects are deleted (at once with no grace period; on S3,
     whose calls need a retry budget, once its grace period has passed)."""
@@ -136,7 +114,7 @@ def test_compaction_merges_rounds_and_every_record_reads_back_the_same(open_stor
     deleted = store.stats()["lifecycle"]["deletion"]["deleted"]  # type: ignore[index]
     assert len(store.metadata.doomed()) + deleted == report.objects_doomed
     delete_doomed(store)
-    assert data_keys(store) == referenced(store.metadata)
+    assert bucket(store) == referenced(store.metadata)
     # Appends go on after the swap and reopening reads the same.
     handles[0].append([b"after"])
     store.flush()
@@ -159,7 +137,7 @@ def test_trimmed_and_destroyed_data_leaves_the_bucket(open_store: Any) -> None:
     delete_doomed(store)
     live = store.metadata.live_objects(limit=10_000)
     assert {r.stream_id for o in live for r in o.ranges} <= {handles[0].id, handles[1].id}
-    assert data_keys(store) == referenced(store.metadata)
+    assert bucket(store) == referenced(store.metadata)
     assert everything(handles[0]) == kept
     assert everything(handles[1]) == []
     stats = store.stats()["lifecycle"]
@@ -203,7 +181,7 @@ def test_two_compactions_of_the_same_inputs_one_wins(open_store: Any) -> None:
     with pytest.raises(CompactionConflict):
         second.run_task(tasks[0], CompactionReport())
     # The loser deleted its outputs: what is in the bucket is what the metadata names.
-    assert data_keys(store) == referenced(meta)
+    assert bucket(store) == referenced(meta)
     assert {o.key for o in won} <= {o.key for o in meta.live_objects(limit=10_000)}
     check_coverage(meta)
 
@@ -254,7 +232,7 @@ def test_with_an_archive_tier_compaction_writes_there_and_readers_follow(tmp_pat
         archived = {str(p.relative_to(archive)) for p in archive.rglob("*") if p.is_file()}
         assert archived == outputs
         # The inputs, doomed, are deleted from the objects store (no grace period here).
-        assert data_keys(store) == {o.key for o in live if o.tier == ""}
+        assert bucket(store) == {o.key for o in live if o.tier == ""}
         assert {s.id: everything(s) for s in handles} == before
         store.compact()  # the pass that counts objects by tier
         counts = store.stats()["lifecycle"]["objects"]  # type: ignore[index]

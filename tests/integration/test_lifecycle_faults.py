@@ -12,7 +12,6 @@ FaultyMetadataStore over the real SQLite metadata or a shared manifest)."""
 from __future__ import annotations
 
 import contextlib
-import itertools
 import random
 import threading
 import time
@@ -24,13 +23,13 @@ from typing import Any
 
 import fsspec
 import pytest
+from lifecycle_checks import bucket, check_coverage, doomed, live
 from waits import wait_for
 
 import streamlib
 from streamlib import Record, StreamStore
 from streamlib.errors import StorageUnavailable
 from streamlib.io import ObjectStore, open_filesystem
-from streamlib.meta import MetadataStore
 from streamlib.meta.local import SQLiteMetadataStore
 from streamlib.meta.manifest import ManifestMetadataStore
 from streamlib.testing.faults import (
@@ -185,30 +184,6 @@ def contents(store: StreamStore) -> Contents:
             offset = result.next_fetch_offset
         found[info.name] = [(o, r) for o, r in rows if o >= stream.start_offset]
     return found
-
-
-def bucket(store: StreamStore) -> set[str]:
-    return {info.key for info in store.objects.list("data/")}
-
-
-def live(meta: MetadataStore) -> set[str]:
-    return {o.key for o in meta.live_objects(limit=100_000)}
-
-
-def doomed(meta: MetadataStore) -> set[str]:
-    return {d.key for d in meta.doomed()}
-
-
-def check_coverage(meta: MetadataStore) -> None:
-    """Every live stream's readable offsets lie in exactly one range of one live object."""
-    for s in meta.streams():
-        spans = sorted((o.range.start_offset, o.range.end_offset)
-                       for o in meta.stream_objects(s.id, 0))
-        readable = [span for span in spans if span[1] > s.start_offset]
-        if s.end_offset > s.start_offset:
-            assert readable and readable[0][0] <= s.start_offset, (s, spans)
-            assert readable[-1][1] == s.end_offset, (s, spans)
-        assert all(a[1] == b[0] for a, b in itertools.pairwise(readable)), spans
 
 
 def check_clean(store: StreamStore) -> None:

@@ -9,6 +9,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from lifecycle_checks import bucket, referenced
 from nodes import node
 
 from streamlib import Record, StreamStore
@@ -32,17 +33,6 @@ def rounds(store: StreamStore, name: str, count: int) -> list[Record]:
         written += batch
         store.flush()
     return written
-
-
-def bucket_keys(store: StreamStore) -> set[str]:
-    return {info.key for info in store.objects.list("data/")}
-
-
-def referenced(store: StreamStore) -> set[str]:
-    meta = store.metadata
-    meta.refresh()
-    return ({o.key for o in meta.live_objects(limit=100_000)}
-            | {d.key for d in meta.doomed()})
 
 
 def test_a_reader_on_another_node_crosses_a_compaction_and_a_deletion(
@@ -92,7 +82,8 @@ def test_two_nodes_compacting_at_once_leave_one_set_of_objects(tmp_path: Path) -
         # (unless one finished before the other planned: then it found nothing to do).
         assert sum(r.objects_read for r in reports.values()) == 12
         a.compact()  # deletes what the swaps doomed (no grace period)
-        assert bucket_keys(a) == referenced(a)
+        a.metadata.refresh()
+        assert bucket(a) == referenced(a.metadata)
         for store in (a, b):
             store.metadata.refresh()
             for name, expected in written.items():
