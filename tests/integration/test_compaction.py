@@ -23,7 +23,7 @@ from streamlib.testing.s3 import S3Endpoint
 KiB = 1024
 
 
-@pytest.fixture(params=["local", "moto"])
+@pytest.fixture(params=["local", pytest.param("moto", marks=pytest.mark.once)])
 def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
     """Opens a store on a local directory or a moto bucket: small upload rounds (each flush is
     one), no background lifecycle, no grace period (tests say when a pass runs)."""

@@ -56,7 +56,7 @@ RETRIED = {"retry_timeout_ms": 10_000, "delete_grace_ms": 40_000}
 SHORT = {"retry_timeout_ms": 300, "delete_grace_ms": 30_000}
 """A budget that a store down for good exhausts in a moment (and a grace period long enough
 that a slow compaction on a loaded machine is not given up: half of it bounds a task)."""
-DELETES = {"retry_timeout_ms": 1000, "delete_grace_ms": 5000}
+DELETES = {"retry_timeout_ms": 800, "delete_grace_ms": 3200}
 """For the deletes: one lost answer of a real call and a retry fit in the budget, even on a
 loaded machine; the grace period a little more than the least Config allows (half of it
 bounds a compaction task)."""

@@ -32,7 +32,7 @@ pytestmark = pytest.mark.once
 
 CHILD = Path(__file__).with_name("lifecycle_child.py")
 KiB = 1024
-APPENDS = 120
+APPENDS = 80
 """The writer's appends (a fixed amount of work: 30 upload rounds of 4 appends)."""
 ORPHANS = [f"data/9/1/{n:012d}-orphan.mobj" for n in range(3)]
 """Objects of upload rounds that never committed (a node that crashed), there from the start."""
