@@ -116,7 +116,8 @@ class Lifecycle:
         self._node = node
         self._stores = dict(stores)
         self._wal_stores = list(wal_stores)
-        self._swept_at: float | None = None  # GUARDED_BY(_pass_lock): monotonic seconds
+        # GUARDED_BY(_pass_lock), read alone by the thread: when the last sweep ended
+        self._swept_at: float | None = None
         self._config = node.config
         self._owns = owns
         self._trim = trim
@@ -183,8 +184,8 @@ class Lifecycle:
                     self.stats.failures += 1
                     self.stats.last_error = repr(error)
                 raise
-            self._swept_at = time.monotonic()
             if not dry_run:
+                self._swept_at = time.monotonic()
                 with self._lock:
                     self.stats.sweeps += 1
                     self.stats.gc_deleted += report.objects
