@@ -79,7 +79,7 @@ class LifecycleStats:
     """Trims made by retention (streams this node owns)."""
     sweeps: int = 0
     gc_deleted: int = 0
-    """Objects the sweeps deleted (orphans and object-WAL leftovers)."""
+    """Objects the sweeps deleted (orphans, object-WAL leftovers, old manifest objects)."""
     gc_deleted_bytes: int = 0
     last_error: str | None = None
     compaction: CompactionReport = field(default_factory=CompactionReport)
