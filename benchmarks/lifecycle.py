@@ -21,6 +21,10 @@ steady writer leaves behind.
    ``store.compact(bytes_per_s=…)`` runs in another thread at the background pass's default
    rate (``compaction_bytes_per_s``, 64 MB/s), the samples taken while it ran. The objects
    per GiB after (1.) count the objects holding the 100 streams' data (not this writer's).
+   Then the control: the same writer while another process, nothing of streamlib's, spends
+   the CPU time the compacting thread spent, over as long, in 10 ms cycles (lz4 on memory:
+   no I/O, no thread or lock shared with the store): how much any neighbour with that much
+   CPU costs a writer on this machine.
 3. **Compaction throughput**: bytes of input objects a second, from the report of an
    unthrottled ``store.compact()`` (the one of 4.; on moto, that of 5.).
 4. **Peak RSS of a compaction**: a child process opens a store holding the data (the default
@@ -151,21 +155,57 @@ def latencies(store: streamlib.StreamStore, data: Data, stop: threading.Event | 
 
 
 def compact_with_writer(store: streamlib.StreamStore, data: Data
-                        ) -> tuple[CompactionReport, list[float]]:
+                        ) -> tuple[CompactionReport, list[float], float]:
+    """The report of a compaction at the background rate, the writer's latencies while it
+    ran, and the CPU seconds of the compacting thread."""
     done = threading.Event()
     result: dict[str, Any] = {}
 
     def compact() -> None:
+        cpu = time.thread_time()
         try:
             result["report"] = store.compact(bytes_per_s=BACKGROUND_RATE)
         finally:
+            result["cpu"] = time.thread_time() - cpu
             done.set()
 
     thread = threading.Thread(target=compact)
     thread.start()
     samples = latencies(store, data, done, 0)
     thread.join()
-    return result["report"], samples
+    return result["report"], samples, result["cpu"]
+
+
+NEIGHBOUR = """
+import sys, time, lz4.block
+duty, seconds = float(sys.argv[1]), float(sys.argv[2])
+data = bytes(range(256)) * 4096
+end = time.monotonic() + seconds
+while time.monotonic() < end:
+    cycle = time.monotonic()
+    while time.monotonic() - cycle < 0.01 * duty:
+        lz4.block.compress(data)
+    time.sleep(max(0.0, 0.01 - (time.monotonic() - cycle)))
+"""
+
+
+def neighbour_with_writer(store: streamlib.StreamStore, data: Data, duty: float,
+                          seconds: float) -> list[float]:
+    """The writer's latencies while another process (nothing of streamlib's) spends ``duty``
+    of one core for ``seconds`` compressing memory in 10 ms cycles: the CPU a compaction
+    spent, without its I/O, its threads or its GIL. The machine's own floor for the ratio."""
+    child = subprocess.Popen([sys.executable, "-c", NEIGHBOUR, str(duty), str(seconds)])
+    done = threading.Event()
+
+    def wait() -> None:
+        child.wait()
+        done.set()
+
+    thread = threading.Thread(target=wait)
+    thread.start()
+    samples = latencies(store, data, done, 0)
+    thread.join()
+    return samples
 
 
 def quantiles(samples: list[float]) -> dict[str, float]:
@@ -184,8 +224,13 @@ def lifecycle_run(directory: Path, mib: int, data: Data, *, storage: dict[str, A
     with streamlib.open(directory, storage_options=storage, **options) as store:
         if writer:
             result["latency_idle"] = quantiles(latencies(store, data, None, LATENCY_SAMPLES))
-            report, samples = compact_with_writer(store, data)
+            report, samples, cpu = compact_with_writer(store, data)
             result["latency_compacting"] = quantiles(samples)
+            result["compaction_cpu_s"] = cpu
+            duty = min(1.0, cpu / report.seconds)
+            result["neighbour_duty"] = duty
+            result["latency_neighbour"] = quantiles(
+                neighbour_with_writer(store, data, duty, report.seconds))
         else:
             report = store.compact()
         result["compaction"] = report.as_dict()
@@ -369,6 +414,11 @@ def report_run(title: str, run: dict[str, Any]) -> None:
               f"p99 {idle['p99_ms']:.2f} ms alone ({idle['n']}); p50 {busy['p50_ms']:.2f} ms, "
               f"p99 {busy['p99_ms']:.2f} ms during the compaction ({busy['n']}): p99 {ratio:.2f}x "
               f"[target <= 1.5x: {verdict(ratio <= 1.5)}]")
+        other = run["latency_neighbour"]
+        print(f"  the same writer beside another process using the compaction's CPU "
+              f"({run['compaction_cpu_s']:.1f} s, {run['neighbour_duty']:.0%} of a core, no I/O): "
+              f"p50 {other['p50_ms']:.2f} ms, p99 {other['p99_ms']:.2f} ms "
+              f"({other['p99_ms'] / idle['p99_ms']:.2f}x: the machine's floor for that load)")
 
 
 def main() -> None:

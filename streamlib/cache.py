@@ -446,6 +446,16 @@ class MessageCache:
             reader.prefetching = True
             return reader.prefetched_to, want
 
+    def sync_readahead(self, reader: Reader, first: int) -> int:
+        """Decoded bytes a fetch of ``reader`` that has to GET anyway may load beyond what it
+        returns, in the same GETs: what its window has left, or, on the reader's first fetch
+        (it may read once and go), ``first`` at most."""
+        with self._lock:
+            if reader.id not in self._readers or not self.readahead_bytes:
+                return 0
+            left = reader.window - sum(size for _, size in reader.ahead)
+            return max(0, left if reader.sequential else min(left, first))
+
     def holds(self, reader: ObjectReader, entry: IndexEntry) -> bool:
         """Whether the block is in memory or being loaded."""
         key = (reader.store.url, reader.key, entry.position)
@@ -468,28 +478,35 @@ class MessageCache:
 
     @overload
     def load(self, reader: ObjectReader, entries: Sequence[IndexEntry], *,
-             cache_only: bool = False, ahead_of: None = None,
-             lookup: bool = False) -> list[list[RecordBatch]]: ...
+             cache_only: bool = False, ahead_of: None = None, lookup: bool = False,
+             then: tuple[Reader, Sequence[IndexEntry]] | None = None
+             ) -> list[list[RecordBatch]]: ...
 
     @overload
     def load(self, reader: ObjectReader, entries: Sequence[IndexEntry], *,
-             cache_only: bool = False, ahead_of: Reader,
-             lookup: bool = False) -> list[list[RecordBatch] | None]: ...
+             cache_only: bool = False, ahead_of: Reader, lookup: bool = False,
+             then: None = None) -> list[list[RecordBatch] | None]: ...
 
     def load(self, reader: ObjectReader, entries: Sequence[IndexEntry], *,
-             cache_only: bool = False, ahead_of: Reader | None = None,
-             lookup: bool = False) -> Sequence[list[RecordBatch] | None]:
+             cache_only: bool = False, ahead_of: Reader | None = None, lookup: bool = False,
+             then: tuple[Reader, Sequence[IndexEntry]] | None = None
+             ) -> Sequence[list[RecordBatch] | None]:
         """Each block's batches, in the order of ``entries`` (blocks of ``reader``'s object):
         from memory, from a load another reader started, or fetched now with one GET per run
         of adjacent missing blocks. ``cache_only``: raise :class:`Uncached` rather than wait or
         fetch. ``ahead_of``: a readahead for that reader (blocks already held or loading are
         skipped, and so are those past the room a readahead may take: their places in the
         answer are None). ``lookup``: not a reader's read (a time lookup): no hit is counted,
-        no window grows."""
+        no window grows. ``then``: ``(reader, blocks)``, the blocks after ``entries`` that
+        reader will want next: if this load goes to the store at all, the same GETs carry
+        them too, as a readahead for that reader would load them (a synchronous readahead:
+        one round trip where a fetch and its readahead would make two); they are not in the
+        answer."""
         found: list[list[RecordBatch] | None] = [None] * len(entries)
         waits: list[tuple[int, BlockKey, Future[list[RecordBatch]]]] = []
         missing: list[tuple[int, IndexEntry, BlockKey]] = []
         mine: list[tuple[int, IndexEntry, BlockKey, Future[list[RecordBatch]]]] = []
+        extra: list[tuple[int, IndexEntry, BlockKey, Future[list[RecordBatch]]]] = []
         now = self._clock()
         with self._lock:
             for i, entry in enumerate(entries):
@@ -519,8 +536,12 @@ class MessageCache:
                     self.stats.block_misses += 1
                 else:
                     self.stats.readahead_blocks += 1
+            if mine and then is not None and then[0].id in self._readers:
+                extra, more = self._also_ahead(reader, then[1], now)
+                reserved = reserved[0], reserved[1] + more
         if mine:
-            self._fetch(reader, mine, found, ahead_of, reserved[1])
+            self._fetch(reader, mine + extra, found, ahead_of, reserved[1],
+                        ahead=None if then is None else then[0], from_ahead=len(mine))
         for i, _, future in waits:
             found[i] = future.result()
         if waits and not lookup:  # a block a readahead loaded while this read waited: a hit
@@ -530,6 +551,28 @@ class MessageCache:
                     if held is not None and held.prefetched_for is not None:
                         self._touch(key, held, now)
         return found
+
+    def _also_ahead(self, reader: ObjectReader, entries: Sequence[IndexEntry], now: float
+                    ) -> tuple[list[tuple[int, IndexEntry, BlockKey, Future[list[RecordBatch]]]],
+                               int]:
+        """The blocks of ``entries`` (those right after a load's) that a synchronous
+        readahead takes, marked loading, and the bytes reserved for them: up to the first
+        one held or loading, as far as the room a readahead may take goes (caller holds the
+        lock)."""
+        candidates: list[tuple[int, IndexEntry, BlockKey]] = []
+        for entry in entries:
+            key: BlockKey = (reader.store.url, reader.key, entry.position)
+            if key in self._blocks or key in self._loading:
+                break  # the rest is the asynchronous readahead's: one run, one GET
+            candidates.append((-1, entry, key))
+        count, reserved = self._reserve(reader, candidates, now, True)
+        extra = []
+        for _, entry, key in candidates[:count]:
+            future: Future[list[RecordBatch]] = Future()
+            self._loading[key] = future
+            extra.append((-1, entry, key, future))
+            self.stats.readahead_blocks += 1
+        return extra, reserved
 
     def _reserve(self, reader: ObjectReader, missing: list[tuple[int, IndexEntry, BlockKey]],
                  now: float, readahead: bool) -> tuple[int, int]:
@@ -571,9 +614,13 @@ class MessageCache:
     def _fetch(self, reader: ObjectReader,
                mine: list[tuple[int, IndexEntry, BlockKey, Future[list[RecordBatch]]]],
                found: list[list[RecordBatch] | None], ahead_of: Reader | None,
-               reserved: int) -> None:
+               reserved: int, *, ahead: Reader | None = None, from_ahead: int = 0) -> None:
+        """Load ``mine`` with one GET per run; the answer's blocks go to ``found``, except
+        those from ``from_ahead`` on when ``ahead`` is given: those are a synchronous
+        readahead for that reader, kept as its readahead's would be, or not at all."""
         gets, fetched = reader.gets, reader.fetched_bytes
         loaded: list[list[RecordBatch]] | None = None
+        split = len(mine) if ahead is None else from_ahead
         try:
             loaded = reader.read_blocks([entry for _, entry, _, _ in mine])
             if len(loaded) != len(mine):
@@ -582,23 +629,27 @@ class MessageCache:
             with self._lock:
                 self._unreserve(reserved)
                 reserved = 0
-                incoming = []
-                for (i, entry, key, _), batches in zip(mine, loaded, strict=True):
-                    found[i] = batches
+                owner = ahead_of if ahead is None else ahead
+                incoming: list[tuple[BlockKey, _Block]] = []
+                later: list[tuple[BlockKey, _Block]] = []
+                for n, ((i, entry, key, _), batches) in enumerate(zip(mine, loaded, strict=True)):
+                    answered = n < split
+                    if answered:
+                        found[i] = batches
                     block = _Block(batches, weight(batches), (reader.store.url, entry.stream_id),
                                    entry.start_offset, entry.end_offset,
-                                   None if ahead_of is None else ahead_of.id)
+                                   None if owner is None or (answered and ahead is not None)
+                                   else owner.id)
                     if block.size <= self.max_bytes:  # else: served to this read, not kept
-                        incoming.append((key, block))
+                        (incoming if answered else later).append((key, block))
                 # A readahead takes only room nobody ahead of a reader needs: it never
                 # evicts what is nearer to a reader than itself.
-                self._make_room(sum(block.size for _, block in incoming), now,
-                                spare_ahead=ahead_of is not None)
-                for key, block in incoming:
-                    if self._bytes + block.size > self.max_bytes:
-                        continue  # the room went to blocks readers need more
-                    self._blocks[key] = block
-                    self._bytes += block.size
+                self._admit(incoming, now, ahead_of is not None)
+                kept = self._admit(later, now, True)
+                if ahead is not None and kept:
+                    for block in kept:
+                        ahead.ahead.append((block.end, block.size))
+                        ahead.prefetched_to = max(ahead.prefetched_to, block.end)
         except BaseException as error:
             for _, _, _, future in mine:
                 if not future.done():
@@ -614,6 +665,22 @@ class MessageCache:
                 self._room.notify_all()  # a reservation gone may let an append in
         for (_, _, _, future), batches in zip(mine, loaded, strict=True):
             future.set_result(batches)
+
+    def _admit(self, incoming: list[tuple[BlockKey, _Block]], now: float, readahead: bool
+               ) -> list[_Block]:
+        """Make room for these loaded blocks and keep those that fit (caller holds the lock);
+        the ones kept."""
+        if not incoming:
+            return []
+        self._make_room(sum(block.size for _, block in incoming), now, spare_ahead=readahead)
+        kept = []
+        for key, block in incoming:
+            if self._bytes + block.size > self.max_bytes:
+                continue  # the room went to blocks readers need more
+            self._blocks[key] = block
+            self._bytes += block.size
+            kept.append(block)
+        return kept
 
     def _unreserve(self, reserved: int) -> None:
         self._loading_bytes -= reserved

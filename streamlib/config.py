@@ -310,6 +310,13 @@ class Config:
         "delete_grace_ms). 0: no sweep in the background (store.collect_garbage() still runs "
         "one).",
         _Kind("milliseconds", low=0, high=30 * 24 * 3600 * 1000))
+    memory_trim_interval_ms: int = _setting(
+        30_000,
+        "How often the lifecycle thread gives the memory the store freed back to the system "
+        "(glibc's malloc_trim, a few milliseconds; nothing on other C libraries). Without it "
+        "glibc keeps what the store's threads free and RSS creeps up while the bytes held "
+        "stay flat. 0: never.",
+        _Kind("milliseconds", low=0, high=24 * 3600 * 1000))
     retention_max_age_ms: int = _setting(
         0,
         "The store's default retention by age, for streams without their own "

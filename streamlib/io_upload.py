@@ -15,10 +15,12 @@ key. Three backends:
   (and, for a multipart ETag, the ETag) expected. A lost answer of CreateMultipartUpload
   leaves an empty pending upload behind (no parts: nothing stored); a bucket lifecycle rule
   ``AbortIncompleteMultipartUpload`` removes such leftovers, as it removes those of a crash.
-- **local** (``file://``): parts written at their offsets (a retry rewrites the same bytes)
-  into a temporary file named ``TMP_PREFIX…`` beside the target (:meth:`ObjectStore.list`
-  hides it), then fdatasync, rename into place and fsync of the directory — the durability of
-  a local PUT. A crash leaves the temporary file, as it does for a PUT.
+- **local** (``file://``): parts of at most 4 MiB written at their offsets (a retry rewrites
+  the same bytes) into a temporary file named ``TMP_PREFIX…`` beside the target
+  (:meth:`ObjectStore.list` hides it), each made durable as it is written (fdatasync: the
+  disk never holds more than one part of the object's dirty pages, which a WAL's sync on the
+  same disk would wait for), then rename into place and fsync of the directory — the
+  durability of a local PUT. A crash leaves the temporary file, as it does for a PUT.
 - **anything else** (memory): the parts kept in memory, one PUT at complete.
 
 States (:class:`State`), one transition table::
@@ -63,6 +65,8 @@ S3_MAX_PART_BYTES = 5 * 2**30
 """S3's largest part: 5 GiB."""
 S3_MAX_PARTS = 10_000
 """S3's most parts in one upload."""
+LOCAL_PART_BYTES = 4 * 2**20
+"""The largest part of a local upload: what is written and made durable at once."""
 
 
 class Run(Protocol):
@@ -92,9 +96,17 @@ class Upload:
         self.key_url = key_url
         self.part_bytes = part_bytes
         self.state = State.OPEN
-        self._buffer = bytearray()  # what is written and not yet sent: less than one part
+        # What is written and not yet sent: the first ``_filled`` bytes of ``_part`` (less
+        # than one part). A backend that is done with a part when _send returns gets the same
+        # buffer again (REUSES_PARTS): no allocation, page faults or growing copies per part.
+        self._part: bytearray | None = None
+        self._filled = 0
         self._written = 0
         self._parts = 0  # parts sent
+
+    REUSES_PARTS = True
+    """Whether a part's buffer is free again once ``_send`` returns (False: the backend
+    keeps it)."""
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}({self.key_url!r}, state={self.state.value}, "
@@ -110,12 +122,18 @@ class Upload:
         self._check_open("write")
         view = memoryview(data).cast("B")
         while view:
-            taken = view[:self.part_bytes - len(self._buffer)]
-            self._buffer += taken
-            self._written += len(taken)
-            view = view[len(taken):]
-            if len(self._buffer) == self.part_bytes:
-                part, self._buffer = self._buffer, bytearray()
+            if self._part is None:
+                self._part = bytearray(self.part_bytes)
+            taken = min(len(view), self.part_bytes - self._filled)
+            self._part[self._filled:self._filled + taken] = view[:taken]
+            self._filled += taken
+            self._written += taken
+            view = view[taken:]
+            if self._filled == self.part_bytes:
+                part = self._part
+                if not self.REUSES_PARTS:
+                    self._part = None
+                self._filled = 0
                 with self._failing():
                     self._send(part, self._parts + 1)
                 self._parts += 1
@@ -126,7 +144,8 @@ class Upload:
         if self.state is State.COMPLETED:
             return self._written
         self._check_open("complete")
-        tail, self._buffer = self._buffer, bytearray()
+        tail = bytes(memoryview(self._part)[:self._filled]) if self._part else b""
+        self._part, self._filled = None, 0
         with self._failing():
             self._finish(tail)
         self.state = State.COMPLETED
@@ -138,7 +157,7 @@ class Upload:
         if self.state in (State.COMPLETED, State.ABORTED):
             return
         self.state = State.FAILED
-        self._buffer = bytearray()
+        self._part, self._filled = None, 0
         self._discard()
         self.state = State.ABORTED
 
@@ -178,7 +197,7 @@ class Upload:
         """Send a full part (numbered from 1)."""
         raise NotImplementedError
 
-    def _finish(self, tail: bytearray) -> None:
+    def _finish(self, tail: bytes) -> None:
         """Send ``tail`` (less than a part, maybe nothing) and make the object appear."""
         raise NotImplementedError
 
@@ -191,15 +210,17 @@ class BufferedUpload(Upload):
     """Parts kept in memory, one PUT at complete (memory://, and filesystems without a
     streaming write that keeps the object invisible until it is whole)."""
 
+    REUSES_PARTS = False
+
     def __init__(self, key_url: str, part_bytes: int, put: Put) -> None:
         super().__init__(key_url, part_bytes)
         self._put = put
-        self._kept: list[bytearray] = []
+        self._kept: list[bytes | bytearray] = []
 
     def _send(self, part: bytearray, number: int) -> None:
         self._kept.append(part)
 
-    def _finish(self, tail: bytearray) -> None:
+    def _finish(self, tail: bytes) -> None:
         self._kept.append(tail)
         data = b"".join(self._kept)
         self._kept = []
@@ -210,11 +231,15 @@ class BufferedUpload(Upload):
 
 
 class LocalUpload(Upload):
-    """Parts written into a temporary file beside the target, renamed into place at complete."""
+    """Parts written into a temporary file beside the target, renamed into place at complete.
+
+    Its parts are at most :data:`LOCAL_PART_BYTES`, each made durable as it is written
+    (fdatasync): a large object never has more than one such part of dirty pages, which a
+    later sync (a WAL's, on the same disk) would otherwise have to wait for at once."""
 
     def __init__(self, key_url: str, path: str, part_bytes: int, run: Run, *,
                  cleanup: Callable[[], None]) -> None:
-        super().__init__(key_url, part_bytes)
+        super().__init__(key_url, min(part_bytes, LOCAL_PART_BYTES))
         self._path = path
         self._run = run
         self._cleanup = cleanup  # removes the directories left empty by an abort
@@ -223,7 +248,7 @@ class LocalUpload(Upload):
         self._offset = 0  # where the next part goes in the temporary file
         self._renamed = False
 
-    def _write_at(self, data: bytearray, offset: int) -> None:
+    def _write_at(self, data: bytes | bytearray, offset: int) -> None:
         if self._fd is None:
             directory = os.path.dirname(self._path)
             makedirs_durable(directory)
@@ -235,10 +260,15 @@ class LocalUpload(Upload):
             view, offset = view[done:], offset + done
 
     def _send(self, part: bytearray, number: int) -> None:
-        self._run("upload_part", lambda: self._write_at(part, self._offset))
+        def attempt() -> None:
+            self._write_at(part, self._offset)
+            assert self._fd is not None
+            os.fdatasync(self._fd)
+
+        self._run("upload_part", attempt)
         self._offset += len(part)
 
-    def _finish(self, tail: bytearray) -> None:
+    def _finish(self, tail: bytes) -> None:
         def attempt() -> None:
             if not self._renamed:
                 self._write_at(tail, self._offset)  # creates the file of an empty object
@@ -307,7 +337,7 @@ class S3Upload(Upload):
             "upload_part", UploadId=upload_id, PartNumber=number, Body=part))
         self._etags.append(str(answer["ETag"]))
 
-    def _finish(self, tail: bytearray) -> None:
+    def _finish(self, tail: bytes) -> None:
         if self._upload_id is None:
             self._put(tail)  # smaller than a part: no multipart at all
             return

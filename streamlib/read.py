@@ -162,7 +162,7 @@ class ReadPath:
                 full = True
                 break
             for block in self._blocks_of(state.id, piece, cursor, min(end, piece.end),
-                                         budget, cache_only):
+                                         budget, cache_only, (reader, max_bytes)):
                 for batch in block:
                     if batch.next_offset <= cursor:
                         continue
@@ -253,14 +253,19 @@ class ReadPath:
         return reader
 
     def _blocks_of(self, stream_id: int, piece: ObjectSlice, start: int, end: int,
-                   budget: Callable[[], int], cache_only: bool) -> Iterator[list[RecordBatch]]:
+                   budget: Callable[[], int], cache_only: bool,
+                   sequential: tuple[Reader, int] | None = None
+                   ) -> Iterator[list[RecordBatch]]:
         """The batches of each block of ``piece`` holding ``[start, end)``, loaded through the
         block cache a run at a time: as many blocks as the fetch's remaining ``budget()`` of
         bytes may use (decoded sizes, as the index gives them; at least one), so that a fetch
         bounded by max_bytes does not load, nor decompress, far beyond it, and what it loads is
-        kept for the next fetch."""
+        kept for the next fetch. ``sequential``: the fetch's reader and max_bytes: a run that
+        goes to the store brings that reader's readahead along in the same GET (the blocks
+        after it in this object, as many as the cache gives the reader: docs/cache.md)."""
         reader = self._reader(piece, stream_id, start, cache_only)
         entries = reader.index().blocks(stream_id, start, end)
+        cache = self._node.cache
         i = 0
         while i < len(entries):
             left = budget()
@@ -269,8 +274,17 @@ class ReadPath:
             while j < len(entries) and (j == i or decoded < left):
                 decoded += reader.decoded_bound(entries[j])
                 j += 1
+            then = None
+            if sequential is not None and not cache_only and j < len(entries):
+                want = cache.sync_readahead(sequential[0], sequential[1])
+                k = j
+                while k < len(entries) and reader.decoded_bound(entries[k]) <= want:
+                    want -= reader.decoded_bound(entries[k])
+                    k += 1
+                if k > j:
+                    then = (sequential[0], entries[j:k])
             try:
-                loaded = self._node.cache.load(reader, entries[i:j], cache_only=cache_only)
+                loaded = cache.load(reader, entries[i:j], cache_only=cache_only, then=then)
             except Uncached:
                 raise CacheMiss(stream_id, max(start, entries[i].start_offset),
                                 f"blocks of object `{piece.key}`") from None

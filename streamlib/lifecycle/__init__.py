@@ -2,6 +2,10 @@
 sweep, run by one background thread, ``streamlib-lifecycle``, every ``compaction_interval_ms``
 (the sweep at most every ``gc_interval_ms``), and on demand (docs/lifecycle.md).
 
+The same thread gives the memory the store freed back to the system every
+``memory_trim_interval_ms`` and after each pass (:mod:`streamlib.heap`); it runs when either
+interval is set.
+
 A pass: apply the retention of the streams this node owns (as trims), page through the live
 objects (at most :data:`PLAN_RANGES` ranges planned at once), mark those without readable
 records doomed, compact the small ones, then delete the doomed objects whose grace period has
@@ -22,6 +26,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from streamlib import heap
 from streamlib.io import ObjectStore
 from streamlib.lifecycle.compaction import CompactionReport, Compactor, Task
 from streamlib.lifecycle.deletion import Deleter, DeletionReport
@@ -90,6 +95,8 @@ class LifecycleStats:
     """``{"objects": n, "bytes": n}`` waiting for deletion, as of the last pass."""
     backlog_bytes: int = 0
     """Bytes in live objects below ``compaction_object_bytes``, as of the last pass."""
+    memory_trims: int = 0
+    """Times the thread gave freed memory back to the system (:mod:`streamlib.heap`)."""
 
     def as_dict(self) -> dict[str, object]:
         return {"passes": self.passes, "failures": self.failures, "last_error": self.last_error,
@@ -99,7 +106,8 @@ class LifecycleStats:
                 "deletion": {"marked": self.deletion.marked, "deleted": self.deletion.deleted,
                              "deleted_bytes": self.deletion.deleted_bytes},
                 "objects": {tier: dict(v) for tier, v in self.objects.items()},
-                "doomed": dict(self.doomed), "backlog_bytes": self.backlog_bytes}
+                "doomed": dict(self.doomed), "backlog_bytes": self.backlog_bytes,
+                "memory_trims": self.memory_trims}
 
 
 class Lifecycle:
@@ -143,7 +151,9 @@ class Lifecycle:
     # ---- the background thread ----
 
     def start(self) -> None:
-        if self._config.compaction_interval_ms <= 0:
+        config = self._config
+        if config.compaction_interval_ms <= 0 and \
+                (config.memory_trim_interval_ms <= 0 or not heap.AVAILABLE):
             return
         self._thread = threading.Thread(target=self._run, name="streamlib-lifecycle",
                                         daemon=True)
@@ -157,19 +167,41 @@ class Lifecycle:
 
     def _run(self) -> None:
         config = self._config
-        while not self._stop.wait(config.compaction_interval_ms / 1000):
-            try:
-                self.run_pass(bytes_per_s=config.compaction_bytes_per_s)
-            except Exception as error:  # counted in run_pass; never fatal
-                log.warning("lifecycle pass failed: %r", error)
-            if config.gc_interval_ms <= 0 or self._stopping():
+        forever = float("inf")
+
+        def after(ms: int) -> float:
+            return time.monotonic() + ms / 1000 if ms > 0 else forever
+
+        next_pass = after(config.compaction_interval_ms)
+        next_trim = after(config.memory_trim_interval_ms if heap.AVAILABLE else 0)
+        while not self._stop.wait(max(0.0, min(next_pass, next_trim) - time.monotonic())):
+            if time.monotonic() >= next_trim:
+                self._trim_heap()
+                next_trim = after(config.memory_trim_interval_ms)
+            if time.monotonic() < next_pass:
                 continue
-            if self._swept_at is None or \
-                    time.monotonic() - self._swept_at >= config.gc_interval_ms / 1000:
-                try:
-                    self.collect_garbage()
-                except Exception as error:  # counted; never fatal
-                    log.warning("garbage collection failed: %r", error)
+            self._background_pass()
+            next_pass = after(config.compaction_interval_ms)
+
+    def _trim_heap(self) -> None:
+        heap.trim()
+        with self._lock:
+            self.stats.memory_trims += 1
+
+    def _background_pass(self) -> None:
+        config = self._config
+        try:
+            self.run_pass(bytes_per_s=config.compaction_bytes_per_s)
+        except Exception as error:  # counted in run_pass; never fatal
+            log.warning("lifecycle pass failed: %r", error)
+        if config.gc_interval_ms > 0 and not self._stopping() and (
+                self._swept_at is None
+                or time.monotonic() - self._swept_at >= config.gc_interval_ms / 1000):
+            try:
+                self.collect_garbage()
+            except Exception as error:  # counted; never fatal
+                log.warning("garbage collection failed: %r", error)
+        self._trim_heap()  # a pass frees its buffers: give them back now
 
     def collect_garbage(self, *, dry_run: bool = False) -> GarbageReport:
         """One sweep now (:mod:`streamlib.lifecycle.sweep`); raises what stopped it."""

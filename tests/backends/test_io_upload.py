@@ -17,7 +17,7 @@ import pytest
 
 from streamlib.errors import StorageUnavailable
 from streamlib.io import TMP_PREFIX, ObjectInfo, ObjectStore, RetryPolicy
-from streamlib.io_upload import S3Upload, State
+from streamlib.io_upload import LOCAL_PART_BYTES, S3Upload, State
 from streamlib.testing import faults
 from streamlib.testing.faults import FaultyFileSystem
 from streamlib.testing.s3 import S3Bucket, object_store
@@ -102,6 +102,23 @@ def test_a_multipart_object_appears_whole_only_at_complete(store: ObjectStore, k
     assert store.list() == [ObjectInfo("a/big", len(data))]
     assert pending_uploads(store) == [] and temporary_files(store) == []
 
+
+
+def test_a_local_upload_writes_its_parts_to_disk_as_they_fill(
+        request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    """Parts of a local upload are at most LOCAL_PART_BYTES whatever part_bytes says: memory
+    and the disk's dirty pages stay at one such part, however large the object."""
+    with object_store("file", request, tmp_path, "upload") as store:
+        data = payload(LOCAL_PART_BYTES * 5 // 2)
+        with store.upload("local", part_bytes=16 * 2**20) as upload:
+            upload.write(data[:LOCAL_PART_BYTES * 2 + 1])
+            (name,) = temporary_files(store)
+            found = [os.path.join(d, name) for d, _, names in os.walk(store.root)
+                     if name in names]
+            assert os.path.getsize(found[0]) == LOCAL_PART_BYTES * 2
+            upload.write(data[LOCAL_PART_BYTES * 2 + 1:])
+            upload.complete()
+        assert store.get("local") == data
 
 def test_an_object_smaller_than_a_part_is_one_put(store: ObjectStore) -> None:
     upload = store.upload("small", part_bytes=part_bytes(store))

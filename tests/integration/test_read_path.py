@@ -50,7 +50,10 @@ def fill(store: StreamStore, mib: int) -> int:
 
 
 def read_all(stream: streamlib.Stream, max_bytes: int = MiB) -> list[bytes]:
-    payloads, offset = [], stream.start_offset
+    return read_all_from(stream, stream.start_offset, max_bytes)
+
+def read_all_from(stream: streamlib.Stream, offset: int, max_bytes: int) -> list[bytes]:
+    payloads = []
     while offset < stream.next_offset:
         result = stream.fetch(offset, max_bytes=max_bytes)
         payloads += [b.payload[:4] for b in result]
@@ -253,6 +256,26 @@ def test_readahead_stays_within_the_budget_while_it_loads(tmp_path: Path) -> Non
     # The budget, a fetch's answer, and the GET buffers of two loads at once (a fetch's and a
     # readahead's, a block each) beside their decoded copies. Uncounted, the window made 25 MiB.
     assert peak <= budget + 4 * MiB, (peak / MiB, cache)
+
+
+
+def test_a_fetch_that_goes_to_the_store_brings_its_readers_readahead(open_store: Any) -> None:
+    """A sequential reader's fetch that misses loads, in the same GET, the blocks its readahead
+    would load next (a synchronous readahead): reading an object of nine blocks a block at a
+    time costs the index's GET, the first fetch's (its block and one more: a first fetch may
+    be the only one) and the third's (the rest of the window), whoever wins the race with
+    the background readahead — not a GET a fetch."""
+    with open_store() as store:
+        fill(store, 8)
+    with open_store(cache_bytes="64MiB") as store:
+        stream = store.open_stream("s", read_only=True)
+        first = stream.fetch(0, max_bytes=MiB)
+        assert gets(store) == 2
+        assert store.stats()["cache"]["readahead_blocks"] == 1  # type: ignore[index]
+        rest = read_all_from(stream, first.next_fetch_offset, MiB)
+        assert [b.payload[:4] for b in first] + rest == [n.to_bytes(4, "big")
+                                                         for n in range(8 * MiB // BATCH)]
+        assert gets(store) == 3, store.stats()["cache"]
 
 
 def test_objects_of_format_version_1_are_read_a_block_at_a_time(
