@@ -552,12 +552,14 @@ class MetadataStore(abc.ABC):
       2. no output's key is committed or doomed;
       3. for each stream that the inputs or the outputs hold ranges of, by id: the inputs hold
          it; if the outputs hold it, the stream is live, the inputs' ranges of it that end
-         above its ``start_offset`` are contiguous, ``[a, b)``, and the outputs' are ``[c, b)`` with
-         ``a <= c <= max(a, start_offset)`` (a stream trimmed since the plan may be covered
-         from a later offset, never from an earlier one, and nothing readable is left out);
+         above its ``start_offset`` (all of them if none does) are contiguous, ``[a, b)``,
+         and the outputs' are ``[c, b)`` with ``a0 <= c <= max(a, start_offset)``, ``a0``
+         the start of the inputs' ranges that reach ``b`` without a gap (a stream trimmed
+         since the plan may be covered from a later offset, never from an earlier one, and
+         nothing readable is left out; trimmed records the inputs hold may be carried over);
          if the outputs do not hold it, the inputs hold nothing readable of it
          (``b <= start_offset``, or the stream is destroyed); the inputs' ranges wholly
-         below ``start_offset`` count for nothing here (they go with their objects);
+         below ``start_offset`` need not be contiguous (they go with their objects);
       4. the operation's time is not past ``not_after_ms``, if given (as for a commit).
 
       Then the inputs are doomed, marked at the operation's time, and the outputs live;

@@ -58,10 +58,11 @@ def swap_problem(inputs: Mapping[int, Sequence[Span]], outputs: Mapping[int, Seq
             return describe("an output holds records of a destroyed stream", stream=stream_id)
         # Ranges wholly below the start hold nothing readable: they go with their inputs, and
         # need not be contiguous with the rest (the planner merges by readable ranges). With
-        # nothing readable at all, trimmed records may still be carried over, whole.
-        given = [span for span in given if span[1] > start_offset] or given
-        a = given[0][0]
-        for what, spans in (("inputs", given), ("outputs", taken)):
+        # nothing readable at all, trimmed records may still be carried over, whole. An output
+        # may start as low as the inputs hold records without a gap up to their end.
+        readable = [span for span in given if span[1] > start_offset] or given
+        a = readable[0][0]
+        for what, spans in (("inputs", readable), ("outputs", taken)):
             gap = _gap(spans)
             if gap is not None:
                 return describe(f"the {what}' ranges of a stream are not contiguous",
@@ -70,14 +71,25 @@ def swap_problem(inputs: Mapping[int, Sequence[Span]], outputs: Mapping[int, Seq
         if d != b:
             return describe("the outputs do not end where the inputs do", stream=stream_id,
                             inputs=f"[{a}, {b})", outputs=f"[{c}, {d})")
-        if c < a:
-            return describe("the outputs start below the inputs", stream=stream_id,
+        if c < contiguous_from(given):
+            return describe("the outputs start below what the inputs hold", stream=stream_id,
                             inputs=f"[{a}, {b})", outputs=f"[{c}, {d})")
         if c > max(a, start_offset):
             return describe("the outputs leave out readable records", stream=stream_id,
                             inputs=f"[{a}, {b})", outputs=f"[{c}, {d})",
                             start_offset=start_offset)
     return None
+
+
+def contiguous_from(spans: Sequence[Span]) -> int:
+    """Where the run of ``spans`` (sorted) that ends with the last one, without a gap,
+    starts."""
+    start = spans[-1][0]
+    for i in range(len(spans) - 1, 0, -1):
+        if spans[i - 1][1] != spans[i][0]:
+            break
+        start = spans[i - 1][0]
+    return start
 
 
 def _gap(spans: Sequence[Span]) -> str | None:
@@ -103,4 +115,5 @@ def check_page(after: object, limit: object) -> tuple[str | None, int]:
     return after, check_int(limit, "limit", 1, INT64_MAX)
 
 
-__all__ = ["Span", "check_keys", "check_page", "key_problem", "swap_problem"]
+__all__ = ["Span", "check_keys", "check_page", "contiguous_from", "key_problem",
+           "swap_problem"]

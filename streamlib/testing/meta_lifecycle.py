@@ -171,6 +171,23 @@ class LifecycleContract(StoreFixtures):
             make_object("m2", (t.a, 15, 20), (t.b, 0, 5))]))  # exactly at the start: fine
         assert store.objects(t.a)[0].range_of(t.a).start_offset == 15  # type: ignore[union-attr]
 
+    def test_trimmed_records_are_carried_over_only_without_a_gap(
+            self, store: MetadataStore) -> None:
+        """An input wholly below the start may join a merge even when it is not contiguous
+        with the rest, and trimmed records may be carried over from as low as the inputs
+        hold them without a gap up to their end — never across a gap (another object holds
+        those offsets)."""
+        t = Layout(store)
+        store.trim_stream(t.a, 22)
+        with pytest.raises(CompactionConflict, match="below what the inputs hold"):
+            store.replace(Replacement(inputs=["o1", "o3"], outputs=[
+                make_object("m1", (t.a, 0, 25), (t.b, 0, 8))]))
+        store.replace(Replacement(inputs=["o1", "o3"], outputs=[
+            make_object("m1", (t.a, 20, 25), (t.b, 0, 8))]))
+        store.replace(Replacement(inputs=["o2", "m1"], outputs=[
+            make_object("m2", (t.a, 10, 25), (t.b, 0, 8))]))  # [10, 20) + [20, 25): no gap
+        assert keys_of(store.objects(t.a)) == ["m2"]
+
     def test_inputs_without_readable_records_need_no_outputs(self, store: MetadataStore
                                                              ) -> None:
         """Deletion's marking: an object whose every range is trimmed away or of a destroyed

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import operator
 import uuid
 from collections.abc import Callable
 from functools import partial
@@ -168,16 +167,25 @@ class MetadataModel:
             if not given:
                 raise CompactionConflict("an output of a stream the inputs do not hold")
             given.sort()
-            a, b = given[0][0], given[-1][1]
+            b = given[-1][1]
             if not taken:
                 if live and b > start:
                     raise CompactionConflict("readable records left out")
                 continue
             taken.sort()
-            if not live or any(map(operator.ne, [e for _, e in given[:-1]],
-                                   [s for s, _ in given[1:]])):
+            # The readable ranges (ending above the start; all of them if none does) must be
+            # contiguous; an output may start from the first input of the gapless run that
+            # ends at b, and no later than the first readable record.
+            readable = [(s, e) for s, e in given if e > start] or given
+            if not live or any(readable[i][1] != readable[i + 1][0]
+                               for i in range(len(readable) - 1)):
                 raise CompactionConflict("destroyed, or inputs not contiguous")
-            if taken[-1][1] != b or not a <= taken[0][0] <= max(a, start):
+            run = len(given) - 1
+            while run > 0 and given[run - 1][1] == given[run][0]:
+                run -= 1
+            low, high = given[run][0], max(readable[0][0], start)
+            if any(taken[i][1] != taken[i + 1][0] for i in range(len(taken) - 1)) \
+                    or taken[-1][1] != b or not low <= taken[0][0] <= high:
                 raise CompactionConflict("the outputs do not cover the inputs")
         for key in replacement.inputs:
             self.doomed[key] = self.objects.pop(key)
@@ -263,7 +271,7 @@ class MetadataMachine(RuleBasedStateMachine):
                 outcomes.append(("returned", call()))
             except StreamLibError as e:
                 outcomes.append(("raised", type(e)))
-        assert outcomes[0] == outcomes[1]
+        assert outcomes[0] == outcomes[1], f"the store {outcomes[0]}, the model {outcomes[1]}"
         return outcomes[0][1]
 
     def pick_stream(self, data: st.DataObject) -> int:
