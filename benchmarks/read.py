@@ -269,7 +269,7 @@ class Timed:
     business only: a private attribute."""
 
     def __init__(self, store: Any) -> None:
-        self.objects = store.objects
+        self.objects = store._read._stores[""]  # the read path's view of the objects
         self.get = self.objects.get
         self.thread = threading.get_ident()
         self.own = self.other = 0.0

@@ -136,7 +136,8 @@ def store_at(url: str, objects: ObjectStore, storage_options: Mapping[str, Any] 
     """The object store at ``url`` (the objects' own when empty), retried like it."""
     if not url:
         return objects
-    return ObjectStore.from_url(url, storage_options, retry=objects.retry)
+    return ObjectStore.from_url(url, storage_options, retry=objects.retry).metered(
+        objects.meter, objects.purpose)
 
 
 # ---- the metadata ----

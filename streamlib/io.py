@@ -38,6 +38,7 @@ caller puts and creates one key at once).
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import errno
 import functools
@@ -58,6 +59,7 @@ from fsspec import AbstractFileSystem
 from fsspec.asyn import AsyncFileSystem
 from fsspec.implementations.local import LocalFileSystem
 
+from streamlib.cost import Meter
 from streamlib.disk import fsync_dir, makedirs_durable
 from streamlib.errors import ConfigError, StorageUnavailable, describe
 
@@ -339,6 +341,8 @@ class ObjectStore:
         self._deadline = threading.local()  # .at: the running call's deadline (this thread's)
         self._calls_lock = threading.Lock()
         self._calls: dict[int, tuple[str, str, float]] = {}  # GUARDED_BY(_calls_lock)
+        self._meter: Meter | None = None  # what the calls cost (metered): fixed per view
+        self.purpose = ""
         protocols = _protocols(fs)
         # Some filesystems keep the scheme in their paths (http: the root is the whole URL).
         self.url = (self.root if any(self.root.startswith(f"{p}://") for p in protocols)
@@ -355,8 +359,26 @@ class ObjectStore:
 
     def with_retry(self, **changes: float) -> ObjectStore:
         """The same store (same filesystem) with some retry settings changed."""
-        return ObjectStore(self.fs, self.root, retry=dataclasses.replace(self.retry, **changes),
-                           sleep=self._sleep, clock=self._clock, random=self._random)
+        other = ObjectStore(self.fs, self.root, retry=dataclasses.replace(self.retry, **changes),
+                            sleep=self._sleep, clock=self._clock, random=self._random)
+        other._meter, other.purpose = self._meter, self.purpose
+        return other
+
+    def metered(self, meter: Meter | None, purpose: str) -> ObjectStore:
+        """A view of this store whose requests ``meter`` counts under ``purpose``
+        (:mod:`streamlib.cost`): the same filesystem, retries and calls in flight."""
+        view = copy.copy(self)
+        view._meter, view.purpose = meter, purpose
+        return view
+
+    def purposed(self, purpose: str) -> ObjectStore:
+        """This view's meter, counting under another ``purpose``."""
+        return self.metered(self._meter, purpose)
+
+    @property
+    def meter(self) -> Meter | None:
+        """What counts this view's requests (None: nothing)."""
+        return self._meter
 
     def __repr__(self) -> str:
         return f"ObjectStore({self.url!r})"
@@ -449,11 +471,24 @@ class ObjectStore:
             return {}
         return {"timeout": max(ATTEMPT_FLOOR, at - self._clock())}
 
-    def _call(self, op: str, key: str, attempt: Callable[[], T]) -> T:
-        """Run ``attempt`` until it succeeds, retrying transient errors within the budget."""
+    def _call(self, op: str, key: str, attempt: Callable[[], T], sent: int = 0) -> T:
+        """Run ``attempt`` until it succeeds, retrying transient errors within the budget
+        (each attempt a request of ``sent`` bytes, for the meter)."""
         token = id(threading.current_thread())
         with self._calls_lock:
             self._calls[token] = (op, key, time.monotonic())
+        meter = self._meter
+        if meter is not None:
+            inner, purpose = attempt, self.purpose
+
+            def attempt() -> T:
+                meter.request(purpose, op)
+                if sent:
+                    meter.moved(purpose, sent=sent)
+                found = inner()
+                if op == "get" and isinstance(found, bytes):
+                    meter.moved(purpose, received=len(found))
+                return found
         try:
             return self._attempts(op, key, attempt)
         finally:
@@ -507,14 +542,14 @@ class ObjectStore:
         appears only when the upload completes, so atomicity holds either way."""
         path = self._path(key)
         if self._local:
-            self._call("put", key, lambda: self._put_local(path, data))
+            self._call("put", key, lambda: self._put_local(path, data), len(data))
             return
         body = bytes(data) if isinstance(data, memoryview) else data
         options: dict[str, Any] = {}
         if part_bytes is not None and "s3" in _protocols(self.fs):
             options["chunksize"] = part_bytes
         self._call("put", key, lambda: self.fs.pipe_file(path, body, **options,
-                                                          **self._limit()))
+                                                          **self._limit()), len(body))
 
     def upload(self, key: str, *, part_bytes: int = UPLOAD_PART_BYTES) -> Upload:
         """An object written part by part, holding about one part (``part_bytes``; S3: 5 MiB
@@ -524,8 +559,8 @@ class ObjectStore:
 
         path, url = self._path(key), self._key_url(key)
 
-        def run(op: str, attempt: Callable[[], T]) -> T:
-            return self._call(op, key, attempt)
+        def run(op: str, attempt: Callable[[], T], sent: int = 0) -> T:
+            return self._call(op, key, attempt, sent)
 
         if self._local:
             return io_upload.LocalUpload(url, path, part_bytes, run,
@@ -577,7 +612,8 @@ class ObjectStore:
             raise ConfigError("objects_url", "this store cannot create an object only if absent "
                               "(S3 If-None-Match, a local or memory filesystem)", self.url)
         if self._local:
-            self._call("create", key, lambda: self._put_local(path, data, exclusive=True))
+            self._call("create", key, lambda: self._put_local(path, data, exclusive=True),
+                       len(data))
             return
         if "memory" in _protocols(self.fs):  # fsspec's own "create" checks, then writes
             def attempt() -> None:
@@ -595,7 +631,7 @@ class ObjectStore:
                             found[0] == "PreconditionFailed" or found[1] == 412)):
                         raise FileExistsError(errno.EEXIST, "object exists", path) from error
                     raise
-        self._call("create", key, attempt)
+        self._call("create", key, attempt, len(data))
 
     def _put_local(self, path: str, data: bytes | bytearray | memoryview, *,
                    exclusive: bool = False) -> None:

@@ -70,9 +70,10 @@ LOCAL_PART_BYTES = 4 * 2**20
 
 
 class Run(Protocol):
-    """The store's retry policy and error translation around one call: ``run(op, attempt)``."""
+    """The store's retry policy and error translation around one call: ``run(op, attempt,
+    sent)`` (``sent``: the bytes each attempt sends, for the store's meter)."""
 
-    def __call__(self, op: str, attempt: Callable[[], T], /) -> T: ...
+    def __call__(self, op: str, attempt: Callable[[], T], sent: int = 0, /) -> T: ...
 
 
 Put = Callable[[bytes | bytearray | memoryview], None]
@@ -265,7 +266,7 @@ class LocalUpload(Upload):
             assert self._fd is not None
             os.fdatasync(self._fd)
 
-        self._run("upload_part", attempt)
+        self._run("upload_part", attempt, len(part))
         self._offset += len(part)
 
     def _finish(self, tail: bytes) -> None:
@@ -280,7 +281,7 @@ class LocalUpload(Upload):
                 self._renamed = True
             fsync_dir(os.path.dirname(self._path))
 
-        self._run("complete_upload", attempt)
+        self._run("complete_upload", attempt, len(tail))
 
     def _discard(self) -> None:
         if self._fd is not None:
@@ -334,7 +335,7 @@ class S3Upload(Upload):
             self._upload_id = str(created["UploadId"])
         upload_id = self._upload_id
         answer = self._run("upload_part", lambda: self._s3(
-            "upload_part", UploadId=upload_id, PartNumber=number, Body=part))
+            "upload_part", UploadId=upload_id, PartNumber=number, Body=part), len(part))
         self._etags.append(str(answer["ETag"]))
 
     def _finish(self, tail: bytes) -> None:

@@ -23,6 +23,7 @@ from streamlib import _assembly
 from streamlib._paths import StorePaths
 from streamlib.cache import MessageCache
 from streamlib.config import Config
+from streamlib.cost import Meter
 from streamlib.errors import (
     ConfigError,
     StorageUnavailable,
@@ -133,10 +134,14 @@ class StreamStore:
         self._uploader: Uploader | None = None
         self._coordination: Coordination | None = None
         self._lifecycle: Lifecycle | None = None
+        self._meter = Meter()  # what the object stores are asked, by purpose
         try:
-            self._objects = _assembly.open_objects(config, storage_options, filesystem)
-            self._archive = _assembly.open_archive(config, storage_options, filesystem)
-            self._metadata = _assembly.open_metadata(config, self.node_id, self._objects,
+            self._objects = _assembly.open_objects(config, storage_options,
+                                                   filesystem).metered(self._meter, "upload")
+            archive = _assembly.open_archive(config, storage_options, filesystem)
+            self._archive = archive.metered(self._meter, "read") if archive else None
+            self._metadata = _assembly.open_metadata(config, self.node_id,
+                                                     self._objects.purposed("manifest"),
                                                      storage_options, metadata_store)
             self._wire(self._metadata)
         except BaseException:
@@ -163,11 +168,12 @@ class StreamStore:
         coordination = self._coordination = _assembly.coordination_for(node)
         for stream in meta.streams():
             node.streams.add(coordination.restore(stream))
-        place = _assembly.own_wal_place(config, self._objects, self._storage_options)
+        place = _assembly.own_wal_place(config, self._objects.purposed("wal"),
+                                        self._storage_options)
         self._wal = _assembly.open_wal(config, self.node_id, self.node_epoch, place,
                                        create=True)
         self._write = WritePath(node, self._wal, coordination)
-        self._read = ReadPath(node, self._objects, coordination, self._archive)
+        self._read = ReadPath(node, self._objects.purposed("read"), coordination, self._archive)
         floor = recover(node, self._wal, coordination, registered.wal_position)
         self._uploader = Uploader(node=node, wal=self._wal, objects=self._objects,
                                   write=self._write, coordination=coordination,
@@ -175,12 +181,12 @@ class StreamStore:
         self._cache.register(node.scope, node.backlog.request)
         paths = self._paths = StorePaths(node, self._write, self._read, self._uploader,
                                          coordination)
-        stores = {"": self._objects}
+        stores = {"": self._objects.purposed("compaction")}
         if self._archive is not None:
-            stores["archive"] = self._archive
-        wal_stores = [self._objects]
+            stores["archive"] = self._archive.purposed("compaction")
+        wal_stores = [self._objects.purposed("gc")]
         if config.wal == "object" and config.wal_url:
-            wal_stores.append(_assembly.store_at(config.wal_url, self._objects,
+            wal_stores.append(_assembly.store_at(config.wal_url, wal_stores[0],
                                                  self._storage_options))
         # Its callbacks hold the parts, not the store: an unclosed store can still be collected.
         self._lifecycle = Lifecycle(node=node, stores=stores, wal_stores=wal_stores,
@@ -332,8 +338,9 @@ class StreamStore:
 
     def stats(self) -> dict[str, object]:
         """A snapshot of counters: streams, bytes waiting for upload, the uploader's rounds,
-        and the read path's (``"cache"``: block hits and misses, GETs and their bytes,
-        evictions, bytes held)."""
+        the read path's (``"cache"``: block hits and misses, GETs and their bytes, evictions,
+        bytes held), the lifecycle's (``"lifecycle"``), and the requests made of the object
+        stores by purpose (``"cost"``: :mod:`streamlib.cost`)."""
         node = self._node
         assert node is not None and self._uploader is not None
         up = self._uploader.stats
@@ -346,7 +353,8 @@ class StreamStore:
                 "wal_usage_bytes": self._wal.usage if self._wal is not None else 0,
                 "object_store": {"calls_in_flight": calls, "longest_call_s": longest},
                 "cache": {**self._cache.stats.snapshot(), **self._cache.usage()},
-                "lifecycle": self._lifecycle.snapshot() if self._lifecycle is not None else {}}
+                "lifecycle": self._lifecycle.snapshot() if self._lifecycle is not None else {},
+                "cost": self._meter.snapshot()}
 
     def flush(self) -> None:
         """Upload every acknowledged append now, and commit it (a round of the uploader in this

@@ -206,7 +206,9 @@ class Lifecycle:
     def collect_garbage(self, *, dry_run: bool = False) -> GarbageReport:
         """One sweep now (:mod:`streamlib.lifecycle.sweep`); raises what stopped it."""
         with self._pass_lock:
-            sweeper = Sweeper(meta=self._node.meta, stores=self._stores,
+            sweeper = Sweeper(meta=self._node.meta,
+                              stores={tier: store.purposed("gc")
+                                      for tier, store in self._stores.items()},
                               wal_stores=self._wal_stores,
                               grace_ms=self._config.delete_grace_ms)
             try:

@@ -51,7 +51,8 @@ def take_over(node: Node, objects: ObjectStore, coordination: Coordination,
         raise ValueError(f"a store cannot take over its own node: node_id=`{dead}`")
     config = node.config
     backend = config.wal if wal is None else wal
-    place = _assembly.wal_place(config, backend, wal_path, wal_url, objects, storage_options)
+    place = _assembly.wal_place(config, backend, wal_path, wal_url, objects.purposed("wal"),
+                                storage_options)
     if backend != "object" and not wal_path:
         raise ValueError(f"wal_path: where the {backend} WAL of node {dead} is")
     node.check_open()

@@ -69,16 +69,19 @@ def install(store: streamlib.StreamStore, point: str, nth: int) -> None:
 
         meta.forget = killing_forget
     elif point == "delete_mid":
-        delete = objects.delete
+        # Every part has its own view of the store (streamlib.cost): the deletion's is not
+        # store.objects, so the method is replaced on the class.
+        cls: Any = type(objects)
+        delete = cls.delete
 
-        def killing_delete(keys: Any) -> None:
+        def killing_delete(self: Any, keys: Any) -> None:
             keys = list(keys)
             if len(keys) > 1 and reached():
-                delete(keys[:len(keys) // 2])
+                delete(self, keys[:len(keys) // 2])
                 die()
-            delete(keys)
+            delete(self, keys)
 
-        objects.delete = killing_delete
+        cls.delete = killing_delete
 
 
 def main() -> None:
