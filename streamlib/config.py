@@ -255,6 +255,16 @@ class Config:
         "streams and for a take-over of itself; an append's acknowledgement never waits for "
         "this (it has a look of its own).",
         _Kind("milliseconds", low=1, high=3600 * 1000))
+    lease_ms: int = _setting(
+        0,
+        "The owner's lease (docs/shared-stores.md): after a look at the shared metadata that "
+        "found this node not fenced, appends durable within this many milliseconds of the "
+        "look's start are acknowledged at once, without a look of their own; a take-over, "
+        "and the open of a node whose WAL is an object WAL, wait this long (plus "
+        "LEASE_DRIFT) before reading the WAL. Every node of a bucket must use the same "
+        "value. 0: every acknowledgement waits for a look that started after its append was "
+        "durable.",
+        _Kind("milliseconds", low=0, high=3600 * 1000))
     sync_interval_ms: int = _setting(
         50,
         "The longest a read of another node's stream relies on the shared metadata it has "
@@ -448,6 +458,9 @@ class Config:
 LONGEST_WAIT = threading.TIMEOUT_MAX / 2
 """Seconds any wait is capped at (about 146 years): a timeout of ``inf`` waits until the event
 or close, and the operating system's lock waits refuse longer ones."""
+LEASE_DRIFT = 0.01
+"""The most one node's clock may run faster than another's, as a fraction: a node waits out
+another's lease for ``lease_ms × (1 + LEASE_DRIFT)`` of its own clock."""
 RELEASE_POLL = 0.02
 """Seconds between a shared store's looks at the metadata while an append waits for another
 node's release of its stream (the hand-over completes within about this much of the release)."""

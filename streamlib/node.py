@@ -140,18 +140,29 @@ class Backlog:
                                       or stop.is_set(), timeout)
 
 
+def lease_clock() -> float:
+    """Seconds on a monotonic clock that keeps counting while the machine is suspended
+    (``CLOCK_BOOTTIME`` on Linux; ``time.monotonic`` elsewhere): a lease measured on a clock
+    that stopped while the process lived would outlast what other nodes wait for."""
+    return time.clock_gettime(_BOOT_CLOCK)
+
+
+_BOOT_CLOCK = getattr(time, "CLOCK_BOOTTIME", time.CLOCK_MONOTONIC)
+
+
 class Node:
     """One open store's shared parts and life (see the module docstring for the lock order).
 
     ``closing`` is an Event: set once close() began (appends are refused, waiters give up).
     ``failure`` is the error that stopped appends for good: a failed WAL write, or this node
     taken over by another process (a :class:`~streamlib.errors.FencedError`). ``clock``
-    (monotonic seconds) orders the events of a shared store's acknowledgement gate: when an
-    append was seen durable, when a look at the metadata began."""
+    (monotonic seconds, :func:`lease_clock`) orders the events of a shared store's
+    acknowledgement gate: when an append was seen durable, when a look at the metadata began,
+    when the node's lease ends."""
 
     def __init__(self, *, node_id: str, node_epoch: int, config: Config, meta: MetadataStore,
                  cache: MessageCache, scope: str, objects_url: str, backlog: Backlog,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = lease_clock) -> None:
         self.id = node_id
         self.clock = clock
         self.epoch = node_epoch

@@ -47,6 +47,7 @@ from streamlib.node import Backlog, Node
 from streamlib.read import ReadPath
 from streamlib.recovery import recover
 from streamlib.shared.coordination import Coordination
+from streamlib.shared.fencing import wait_out_lease
 from streamlib.shared.takeover import TakeOver, take_over
 from streamlib.state import StreamInfo, StreamState
 from streamlib.stream import Stream
@@ -158,6 +159,10 @@ class StreamStore:
         config, meta = self.config, metadata.store
         registered = meta.register_node(self.node_id)
         self.node_epoch = registered.node_epoch
+        if meta.capabilities.shared and config.wal == "object":
+            # An earlier process of this node may still run (nothing else fences an object
+            # WAL): its lease ends before this one reads the WAL (docs/shared-stores.md).
+            wait_out_lease(config, f"open of node {self.node_id}")
         # Upload before the WAL or the cache is half full, whatever upload_bytes says: appends
         # must not wait for the time trigger.
         threshold = min(config.upload_bytes, config.wal_bytes // 2, self._cache.max_bytes // 2)

@@ -9,6 +9,12 @@ thread goes on completing writes meanwhile; one look serves every append durable
 started. A look that fails counts for nothing. Whichever thread reads a new version of the
 metadata, the next look scans the streams written here for hand-overs at that version.
 
+**The lease** (``lease_ms`` > 0, docs/shared-stores.md "Acknowledging without a look"): each
+good look that finds this node not fenced renews it to the look's start + ``lease_ms``; an
+append seen durable before the lease ends is acknowledged at once, on the WAL's thread,
+unless its stream is fenced here; later ones wait for a look as above. A take-over waits the
+lease out before it reads this node's WAL (:mod:`streamlib.shared.takeover`).
+
 **The old owner.** A scan that finds a stream written here owned by another node fences it
 (FENCED: appends refused, durable ones parked), asks for an upload round, and once everything
 acknowledged is committed releases it (RELEASING → RELEASED), then answers the parked appends
@@ -34,7 +40,7 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
-from streamlib.config import RELEASE_POLL
+from streamlib.config import LEASE_DRIFT, RELEASE_POLL, Config
 from streamlib.errors import (
     FencedError,
     HandOverPending,
@@ -71,6 +77,10 @@ class SharedCoordination(Coordination):
         self._check_done = threading.Condition()
         self._checking = False  # GUARDED_BY(_check_done): a look is running
         self._check_started = -1.0  # GUARDED_BY(_check_done): when the last good look started
+        self._lease = config.lease_ms / 1000
+        # GUARDED_BY(_check_done): appends durable before this are acknowledged without a
+        # look (the start of the last good look that found this node not fenced, + lease).
+        self._lease_end = -math.inf
         self._fences_scanned = -1  # GUARDED_BY(_check_done's ``_checking`` turn)
         self._ack_ready = threading.Condition()
         self._ack_pending: set[StreamState] = set()  # GUARDED_BY(_ack_ready)
@@ -111,7 +121,14 @@ class SharedCoordination(Coordination):
     # ---- the acknowledgement gate ----
 
     def durable(self, state: StreamState, item: Inflight) -> None:
-        item.durable_at = self._node.clock()
+        item.durable_at = self._node.clock()  # read after the write completed: never early
+        if self._lease and not state.handover.fenced:
+            with self._check_done:
+                lease_end = self._lease_end
+            if item.durable_at < lease_end:  # within the lease: no look needed
+                assert self._write is not None
+                self._write.acknowledge(state, lease_end)
+                return
         self._queue(state)
 
     def _queue(self, state: StreamState) -> None:
@@ -158,6 +175,8 @@ class SharedCoordination(Coordination):
             with self._check_done:
                 if done:  # a look that failed is no look
                     self._check_started = started
+                    if self._lease and self._node.failure is None:  # not fenced: renewed
+                        self._lease_end = max(self._lease_end, started + self._lease)
                 self._checking = False
                 self._check_done.notify_all()
         return started
@@ -389,6 +408,18 @@ class SharedCoordination(Coordination):
             state = self._node.streams.get(stream_id)
             if state is not None and state.handover.state is Ownership.WAITING:
                 self._follow(state, self._node.meta.get_stream(stream_id))
+
+
+def wait_out_lease(config: Config, why: str) -> float:
+    """Wait until another process of a node fenced just now can no longer acknowledge an
+    append it has not yet made durable: ``lease_ms × (1 + LEASE_DRIFT)`` (nothing with no
+    lease). Returns the seconds waited."""
+    seconds = config.lease_ms / 1000 * (1 + LEASE_DRIFT)
+    if seconds > 0:
+        log.info("waiting %.2f s for the lease of the node's earlier process to end (%s)",
+                 seconds, why)
+        threading.Event().wait(seconds)
+    return seconds
 
 
 def _fence_error(stream_id: int, owner: str | None,

@@ -14,6 +14,7 @@ from streamlib import _assembly
 from streamlib.errors import ConfigError
 from streamlib.meta import Commit, check_node_id
 from streamlib.recovery import replay
+from streamlib.shared.fencing import wait_out_lease
 from streamlib.uploader import DATA_PREFIX, build_objects
 
 if TYPE_CHECKING:
@@ -62,6 +63,9 @@ def take_over(node: Node, objects: ObjectStore, coordination: Coordination,
                           f"its backend (wal=, wal_path=, wal_url=)", backend)
     fenced = meta.register_node(dead)
     log.info("taking over node %s (node epoch %d now)", dead, fenced.node_epoch)
+    # A process of the dead node may still run (paused): from now on its looks find it
+    # fenced, and after its lease it acknowledges nothing more (docs/shared-stores.md).
+    wait_out_lease(config, f"take-over of node {dead}")
     old = _assembly.open_wal(config, dead, fenced.node_epoch, place, create=False)
     try:
         found = replay(old.recover(), meta, lambda m: coordination.held_epochs(m, dead))
