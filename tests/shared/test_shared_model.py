@@ -128,7 +128,7 @@ class SharedMachine(RuleBasedStateMachine):
             # hand-over; what it acknowledges lands before the new owner's first record (the
             # new owner waits for its release).
             try:
-                old.append(late)
+                old.append_future(late).result(timeout=30)  # answered, whatever the answer
             except FencedError:
                 self.refused.update(late)
             else:
