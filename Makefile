@@ -82,6 +82,7 @@ bench: $(VENV)/.installed-bench
 	$(BIN)/python benchmarks/read.py
 	$(BIN)/python benchmarks/shared.py
 	$(BIN)/python benchmarks/lifecycle.py
+	$(BIN)/python benchmarks/diskless.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info streamlib/codec/_segment_codec*.so .pytest_cache .hypothesis

@@ -160,6 +160,9 @@ def run_server(name: str, endpoint: S3Endpoint, directory: Path, data: Data,
             result["small_diskless_lease"] = small_appends(store, data, small)
         with store_on(directory, endpoint, bucket, metadata="manifest") as store:
             result["small_file_manifest"] = small_appends(store, data, small)
+        with store_on(directory, endpoint, bucket, metadata="manifest",
+                      lease_ms=LEASE_MS) as store:
+            result["small_file_manifest_lease"] = small_appends(store, data, small)
         with store_on(directory, endpoint, bucket) as store:
             result["small_file_sqlite"] = small_appends(store, data, small)
         with store_on(directory, endpoint, bucket, **diskless) as store:
@@ -198,6 +201,10 @@ def report(r: dict[str, Any]) -> None:
           f"{man['p99_ms']:.2f} ms; SQLite p50 {lite['p50_ms']:.2f} ms, p99 {lite['p99_ms']:.2f} "
           f"ms: {ratio50:.1f}x / {ratio99:.1f}x [target <= 1.5x: "
           f"{verdict(ratio50 <= 1.5 and ratio99 <= 1.5)}]")
+    leased = r["small_file_manifest_lease"]
+    print(f"  the same with lease_ms={LEASE_MS}: manifest p50 {leased['p50_ms']:.2f} ms, p99 "
+          f"{leased['p99_ms']:.2f} ms: {leased['p50_ms'] / lite['p50_ms']:.1f}x / "
+          f"{leased['p99_ms'] / lite['p99_ms']:.1f}x SQLite's")
     tiny, local = r["tiny_diskless"], r["tiny_local"]
     slower = tiny["seconds"] / local["seconds"]
     print(f"  {tiny['appends']} tiny appends ({IN_FLIGHT} in flight), diskless: "
