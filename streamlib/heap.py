@@ -6,8 +6,9 @@ freed in its arenas (one per thread that allocates, up to eight per core) and on
 back only the top of each heap, so the process's RSS creeps up while the bytes it holds stay
 flat: a soak of 50 streams with 7 readers under a 64 MiB cache went from 134 to 201 MiB in ten
 minutes, the live Python objects unchanged. ``malloc_trim(0)`` returns every whole free page
-of every arena (a few milliseconds; ctypes releases the GIL for it), and with it every 30 s
-the same soak stays between 131 and 144 MiB.
+of every arena (a few milliseconds; ctypes releases the GIL for it): with it every 10 s the
+same soak stayed between 131 and 144 MiB (at the default 30 s, with a pass every 5 minutes:
+127 to 148 MiB). Past that, over 20 minutes, fragmentation it cannot return still creeps.
 
 :func:`trim` is that call where the C library is glibc, and nothing elsewhere (musl, macOS:
 they return memory on their own terms). The store calls it from its lifecycle thread every
