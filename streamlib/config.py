@@ -219,8 +219,9 @@ class Config:
         _Kind("bytes", low=4 * KiB, high=1 * GiB))
     object_wal_linger_us: int = _setting(
         2_000,
-        "The object WAL seals an object at the latest this long after its first append "
-        "(microseconds): appends arriving meanwhile share its PUT.",
+        "While a PUT of the object WAL is running, it seals the next object at the latest "
+        "this long after its first append (microseconds): appends arriving meanwhile share "
+        "its PUT. With no PUT running an object is sealed at once.",
         _Kind("microseconds", low=0, high=60_000_000))
     object_wal_in_flight: int = _setting(
         8,

@@ -21,9 +21,10 @@ The write path::
        futures completed strictly in object order ◄── release ◄─────────────┘
 
 Appends take their position at once and join the gathering object; a dispatcher thread seals
-it when it holds ``flush_bytes`` or when ``linger`` has passed since its first record and a PUT
-slot is free (with every slot busy it keeps gathering, so a slow store gets larger objects, not
-a longer queue). A PUT that finishes releases its futures only once every earlier object is
+it when it holds ``flush_bytes``, at once when no PUT is running (an idle node pays one PUT,
+not the linger too), or when ``linger`` has passed since its first record and a PUT slot is
+free (with every slot busy it keeps gathering, so a slow store gets larger objects, not a
+longer queue). A PUT that finishes releases its futures only once every earlier object is
 released. Memory is bounded: an append waits while the bytes not yet released would exceed
 ``max_pending_bytes``, and is woken by the release that frees room.
 
@@ -548,7 +549,8 @@ class ObjectWal(Wal):
                     if slot and self._ready:
                         flush = self._ready.popleft()
                     elif slot and self._gathering is not None and (
-                            self._closed or now >= self._gathering.first_at + self._linger):
+                            self._closed or self._running == 0
+                            or now >= self._gathering.first_at + self._linger):
                         flush, self._gathering = self._gathering, None
                     if flush is not None:
                         break
