@@ -375,18 +375,25 @@ def test_a_damaged_object_reports_its_damaged_part(tmp_path: Path, damaged: int)
     assert recovery.dropped == [Damage(positions[damaged], positions[damaged + 1], reason)]
 
 
-def test_a_trim_inside_an_object_recovers_the_rest_of_it(tmp_path: Path) -> None:
+def test_a_trim_inside_an_object_recovers_the_rest_of_it(
+        faulty: tuple[FaultyFileSystem, ObjectStore]) -> None:
     """Recovery reads an object from the trim position on: the records there belong to a group
     that began before what was read, at the object's start, and are no damage for it."""
-    store = ObjectStore.from_url(f"file://{tmp_path}")
-    records = [make_record(1, i, size=300) for i in range(3)]
-    wal, _, _ = opened(store, flush_bytes=3 * record_size(records[0]), linger=5.0)
-    positions = [f.result(timeout=10) for f in [wal.append(r) for r in records]]
-    assert len(data_keys(store)) == 1  # one object, one group
-    wal.trim(positions[1])
+    fs, store = faulty
+    records = [make_record(1, i, size=300) for i in range(4)]
+    wal, _, _ = opened(store, flush_bytes=3 * record_size(records[1]), linger=60.0)
+    gate = threading.Event()
+    held = fs.inject("put", gate=gate, match=is_data, times=1)
+    first = wal.append(records[0])  # no PUT running: an object of its own, its PUT held
+    wait_for(lambda: held.hits == 1, what="the first object's PUT")
+    rest = [wal.append(r) for r in records[1:]]  # gathered while it runs: one object
+    gate.set()
+    positions = [f.result(timeout=10) for f in [first, *rest]]
+    assert len(data_keys(store)) == 2  # two objects, two groups
+    wal.trim(positions[2])
     wal.close()
     _, recovery, entries = opened(store)
-    assert [e.record for e in entries] == records[1:] and recovery.dropped == []
+    assert [e.record for e in entries] == records[2:] and recovery.dropped == []
 
 
 def test_a_truncated_object_is_reported(tmp_path: Path) -> None:
@@ -476,18 +483,34 @@ def test_appends_wait_for_room_and_completions_make_it(
 
 
 def test_flush_bytes_seals_objects(faulty: tuple[FaultyFileSystem, ObjectStore]) -> None:
-    _, store = faulty
-    wal, _, _ = opened(store, flush_bytes=4096, linger=5.0)
+    """With no PUT running an object is sealed at once; while one runs, appends gather: an
+    object is sealed by size without waiting out the linger, and the rest lingers — until no
+    PUT runs any more, when it is sealed at once."""
+    fs, store = faulty
+    wal, _, _ = opened(store, flush_bytes=4096, linger=60.0)
     size = record_size(make_record(1, 0, size=1000))
     per_object = -(-4096 // size)
-    futures = [wal.append(make_record(1, i, size=1000)) for i in range(3 * per_object + 1)]
-    for f in futures[:-1]:  # sealed by size, without waiting out the linger
-        f.result(timeout=2)
-    assert not futures[-1].done()  # the last object lingers...
-    wal.close()  # ...until close flushes it
-    assert futures[-1].result(timeout=0) > 0
-    sizes = [i.size for i in store.list("wal/node-1/") if i.key.endswith(".wal")]
-    assert len(sizes) == 4 and all(4096 <= s < 4096 + size + 8 for s in sizes[:3])
+    gate = threading.Event()
+    held = fs.inject("put", gate=gate, match=lambda path: path.endswith(".wal"))
+    try:
+        first = wal.append(make_record(1, 0, size=1000))  # no PUT running: sealed at once
+        wait_for(lambda: held.hits == 1, what="the first object's PUT")
+        futures = [wal.append(make_record(1, i, size=1000))
+                   for i in range(1, 3 * per_object + 2)]
+
+        def written() -> list[int]:
+            return [i.size for i in store.list("wal/node-1/") if i.key.endswith(".wal")]
+
+        wait_for(lambda: len(written()) == 3, what="three objects sealed by size")
+        assert not futures[-1].done() and len(written()) == 3  # the last one lingers
+        gate.set()  # the first PUT ends: nothing runs, the lingering object goes at once
+        for future in [first, *futures]:
+            future.result(timeout=10)
+    finally:
+        gate.set()
+        wal.close()
+    sizes = written()
+    assert len(sizes) == 5 and all(4096 <= s < 4096 + size + 8 for s in sizes[1:4]), sizes
 
 
 def test_nodes_have_their_own_logs(tmp_path: Path) -> None:
