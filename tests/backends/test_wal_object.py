@@ -498,10 +498,14 @@ def test_flush_bytes_seals_objects(faulty: tuple[FaultyFileSystem, ObjectStore])
         futures = [wal.append(make_record(1, i, size=1000))
                    for i in range(1, 3 * per_object + 2)]
 
-        def written() -> list[int]:
+        def written() -> list[int]:  # listed only while no PUT writes to the memory store
             return [i.size for i in store.list("wal/node-1/") if i.key.endswith(".wal")]
 
-        wait_for(lambda: len(written()) == 3, what="three objects sealed by size")
+        def finished_puts() -> int:
+            return sum(op == "put" and path.endswith(".wal") and ok
+                       for op, path, ok in list(fs.events))
+
+        wait_for(lambda: finished_puts() == 3, what="three objects sealed by size")
         assert not futures[-1].done() and len(written()) == 3  # the last one lingers
         gate.set()  # the first PUT ends: nothing runs, the lingering object goes at once
         for future in [first, *futures]:
