@@ -4,7 +4,11 @@ fenced like one: once another process has taken this store's node over, every ch
 through the old one raises :class:`~streamlib.errors.FencedError`.
 
 Get one namespace's view with ``store.kv("offsets")``. Keys are non-empty strings, values bytes
-(at most 1 MiB). On a shared manifest, reads see other nodes' changes (each read looks first).
+(at most 1 MiB). On a shared manifest, reads see other nodes' changes (each read looks first),
+unless the caller accepts a bounded staleness (``get(key, max_staleness_ms=…)``): then a read
+answers from the node's view of the metadata if that view is recent enough. A node's own
+writes are seen by its reads either way. On a manifest, the changes that threads of one node
+make at the same time are written together (docs/shared-stores.md, "Group commit").
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from streamlib.errors import FencedError, describe
 from streamlib.meta import ANY, MetadataStore, check_kv, check_text
+from streamlib.records import INT64_MAX, check_int
 
 if TYPE_CHECKING:
     from streamlib.node import Node
@@ -37,9 +42,19 @@ class KeyValue:
                                      expected=expected,  # type: ignore[arg-type]
                                      node_id=self._node.id, node_epoch=self._node.epoch)
 
-    def get(self, key: str, default: bytes | None = None) -> bytes | None:
-        """The value under ``key``, or ``default``."""
-        found = self._meta().kv_get(self.namespace, key)
+    def get(self, key: str, default: bytes | None = None, *,
+            max_staleness_ms: int | None = None) -> bytes | None:
+        """The value under ``key``, or ``default``.
+
+        ``max_staleness_ms``: None (the default) reads the newest value (on a shared manifest,
+        one GET first); an int in ``[0, 2^63)`` accepts a value that was the newest at most
+        that many milliseconds ago — on a manifest, answered from the node's view without a
+        round trip if the node read the metadata (or wrote to it) that recently, else read
+        first. Values this node wrote are seen in any case. A bad value: TypeError (not an
+        int) or ValueError (out of range)."""
+        if max_staleness_ms is not None:
+            check_int(max_staleness_ms, "max_staleness_ms", 0, INT64_MAX)
+        found = self._meta().kv_get(self.namespace, key, max_staleness_ms=max_staleness_ms)
         return default if found is None else found
 
     def put(self, key: str, value: bytes) -> None:

@@ -730,8 +730,17 @@ class MetadataStore(abc.ABC):
     # ---- key-value entries ----
 
     @abc.abstractmethod
-    def kv_get(self, namespace: str, key: str) -> bytes | None:
-        """The value under ``(namespace, key)``, or None."""
+    def kv_get(self, namespace: str, key: str, *,
+               max_staleness_ms: int | None = None) -> bytes | None:
+        """The value under ``(namespace, key)``, or None.
+
+        ``max_staleness_ms`` (an int in ``[0, 2^63)``, else TypeError or ValueError): the
+        caller accepts a value that was the newest at most that long ago. A store that keeps a
+        view of the metadata (the manifest) answers from it if the view was read from the
+        store, or written through this handle, at most that long ago, and reads the store
+        first otherwise; None (the default) always reads first. A value written through this
+        handle is seen by its later reads in any case. Stores that read the newest state
+        anyway (SQLite) check the argument and ignore it."""
 
     @abc.abstractmethod
     def kv_items(self, namespace: str, prefix: str = "") -> list[tuple[str, bytes]]:

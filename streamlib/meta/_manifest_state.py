@@ -20,16 +20,24 @@ name), and a replacement must keep the streams' ranges whole (:mod:`streamlib.me
 Anything else raises :class:`Malformed`, which the manifest reports as
 :class:`~streamlib.errors.CorruptDataError` with the object's key; a delta that raises has
 changed nothing.
+
+A **group** delta (format 3, :data:`GROUP_FORMAT`) holds several changes that apply in order,
+each checked against the state the ones before it left, and whole or not at all: while a group
+applies, the state keeps an **undo journal** (:meth:`ManifestState.begin`), which puts back
+what the group's first changes did when a later one is refused. The manifest's writer uses the
+same journal to plan a group on the state itself and take it back if its create fails.
 """
 
 from __future__ import annotations
 
 import base64
 import bisect
+import dataclasses
+import functools
 import gc
 import json
 import operator
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,8 +78,20 @@ FORMAT = 2
 operations ``replace``, ``forget`` and ``retention``, a new stream's retention, objects' tiers,
 the checkpoint's doomed objects; a format-1 reader refuses it by its number."""
 
-FORMATS = (1, 2)
-"""The formats this code reads."""
+GROUP_FORMAT = 3
+"""The format of a delta holding a group of changes (operation :data:`GROUP`); it added
+nothing else, and deltas of one change and checkpoints are still written in :data:`FORMAT`, so
+that older readers refuse a group by its number and read everything else."""
+
+FORMATS = (1, 2, GROUP_FORMAT)
+"""The formats of deltas this code reads (checkpoints: :data:`CHECKPOINT_FORMATS`)."""
+
+CHECKPOINT_FORMATS = (1, 2)
+"""The formats of checkpoints this code reads."""
+
+GROUP = "group"
+"""The operation of a delta holding several changes: ``{"changes": [{"op": …, "args": …},
+…]}``, at least two, none a group."""
 
 MAX_DELTA_BYTES = 64 << 20
 """The largest delta (bytes of JSON) a reader parses and a writer writes: a commit of 100,000
@@ -83,9 +103,10 @@ MAX_CHECKPOINT_BYTES = 256 << 20
 whose state outgrows it writes no checkpoint (and says so in the log); readers open from an
 older one and the deltas after it."""
 
-DELTA_DEPTH = 6
+DELTA_DEPTH = 9
 """How deep a delta's JSON nests: the delta, its arguments, a commit's objects, an object, its
-ranges, a range."""
+ranges, a range (6); in a group, the group's arguments, its list of changes and a change come
+first (9)."""
 
 CHECKPOINT_DEPTH = 3
 """How deep a checkpoint's JSON nests: the checkpoint, a table (streams, objects, nodes, kv,
@@ -125,24 +146,30 @@ _OBJECT_COLUMNS = ("key", "size", "ranges", "stream", "start", "end", "used")
 
 def read_delta(raw: bytes, version: int) -> dict[str, Any]:
     """The delta stored at ``version``, its envelope checked (its arguments are checked when it
-    applies: some checks need the state)."""
+    applies: some checks need the state). A group is of format 3, and format 3 holds groups
+    only."""
     if len(raw) > MAX_DELTA_BYTES:
         raise Malformed(describe("larger than a delta may be", bytes=len(raw),
                                  limit=MAX_DELTA_BYTES))
     delta = json_object(parse_json(raw, DELTA_DEPTH), "delta", _ENVELOPE)
-    _check_format(delta, "delta", version)
+    _check_format(delta, "delta", version, FORMATS)
     text_field(delta["put"], "put")
     if delta["node"] is not None:
         node_field(delta["node"], "node")
     int_field(delta["time"], "time")
-    _operation(delta["op"])  # its arguments: checked as it applies
+    op = delta["op"]
+    if op != GROUP:
+        _operation(op)  # its arguments: checked as it applies
+    if (op == GROUP) != (delta["format"] == GROUP_FORMAT):
+        raise Malformed(describe(f"a group is of format {GROUP_FORMAT}, and only a group",
+                                 op=show(op), format=delta["format"]))
     return delta
 
 
 def read_checkpoint(raw: bytes, version: int) -> ManifestState:
     """The state a checkpoint stored at ``version`` holds."""
     data = json_object(parse_json(_decompress(raw), CHECKPOINT_DEPTH), "checkpoint", *_CHECKPOINT)
-    _check_format(data, "checkpoint", version)
+    _check_format(data, "checkpoint", version, CHECKPOINT_FORMATS)
     return ManifestState.load(data)
 
 
@@ -154,6 +181,20 @@ def encode_delta(delta: dict[str, Any]) -> bytes:
         raise ValueError(describe("a manifest change is larger than a delta may be",
                                   op=delta["op"], bytes=len(body), limit=MAX_DELTA_BYTES))
     return body
+
+
+def group_delta(changes: Sequence[tuple[str, dict[str, Any]]]) -> tuple[str, dict[str, Any]]:
+    """The operation and arguments of a delta holding ``changes`` (each ``(op, args)``) — a
+    group of two or more, or the change itself when it is alone — and the format to stamp it
+    with."""
+    if len(changes) == 1:
+        return changes[0]
+    return GROUP, {"changes": [{"op": op, "args": args} for op, args in changes]}
+
+
+def delta_format(op: str) -> int:
+    """The format a delta of ``op`` is written in."""
+    return GROUP_FORMAT if op == GROUP else FORMAT
 
 
 def encode_checkpoint(state: ManifestState) -> bytes:
@@ -195,10 +236,11 @@ def _decompress(raw: bytes) -> bytearray:
     return text
 
 
-def _check_format(data: dict[str, Any], what: str, version: int) -> None:
+def _check_format(data: dict[str, Any], what: str, version: int,
+                  formats: tuple[int, ...]) -> None:
     found, at = data["format"], data["version"]
-    if type(found) is not int or found not in FORMATS or type(at) is not int or at != version:
-        raise Malformed(f"not a {what} of format {' or '.join(map(str, FORMATS))} at version "
+    if type(found) is not int or found not in formats or type(at) is not int or at != version:
+        raise Malformed(f"not a {what} of format {' or '.join(map(str, formats))} at version "
                         f"{version}: format {show(found)} version {show(at)}")
 
 
@@ -259,6 +301,8 @@ class ManifestState:
         self.nodes: dict[str, list[int]] = {}  # node id -> [node epoch, WAL position]
         self.kv: dict[str, dict[str, bytes]] = {}  # namespace -> key -> value
         self._keys: list[str] | None = None  # the live objects' keys, sorted, once asked for
+        # While a journal is kept (begin): how to undo each change since, in order.
+        self._undo: list[Callable[[], object]] | None = None
 
     # ---- reading ----
 
@@ -306,13 +350,55 @@ class ManifestState:
         stream = self.streams.get(stream_id)
         return None if stream is None else (stream.live, stream.start)
 
+    # ---- the undo journal: a group applies whole or not at all ----
+
+    def begin(self) -> None:
+        """Keep an undo journal from now on: :meth:`rollback` puts back every change applied
+        since, :meth:`keep` keeps them; either ends the journal."""
+        if self._undo is not None:
+            raise RuntimeError("the manifest state keeps a journal already")
+        self._undo = []
+
+    def rollback(self) -> None:
+        """Put back every change applied since :meth:`begin` (the dictionaries' order aside)."""
+        self._rollback_to(0)
+        self._undo = None
+
+    def keep(self) -> None:
+        """Keep the changes applied since :meth:`begin`; the journal ends."""
+        self._undo = None
+
+    def _rollback_to(self, mark: int) -> None:
+        undo, self._undo = self._undo, None  # an undo step is not itself journaled
+        try:
+            while undo is not None and len(undo) > mark:
+                undo.pop()()
+        finally:
+            self._undo = undo
+
+    def _keep(self, table: dict[Any, Any], key: object) -> None:
+        """Journal ``table[key]`` (or its absence) before it changes."""
+        if self._undo is not None:
+            self._undo.append(functools.partial(table.__setitem__, key, table[key])
+                              if key in table else functools.partial(table.pop, key, None))
+
+    def _touch(self, stream: StreamRecord) -> StreamRecord:
+        """Journal a stream's fields before they change; returns the stream."""
+        if self._undo is not None:
+            self._undo.append(functools.partial(_restore, stream, dataclasses.replace(stream)))
+        return stream
+
     # ---- applying a delta ----
 
     def apply(self, op: str, args: dict[str, Any], time: int = 0, fmt: int = FORMAT) -> None:
         """Apply a delta's operation whole, or raise :class:`Malformed` having changed nothing:
         its arguments — their shape, types and ranges, and what they name in the state — are
         all checked before the first change. ``time`` (the delta's) marks what it dooms;
-        ``fmt`` is the delta's format."""
+        ``fmt`` is the delta's format. A :data:`GROUP` applies its changes in order, each
+        checked as it comes, and puts back those before one that is refused."""
+        if op == GROUP:
+            self._apply_group(args, time, fmt)
+            return
         required, optional = _ARGUMENTS[_operation(op)]
         args = json_object(args, f"{op} arguments", required, optional)
         _in_format(fmt, [op, *args], f"a {op} delta")
@@ -323,20 +409,23 @@ class ManifestState:
         elif op == "release":
             node = node_field(args["node"], "node")
             for stream in [self._stream(s) for s in json_list(args["streams"], "streams")]:
+                self._touch(stream)
                 if stream.handover_from == node:
                     stream.handover_from = stream.handover_epoch = stream.handover_since = None
                 if stream.owner == node:
                     stream.owner = stream.since = None
         elif op == "trim":
             stream, offset = self._stream(args["id"]), int_field(args["offset"], "offset")
-            stream.start = offset
+            self._touch(stream).start = offset
         elif op == "destroy":
-            stream = self._stream(args["id"])
+            stream = self._touch(self._stream(args["id"]))
             stream.live = False
             if stream.name is not None and self.names.get(stream.name) == stream.id:
+                self._keep(self.names, stream.name)
                 del self.names[stream.name]
         elif op == "register":
             node, epoch = node_field(args["node"], "node"), int_field(args["epoch"], "epoch")
+            self._keep(self.nodes, node)
             self.nodes[node] = [epoch, self.node(node).wal_position]
         elif op == "commit":
             self._commit(args, time, fmt)
@@ -349,19 +438,47 @@ class ManifestState:
                 raise Malformed(describe("a forget must name doomed objects, each once",
                                          keys=show(keys)))
             for key in keys:
+                self._keep(self.doomed, key)
                 del self.doomed[key]
         elif op == "retention":
-            stream, retention = self._stream(args["id"]), self._retention(args)
+            stream, retention = self._touch(self._stream(args["id"])), self._retention(args)
             stream.max_age_ms, stream.max_bytes = retention
         else:  # kv
             namespace = text_field(args["namespace"], "namespace")
             key = text_field(args["key"], "key")
             value = None if args["value"] is None else kv_field(args["value"], "value")
+            if namespace not in self.kv:
+                self._keep(self.kv, namespace)
             entries = self.kv.setdefault(namespace, {})
+            self._keep(entries, key)
             if value is None:
                 entries.pop(key, None)
             else:
                 entries[key] = value
+
+    def _apply_group(self, args: dict[str, Any], time: int, fmt: int) -> None:
+        changes = json_list(json_object(args, "group arguments", ("changes",))["changes"],
+                            "a group's changes")
+        if len(changes) < 2:
+            raise Malformed(describe("a group holds two changes or more", changes=len(changes)))
+        for change in changes:
+            json_object(change, "a group's change", ("op", "args"))
+            if change["op"] == GROUP:
+                raise Malformed("a group holds a group")
+        outer = self._undo is None  # else the caller's journal keeps this group too
+        mark = 0 if outer else len(self._undo or ())
+        if outer:
+            self.begin()
+        try:
+            for change in changes:
+                self.apply(change["op"], change["args"], time, fmt)
+        except BaseException:
+            self._rollback_to(mark)
+            if outer:
+                self._undo = None
+            raise
+        if outer:
+            self.keep()
 
     def _stream(self, stream_id: object) -> StreamRecord:
         """The stream a delta names (destroyed or not: the writer checked that)."""
@@ -385,6 +502,11 @@ class ManifestState:
             raise Malformed(describe("a live stream already has this name", name=show(name),
                                      stream=self.names[name]))
         max_age_ms, max_bytes = self._retention(args)
+        if self._undo is not None:
+            self._undo.append(functools.partial(setattr, self, "next_id", self.next_id))
+            self._keep(self.streams, stream_id)
+            if name is not None:
+                self._keep(self.names, name)
         self.streams[stream_id] = StreamRecord(stream_id, name, 0, 0, 0, max_age_ms=max_age_ms,
                                                max_bytes=max_bytes)
         if name is not None:
@@ -400,6 +522,7 @@ class ManifestState:
             was = json_list(args["from"], "from", (2, 3))
             handover = (node_field(was[0], "from node"), int_or_none(was[1], "from epoch"),
                         int_or_none(was[2], "from since") if len(was) == 3 else None)
+        self._touch(stream)
         stream.epoch, stream.owner, stream.since = epoch, owner, since
         stream.handover_from, stream.handover_epoch, stream.handover_since = handover
 
@@ -422,6 +545,7 @@ class ManifestState:
             raise Malformed(f"object {missing[0]} to remove was never committed, or is doomed")
         self._add(objects)
         self._doom(remove, time)
+        self._keep(self.nodes, node)
         self.nodes[node] = [self.node(node).node_epoch, position]
 
     def _replace(self, args: dict[str, Any], time: int) -> None:
@@ -440,26 +564,47 @@ class ManifestState:
 
     def _add(self, objects: list[Object]) -> None:
         for key, size, ranges, tier in objects:
-            self.objects[key] = (size, ranges)
-            if tier:
-                self.tiers[key] = tier
-            if self._keys is not None:
-                bisect.insort(self._keys, key)
-            for stream_id, start, end, _ in ranges:  # usually at the end: insort is cheap
-                bisect.insort(self.by_stream.setdefault(stream_id, []), (start, end, key))
-                self.streams[stream_id].end = max(self.streams[stream_id].end, end)
+            self._put(key, size, ranges, tier)
+            if self._undo is not None:
+                self._undo.append(functools.partial(self._drop, key))
+            for stream_id, _, end, _ in ranges:
+                stream = self.streams[stream_id]
+                if end > stream.end:
+                    self._touch(stream).end = end
 
     def _doom(self, keys: list[str], time: int) -> None:
         for key in keys:
-            size, ranges = self.objects.pop(key)
-            self.doomed[key] = (size, time, self.tiers.pop(key, ""))
-            if self._keys is not None:
-                del self._keys[bisect.bisect_left(self._keys, key)]
-            for stream_id, start, end, _ in ranges:
-                entries = self.by_stream[stream_id]
-                del entries[bisect.bisect_left(entries, (start, end, key))]
-                if not entries:  # as a checkpoint loads it
-                    del self.by_stream[stream_id]
+            size, ranges, tier = self._drop(key)
+            self.doomed[key] = (size, time, tier)
+            if self._undo is not None:
+                self._undo.append(functools.partial(self._undoom, key, size, ranges, tier))
+
+    def _undoom(self, key: str, size: int, ranges: tuple[Range, ...], tier: str) -> None:
+        del self.doomed[key]
+        self._put(key, size, ranges, tier)
+
+    def _put(self, key: str, size: int, ranges: tuple[Range, ...], tier: str) -> None:
+        """A live object, in every index (its streams' ends aside)."""
+        self.objects[key] = (size, ranges)
+        if tier:
+            self.tiers[key] = tier
+        if self._keys is not None:
+            bisect.insort(self._keys, key)
+        for stream_id, start, end, _ in ranges:  # usually at the end: insort is cheap
+            bisect.insort(self.by_stream.setdefault(stream_id, []), (start, end, key))
+
+    def _drop(self, key: str) -> tuple[int, tuple[Range, ...], str]:
+        """A live object out of every index; returns its size, ranges and tier."""
+        size, ranges = self.objects.pop(key)
+        tier = self.tiers.pop(key, "")
+        if self._keys is not None:
+            del self._keys[bisect.bisect_left(self._keys, key)]
+        for stream_id, start, end, _ in ranges:
+            entries = self.by_stream[stream_id]
+            del entries[bisect.bisect_left(entries, (start, end, key))]
+            if not entries:  # as a checkpoint loads it
+                del self.by_stream[stream_id]
+        return size, ranges, tier
 
     def _new_object(self, entry: object, fmt: int) -> Object:
         """A committed object as a delta gives it, ``[key, size, [[stream, start, end, size],
@@ -522,7 +667,7 @@ class ManifestState:
             state = cls()
             data = json_object(data, "checkpoint", *_CHECKPOINT)
             found = data["format"]
-            if type(found) is not int or found not in FORMATS:
+            if type(found) is not int or found not in CHECKPOINT_FORMATS:
                 raise Malformed(describe("a checkpoint of an unknown format", format=show(found)))
             streams = json_object(data["streams"], "streams", _STREAM_COLUMNS,
                                   _STREAM_LATER_COLUMNS)
@@ -646,6 +791,14 @@ class ManifestState:
                                 tier_field(tier, "doomed tier"))
 
 
-__all__ = ["CHECKPOINT_DEPTH", "DELTA_DEPTH", "FORMAT", "FORMATS", "MAX_CHECKPOINT_BYTES",
-           "MAX_DELTA_BYTES", "OPERATIONS", "Malformed", "ManifestState", "Range",
-           "StreamRecord", "encode_checkpoint", "encode_delta", "read_checkpoint", "read_delta"]
+def _restore(stream: StreamRecord, saved: StreamRecord) -> None:
+    for name in _RECORD_FIELDS:
+        setattr(stream, name, getattr(saved, name))
+
+
+_RECORD_FIELDS = tuple(f.name for f in dataclasses.fields(StreamRecord))
+
+__all__ = ["CHECKPOINT_DEPTH", "CHECKPOINT_FORMATS", "DELTA_DEPTH", "FORMAT", "FORMATS", "GROUP",
+           "GROUP_FORMAT", "MAX_CHECKPOINT_BYTES", "MAX_DELTA_BYTES", "OPERATIONS", "Malformed",
+           "ManifestState", "Range", "StreamRecord", "delta_format", "encode_checkpoint",
+           "encode_delta", "group_delta", "read_checkpoint", "read_delta"]

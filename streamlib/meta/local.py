@@ -60,6 +60,7 @@ from streamlib.meta import (
     check_text,
 )
 from streamlib.meta._swap import Span, check_keys, check_page, key_problem, swap_problem
+from streamlib.records import INT64_MAX, check_int
 
 log = logging.getLogger("streamlib.meta")
 
@@ -578,8 +579,11 @@ class SQLiteMetadataStore(MetadataStore):
 
     # ---- key-value entries ----
 
-    def kv_get(self, namespace: str, key: str) -> bytes | None:
+    def kv_get(self, namespace: str, key: str, *,
+               max_staleness_ms: int | None = None) -> bytes | None:
         check_kv(namespace, key)
+        if max_staleness_ms is not None:  # every read is of the newest state anyway
+            check_int(max_staleness_ms, "max_staleness_ms", 0, INT64_MAX)
         with self._transaction(write=False) as db:
             row = db.execute("SELECT value FROM kv WHERE namespace = ? AND key = ?",
                              (namespace, key)).fetchone()

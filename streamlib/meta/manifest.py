@@ -2,12 +2,15 @@
 store, changed only by create-only writes, so that several processes and machines can share
 it (docs/shared-stores.md).
 
-Every change is one **delta** at the next version, ``log/<version>``, written with a create-only
-PUT after it was checked against the state at the version before: only one writer can create a
-version, so every reader applies the same deltas in the same order and applying never checks.
-A writer that loses a version to another applies the winner's delta and checks its change again.
-Each change carries a random **put id**: a create that comes back "exists" after a lost answer
-is recognised as the writer's own. A **checkpoint** (``checkpoint/<version>``, the whole state,
+Every change is written in a **delta** at the next version, ``log/<version>``, with a
+create-only PUT after it was checked against the state at the version before: only one writer
+can create a version, so every reader applies the same deltas in the same order and applying
+never checks. The changes this process makes at the same time share one delta, a **group**
+(:mod:`streamlib.meta._group`: one thread writes, the others wait for their answers), each
+checked after the ones before it and answered on its own. A writer that loses a version to
+another applies the winner's delta and checks its changes again. Each delta carries a random
+**put id**: a create that comes back "exists" after a lost answer is recognised as the
+writer's own. A **checkpoint** (``checkpoint/<version>``, the whole state,
 zstd-compressed) is written every ``checkpoint_every`` versions; opening reads the newest one and
 the deltas after it. Old ones are deleted (:meth:`collect_garbage`, the rule in
 :mod:`streamlib.meta._manifest_gc`): a handle takes a delta only while it can vouch that its
@@ -18,11 +21,12 @@ either — bounded sizes and nesting, every field checked — is decided in
 and changes nothing here. Opening fails only with streamlib's errors: ``StorageUnavailable``,
 ``ConfigError`` or ``CorruptDataError``.
 
-Lock order: one lock, ``_lock`` (re-entrant), a leaf below the node's order
-(:mod:`streamlib.node`). A change holds it across its object-store calls (the create, the
-catch-up's reads), so that this process makes one change at a time on the newest state it knows;
-the catch-up's pool threads only read objects and take no lock. Nothing called under it calls
-back up.
+Lock order: ``_lock`` (re-entrant), below the node's order (:mod:`streamlib.node`), then the
+group queue's condition (:mod:`streamlib.meta._group`, a leaf). The writer of a group holds
+``_lock`` across its object-store calls (the create, the catch-up's reads), so that this
+process writes one delta at a time on the newest state it knows; the catch-up's pool threads
+only read objects and take no lock. Nothing called under it calls back up, and no thread
+holding it queues a change.
 """
 
 from __future__ import annotations
@@ -77,6 +81,7 @@ from streamlib.meta import (
     check_retention,
     check_text,
 )
+from streamlib.meta._group import Change, GroupCommit, Unmet, plan_group
 from streamlib.meta._manifest_gc import Landing, collect, judge_create, listed
 from streamlib.meta._manifest_probe import probe_create
 from streamlib.meta._manifest_state import (
@@ -85,13 +90,15 @@ from streamlib.meta._manifest_state import (
     MAX_DELTA_BYTES,
     Malformed,
     ManifestState,
+    delta_format,
     encode_checkpoint,
     encode_delta,
+    group_delta,
     read_checkpoint,
     read_delta,
 )
 from streamlib.meta._swap import check_keys, check_page
-from streamlib.records import check_int
+from streamlib.records import INT64_MAX, check_int
 
 log = logging.getLogger("streamlib.meta")
 
@@ -104,11 +111,6 @@ DELETE_GRACE_MS = 600_000
 """The default grace period of deletions (``Config.delete_grace_ms``'s default)."""
 
 T = TypeVar("T")
-
-
-class _Unmet(Exception):
-    """A change's condition does not hold (a key-value write's expected value; a forget that
-    finds nothing doomed): on the newest state, nothing is written."""
 
 
 def _version_key(kind: str, version: int) -> str:
@@ -169,6 +171,10 @@ class ManifestMetadataStore(MetadataStore):
         # reads its version alone. ``_checkpointed`` (the newest checkpoint known) and
         # ``_anchor`` (see _catch_up: -inf, the view vouches for nothing): GUARDED_BY(_lock).
         self._state, self._checkpointed, self._anchor = ManifestState(), 0, -math.inf
+        # When (``clock``) the view was last known to be the newest: the next version was read
+        # as absent, or this handle created the current one. GUARDED_BY(_lock).
+        self._current_at = -math.inf
+        self._group = GroupCommit(self._lock, self._write)
         try:
             if store.create_trusts_the_server:
                 probe_create(store, self._prefix)
@@ -264,6 +270,7 @@ class ManifestMetadataStore(MetadataStore):
             for delta in found:
                 if delta is None:
                     self._anchor = max(self._anchor, issued)
+                    self._current_at = max(self._current_at, issued)
                     return self._state.version - before
                 self._apply(delta)
             count = PROBE
@@ -285,47 +292,88 @@ class ManifestMetadataStore(MetadataStore):
 
     # ---- changing it ----
 
-    def _change(self, op: str, plan: Callable[[ManifestState], tuple[dict[str, Any], T]],
-                not_after: tuple[int | None, type[Exception]] = (None, CommitConflict)) -> T:
-        """Check a change against the state (``plan``: its delta's arguments and the caller's
-        answer, or an exception), write it at the next version, apply it. A lost version, or a
-        check that fails on a state that may be old, means: catch up and plan again.
+    def _change(self, op: str, plan: Callable[[ManifestState], tuple[dict[str, Any] | None, T]],
+                not_after: tuple[int | None, type[Exception]] = (None, CommitConflict), *,
+                fresh: bool = False) -> T:
+        """Check a change against the state (``plan``: its delta's arguments — None: nothing to
+        write — and the caller's answer, or an exception), write it at the next version (with
+        the other changes of this process waiting then: one group), apply it. A lost version,
+        or a check that fails on a state that may be old, means: catch up and plan again.
         ``not_after``: a time (ms) the delta's own time must not be past, and the error to
-        raise if it is (the check is made as the delta is stamped, right before its create)."""
-        put = uuid.uuid4().hex
-        with self._lock:
-            self._check_open()
-            if self._clock() - self._anchor > self._half / 2:  # a quarter: see _landed
-                self._catch_up(relist=True)
-            caught_up = False
-            while True:
-                try:
-                    args, result = plan(self._state)
-                except (StreamNotFound, StreamExists, FencedError, CommitConflict,
-                        CompactionConflict, OffsetOutOfRange, _Unmet):
-                    if caught_up or not self._catch_up():
-                        raise  # true of the newest state
-                    caught_up = True
+        raise if it is (checked as the delta is stamped, and again right before its create).
+        ``fresh``: plan it on the newest state (read first)."""
+        result: T = self._group.submit(Change(op, plan, not_after[0], not_after[1], fresh))
+        return result
+
+    def _write(self, batch: list[Change]) -> None:
+        """Write ``batch`` (the group queue's leader, holding the lock), oldest first, in one
+        delta — more only if one is too large — and answer each change."""
+        self._check_open()
+        if self._clock() - self._anchor > self._half / 2:  # a quarter: see _landed
+            self._catch_up(relist=True)
+        caught_up = any(change.fresh for change in batch)
+        if caught_up:
+            self._catch_up()
+        while batch:
+            batch, caught_up = self._write_delta(batch, caught_up)
+
+    def _write_delta(self, changes: list[Change], caught_up: bool) -> tuple[list[Change], bool]:
+        """Plan ``changes`` and write them as one delta; returns those left for the next (a
+        group too large for a delta is halved) and whether the state was caught up since a
+        check last failed."""
+        put = uuid.uuid4().hex  # kept across the tries of this delta
+        later: list[Change] = []
+        while True:
+            stamp = int(time.time() * 1000)
+            planned = plan_group(self._state, changes, stamp, caught_up)
+            if planned is None:  # a check failed on a state that may be old
+                self._catch_up()
+                caught_up = True
+                continue
+            if planned.late(int(time.time() * 1000)):
+                self._state.rollback()  # planned again: the late ones are answered so
+                continue
+            if not planned.writes:
+                self._state.keep()
+                planned.settle()
+                return later, caught_up
+            op, args = group_delta([(change.op, args) for change, args, _ in planned.writes])
+            version = self._state.version + 1
+            delta = {"format": delta_format(op), "version": version, "put": put,
+                     "node": self._writer, "time": stamp, "op": op, "args": args}
+            try:
+                body = encode_delta(delta)
+            except ValueError as error:  # larger than a delta may be
+                self._state.rollback()
+                if len(planned.writes) > 1:
+                    half = len(changes) // 2
+                    changes, later = changes[:half], changes[half:] + later
                     continue
-                version = self._state.version + 1
-                now = int(time.time() * 1000)
-                if not_after[0] is not None and now > not_after[0]:
-                    raise not_after[1](describe(
-                        "too late: its objects were PUT long enough ago that the garbage "
-                        "collector may have deleted them as orphans", not_after_ms=not_after[0],
-                        now_ms=now))
-                delta = {"format": FORMAT, "version": version, "put": put, "node": self._writer,
-                         "time": now, "op": op, "args": args}
-                anchor, sent = self._anchor, self._clock()
-                if self._create(version, delta):
-                    if self._clock() - anchor <= self._half or self._landed(version):
-                        self._apply(delta)
-                        self._anchor = sent
-                        self._maybe_checkpoint()
-                        return result
+                planned.writes[0][0].answer(error=error)
+                changes = [change for change in changes if not change.answered]
+                continue
+            anchor, sent = self._anchor, self._clock()
+            try:
+                created = self._create(version, body, put)
+            except BaseException:
+                self._state.rollback()
+                raise
+            if created and self._clock() - anchor <= self._half:
+                self._state.keep()
+                self._state.version = version
+            else:  # another writer's version; or ours, late: did it land? (on the old state)
+                self._state.rollback()
+                if not created:
+                    caught_up = self._catch_up() > 0 or caught_up
+                    continue
+                if not self._landed(version):
                     caught_up = True  # a copy of a deleted version: planned again on the newest
                     continue
-                caught_up = self._catch_up() > 0 or caught_up  # another writer got ``version``
+                self._apply(delta)
+            self._anchor = self._current_at = sent
+            self._maybe_checkpoint()
+            planned.settle()
+            return later, caught_up
 
     def _landed(self, version: int) -> bool:
         """Whether a create of ``version`` that came back more than half the grace period after
@@ -345,12 +393,11 @@ class ManifestMetadataStore(MetadataStore):
         self._catch_up()  # the copy is deleted: plan again
         return False
 
-    def _create(self, version: int, delta: dict[str, Any]) -> bool:
-        """Create ``delta`` at ``version``: True if it is there now as ours (created by this
-        call, or by an earlier try of it whose answer was lost), False if another writer's
-        delta is there."""
+    def _create(self, version: int, body: bytes, put: str) -> bool:
+        """Create the delta ``body`` (put id ``put``) at ``version``: True if it is there now as
+        ours (created by this call, or by an earlier try of it whose answer was lost), False if
+        another writer's delta is there."""
         key = self._key("log", version)
-        body = encode_delta(delta)
         for tries in range(1, CREATE_TRIES + 1):
             try:
                 self._objects.create(key, body)
@@ -366,7 +413,7 @@ class ManifestMetadataStore(MetadataStore):
                 log.warning("manifest create of %s: outcome unknown, checking: %s", key, error)
             found = self._read_delta(version)
             if found is not None:
-                return bool(found.get("put") == delta["put"])
+                return bool(found.get("put") == put)
         raise StorageUnavailable(describe("manifest version exists but cannot be read (a store "
                                           "without read-after-write?)", key=key))
 
@@ -509,20 +556,16 @@ class ManifestMetadataStore(MetadataStore):
         check_id(stream_id)
         check_id(offset, "offset")
 
-        def plan(state: ManifestState) -> tuple[dict[str, Any], StreamMeta]:
+        def plan(state: ManifestState) -> tuple[dict[str, Any] | None, StreamMeta]:
             stream = state.live(stream_id)
+            if offset <= stream.start:
+                return None, stream.meta()  # moves nothing: writes nothing (on the newest state)
             if offset > stream.end:
                 raise OffsetOutOfRange(stream_id, offset, stream.start, stream.end + 1)
             return {"id": stream_id, "offset": offset}, dataclasses.replace(
                 stream.meta(), start_offset=offset)
 
-        with self._lock:  # a trim that moves nothing writes nothing (on the newest state)
-            self._check_open()
-            self._catch_up()
-            stream = self._state.streams.get(stream_id)
-            if stream is not None and stream.live and offset <= stream.start:
-                return stream.meta()
-        return self._change("trim", plan)
+        return self._change("trim", plan, fresh=True)
 
     def destroy_stream(self, stream_id: int) -> StreamMeta:
         check_id(stream_id)
@@ -671,12 +714,12 @@ class ManifestMetadataStore(MetadataStore):
         def plan(state: ManifestState) -> tuple[dict[str, Any], int]:
             found = [key for key in wanted if key in state.doomed]
             if not found:
-                raise _Unmet  # nothing to drop: nothing to write
+                raise Unmet  # nothing to drop: nothing to write
             return {"keys": found}, len(found)
 
         try:
             return self._change("forget", plan)
-        except _Unmet:
+        except Unmet:
             return 0
 
     def node(self, node_id: str | int) -> NodeMeta:
@@ -689,27 +732,17 @@ class ManifestMetadataStore(MetadataStore):
         check_id(node_epoch, "node_epoch")
         ids = [check_id(s) for s in stream_ids]
 
-        def plan(state: ManifestState) -> tuple[dict[str, Any], None]:
+        def plan(state: ManifestState) -> tuple[dict[str, Any] | None, None]:
             current = state.node(node).node_epoch
-            if current != node_epoch:
+            if current != node_epoch:  # a fenced node is told so, held streams or not
                 raise FencedError(describe("release by a fenced node", node=node,
                                            node_epoch=node_epoch, current=current))
             held = [s for s in ids if s in state.streams and (
                 state.streams[s].owner == node or state.streams[s].handover_from == node)]
-            return {"node": node, "streams": held}, None
+            # Nothing held: nothing to write (on the newest state).
+            return ({"node": node, "streams": held} if held else None), None
 
-        with self._lock:
-            self._check_open()
-            self._catch_up()
-            current = self._state.node(node).node_epoch
-            if current != node_epoch:  # a fenced node is told so, held streams or not
-                raise FencedError(describe("release by a fenced node", node=node,
-                                           node_epoch=node_epoch, current=current))
-            if not any(s in self._state.streams and node in (
-                    self._state.streams[s].owner, self._state.streams[s].handover_from)
-                    for s in ids):
-                return  # nothing held: nothing to write
-        self._change("release", plan)
+        self._change("release", plan, fresh=True)
 
     def register_node(self, node_id: str | int) -> NodeMeta:
         node = check_node_id(node_id)
@@ -721,18 +754,22 @@ class ManifestMetadataStore(MetadataStore):
 
         # Always on the newest state: a register based on an old one would be caught anyway
         # (its version is taken), but reading first saves the lost round trip.
-        with self._lock:
-            self._check_open()
-            self._catch_up()
-        return self._change("register", plan)
+        return self._change("register", plan, fresh=True)
 
     # ---- key-value entries (read fresh: another node may have written them) ----
 
-    def kv_get(self, namespace: str, key: str) -> bytes | None:
+    def kv_get(self, namespace: str, key: str, *,
+               max_staleness_ms: int | None = None) -> bytes | None:
+        """The value under ``(namespace, key)``: from this handle's view if it was known to be
+        the newest at most ``max_staleness_ms`` ago (read from the store, or written here),
+        else — and always with None — after reading what changed since."""
         check_kv(namespace, key)
+        bound = (None if max_staleness_ms is None
+                 else check_int(max_staleness_ms, "max_staleness_ms", 0, INT64_MAX) / 1000)
         with self._lock:
             self._check_open()
-            self._catch_up()
+            if bound is None or self._clock() - self._current_at > bound:
+                self._catch_up()
             return self._state.kv.get(namespace, {}).get(key)
 
     def kv_items(self, namespace: str, prefix: str = "") -> list[tuple[str, bytes]]:
@@ -759,16 +796,13 @@ class ManifestMetadataStore(MetadataStore):
                                                node_epoch=node_epoch, current=current))
             if not isinstance(condition, AnyValue) and state.kv.get(namespace, {}).get(
                     key) != condition:
-                raise _Unmet
+                raise Unmet
             return {"namespace": namespace, "key": key,
                     "value": None if value is None else base64.b64encode(value).decode()}, True
 
-        with self._lock:  # a condition is checked against the newest state, not a stale copy
-            self._check_open()
-            self._catch_up()
-        try:
-            return self._change("kv", plan)
-        except _Unmet:
+        try:  # a condition is checked against the newest state, not a stale copy
+            return self._change("kv", plan, fresh=True)
+        except Unmet:
             return False
 
     def collect_garbage(self, grace_ms: int, *,

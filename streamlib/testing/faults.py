@@ -546,9 +546,12 @@ class FaultyMetadataStore(MetadataStore):
 
     # ---- key-value entries ----
 
-    def kv_get(self, namespace: str, key: str) -> bytes | None:
-        return self._run("kv_get", {"namespace": namespace, "key": key},
-                         lambda: self.store.kv_get(namespace, key))
+    def kv_get(self, namespace: str, key: str, *,
+               max_staleness_ms: int | None = None) -> bytes | None:
+        return self._run("kv_get", {"namespace": namespace, "key": key,
+                                    "max_staleness_ms": max_staleness_ms},
+                         lambda: self.store.kv_get(namespace, key,
+                                                   max_staleness_ms=max_staleness_ms))
 
     def kv_items(self, namespace: str, prefix: str = "") -> list[tuple[str, bytes]]:
         return self._run("kv_items", {"namespace": namespace, "prefix": prefix},

@@ -315,6 +315,19 @@ class MetadataContract(OwnersContract, LifecycleContract):
         assert store.kv_get("brokers", "empty") == b""
         assert not store.kv_write("brokers", "empty", b"x", expected=None)
 
+    def test_kv_get_within_a_staleness_bound_sees_its_own_writes(self, store: MetadataStore
+                                                                 ) -> None:
+        """A read that accepts a bounded staleness sees every value written through the same
+        handle before it — set, replaced, deleted — whatever the bound."""
+        for bound in (None, 0, 60_000):
+            assert store.kv_get("ns", "k", max_staleness_ms=bound) is None
+            assert store.kv_write("ns", "k", b"one")
+            assert store.kv_get("ns", "k", max_staleness_ms=bound) == b"one"
+            assert store.kv_write("ns", "k", b"two", expected=b"one")
+            assert store.kv_get("ns", "k", max_staleness_ms=bound) == b"two"
+            assert store.kv_write("ns", "k", None)
+            assert store.kv_get("ns", "k", max_staleness_ms=bound) is None
+
     def test_kv_writes_are_fenced_and_durable(self, store: MetadataStore,
                                               location: Path) -> None:
         epoch = store.register_node("n1").node_epoch
@@ -366,6 +379,10 @@ class MetadataContract(OwnersContract, LifecycleContract):
             (ValueError, "node_id", lambda: store.kv_write("ns", "k", b"v", node_id="a/b",
                                                             node_epoch=1)),
             (TypeError, "prefix", lambda: untyped.kv_items("ns", prefix=None)),
+            (ValueError, "max_staleness_ms", lambda: store.kv_get("ns", "k",
+                                                                  max_staleness_ms=-1)),
+            (TypeError, "max_staleness_ms", lambda: untyped.kv_get("ns", "k",
+                                                                   max_staleness_ms="5")),
         ]
         for kind, name, call in cases:
             with pytest.raises(kind, match=name):
