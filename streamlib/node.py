@@ -5,7 +5,8 @@ share of the message cache, and whether it is open, closing or failed.
 Lock order of a node — a thread holding one of these takes only those further down:
 
 1. ``StreamState.order`` (one stream's appends and opens)
-2. ``Node.changes`` (metadata changes of streams: opens, commits, trims, destroys)
+2. ``Node.changes`` (metadata changes of streams: commits, trims, destroys hold it alone;
+   opens share it, each holding its own stream's locks)
 3. ``StreamState.opening`` (an open here against a fence decision, shared stores)
 4. the shared coordination's sync lock
 5. ``MessageCache`` lock (it calls ``StreamState.release_kept``, never the reverse)
@@ -21,6 +22,7 @@ be quick and must not wait on the store (``Stream.append_future``).
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from typing import TYPE_CHECKING
@@ -32,7 +34,7 @@ from streamlib.meta import MetadataStore
 from streamlib.state import StreamState, StreamTable
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
 
     from streamlib.cache import StreamKey
 
@@ -150,6 +152,50 @@ def lease_clock() -> float:
 _BOOT_CLOCK = getattr(time, "CLOCK_BOOTTIME", time.CLOCK_MONOTONIC)
 
 
+class ChangeLock:
+    """``Node.changes``: held alone (``with node.changes``) by the metadata changes that take
+    a picture of many streams — a commit and its epochs, a trim, a destroy — and shared
+    (``with node.changes.shared()``) by opens for write, each of one stream and ordered against
+    the others of that stream by the stream's own locks. So opens of many streams reach the
+    metadata together (a shared manifest writes them in one delta) and never in the middle of
+    a commit. A thread waiting to hold it alone goes before sharers that come after it."""
+
+    def __init__(self) -> None:
+        self._turn = threading.Condition(threading.Lock())
+        self._sharers = 0  # GUARDED_BY(_turn)
+        self._alone = False  # GUARDED_BY(_turn): held alone
+        self._waiting_alone = 0  # GUARDED_BY(_turn)
+
+    def __enter__(self) -> None:
+        with self._turn:
+            self._waiting_alone += 1
+            try:
+                while self._alone or self._sharers:
+                    self._turn.wait()
+            finally:
+                self._waiting_alone -= 1
+            self._alone = True
+
+    def __exit__(self, *exc: object) -> None:
+        with self._turn:
+            self._alone = False
+            self._turn.notify_all()
+
+    @contextlib.contextmanager
+    def shared(self) -> Iterator[None]:
+        with self._turn:
+            while self._alone or self._waiting_alone:
+                self._turn.wait()
+            self._sharers += 1
+        try:
+            yield
+        finally:
+            with self._turn:
+                self._sharers -= 1
+                if not self._sharers:
+                    self._turn.notify_all()
+
+
 class Node:
     """One open store's shared parts and life (see the module docstring for the lock order).
 
@@ -172,7 +218,7 @@ class Node:
         self.objects_url = objects_url
         self.backlog = backlog
         self.streams = StreamTable()
-        self.changes = threading.Lock()  # metadata changes of streams, one at a time
+        self.changes = ChangeLock()  # metadata changes of streams (see ChangeLock)
         self.closing = threading.Event()
         self._meta = meta
         self._lock = threading.Lock()

@@ -17,6 +17,7 @@ hook               on a store of one node                      on a shared store
 ``committed``      nothing                                     release streams handed over
 ``remote``         never                                       another node may write it
 ``sync``           nothing to read                             read other nodes' changes
+                                                               (or have the next look do it)
 ``before_trim``    nothing                                     a look (a fenced handle trims
                                                                nothing)
 ``release_all``    nothing                                     release the node's streams
@@ -100,7 +101,7 @@ class Coordination(abc.ABC):
         deadline = time.monotonic() + node.config.append_timeout_ms / 1000
         while True:
             self._await_own_release(state, deadline)
-            with state.order, node.changes, state.opening:
+            with state.order, node.changes.shared(), state.opening:
                 with state.lock:
                     if state.handover.handing_over:
                         continue  # fenced meanwhile: the release comes first
@@ -148,9 +149,10 @@ class Coordination(abc.ABC):
         """Whether another node may be writing ``state`` (its appends wake nobody here)."""
 
     @abc.abstractmethod
-    def sync(self, force: bool = False) -> bool:
+    def sync(self, force: bool = False, *, wait: bool = True) -> bool:
         """Read other nodes' changes (at most every ``sync_interval_ms`` unless ``force``);
-        whether anything changed."""
+        whether anything changed. ``wait=False`` reads nothing now: the view moves with the
+        next look the node makes anyway (a cache-only fetch, which never waits on a GET)."""
 
     @abc.abstractmethod
     def before_trim(self, state: StreamState) -> None:
@@ -202,7 +204,7 @@ class LocalCoordination(Coordination):
     def remote(self, state: StreamState) -> bool:
         return False
 
-    def sync(self, force: bool = False) -> bool:
+    def sync(self, force: bool = False, *, wait: bool = True) -> bool:
         return False
 
     def before_trim(self, state: StreamState) -> None:

@@ -1,0 +1,54 @@
+"""Opens for write of different streams on one node reach a shared manifest together (they
+share ``Node.changes``; docs/shared-stores.md, "Group commit"), while a commit still waits for
+them."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from nodes import HELD, faulty_node, node
+
+pytestmark = pytest.mark.once  # the hand-over protocol, not the codec: the C pass runs it
+
+
+def test_opens_of_two_streams_reach_the_metadata_at_once(tmp_path: Path) -> None:
+    writer = node(tmp_path, "w")
+    for name in ("s1", "s2"):
+        writer.create_stream(name)
+    writer.close()
+    a, faulty = faulty_node(tmp_path, "a", **HELD)
+    try:
+        first = faulty.pause("open_stream")
+        second = faulty.pause("open_stream")
+        with ThreadPoolExecutor(2) as pool:
+            one = pool.submit(a.open_stream, "s1")
+            assert first.wait_reached(1, 10)  # s1's open is at the metadata, held there
+            two = pool.submit(a.open_stream, "s2")
+            assert second.wait_reached(1, 10), "s2's open waited for s1's"
+            flush = pool.submit(a.flush)  # a commit waits for the opens under way
+            first.release()
+            second.release()
+            one.result(timeout=10).append([b"x"])
+            two.result(timeout=10).append([b"y"])
+            flush.result(timeout=10)
+    finally:
+        faulty.clear()
+        a.close()
+
+
+def test_creates_from_many_threads_share_deltas(tmp_path: Path) -> None:
+    """200 creates (each a create and an open) from 8 threads: far fewer manifest PUTs than
+    changes, whatever the machine's speed — at least one group forms while a PUT is held."""
+    store = node(tmp_path, "a", **HELD)
+    try:
+        store.create_stream("warm-up")
+        before = store.stats()["cost"]["manifest"]["puts"]  # type: ignore[index]
+        with ThreadPoolExecutor(8) as pool:
+            handles = list(pool.map(lambda n: store.create_stream(f"s{n}"), range(200)))
+        puts = store.stats()["cost"]["manifest"]["puts"] - before  # type: ignore[index]
+        assert len({h.id for h in handles}) == 200
+        assert puts < 400, puts  # 400 changes, one PUT each without groups
+    finally:
+        store.close()
