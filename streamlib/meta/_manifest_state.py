@@ -1,12 +1,13 @@
-"""The manifest's state at one version, in plain containers: how a delta applies to it, its
-checkpoint form, and what a reader accepts of either (the manifest itself:
-:mod:`streamlib.meta.manifest`; the format: docs/shared-stores.md).
+"""The manifest's state at one version, in plain containers: how a delta applies to it, and what
+a reader accepts of a delta and (with :mod:`streamlib.meta._manifest_checkpoint`, the checkpoint
+form) of a checkpoint (the manifest itself: :mod:`streamlib.meta.manifest`; the format:
+docs/shared-stores.md).
 
 What a reader accepts is decided here and, for single values, in
 :mod:`streamlib.meta._manifest_values`: a checkpoint or delta is taken only if its writers could
-have written it. Its size is bounded before it is parsed (:data:`MAX_DELTA_BYTES`,
-:data:`MAX_CHECKPOINT_BYTES`, also while decompressing), its JSON nesting before it is parsed
-(:data:`DELTA_DEPTH`, :data:`CHECKPOINT_DEPTH`), and every field's shape, type and range after:
+have written it. Its size is bounded before it is parsed (:data:`MAX_DELTA_BYTES`; a
+checkpoint's also while decompressing), its JSON nesting before it is parsed
+(:data:`DELTA_DEPTH`; a checkpoint's in its module), and every field's shape, type and range after:
 ids, epochs, offsets, sizes, positions and times are ints in ``[0, 2^63)``, retention limits in
 ``[1, 2^63)`` or null; names, keys, namespaces and put ids as
 :func:`~streamlib.meta.check_text` takes them; node ids as :func:`~streamlib.meta.check_node_id`
@@ -30,44 +31,31 @@ same journal to plan a group on the state itself and take it back if its create 
 
 from __future__ import annotations
 
-import base64
 import bisect
 import dataclasses
 import functools
-import gc
 import json
-import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import zstandard
-
-from streamlib.errors import StreamNotFound, describe
-from streamlib.meta import NodeMeta, Retention, StreamMeta, StreamState
+from streamlib.errors import CommitConflict, StreamNotFound, describe
+from streamlib.meta import NodeMeta, ObjectMeta, Retention, StreamMeta, StreamRange, StreamState
 from streamlib.meta._manifest_values import (
     Malformed,
     Range,
     check_ranges,
-    column,
-    column_kinds,
-    first_twice,
-    int_column,
     int_field,
     int_or_none,
     json_list,
     json_object,
     kv_field,
-    limit_column,
     limit_or_none,
-    node_column,
     node_field,
     node_or_none,
     parse_json,
     show,
-    text_column,
     text_field,
-    tier_column,
     tier_field,
 )
 from streamlib.meta._swap import Span, key_problem, swap_problem
@@ -84,10 +72,8 @@ nothing else, and deltas of one change and checkpoints are still written in :dat
 that older readers refuse a group by its number and read everything else."""
 
 FORMATS = (1, 2, GROUP_FORMAT)
-"""The formats of deltas this code reads (checkpoints: :data:`CHECKPOINT_FORMATS`)."""
-
-CHECKPOINT_FORMATS = (1, 2)
-"""The formats of checkpoints this code reads."""
+"""The formats of deltas this code reads (checkpoints:
+:data:`~streamlib.meta._manifest_checkpoint.CHECKPOINT_FORMATS`)."""
 
 GROUP = "group"
 """The operation of a delta holding several changes: ``{"changes": [{"op": …, "args": …},
@@ -97,20 +83,10 @@ MAX_DELTA_BYTES = 64 << 20
 """The largest delta (bytes of JSON) a reader parses and a writer writes: a commit of 100,000
 ranges is about 4 MiB, a key-value write of the largest value about 1.4 MiB."""
 
-MAX_CHECKPOINT_BYTES = 256 << 20
-"""The largest checkpoint a reader takes and a writer writes, compressed and decompressed
-(bytes): about two million streams and objects (100,000 of each: 12 MiB of JSON). A writer
-whose state outgrows it writes no checkpoint (and says so in the log); readers open from an
-older one and the deltas after it."""
-
 DELTA_DEPTH = 9
 """How deep a delta's JSON nests: the delta, its arguments, a commit's objects, an object, its
 ranges, a range (6); in a group, the group's arguments, its list of changes and a change come
 first (9)."""
-
-CHECKPOINT_DEPTH = 3
-"""How deep a checkpoint's JSON nests: the checkpoint, a table (streams, objects, nodes, kv,
-doomed), a column or an entry."""
 
 Object = tuple[str, int, tuple[Range, ...], str]  # key, size, ranges, tier: as a delta gives it
 Doomed = tuple[int, int, str]  # size, marked_at_ms, tier
@@ -135,11 +111,6 @@ _SINCE_FORMAT_2 = frozenset({"replace", "forget", "retention", "max_age_ms", "ma
                              "tier", "doomed"})  # operations, arguments, columns and tables
 
 _ENVELOPE = ("format", "version", "put", "node", "time", "op", "args")
-_CHECKPOINT = (("format", "version", "next_id", "streams", "objects", "nodes"), ("kv", "doomed"))
-_STREAM_COLUMNS = ("id", "name", "epoch", "start", "end", "live")
-_STREAM_LATER_COLUMNS = ("owner", "from", "from_epoch", "since", "from_since", "max_age_ms",
-                         "max_bytes")
-_OBJECT_COLUMNS = ("key", "size", "ranges", "stream", "start", "end", "used")
 
 
 # ---- reading stored objects ----
@@ -152,7 +123,7 @@ def read_delta(raw: bytes, version: int) -> dict[str, Any]:
         raise Malformed(describe("larger than a delta may be", bytes=len(raw),
                                  limit=MAX_DELTA_BYTES))
     delta = json_object(parse_json(raw, DELTA_DEPTH), "delta", _ENVELOPE)
-    _check_format(delta, "delta", version, FORMATS)
+    check_format(delta, "delta", version, FORMATS)
     text_field(delta["put"], "put")
     if delta["node"] is not None:
         node_field(delta["node"], "node")
@@ -166,13 +137,6 @@ def read_delta(raw: bytes, version: int) -> dict[str, Any]:
     return delta
 
 
-def read_checkpoint(raw: bytes, version: int) -> ManifestState:
-    """The state a checkpoint stored at ``version`` holds."""
-    data = json_object(parse_json(_decompress(raw), CHECKPOINT_DEPTH), "checkpoint", *_CHECKPOINT)
-    _check_format(data, "checkpoint", version, CHECKPOINT_FORMATS)
-    return ManifestState.load(data)
-
-
 def encode_delta(delta: dict[str, Any]) -> bytes:
     """A delta's stored bytes; ValueError for one larger than readers take (the change is
     refused before anything is written)."""
@@ -181,6 +145,19 @@ def encode_delta(delta: dict[str, Any]) -> bytes:
         raise ValueError(describe("a manifest change is larger than a delta may be",
                                   op=delta["op"], bytes=len(body), limit=MAX_DELTA_BYTES))
     return body
+
+
+def encode_object(obj: ObjectMeta) -> list[Any]:
+    """An object as a delta holds it: ``[key, size, ranges]``, and its tier if not ""."""
+    ranges = [[r.stream_id, r.start_offset, r.end_offset, r.size] for r in obj.ranges]
+    return [obj.key, obj.size, ranges, *([obj.tier] if obj.tier else [])]
+
+
+def retention_args(retention: Retention | None) -> dict[str, int | None]:
+    """A retention as a delta holds it (both limits; None: unlimited)."""
+    if retention is None:
+        return {"max_age_ms": None, "max_bytes": None}
+    return {"max_age_ms": retention.max_age_ms, "max_bytes": retention.max_bytes}
 
 
 def group_delta(changes: Sequence[tuple[str, dict[str, Any]]]) -> tuple[str, dict[str, Any]]:
@@ -197,46 +174,7 @@ def delta_format(op: str) -> int:
     return GROUP_FORMAT if op == GROUP else FORMAT
 
 
-def encode_checkpoint(state: ManifestState) -> bytes:
-    """A checkpoint's stored bytes; ValueError for a state larger than readers take."""
-    text = json.dumps(state.dump(), separators=(",", ":")).encode()
-    body = zstandard.ZstdCompressor(level=3).compress(text)  # declares its size: readers use it
-    if max(len(text), len(body)) > MAX_CHECKPOINT_BYTES:
-        raise ValueError(describe("the state is larger than a checkpoint may be",
-                                  bytes=len(text), limit=MAX_CHECKPOINT_BYTES))
-    return body
-
-
-def _decompress(raw: bytes) -> bytearray:
-    """A checkpoint's JSON, never more than :data:`MAX_CHECKPOINT_BYTES` of it: a frame that
-    declares a larger size is refused before anything is decompressed. The frame is read in
-    pieces, so that what is allocated follows what it really holds, not what it declares (a
-    30-byte frame declaring 256 MiB costs nothing), and the declared size must be what came
-    out. The window stays within libzstd's default limit, 128 MiB."""
-    limit = MAX_CHECKPOINT_BYTES
-    if len(raw) > limit:
-        raise Malformed(describe("larger than a checkpoint may be", bytes=len(raw), limit=limit))
-    try:
-        declared = zstandard.frame_content_size(raw)
-        if declared > limit:
-            raise Malformed(describe("a zstd frame larger than a checkpoint may be",
-                                     declared=declared, limit=limit))
-        text = bytearray()
-        with zstandard.ZstdDecompressor().stream_reader(raw) as reader:
-            while piece := reader.read(1 << 20):
-                text += piece
-                if len(text) > limit:
-                    raise Malformed(describe("a zstd frame larger than a checkpoint may be",
-                                             inflated=f">{limit}", limit=limit))
-    except zstandard.ZstdError as error:
-        raise Malformed(f"not a zstd frame ({error})") from error
-    if declared >= 0 and len(text) != declared:
-        raise Malformed(describe("a zstd frame that holds other than it declares",
-                                 declared=declared, inflated=len(text)))
-    return text
-
-
-def _check_format(data: dict[str, Any], what: str, version: int,
+def check_format(data: dict[str, Any], what: str, version: int,
                   formats: tuple[int, ...]) -> None:
     found, at = data["format"], data["version"]
     if type(found) is not int or found not in formats or type(at) is not int or at != version:
@@ -250,7 +188,7 @@ def _operation(op: object) -> str:
     return op
 
 
-def _in_format(found: object, names: Sequence[str], what: str) -> None:
+def in_format(found: object, names: Sequence[str], what: str) -> None:
     """Refuse what format 2 added in an object of format 1."""
     if found == 1:
         added = [name for name in names if name in _SINCE_FORMAT_2]
@@ -321,6 +259,37 @@ class ManifestState:
     def known(self, key: str) -> str | None:
         """Whether an object key is taken: "live", "doomed", or None."""
         return "live" if key in self.objects else "doomed" if key in self.doomed else None
+
+    def ranges_from(self, stream_id: int, from_offset: int,
+                    limit: int | None = None) -> list[tuple[int, int, str]]:
+        """The live stream's ranges holding offsets at or above ``from_offset`` (they are
+        disjoint and sorted: the first is found by bisection), the first ``limit`` if given."""
+        self.live(stream_id)
+        entries = self.by_stream.get(stream_id, [])
+        first = max(bisect.bisect_right(entries, from_offset, key=lambda e: e[0]) - 1, 0)
+        if first < len(entries) and entries[first][1] <= from_offset:
+            first += 1  # the range before the offset: it ends at or below it
+        return entries[first:] if limit is None else entries[first:first + limit]
+
+    def object_meta(self, key: str) -> ObjectMeta:
+        """The live object ``key``, every range."""
+        size, ranges = self.objects[key]
+        return ObjectMeta(key, size, tuple(StreamRange(*r) for r in ranges),
+                          self.tiers.get(key, ""))
+
+    def check_removable(self, key: str) -> None:
+        """A commit may remove ``key``: live, and holding nothing readable any more
+        (:class:`~streamlib.errors.CommitConflict` otherwise)."""
+        found = self.objects.get(key)
+        if found is None:
+            raise CommitConflict(describe("object to remove is not committed"
+                                          if self.known(key) is None
+                                          else "object to remove is doomed already", key=key))
+        for stream_id, _, end, _ in found[1]:
+            stream = self.streams.get(stream_id)
+            if stream is not None and stream.live and end > stream.start:
+                raise CommitConflict(describe("object to remove still holds readable records",
+                                              key=key, stream=stream_id))
 
     def keys_after(self, after: str | None, limit: int) -> list[str]:
         """Up to ``limit`` live objects' keys greater than ``after``, in order (the sorted keys
@@ -401,7 +370,7 @@ class ManifestState:
             return
         required, optional = _ARGUMENTS[_operation(op)]
         args = json_object(args, f"{op} arguments", required, optional)
-        _in_format(fmt, [op, *args], f"a {op} delta")
+        in_format(fmt, [op, *args], f"a {op} delta")
         if op == "create":
             self._create(args)
         elif op == "open":
@@ -621,176 +590,6 @@ class ManifestState:
         check_ranges(key, size, ranges)
         return key, size, tuple(ranges), tier_field(tier[0], "tier") if tier else ""
 
-    # ---- the checkpoint form: columns of plain values, which JSON parses fast ----
-
-    def dump(self) -> dict[str, Any]:
-        """The checkpoint's JSON; the columns of retentions and tiers only if any is set."""
-        streams = list(self.streams.values())
-        objects = list(self.objects.items())
-        ranges = [r for _, (_, rs) in objects for r in rs]
-        stream_columns = {"id": [s.id for s in streams], "name": [s.name for s in streams],
-                          "epoch": [s.epoch for s in streams],
-                          "start": [s.start for s in streams], "end": [s.end for s in streams],
-                          "live": [s.live for s in streams],
-                          "owner": [s.owner for s in streams],
-                          "from": [s.handover_from for s in streams],
-                          "from_epoch": [s.handover_epoch for s in streams],
-                          "since": [s.since for s in streams],
-                          "from_since": [s.handover_since for s in streams]}
-        if any(s.max_age_ms is not None or s.max_bytes is not None for s in streams):
-            stream_columns.update(max_age_ms=[s.max_age_ms for s in streams],
-                                  max_bytes=[s.max_bytes for s in streams])
-        object_columns: dict[str, list[Any]] = {
-            "key": [key for key, _ in objects], "size": [size for _, (size, _) in objects],
-            "ranges": [len(rs) for _, (_, rs) in objects],
-            "stream": [r[0] for r in ranges], "start": [r[1] for r in ranges],
-            "end": [r[2] for r in ranges], "used": [r[3] for r in ranges]}
-        if self.tiers:
-            object_columns["tier"] = [self.tiers.get(key, "") for key, _ in objects]
-        return {"format": FORMAT, "version": self.version, "next_id": self.next_id,
-                "streams": stream_columns, "objects": object_columns,
-                "nodes": [[node, epoch, position]
-                          for node, (epoch, position) in self.nodes.items()],
-                "kv": [[namespace, key, base64.b64encode(value).decode()]
-                       for namespace, entries in self.kv.items()
-                       for key, value in entries.items()],
-                "doomed": [[key, *entry] for key, entry in self.doomed.items()]}
-
-    @classmethod
-    def load(cls, data: dict[str, Any]) -> ManifestState:
-        """The state a checkpoint's JSON holds, every field checked (:class:`Malformed`)
-        (100,000 streams and objects: about 0.1 s; the cyclic garbage collector is paused
-        meanwhile, since nothing built here is garbage)."""
-        paused = gc.isenabled()
-        gc.disable()
-        try:
-            state = cls()
-            data = json_object(data, "checkpoint", *_CHECKPOINT)
-            found = data["format"]
-            if type(found) is not int or found not in CHECKPOINT_FORMATS:
-                raise Malformed(describe("a checkpoint of an unknown format", format=show(found)))
-            streams = json_object(data["streams"], "streams", _STREAM_COLUMNS,
-                                  _STREAM_LATER_COLUMNS)
-            objects = json_object(data["objects"], "objects", _OBJECT_COLUMNS, ("tier",))
-            for names, what in ((data, "a checkpoint"), (streams, "its streams"),
-                                (objects, "its objects")):
-                _in_format(found, list(names), what)
-            next_id = int_field(data["next_id"], "next_id")
-            state._load_streams(streams)
-            if next_id <= max(state.streams, default=0):
-                raise Malformed(describe("next_id must be past every stream's id",
-                                         next_id=next_id, stream=max(state.streams)))
-            state.version, state.next_id = int_field(data["version"], "version"), next_id
-            state._load_objects(objects)
-            state._load_entries(json_list(data["nodes"], "nodes"),
-                                json_list(data.get("kv", []), "kv"))
-            state._load_doomed(json_list(data.get("doomed", []), "doomed"))
-            return state
-        finally:
-            if paused:
-                gc.enable()
-
-    def _load_streams(self, s: dict[str, Any]) -> None:
-        n = len(column(s, "id", "streams", None))
-        (ids, names, epochs, starts, ends, live, owners, was, was_epochs, since, was_since,
-         max_age_ms, max_bytes) = (column(s, name, "streams", n)
-                                   for name in (*_STREAM_COLUMNS, *_STREAM_LATER_COLUMNS))
-        for values, name in ((ids, "id"), (epochs, "epoch"), (starts, "start"), (ends, "end")):
-            int_column(values, f"streams.{name}")
-        for values, name in ((was_epochs, "from_epoch"), (since, "since"),
-                             (was_since, "from_since")):
-            int_column(values, f"streams.{name}", nullable=True)
-        limit_column(max_age_ms, "streams.max_age_ms")
-        limit_column(max_bytes, "streams.max_bytes")
-        text_column(names, "streams.name", nullable=True)
-        column_kinds(live, "streams.live", (bool,))
-        node_column(owners, "streams.owner")
-        node_column(was, "streams.from")
-        self.streams = dict(zip(ids, map(StreamRecord, ids, names, epochs, starts, ends, live,
-                                         owners, was, was_epochs, since, was_since, max_age_ms,
-                                         max_bytes),
-                                strict=True))
-        if len(self.streams) != n:
-            raise Malformed(describe("a stream id appears twice", stream=first_twice(ids)))
-        named = [(stream.name, stream.id) for stream in self.streams.values()
-                 if stream.live and stream.name is not None]
-        self.names = dict(named)
-        if len(self.names) != len(named):
-            raise Malformed(describe("two live streams have one name",
-                                     name=show(first_twice([name for name, _ in named]))))
-
-    def _load_objects(self, o: dict[str, Any]) -> None:
-        m = len(column(o, "key", "objects", None))
-        keys, sizes, counts = (column(o, name, "objects", m) for name in ("key", "size",
-                                                                           "ranges"))
-        r = len(column(o, "stream", "objects", None))
-        streams, starts, ends, used = (column(o, name, "objects", r)
-                                       for name in ("stream", "start", "end", "used"))
-        text_column(keys, "objects.key")
-        for values, name in ((sizes, "size"), (counts, "ranges"), (streams, "stream"),
-                             (starts, "start"), (ends, "end"), (used, "used")):
-            int_column(values, f"objects.{name}")
-        if sum(counts) != r:
-            raise Malformed(f"{r} ranges, objects claim {sum(counts)}")
-        unknown = set(streams) - self.streams.keys()
-        if unknown:
-            raise Malformed(describe("a range of an unknown stream", stream=min(unknown)))
-        ranges = list(zip(streams, starts, ends, used, strict=True))
-        if 0 in counts or any(map(operator.ge, starts, ends)):
-            i = 0
-            for key, size, count in zip(keys, sizes, counts, strict=True):
-                check_ranges(key, size, ranges[i:i + count])  # to name the first bad one
-                i += count
-        objects, by_stream = self.objects, self.by_stream
-        i = 0
-        for key, size, count in zip(keys, sizes, counts, strict=True):
-            held = (ranges[i],) if count == 1 else tuple(ranges[i:i + count])
-            i += count
-            if held[0][3] > size or count > 1:
-                check_ranges(key, size, held)
-            objects[key] = (size, held)
-            for stream_id, start, end, _ in held:
-                found = by_stream.get(stream_id)
-                if found is None:
-                    by_stream[stream_id] = [(start, end, key)]
-                else:
-                    found.append((start, end, key))
-        if len(objects) != m:
-            raise Malformed(describe("an object key appears twice", key=show(first_twice(keys))))
-        for found in by_stream.values():
-            if len(found) > 1:
-                found.sort()
-        if "tier" in o:
-            tiers = column(o, "tier", "objects", m)
-            tier_column(tiers, "objects.tier")
-            self.tiers = {key: tier for key, tier in zip(keys, tiers, strict=True) if tier}
-
-    def _load_entries(self, nodes: list[Any], kv: list[Any]) -> None:
-        for entry in nodes:
-            node, epoch, position = json_list(entry, "a node", (3,))
-            node = node_field(node, "node")
-            if node in self.nodes:
-                raise Malformed(describe("a node appears twice", node=node))
-            self.nodes[node] = [int_field(epoch, "node epoch"),
-                                int_field(position, "wal_position")]
-        for entry in kv:
-            namespace, key, value = json_list(entry, "a key-value entry", (3,))
-            entries = self.kv.setdefault(text_field(namespace, "namespace"), {})
-            if text_field(key, "key") in entries:
-                raise Malformed(describe("a key-value entry appears twice",
-                                         namespace=namespace, key=key))
-            entries[key] = kv_field(value, "value")
-
-    def _load_doomed(self, doomed: list[Any]) -> None:
-        for entry in doomed:
-            key, size, marked, tier = json_list(entry, "a doomed object", (4,))
-            if self.known(text_field(key, "doomed key")) is not None:
-                raise Malformed(describe("a doomed object is known twice", key=key))
-            self.doomed[key] = (int_field(size, "doomed size"),
-                                int_field(marked, "doomed marked_at_ms"),
-                                tier_field(tier, "doomed tier"))
-
-
 def _restore(stream: StreamRecord, saved: StreamRecord) -> None:
     for name in _RECORD_FIELDS:
         setattr(stream, name, getattr(saved, name))
@@ -798,7 +597,7 @@ def _restore(stream: StreamRecord, saved: StreamRecord) -> None:
 
 _RECORD_FIELDS = tuple(f.name for f in dataclasses.fields(StreamRecord))
 
-__all__ = ["CHECKPOINT_DEPTH", "CHECKPOINT_FORMATS", "DELTA_DEPTH", "FORMAT", "FORMATS", "GROUP",
-           "GROUP_FORMAT", "MAX_CHECKPOINT_BYTES", "MAX_DELTA_BYTES", "OPERATIONS", "Malformed",
-           "ManifestState", "Range", "StreamRecord", "delta_format", "encode_checkpoint",
-           "encode_delta", "group_delta", "read_checkpoint", "read_delta"]
+__all__ = ["DELTA_DEPTH", "FORMAT", "FORMATS", "GROUP", "GROUP_FORMAT", "MAX_DELTA_BYTES",
+           "OPERATIONS", "Malformed", "ManifestState", "Range", "StreamRecord", "check_format",
+           "delta_format", "encode_delta", "encode_object", "group_delta", "in_format",
+           "read_delta", "retention_args"]

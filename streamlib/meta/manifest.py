@@ -17,7 +17,8 @@ the deltas after it. Old ones are deleted (:meth:`collect_garbage`, the rule in
 version was never deleted (:meth:`_catch_up`), and a writer whose create came back late checks
 that it did not create a deleted version again (:meth:`_landed`). What a reader accepts of
 either — bounded sizes and nesting, every field checked — is decided in
-:mod:`streamlib.meta._manifest_state`; anything else is ``CorruptDataError`` naming the object,
+:mod:`streamlib.meta._manifest_state` and :mod:`streamlib.meta._manifest_checkpoint`; anything
+else is ``CorruptDataError`` naming the object,
 and changes nothing here. Opening fails only with streamlib's errors: ``StorageUnavailable``,
 ``ConfigError`` or ``CorruptDataError``.
 
@@ -32,7 +33,6 @@ holding it queues a change.
 from __future__ import annotations
 
 import base64
-import bisect
 import dataclasses
 import logging
 import math
@@ -82,20 +82,24 @@ from streamlib.meta import (
     check_text,
 )
 from streamlib.meta._group import Change, GroupCommit, Unmet, plan_group
+from streamlib.meta._manifest_checkpoint import (
+    MAX_CHECKPOINT_BYTES,
+    read_checkpoint,
+    write_checkpoint,
+)
 from streamlib.meta._manifest_gc import Landing, collect, judge_create, listed
 from streamlib.meta._manifest_probe import probe_create
 from streamlib.meta._manifest_state import (
     FORMAT,
-    MAX_CHECKPOINT_BYTES,
     MAX_DELTA_BYTES,
     Malformed,
     ManifestState,
     delta_format,
-    encode_checkpoint,
     encode_delta,
+    encode_object,
     group_delta,
-    read_checkpoint,
     read_delta,
+    retention_args,
 )
 from streamlib.meta._swap import check_keys, check_page
 from streamlib.records import INT64_MAX, check_int
@@ -112,21 +116,6 @@ DELETE_GRACE_MS = 600_000
 
 T = TypeVar("T")
 
-
-def _version_key(kind: str, version: int) -> str:
-    return f"{kind}/{version:020d}"
-
-
-def _encoded(obj: ObjectMeta) -> list[Any]:
-    """An object as a delta holds it: ``[key, size, ranges]``, and its tier if not ""."""
-    ranges = [[r.stream_id, r.start_offset, r.end_offset, r.size] for r in obj.ranges]
-    return [obj.key, obj.size, ranges, *([obj.tier] if obj.tier else [])]
-
-
-def _retention_args(retention: Retention | None) -> dict[str, int | None]:
-    if retention is None:
-        return {"max_age_ms": None, "max_bytes": None}
-    return {"max_age_ms": retention.max_age_ms, "max_bytes": retention.max_bytes}
 
 
 class ManifestMetadataStore(MetadataStore):
@@ -202,7 +191,7 @@ class ManifestMetadataStore(MetadataStore):
     # ---- reading the manifest ----
 
     def _key(self, kind: str, version: int) -> str:
-        return f"{self._prefix}/{_version_key(kind, version)}"
+        return f"{self._prefix}/{kind}/{version:020d}"
 
     def _relist(self) -> int:
         """List the checkpoints and load the newest if it is past this state (one listed but
@@ -419,23 +408,10 @@ class ManifestMetadataStore(MetadataStore):
 
     def _maybe_checkpoint(self) -> None:
         state = self._state
-        if state.version - self._checkpointed < self._checkpoint_every:
-            return
-        try:
-            body = encode_checkpoint(state)
-        except ValueError as error:  # readers would refuse it; they read more deltas instead
-            log.error("manifest checkpoint at version %d not written: %s", state.version, error)
-            self._checkpointed = state.version  # tried again ``checkpoint_every`` versions on
-            return
-        try:
-            self._objects.create(self._key("checkpoint", state.version), body)
-        except FileExistsError:
-            pass  # another writer wrote this version's checkpoint: the same state
-        except (StorageUnavailable, OSError) as error:
-            log.warning("could not write the manifest checkpoint at version %d (the next "
-                        "change tries again): %r", state.version, error)
-            return
-        self._checkpointed = state.version
+        if (state.version - self._checkpointed >= self._checkpoint_every
+                and write_checkpoint(self._objects, self._key("checkpoint", state.version),
+                                     state)):
+            self._checkpointed = state.version
 
     def _check_open(self) -> None:
         if self._closed:
@@ -453,7 +429,7 @@ class ManifestMetadataStore(MetadataStore):
         if name is not None:
             check_text(name, "name")
         retention = check_retention(retention)
-        kept = {} if retention is None else _retention_args(retention)  # left out if none
+        kept = {} if retention is None else retention_args(retention)  # left out if none
 
         def plan(state: ManifestState) -> tuple[dict[str, Any], StreamMeta]:
             if name is not None and name in state.names:
@@ -468,7 +444,7 @@ class ManifestMetadataStore(MetadataStore):
 
     def set_retention(self, stream_id: int, retention: Retention | None) -> StreamMeta:
         check_id(stream_id)
-        kept = _retention_args(check_retention(retention))
+        kept = retention_args(check_retention(retention))
 
         def plan(state: ManifestState) -> tuple[dict[str, Any], StreamMeta]:
             stream = state.live(stream_id)
@@ -612,48 +588,24 @@ class ManifestMetadataStore(MetadataStore):
                     raise CommitConflict(describe(f"object already committed ({known})",
                                                   key=obj.key))
             for key in commit.remove:
-                self._check_removable(state, key)
+                state.check_removable(key)
             if commit.wal_position < node.wal_position:
                 raise CommitConflict(describe("WAL position would go back", node=node.node_id,
                                               wal_position=commit.wal_position,
                                               current=node.wal_position))
             return {"node": commit.node_id, "wal_position": commit.wal_position,
-                    "objects": [_encoded(o) for o in commit.objects],
+                    "objects": [encode_object(o) for o in commit.objects],
                     "remove": list(commit.remove)}, None
 
         self._change("commit", plan, (commit.not_after_ms, CommitConflict))
-
-    @staticmethod
-    def _check_removable(state: ManifestState, key: str) -> None:
-        found = state.objects.get(key)
-        if found is None:
-            raise CommitConflict(describe("object to remove is not committed"
-                                          if state.known(key) is None
-                                          else "object to remove is doomed already", key=key))
-        for stream_id, _, end, _ in found[1]:
-            stream = state.streams.get(stream_id)
-            if stream is not None and stream.live and end > stream.start:
-                raise CommitConflict(describe("object to remove still holds readable records",
-                                              key=key, stream=stream_id))
-
-    def _ranges_from(self, state: ManifestState, stream_id: int, from_offset: int,
-                     limit: int | None = None) -> list[tuple[int, int, str]]:
-        """The stream's ranges holding offsets at or above ``from_offset`` (they are disjoint
-        and sorted: the first is found by bisection), the first ``limit`` of them if given."""
-        state.live(stream_id)
-        entries = state.by_stream.get(stream_id, [])
-        first = max(bisect.bisect_right(entries, from_offset, key=lambda e: e[0]) - 1, 0)
-        if first < len(entries) and entries[first][1] <= from_offset:
-            first += 1  # the range before the offset: it ends at or below it
-        return entries[first:] if limit is None else entries[first:first + limit]
 
     def objects(self, stream_id: int, from_offset: int = 0) -> list[ObjectMeta]:
         check_id(stream_id)
         check_id(from_offset, "from_offset")
 
         def answer(state: ManifestState) -> list[ObjectMeta]:
-            return [self._object(state, key)
-                    for _, _, key in self._ranges_from(state, stream_id, from_offset)]
+            return [state.object_meta(key)
+                    for _, _, key in state.ranges_from(stream_id, from_offset)]
 
         return self._read(answer)
 
@@ -665,7 +617,7 @@ class ManifestMetadataStore(MetadataStore):
 
         def answer(state: ManifestState) -> list[StreamObject]:
             result = []
-            for start, end, key in self._ranges_from(state, stream_id, from_offset, most):
+            for start, end, key in state.ranges_from(stream_id, from_offset, most):
                 size, ranges = state.objects[key]
                 used = next(r[3] for r in ranges if r[0] == stream_id)
                 result.append(StreamObject(key, size, StreamRange(stream_id, start, end, used),
@@ -674,22 +626,16 @@ class ManifestMetadataStore(MetadataStore):
 
         return self._read(answer)
 
-    @staticmethod
-    def _object(state: ManifestState, key: str) -> ObjectMeta:
-        size, ranges = state.objects[key]
-        return ObjectMeta(key, size, tuple(StreamRange(*r) for r in ranges),
-                          state.tiers.get(key, ""))
-
     def live_objects(self, after: str | None = None, limit: int = 1000) -> list[ObjectMeta]:
         after, limit = check_page(after, limit)
-        return self._read(lambda state: [self._object(state, key)
+        return self._read(lambda state: [state.object_meta(key)
                                          for key in state.keys_after(after, limit)])
 
     def replace(self, replacement: Replacement) -> None:
         if not isinstance(replacement, Replacement):
             raise TypeError(f"replacement must be a Replacement, "
                             f"not {type(replacement).__name__}")
-        outputs = [_encoded(o) for o in replacement.outputs]
+        outputs = [encode_object(o) for o in replacement.outputs]
         as_state = [(o.key, o.size, tuple((r.stream_id, r.start_offset, r.end_offset, r.size)
                                           for r in o.ranges), o.tier)
                     for o in replacement.outputs]

@@ -24,7 +24,9 @@ from hypothesis import strategies as st
 from streamlib.errors import CorruptDataError
 from streamlib.io import ObjectStore
 from streamlib.meta import MAX_KV_VALUE, MAX_NAME_CHARS, Commit, Replacement, Retention
+from streamlib.meta import _manifest_checkpoint as manifest_checkpoint
 from streamlib.meta import _manifest_state as manifest_format
+from streamlib.meta._manifest_checkpoint import dump_state
 from streamlib.meta.manifest import ManifestMetadataStore
 from streamlib.testing.meta import make_object
 
@@ -65,7 +67,7 @@ def populated() -> tuple[ObjectStore, ManifestMetadataStore]:
 def snapshot(store: ManifestMetadataStore) -> tuple[object, ...]:
     """The handle's whole in-memory state, its derived indexes included."""
     state = store._state
-    return (state.version, json.dumps(state.dump(), sort_keys=True), dict(state.names),
+    return (state.version, json.dumps(dump_state(state), sort_keys=True), dict(state.names),
             {stream: list(entries) for stream, entries in state.by_stream.items()})
 
 
@@ -444,7 +446,7 @@ def test_a_well_formed_delta_of_every_format_2_operation_applies() -> None:
 # ---- checkpoints ----
 
 def checkpoint_of(store: ManifestMetadataStore) -> dict[str, Any]:
-    return copy.deepcopy(store._state.dump())
+    return copy.deepcopy(dump_state(store._state))
 
 
 def forge_checkpoint(objects: ObjectStore, store: ManifestMetadataStore, body: bytes) -> str:
@@ -612,7 +614,7 @@ def test_a_checkpoint_larger_than_the_bound_is_refused_while_decompressing(
     """A frame that inflates past the bound — valid JSON once inflated (leading blanks) — is
     refused whether or not its header says how large it is."""
     objects, store = populated()
-    monkeypatch.setattr(manifest_format, "MAX_CHECKPOINT_BYTES", 1 << 20)
+    monkeypatch.setattr(manifest_checkpoint, "MAX_CHECKPOINT_BYTES", 1 << 20)
     text = b" " * (1 << 20) + json.dumps(checkpoint_of(store)).encode()
     body = zstandard.ZstdCompressor(write_content_size=declared).compress(text)
     assert zstandard.frame_content_size(body) == (len(text) if declared else -1)
@@ -635,7 +637,7 @@ def test_a_frame_that_declares_more_than_it_holds_costs_what_it_holds() -> None:
     tracemalloc.start()
     try:
         with pytest.raises(manifest_format.Malformed, match="zstd"):
-            manifest_format.read_checkpoint(bytes(body), 1)
+            manifest_checkpoint.read_checkpoint(bytes(body), 1)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()

@@ -15,7 +15,7 @@ import zstandard
 
 from fuzz.mutate import Field, MiB, Shape, dump_json, mutate_bytes, mutate_json
 from streamlib import codec
-from streamlib.meta import _manifest_state as manifest
+from streamlib.meta import _manifest_checkpoint as checkpoint
 from streamlib.wal import _format as wal_format
 
 # ---- fields ----
@@ -186,5 +186,5 @@ def mutate_checkpoint(rng: random.Random, data: bytes) -> bytes | None:
     frame = zstandard.ZstdCompressor(write_content_size=rng.random() < 0.8).compress(
         dump_json(mutate_json(rng, value)))
     if rng.random() < 0.2:  # a frame that claims far more than it holds
-        return with_content_size(frame, manifest.MAX_CHECKPOINT_BYTES) or frame
+        return with_content_size(frame, checkpoint.MAX_CHECKPOINT_BYTES) or frame
     return frame

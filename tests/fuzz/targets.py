@@ -56,6 +56,7 @@ from streamlib.codec import _python
 from streamlib.errors import CorruptDataError
 from streamlib.io import ObjectStore
 from streamlib.meta import Commit, Replacement, Retention
+from streamlib.meta import _manifest_checkpoint as checkpoint
 from streamlib.meta import _manifest_state as manifest
 from streamlib.meta.manifest import ManifestMetadataStore
 from streamlib.testing.meta_model import make_object
@@ -411,8 +412,8 @@ def _manifest_history() -> tuple[list[dict[str, Any]], list[bytes], list[bytes]]
         deltas = [store.get(f"manifest/log/{v:020d}") for v in range(1, versions + 1)]
         checkpoints = [store.get(f"manifest/checkpoint/{v:020d}") for v in range(1, versions + 1)]
         meta.close()
-        states = [manifest.ManifestState().dump()]
-        states += [manifest.read_checkpoint(raw, v).dump()
+        states = [checkpoint.dump_state(manifest.ManifestState())]
+        states += [checkpoint.dump_state(checkpoint.read_checkpoint(raw, v))
                    for v, raw in enumerate(checkpoints, 1)]
         _manifest_cache.update(states=states, deltas=deltas, checkpoints=checkpoints)
     return (_manifest_cache["states"], _manifest_cache["deltas"], _manifest_cache["checkpoints"])
@@ -432,12 +433,12 @@ def apply_delta(data: bytes) -> None:
     first four bytes choose which)."""
     states, _, _ = _manifest_history()
     before = u32(data) % len(states)
-    state = manifest.ManifestState.load(states[before])
+    state = checkpoint.load_state(states[before])
     delta = manifest.read_delta(data[4:], before + 1)
     try:
         state.apply(delta["op"], delta["args"])
     except manifest.Malformed:
-        if state.dump() != states[before]:
+        if checkpoint.dump_state(state) != states[before]:
             raise StateChanged(f"a refused {delta['op']} changed the state") from None
         raise
 
@@ -448,7 +449,7 @@ def _checkpoint_seeds(rng: random.Random) -> list[bytes]:
 
 
 def read_checkpoint(data: bytes) -> None:
-    manifest.read_checkpoint(data[4:], u32(data))
+    checkpoint.read_checkpoint(data[4:], u32(data))
 
 
 TARGETS: tuple[Target, ...] = (
