@@ -13,8 +13,8 @@ taking turns:
   local moto S3 server in a process of its own.
 
 For each: **small appends** (10 × 1 KiB, one at a time, each waited for: p50 / p99 — on a
-manifest each acknowledgement waits for a look at the manifest that started after the append
-was durable, docs/shared-stores.md), **append throughput** (batches of 100 × 1 KiB, 64 in
+manifest acknowledged under the owner's lease, on by default, docs/shared-stores.md),
+**append throughput** (batches of 100 × 1 KiB, 64 in
 flight, until acknowledged), and an **upload round** (``flush()`` of 1 MiB: PUT + commit).
 Then, on the manifest: the **hand-over** of a stream from a live node to another (from
 ``open_stream`` on the new node to its first append acknowledged: the old node's look, commit

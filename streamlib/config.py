@@ -257,14 +257,14 @@ class Config:
         "this (it has a look of its own).",
         _Kind("milliseconds", low=1, high=3600 * 1000))
     lease_ms: int = _setting(
-        0,
+        1_000,
         "The owner's lease (docs/shared-stores.md): after a look at the shared metadata that "
         "found this node not fenced, appends durable within this many milliseconds of the "
-        "look's start are acknowledged at once, without a look of their own; a take-over, "
-        "and the open of a node whose WAL is an object WAL, wait this long (plus "
-        "LEASE_DRIFT) before reading the WAL. Every node of a bucket must use the same "
-        "value. 0: every acknowledgement waits for a look that started after its append was "
-        "durable.",
+        "look's start are acknowledged at once, without a look of their own. Each process "
+        "records its lease in the metadata; a take-over, and the open of a node whose WAL is "
+        "an object WAL after a process of it crashed, wait out the recorded lease (plus "
+        "LEASE_DRIFT) before reading the WAL. 0: every acknowledgement waits for a look that "
+        "started after its append was durable.",
         _Kind("milliseconds", low=0, high=3600 * 1000))
     sync_interval_ms: int = _setting(
         50,

@@ -100,11 +100,14 @@ class ReadPath:
         """Batches of ``[start, end)`` (None: to the end) up to ``max_bytes`` (at least one).
         ``mine``: the reader of a ``read()`` iterator (else the cache finds or makes one)."""
         if start >= state.acked_end and self._coordination.remote(state):
-            self._coordination.sync()  # at the end of another node's stream: has it moved?
+            # At the end of another node's stream: has it moved? A cache-only fetch answers
+            # from this node's view, and the fence thread's next look moves it.
+            self._coordination.sync(wait=not cache_only)
         reader = self._node.cache.reader_at(self._node.stream_key(state), start, mine)
         try:
             return self._after_replacements(state, lambda: self._read(
-                state, reader, start, max_bytes, cache_only, self._picture(state, start, end)))
+                state, reader, start, max_bytes, cache_only,
+                self._picture(state, start, end, cache_only)))
         except BaseException:
             self._node.cache.advance(reader, start)  # a retry of this fetch continues it
             raise
@@ -123,7 +126,8 @@ class ReadPath:
         state.objects_replaced()
         return read()
 
-    def _picture(self, state: StreamState, start: int, end: int | None) -> _Picture:
+    def _picture(self, state: StreamState, start: int, end: int | None,
+                 cache_only: bool = False) -> _Picture:
         while True:
             with state.lock:  # one consistent picture: the index, the log cache, the range
                 low, high = state.start_offset, state.acked_end
@@ -144,6 +148,8 @@ class ReadPath:
                     logged = (state.log_slice(max(start, memory), end)
                               if end > max(start, memory) else [])
                     return _Picture(low, high, end, memory, slices, logged, state.committed_end)
+            if cache_only:  # loading the window reads the metadata, which may be slow
+                raise CacheMiss(state.id, start, "the stream's object index")
             self._load_window(state, start, commits)
 
     def _read(self, state: StreamState, reader: Reader, start: int, max_bytes: int,

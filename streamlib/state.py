@@ -247,6 +247,9 @@ class StreamState:
         self.acked_end = meta.end_offset  # GUARDED_BY(lock); read alone for a snapshot
         self.assigned_end = meta.end_offset  # GUARDED_BY(order)
         self.inflight: deque[Inflight] = deque()  # GUARDED_BY(lock); appended under order too
+        # Appends inside their WAL call, not in ``inflight`` yet: counted with the check that
+        # the stream is not fenced (one hold of ``lock``), so that a release waits for them.
+        self.entering = 0  # GUARDED_BY(lock)
         self.unsettled: deque[Settle] = deque()  # GUARDED_BY(lock): acknowledged, not answered
         self.settling = False  # GUARDED_BY(lock): a thread is answering (one keeps the order)
         self.log: list[RecordBatch] = []  # GUARDED_BY(lock): acknowledged, not yet committed

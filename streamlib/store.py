@@ -46,8 +46,8 @@ from streamlib.meta import (
 from streamlib.node import Backlog, Node
 from streamlib.read import ReadPath
 from streamlib.recovery import recover
+from streamlib.shared import lease
 from streamlib.shared.coordination import Coordination
-from streamlib.shared.fencing import wait_out_lease
 from streamlib.shared.takeover import TakeOver, take_over
 from streamlib.state import StreamInfo, StreamState
 from streamlib.stream import Stream
@@ -159,10 +159,15 @@ class StreamStore:
         config, meta = self.config, metadata.store
         registered = meta.register_node(self.node_id)
         self.node_epoch = registered.node_epoch
-        if meta.capabilities.shared and config.wal == "object":
-            # An earlier process of this node may still run (nothing else fences an object
-            # WAL): its lease ends before this one reads the WAL (docs/shared-stores.md).
-            wait_out_lease(config, f"open of node {self.node_id}")
+        if meta.capabilities.shared:
+            first = registered.node_epoch == 1  # no earlier process to wait for
+            earlier = 0 if first else lease.recorded(meta, self.node_id, config.lease_ms)
+            lease.record(meta, self.node_id, self.node_epoch, config.lease_ms)
+            if config.wal == "object":
+                # An earlier process of this node may still run (nothing else fences an
+                # object WAL): its lease ends before this one reads the WAL
+                # (docs/shared-stores.md). A file or block WAL's lock proves it gone.
+                lease.wait_out(earlier, f"open of node {self.node_id}")
         # Upload before the WAL or the cache is half full, whatever upload_bytes says: appends
         # must not wait for the time trigger.
         threshold = min(config.upload_bytes, config.wal_bytes // 2, self._cache.max_bytes // 2)
@@ -394,6 +399,8 @@ class StreamStore:
                             "next open: %r", error)
         for state in states:  # no future hangs
             self._write.settle_at_close(state, state.id in released)
+        if node.meta.capabilities.shared and node.failure is None:
+            lease.end(node.meta, node.id, node.epoch)  # every append is answered
         self._release()
 
     def _release(self) -> None:

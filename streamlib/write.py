@@ -114,9 +114,23 @@ class WritePath:
         # WAL's end as it is now.
         token = node.backlog.enter(lambda: self._wal.end_position)
         try:
-            wal_future = self._wal.append(WalRecord(state.id, epoch, placed), left())
+            # Checked again, and counted, in one hold of the lock: the stream may have been
+            # fenced since submit() checked (while this append waited for room, say). A fence
+            # after this sees the append (``entering``, then ``inflight``), and the release
+            # waits until it is settled: released before it, it would stay parked for good.
+            with state.lock:
+                if state.handover.reason is not None:
+                    raise FencedError(str(state.handover.reason))
+                state.entering += 1
+            try:
+                wal_future = self._wal.append(WalRecord(state.id, epoch, placed), left())
+            except BaseException:
+                with state.lock:
+                    state.entering -= 1  # nothing written (the next look releases the stream)
+                raise
             item = Inflight(placed, wal_future)
             with state.lock:
+                state.entering -= 1
                 state.inflight.append(item)
         except BaseException:
             node.cache.unpin(node.scope, placed.size + BATCH_OVERHEAD)

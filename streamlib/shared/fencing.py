@@ -40,7 +40,7 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
-from streamlib.config import LEASE_DRIFT, RELEASE_POLL, Config
+from streamlib.config import RELEASE_POLL
 from streamlib.errors import (
     FencedError,
     HandOverPending,
@@ -74,6 +74,7 @@ class SharedCoordination(Coordination):
         self._synced = -math.inf  # GUARDED_BY(_sync_lock): when the metadata was last synced
         self._synced_version = -1  # GUARDED_BY(_sync_lock): the version streams were brought to
         self._stale = threading.Event()  # a release wrote nothing: the next sync reads anyway
+        self._follow_asked = threading.Event()  # a cache-only read waits for news: see sync()
         self._check_done = threading.Condition()
         self._checking = False  # GUARDED_BY(_check_done): a look is running
         self._check_started = -1.0  # GUARDED_BY(_check_done): when the last good look started
@@ -203,6 +204,7 @@ class SharedCoordination(Coordination):
                 looked = self._fence_check()
                 for state in pending:
                     write.acknowledge(state, looked)
+                self._follow_others()
                 for state in node.streams.all():
                     if state.handover.state is Ownership.FENCED:
                         self._maybe_release(state)
@@ -267,8 +269,9 @@ class SharedCoordination(Coordination):
             return
         with state.lock:
             handover = state.handover
-            if handover.state is not Ownership.FENCED or state.inflight or state.log:
-                return
+            if (handover.state is not Ownership.FENCED or state.inflight or state.entering
+                    or state.log):
+                return  # an append still to settle: released after it (WritePath._enter_wal)
             handover.move(Ownership.RELEASING)  # one release at a time; an open here waits
         try:
             node.meta.release_streams(node.id, node.epoch, [state.id])
@@ -361,43 +364,64 @@ class SharedCoordination(Coordination):
     def remote(self, state: StreamState) -> bool:
         return state.handover.state in _REMOTE
 
-    def sync(self, force: bool = False) -> bool:
+    def sync(self, force: bool = False, *, wait: bool = True) -> bool:
         """Read other nodes' changes (at most every ``sync_interval_ms`` unless ``force``) and
         bring the streams this node does not write up to date: new streams, their committed
-        ends, trims, destroys; streams waiting for a release follow the old owner."""
+        ends, trims, destroys; streams waiting for a release follow the old owner. With
+        ``wait=False``, only ask the fence thread to do so after its next look."""
         node = self._node
         if node.closed:
             return False
-        meta = node.meta
+        if not wait:
+            self._follow_asked.set()
+            return False
         with self._sync_lock:
             now = time.monotonic()
             if not force and now - self._synced < self._sync_interval:
                 return False
             self._synced = now
-            meta.refresh()
-            stale = self._stale.is_set()
-            self._stale.clear()
-            # Other threads read the metadata too (the fence thread): compare versions, not
-            # what this refresh found.
-            if meta.version == self._synced_version and not force and not stale:
-                return False
-            self._synced_version = meta.version
-            live = {m.id: m for m in meta.streams()}
-            for new in live.values():
-                if new.id not in node.streams:
-                    node.streams.add(StreamState(new))
-            for state in node.streams.all():
-                m = live.get(state.id)
-                if m is None:
-                    node.forget(state)  # destroyed by another node
-                elif state.handover.state is Ownership.WAITING:
-                    self._follow(state, m)
-                else:
-                    with state.lock:
-                        state.start_offset = max(state.start_offset, m.start_offset)
-                        if not state.handover.written_here and state.move_ends(m.end_offset):
-                            state.epoch = m.epoch
-            return True
+            node.meta.refresh()
+            return self._bring_up_to_date(force)
+
+    def _follow_others(self) -> None:
+        """The fence thread, after a good look, if a reader that never looks (a cache-only
+        fetch) asked: bring this node's view of other nodes' streams to the version the look
+        read, with no read of its own; such a reader sees their commits within
+        ``fence_poll_ms``."""
+        if not self._follow_asked.is_set() or not self._sync_lock.acquire(blocking=False):
+            return  # nobody asked, or a sync is reading (this thread never waits for a GET)
+        try:
+            self._follow_asked.clear()
+            if not self._node.closed:
+                self._bring_up_to_date(False)
+        finally:
+            self._sync_lock.release()
+
+    def _bring_up_to_date(self, force: bool) -> bool:
+        """:meth:`sync`'s work on the metadata as last read (caller holds ``_sync_lock``)."""
+        node, meta = self._node, self._node.meta
+        stale = self._stale.is_set()
+        self._stale.clear()
+        # Other threads read the metadata too: compare versions, not what a refresh found.
+        if meta.version == self._synced_version and not force and not stale:
+            return False
+        self._synced_version = meta.version
+        live = {m.id: m for m in meta.streams()}
+        for new in live.values():
+            if new.id not in node.streams:
+                node.streams.add(StreamState(new))
+        for state in node.streams.all():
+            m = live.get(state.id)
+            if m is None:
+                node.forget(state)  # destroyed by another node
+            elif state.handover.state is Ownership.WAITING:
+                self._follow(state, m)
+            else:
+                with state.lock:
+                    state.start_offset = max(state.start_offset, m.start_offset)
+                    if not state.handover.written_here and state.move_ends(m.end_offset):
+                        state.epoch = m.epoch
+        return True
 
     def before_trim(self, state: StreamState) -> None:
         self._fence_check()  # a handle fenced by another node's open trims nothing
@@ -408,18 +432,6 @@ class SharedCoordination(Coordination):
             state = self._node.streams.get(stream_id)
             if state is not None and state.handover.state is Ownership.WAITING:
                 self._follow(state, self._node.meta.get_stream(stream_id))
-
-
-def wait_out_lease(config: Config, why: str) -> float:
-    """Wait until another process of a node fenced just now can no longer acknowledge an
-    append it has not yet made durable: ``lease_ms × (1 + LEASE_DRIFT)`` (nothing with no
-    lease). Returns the seconds waited."""
-    seconds = config.lease_ms / 1000 * (1 + LEASE_DRIFT)
-    if seconds > 0:
-        log.info("waiting %.2f s for the lease of the node's earlier process to end (%s)",
-                 seconds, why)
-        threading.Event().wait(seconds)
-    return seconds
 
 
 def _fence_error(stream_id: int, owner: str | None,

@@ -14,7 +14,7 @@ from streamlib import _assembly
 from streamlib.errors import ConfigError
 from streamlib.meta import Commit, check_node_id
 from streamlib.recovery import replay
-from streamlib.shared.fencing import wait_out_lease
+from streamlib.shared import lease
 from streamlib.uploader import DATA_PREFIX, build_objects
 
 if TYPE_CHECKING:
@@ -64,8 +64,9 @@ def take_over(node: Node, objects: ObjectStore, coordination: Coordination,
     fenced = meta.register_node(dead)
     log.info("taking over node %s (node epoch %d now)", dead, fenced.node_epoch)
     # A process of the dead node may still run (paused): from now on its looks find it
-    # fenced, and after its lease it acknowledges nothing more (docs/shared-stores.md).
-    wait_out_lease(config, f"take-over of node {dead}")
+    # fenced, and after the lease it recorded it acknowledges nothing more
+    # (docs/shared-stores.md). Read after the fence: a record written later is refused.
+    lease.wait_out(lease.recorded(meta, dead, config.lease_ms), f"take-over of node {dead}")
     old = _assembly.open_wal(config, dead, fenced.node_epoch, place, create=False)
     try:
         found = replay(old.recover(), meta, lambda m: coordination.held_epochs(m, dead))

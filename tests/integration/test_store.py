@@ -961,6 +961,7 @@ def test_s3_multipart_upload(tmp_path: Path, moto_bucket: S3Bucket) -> None:
 # ---- the WAL keeps what is not committed, under concurrent appends and uploads ----
 
 
+@pytest.mark.once  # the WAL's trim, not the codec: the C pass runs it
 @pytest.mark.parametrize("wal", ["file", "block", "object"])
 def test_the_wal_is_never_trimmed_past_an_uncommitted_append(tmp_path: Path, wal: str) -> None:
     """Appends from threads, upload rounds back to back, and a watcher that checks, over and

@@ -58,6 +58,7 @@ def records_in_objects(bucket: S3Bucket, keys: list[str]) -> dict[int, list[tupl
     return found
 
 
+@pytest.mark.once  # upload intervals, not the codec: the C pass runs it
 def test_quiet_streams_share_an_object_per_interval(tmp_path: Path,
                                                     moto_bucket: S3Bucket) -> None:
     """1000 streams append a tiny batch each every half second (the upload interval) for four

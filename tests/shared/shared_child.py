@@ -10,8 +10,9 @@ Without ``ACKLOG`` it appends ``BATCHES`` batches, uploads them with ``flush()``
 the end, and prints ``done NEXT_OFFSET``. With ``ACKLOG`` it prints ``ready``, appends until it
 is killed and, after each acknowledgement, writes ``base_offset batch`` as one line to ACKLOG
 (one unbuffered write: a line is there only if the append was acknowledged). Once another node
-opens the stream for write, its appends fail: it writes ``F batch`` for each refused one, then
-``end``, closes the store and exits.
+opens the stream for write, its appends fail: it writes ``F batch`` for each refused one (``U
+batch`` for one whose outcome is unknown: its node was taken over), then ``end``, closes the
+store and exits.
 """
 
 from __future__ import annotations
@@ -59,6 +60,9 @@ def main() -> None:
                 os.write(fd, f"{future.result().base_offset} {done}\n".encode())
             except streamlib.FencedError:
                 os.write(fd, f"F {done}\n".encode())
+                fenced = True
+            except streamlib.OutcomeUnknown:
+                os.write(fd, f"U {done}\n".encode())
                 fenced = True
         elif fenced:
             os.write(fd, b"end\n")

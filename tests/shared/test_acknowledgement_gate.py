@@ -30,8 +30,9 @@ from streamlib.testing.faults import Gate
 # The hand-over protocol does not depend on the codec: the C pass runs it (conftest.py).
 pytestmark = pytest.mark.once
 
-QUIET = {"fence_poll_ms": 3_600_000, **HELD}
-"""The fence thread looks only when an append waits for a look (no idle looks)."""
+QUIET = {"fence_poll_ms": 3_600_000, "lease_ms": 0, **HELD}
+"""The fence thread looks only when an append waits for a look (no idle looks); no lease (every
+acknowledgement waits for a look: the gate these tests are about; test_lease.py has the lease)."""
 
 
 def append_w_with_its_look_held(a: streamlib.StreamStore, faulty: FaultyMetadataStore, *,
@@ -136,7 +137,7 @@ def test_a_look_that_failed_serves_no_one(tmp_path: Path) -> None:
     meta = FaultyMetadataStore(ManifestMetadataStore(
         ObjectStore.from_url(f"memory://gate-{tmp_path.name}"), node_id="a"))
     registered = meta.register_node("a")
-    config = Config(path=str(tmp_path))
+    config = Config(path=str(tmp_path), lease_ms=0)
     node_ = Node(node_id="a", node_epoch=registered.node_epoch, config=config, meta=meta,
                  cache=MessageCache(1 << 20), scope="gate", objects_url="memory://",
                  backlog=Backlog(1 << 20, 1.0), clock=lambda: now[0])

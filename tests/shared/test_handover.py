@@ -253,6 +253,7 @@ def test_destroying_a_stream_being_handed_over_does_not_wedge_the_old_owners_upl
         b.close()
 
 
+@pytest.mark.usefixtures("without_lease")
 def test_a_parked_append_answered_at_close_never_shows_after_a_restart(
         tmp_path: Path) -> None:
     """A hands s over to B with an acknowledged append not yet uploaded (A's uploads fail for

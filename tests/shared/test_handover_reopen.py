@@ -80,6 +80,7 @@ def test_a_look_that_read_the_hand_over_before_a_reopen_does_not_fence_it(
         b.close()
 
 
+@pytest.mark.usefixtures("without_lease")
 def test_a_reopen_crossing_a_look_keeps_the_stream_and_hands_it_over_later(
         tmp_path: Path) -> None:
     """The same crossing with nothing left to commit (a1 is committed): A keeps the stream

@@ -9,22 +9,27 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from concurrent.futures import Future
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 import fsspec
 import pytest
-from nodes import HELD, durable, eventually_read, faulty_node, wait_for
+from nodes import HELD, crash, durable, eventually_read, faulty_node, node, wait_for
 
 import streamlib
 from streamlib.errors import FencedError, OutcomeUnknown
 from streamlib.io import ObjectStore
 from streamlib.meta.manifest import ManifestMetadataStore
+from streamlib.shared import lease
 from streamlib.testing import FaultyMetadataStore
 from streamlib.testing.faults import FaultyFileSystem
 
 # The hand-over protocol does not depend on the codec: the C pass runs it (conftest.py).
 pytestmark = pytest.mark.once
+
+T = TypeVar("T")
 
 QUIET = {"fence_poll_ms": 3_600_000, **HELD}
 """The fence thread looks only when an append waits for a look (no idle looks)."""
@@ -75,11 +80,11 @@ def test_a_paused_owner_acknowledges_nothing_its_taker_did_not_read(tmp_path: Pa
     faulty = FaultyFileSystem(fsspec.filesystem("memory"))
     looks_of_a = FaultyMetadataStore(ManifestMetadataStore(
         ObjectStore(faulty, bucket.split("://")[1]), node_id="a"))
-    lease = {"lease_ms": 300, "wal": "object", "metadata": "manifest", "objects_url": bucket,
+    leased = {"lease_ms": 300, "wal": "object", "metadata": "manifest", "objects_url": bucket,
              **HELD}
     a = streamlib.open(tmp_path / "node-a", node_id="a", filesystem=faulty,
-                       metadata_store=looks_of_a, fence_poll_ms=20, **lease)
-    c = streamlib.open(tmp_path / "node-c", node_id="c", **lease)
+                       metadata_store=looks_of_a, fence_poll_ms=20, **leased)
+    c = streamlib.open(tmp_path / "node-c", node_id="c", **leased)
     gate = threading.Event()
     try:
         stream = a.create_stream("s")
@@ -107,3 +112,73 @@ def test_a_paused_owner_acknowledges_nothing_its_taker_did_not_read(tmp_path: Pa
         faulty.clear()
         a.close()
         c.close()
+
+
+def opened_within(seconds: float, open_: Callable[[], T]) -> T:
+    """``open_()``, which must return within ``seconds`` (far less than a lease it must not
+    wait out, far more than it takes on a loaded machine)."""
+    with ThreadPoolExecutor(1) as pool:
+        future = pool.submit(open_)
+        try:
+            return future.result(timeout=seconds)
+        except TimeoutError:
+            raise AssertionError(f"still waiting after {seconds} s: a lease waited out") from None
+
+
+def test_a_reopen_waits_out_the_lease_its_crashed_process_recorded(tmp_path: Path) -> None:
+    """The lease to wait out is the one the fenced process recorded, not the opener's own."""
+    a = node(tmp_path, "a", wal="object", lease_ms=400)
+    a.create_stream("s").append([b"x"])
+    crash(a)
+    started = time.monotonic()
+    again = node(tmp_path, "a", wal="object", lease_ms=0)
+    try:
+        assert time.monotonic() - started >= 0.4
+        assert next(again.open_stream("s").fetch(0).records())[1].value == b"x"
+    finally:
+        again.close()
+
+
+def test_after_a_clean_close_a_reopen_does_not_wait(tmp_path: Path) -> None:
+    """A clean close records that its process acknowledges nothing more: the next process of
+    the node opens at once, however long its lease."""
+    hour = {"wal": "object", "lease_ms": 3_600_000}
+    a = node(tmp_path, "a", **hour)
+    a.create_stream("s").append([b"x"])
+    a.close()
+    again = opened_within(60, lambda: node(tmp_path, "a", **hour))
+    try:
+        assert next(again.open_stream("s").fetch(0).records())[1].value == b"x"
+    finally:
+        again.close()
+
+
+def test_a_take_over_waits_out_the_lease_the_dead_node_recorded(tmp_path: Path) -> None:
+    a = node(tmp_path, "a", wal="object", lease_ms=400)
+    c = node(tmp_path, "c", lease_ms=0)
+    try:
+        a.create_stream("s").append([b"x"])
+        crash(a)
+        started = time.monotonic()
+        assert c.take_over("a", wal="object").records == 1
+        assert time.monotonic() - started >= 0.4
+    finally:
+        c.close()
+
+
+def test_a_process_fenced_before_it_recorded_its_lease_opens_nothing(tmp_path: Path) -> None:
+    """The record is fenced by the node epoch: a process whose node another process registered
+    since cannot record a lease (and so cannot shorten the wait of whoever fenced it)."""
+    a = node(tmp_path, "a", wal="object", lease_ms=400)
+    try:
+        with pytest.raises(FencedError):
+            lease.record(a.metadata, "a", a.node_epoch - 1, 0)
+        assert lease.recorded(a.metadata, "a", 0) == 400
+    finally:
+        a.close()
+    meta = ManifestMetadataStore(ObjectStore.from_url(f"file://{tmp_path / 'bucket'}"),
+                                 node_id="reader")
+    try:
+        assert lease.recorded(meta, "a", 7) == 0  # closed cleanly: nothing to wait out
+    finally:
+        meta.close()

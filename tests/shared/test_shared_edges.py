@@ -28,7 +28,7 @@ from nodes import (
 from test_shared_store import run_until_killed
 
 import streamlib
-from streamlib.errors import FencedError, StreamNotFound
+from streamlib.errors import CacheMiss, FencedError, StorageUnavailable, StreamNotFound
 from streamlib.io import ObjectStore
 from streamlib.meta.manifest import ManifestMetadataStore
 from streamlib.testing.faults import FaultyFileSystem
@@ -100,6 +100,7 @@ def test_a_tailing_reader_follows_the_stream_after_a_hand_over(tmp_path: Path) -
 
 # ---- take-over ----
 
+@pytest.mark.usefixtures("without_lease")
 def test_a_take_over_does_not_commit_an_append_answered_with_fenced_error(
         tmp_path: Path) -> None:
     """A hands stream s over to B: A's append X, durable in A's WAL after the hand-over, is
@@ -126,6 +127,7 @@ def test_a_take_over_does_not_commit_an_append_answered_with_fenced_error(
             store.close()
 
 
+@pytest.mark.usefixtures("without_lease")
 def test_a_restarted_node_does_not_commit_its_refused_appends_into_the_new_owners_stream(
         tmp_path: Path) -> None:
     """As above, but A just restarts (a deploy) instead of being taken over, and B still owns
@@ -278,6 +280,7 @@ def test_an_idle_async_reader_of_a_remote_stream_does_not_pile_up_waiters(
 
 # ---- found by the three-node model (tests/shared/test_shared_model.py) ----
 
+@pytest.mark.usefixtures("without_lease")
 def test_a_hand_over_read_by_another_thread_still_fences(tmp_path: Path) -> None:
     """B opens A's stream; on A a sync (``streams()``) reads that change from the manifest
     before the fence thread does. The fence check scanned only when its own refresh found
@@ -351,3 +354,39 @@ def test_an_append_refused_at_a_hand_over_stays_refused_when_the_stream_comes_ba
         faulty.clear()
         a.close()
         b.close()
+
+
+# ---- cache-only reads of another node's stream ----
+
+def test_a_cache_only_fetch_of_another_nodes_stream_never_reads_the_metadata(
+        tmp_path: Path) -> None:
+    """At the tail of a stream another node writes, ``fetch(cache_only=True)`` answers from
+    this node's view — no look at the manifest, which may be slow or down — and the fence
+    thread's next look brings the other node's commits into that view."""
+    writer = node(tmp_path, "w")
+    reader, faulty = faulty_node(tmp_path, "r", fence_poll_ms=20)
+    try:
+        stream = writer.create_stream("s")
+        stream.append([b"a"])
+        writer.flush()
+        tail = reader.open_stream("s", read_only=True)
+        wait_for(lambda: tail.next_offset == 1, what="the reader to see the first commit")
+        # Any read of the manifest by this thread fails the test.
+        faulty.inject("refresh", StorageUnavailable("the manifest is down"), times=None,
+                      thread=threading.current_thread().name)
+        assert not tail.fetch(1, cache_only=True).batches  # nothing new: no look, no wait
+        stream.append([b"b"])
+        writer.flush()
+
+        def polled() -> bool:  # a cache-only poller; the fence thread's looks move its view
+            with contextlib.suppress(CacheMiss):  # the new batch is in an object, not cached
+                tail.fetch(1, cache_only=True)
+            return tail.next_offset == 2
+
+        wait_for(polled, what="the fence thread to bring the second commit")
+        faulty.clear()
+        assert [r.value for b in tail.fetch(1) for r in b.records()] == [b"b"]
+    finally:
+        faulty.clear()
+        reader.close()
+        writer.close()

@@ -136,7 +136,7 @@ def acknowledged(acklog: Path) -> dict[int, int]:
     found = {}
     for line in acklog.read_text().split("\n")[:-1]:
         base, batch = line.split() if line != "end" else ("F", "")
-        if base != "F":  # F: refused after a hand-over; end: the writer stopped
+        if base not in ("F", "U"):  # refused, outcome unknown; end: the writer stopped
             found[int(base)] = int(batch)
     return found
 
