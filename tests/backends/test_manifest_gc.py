@@ -16,6 +16,7 @@ from typing import Any
 
 import fsspec
 import pytest
+from waits import in_thread
 
 from streamlib.errors import StorageUnavailable, StreamExists
 from streamlib.io import ObjectStore
@@ -74,21 +75,6 @@ def arrival(suffix: str, arrived: threading.Event) -> Callable[[str], bool]:
         return False
 
     return match
-
-
-def run(call: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
-    """``call`` on a thread of its own; the list gets its result or its exception."""
-    outcome: list[Any] = []
-
-    def target() -> None:
-        try:
-            outcome.append(call())
-        except BaseException as error:
-            outcome.append(error)
-
-    thread = threading.Thread(target=target)
-    thread.start()
-    return thread, outcome
 
 
 def same_state(a: ManifestMetadataStore, b: ManifestMetadataStore) -> None:
@@ -178,7 +164,7 @@ def test_a_create_that_lands_after_its_version_was_deleted_is_not_applied(root: 
     v = writer.version
     arrived, gate = threading.Event(), threading.Event()
     faulty.inject("put", gate=gate, match=arrival(log_key(v + 1), arrived))
-    thread, outcome = run(lambda: writer.create_stream("w"))
+    thread, outcome = in_thread(lambda: writer.create_stream("w"))
     assert arrived.wait(WAIT)  # planned on version v; its create waits
     for n in range(10):
         other.create_stream(f"x{n}")
@@ -226,7 +212,7 @@ def test_a_late_create_another_node_built_on_has_an_unknown_outcome(root: str) -
                                   node_id="x", checkpoint_every=3, delete_grace_ms=0)
     v = writer.version
     held.held = log_key(v + 1)
-    thread, outcome = run(lambda: writer.create_stream("w"))
+    thread, outcome = in_thread(lambda: writer.create_stream("w"))
     assert held.arrived.wait(WAIT)
     for n in range(6):
         other.create_stream(f"x{n}")  # after the writer's: a checkpoint past it
@@ -268,7 +254,7 @@ def test_no_reader_applies_a_copy_of_a_deleted_version(root: str) -> None:
     assert stalled.version == v
     arrived, gate = threading.Event(), threading.Event()
     faulty.inject("get", gate=gate, match=arrival(log_key(v + 1), arrived))
-    thread, outcome = run(stalled.refresh)
+    thread, outcome = in_thread(stalled.refresh)
     assert arrived.wait(WAIT)
     for n in range(10):
         other.create_stream(f"x{n}")
@@ -301,7 +287,7 @@ def test_a_reader_whose_checkpoint_is_deleted_before_it_reads_it_lists_again(roo
     newest = max(checkpoint_versions(plain))
     arrived, gate = threading.Event(), threading.Event()
     faulty.inject("get", gate=gate, match=arrival(f"checkpoint/{newest:020d}", arrived))
-    thread, outcome = run(lambda: ManifestMetadataStore(ObjectStore(faulty, root)))
+    thread, outcome = in_thread(lambda: ManifestMetadataStore(ObjectStore(faulty, root)))
     assert arrived.wait(WAIT)
     for n in range(4, 12):
         other.create_stream(f"s{n}")

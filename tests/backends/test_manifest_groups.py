@@ -21,6 +21,7 @@ from typing import Any
 
 import fsspec
 import pytest
+from waits import in_thread
 
 import streamlib
 from streamlib.errors import CommitConflict, CorruptDataError, StreamExists, StreamNotFound
@@ -81,21 +82,6 @@ class Writer:
         return [path for op, path, _ in self.faulty.events if op == "put" and "/log/" in path]
 
 
-def run(call: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
-    """``call`` on a thread of its own; the list gets its result or its exception."""
-    outcome: list[Any] = []
-
-    def target() -> None:
-        try:
-            outcome.append(call())
-        except BaseException as error:
-            outcome.append(error)
-
-    thread = threading.Thread(target=target)
-    thread.start()
-    return thread, outcome
-
-
 def queue_behind_a_held_create(writer: Writer, first: Callable[[], Any],
                                calls: list[Callable[[], Any]]
                                ) -> tuple[list[Any], list[list[Any]]]:
@@ -103,9 +89,9 @@ def queue_behind_a_held_create(writer: Writer, first: Callable[[], Any],
     them wait in the queue, let the create go and wait for every thread. Returns the first's
     outcome and the others'."""
     arrived, gate = writer.hold(writer.store.version + 1)
-    held, first_outcome = run(first)
+    held, first_outcome = in_thread(first)
     assert arrived.wait(WAIT)  # the first is planned and its create held
-    started = [run(call) for call in calls]
+    started = [in_thread(call) for call in calls]
     assert writer.store._group.wait_queued(len(calls), WAIT)  # all queued behind it
     gate.set()
     for thread in [held, *(thread for thread, _ in started)]:
@@ -212,7 +198,7 @@ def test_a_group_that_loses_its_version_is_planned_again_on_the_newest(root: str
     store.create_stream("s")
     v, puts = store.version, len(writer.delta_puts())
     arrived, gate = writer.hold(v + 1)
-    first, first_outcome = run(lambda: store.create_stream("first"))
+    first, first_outcome = in_thread(lambda: store.create_stream("first"))
     assert arrived.wait(WAIT)
     calls: list[Callable[[], Any]] = [
         lambda: store.create_stream("contested"),
@@ -220,7 +206,7 @@ def test_a_group_that_loses_its_version_is_planned_again_on_the_newest(root: str
         lambda: store.create_stream("a"),
         lambda: store.create_stream("b"),
     ]
-    started = [run(call) for call in calls]
+    started = [in_thread(call) for call in calls]
     assert store._group.wait_queued(len(calls), WAIT)
     group_arrived, group_gate = writer.hold(v + 2)  # the group's create, at v + 2, held too
     gate.set()
