@@ -1,9 +1,10 @@
 """What the shared-store tests have in common: nodes on one local bucket (with a
 fault-injecting metadata store when a test steers them), reading a stream whole, waiting for a
-condition, a node dying as if killed."""
+condition, a node paused, or dying as if killed."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from pathlib import Path
@@ -15,7 +16,7 @@ import streamlib
 from streamlib.errors import FencedError, StreamNotFound
 from streamlib.io import ObjectStore
 from streamlib.meta.manifest import ManifestMetadataStore
-from streamlib.testing import FaultyMetadataStore
+from streamlib.testing import FaultyFileSystem, FaultyMetadataStore
 from streamlib.testing.faults import MetadataRule, access_denied
 
 HELD = {"upload_interval_ms": 3_600_000, "upload_bytes": "1GiB"}
@@ -99,6 +100,32 @@ def flush_outcome(store: streamlib.StreamStore) -> object:
     except Exception as error:
         return error
     return "ok"
+
+
+def pause(meta: FaultyMetadataStore, filesystem: FaultyFileSystem,
+          node_id: str) -> Callable[[], None]:
+    """Stop a node as if its process were paused (SIGSTOP, a long collection, a frozen VM), as
+    far as the other nodes can tell: its own threads' looks at the metadata, commits and
+    releases wait at gates, and so do its object WAL's PUTs of records (an append made
+    meanwhile is not durable). Its node's ``meta`` and ``filesystem`` are the wrappers it was
+    opened with. The calling thread (the test's) is not held. Returns what wakes the node."""
+    caller = threading.current_thread().name
+
+    def own(thread: str) -> bool:
+        return thread != caller
+
+    for op in ("refresh", "commit", "release_streams"):
+        meta.pause(op, times=None, thread=own)
+    puts = threading.Event()
+    filesystem.inject("put", gate=puts, times=None,
+                      match=lambda path: f"/wal/{node_id}/" in path and path.endswith(".wal"))
+
+    def wake() -> None:
+        puts.set()
+        filesystem.clear()
+        meta.clear()
+
+    return wake
 
 
 def crash(store: streamlib.StreamStore) -> None:
