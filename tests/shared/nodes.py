@@ -4,6 +4,8 @@ condition, a node paused, or dying as if killed."""
 
 from __future__ import annotations
 
+import signal
+import subprocess
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
@@ -169,3 +171,15 @@ def hand_over_during_an_append(a: streamlib.StreamStore, b: streamlib.StreamStor
         except FencedError:  # A saw the hand-over first: again
             faulty.clear()
     raise AssertionError("A saw every hand-over before its append reached the WAL")
+
+
+def reap(child: subprocess.Popen[str]) -> None:
+    """A child process of a test is gone and its pipes closed: killed if it still runs (and
+    woken first, should it be stopped)."""
+    if child.poll() is None:
+        child.send_signal(signal.SIGCONT)
+        child.kill()
+        child.wait()
+    for pipe in (child.stdout, child.stderr):
+        if pipe is not None:
+            pipe.close()

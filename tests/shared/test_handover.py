@@ -26,6 +26,7 @@ from nodes import (
     hand_over_during_an_append,
     lines_in,
     node,
+    reap,
     values,
     wait_for,
 )
@@ -171,12 +172,7 @@ def test_two_writer_processes_of_one_stream(server: str, tmp_path: Path,
             got = values(b.open_stream("s", read_only=True))
             check_stream(got, acknowledged(acklog), refused, 3, first.base_offset)
     finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
-        for pipe in (child.stdout, child.stderr):
-            if pipe is not None:
-                pipe.close()
+        reap(child)
         endpoint.delete_bucket(bucket)
 
 

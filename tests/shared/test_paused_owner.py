@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from nodes import lines_in, values, wait_for
+from nodes import lines_in, reap, values, wait_for
 
 import streamlib
 from streamlib.config import Config
@@ -108,11 +108,5 @@ def test_an_owner_paused_across_a_hand_over_acknowledges_nothing_after_it(
                 b.flush()
                 assert values(b.open_stream("s", read_only=True)) == kept  # a added nothing
     finally:
-        if owner.poll() is None:
-            owner.send_signal(signal.SIGCONT)
-            owner.kill()
-            owner.wait()
-        for pipe in (owner.stdout, owner.stderr):
-            if pipe is not None:
-                pipe.close()
+        reap(owner)
     moto_s3.delete_bucket(bucket)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from nodes import lines_in, values, wait_for
+from nodes import lines_in, reap, values, wait_for
 
 import streamlib
 from streamlib.errors import FencedError
@@ -123,12 +123,7 @@ def run_until_killed(config: dict[str, Any], env: dict[str, str], acklog: Path,
         child.send_signal(signal.SIGKILL)
         assert child.wait(timeout=30) == -signal.SIGKILL
     finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
-        for pipe in (child.stdout, child.stderr):
-            if pipe is not None:
-                pipe.close()
+        reap(child)
 
 
 def acknowledged(acklog: Path) -> dict[int, int]:
