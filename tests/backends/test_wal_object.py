@@ -230,7 +230,10 @@ def test_a_failure_takes_back_the_later_objects_that_landed(
     gate = threading.Event()
     fs.inject("put", faults.access_denied, gate=gate, match=is_data, times=1)
     futures = [append_alone(fs, wal, make_record(1, i)) for i in range(1, 8)]
-    wait_for(lambda: len(data_keys(store)) >= 3)
+    # Three objects landed (the first and two after the held one), counted from the finished
+    # PUTs: a memory store is not listed while PUTs write to it.
+    wait_for(lambda: sum(op == "put" and is_data(path) and ok
+                         for op, path, ok in list(fs.events)) >= 3, what="two later objects")
     gate.set()
     for future in futures:
         with pytest.raises(StorageUnavailable):
@@ -354,22 +357,30 @@ def test_a_missing_first_object_of_an_epoch_is_a_gap_too(tmp_path: Path) -> None
 
 
 @pytest.mark.parametrize("damaged", [0, 1, 2])
-def test_a_damaged_object_reports_its_damaged_part(tmp_path: Path, damaged: int) -> None:
-    store = ObjectStore.from_url(f"file://{tmp_path}")
+def test_a_damaged_object_reports_its_damaged_part(
+        faulty: tuple[FaultyFileSystem, ObjectStore], damaged: int) -> None:
+    fs, store = faulty
     records = [make_record(1, i, size=300) for i in range(3)]
     size = record_size(records[0])
-    wal, _, _ = opened(store, flush_bytes=3 * size, linger=5.0)  # three records an object
-    futures = [wal.append(r) for r in [*records, make_record(1, 3)]]
-    wal.close()  # flushes the fourth, alone
-    positions = [f.result(timeout=0) for f in futures]
+    wal, _, _ = opened(store, flush_bytes=3 * size, linger=60.0)  # three records an object
+    gate = threading.Event()
+    held = fs.inject("put", gate=gate, match=is_data, times=1)
+    lone = make_record(2, 0)
+    first = wal.append(lone)  # no PUT running: an object of its own, its PUT held
+    wait_for(lambda: held.hits == 1, what="the first object's PUT")
+    futures = [wal.append(r) for r in [*records, make_record(1, 3)]]  # gathered meanwhile
+    gate.set()
+    wal.close()  # flushes the last, alone
+    positions = [f.result(timeout=10) for f in futures]
+    assert first.result(timeout=0) < positions[0]
     keys = data_keys(store)
-    assert len(keys) == 2
-    data = bytearray(store.get(keys[0]))
+    assert len(keys) == 3
+    data = bytearray(store.get(keys[1]))
     data[positions[damaged] - positions[0] + 100] ^= 0x40  # a bit flips in a payload
-    store.put(keys[0], data)
+    store.put(keys[1], data)
     _, recovery, entries = opened(store)
     kept = [r for i, r in enumerate(records) if i != damaged]
-    assert [e.record for e in entries] == [*kept, make_record(1, 3)]
+    assert [e.record for e in entries] == [lone, *kept, make_record(1, 3)]
     reason = "damaged end of a WAL object" if damaged == 2 else \
         "damaged bytes between valid records"
     assert recovery.dropped == [Damage(positions[damaged], positions[damaged + 1], reason)]
