@@ -201,13 +201,15 @@ def test_a_failed_put_fails_its_appends_and_every_later_one(
     durable = [make_record(1, i) for i in range(3)]
     for record in durable:
         wal.append(record).result(timeout=5)
-    fs.inject("put", faults.access_denied, match=is_data, times=None)
+    gate = threading.Event()  # every append is in before the first PUT fails
+    fs.inject("put", faults.access_denied, gate=gate, match=is_data, times=None)
     failed_order: list[int] = []
     futures = []
     for i in range(3, 10):
         future = wal.append(make_record(1, i))
         future.add_done_callback(lambda _, i=i: failed_order.append(i))
         futures.append(future)
+    gate.set()
     for future in futures:
         with pytest.raises(StorageUnavailable, match="WAL flush failed"):
             future.result(timeout=5)
