@@ -160,14 +160,13 @@ class StreamStore:
         registered = meta.register_node(self.node_id)
         self.node_epoch = registered.node_epoch
         if meta.capabilities.shared:
-            first = registered.node_epoch == 1  # no earlier process to wait for
-            earlier = 0 if first else lease.recorded(meta, self.node_id, config.lease_ms)
+            # An earlier process of this node may still run (nothing else fences an object
+            # WAL): its lease ends before this one reads the WAL (docs/shared-stores.md). A
+            # file or block WAL's lock proves it gone; at epoch 1 there was none.
+            waits = config.wal == "object" and registered.node_epoch > 1
+            earlier = lease.recorded(meta, self.node_id, config.lease_ms) if waits else 0
             lease.record(meta, self.node_id, self.node_epoch, config.lease_ms)
-            if config.wal == "object":
-                # An earlier process of this node may still run (nothing else fences an
-                # object WAL): its lease ends before this one reads the WAL
-                # (docs/shared-stores.md). A file or block WAL's lock proves it gone.
-                lease.wait_out(earlier, f"open of node {self.node_id}")
+            lease.wait_out(earlier, f"open of node {self.node_id}")
         # Upload before the WAL or the cache is half full, whatever upload_bytes says: appends
         # must not wait for the time trigger.
         threshold = min(config.upload_bytes, config.wal_bytes // 2, self._cache.max_bytes // 2)
