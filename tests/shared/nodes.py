@@ -157,7 +157,10 @@ def hand_over_during_an_append(a: streamlib.StreamStore, b: streamlib.StreamStor
     PUTs of paths
     ``keep`` matches fail from here on (so that A's WAL keeps what it has, or nothing uploads);
     B opens the stream for write while A appends X. Tried on new streams until X reaches A's
-    WAL before A's fence thread sees the hand-over. Returns A's handle, B's, X's future."""
+    WAL before A's fence thread sees the hand-over. Returns A's handle, B's, X's future.
+    X is refused only when its acknowledgement waits for a look: tests that expect
+    FencedError run ``without_lease`` (within A's lease X would be acknowledged, and land
+    before B's records — whether A's first look came before X is a race)."""
     for attempt in range(20):
         stream = a.create_stream(f"s{attempt}")
         if before:

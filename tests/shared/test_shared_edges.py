@@ -321,6 +321,7 @@ def test_the_new_owner_sees_what_the_old_one_commits_before_appending(
         b.close()
 
 
+@pytest.mark.usefixtures("without_lease")  # X is refused only if it waits for a look
 @pytest.mark.parametrize("after", ["take-over", "restart"])
 def test_an_append_refused_at_a_hand_over_stays_refused_when_the_stream_comes_back(
         tmp_path: Path, after: str) -> None:
