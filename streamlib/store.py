@@ -217,10 +217,10 @@ class StreamStore:
         if name is not None:
             check_name(name)
         retention = check_retention(retention)
-        node = self._live()
-        state = node.streams.add(StreamState(node.meta.create_stream(name,
-                                                                     retention=retention)))
-        return self._open_state(state, read_only=False)
+        self._live()
+        assert self._coordination is not None
+        state, epoch = self._coordination.create_for_write(name, retention)
+        return Stream(self._paths, state, epoch)
 
     def open_stream(self, stream: int | str, *, read_only: bool = False) -> Stream:
         """A handle on the stream with this id (int) or name (str). For write (the default),

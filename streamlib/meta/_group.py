@@ -15,6 +15,10 @@ against the state the ones before it left (the state keeps an undo journal meanw
 the group can be taken back if its create fails). A change whose check fails is answered with
 its own error and left out; the others go on.
 
+Threads that each wait for their change and then make the next (eight threads creating
+streams) come back together: after a round of several changes its leader's successor waits a
+moment (:meth:`GroupCommit._gather`, at most :data:`GATHER_LIMIT`) for as many to queue again.
+
 Lock order: the manifest's ``_lock`` (the leader holds it while it writes) before
 :attr:`GroupCommit._cond`, a leaf: held only to queue, take and answer changes, never across a
 call out.
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import collections
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,6 +46,9 @@ from streamlib.meta._manifest_state import FORMAT, Malformed, ManifestState
 
 GROUP_LIMIT = 1024
 """The most changes one delta carries (a group too large for a delta is split anyway)."""
+GATHER_LIMIT = 0.002
+"""The longest (seconds) a leader waits for a group to gather (see :meth:`GroupCommit._gather`);
+at most a quarter of the last delta's write too."""
 
 Plan = Callable[[ManifestState], tuple[dict[str, Any] | None, Any]]
 """A change's check against a state: its delta's arguments (None: nothing to write) and the
@@ -161,35 +169,56 @@ class GroupCommit:
         self._cond = threading.Condition(threading.Lock())
         self._waiting: collections.deque[Change] = collections.deque()  # GUARDED_BY(_cond)
         self._leading = False  # GUARDED_BY(_cond)
+        # The last round's changes and seconds: GUARDED_BY the leader's turn (handed on under
+        # _cond).
+        self._last_size = 0
+        self._last_seconds = 0.0
 
-    def submit(self, change: Change) -> Any:
-        """Write ``change`` (with whatever else is waiting) and return its answer, or raise its
-        error. The caller must not hold the manifest's lock."""
+    def submit(self, *changes: Change) -> Any:
+        """Write ``changes`` (queued together, in this order, with whatever else is waiting)
+        and return the last one's answer, or raise the first error. The caller must not hold
+        the manifest's lock."""
         with self._cond:
-            self._waiting.append(change)
+            self._waiting.extend(changes)
             self._cond.notify_all()  # for wait_queued
-            while not change.done and self._leading:
+            while not all(change.done for change in changes) and self._leading:
                 self._cond.wait()
-            lead = not change.done
+            lead = not all(change.done for change in changes)
             self._leading = self._leading or lead
         if lead:
             try:
-                while not change.done:
+                while not all(change.done for change in changes):
                     self._round()
             finally:
                 with self._cond:
                     self._leading = False
                     self._cond.notify_all()
-        if change.error is not None:
-            raise change.error
-        return change.result
+        for change in changes:
+            if change.error is not None:
+                raise change.error
+        return changes[-1].result
+
+    def _gather(self) -> None:
+        """When the last round carried several changes, wait (briefly) until as many wait
+        again before writing: the threads answered by that round are about to submit their
+        next changes, and without the wait a leader would write the first alone and the rest
+        in a second delta, every round. A change alone, after a round of one, is written at
+        once."""
+        want = self._last_size
+        if want <= 1:
+            return
+        with self._cond:
+            self._cond.wait_for(lambda: len(self._waiting) >= want,
+                                min(GATHER_LIMIT, self._last_seconds / 4))
 
     def _round(self) -> None:
         """Take the changes waiting and have them written: one leader's turn."""
+        self._gather()
         with self._lock:
             with self._cond:
                 batch = [self._waiting.popleft()
                          for _ in range(min(self._limit, len(self._waiting)))]
+            started = time.monotonic()
             try:
                 self._write(batch)
             except BaseException as error:
@@ -199,6 +228,7 @@ class GroupCommit:
                 if not isinstance(error, Exception):
                     raise  # an interrupt: the leader stops here; a follower leads next
             finally:
+                self._last_size, self._last_seconds = len(batch), time.monotonic() - started
                 with self._cond:
                     for change in batch:
                         change.done = True

@@ -295,23 +295,41 @@ class SQLiteMetadataStore(MetadataStore):
                       retention: Retention | None = None) -> StreamMeta:
         if name is not None:
             check_text(name, "name")
-        retain_ms, retain_bytes = _kept(check_retention(retention))
+        kept = _kept(check_retention(retention))
         with self._transaction(write=True) as db:
-            if name is not None:
-                row = db.execute("SELECT id FROM streams WHERE name = ? AND state = 'open'",
-                                 (name,)).fetchone()
-                if row is not None:
-                    raise StreamExists(describe("a live stream already has this name",
-                                                name=repr(name), stream=row[0]))
-            (stream_id,) = db.execute(
-                "SELECT value FROM counters WHERE name = 'next_stream_id'").fetchone()
-            db.execute("UPDATE counters SET value = ? WHERE name = 'next_stream_id'",
-                       (stream_id + 1,))
-            db.execute(f"INSERT INTO streams ({_STREAM_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                       (stream_id, name, 0, 0, 0, StreamState.OPEN.value, retain_ms,
-                        retain_bytes))
-            return StreamMeta(stream_id, name, 0, 0, 0, StreamState.OPEN,
-                              retention=Retention.from_ms(retain_ms, retain_bytes))
+            return self._create(db, name, kept)
+
+    def create_and_open(self, name: str | None = None, *, retention: Retention | None = None,
+                        node_id: str | int, node_epoch: int | None = None) -> StreamMeta:
+        """(One transaction.)"""
+        if name is not None:
+            check_text(name, "name")
+        kept = _kept(check_retention(retention))
+        node = check_node_id(node_id)
+        if node_epoch is not None:
+            check_id(node_epoch, "node_epoch")
+        with self._transaction(write=True) as db:
+            meta = self._create(db, name, kept)
+            return self._open(db, meta.id, None, node, node_epoch)
+
+    @staticmethod
+    def _create(db: sqlite3.Connection, name: str | None,
+                kept: tuple[int | None, int | None]) -> StreamMeta:
+        if name is not None:
+            row = db.execute("SELECT id FROM streams WHERE name = ? AND state = 'open'",
+                             (name,)).fetchone()
+            if row is not None:
+                raise StreamExists(describe("a live stream already has this name",
+                                            name=repr(name), stream=row[0]))
+        (stream_id,) = db.execute(
+            "SELECT value FROM counters WHERE name = 'next_stream_id'").fetchone()
+        db.execute("UPDATE counters SET value = ? WHERE name = 'next_stream_id'",
+                   (stream_id + 1,))
+        retain_ms, retain_bytes = kept
+        db.execute(f"INSERT INTO streams ({_STREAM_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                   (stream_id, name, 0, 0, 0, StreamState.OPEN.value, retain_ms, retain_bytes))
+        return StreamMeta(stream_id, name, 0, 0, 0, StreamState.OPEN,
+                          retention=Retention.from_ms(retain_ms, retain_bytes))
 
     def set_retention(self, stream_id: int, retention: Retention | None) -> StreamMeta:
         check_id(stream_id)
@@ -360,17 +378,21 @@ class SQLiteMetadataStore(MetadataStore):
         if node_epoch is not None:
             check_id(node_epoch, "node_epoch")
         with self._transaction(write=True) as db:
-            if node is not None and node_epoch is not None:
-                current = self._node(db, node).node_epoch
-                if current != node_epoch:
-                    raise FencedError(describe("open by a fenced node", node=node,
-                                               node_epoch=node_epoch, current=current))
-            meta = self._live(db, stream_id)
-            if expected_epoch is not None and meta.epoch != expected_epoch:
-                raise FencedError(describe("stream epoch has moved on", stream=stream_id,
-                                           expected_epoch=expected_epoch, epoch=meta.epoch))
-            db.execute("UPDATE streams SET epoch = ? WHERE id = ?", (meta.epoch + 1, stream_id))
-            return dataclasses.replace(meta, epoch=meta.epoch + 1)
+            return self._open(db, stream_id, expected_epoch, node, node_epoch)
+
+    def _open(self, db: sqlite3.Connection, stream_id: int, expected_epoch: int | None,
+              node: str | None, node_epoch: int | None) -> StreamMeta:
+        if node is not None and node_epoch is not None:
+            current = self._node(db, node).node_epoch
+            if current != node_epoch:
+                raise FencedError(describe("a change by a fenced node", node=node,
+                                           node_epoch=node_epoch, current=current))
+        meta = self._live(db, stream_id)
+        if expected_epoch is not None and meta.epoch != expected_epoch:
+            raise FencedError(describe("stream epoch has moved on", stream=stream_id,
+                                       expected_epoch=expected_epoch, epoch=meta.epoch))
+        db.execute("UPDATE streams SET epoch = ? WHERE id = ?", (meta.epoch + 1, stream_id))
+        return dataclasses.replace(meta, epoch=meta.epoch + 1)
 
     def trim_stream(self, stream_id: int, offset: int) -> StreamMeta:
         check_id(stream_id)

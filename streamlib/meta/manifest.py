@@ -52,7 +52,6 @@ from streamlib.errors import (
     OffsetOutOfRange,
     StorageUnavailable,
     StreamClosed,
-    StreamExists,
     StreamLibError,
     StreamNotFound,
     describe,
@@ -88,6 +87,7 @@ from streamlib.meta._manifest_checkpoint import (
     write_checkpoint,
 )
 from streamlib.meta._manifest_gc import Landing, collect, judge_create, listed
+from streamlib.meta._manifest_plans import create_plan, open_plan
 from streamlib.meta._manifest_probe import probe_create
 from streamlib.meta._manifest_state import (
     FORMAT,
@@ -115,7 +115,6 @@ DELETE_GRACE_MS = 600_000
 """The default grace period of deletions (``Config.delete_grace_ms``'s default)."""
 
 T = TypeVar("T")
-
 
 
 class ManifestMetadataStore(MetadataStore):
@@ -426,21 +425,29 @@ class ManifestMetadataStore(MetadataStore):
 
     def create_stream(self, name: str | None = None, *,
                       retention: Retention | None = None) -> StreamMeta:
-        if name is not None:
-            check_text(name, "name")
-        retention = check_retention(retention)
-        kept = {} if retention is None else retention_args(retention)  # left out if none
+        plan, _ = create_plan(name, retention)
+        meta: StreamMeta = self._change("create", plan)
+        return meta
 
-        def plan(state: ManifestState) -> tuple[dict[str, Any], StreamMeta]:
-            if name is not None and name in state.names:
-                raise StreamExists(describe("a live stream already has this name",
-                                            name=repr(name), stream=state.names[name]))
-            stream_id = state.next_id
-            return ({"id": stream_id, "name": name, **kept},
-                    StreamMeta(stream_id, name, 0, 0, 0, retention=Retention.from_ms(
-                        kept.get("max_age_ms"), kept.get("max_bytes"))))
+    def create_and_open(self, name: str | None = None, *, retention: Retention | None = None,
+                        node_id: str | int, node_epoch: int | None = None) -> StreamMeta:
+        """The create and the open as two changes queued together: one delta (a group too
+        large for a delta may still split them; then the open follows in the next)."""
+        node = check_node_id(node_id)
+        if node_epoch is not None:
+            check_id(node_epoch, "node_epoch")
+        # A fenced node creates nothing: the create checks the node first too.
+        create, created = create_plan(name, retention, node, node_epoch)
 
-        return self._change("create", plan)
+        def which() -> int:
+            if not created:  # the create was refused: its error is the answer
+                raise Unmet("nothing was created to open")
+            return created[0]
+
+        meta: StreamMeta = self._group.submit(
+            Change("create", create), Change("open", open_plan(which, None, node,
+                                                                      node_epoch)))
+        return meta
 
     def set_retention(self, stream_id: int, retention: Retention | None) -> StreamMeta:
         check_id(stream_id)
@@ -487,46 +494,9 @@ class ManifestMetadataStore(MetadataStore):
                     node_id: str | int | None = None,
                     node_epoch: int | None = None) -> StreamMeta:
         check_id(stream_id)
-        if expected_epoch is not None:
-            check_id(expected_epoch, "expected_epoch")
-        if node_epoch is not None:
-            check_id(node_epoch, "node_epoch")
-        node = None if node_id is None else check_node_id(node_id)
-
-        def plan(state: ManifestState) -> tuple[dict[str, Any], StreamMeta]:
-            if node is not None and node_epoch is not None:
-                current = state.node(node).node_epoch
-                if current != node_epoch:
-                    raise FencedError(describe("open by a fenced node", node=node,
-                                               node_epoch=node_epoch, current=current))
-            stream = state.live(stream_id)
-            if expected_epoch is not None and stream.epoch != expected_epoch:
-                raise FencedError(describe("stream epoch has moved on", stream=stream_id,
-                                           expected_epoch=expected_epoch, epoch=stream.epoch))
-            epoch = stream.epoch + 1
-            # A hand-over still pending stays with the node that holds the data, unless that
-            # node opens the stream again: its time as owner goes on, its data and its new
-            # appends follow each other (an owner in between wrote nothing: it waited for the
-            # release). A stream another node owns is handed over from it.
-            handover: tuple[str | None, int | None, int | None] | None = None
-            owner, since = stream.owner, stream.since
-            if stream.handover_from is not None and stream.handover_from != node:
-                handover = (stream.handover_from, stream.handover_epoch, stream.handover_since)
-            if node is not None and stream.handover_from == node:
-                owner, since = node, stream.handover_since
-            elif node is not None:
-                if stream.handover_from is None and stream.owner not in (None, node):
-                    handover = (stream.owner, stream.epoch, stream.since)
-                if stream.owner != node:
-                    owner, since = node, epoch
-            was, was_epoch, was_since = handover or (None, None, None)
-            return ({"id": stream_id, "epoch": epoch, "owner": owner, "since": since,
-                     "from": None if handover is None else list(handover)},
-                    dataclasses.replace(stream.meta(), epoch=epoch, owner=owner,
-                                        handover_from=was, handover_epoch=was_epoch,
-                                        owner_since=since, handover_since=was_since))
-
-        return self._change("open", plan)
+        meta: StreamMeta = self._change("open", open_plan(lambda: stream_id, expected_epoch,
+                                                                node_id, node_epoch))
+        return meta
 
     def trim_stream(self, stream_id: int, offset: int) -> StreamMeta:
         check_id(stream_id)

@@ -42,7 +42,7 @@ from streamlib.shared.handover import Ownership
 from streamlib.state import Inflight, StreamState
 
 if TYPE_CHECKING:
-    from streamlib.meta import StreamMeta
+    from streamlib.meta import Retention, StreamMeta
     from streamlib.node import Node
     from streamlib.write import WritePath
 
@@ -108,20 +108,48 @@ class Coordination(abc.ABC):
                 node.check_open()
                 meta = node.meta.open_stream(state.id, node_id=node.id, node_epoch=node.epoch)
                 with state.lock:
-                    handover = state.handover
-                    source = meta.handover_from if meta.handover_from != node.id else None
-                    idle = not state.log and not state.inflight  # nothing of its own to commit
-                    state.epoch = meta.epoch
-                    if not handover.written_here or (idle and meta.end_offset
-                                                     > state.committed_end):
-                        # Others wrote it (or committed what they held): theirs is the end.
-                        state.committed_end = state.acked_end = state.assigned_end = max(
-                            state.committed_end, meta.end_offset)
-                        state.index.clear()
-                        state.commits += 1
-                    handover.move(Ownership.OWNED if source is None else Ownership.WAITING,
-                                  source=source)
+                    self._opened(state, meta)
                 return meta.epoch
+
+    def create_for_write(self, name: str | None,
+                         retention: Retention | None) -> tuple[StreamState, int]:
+        """A new stream, created and opened for write by this node in one change of the
+        metadata (:meth:`~streamlib.meta.MetadataStore.create_and_open`): its state and the
+        epoch to write with. A sync may have added the stream's state meanwhile (as this
+        node's: the metadata names it the owner), so a look that read the metadata before the
+        state was added here is made up for at once (:meth:`_check_moved`)."""
+        node = self._node
+        with node.changes.shared():
+            node.check_open()
+            meta = node.meta.create_and_open(name, retention=retention, node_id=node.id,
+                                             node_epoch=node.epoch)
+        state = node.streams.add(StreamState(meta))
+        with state.order, node.changes.shared(), state.opening:
+            with state.lock:
+                if not state.handover.written_here or state.epoch < meta.epoch:
+                    self._opened(state, meta)
+            self._check_moved(state)
+        return state, meta.epoch
+
+    def _opened(self, state: StreamState, meta: StreamMeta) -> None:
+        """The stream is opened for write here at ``meta.epoch`` (caller holds ``order``,
+        ``opening`` and ``lock``)."""
+        handover = state.handover
+        source = meta.handover_from if meta.handover_from != self._node.id else None
+        idle = not state.log and not state.inflight  # nothing of its own to commit
+        state.epoch = meta.epoch
+        if not handover.written_here or (idle and meta.end_offset > state.committed_end):
+            # Others wrote it (or committed what they held): theirs is the end.
+            state.committed_end = state.acked_end = state.assigned_end = max(
+                state.committed_end, meta.end_offset)
+            state.index.clear()
+            state.commits += 1
+        handover.move(Ownership.OWNED if source is None else Ownership.WAITING, source=source)
+
+    def _check_moved(self, state: StreamState) -> None:  # noqa: B027  (a shared store's hook)
+        """A stream just created here was added to the node's streams after its create landed:
+        fence it now if a look read past another node's open of it meanwhile (caller holds
+        ``opening``)."""
 
     def _await_own_release(self, state: StreamState, deadline: float) -> None:
         """This node handed the stream over before: that must be complete (released) before

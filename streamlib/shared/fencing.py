@@ -233,18 +233,8 @@ class SharedCoordination(Coordination):
             except StreamNotFound:
                 node.forget(state)  # destroyed by another node (fenced or not)
                 continue
-            # Opened for write by another node (an open here shows as this node's ownership
-            # before this node's state has its new epoch: not a fence).
-            if m.owner == node.id and node.failure is None:
-                continue
-            with state.opening, state.lock:  # not while this node opens it again
-                if state.handover.fenced or state.epoch > m.epoch:
-                    continue  # known, or reopened here after the version this scan reads
-                state.handover.move(Ownership.FENCED,
-                                    reason=_fence_error(state.id, m.owner, node.failure))
-            log.info("stream %d is no longer this node's (owner now: %s): handing it over",
-                     state.id, m.owner)
-            node.backlog.request()  # commit what was acknowledged, then release
+            with state.opening:  # not while this node opens it again
+                self._fence_if_moved(state, m)
         for state in states:
             if state.handover.state is Ownership.WAITING:
                 try:
@@ -252,6 +242,30 @@ class SharedCoordination(Coordination):
                 except StreamNotFound:
                     node.forget(state)
         self._fences_scanned = version
+
+    def _fence_if_moved(self, state: StreamState, m: StreamMeta) -> None:
+        """Fence ``state`` if the metadata (``m``, as a look read it) shows it opened for write
+        by another node, or this node taken over (caller holds ``state.opening``)."""
+        node = self._node
+        # An open here shows as this node's ownership before this node's state has its new
+        # epoch: not a fence.
+        if m.owner == node.id and node.failure is None:
+            return
+        with state.lock:
+            if state.handover.fenced or state.epoch > m.epoch:
+                return  # known, or reopened here after the version the look read
+            state.handover.move(Ownership.FENCED,
+                                reason=_fence_error(state.id, m.owner, node.failure))
+        log.info("stream %d is no longer this node's (owner now: %s): handing it over",
+                 state.id, m.owner)
+        node.backlog.request()  # commit what was acknowledged, then release
+
+    def _check_moved(self, state: StreamState) -> None:
+        try:
+            m = self._node.meta.get_stream(state.id)  # this process's view: no GET
+        except StreamNotFound:
+            return  # destroyed meanwhile: the next look forgets it
+        self._fence_if_moved(state, m)
 
     def committed(self, states: Iterable[StreamState]) -> None:
         for state in states:

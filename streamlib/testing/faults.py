@@ -469,6 +469,14 @@ class FaultyMetadataStore(MetadataStore):
         return self._run("create_stream", {"name": name, "retention": retention},
                          lambda: self.store.create_stream(name, retention=retention))
 
+    def create_and_open(self, name: str | None = None, *, retention: Retention | None = None,
+                        node_id: str | int, node_epoch: int | None = None) -> StreamMeta:
+        return self._run("create_and_open", {"name": name, "retention": retention,
+                                             "node_id": node_id, "node_epoch": node_epoch},
+                         lambda: self.store.create_and_open(name, retention=retention,
+                                                            node_id=node_id,
+                                                            node_epoch=node_epoch))
+
     def set_retention(self, stream_id: int, retention: Retention | None) -> StreamMeta:
         return self._run("set_retention", {"stream_id": stream_id, "retention": retention},
                          lambda: self.store.set_retention(stream_id, retention))

@@ -43,6 +43,7 @@ from streamlib.meta import (
     MetadataStore,
     NodeMeta,
     ObjectMeta,
+    Retention,
     StreamMeta,
     StreamObject,
     StreamRange,
@@ -288,6 +289,30 @@ class MetadataContract(OwnersContract, LifecycleContract):
             with pytest.raises(FencedError):
                 store.open_stream(stream, node_id="n1", node_epoch=old)
             assert store.open_stream(stream, node_id="n1", node_epoch=new).epoch == 2
+        finally:
+            store.close()
+
+    def test_create_and_open_is_a_create_then_an_open(self, store: MetadataStore,
+                                                      location: Path) -> None:
+        """``create_and_open``: the stream as ``create_stream`` makes it, opened by the node
+        (epoch 1); a taken name and a fenced node are refused as by the two calls, and a
+        refused one creates nothing."""
+        node_epoch = store.register_node("n1").node_epoch
+        made = store.create_and_open("s", retention=Retention(max_bytes=1 << 20),
+                                     node_id="n1", node_epoch=node_epoch)
+        assert (made.name, made.epoch, made.end_offset) == ("s", 1, 0)
+        assert made.retention == Retention(max_bytes=1 << 20)
+        assert store.get_stream(made.id) == made
+        with pytest.raises(StreamExists):
+            store.create_and_open("s", node_id="n1", node_epoch=node_epoch)
+        store.register_node("n1")  # another process has its id: this one is fenced
+        with pytest.raises(FencedError, match=f"node_epoch=`{node_epoch}`"):
+            store.create_and_open("t", node_id="n1", node_epoch=node_epoch)
+        assert [m.name for m in store.streams()] == ["s"]
+        store = self.reopen(store, location)
+        try:
+            assert store.get_stream(made.id) == made
+            assert store.create_and_open(node_id="n1").id > made.id  # no epoch: not checked
         finally:
             store.close()
 
