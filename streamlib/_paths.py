@@ -46,9 +46,9 @@ class StorePaths:
 
     def append(self, state: StreamState, epoch: int, batch: RecordBatch,
                expected_offset: int | None, producer_id: object, sequence: int | None,
-               timeout: float | None) -> Future[AppendResult]:
+               timeout: float | None, lead: bool = False) -> Future[AppendResult]:
         return self._write.submit(state, epoch, batch, expected_offset, producer_id, sequence,
-                                  timeout)
+                                  timeout, lead)
 
     def fetch(self, state: StreamState, start: int, end: int | None, max_bytes: int,
               cache_only: bool = False, reader: Reader | None = None) -> FetchResult:

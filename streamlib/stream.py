@@ -50,8 +50,9 @@ class StreamPaths(Protocol):
 
     def append(self, state: StreamState, epoch: int, batch: RecordBatch,
                expected_offset: int | None, producer_id: object, sequence: int | None,
-               timeout: float | None) -> Future[AppendResult]:
-        """The write path: a future completed once the batch is durable."""
+               timeout: float | None, lead: bool = False) -> Future[AppendResult]:
+        """The write path: a future completed once the batch is durable (``lead``: the caller
+        waits for it next, and may write the WAL itself)."""
 
     def trim(self, state: StreamState, epoch: int, offset: int) -> None:
         """Records below ``offset`` become unreadable."""
@@ -224,9 +225,8 @@ class Stream:
         each other (:class:`~streamlib.errors.SequenceError`). ``timeout`` (seconds; ``inf``:
         no bound) bounds the wait for room in a full WAL or cache
         (:class:`~streamlib.errors.WalFullError`); default ``Config.append_timeout_ms``."""
-        return self.append_future(batch, expected_offset=expected_offset,
-                                  producer_id=producer_id, sequence=sequence,
-                                  timeout=timeout).result()
+        return self._submit(batch, expected_offset, producer_id, sequence, timeout,
+                            lead=True).result()
 
     async def append_async(self, batch: RecordBatch | Sequence[Record | bytes], *,
                            expected_offset: int | None = None,
@@ -245,7 +245,14 @@ class Stream:
         """:meth:`append` without waiting: a future that completes once the batch is durable
         (futures of one stream complete in offset order). Argument errors raise here. The
         future cannot be cancelled (the append goes on), and it completes on one of streamlib's
-        threads: a callback added to it must be quick and must not wait on the store."""
+        threads, or in a thread inside :meth:`append` that writes the WAL for others too: a
+        callback added to it must be quick and must not wait on the store."""
+        return self._submit(batch, expected_offset, producer_id, sequence, timeout, lead=False)
+
+    def _submit(self, batch: RecordBatch | Sequence[Record | bytes],
+                expected_offset: int | None, producer_id: str | int | None,
+                sequence: int | None, timeout: float | None, *,
+                lead: bool) -> Future[AppendResult]:
         placed = as_batch(batch, self._paths.config.max_batch_bytes)
         if expected_offset is not None:
             expected_offset = check_int(expected_offset, "expected_offset", 0, INT64_MAX)
@@ -259,7 +266,7 @@ class Stream:
         wait = _check_timeout(timeout)
         epoch = self._check_writer()
         return self._paths.append(self._state, epoch, placed, expected_offset, producer_id,
-                                  sequence, wait)
+                                  sequence, wait, lead)
 
     def trim(self, offset: int) -> None:
         """Make records below ``offset`` unreadable, at once and durably (their storage is

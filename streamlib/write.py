@@ -61,10 +61,12 @@ class WritePath:
 
     def submit(self, state: StreamState, epoch: int, batch: RecordBatch,
                expected_offset: int | None, producer_id: object, sequence: int | None,
-               timeout: float | None) -> Future[AppendResult]:
+               timeout: float | None, lead: bool = False) -> Future[AppendResult]:
         """Append ``batch`` (checked by the handle) to ``state`` with a handle of ``epoch``:
         the future completes once it is durable (and, on a shared store, once a look at the
-        metadata shows the stream still this node's)."""
+        metadata shows the stream still this node's). ``lead``: the caller waits for the
+        future next, so it offers to write the WAL itself (:meth:`~streamlib.wal.Wal.lead`),
+        once it holds no lock."""
         config = self._node.config
         # One deadline for every wait of this append: room in memory, room in the WAL.
         deadline = time.monotonic() + (config.append_timeout_ms / 1000 if timeout is None
@@ -100,6 +102,8 @@ class WritePath:
                 assert sequence is not None
                 producer.remember(sequence, batch.count, item.future)
         item.wal_future.add_done_callback(lambda _: self._coordination.durable(state, item))
+        if lead:
+            self._wal.lead()
         return item.future
 
     def _enter_wal(self, state: StreamState, epoch: int, placed: RecordBatch,

@@ -143,6 +143,12 @@ class Wal(abc.ABC):
         """Queue ``record``; the future completes with its position once it is durable.
         Blocks while the WAL is full, at most ``timeout`` seconds (None: the WAL's default)."""
 
+    def lead(self) -> None:  # noqa: B027  (a hook: a WAL without a writer thread has none)
+        """An appending thread that is about to wait for its own append (just queued), holding
+        no lock, offers to write: a WAL may write and sync what is queued in this thread and
+        complete the futures there — callbacks included — instead of waking a writer thread
+        and waiting for it (the leader of a group commit). The default does nothing."""
+
     @abc.abstractmethod
     def trim(self, position: int) -> None:
         """Records before ``position`` may be discarded (positions from ``append`` or recovery).

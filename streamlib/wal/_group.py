@@ -1,15 +1,24 @@
 """Group commit for the local backends (``file`` and ``block``).
 
-Callers queue records; one writer thread takes everything queued (up to ``group_bytes``, after
-an optional ``linger``), hands it to the backend's ``_write_group`` — one write and one sync —
-and completes the group's futures in order. Admission control bounds memory and disk: an append
+Callers queue records; a **writer** takes everything queued (up to ``group_bytes``, after an
+optional ``linger``), hands it to the backend's ``_write_group`` — one write and one sync — and
+completes the group's futures in order. One writer at a time holds the **turn** (``_writing``):
+the writer thread, or an appending thread that leads (:meth:`GroupCommitWal.lead`). A thread
+that appends and then waits for its append (``Stream.append``) leads when no write is under
+way: it writes and syncs its own record (with whatever else is queued) and completes the
+futures itself, without a thread switch to the writer thread and back. While a write is under
+way, appends queue, and the writer thread writes them all as the next group once the turn is
+free (LevelDB's and RocksDB's write path, with a thread for the followers). With ``linger``
+nobody leads: the writer thread gathers. Admission control bounds memory and disk: an append
 that would take the WAL past its capacity waits on a condition that ``trim`` signals.
 
 Lock order: one lock, ``_cond``, a leaf below the node's order (:mod:`streamlib.node`). It is
-never held while writing, syncing, reclaiming space (``_trimmed``) or completing futures: the
-writer thread completes them with no lock held, so their callbacks (the store's
-acknowledgement) may take the node's locks. A backend's own lock (``FileWal._trim_lock``,
-``BlockWal._header_lock``) is never taken under ``_cond``, nor ``_cond`` under it.
+never held while writing, syncing, reclaiming space (``_trimmed``) or completing futures: a
+writer completes them with no lock held (a leader too: it leads only after letting go of its
+stream's locks), so their callbacks (the store's acknowledgement) may take the node's locks. A
+backend's own lock (``FileWal._trim_lock``, ``BlockWal._header_lock``) is never taken under
+``_cond``, nor ``_cond`` under it. Fields a backend writes while writing a group are the turn's:
+written and read by the writer that holds it (the turn passes under ``_cond``).
 """
 
 from __future__ import annotations
@@ -67,12 +76,14 @@ class GroupCommitWal(Wal):
         # grows, so a stale value is an older trim
         self._trim = 0
         # The position after the last written record. GUARDED_BY(_cond) for writes, made by
-        # recovery and then the writer thread alone, which reads it alone; others read it alone
+        # recovery and then the writer holding the turn, which reads it alone; others read it alone
         # (``end_position``): a stale value is lower
         self._end = 0
         self._recovered = False  # recover()'s caller's alone: it is called once, first
         self._closed = False  # GUARDED_BY(_cond)
         self._failure: BaseException | None = None  # GUARDED_BY(_cond)
+        # A writer holds the turn: it writes a group and completes its futures. GUARDED_BY(_cond)
+        self._writing = False
         # Set once, alone, by recovery, which its caller finishes before appending or closing;
         # read after that by ``_check_open`` and close
         self._writer: threading.Thread | None = None
@@ -86,7 +97,8 @@ class GroupCommitWal(Wal):
     @abc.abstractmethod
     def _write_group(self, group: list[Pending], start: int) -> tuple[list[int], int]:
         """Write the group durably starting at position ``start``. Returns each record's
-        position and the position after the group. Called from the writer thread only."""
+        position and the position after the group. Called by the writer that holds the turn
+        only."""
 
     def _trimmed(self, position: int) -> None:
         """Reclaim space before ``position`` (called outside the lock)."""
@@ -190,16 +202,29 @@ class GroupCommitWal(Wal):
             self._cond.notify_all()
         if self._writer is not None:
             self._writer.join()
+        with self._cond:  # a leader's group is written and answered before the files go
+            while self._writing:
+                self._cond.wait()
         self._release()
 
     def _release(self) -> None:
         """Free files and locks after the writer stopped."""
 
-    # ---- the writer ----
+    # ---- the writers ----
+
+    def lead(self) -> None:
+        with self._cond:
+            if self._writing or not self._queue or self._linger or self._closed:
+                return  # the writer thread takes what is queued
+            group = self._take()
+        self._write(group)
 
     def _take_group(self) -> list[Pending] | None:
+        """For the writer thread: the next group, with the turn (None: closed, all written)."""
         with self._cond:
-            while not self._queue and not self._closed:
+            while (self._writing or not self._queue) and not self._closed:
+                self._cond.wait()
+            while self._writing:  # closing: a leader finishes first
                 self._cond.wait()
             if not self._queue:
                 return None
@@ -210,30 +235,45 @@ class GroupCommitWal(Wal):
                     if left <= 0:
                         break
                     self._cond.wait(left)
-            group: list[Pending] = []
-            size = 0
-            while self._queue and (not group or size + self._queue[0].size <= self._group_bytes):
-                item = self._queue.popleft()
-                group.append(item)
-                size += item.size
-            return group
+            return self._take()
+
+    def _take(self) -> list[Pending]:
+        """Take the turn and the next group: what is queued, up to ``group_bytes`` (caller
+        holds ``_cond``, and nobody has the turn)."""
+        self._writing = True
+        group: list[Pending] = []
+        size = 0
+        while self._queue and (not group or size + self._queue[0].size <= self._group_bytes):
+            item = self._queue.popleft()
+            group.append(item)
+            size += item.size
+        return group
 
     def _write_loop(self) -> None:
         while True:
             group = self._take_group()
             if group is None:
                 return
+            self._write(group)
+
+    def _write(self, group: list[Pending]) -> None:
+        """Write ``group`` and complete its futures in order (the caller has the turn), then
+        give the turn back."""
+        try:
             try:
                 positions, end = self._write_group(group, self._end)
             except BaseException as e:
                 self._fail(group, e)
-                continue
+                return
             with self._cond:
                 self._end = end
                 self._queued_bytes -= sum(p.size for p in group)
-                self._cond.notify_all()
             for item, position in zip(group, positions, strict=True):
                 item.future.set_result(position)
+        finally:
+            with self._cond:
+                self._writing = False
+                self._cond.notify_all()
 
     def _fail(self, group: list[Pending], error: BaseException) -> None:
         """A group that could not be written fails, and with it everything queued behind it,

@@ -5,8 +5,8 @@ position, padded to a 4 KiB boundary and written with one ``pwrite`` (two when i
 ``O_DIRECT`` when the file or device accepts it.
 
 Lock order: ``_header_lock`` (one header write at a time; it also guards closing ``_fd``) is a
-leaf, taken by the writer thread (a group about to overwrite bytes whose trim is not on disk
-yet) and by trimming threads, never together with ``GroupCommitWal._cond``
+leaf, taken by the writer that holds the turn (a group about to overwrite bytes whose trim is
+not on disk yet) and by trimming threads, never together with ``GroupCommitWal._cond``
 (:mod:`streamlib.wal._group`).
 """
 
@@ -206,8 +206,8 @@ class BlockWal(GroupCommitWal):
         self.node_id = node_id
         self.epoch = epoch
         self.direct_io = False  # fixed once open, as the ring's sizes and buffers below
-        # ``_fd``: the writer thread writes through it alone (close waits for the writer
-        # first); closing it is GUARDED_BY(_header_lock), so a late trim never writes to a
+        # ``_fd``: the writer that holds the turn writes through it alone (close waits for the
+        # turn first); closing it is GUARDED_BY(_header_lock), so a late trim never writes to a
         # closed or reused descriptor.
         self._lock_fd = self._fd = -1
         self._header_lock = threading.Lock()  # one header write at a time; guards _fd's close
@@ -226,7 +226,7 @@ class BlockWal(GroupCommitWal):
             self.admission_slack = self._group_bytes + 2 * (BLOCK + HEADER_SIZE)
             self._ring_size = ring
             self._span = max_record + 2 * BLOCK  # the longest record, wrap padding included
-            # Page-aligned buffers: the first two the writer thread's alone, the header's
+            # Page-aligned buffers: the first two the turn's alone, the header's
             # GUARDED_BY(_header_lock) (after the open's own header write).
             self._buffer = mmap.mmap(-1, _padded(self._group_bytes))
             self._wrap_buffer = mmap.mmap(-1, BLOCK)

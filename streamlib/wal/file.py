@@ -3,7 +3,7 @@ a group (docs/wal.md).
 
 Lock order: ``_trim_lock`` (one TRIM write and segment sweep at a time) is a leaf, taken by a
 trimming thread after it has let go of ``GroupCommitWal._cond``; the two are never held together
-(:mod:`streamlib.wal._group`). The writer thread takes neither while it writes.
+(:mod:`streamlib.wal._group`). The writer that holds the turn takes neither while it writes.
 """
 
 from __future__ import annotations
@@ -73,8 +73,9 @@ class FileWal(GroupCommitWal):
             raise NodeLockedError(f"WAL is locked by another process: path=`{self.path}`") from None
         self._trim = self._read_trim()
         self._trim_lock = threading.Lock()  # one TRIM file write and segment sweep at a time
-        # The segment being appended to: these three are recovery's, then the writer thread's
-        # alone (close releases them after the writer stopped). ``_trimmed`` reads
+        # The segment being appended to: these three are recovery's, then the turn's (the writer
+        # that holds it; see streamlib.wal._group), alone (close releases them after the last
+        # writer gave the turn back). ``_trimmed`` reads
         # ``_segment_start`` alone: it only grows, so a stale value keeps more segments, not fewer.
         self._fd = -1
         self._segment_start = 0
