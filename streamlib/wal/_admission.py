@@ -38,6 +38,8 @@ class Admission:
         """Return once this caller is the oldest waiter and ``fits()``; raise WalFullError with
         the message ``full()`` at ``deadline`` (``time.monotonic()``); ``check_open`` after
         every wake-up (it raises if the WAL was closed or failed meanwhile)."""
+        if not self._waiting and fits():  # nobody waits and there is room: no queue, no wake
+            return
         me = next(self._numbers)
         self._waiting.append(me)
         try:

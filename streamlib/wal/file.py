@@ -32,6 +32,12 @@ _IOV_MAX = 1024
 
 def _write_all(fd: int, parts: list[bytes]) -> None:
     """``writev`` everything, however the kernel splits it (at most IOV_MAX parts a call)."""
+    if len(parts) <= _IOV_MAX:  # most often one call writes it all: no views to make
+        written = os.writev(fd, parts)
+        total = sum(map(len, parts))
+        if written == total:
+            return
+        parts = [b"".join(parts)[written:]]
     views = [memoryview(p) for p in parts if len(p)]
     first = 0  # views before it are written
     while first < len(views):
