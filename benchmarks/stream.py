@@ -15,6 +15,10 @@ measures, in the same directory and the same run:
 - **small-append latency**: batches of 10 × 1 KiB, one at a time, each waited for; p50 and p99.
   The systems take turns in chunks of 50 (the slow SlateDB variants with fewer samples).
   The raw figure is one ``write`` + ``fdatasync`` of a small batch's bytes.
+- **tiny appends of many streams**: 1,000 streams × 20 rounds of one 100-byte append; streamlib
+  keeps 1,000 appends in flight (``append_future``) on a store of its own at the defaults,
+  SQLite commits one transaction an append (a row each); in 4 turns, and the process's CPU
+  time per append for both (streamlib's background threads included).
 - **read-back throughput**: everything the throughput phase wrote, read back in order after
   closing and reopening. For streamlib, ``store.flush()`` first, so that every byte comes from
   the uploaded objects (none from the WAL or the log cache), and ``fetch`` with
@@ -88,6 +92,8 @@ FETCH_BYTES = 64 << 20
 S3_REPEATS = 3  # reads from moto: best of this many
 DEFAULT_SCAN_BATCHES = 50  # SlateDB's default scan is read on this many batches only
 STREAM, SMALL_STREAM = 1, 2
+TINY = b"t" * 100
+TINY_ROUNDS, TINY_IN_FLIGHT = 20, 1000
 LENGTH = struct.Struct(">I")
 KEY = struct.Struct(">QQ")  # SlateDB keys: stream, offset (big-endian: they sort by offset)
 MB = 1e6
@@ -600,6 +606,51 @@ def latency(systems: dict[System, int], data: Data) -> dict[str, dict[str, float
                      "p99_ms": percentile(samples[s], 0.99) * 1e3} for s in systems}
 
 
+def tiny_appends(directory: Path, streams: int) -> dict[str, dict[str, float]]:
+    """``TINY_ROUNDS`` rounds of one ``TINY`` append to each of ``streams`` streams: streamlib
+    with ``TINY_IN_FLIGHT`` in flight, SQLite one transaction an append; in ROUNDS turns."""
+    store = streamlib.open(directory / "streamlib-tiny")
+    db = sqlite3.connect(directory / "sqlite-tiny.db", isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")
+    db.execute("CREATE TABLE log (stream INTEGER, offset INTEGER, payload BLOB, "
+               "PRIMARY KEY (stream, offset))")
+    seconds = {"streamlib": 0.0, "sqlite": 0.0}
+    cpu = dict(seconds)
+    try:
+        handles = [store.create_stream() for _ in range(streams)]
+        offset = 0
+        for _ in range(ROUNDS):
+            rounds = TINY_ROUNDS // ROUNDS
+            started, used = time.perf_counter(), time.process_time()
+            waiting: deque[Future[Any]] = deque()
+            for _ in range(rounds):
+                for handle in handles:
+                    waiting.append(handle.append_future([TINY]))
+                    if len(waiting) >= TINY_IN_FLIGHT:
+                        waiting.popleft().result()
+            for future in waiting:
+                future.result()
+            seconds["streamlib"] += time.perf_counter() - started
+            cpu["streamlib"] += time.process_time() - used
+            started, used = time.perf_counter(), time.process_time()
+            for _ in range(rounds):
+                for stream in range(streams):
+                    db.execute("BEGIN")
+                    db.execute("INSERT INTO log VALUES (?, ?, ?)", (stream, offset, TINY))
+                    db.execute("COMMIT")
+                offset += 1
+            seconds["sqlite"] += time.perf_counter() - started
+            cpu["sqlite"] += time.process_time() - used
+    finally:
+        store.close()
+        db.close()
+    appends = streams * TINY_ROUNDS
+    return {name: {"appends": appends, "seconds": seconds[name],
+                   "appends_per_s": appends / seconds[name],
+                   "cpu_us_per_append": cpu[name] / appends * 1e6} for name in seconds}
+
+
 def local_run(directory: Path, data: Data, batches: int, small: int) -> dict[str, Any]:
     sdb, slatedb_error = slatedb_module()
     big_size = encoded_size(data.big[0])
@@ -641,6 +692,7 @@ def local_run(directory: Path, data: Data, batches: int, small: int) -> dict[str
         lib_encoded.close()
         lib.upload_all()
         results["latency"] = latency(small_counts, data)
+        results["tiny"] = tiny_appends(directory, 200 if batches < 1000 else 1000)
         if slate:
             slate[0].time_unflushed(data, 5 if batches < 1000 else 10)
             results["slatedb_default_scan"] = {
@@ -787,6 +839,12 @@ def report(local: dict[str, Any], s3: dict[str, Any] | None) -> None:
                                       for name, f in local["slatedb_default_scan"].items()))
     else:
         print(f"  SlateDB: NOT MEASURED: {local['slatedb_error']}")
+    tiny = local["tiny"]
+    print(f"\ntiny appends: {tiny['streamlib']['appends']:,} of 100 bytes over "
+          f"{tiny['streamlib']['appends'] // TINY_ROUNDS:,} streams ({TINY_IN_FLIGHT:,} in flight "
+          f"for streamlib; SQLite one transaction each):\n  " + "; ".join(
+              f"{name} {f['appends_per_s']:,.0f} appends/s, {f['cpu_us_per_append']:.0f} us CPU "
+              f"an append" for name, f in tiny.items()))
     print(f"\nstreamlib objects (local): {lib['objects_uploaded']} PUTs for "
           f"{lib['value_bytes'] / MIB:,.0f} MiB of values = {lib['puts_per_gib']:.0f} PUTs/GiB "
           f"(uploading what was left after each round took {lib['upload_seconds']:.2f} s, untimed; "
@@ -808,8 +866,14 @@ def report(local: dict[str, Any], s3: dict[str, Any] | None) -> None:
           f"{verdict(ratio_raw >= 0.8)}")
     print(f"  small p99 vs raw fdatasync p99    {ratio_p99:>6.2f}x  target <= 2x    "
           f"{verdict(ratio_p99 <= 2)}")
+    print(f"  small p50 vs SQLite p50           {lat[s]['p50_ms'] / lat[sq]['p50_ms']:>6.2f}x  "
+          f"target <= 1x    {verdict(lat[s]['p50_ms'] <= lat[sq]['p50_ms'])}")
     print(f"  small p99 vs SQLite p99           {lat[s]['p99_ms'] / lat[sq]['p99_ms']:>6.2f}x  "
           f"(for reference)")
+    tiny = local["tiny"]
+    ratio_tiny = tiny["streamlib"]["appends_per_s"] / tiny["sqlite"]["appends_per_s"]
+    print(f"  tiny appends vs SQLite            {ratio_tiny:>6.2f}x  target >= 2x    "
+          f"{verdict(ratio_tiny >= 2)}")
     print(f"  read-back vs SQLite (a row a batch) "
           f"{rd[s]['mb_per_s'] / rd[sq]['mb_per_s']:>4.2f}x  (for reference)")
     for name in names["slatedb"]:
