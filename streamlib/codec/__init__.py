@@ -219,6 +219,25 @@ def encode_records(records: Iterable[Record], *, timestamp: int | None = None) -
     return RecordBatch._trusted(payload, n, base, top, "records")
 
 
+def encode_values(values: Sequence[bytes], *, timestamp: int | None = None) -> RecordBatch:
+    """:func:`encode_records` of ``Record(v)`` for each of ``values`` — every one exactly
+    ``bytes`` (the caller checks) — without building the Records: the same bytes, the columns
+    of values alone."""
+    n = len(values)
+    if n == 0:
+        raise ValueError("a batch needs at least one record")
+    if n > MAX_BATCH_RECORDS:
+        raise ValueError(f"a batch holds at most {MAX_BATCH_RECORDS} records: count=`{n}`")
+    ts = now_ms() if timestamp is None else check_timestamp(timestamp, "timestamp")
+    status, payload = _impl.records_encode(n, None, ts, None, b"", _lengths(values),
+                                           b"".join(values), None, None, b"")
+    if status == st.BAD_LENGTH:
+        raise ValueError(f"records encode to more than the format's limit of {MAX_PAYLOAD} bytes")
+    if status != st.OK:
+        raise AssertionError(f"codec refused its own columns: status={status}")
+    return RecordBatch._trusted(payload, n, ts, ts, "records")
+
+
 @dataclass(frozen=True, slots=True)
 class RecordIndex:
     """Where each record of a payload lies (flat ``array('q')``s, 7 ints a record and 4 a
@@ -673,5 +692,6 @@ __all__ = [
     "BATCH_HEADER_SIZE", "BLOCK_HEADER_SIZE", "COMPRESSIONS", "MAX_BLOCK", "MAX_PAYLOAD",
     "BatchInfo", "BlockInfo", "RecordIndex", "Scan", "backend", "batch_header", "check_records",
     "decode_batch", "decode_block", "decode_records", "encode_batch", "encode_block",
-    "encode_records", "index_records", "read_batches", "scan_batches", "scan_blocks", "xxh64",
+    "encode_records", "encode_values", "index_records", "read_batches", "scan_batches",
+    "scan_blocks", "xxh64",
 ]

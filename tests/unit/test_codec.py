@@ -159,3 +159,19 @@ def test_scan_and_decode_from_a_scan_position() -> None:
     assert len(scan.entries) == 300
     info = scan.entries[299]
     assert codec.decode_batch(buf, info.position)[1].base_offset == 2990
+
+
+@given(st.lists(st.binary(max_size=300), min_size=1, max_size=50), timestamps)
+def test_values_alone_encode_as_their_records_do(values: list[bytes], ts: int) -> None:
+    """``encode_values`` (an append of plain bytes) gives the bytes ``encode_records`` gives
+    for ``Record(v)`` of each, without building the Records."""
+    batch = codec.encode_values(values, timestamp=ts)
+    assert batch == codec.encode_records([Record(v) for v in values], timestamp=ts)
+    assert [r.value for r in batch.records()] == values
+
+
+def test_values_alone_are_refused_as_records_are() -> None:
+    with pytest.raises(ValueError, match="at least one record"):
+        codec.encode_values([])
+    with pytest.raises(ValueError, match="timestamp"):
+        codec.encode_values([b"x"], timestamp=2**63)
