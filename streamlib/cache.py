@@ -16,17 +16,19 @@ ranged GETs; a reader that needs a block another is loading waits for that load 
 starting its own GET. A load counts in the budget from before its GET until its blocks are
 admitted: the decoded size its blocks will take (the index says it, or the reader's
 ``max_block_bytes`` bounds it) is reserved first, evicting as an admission would. A readahead
-reserves only room that is free or evictable without touching what lies ahead of a reader, and
-loads only the blocks that fit; a fetch's load reserves what room it can make and loads all it
-needs (the read must be answered): the part the budget cannot hold (pinned bytes fill it, or a
-block is larger than the whole budget) is returned to the fetch, outside the budget, and not
-kept.
+reserves the most its blocks may weigh once loaded (:func:`weight_bound`), only in room that is
+free or evictable without touching what lies ahead of a reader, and loads only the blocks that
+fit: all it loads is kept. A fetch's load reserves what room it can make and loads all it needs
+(the read must be answered): the part the budget cannot hold (pinned bytes fill it, or a block
+is larger than the whole budget) is returned to the fetch, outside the budget, and not kept
+(the last block it read into is kept first: its reader's next fetch starts there).
 
 **Readers.** A fetch that starts where an earlier fetch of the same stream ended continues that
 reader; others start a new one. A reader seen for ``reader_timeout`` seconds no more is gone.
-Each reader has a readahead **window** (decoded bytes, first ``first_window``): it doubles, up to
-``readahead_bytes``, each time the reader reads a block prefetched for it, and halves with a
-cool-down when such a block is evicted unread. Blocks already in memory (a fetch's own run may
+Each reader has a readahead **window** (bytes, first ``first_window``), bounded by the room the
+cache can give it (:mod:`streamlib._readahead`): it doubles, up to ``readahead_bytes``, each time
+the reader reads a block prefetched for it, and halves with a cool-down when such a block goes
+unread (evicted, or not kept for lack of room). Blocks already in memory (a fetch's own run may
 reach past what it returned) do not use the window: readahead loads what is missing beyond them.
 
 **Eviction** (consumer focus), when a load or a reservation needs room under ``max_bytes`` (a
@@ -54,9 +56,11 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import overload
 
+from streamlib._readahead import Reader, StreamKey, grow, shrink, window_left
+from streamlib.codec import BATCH_HEADER_SIZE
 from streamlib.objects import IndexEntry, ObjectReader
 from streamlib.records import RecordBatch, check_int
 
@@ -64,14 +68,10 @@ BATCH_OVERHEAD = 200
 """Bytes a cached batch costs beyond its payload (the object and its fields), for the budget."""
 
 MiB = 1024 * 1024
-COOLDOWN = 5.0
-"""Seconds a reader's window stops growing after a prefetched block was evicted unread."""
 
 BlockKey = tuple[str, str, int] | tuple[str, str, int, int]
 """``(objects URL, object key, block position)`` for a block, ``("log", scope, stream id,
 first offset)`` for a log chunk."""
-StreamKey = tuple[str, int]
-"""``(objects URL, stream id)``."""
 
 
 class Uncached(Exception):
@@ -100,7 +100,8 @@ class CacheStats:
     readahead_hits: int = 0
     """Prefetched blocks their reader then read."""
     readahead_wasted_bytes: int = 0
-    """Bytes of prefetched blocks evicted before their reader got to them."""
+    """Bytes of prefetched blocks evicted before their reader got to them, or loaded and not
+    kept for lack of room: GETs for nothing."""
     evicted_behind_readers: int = 0
     evicted_idle: int = 0
     """Evicted from streams no active reader is on (least recently used first)."""
@@ -118,25 +119,14 @@ def weight(batches: Sequence[RecordBatch]) -> int:
     return sum(b.size + BATCH_OVERHEAD for b in batches)
 
 
-@dataclass(slots=True)
-class Reader:
-    """One sequential reader of one stream, as the cache sees it. ``id`` and ``stream`` are
-    fixed; every other field is GUARDED_BY(MessageCache._lock): only the cache reads or changes
-    them, under its lock."""
-
-    id: int
-    stream: StreamKey
-    position: int
-    last_seen: float
-    window: int
-    sequential: int = 0
-    """Fetches so far that continued where the one before ended."""
-    prefetched_to: int = 0
-    """Offset up to which readahead was already asked for."""
-    cooldown_until: float = 0.0
-    ahead: list[tuple[int, int]] = field(default_factory=list)
-    """(end offset, decoded bytes) of the blocks prefetched beyond ``position``."""
-    prefetching: bool = False
+def weight_bound(reader: ObjectReader, entry: IndexEntry) -> int:
+    """The most a block may weigh once loaded, known before its GET: its decoded bytes, and
+    for each batch it may hold (no more than its records, nor than framed batch headers fit
+    in it) what a cached batch costs beyond its framed header (a block of 100-byte batches
+    weighs nearly twice its decoded bytes)."""
+    decoded = reader.decoded_bound(entry)
+    batches = min(entry.record_count, decoded // BATCH_HEADER_SIZE)
+    return decoded + batches * (BATCH_OVERHEAD - BATCH_HEADER_SIZE)
 
 
 @dataclass(slots=True)
@@ -435,12 +425,13 @@ class MessageCache:
 
     def start_readahead(self, reader: Reader) -> tuple[int, int] | None:
         """``(from offset, decoded bytes)`` of readahead to run now for ``reader``, or None: it
-        has not read sequentially twice yet, its window is full, or a readahead of it runs.
-        A non-None answer must be followed by :meth:`readahead_done`."""
+        has not read sequentially twice yet, its window (as far as the cache's room for it
+        goes) is full, or a readahead of it runs. A non-None answer must be followed by
+        :meth:`readahead_done`."""
         with self._lock:
             if reader.sequential < 2 or reader.prefetching or reader.id not in self._readers:
                 return None
-            want = reader.window - sum(size for _, size in reader.ahead)
+            want = self._window_left(reader)
             if want <= 0:
                 return None
             reader.prefetching = True
@@ -448,27 +439,25 @@ class MessageCache:
 
     def sync_readahead(self, reader: Reader, first: int) -> int:
         """Decoded bytes a fetch of ``reader`` that has to GET anyway may load beyond what it
-        returns, in the same GETs: what its window has left, or, on the reader's first fetch
-        (it may read once and go), ``first`` at most."""
+        returns, in the same GETs: what its window has left (as far as the cache's room for it
+        goes), or, on the reader's first fetch (it may read once and go), ``first`` at most."""
         with self._lock:
             if reader.id not in self._readers or not self.readahead_bytes:
                 return 0
-            left = reader.window - sum(size for _, size in reader.ahead)
+            left = self._window_left(reader)
             return max(0, left if reader.sequential else min(left, first))
+
+    def _window_left(self, reader: Reader) -> int:
+        """What ``reader``'s window has left, bounded by the room the cache can give it
+        (caller holds the lock)."""
+        free = self.max_bytes - sum(self._pinned.values()) - self._loading_bytes
+        return window_left(reader, self._readers.values(), self._blocks.values(), free)
 
     def holds(self, reader: ObjectReader, entry: IndexEntry) -> bool:
         """Whether the block is in memory or being loaded."""
         key = (reader.store.url, reader.key, entry.position)
         with self._lock:
             return key in self._blocks or key in self._loading
-
-    def prefetched(self, reader: Reader, entries: Sequence[IndexEntry],
-                   sizes: Sequence[int]) -> None:
-        """These blocks, of these decoded ``sizes``, were loaded ahead of ``reader``."""
-        with self._lock:
-            for entry, size in zip(entries, sizes, strict=True):
-                reader.ahead.append((entry.end_offset, size))
-                reader.prefetched_to = max(reader.prefetched_to, entry.end_offset)
 
     def readahead_done(self, reader: Reader) -> None:
         with self._lock:
@@ -496,12 +485,12 @@ class MessageCache:
         of adjacent missing blocks. ``cache_only``: raise :class:`Uncached` rather than wait or
         fetch. ``ahead_of``: a readahead for that reader (blocks already held or loading are
         skipped, and so are those past the room a readahead may take: their places in the
-        answer are None). ``lookup``: not a reader's read (a time lookup): no hit is counted,
-        no window grows. ``then``: ``(reader, blocks)``, the blocks after ``entries`` that
-        reader will want next: if this load goes to the store at all, the same GETs carry
-        them too, as a readahead for that reader would load them (a synchronous readahead:
-        one round trip where a fetch and its readahead would make two); they are not in the
-        answer."""
+        answer are None, as are those of blocks loaded and not kept). ``lookup``: not a
+        reader's read (a time lookup): no hit is counted, no window grows. ``then``:
+        ``(reader, blocks)``, the blocks after ``entries`` that reader will want next: if this
+        load goes to the store at all, the same GETs carry them too, as a readahead for that
+        reader would load them (a synchronous readahead: one round trip where a fetch and its
+        readahead would make two); they are not in the answer."""
         found: list[list[RecordBatch] | None] = [None] * len(entries)
         waits: list[tuple[int, BlockKey, Future[list[RecordBatch]]]] = []
         missing: list[tuple[int, IndexEntry, BlockKey]] = []
@@ -537,7 +526,11 @@ class MessageCache:
                 else:
                     self.stats.readahead_blocks += 1
             if mine and then is not None and then[0].id in self._readers:
-                extra, more = self._also_ahead(reader, then[1], now)
+                # What this load's blocks may weigh beyond their reservation is reserved too:
+                # their admission must not take the readahead's room.
+                slack = sum(weight_bound(reader, entry) - reader.decoded_bound(entry)
+                            for _, entry, _, _ in mine)
+                extra, more = self._also_ahead(reader, then[1], now, slack)
                 reserved = reserved[0], reserved[1] + more
         if mine:
             self._fetch(reader, mine + extra, found, ahead_of, reserved[1],
@@ -552,20 +545,21 @@ class MessageCache:
                         self._touch(key, held, now)
         return found
 
-    def _also_ahead(self, reader: ObjectReader, entries: Sequence[IndexEntry], now: float
+    def _also_ahead(self, reader: ObjectReader, entries: Sequence[IndexEntry], now: float,
+                    beside: int
                     ) -> tuple[list[tuple[int, IndexEntry, BlockKey, Future[list[RecordBatch]]]],
                                int]:
         """The blocks of ``entries`` (those right after a load's) that a synchronous
-        readahead takes, marked loading, and the bytes reserved for them: up to the first
-        one held or loading, as far as the room a readahead may take goes (caller holds the
-        lock)."""
+        readahead takes, marked loading, and the bytes reserved for them (and ``beside``, if
+        any is taken): up to the first one held or loading, as far as the room a readahead
+        may take goes (caller holds the lock)."""
         candidates: list[tuple[int, IndexEntry, BlockKey]] = []
         for entry in entries:
             key: BlockKey = (reader.store.url, reader.key, entry.position)
             if key in self._blocks or key in self._loading:
                 break  # the rest is the asynchronous readahead's: one run, one GET
             candidates.append((-1, entry, key))
-        count, reserved = self._reserve(reader, candidates, now, True)
+        count, reserved = self._reserve(reader, candidates, now, True, beside)
         extra = []
         for _, entry, key in candidates[:count]:
             future: Future[list[RecordBatch]] = Future()
@@ -575,26 +569,30 @@ class MessageCache:
         return extra, reserved
 
     def _reserve(self, reader: ObjectReader, missing: list[tuple[int, IndexEntry, BlockKey]],
-                 now: float, readahead: bool) -> tuple[int, int]:
-        """Count the decoded size of the blocks about to be loaded in the budget, from before
-        their GET (caller holds the lock): ``(how many of missing to load, bytes reserved)``.
-        A readahead takes only the room there is without evicting ahead of a reader, and
-        loads only the blocks that fit in it; a fetch's load evicts as its admission would and
-        loads all it needs, the part the budget cannot hold (pinned bytes fill it, or a block
-        is larger than the whole budget) outside it: that part is returned to the fetch and
-        not kept."""
-        bounds = [reader.decoded_bound(entry) for _, entry, _ in missing]
+                 now: float, readahead: bool, beside: int = 0) -> tuple[int, int]:
+        """Count the blocks about to be loaded in the budget, from before their GET (caller
+        holds the lock): ``(how many of missing to load, bytes reserved)``. A readahead
+        reserves the most each block may weigh (:func:`weight_bound`), and ``beside`` more if
+        any block fits, so that all it loads is kept; it takes only the room there is without
+        evicting ahead of a reader, and loads only the blocks that fit in it. A fetch's load
+        reserves their decoded size (evicting no more than that before the GET), evicts as its
+        admission would and loads all it needs, the part the budget cannot hold (pinned bytes
+        fill it, or a block is larger than the whole budget) outside it: that part is returned
+        to the fetch and not kept."""
+        bounds = [weight_bound(reader, entry) if readahead else reader.decoded_bound(entry)
+                  for _, entry, _ in missing]
         need = sum(bounds)
         if not need:
             return 0, 0
-        self._make_room(need, now, spare_ahead=readahead)
+        self._make_room(need + beside, now, spare_ahead=readahead)
         room = max(self.max_bytes - self._bytes, 0)
         count = len(missing)
         if readahead:
-            count = need = 0
+            count, need = 0, beside
             while count < len(bounds) and need + bounds[count] <= room:
                 need += bounds[count]
                 count += 1
+            need = need if count else 0
         need = min(need, room)
         self._loading_bytes += need
         self._bytes += need
@@ -608,16 +606,17 @@ class MessageCache:
             owner = self._readers.get(block.prefetched_for)
             block.prefetched_for = None
             self.stats.readahead_hits += 1
-            if owner is not None and now >= owner.cooldown_until:
-                owner.window = min(owner.window * 2, self.readahead_bytes)
+            if owner is not None:
+                grow(owner, now, self.readahead_bytes)
 
     def _fetch(self, reader: ObjectReader,
                mine: list[tuple[int, IndexEntry, BlockKey, Future[list[RecordBatch]]]],
                found: list[list[RecordBatch] | None], ahead_of: Reader | None,
                reserved: int, *, ahead: Reader | None = None, from_ahead: int = 0) -> None:
-        """Load ``mine`` with one GET per run; the answer's blocks go to ``found``, except
-        those from ``from_ahead`` on when ``ahead`` is given: those are a synchronous
-        readahead for that reader, kept as its readahead's would be, or not at all."""
+        """Load ``mine`` with one GET per run; the answer's blocks go to ``found`` (a
+        readahead's: those kept), except those from ``from_ahead`` on when ``ahead`` is given:
+        those are a synchronous readahead for that reader, kept as its readahead's would be,
+        or not at all. A block kept ahead of a reader joins its window."""
         gets, fetched = reader.gets, reader.fetched_bytes
         loaded: list[list[RecordBatch]] | None = None
         split = len(mine) if ahead is None else from_ahead
@@ -640,16 +639,17 @@ class MessageCache:
                                    entry.start_offset, entry.end_offset,
                                    None if owner is None or (answered and ahead is not None)
                                    else owner.id)
-                    if block.size <= self.max_bytes:  # else: served to this read, not kept
-                        (incoming if answered else later).append((key, block))
+                    (incoming if answered else later).append((key, block))
                 # A readahead takes only room nobody ahead of a reader needs: it never
                 # evicts what is nearer to a reader than itself.
-                self._admit(incoming, now, ahead_of is not None)
-                kept = self._admit(later, now, True)
-                if ahead is not None and kept:
-                    for block in kept:
-                        ahead.ahead.append((block.end, block.size))
-                        ahead.prefetched_to = max(ahead.prefetched_to, block.end)
+                kept = self._admit(incoming, now, ahead_of is not None)
+                kept |= self._admit(later, now, True)
+                for (i, _, key, _), (_, block) in zip(mine, incoming + later, strict=True):
+                    if owner is not None and block.prefetched_for == owner.id and key in kept:
+                        owner.ahead.append((block.end, block.size))
+                        owner.prefetched_to = max(owner.prefetched_to, block.end)
+                    elif ahead_of is not None:
+                        found[i] = None  # not kept: the readahead stops there
         except BaseException as error:
             for _, _, _, future in mine:
                 if not future.done():
@@ -667,19 +667,26 @@ class MessageCache:
             future.set_result(batches)
 
     def _admit(self, incoming: list[tuple[BlockKey, _Block]], now: float, readahead: bool
-               ) -> list[_Block]:
-        """Make room for these loaded blocks and keep those that fit (caller holds the lock);
-        the ones kept."""
-        if not incoming:
-            return []
-        self._make_room(sum(block.size for _, block in incoming), now, spare_ahead=readahead)
-        kept = []
+               ) -> set[BlockKey]:
+        """Make room for these loaded blocks and keep those that fit (caller holds the lock):
+        a readahead's nearest its reader first, a fetch's last first (its reader's next fetch
+        starts there: it has passed the others). A block loaded ahead of a reader and not
+        kept is wasted. The keys kept."""
+        fits = [(key, block) for key, block in incoming if block.size <= self.max_bytes]
+        if fits:  # a block larger than the whole budget is served to its read, not kept
+            self._make_room(sum(block.size for _, block in fits), now, spare_ahead=readahead)
+        room = self.max_bytes - self._bytes
+        kept = set()
+        for key, block in fits if readahead else fits[::-1]:
+            if block.size <= room:  # else the room went to blocks readers need more
+                room -= block.size
+                kept.add(key)
         for key, block in incoming:
-            if self._bytes + block.size > self.max_bytes:
-                continue  # the room went to blocks readers need more
-            self._blocks[key] = block
-            self._bytes += block.size
-            kept.append(block)
+            if key in kept:
+                self._blocks[key] = block
+                self._bytes += block.size
+            elif block.prefetched_for is not None:
+                self._wasted(block, now)
         return kept
 
     def _unreserve(self, reserved: int) -> None:
@@ -747,12 +754,17 @@ class MessageCache:
             self.stats.evicted_idle += 1
         else:
             self.stats.evicted_ahead_of_readers += 1
-        if block.prefetched_for is not None:  # loaded ahead and never read: shrink the window
-            self.stats.readahead_wasted_bytes += block.size
-            owner = self._readers.get(block.prefetched_for)
-            if owner is not None:
-                owner.window = max(owner.window // 2, self.first_window // 2)
-                owner.cooldown_until = now + COOLDOWN
+        if block.prefetched_for is not None:
+            self._wasted(block, now)
+
+    def _wasted(self, block: _Block, now: float) -> None:
+        """A block loaded ahead of a reader goes unread: evicted, or not kept for lack of room
+        (caller holds the lock). Its GET was for nothing: count it, and halve the reader's
+        window (from what the cache's room allowed; no less than a block) with a cool-down."""
+        self.stats.readahead_wasted_bytes += block.size
+        owner = None if block.prefetched_for is None else self._readers.get(block.prefetched_for)
+        if owner is not None:
+            shrink(owner, block, now, self.readahead_bytes)
 
     def count_index_gets(self, reader: ObjectReader, gets: int, fetched: int) -> None:
         """Count the GETs ``reader`` made for its index since it had made ``gets``."""

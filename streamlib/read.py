@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
-from streamlib.cache import Uncached, weight
+from streamlib.cache import Uncached
 from streamlib.config import READAHEAD_THREADS
 from streamlib.errors import (
     CacheMiss,
@@ -328,14 +328,8 @@ class ReadPath:
                         continue  # loaded by a fetch's own run, or loading: not ours to count
                     chosen.append(entry)
                     want -= objects.decoded_bound(entry)
-                if chosen:
-                    found = cache.load(objects, chosen, ahead_of=reader)
-                    loaded = [(entry, weight(batches))
-                              for entry, batches in zip(chosen, found, strict=True)
-                              if batches is not None]
-                    cache.prefetched(reader, [e for e, _ in loaded], [w for _, w in loaded])
-                    if len(loaded) < len(chosen):
-                        return  # the cache had no more room for this reader's readahead
+                if chosen and None in cache.load(objects, chosen, ahead_of=reader):
+                    return  # the cache had no more room for this reader's readahead
         except Exception as error:  # a readahead is a guess: the read itself will report
             log.debug("readahead of stream %d failed: %r", state.id, error)
         finally:
