@@ -144,23 +144,29 @@ class FileWal(GroupCommitWal):
                 reason = "missing WAL data between segments" if start > expected else \
                     "overlapping WAL segments"
                 recovery.drop(min(start, expected), max(start, expected), reason)
+            # The segment holding the trim position is read from there (a record's start: the
+            # WAL is trimmed at positions it gave), not from its first record.
             with open(path, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                skip = min(max(self._trim - start, 0), size)
+                f.seek(skip)
                 data = f.read()
-            entries, valid = scan_run(data, start, recovery, last=index == last_index)
+            entries, valid = scan_run(data, start + skip, recovery, last=index == last_index,
+                                      groups_from=start)
+            valid += skip
             for entry in entries:
                 if entry.position >= max(self._trim, end):
                     end = entry.position + record_size(entry.record)
                     yield entry
-            if valid < len(data):
+            if valid < size:
                 if index == last_index:
-                    recovery.drop(start + valid, start + len(data),
-                                  "torn tail (never acknowledged)")
+                    recovery.drop(start + valid, start + size, "torn tail (never acknowledged)")
                     self._truncate(path, valid)
                 else:
-                    recovery.drop(start + valid, start + len(data), "damaged end of a segment")
+                    recovery.drop(start + valid, start + size, "damaged end of a segment")
             if index == last_index:
                 end = max(end, start + valid)
-            expected = start + len(data)
+            expected = start + size
         recovery.end = max(end, self._trim)
         if segments and segments[-1][0] <= recovery.end:
             self._open_segment(segments[-1][0], create=False)

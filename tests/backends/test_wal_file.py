@@ -168,3 +168,24 @@ def test_a_hole_before_a_later_group_is_damage(tmp_path: Path) -> None:
     assert [(d.start, d.end, d.reason) for d in recovery.dropped] == [
         (positions[3], positions[4], "damaged bytes between valid records")]
     wal.close()
+
+
+def test_recovery_reads_the_segment_from_the_trim_position(tmp_path: Path) -> None:
+    """The segment holding the trim position is read from there: bytes before it (trimmed
+    records, here damaged) are neither decoded nor reported — a reopen after an upload costs
+    what is left in the WAL, not the segment's size."""
+    positions = filled_wal(tmp_path)
+    wal = FileWal(tmp_path)
+    recover_all(wal)
+    wal.trim(positions[20])
+    wal.close()
+    segment = only_segment(tmp_path)
+    data = bytearray(segment.read_bytes())
+    data[positions[5]:positions[15]] = bytes(positions[15] - positions[5])  # trimmed: damaged
+    segment.write_bytes(bytes(data))
+    again = FileWal(tmp_path)
+    recovery = again.recover()
+    assert [e.record.base_offset for e in recovery] == list(range(20, 30))
+    assert recovery.dropped == []
+    assert again.append(make_record(1, 30, size=500)).result(timeout=30) == len(data)
+    again.close()
