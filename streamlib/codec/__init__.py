@@ -198,44 +198,45 @@ def encode_records(records: Iterable[Record], *, timestamp: int | None = None) -
             raise TypeError("records must be a sequence of streamlib.Record, "
                             f"not {type(records).__name__}")
         records = list(records)
-    n = len(records)
-    if n == 0:
-        raise ValueError("a batch needs at least one record")
-    if n > MAX_BATCH_RECORDS:
-        raise ValueError(f"a batch holds at most {MAX_BATCH_RECORDS} records: count=`{n}`")
+    n = _batch_count(len(records))
     default_ts = now_ms() if timestamp is None else check_timestamp(timestamp, "timestamp")
     try:
-        (ts, base, top, key_lengths, keys, value_lengths, values, header_counts,
-         header_lengths, header_bytes) = _columns(records, default_ts)
+        columns = _columns(records, default_ts)
     except (TypeError, ValueError, AttributeError, OverflowError, struct.error):
         _explain(records)
         raise
-    status, payload = _impl.records_encode(n, ts, base, key_lengths, keys, value_lengths, values,
-                                           header_counts, header_lengths, header_bytes)
-    if status == st.BAD_LENGTH:
-        raise ValueError(f"records encode to more than the format's limit of {MAX_PAYLOAD} bytes")
-    if status != st.OK:  # the columns come from validated Records: a bug if it happens
-        raise AssertionError(f"codec refused its own columns: status={status}")
-    return RecordBatch._trusted(payload, n, base, top, "records")
+    return _encoded(n, columns)
 
 
 def encode_values(values: Sequence[bytes], *, timestamp: int | None = None) -> RecordBatch:
     """:func:`encode_records` of ``Record(v)`` for each of ``values`` — every one exactly
     ``bytes`` (the caller checks) — without building the Records: the same bytes, the columns
     of values alone."""
-    n = len(values)
+    n = _batch_count(len(values))
+    ts = now_ms() if timestamp is None else check_timestamp(timestamp, "timestamp")
+    return _encoded(n, (None, ts, ts, None, b"", _lengths(values), b"".join(values), None, None,
+                        b""))
+
+
+def _batch_count(n: int) -> int:
     if n == 0:
         raise ValueError("a batch needs at least one record")
     if n > MAX_BATCH_RECORDS:
         raise ValueError(f"a batch holds at most {MAX_BATCH_RECORDS} records: count=`{n}`")
-    ts = now_ms() if timestamp is None else check_timestamp(timestamp, "timestamp")
-    status, payload = _impl.records_encode(n, None, ts, None, b"", _lengths(values),
-                                           b"".join(values), None, None, b"")
+    return n
+
+
+def _encoded(n: int, columns: _Columns) -> RecordBatch:
+    """The batch of ``n`` records the backend encodes from ``columns``."""
+    (ts, base, top, key_lengths, keys, value_lengths, values, header_counts, header_lengths,
+     header_bytes) = columns
+    status, payload = _impl.records_encode(n, ts, base, key_lengths, keys, value_lengths, values,
+                                           header_counts, header_lengths, header_bytes)
     if status == st.BAD_LENGTH:
         raise ValueError(f"records encode to more than the format's limit of {MAX_PAYLOAD} bytes")
-    if status != st.OK:
+    if status != st.OK:  # the columns come from validated values: a bug if it happens
         raise AssertionError(f"codec refused its own columns: status={status}")
-    return RecordBatch._trusted(payload, n, ts, ts, "records")
+    return RecordBatch._trusted(payload, n, base, top, "records")
 
 
 @dataclass(frozen=True, slots=True)
