@@ -106,20 +106,13 @@ def as_batch(batch: object, max_bytes: int) -> RecordBatch:
     elif isinstance(batch, list | tuple):
         if not batch:
             raise ValueError("cannot append an empty batch: give at least one record")
-        if all(type(value) is bytes for value in batch):  # values alone: no Records built
-            try:
-                result = codec.encode_values(batch)
-            except ValueError:  # the format's own limit (64 MiB of payload)
-                _check_size(sum(map(len, batch)), None, max_bytes, len(batch))
-                raise
-            if result.size > max_bytes:
-                _check_size(data_bytes(result), result.size, max_bytes, result.count)
-            return result
-        records = [r if isinstance(r, Record) else Record(r) for r in batch]
+        plain = all(type(value) is bytes for value in batch)  # values alone: no Records built
+        records = batch if plain else [r if isinstance(r, Record) else Record(r) for r in batch]
         try:
-            result = RecordBatch.from_records(records)
+            result = codec.encode_values(batch) if plain else RecordBatch.from_records(records)
         except ValueError:  # the format's own limit (64 MiB of payload), or a bad record
-            _check_size(sum(map(_record_data_bytes, records)), None, max_bytes, len(records))
+            data = sum(map(len, batch)) if plain else sum(map(_record_data_bytes, records))
+            _check_size(data, None, max_bytes, len(records))
             raise
     else:
         raise TypeError(f"append takes a RecordBatch or a list of Record / bytes, "

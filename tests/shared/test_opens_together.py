@@ -53,3 +53,21 @@ def test_creates_from_many_threads_share_deltas(tmp_path: Path) -> None:
         assert puts < 200, puts  # one PUT each without groups
     finally:
         store.close()
+
+
+def test_a_create_stream_is_one_change_of_the_manifest(tmp_path: Path) -> None:
+    """``create_stream`` creates and opens the stream in one delta (one PUT, or two where a
+    checkpoint falls): 20 creates one after the other, fewer than 40 PUTs — a create and an
+    open written apart would take 40."""
+    store = node(tmp_path, "a", **HELD)
+    try:
+        store.create_stream("warm-up")
+        before = store.stats()["cost"]["manifest"]["puts"]  # type: ignore[index]
+        handles = [store.create_stream(f"s{n}") for n in range(20)]
+        puts = store.stats()["cost"]["manifest"]["puts"] - before  # type: ignore[index]
+        assert puts < 40, puts
+        assert all(store.get(h.id).epoch == 1 for h in handles)  # opened, once
+        handles[0].append([b"x"])  # and written with the epoch the create gave
+    finally:
+        store.close()
+
