@@ -10,7 +10,11 @@ For each local backend (file, block) it measures, in the same directory and the 
 - **latency**: one small append (one 100-byte record) at a time, waiting for each, p50 and p99,
   against one raw ``write`` + ``fdatasync`` of the same bytes appended to a file (for the block
   ring: one aligned 4 KiB ``pwrite`` + ``fdatasync`` into a preallocated file, its own I/O),
-  the two taken in alternating chunks of 50. Target: p99 ≤ 2 × the raw p99.
+  the two taken in alternating chunks of 50. Target: p99 ≤ 2 × the raw p99. For the file WAL
+  both kinds of segment are measured: a new one (preallocated, so each sync also records that
+  the extent it wrote now holds data) beside a raw append to a growing file, and a recycled one
+  (its blocks written before: each sync is of data only) beside a raw overwrite of written
+  blocks. The main row is the WAL after the throughput run, writing into a recycled segment.
 
 With ``--s3`` it also starts local moto and SeaweedFS S3 servers and measures the object WAL on
 each: appends/s and p99 latency of small appends with pipelined PUTs (many flushes in flight)
@@ -112,6 +116,24 @@ class RawAppender:
         os.unlink(self.path)
 
 
+class RawOverwriter(RawAppender):
+    """One ``pwrite`` + ``fdatasync`` of ``size`` bytes at a time at advancing offsets of a file
+    whose blocks were all written and synced before: the raw latency of a recycled segment."""
+
+    def __init__(self, directory: Path, size: int, count: int) -> None:
+        self.path = directory / "overwrite.bin"
+        self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        os.write(self.fd, bytes(size * count + 4096))
+        os.fsync(self.fd)
+        self.data = bytes(size)
+        self.offset = 0
+
+    def __call__(self) -> None:
+        os.pwrite(self.fd, self.data, self.offset)
+        os.fdatasync(self.fd)
+        self.offset += len(self.data)
+
+
 class RawRingWriter(RawAppender):
     """The block ring's own I/O: 4 KiB aligned pwrites at advancing offsets of a preallocated
     file, one ``fdatasync`` each."""
@@ -176,6 +198,11 @@ def measure_backend(name: str, open_wal: Callable[[Path], Wal], directory: Path,
     wal = open_wal(where / "wal")
     wal.recover().entries()
     wal_mb = wal_throughput(wal, big, batches)
+    extra: dict[str, object] = {"direct_io": getattr(wal, "direct_io", None)}
+    if name == "file":
+        # Both kinds of segment: a new one (preallocated: each sync also converts the extent
+        # it wrote) and a recycled one (blocks written before: each sync is of data only).
+        extra.update(file_segment_kinds(where, open_wal, wal, big, tiny, small))
     # compare like with like: the ring writes whole aligned blocks into a preallocated file
     raw = RawRingWriter(where, small) if name == "block" else RawAppender(where, record_size(tiny))
     try:
@@ -183,7 +210,6 @@ def measure_backend(name: str, open_wal: Callable[[Path], Wal], directory: Path,
     finally:
         raw.close()
     wal.trim(wal.end_position)
-    extra: dict[str, object] = {"direct_io": getattr(wal, "direct_io", None)}
     wal.close()
     return {
         "backend": name,
@@ -198,6 +224,42 @@ def measure_backend(name: str, open_wal: Callable[[Path], Wal], directory: Path,
         "wal_p99_ms": percentile(wal_lat, 0.99) * 1e3,
         "p99_ratio": percentile(wal_lat, 0.99) / percentile(raw_lat, 0.99),
         **extra,
+    }
+
+
+def file_segment_kinds(where: Path, open_wal: Callable[[Path], Wal], wal: Wal,
+                       big: WalRecord, tiny: WalRecord, small: int) -> dict[str, object]:
+    """Small-append latency of the file WAL in a new segment beside a raw append to a growing
+    file, and in a recycled segment beside a raw overwrite; ``wal`` is left writing into a
+    recycled segment (the state a store reaches once its uploads trim the WAL)."""
+    fresh = open_wal(where / "fresh")
+    fresh.recover().entries()
+    grow = RawAppender(where, record_size(tiny))
+    try:
+        fresh_lat, grow_lat = interleaved(lambda: fresh.append(tiny).result(), grow, small)
+    finally:
+        grow.close()
+        fresh.close()
+    # Append and trim (trimmed segments become spares) until the WAL rolls into a spare.
+    segments = where / "wal"
+    spares: set[int] = set()
+    while max(segments.glob("*.wal")).stat().st_ino not in spares:
+        wal.trim(wal.append(big).result())
+        spares |= {p.stat().st_ino for p in segments.glob("*.spare")}
+    over = RawOverwriter(where, record_size(tiny), small)
+    try:
+        used_lat, over_lat = interleaved(lambda: wal.append(tiny).result(), over, small)
+    finally:
+        over.close()
+    return {
+        "fresh_p50_ms": statistics.median(fresh_lat) * 1e3,
+        "fresh_p99_ms": percentile(fresh_lat, 0.99) * 1e3,
+        "grow_p50_ms": statistics.median(grow_lat) * 1e3,
+        "grow_p99_ms": percentile(grow_lat, 0.99) * 1e3,
+        "recycled_p50_ms": statistics.median(used_lat) * 1e3,
+        "recycled_p99_ms": percentile(used_lat, 0.99) * 1e3,
+        "overwrite_p50_ms": statistics.median(over_lat) * 1e3,
+        "overwrite_p99_ms": percentile(over_lat, 0.99) * 1e3,
     }
 
 
@@ -293,6 +355,17 @@ def report(results: list[dict[str, object]]) -> None:
     print("raw = one write + fdatasync a batch (or a 100-byte record) appended to a file; for "
           "block, raw latency is\n  its own I/O: an aligned 4 KiB pwrite + fdatasync into a "
           "preallocated file; disk = 4 MiB writes + fdatasync")
+    for r in results:
+        if "fresh_p50_ms" in r:
+            print("\nfile WAL small appends by kind of segment (p50 / p99), beside the raw sync "
+                  "of the same kind:")
+            print(f"  new segment (preallocated)   {r['fresh_p50_ms']:.3f} / "
+                  f"{r['fresh_p99_ms']:.3f} ms   raw append to a growing file "
+                  f"{r['grow_p50_ms']:.3f} / {r['grow_p99_ms']:.3f} ms")
+            print(f"  recycled segment             {r['recycled_p50_ms']:.3f} / "
+                  f"{r['recycled_p99_ms']:.3f} ms   "
+                  f"raw overwrite of written blocks {r['overwrite_p50_ms']:.3f} / "
+                  f"{r['overwrite_p99_ms']:.3f} ms")
     print("targets: throughput >= 0.80x raw; p99 <= 2.00x raw p99")
     for r in results:
         if "raw_mb_per_s" in r:

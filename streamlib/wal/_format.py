@@ -13,6 +13,7 @@ MAGIC = b"SLWR"
 VERSION = 1
 TYPE_BATCH = 1
 TYPE_PADDING = 2
+TYPE_END = 3
 # version type reserved body_length group_offset position epoch: the epoch unsigned, as
 # WalRecord's (any in [0, 2^64)); the position signed, as positions are below 2^63
 _TAIL = struct.Struct("<BBHIIqQ")
@@ -50,6 +51,12 @@ def padding(position: int, length: int, group_start: int) -> bytes:
             + bytes(length - HEADER_SIZE))
 
 
+def end_marker(position: int, group_start: int) -> bytes:
+    """The end marker a file WAL group write puts after its records (docs/wal.md): a header of
+    no body at ``position``, the group's end, overwritten by the next group's first record."""
+    return header(TYPE_END, 0, position, 0, group_start)
+
+
 def read_header(buf: bytes | memoryview, at: int, position: int
                 ) -> tuple[int, int, int, int] | None:
     """(type, body length, epoch, group start) of a valid header at ``buf[at:]`` that claims
@@ -64,15 +71,19 @@ def read_header(buf: bytes | memoryview, at: int, position: int
         return None
     version, kind, reserved, body, group_offset, claimed, epoch = _TAIL.unpack(tail)
     if (version != VERSION or reserved or claimed != position or group_offset > position
-            or kind not in (TYPE_BATCH, TYPE_PADDING) or body > len(buf) - at - HEADER_SIZE):
+            or kind not in (TYPE_BATCH, TYPE_PADDING, TYPE_END) or (kind == TYPE_END and body)
+            or body > len(buf) - at - HEADER_SIZE):
         return None
     return kind, body, epoch, position - group_offset
 
 
-def examine(buf: bytes | memoryview, at: int, position: int
+def examine(buf: bytes | memoryview, at: int, position: int, *, ends: bool = False
             ) -> tuple[tuple[WalRecord | None, int, int] | None, int]:
     """What a scan finds at ``buf[at:]``, where ``position`` is expected: the record as
     :func:`read_record` gives it (or None), and how many bytes the scan may move on by.
+
+    An end marker is found as ``(None, 0, group start)`` when ``ends`` is set (the log ends
+    there), and is not a valid record otherwise: only the file WAL writes them.
 
     That is the record's length when its header is valid, even if its body is not: the header's
     checksum vouches for the length, so no record of this log starts inside the damaged one, and
@@ -83,6 +94,8 @@ def examine(buf: bytes | memoryview, at: int, position: int
         return None, 1
     kind, body, epoch, group = found
     length = HEADER_SIZE + body
+    if kind == TYPE_END:
+        return ((None, 0, group), length) if ends else (None, length)
     if kind == TYPE_PADDING:
         return (None, length, group), length
     start, end = at + HEADER_SIZE, at + length
@@ -110,7 +123,7 @@ def read_record(buf: bytes | memoryview, at: int, position: int
 
 
 def scan_run(buf: bytes, base: int, recovery: Recovery, *, last: bool = False,
-             groups_from: int | None = None) -> tuple[list[WalEntry], int]:
+             groups_from: int | None = None, ends: bool = False) -> tuple[list[WalEntry], int]:
     """The valid records of ``buf``, whose first byte is at position ``base``, skipping (and
     reporting) damaged bytes between valid records; and the offset where the valid records end:
     what follows is a tail with no valid record in it, for the caller to judge.
@@ -123,15 +136,22 @@ def scan_run(buf: bytes, base: int, recovery: Recovery, *, last: bool = False,
     (docs/wal.md). If the last hole lies inside the last group — every record after it belongs
     to a group that began at or before it, in ``buf`` — that group was never synced, so none of
     it was acknowledged: the valid records end at the group's start, and the hole is not
-    damage."""
+    damage.
+
+    ``ends``: the run may hold an end marker (the file WAL's, docs/wal.md): the scan stops at
+    one valid at its own position — nothing after it was ever synced — and returns its offset
+    (:func:`ends_at` tells the caller that it stopped there). It belongs to its group as the
+    group's records do: a hole before it inside its group makes that group torn.
+    Without ``ends``, an end marker is invalid bytes."""
     entries: list[WalEntry] = []
     groups: list[int] = []  # each entry's group start
     holes: list[tuple[int, int]] = []
     first_group = base if groups_from is None else groups_from
     at = 0
     damaged: int | None = None  # where the invalid bytes being skipped began
+    end_group: int | None = None  # the group of the end marker the scan stopped at
     while at < len(buf):
-        found, step = examine(buf, at, base + at)
+        found, step = examine(buf, at, base + at, ends=ends)
         if found is not None and found[2] < first_group:
             found = None  # damage at its own position, skipped whole as its header allows
         if found is None:
@@ -146,6 +166,9 @@ def scan_run(buf: bytes, base: int, recovery: Recovery, *, last: bool = False,
             holes.append((base + damaged, base + at))
             damaged = None
         record, length, group = found
+        if not length:  # an end marker: the log ends here
+            end_group = group
+            break
         if record is not None:
             entries.append(WalEntry(base + at, record))
             groups.append(group)
@@ -153,6 +176,8 @@ def scan_run(buf: bytes, base: int, recovery: Recovery, *, last: bool = False,
     if last and holes:
         hole = holes[-1][0]
         after = [g for entry, g in zip(entries, groups, strict=True) if entry.position > hole]
+        if end_group is not None and base + at > hole:
+            after.append(end_group)
         if after and base <= after[0] <= hole and all(g == after[0] for g in after):
             torn = after[0]
             holes = [h for h in holes if h[1] <= torn]
@@ -161,3 +186,9 @@ def scan_run(buf: bytes, base: int, recovery: Recovery, *, last: bool = False,
     for start, end in holes:
         recovery.drop(start, end, "damaged bytes between valid records")
     return entries, at
+
+
+def ends_at(buf: bytes | memoryview, at: int, position: int) -> bool:
+    """Whether ``buf[at:]`` holds an end marker valid at ``position``."""
+    found = read_header(buf, at, position)
+    return found is not None and found[0] == TYPE_END

@@ -149,8 +149,12 @@ def test_a_last_record_claiming_a_group_before_its_segment_loses_nothing_before_
     wal = FileWal(tmp_path)
     recovery = wal.recover()
     assert [e.record for e in recovery.entries()] == [first, records[0]]
-    assert [(d.start, d.end) for d in recovery.dropped] == [(positions[1], start + len(buf))]
-    assert recovery.end == positions[1] and segment.stat().st_size == positions[1] - start
+    # The end marker after record 2 is intact, so its group was written whole: the bytes
+    # before it are damage, not a torn group, and appends go on after them.
+    end = positions[2] + wal_format.record_size(records[2])
+    assert [(d.start, d.end, d.reason) for d in recovery.dropped] == [
+        (positions[1], end, "damaged bytes between valid records")]
+    assert recovery.end == end
     wal.close()
 
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import atexit
 import dataclasses
+import itertools
 import json
 import os
 import random
@@ -282,6 +283,10 @@ def _wal_seeds(rng: random.Random) -> list[bytes]:
                     piece = b"".join(wal_format.record_parts(position, record, start))
                 parts.append(piece)
                 position += len(piece)
+            if rng.random() < 0.5:  # the file WAL's end marker after a group
+                parts.append(wal_format.end_marker(position, start))
+                if rng.random() < 0.5:
+                    break
         seeds.append(b"".join(parts))
     return seeds
 
@@ -296,14 +301,14 @@ def examine(data: bytes) -> None:
 
 
 def scan_run(data: bytes) -> None:
-    for last in (False, True):
+    for last, ends in itertools.product((False, True), (False, True)):
         recovery = Recovery(lambda _recovery: iter(()), WAL_BASE)
-        entries, end = wal_format.scan_run(data, WAL_BASE, recovery, last=last)
+        entries, end = wal_format.scan_run(data, WAL_BASE, recovery, last=last, ends=ends)
         positions = [e.position for e in entries]
         if not 0 <= end <= len(data) or positions != sorted(set(positions)) or any(
                 not WAL_BASE <= p < WAL_BASE + end for p in positions):
-            raise AssertionError(f"scan_run(last={last}) ends at {end} with records at "
-                                 f"{positions[:20]}")
+            raise AssertionError(f"scan_run(last={last}, ends={ends}) ends at {end} with "
+                                 f"records at {positions[:20]}")
 
 
 def _ring_header_seeds(rng: random.Random) -> list[bytes]:

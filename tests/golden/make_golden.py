@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pathlib
 import sys
+import tempfile
 
 HERE = pathlib.Path(__file__).parent
 sys.path.insert(0, str(HERE))
@@ -12,6 +13,29 @@ sys.path.insert(0, str(HERE))
 from cases import BASE_OFFSET, STREAM_ID, block_batches, opaque_batch, records_batch  # noqa: E402
 
 from streamlib import codec  # noqa: E402
+from streamlib.wal import WalRecord  # noqa: E402
+from streamlib.wal.file import FileWal  # noqa: E402
+
+WAL_SEGMENT_BYTES = 4096
+WAL_EPOCH = 3
+
+
+def wal_records() -> list[WalRecord]:
+    """The records of the golden WAL segment: the block's batches, one group each."""
+    return [WalRecord(STREAM_ID, WAL_EPOCH, batch) for batch in block_batches()]
+
+
+def wal_segment() -> bytes:
+    """A file WAL's first segment (docs/wal.md) after ``wal_records`` were appended one at a
+    time: three records and the end marker."""
+    with tempfile.TemporaryDirectory() as directory:
+        wal = FileWal(directory, segment_bytes=WAL_SEGMENT_BYTES)
+        for _ in wal.recover():
+            pass
+        for record in wal_records():
+            wal.append(record).result(timeout=30)
+        wal.close()
+        return (pathlib.Path(directory) / f"{0:020d}.wal").read_bytes()
 
 
 def files() -> dict[str, bytes]:
@@ -21,6 +45,7 @@ def files() -> dict[str, bytes]:
         "block_none.bin": codec.encode_block(STREAM_ID, block_batches(), compression="none"),
         "block_lz4.bin": codec.encode_block(STREAM_ID, block_batches(), compression="lz4"),
         "block_zstd.bin": codec.encode_block(STREAM_ID, block_batches(), compression="zstd"),
+        "wal_segment.bin": wal_segment(),
     }
 
 
