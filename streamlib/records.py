@@ -224,9 +224,23 @@ class RecordBatch:
                 f"timestamps=[{self.base_timestamp}, {self.max_timestamp}]>")
 
 
-def _init(batch: RecordBatch, *values: object) -> None:
-    for name, value in zip(RecordBatch.__slots__, values, strict=True):
-        object.__setattr__(batch, name, value)
+def _init(batch: RecordBatch, payload: bytes, count: int, base_timestamp: int,
+          max_timestamp: int, encoding: Encoding, base_offset: int | None) -> None:
+    # The batch is frozen: its fields are set through the slots' own setters (twice a batch
+    # an append: one call each, no loop).
+    payload_, count_, base_, max_, encoding_, offset_ = _SETTERS
+    payload_(batch, payload)
+    count_(batch, count)
+    base_(batch, base_timestamp)
+    max_(batch, max_timestamp)
+    encoding_(batch, encoding)
+    offset_(batch, base_offset)
+
+
+_SETTERS: tuple[Any, ...] = tuple(RecordBatch.__dict__[name].__set__
+                                  for name in RecordBatch.__slots__)
+assert RecordBatch.__slots__ == ("payload", "count", "base_timestamp", "max_timestamp",
+                                 "encoding", "base_offset")
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,6 +38,7 @@ from streamlib.errors import FencedError, SequenceError, describe
 from streamlib.meta import StreamMeta, StreamObject
 from streamlib.records import AppendResult, RecordBatch
 from streamlib.shared.handover import HandOver, Ownership
+from streamlib.wal import Ticket
 
 log = logging.getLogger("streamlib.state")
 
@@ -147,13 +148,14 @@ class SliceIndex:
 
 
 class Inflight:
-    """One append between its WAL submission and its acknowledgement."""
+    """One append between its WAL submission and its acknowledgement: ``wal`` is its
+    :class:`~streamlib.wal.Ticket` (done once the WAL write completed)."""
 
-    __slots__ = ("batch", "durable_at", "future", "wal_future")
+    __slots__ = ("batch", "durable_at", "future", "wal")
 
-    def __init__(self, batch: RecordBatch, wal_future: Future[int]) -> None:
+    def __init__(self, batch: RecordBatch, wal: Ticket) -> None:
         self.batch = batch
-        self.wal_future = wal_future
+        self.wal = wal
         # When the WAL write was seen complete (monotonic seconds, stamped on a shared store;
         # None before): only a look at the metadata that started later may acknowledge it.
         self.durable_at: float | None = None
@@ -164,7 +166,8 @@ class Inflight:
 
     def settled_before(self, moment: float | None) -> bool:
         """Whether its WAL write completed (and was seen to) before ``moment`` (None: ever)."""
-        if not self.wal_future.done():
+        wal = self.wal
+        if wal.position is None and wal.error is None:
             return False
         return moment is None or (self.durable_at is not None and self.durable_at <= moment)
 
@@ -250,7 +253,7 @@ class StreamState:
         # Appends inside their WAL call, not in ``inflight`` yet: counted with the check that
         # the stream is not fenced (one hold of ``lock``), so that a release waits for them.
         self.entering = 0  # GUARDED_BY(lock)
-        self.unsettled: deque[Settle] = deque()  # GUARDED_BY(lock): acknowledged, not answered
+        self.unsettled: list[Settle] = []  # GUARDED_BY(lock): acknowledged, not answered
         self.settling = False  # GUARDED_BY(lock): a thread is answering (one keeps the order)
         self.log: list[RecordBatch] = []  # GUARDED_BY(lock): acknowledged, not yet committed
         self.log_positions: list[int] = []  # GUARDED_BY(lock): each batch's WAL position
@@ -325,7 +328,7 @@ class StreamState:
             while self.inflight and self.inflight[0].settled_before(None if fenced else looked):
                 item = self.inflight.popleft()
                 popped += 1
-                error = item.wal_future.exception()
+                error = item.wal.error
                 if error is not None:
                     self.unsettled.append((item.future, None, error))
                     dropped.append(item.batch)
@@ -335,7 +338,9 @@ class StreamState:
                     dropped.append(item.batch)
                     self.handover.parked.append(item.future)
                     continue
-                position = item.wal_future.result()
+                at = item.wal.position
+                assert at is not None  # settled: a position or an error
+                position = at
                 if self.destroyed:  # nothing will upload it: not pending, not cached
                     dropped.append(item.batch)
                 else:
@@ -350,27 +355,39 @@ class StreamState:
             if self.settling or not self.unsettled:
                 return dropped  # the thread settling now settles these too, after earlier ones
             self.settling = True
-        while True:
+            answers, self.unsettled = self.unsettled, []
+        while True:  # all that waits, in one hold of the lock a round
+            for future, result, error in answers:
+                try:
+                    if error is None:
+                        future.set_result(result)
+                    else:
+                        future.set_exception(error)
+                except Exception:  # a future completed elsewhere: never stop settling the rest
+                    log.exception("could not complete an append future")
             with self.lock:
                 if not self.unsettled:
                     self.settling = False  # in the same hold as the check: nothing is left over
                     return dropped
-                item_ = self.unsettled.popleft()
-            try:
-                settle([item_])
-            except Exception:  # a future completed elsewhere: never stop settling the rest
-                log.exception("could not complete an append future")
+                answers, self.unsettled = self.unsettled, []
 
     def first_durable(self) -> bool:
         """Whether the stream's first append in flight has finished its WAL write."""
         with self.lock:
-            return bool(self.inflight) and self.inflight[0].wal_future.done()
+            return bool(self.inflight) and self.inflight[0].wal.done
+
+    def wal_done(self) -> bool:
+        """Whether every append in flight has finished its WAL write (caller holds
+        ``lock``)."""
+        return all(item.wal.done for item in self.inflight)
 
     def wake_readers(self) -> None:
         """Whoever waits for the stream (tailing readers, hand-over waits): look again (caller
         holds ``lock``). Threads wait on ``changed``; asyncio readers on a future of their
         loop."""
         self.changed.notify_all()
+        if not self.async_waiters:
+            return
         waiters, self.async_waiters = self.async_waiters, []
         for loop, future in waiters:
             with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits

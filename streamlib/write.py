@@ -14,13 +14,17 @@ waiting for upload) with one deadline for every wait. On a store of one node a d
 acknowledged at once on the WAL's thread; a shared store's coordination acknowledges it after a
 look at the metadata (docs/shared-stores.md).
 
+Each append costs one WAL :class:`~streamlib.wal.Ticket` (no future of its own) and one future
+for its caller. A group WAL completes a group's tickets together, so the first callback of a
+stream in the group acknowledges all of that stream's appends in it: one drain, one wake-up of
+its readers, its futures settled in one pass.
+
 Lock order: as :mod:`streamlib.node`; ``StreamState.order`` is held from the offset to the WAL
 submission, never across the wait for durability.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from concurrent.futures import Future
@@ -40,7 +44,7 @@ from streamlib.errors import (
 )
 from streamlib.records import AppendResult, RecordBatch
 from streamlib.state import Inflight, Producer, StreamState
-from streamlib.wal import Wal, WalRecord
+from streamlib.wal import Ticket, Wal, WalRecord
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -51,6 +55,29 @@ if TYPE_CHECKING:
 log = logging.getLogger("streamlib.write")
 
 
+def _left(deadline: float) -> float:
+    return max(0.0, deadline - time.monotonic())
+
+
+class _WalTicket(Ticket):
+    """An append's place in the WAL: once completed, its stream hears of it (``item`` is set
+    by the appender once the append is in flight; completed before that, the appender hands it
+    on itself)."""
+
+    __slots__ = ("item", "path", "state")
+
+    def __init__(self, path: WritePath, state: StreamState) -> None:
+        super().__init__()
+        self.path = path
+        self.state = state
+        self.item: Inflight | None = None  # set once by the appender; read alone
+
+    def completed(self) -> None:
+        item = self.item
+        if item is not None:
+            self.path.durable(self.state, item)
+
+
 class WritePath:
     """Appends of one node's streams, from submission to acknowledgement."""
 
@@ -58,6 +85,7 @@ class WritePath:
         self._node = node
         self._wal = wal
         self._coordination = coordination
+        self._wal_end = lambda: wal.end_position  # for the backlog, made once
 
     def submit(self, state: StreamState, epoch: int, batch: RecordBatch,
                expected_offset: int | None, producer_id: object, sequence: int | None,
@@ -71,52 +99,70 @@ class WritePath:
         # One deadline for every wait of this append: room in memory, room in the WAL.
         deadline = time.monotonic() + (config.append_timeout_ms / 1000 if timeout is None
                                        else timeout)
-
-        def left() -> float:
-            return max(0.0, deadline - time.monotonic())
-
         with state.order:
-            self._node.check_open()
-            if state.destroyed:
-                raise StreamNotFound(describe("the stream was destroyed", stream=state.id))
-            state.check_writer(epoch)
-            self._node.check_appendable()
-            if state.damage is not None:
-                raise CorruptDataError(state.damage)
-            if state.handover.reason is not None:
-                raise FencedError(str(state.handover.reason))
-            self._coordination.before_append(state, left())
-            producer = None
-            if producer_id is not None:
-                assert sequence is not None
-                producer = state.producers.setdefault(producer_id, Producer())
-                earlier = producer.known(state.id, producer_id, sequence, batch.count)
-                if earlier is not None:
-                    return earlier
-            if expected_offset is not None and expected_offset != state.assigned_end:
-                raise OffsetMismatchError(state.id, expected_offset, state.assigned_end)
-            placed = batch.with_offset(state.assigned_end)
-            item = self._enter_wal(state, epoch, placed, left)
-            state.assigned_end = placed.next_offset
-            if producer is not None:
-                assert sequence is not None
-                producer.remember(sequence, batch.count, item.future)
-        item.wal_future.add_done_callback(lambda _: self._coordination.durable(state, item))
-        if lead:
-            self._wal.lead()
+            item = self._place(state, epoch, batch, expected_offset, producer_id, sequence,
+                               deadline, lead)
+        if not isinstance(item, Inflight):
+            return item  # a retry: the original append's future
+        try:
+            if item.wal.done:  # completed before it was in flight: nobody acknowledged it
+                self.durable(state, item)
+        finally:
+            if lead:  # its WAL record waits for this call (Wal.submit)
+                self._wal.lead()
         return item.future
 
-    def _enter_wal(self, state: StreamState, epoch: int, placed: RecordBatch,
-                   left: Callable[[], float]) -> Inflight:
-        """Room for ``placed``, then its WAL call (caller holds ``state.order``)."""
+    def _place(self, state: StreamState, epoch: int, batch: RecordBatch,
+               expected_offset: int | None, producer_id: object, sequence: int | None,
+               deadline: float, lead: bool) -> Inflight | Future[AppendResult]:
+        """The checks, the offset and the WAL submission (caller holds ``state.order``): the
+        append in flight, or an earlier append's future (a retry)."""
+        self._node.check_open()
+        if state.destroyed:
+            raise StreamNotFound(describe("the stream was destroyed", stream=state.id))
+        state.check_writer(epoch)
+        self._node.check_appendable()
+        if state.damage is not None:
+            raise CorruptDataError(state.damage)
+        if state.handover.reason is not None:
+            raise FencedError(str(state.handover.reason))
+        self._coordination.before_append(state, _left(deadline))
+        producer = None
+        if producer_id is not None:
+            assert sequence is not None
+            producer = state.producers.setdefault(producer_id, Producer())
+            earlier = producer.known(state.id, producer_id, sequence, batch.count)
+            if earlier is not None:
+                return earlier
+        if expected_offset is not None and expected_offset != state.assigned_end:
+            raise OffsetMismatchError(state.id, expected_offset, state.assigned_end)
+        placed = batch.with_offset(state.assigned_end)
+        item = self._enter_wal(state, epoch, placed, deadline, lead)
+        state.assigned_end = placed.next_offset
+        if producer is not None:
+            assert sequence is not None
+            producer.remember(sequence, batch.count, item.future)
+        return item
+
+    def durable(self, state: StreamState, item: Inflight) -> None:
+        """The WAL write of ``item`` completed (on the thread that completed it)."""
+        self._coordination.durable(state, item)
+        if self._node.closing.is_set():  # finish() may wait for it
+            with state.lock:
+                state.changed.notify_all()
+
+    def _enter_wal(self, state: StreamState, epoch: int, placed: RecordBatch, deadline: float,
+                   lead: bool) -> Inflight:
+        """Room for ``placed``, then its WAL call (caller holds ``state.order``). ``lead``:
+        the caller calls ``Wal.lead`` once it holds no lock, whatever happens."""
         node = self._node
         if self._wal.capacity is None:  # the WAL does not fill up: bound the memory here
-            self._wait_for_room(placed.size, left())
-        self._reserve(placed.size + BATCH_OVERHEAD, left())
+            self._wait_for_room(placed.size, _left(deadline))
+        self._reserve(placed.size + BATCH_OVERHEAD, _left(deadline))
         # While the WAL call runs, its record may become durable before this stream knows of
         # it: the uploader must not trim past it. Any position it gets is at or above the
         # WAL's end as it is now.
-        token = node.backlog.enter(lambda: self._wal.end_position)
+        token = node.backlog.enter(self._wal_end)
         try:
             # Checked again, and counted, in one hold of the lock: the stream may have been
             # fenced since submit() checked (while this append waited for room, say). A fence
@@ -126,16 +172,19 @@ class WritePath:
                 if state.handover.reason is not None:
                     raise FencedError(str(state.handover.reason))
                 state.entering += 1
+            ticket = _WalTicket(self, state)
             try:
-                wal_future = self._wal.append(WalRecord(state.id, epoch, placed), left())
+                self._wal.submit(WalRecord(state.id, epoch, placed), ticket, _left(deadline),
+                                 lead=lead)
             except BaseException:
                 with state.lock:
                     state.entering -= 1  # nothing written (the next look releases the stream)
                 raise
-            item = Inflight(placed, wal_future)
+            item = Inflight(placed, ticket)
             with state.lock:
                 state.entering -= 1
                 state.inflight.append(item)
+            ticket.item = item
         except BaseException:
             node.cache.unpin(node.scope, placed.size + BATCH_OVERHEAD)
             raise
@@ -228,11 +277,8 @@ class WritePath:
         for state in states:
             with state.order:
                 pass
-            with state.lock:
-                waiting = [item.wal_future for item in state.inflight]
-            for future in waiting:
-                with contextlib.suppress(Exception):  # reported to its appender
-                    future.result()
+            with state.lock:  # woken by durable(), as the store is closing
+                state.changed.wait_for(state.wal_done)
         for _ in range(3):
             try:
                 self.acknowledge_all(states)

@@ -10,6 +10,7 @@ import abc
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from functools import partial
 
 from streamlib.records import RecordBatch
 
@@ -99,6 +100,40 @@ class Recovery:
         return list(self)
 
 
+class Ticket:
+    """One record handed to :meth:`Wal.submit`, which the WAL completes once: it sets
+    ``position`` once the record is durable, or ``error`` once it never will be, and then
+    calls :meth:`completed`. The light twin of :meth:`Wal.append`'s future for a caller that
+    keeps an object of its own per append: no future, no condition, no lock. The rules are the
+    futures': tickets complete in submission order, and a group WAL sets every ticket of a
+    group before it calls the first one's :meth:`completed`."""
+
+    __slots__ = ("error", "position")
+
+    def __init__(self) -> None:
+        # Written once by the WAL, before ``completed``; read alone (None: not yet).
+        self.position: int | None = None
+        self.error: BaseException | None = None
+
+    @property
+    def done(self) -> bool:
+        """Whether the WAL has completed it (durable, or failed)."""
+        return self.position is not None or self.error is not None
+
+    def completed(self) -> None:
+        """Called once by the WAL, holding no lock of its own, on the thread that completed
+        the record (a writer thread, or one that leads): it must be quick."""
+
+
+def _complete(ticket: Ticket, future: Future[int]) -> None:
+    error = future.exception()
+    if error is None:
+        ticket.position = future.result()
+    else:
+        ticket.error = error
+    ticket.completed()
+
+
 @dataclass(frozen=True, slots=True)
 class Capabilities:
     """What a backend declares about itself (not discovered by trial and error)."""
@@ -120,6 +155,7 @@ class Wal(abc.ABC):
     - :meth:`append` returns a future that completes with the record's position once the record
       is durable, or fails if it never will be. Futures complete in append order: when one
       completes, every earlier record is durable too. A record is durable whole or not at all.
+      :meth:`submit` does the same with a :class:`Ticket` in place of the future.
     - Positions are logical byte positions, increasing, unique for the life of the WAL across
       restarts; ``usage`` is ``end_position - trim_position``.
     - :meth:`recover` must be called once, before the first append; it returns every durable
@@ -142,6 +178,14 @@ class Wal(abc.ABC):
     def append(self, record: WalRecord, timeout: float | None = None) -> Future[int]:
         """Queue ``record``; the future completes with its position once it is durable.
         Blocks while the WAL is full, at most ``timeout`` seconds (None: the WAL's default)."""
+
+    def submit(self, record: WalRecord, ticket: Ticket, timeout: float | None = None, *,
+               lead: bool = False) -> None:
+        """:meth:`append`, completing ``ticket`` instead of a future (same order, same
+        durability, same back-pressure). ``lead``: the caller calls :meth:`lead` next, holding
+        no lock, whatever happens in between: the WAL need not wake a writer for this record.
+        The default goes through :meth:`append`'s future."""
+        self.append(record, timeout).add_done_callback(partial(_complete, ticket))
 
     def lead(self) -> None:  # noqa: B027  (a hook: a WAL without a writer thread has none)
         """An appending thread that is about to wait for its own append (just queued), holding
@@ -191,4 +235,4 @@ class Wal(abc.ABC):
         self.close()
 
 
-__all__ = ["Capabilities", "Damage", "Recovery", "Wal", "WalEntry", "WalRecord"]
+__all__ = ["Capabilities", "Damage", "Recovery", "Ticket", "Wal", "WalEntry", "WalRecord"]

@@ -2,18 +2,22 @@
 
 Callers queue records; a **writer** takes everything queued (up to ``group_bytes``, after an
 optional ``linger``), hands it to the backend's ``_write_group`` — one write and one sync — and
-completes the group's futures in order. One writer at a time holds the **turn** (``_writing``):
-the writer thread, or an appending thread that leads (:meth:`GroupCommitWal.lead`). A thread
-that appends and then waits for its append (``Stream.append``) leads when no write is under
-way: it writes and syncs its own record (with whatever else is queued) and completes the
-futures itself, without a thread switch to the writer thread and back. While a write is under
-way, appends queue, and the writer thread writes them all as the next group once the turn is
-free (LevelDB's and RocksDB's write path, with a thread for the followers). With ``linger``
-nobody leads: the writer thread gathers. Admission control bounds memory and disk: an append
-that would take the WAL past its capacity waits on a condition that ``trim`` signals.
+completes the group: every ticket's position first, then their callbacks in order (a caller of
+:meth:`GroupCommitWal.submit` sees its whole group done at the first callback). One writer at
+a time holds the **turn** (``_writing``): the writer thread, or an appending thread that leads
+(:meth:`GroupCommitWal.lead`). A thread that appends and then waits for its append
+(``Stream.append``) leads when no write is under way: it writes and syncs its own record (with
+whatever else is queued) and completes the tickets itself, without a thread switch to the
+writer thread and back. While a write is under way, appends queue, and the writer thread
+writes them all as the next group once the turn is free (LevelDB's and RocksDB's write path,
+with a thread for the followers). With ``linger`` nobody leads: the writer thread gathers. The
+writer thread is woken only when it has something to do: by an append that nobody will lead,
+by a writer that gives the turn back with records queued, by a close. Admission control bounds
+memory and disk: an append that would take the WAL past its capacity waits on a condition that
+``trim`` signals.
 
 Lock order: one lock, ``_cond``, a leaf below the node's order (:mod:`streamlib.node`). It is
-never held while writing, syncing, reclaiming space (``_trimmed``) or completing futures: a
+never held while writing, syncing, reclaiming space (``_trimmed``) or completing tickets: a
 writer completes them with no lock held (a leader too: it leads only after letting go of its
 stream's locks), so their callbacks (the store's acknowledgement) may take the node's locks. A
 backend's own lock (``FileWal._trim_lock``, ``BlockWal._header_lock``) is never taken under
@@ -32,7 +36,7 @@ from collections.abc import Iterator
 from concurrent.futures import Future
 
 from streamlib.errors import StorageUnavailable, StreamClosed, WalFullError
-from streamlib.wal import Recovery, Wal, WalEntry, WalRecord
+from streamlib.wal import Recovery, Ticket, Wal, WalEntry, WalRecord
 from streamlib.wal._admission import Admission
 from streamlib.wal._format import record_size
 
@@ -42,12 +46,29 @@ log = logging.getLogger("streamlib.wal")
 class Pending:
     """A queued append."""
 
-    __slots__ = ("future", "record", "size")
+    __slots__ = ("record", "size", "ticket")
 
-    def __init__(self, record: WalRecord, size: int) -> None:
+    def __init__(self, record: WalRecord, size: int, ticket: Ticket) -> None:
         self.record = record
         self.size = size
+        self.ticket = ticket
+
+
+class _FutureTicket(Ticket):
+    """:meth:`GroupCommitWal.append`'s future, behind a ticket."""
+
+    __slots__ = ("future",)
+
+    def __init__(self) -> None:
+        super().__init__()
         self.future: Future[int] = Future()
+
+    def completed(self) -> None:
+        if self.error is not None:
+            self.future.set_exception(self.error)
+        else:
+            assert self.position is not None  # completed: a position or an error
+            self.future.set_result(self.position)
 
 
 class GroupCommitWal(Wal):
@@ -136,28 +157,41 @@ class GroupCommitWal(Wal):
         self._writer.start()
 
     def append(self, record: WalRecord, timeout: float | None = None) -> Future[int]:
+        ticket = _FutureTicket()
+        self.submit(record, ticket, timeout)
+        return ticket.future
+
+    def submit(self, record: WalRecord, ticket: Ticket, timeout: float | None = None, *,
+               lead: bool = False) -> None:
         if not isinstance(record, WalRecord):
             raise TypeError(f"record must be a WalRecord, not {type(record).__name__}")
         size = record_size(record)
         limit = min(self.capabilities.max_record_bytes, self._capacity - self.admission_slack)
         if size > limit:
             raise ValueError(f"WAL record too large: size=`{size}` max=`{limit}`")
-        deadline = time.monotonic() + (self._full_timeout if timeout is None else timeout)
-        pending = Pending(record, size)
+        pending = Pending(record, size, ticket)
         with self._cond:
             self._check_open()
-            self._admission.wait(
-                lambda: (self._end - self._trim + self._queued_bytes + size
-                         + self.admission_slack <= self._capacity),
-                deadline,
-                lambda: (f"WAL full: append waited for room: usage=`{self._end - self._trim}` "
-                         f"queued=`{self._queued_bytes}` size=`{size}` "
-                         f"capacity=`{self._capacity}`"),
-                self._check_open)
+            if self._admission.waiting or not self._fits(size):  # else no queue to join
+                deadline = time.monotonic() + (self._full_timeout if timeout is None
+                                               else timeout)
+                self._admission.wait(
+                    lambda: self._fits(size), deadline,
+                    lambda: (f"WAL full: append waited for room: "
+                             f"usage=`{self._end - self._trim}` queued=`{self._queued_bytes}` "
+                             f"size=`{size}` capacity=`{self._capacity}`"),
+                    self._check_open)
             self._queue.append(pending)
             self._queued_bytes += size
-            self._cond.notify_all()
-        return pending.future
+            # The writer thread waits for a queued record with nobody writing; a writer that
+            # holds the turn wakes it when it gives the turn back, and a leader writes its own.
+            if not self._writing and (self._linger or not lead):
+                self._cond.notify_all()
+
+    def _fits(self, size: int) -> bool:
+        """Whether ``size`` more bytes fit in the WAL (caller holds ``_cond``)."""
+        return (self._end - self._trim + self._queued_bytes + size + self.admission_slack
+                <= self._capacity)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -257,8 +291,8 @@ class GroupCommitWal(Wal):
             self._write(group)
 
     def _write(self, group: list[Pending]) -> None:
-        """Write ``group`` and complete its futures in order (the caller has the turn), then
-        give the turn back."""
+        """Write ``group`` and complete its tickets (the caller has the turn): every position
+        first, then their callbacks in order; then give the turn back."""
         try:
             try:
                 positions, end = self._write_group(group, self._end)
@@ -269,11 +303,13 @@ class GroupCommitWal(Wal):
                 self._end = end
                 self._queued_bytes -= sum(p.size for p in group)
             for item, position in zip(group, positions, strict=True):
-                item.future.set_result(position)
+                item.ticket.position = position
+            _completed(group)
         finally:
             with self._cond:
                 self._writing = False
-                self._cond.notify_all()
+                if self._queue or self._closed:  # else nobody waits for the turn
+                    self._cond.notify_all()
 
     def _fail(self, group: list[Pending], error: BaseException) -> None:
         """A group that could not be written fails, and with it everything queued behind it,
@@ -292,8 +328,18 @@ class GroupCommitWal(Wal):
             self._cond.notify_all()
         for item in failed:
             if isinstance(error, WalFullError | StreamClosed):
-                item.future.set_exception(error)  # already says what happened
+                item.ticket.error = error  # already says what happened
             else:
                 wrapped = StorageUnavailable(f"WAL write failed: {error!r}")
                 wrapped.__cause__ = error
-                item.future.set_exception(wrapped)
+                item.ticket.error = wrapped
+        _completed(failed)
+
+
+def _completed(group: list[Pending]) -> None:
+    """Call the tickets' callbacks in order; one that raises does not stop the others."""
+    for item in group:
+        try:
+            item.ticket.completed()
+        except Exception:
+            log.exception("a WAL ticket's callback failed")

@@ -92,10 +92,10 @@ def run_child(code: str, *args: object) -> str:
 
 # ---- a round meets an append inside its WAL call ----
 
-# Stream b's WAL append is durable, but b's append has not yet recorded it as in flight (held
-# right there, in Inflight's constructor). Stream a's next append is acknowledged after it and
-# a round runs: it must not trim the WAL past b's record, which only the WAL holds. Then the
-# process dies before any later round.
+# Stream b's record is in the WAL, but b's append has not yet recorded it as in flight (held
+# right there, in Inflight's constructor). Stream a's next append writes it (a's record comes
+# after it in the same WAL) and is acknowledged, and a round runs: it must not trim the WAL past
+# b's record, which only the WAL holds. Then the process dies before any later round.
 SUBMIT_WINDOW_CHILD = """
 import os, sys, threading
 import streamlib
@@ -113,19 +113,18 @@ entered, gate = threading.Event(), threading.Event()
 class Held(original):
     __slots__ = ()
 
-    def __init__(self, batch, wal_future):
+    def __init__(self, batch, wal):
         if threading.current_thread().name == "b-writer":
-            wal_future.result()  # b's record is durable in the WAL ...
-            entered.set()
+            entered.set()  # b's record is in the WAL ...
             gate.wait()  # ... and b's stream does not know of it yet
-        super().__init__(batch, wal_future)
+        super().__init__(batch, wal)
 
 write_module.Inflight = Held
 acked = []
 writer = threading.Thread(target=lambda: acked.append(b.append([b"b-acked"])), name="b-writer")
 writer.start()
 entered.wait()
-a.append([b"a1"])  # acknowledged after b's record: the frontier passes it
+a.append([b"a1"])  # written after b's record, and acknowledged: the frontier passes b's
 store.flush()  # a round commits a1 and trims the WAL
 gate.set()
 writer.join()
@@ -235,7 +234,7 @@ def test_a_round_frees_the_room_an_append_is_waiting_for(tmp_path: Path) -> None
         writer = threading.Thread(target=waiting_append)
         writer.start()
         # The append waits for room in the WAL: 500 KB + 600 KB > 1 MiB.
-        wait_for(lambda: blocked_in(writer, FileWal.append), what="the append to wait for room")
+        wait_for(lambda: blocked_in(writer, FileWal.submit), what="the append to wait for room")
         store.flush()
         try:
             assert future.result(timeout=5) == AppendResult(1, 1)

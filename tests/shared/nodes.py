@@ -60,7 +60,7 @@ def durable(stream: streamlib.Stream, count: int) -> bool:
     state = stream._state
     with state.lock:
         flight = list(state.inflight)
-    return len(flight) >= count and all(item.wal_future.done() for item in flight[:count])
+    return len(flight) >= count and all(item.wal.done for item in flight[:count])
 
 
 def lines_in(path: Path) -> int:

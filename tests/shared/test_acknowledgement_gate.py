@@ -26,6 +26,7 @@ from streamlib.shared.fencing import SharedCoordination
 from streamlib.state import Inflight, StreamState
 from streamlib.testing import FaultyMetadataStore
 from streamlib.testing.faults import Gate
+from streamlib.wal import Ticket
 
 # The hand-over protocol does not depend on the codec: the C pass runs it (conftest.py).
 pytestmark = pytest.mark.once
@@ -143,8 +144,8 @@ def test_a_look_that_failed_serves_no_one(tmp_path: Path) -> None:
                  backlog=Backlog(1 << 20, 1.0), clock=lambda: now[0])
     coordination = SharedCoordination(node_)
     state = StreamState(meta.create_stream("s"))
-    done: Future[int] = Future()
-    done.set_result(0)
+    done = Ticket()
+    done.position = 0  # durable at position 0
     state.inflight.append(Inflight(RecordBatch(b"x", count=1).with_offset(0), done))
     failing = Gate()  # the first caller's look: held, then it fails
     meta.inject("refresh", StorageUnavailable, thread="first", gate=failing)
