@@ -69,6 +69,7 @@ from typing import Any
 
 from stream import (
     BIG,
+    GIB,
     IN_FLIGHT,
     MB,
     MIB,
@@ -92,6 +93,12 @@ SWEEP_CACHE = (("readahead off", NO_READAHEAD), ("readahead default", {}),
                ("readahead 32 MiB, first 16", {"readahead_bytes": 32 * MIB,
                                                 "first_window": 16 * MIB}))
 RANGE_BYTES = 1 * MIB  # raw ranged GETs
+SHAPE_BATCHES = 2000  # section 4: about 195 MiB of values in stream objects of ~8 MiB
+BIG_OBJECT_BATCHES = 4400  # section 4: about 430 MiB of values in one object of ~200 MB
+RAW_STEP = 8 * MIB  # section 4: the raw GETs' ranges
+DEFAULT_FETCH = 1 * MIB  # what fetch() takes when max_bytes is not given
+LOCAL_TARGET = 900  # section 4: MB/s of values from local objects
+RAW_TARGET = 0.8  # section 4: of the raw ranged GETs' speed, on moto
 SMALL_GETS = 10
 CHUNK = 250  # tailing samples a reader takes before the next kind's turn
 WARM_UP = 3  # appends at the start of each chunk, not counted
@@ -293,13 +300,17 @@ class Catchup:
     """A streamlib store holding one stream of the benchmark's batches: objects on S3 or local."""
 
     def __init__(self, name: str, directory: Path, batches: Sequence[list[bytes]],
-                 storage_options: dict[str, Any] | None = None, **options: object) -> None:
+                 storage_options: dict[str, Any] | None = None,
+                 build: dict[str, Any] | None = None, **options: object) -> None:
+        """``build``: options of the store that appends and uploads only (how the objects are
+        cut); ``options``: of that store and of the ones that read."""
         self.name = name
         self.directory = directory
         self.storage_options = storage_options
         self.options = options
         self.value_bytes = len(batches) * BIG * RECORD_BYTES
-        store = streamlib.open(directory, storage_options=storage_options, **options)
+        store = streamlib.open(directory, storage_options=storage_options, **options,
+                               **(build or {}))
         try:
             stream = store.create_stream("catch-up")
             start = time.perf_counter()
@@ -327,8 +338,9 @@ class Catchup:
                                     **self.options, **extra)
         self.store.objects.exists("warm-up")  # a new S3 client's first request: not timed
 
-    def read(self, fetch_bytes: int = FETCH_BYTES) -> dict[str, Any]:
-        """Read the whole stream from the open store, with ``fetch(max_bytes=fetch_bytes)``."""
+    def read(self, fetch_bytes: int | None = FETCH_BYTES) -> dict[str, Any]:
+        """Read the whole stream from the open store, with ``fetch(max_bytes=fetch_bytes)``
+        (None: the default fetch)."""
         store = self.store
         stream = store.open_stream("catch-up", read_only=True)
         timed = Timed(store)
@@ -336,7 +348,8 @@ class Catchup:
         total = offset = fetches = 0
         start = time.perf_counter()
         while offset < self.end:
-            result = stream.fetch(offset, max_bytes=fetch_bytes)
+            result = (stream.fetch(offset) if fetch_bytes is None
+                      else stream.fetch(offset, max_bytes=fetch_bytes))
             for batch in result.batches:
                 total += batch.count
             offset = result.next_fetch_offset
@@ -353,7 +366,7 @@ class Catchup:
                 "gets_per_mib": delta["gets"] * MIB / total}
 
     def cold(self, kind: str = "cold", cache: dict[str, Any] | None = None,
-             fetch_bytes: int = FETCH_BYTES) -> dict[str, Any]:
+             fetch_bytes: int | None = FETCH_BYTES) -> dict[str, Any]:
         """A cold read (after a reopen); the best of each ``kind`` is kept."""
         self.reopen(cache)
         result = self.read(fetch_bytes)
@@ -544,6 +557,108 @@ def catch_up(directory: Path, data: Data, batches: int, repeats: int, s3: bool,
     return results
 
 
+# ---- 4. catch-up by object size, default fetches ----
+
+
+def object_shapes() -> list[tuple[str, int, dict[str, Any]]]:
+    """(name, batches, options of the store that writes them) of the objects section 4 reads:
+    stream objects cut by an upload trigger of 9 MiB of values (appends 64 in flight outrun
+    it: about 20 MB each on the reference machine; the table gives their number), and one
+    object of about 200 MB (every trigger out of reach: the close uploads it)."""
+    return [("stream objects, 9 MiB trigger", SHAPE_BATCHES, {"upload_bytes": 9 * MIB}),
+            ("one object of ~200 MB", BIG_OBJECT_BATCHES,
+             {"upload_bytes": 2 * GIB, "wal_bytes": 2 * GIB, "cache_bytes": 2 * GIB,
+              "upload_interval_ms": 3_600_000})]
+
+
+def raw_ranged(fs: Any, objects: Sequence[tuple[str, int]], step: int) -> float:
+    """Seconds to GET ``objects`` whole in ranges of ``step``, one at a time."""
+    start = time.perf_counter()
+    got = 0
+    for path, size in objects:
+        for at in range(0, size, step):
+            got += len(fs.cat_file(path, start=at, end=min(size, at + step)))
+    assert got == sum(size for _, size in objects)
+    return time.perf_counter() - start
+
+
+def by_object_size(directory: Path, repeats: int, s3: bool) -> list[dict[str, Any]]:
+    """Section 4: each shape of objects read cold (a reopened store) with default fetches,
+    from local files and from moto, beside one-at-a-time ranged GETs of RAW_STEP of the very
+    same objects (s3fs's or the local filesystem's ``cat_file``), taking turns; best of
+    ``repeats``."""
+    server = bucket_cm = None
+    places: list[tuple[str, dict[str, Any] | None, str]] = [("file://", None, "")]
+    rows: list[dict[str, Any]] = []
+    try:
+        if s3:
+            from streamlib.testing.s3 import MotoServer, fresh_bucket
+
+            server = MotoServer(own_process=True)
+            endpoint = server.start()
+            bucket_cm = fresh_bucket(endpoint)
+            bucket = bucket_cm.__enter__()
+            places.append(("moto", endpoint.storage_options(), f"s3://{bucket.name}"))
+        for shape, batches, build in object_shapes():
+            data = Data(batches)
+            for place, options, url in places:
+                name = f"{shape}, {place}"
+                where = directory / f"shape-{len(rows)}"
+                extra = {"objects_url": f"{url}/shape-{len(rows)}"} if url else {}
+                lib = Catchup(name, where, data.big, storage_options=options, build=build,
+                              **extra)
+                objects_url = extra.get("objects_url") or f"file://{where / 'objects'}"
+                fs, root = streamlib.io.open_filesystem(objects_url, options or {})
+                listing = streamlib.io.ObjectStore(fs, root).list("")
+                objects = [(f"{root}/{info.key}", info.size) for info in listing]
+                fs.cat_file(objects[0][0], start=0, end=1)  # the client's first request
+                raw_s = float("inf")
+                try:
+                    for _ in range(repeats):
+                        raw_s = min(raw_s, raw_ranged(fs, objects, RAW_STEP))
+                        lib.cold("default fetch", fetch_bytes=None)
+                finally:
+                    lib.close()
+                best = lib.best["default fetch"]
+                rows.append({"shape": shape, "place": place, "objects": len(objects),
+                             "object_bytes": sum(size for _, size in objects),
+                             "raw_s": raw_s, **best})
+                shutil.rmtree(where, ignore_errors=True)
+    finally:
+        if bucket_cm is not None:
+            with contextlib.suppress(Exception):
+                bucket_cm.__exit__(None, None, None)
+        if server is not None:
+            server.stop()
+    return rows
+
+
+def report_shapes(rows: list[dict[str, Any]]) -> None:
+    print(f"\n4. Catch-up with default fetch() sizes (max_bytes {DEFAULT_FETCH // MIB} MiB), "
+          f"cold, by object size; raw = one-at-a-time ranged GETs of {RAW_STEP // MIB} MiB of "
+          f"the same objects; best of the repeats")
+    print(f"{'objects':<36}  {'n':>3}  {'obj MB':>6}  {'MB/s':>5}  {'obj MB/s':>8}  "
+          f"{'raw obj MB/s':>12}  {'vs raw':>6}  {'GETs':>4}  {'readahead':>9}")
+    for r in rows:
+        obj_mb = r["object_bytes"] / MB
+        print(f"{r['shape'] + ', ' + r['place']:<36}  {r['objects']:>3}  {obj_mb:>6,.0f}  "
+              f"{r['mb_per_s']:>5,.0f}  {obj_mb / r['seconds']:>8,.0f}  "
+              f"{obj_mb / r['raw_s']:>12,.0f}  {r['raw_s'] / r['seconds']:>5.2f}x  "
+              f"{r['gets']:>4}  {r.get('readahead_blocks', 0):>9}")
+    print("  MB/s = 10^6 bytes of values a second; obj MB/s = object bytes over the same time; "
+          "vs raw = raw time / read time")
+    print("\ntargets (catch-up by object size, default fetches)")
+    for r in rows:
+        label = f"{r['shape']}, {r['place']}"
+        if r["place"] == "file://":
+            print(f"  {label:<40} {r['mb_per_s']:>6,.0f} MB/s  target >= {LOCAL_TARGET} MB/s  "
+                  f"{verdict(r['mb_per_s'] >= LOCAL_TARGET)}")
+        else:
+            ratio = r["raw_s"] / r["seconds"]
+            print(f"  {label:<40} {ratio:>6.2f}x raw  target >= {RAW_TARGET}x       "
+                  f"{verdict(ratio >= RAW_TARGET)}")
+
+
 def profile_read(lib: Catchup) -> str:
     """cProfile of one cold read (the read loop's thread), top functions."""
     lib.reopen()
@@ -722,12 +837,15 @@ def main() -> None:
         tail = tailing(directory, data, samples)
         cu = catch_up(directory, data, batches, repeats, not args.no_s3, args.profile,
                       args.sweep)
+        shapes = by_object_size(directory, repeats, not args.no_s3)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
     report(tail, wake, cu)
+    report_shapes(shapes)
     print(f"\nDone in {time.monotonic() - started:.0f} s.")
     if args.json:
-        Path(args.json).write_text(json.dumps({"tailing": tail, "wake": wake, "catch_up": cu},
+        Path(args.json).write_text(json.dumps({"tailing": tail, "wake": wake, "catch_up": cu,
+                                               "by_object_size": shapes},
                                               indent=2, default=str))
 
 

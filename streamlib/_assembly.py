@@ -13,12 +13,21 @@ import fcntl
 import logging
 import os
 import stat
+import threading
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from streamlib.config import Config
-from streamlib.errors import ConfigError, NodeLockedError, StorageUnavailable, describe
+from streamlib.config import ALLOW_UNSAFE_NO_FSYNC, Config
+from streamlib.disk import DURABLE, UNSAFE_NO_FSYNC, Syncing
+from streamlib.errors import (
+    ConfigError,
+    ConfigWarning,
+    NodeLockedError,
+    StorageUnavailable,
+    describe,
+)
 from streamlib.io import ObjectStore, RetryPolicy
 from streamlib.shared.coordination import Coordination, LocalCoordination
 from streamlib.shared.fencing import SharedCoordination
@@ -55,6 +64,24 @@ def check_places(config: Config) -> None:
         if value and "://" not in value:
             raise ConfigError(field, "must be a URL with its scheme (file:///path, "
                               "s3://bucket/prefix, memory://name)", value)
+
+
+def syncing(config: Config) -> Syncing:
+    """How the store's local writers sync (``durability``). ``unsafe-no-fsync`` is for tests:
+    refused unless pytest is running a test or the environment allows it by name."""
+    if config.durability == "fsync":
+        return DURABLE
+    if "PYTEST_CURRENT_TEST" in os.environ:
+        return UNSAFE_NO_FSYNC
+    if os.environ.get(ALLOW_UNSAFE_NO_FSYNC) == "1":
+        warnings.warn(f"durability=unsafe-no-fsync: nothing is fsynced; a machine crash or "
+                      f"power loss loses acknowledged appends (allowed by "
+                      f"{ALLOW_UNSAFE_NO_FSYNC}=1)", ConfigWarning, stacklevel=2)
+        return UNSAFE_NO_FSYNC
+    raise ConfigError("durability", f"unsafe-no-fsync loses acknowledged appends in a machine "
+                      f"crash or power loss, so it is for tests: it is accepted while pytest "
+                      f"runs a test, or with the environment variable "
+                      f"{ALLOW_UNSAFE_NO_FSYNC}=1", config.durability)
 
 
 def make_directory(config: Config) -> None:
@@ -102,11 +129,12 @@ def _writable_store(config: Config, setting: str, url: str,
                     storage_options: Mapping[str, Any] | None,
                     filesystem: AbstractFileSystem | None) -> ObjectStore:
     retry = RetryPolicy(timeout=config.retry_timeout_ms / 1000)
+    sync = syncing(config)
     try:
         if filesystem is not None:
-            store = ObjectStore(filesystem, url.split("://", 1)[-1], retry=retry)
+            store = ObjectStore(filesystem, url.split("://", 1)[-1], retry=retry, syncing=sync)
         else:
-            store = ObjectStore.from_url(url, storage_options, retry=retry)
+            store = ObjectStore.from_url(url, storage_options, retry=retry, syncing=sync)
     except ValueError as e:
         raise ConfigError(setting, str(e), url) from None
     _check_objects(store, url, setting)
@@ -136,11 +164,41 @@ def store_at(url: str, objects: ObjectStore, storage_options: Mapping[str, Any] 
     """The object store at ``url`` (the objects' own when empty), retried like it."""
     if not url:
         return objects
-    return ObjectStore.from_url(url, storage_options, retry=objects.retry).metered(
-        objects.meter, objects.purpose)
+    return ObjectStore.from_url(url, storage_options, retry=objects.retry,
+                                syncing=objects.syncing).metered(objects.meter, objects.purpose)
 
 
 # ---- the metadata ----
+
+_memory_lock = threading.Lock()  # a leaf: held for no call
+_memory_nodes: set[tuple[str, str]] = set()  # GUARDED_BY(_memory_lock): (manifest URL, node)
+
+
+def claim_memory_node(config: Config, objects: ObjectStore, node_id: str
+                      ) -> Callable[[], None] | None:
+    """For a manifest in ``memory://``: refuse a second open of the node in this process (the
+    memory filesystem lives in the process, and a second open would silently fence the
+    first), and return what releases the claim at close. None for other stores: a node on
+    local files has its lock file, and a shared store is meant for several processes."""
+    if config.metadata != "manifest":
+        return None
+    url = (config.metadata_url or objects.url).rstrip("/")
+    if not url.startswith("memory://"):
+        return None
+    key = (url, node_id)
+    with _memory_lock:
+        if key in _memory_nodes:
+            raise NodeLockedError(
+                f"this node is already open on these in-memory objects in this process (a "
+                f"second open would fence the first: close it, or give another node_id): "
+                f"url=`{url}` node_id=`{node_id}`")
+        _memory_nodes.add(key)
+
+    def release() -> None:
+        with _memory_lock:
+            _memory_nodes.discard(key)
+
+    return release
 
 @dataclass(slots=True)
 class Metadata:
@@ -160,7 +218,7 @@ def _sqlite(config: Config, node_id: str, objects: ObjectStore,
     path = under(config, "metadata_path", config.metadata_path, "meta.sqlite")
     lock = lock_node(path, node_id)
     try:
-        return Metadata(SQLiteMetadataStore(path), lock)
+        return Metadata(SQLiteMetadataStore(path, syncing=syncing(config)), lock)
     except BaseException:
         os.close(lock)
         raise
@@ -252,7 +310,7 @@ def _file_wal(config: Config, node: str, node_epoch: int, place: WalPlace,
     from streamlib.wal.file import FileWal
 
     return FileWal(place.path, capacity=config.wal_bytes,
-                   full_timeout=config.append_timeout_ms / 1000)
+                   full_timeout=config.append_timeout_ms / 1000, syncing=syncing(config))
 
 
 def _block_wal(config: Config, node: str, node_epoch: int, place: WalPlace,

@@ -30,6 +30,9 @@ cache can give it (:mod:`streamlib._readahead`): it doubles, up to ``readahead_b
 the reader reads a block prefetched for it, and halves with a cool-down when such a block goes
 unread (evicted, or not kept for lack of room). Blocks already in memory (a fetch's own run may
 reach past what it returned) do not use the window: readahead loads what is missing beyond them.
+A readahead claims its blocks at once and loads them in :class:`Part` s, runs of at most
+``readahead_get_bytes`` stored bytes of one object, each with a ranged GET of its own, on the
+read path's pool (``readahead_gets`` threads): a large object is fetched as several would be.
 
 **Eviction** (consumer focus), when a load or a reservation needs room under ``max_bytes`` (a
 hard limit): first blocks and chunks that every active reader of their stream has passed, then
@@ -49,19 +52,28 @@ an object or waiting for another reader's load. So it is never taken under a str
 
 from __future__ import annotations
 
+import functools
 import heapq
-import itertools
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import asdict, dataclass
 from typing import overload
 
-from streamlib._readahead import Reader, StreamKey, grow, shrink, window_left
+from streamlib._readahead import (
+    REFILL,
+    Part,
+    Reader,
+    Readers,
+    StreamKey,
+    grow,
+    shrink,
+    window_left,
+)
 from streamlib.codec import BATCH_HEADER_SIZE
-from streamlib.objects import IndexEntry, ObjectReader
+from streamlib.objects import IndexEntry, ObjectReader, plan_parts, plan_runs
 from streamlib.records import RecordBatch, check_int
 
 BATCH_OVERHEAD = 200
@@ -154,12 +166,17 @@ class MessageCache:
     ``streamlib.open(cache=…)``); each store reserves under its own ``scope`` and registers how
     to ask it for an upload (:meth:`register`)."""
 
-    def __init__(self, max_bytes: int, *, readahead_bytes: int = 32 * MiB,
+    def __init__(self, max_bytes: int, *, readahead_bytes: int = 64 * MiB,
                  first_window: int = 8 * MiB, reader_timeout: float = 30.0,
+                 readahead_gets: int = 4, readahead_get_bytes: int = 8 * MiB,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.max_bytes = check_int(max_bytes, "max_bytes", 1, 1 << 50)
         readahead_bytes = check_int(readahead_bytes, "readahead_bytes", 0, 1 << 50)
         first_window = check_int(first_window, "first_window", 0, 1 << 50)
+        # Ranged GETs of readahead a store runs at once, and the stored bytes of each.
+        self.readahead_gets = check_int(readahead_gets, "readahead_gets", 1, 1024)
+        self.readahead_get_bytes = check_int(readahead_get_bytes, "readahead_get_bytes", 1,
+                                             1 << 40)
         if isinstance(reader_timeout, bool) or not isinstance(reader_timeout, int | float) \
                 or not reader_timeout > 0:
             raise ValueError(f"reader_timeout must be a positive number of seconds: "
@@ -183,13 +200,7 @@ class MessageCache:
         self._uploaders: dict[str, Callable[[], None]] = {}  # GUARDED_BY(_lock): ask for a round
         # A stream's log chunks, in offset order. GUARDED_BY(_lock)
         self._chunks: dict[tuple[str, int], list[BlockKey]] = {}
-        self._readers: dict[int, Reader] = {}  # GUARDED_BY(_lock)
-        # Readers by where their next fetch starts. GUARDED_BY(_lock)
-        self._by_position: dict[tuple[StreamKey, int], list[int]] = {}
-        # Readers ended without the lock (see forget): appended alone (a deque's append is
-        # atomic), emptied under _lock.
-        self._forgotten: deque[Reader] = deque()
-        self._ids = itertools.count(1)  # GUARDED_BY(_lock)
+        self._readers = Readers(self.first_window, reader_timeout)  # GUARDED_BY(_lock)
 
     @property
     def nbytes(self) -> int:
@@ -355,94 +366,49 @@ class MessageCache:
     def reader_at(self, stream: StreamKey, offset: int, mine: Reader | None = None) -> Reader:
         """The reader of a fetch at ``offset``: ``mine`` (a ``read()`` iterator's own), else
         one whose last fetch ended at ``offset``, else a new one."""
-        now = self._clock()
         with self._lock:
-            self._settle_forgotten()
-            self._expire(now)
-            reader = None
-            if mine is not None and mine.position == offset and mine.stream == stream:
-                reader = mine
-                self._unplace(reader)
-                if reader.id not in self._readers:  # expired meanwhile: it is back
-                    self._readers[reader.id] = reader
-            else:
-                waiting = self._by_position.get((stream, offset))
-                while waiting and reader is None:
-                    reader = self._readers.get(waiting.pop())
-                if waiting == []:
-                    del self._by_position[(stream, offset)]
-            if reader is None:
-                reader = Reader(next(self._ids), stream, offset, now, self.first_window,
-                                prefetched_to=offset)
-                self._readers[reader.id] = reader
-            else:
-                reader.sequential += 1
-            reader.last_seen = now
+            reader = self._readers.at(stream, offset, mine, self._clock())
             self.stats.readers = len(self._readers)
             return reader
 
     def advance(self, reader: Reader, offset: int) -> None:
         """``reader``'s fetch ended at ``offset``: its next fetch starts there."""
         with self._lock:
-            self._unplace(reader)
-            reader.position = offset
-            reader.prefetched_to = max(reader.prefetched_to, offset)
-            reader.ahead = [(end, size) for end, size in reader.ahead if end > offset]
-            if reader.id in self._readers:
-                self._by_position.setdefault((reader.stream, offset), []).append(reader.id)
+            self._readers.advance(reader, offset)
 
     def forget(self, reader: Reader) -> None:
         """``reader`` is done (an iterator ended): its blocks stop being kept for it. Never
         waits for the cache's lock — an iterator may be closed by the garbage collector on a
         thread that holds it — the reader is dropped by the next call that takes the lock."""
-        self._forgotten.append(reader)
+        self._readers.forget(reader)
         if self._lock.acquire(blocking=False):
             try:
-                self._settle_forgotten()
+                self._readers.settle(None)
+                self.stats.readers = len(self._readers)
             finally:
                 self._lock.release()
 
-    def _settle_forgotten(self) -> None:
-        while self._forgotten:
-            self._drop(self._forgotten.popleft())
-
-    def _unplace(self, reader: Reader) -> None:
-        waiting = self._by_position.get((reader.stream, reader.position))
-        if waiting is not None and reader.id in waiting:
-            waiting.remove(reader.id)
-            if not waiting:
-                del self._by_position[(reader.stream, reader.position)]
-
-    def _drop(self, reader: Reader) -> None:
-        self._readers.pop(reader.id, None)
-        self._unplace(reader)
-        self.stats.readers = len(self._readers)
-
-    def _expire(self, now: float) -> None:
-        for reader in [r for r in self._readers.values()
-                       if now - r.last_seen > self.reader_timeout]:
-            self._drop(reader)
-
     def start_readahead(self, reader: Reader) -> tuple[int, int] | None:
-        """``(from offset, decoded bytes)`` of readahead to run now for ``reader``, or None: it
-        has not read sequentially twice yet, its window (as far as the cache's room for it
-        goes) is full, or a readahead of it runs. A non-None answer must be followed by
-        :meth:`readahead_done`."""
+        """``(from offset, decoded bytes)`` of readahead to plan now for ``reader``, or None: it
+        has not read sequentially twice yet, less than a REFILL-th of its window (as far as
+        the cache's room for it goes) is free, or a readahead of it is being planned. A
+        non-None answer must be followed by :meth:`readahead_done`."""
         with self._lock:
-            if reader.sequential < 2 or reader.prefetching or reader.id not in self._readers:
+            if reader.sequential < 2 or reader.prefetching or reader not in self._readers:
                 return None
             want = self._window_left(reader)
-            if want <= 0:
+            if want <= 0 or want < min(reader.window, reader.room) // REFILL:
                 return None
             reader.prefetching = True
             return reader.prefetched_to, want
 
     def sync_readahead(self, reader: Reader, first: int) -> int:
-        """Decoded bytes a fetch of ``reader`` that has to GET anyway may load beyond what it
-        returns, in the same GETs: what its window has left (as far as the cache's room for it
-        goes), or, on the reader's first fetch (it may read once and go), ``first`` at most."""
+        """Decoded bytes a fetch of ``reader`` that has to GET anyway may claim beyond what it
+        returns, to be fetched beside its GET: what its window has left (as far as the cache's
+        room for it goes), or, on the reader's first fetch (it may read once and go),
+        ``first`` at most."""
         with self._lock:
-            if reader.id not in self._readers or not self.readahead_bytes:
+            if reader not in self._readers or not self.readahead_bytes:
                 return 0
             left = self._window_left(reader)
             return max(0, left if reader.sequential else min(left, first))
@@ -468,34 +434,35 @@ class MessageCache:
     @overload
     def load(self, reader: ObjectReader, entries: Sequence[IndexEntry], *,
              cache_only: bool = False, ahead_of: None = None, lookup: bool = False,
-             then: tuple[Reader, Sequence[IndexEntry]] | None = None
-             ) -> list[list[RecordBatch]]: ...
+             then: tuple[Reader, Sequence[IndexEntry]] | None = None,
+             spawn: Callable[[Part], None] | None = None) -> list[list[RecordBatch]]: ...
 
     @overload
     def load(self, reader: ObjectReader, entries: Sequence[IndexEntry], *,
              cache_only: bool = False, ahead_of: Reader, lookup: bool = False,
-             then: None = None) -> list[list[RecordBatch] | None]: ...
+             then: None = None, spawn: None = None) -> list[list[RecordBatch] | None]: ...
 
     def load(self, reader: ObjectReader, entries: Sequence[IndexEntry], *,
              cache_only: bool = False, ahead_of: Reader | None = None, lookup: bool = False,
-             then: tuple[Reader, Sequence[IndexEntry]] | None = None
-             ) -> Sequence[list[RecordBatch] | None]:
+             then: tuple[Reader, Sequence[IndexEntry]] | None = None,
+             spawn: Callable[[Part], None] | None = None) -> Sequence[list[RecordBatch] | None]:
         """Each block's batches, in the order of ``entries`` (blocks of ``reader``'s object):
         from memory, from a load another reader started, or fetched now with one GET per run
         of adjacent missing blocks. ``cache_only``: raise :class:`Uncached` rather than wait or
-        fetch. ``ahead_of``: a readahead for that reader (blocks already held or loading are
-        skipped, and so are those past the room a readahead may take: their places in the
-        answer are None, as are those of blocks loaded and not kept). ``lookup``: not a
-        reader's read (a time lookup): no hit is counted, no window grows. ``then``:
-        ``(reader, blocks)``, the blocks after ``entries`` that reader will want next: if this
-        load goes to the store at all, the same GETs carry them too, as a readahead for that
-        reader would load them (a synchronous readahead: one round trip where a fetch and its
-        readahead would make two); they are not in the answer."""
+        fetch. ``ahead_of``: a readahead for that reader, loaded here a :class:`Part` at a
+        time (blocks held or loading are skipped, and so are those past the room a readahead
+        may take: None in the answer, as are blocks loaded and not kept). ``lookup``: not a
+        reader's read (a time lookup): no hit counted, no window grown. ``then``: ``(reader,
+        blocks)``, the blocks after ``entries`` that reader will want next: if this load goes
+        to the store at all, they are claimed as its readahead would claim them (a
+        synchronous readahead), in parts handed to ``spawn`` before this load's GET, to be
+        fetched beside it (None: loaded here after it); they are not in the answer."""
         found: list[list[RecordBatch] | None] = [None] * len(entries)
         waits: list[tuple[int, BlockKey, Future[list[RecordBatch]]]] = []
         missing: list[tuple[int, IndexEntry, BlockKey]] = []
         mine: list[tuple[int, IndexEntry, BlockKey, Future[list[RecordBatch]]]] = []
-        extra: list[tuple[int, IndexEntry, BlockKey, Future[list[RecordBatch]]]] = []
+        parts: list[Part] = []
+        reserved = 0
         now = self._clock()
         with self._lock:
             for i, entry in enumerate(entries):
@@ -516,25 +483,36 @@ class MessageCache:
                         self.stats.shared_loads += 1
                     continue
                 missing.append((i, entry, key))
-            reserved = self._reserve(reader, missing, now, ahead_of is not None)
-            for i, entry, key in missing[:reserved[0]]:
-                future: Future[list[RecordBatch]] = Future()
-                self._loading[key] = future
-                mine.append((i, entry, key, future))
-                if ahead_of is None:
+            if ahead_of is not None:
+                parts = self._claim(reader, missing, ahead_of, now, found)[0]
+            else:
+                count, reserved = self._reserve(reader, missing, now, False)
+                for i, entry, key in missing[:count]:
+                    future: Future[list[RecordBatch]] = Future()
+                    self._loading[key] = future
+                    mine.append((i, entry, key, future))
                     self.stats.block_misses += 1
-                else:
-                    self.stats.readahead_blocks += 1
-            if mine and then is not None and then[0].id in self._readers:
+            if mine and then is not None and then[0] in self._readers:
                 # What this load's blocks may weigh beyond their reservation is reserved too:
                 # their admission must not take the readahead's room.
                 slack = sum(weight_bound(reader, entry) - reader.decoded_bound(entry)
                             for _, entry, _, _ in mine)
-                extra, more = self._also_ahead(reader, then[1], now, slack)
-                reserved = reserved[0], reserved[1] + more
-        if mine:
-            self._fetch(reader, mine + extra, found, ahead_of, reserved[1],
-                        ahead=None if then is None else then[0], from_ahead=len(mine))
+                parts, _, beside = self._claim(reader, self._following(reader, then[1]),
+                                               then[0], now, None, slack)
+                reserved += beside
+        if spawn is not None:
+            for part in parts:
+                spawn(part)
+            parts = []
+        try:
+            if mine:
+                self._fetch(reader, mine, found, None, reserved)
+        except BaseException as error:
+            for part in parts:
+                part.drop(error)
+            raise
+        for part in parts:
+            part.run()
         for i, _, future in waits:
             found[i] = future.result()
         if waits and not lookup:  # a block a readahead loaded while this read waited: a hit
@@ -545,28 +523,61 @@ class MessageCache:
                         self._touch(key, held, now)
         return found
 
-    def _also_ahead(self, reader: ObjectReader, entries: Sequence[IndexEntry], now: float,
-                    beside: int
-                    ) -> tuple[list[tuple[int, IndexEntry, BlockKey, Future[list[RecordBatch]]]],
-                               int]:
-        """The blocks of ``entries`` (those right after a load's) that a synchronous
-        readahead takes, marked loading, and the bytes reserved for them (and ``beside``, if
-        any is taken): up to the first one held or loading, as far as the room a readahead
-        may take goes (caller holds the lock)."""
+    def claim_ahead(self, reader: ObjectReader, entries: Sequence[IndexEntry],
+                    ahead_of: Reader) -> tuple[list[Part], bool]:
+        """Claim the blocks of ``entries`` (blocks of ``reader``'s object, in order) that are
+        neither held nor loading, for a readahead of ``ahead_of``, as far as the room a
+        readahead may take goes: the :class:`Part` s that load them (each to be run or
+        dropped exactly once, on any thread), and whether every such block was claimed."""
+        now = self._clock()
+        with self._lock:
+            candidates: list[tuple[int, IndexEntry, BlockKey]] = []
+            for entry in entries:
+                key: BlockKey = (reader.store.url, reader.key, entry.position)
+                if key not in self._blocks and key not in self._loading:
+                    candidates.append((-1, entry, key))
+            parts, count, _ = self._claim(reader, candidates, ahead_of, now, None)
+            return parts, count == len(candidates)
+
+    def _following(self, reader: ObjectReader, entries: Sequence[IndexEntry]
+                   ) -> list[tuple[int, IndexEntry, BlockKey]]:
+        """The blocks of ``entries`` up to the first one held or loading (caller holds the
+        lock): a synchronous readahead's candidates; the rest is the background readahead's."""
         candidates: list[tuple[int, IndexEntry, BlockKey]] = []
         for entry in entries:
             key: BlockKey = (reader.store.url, reader.key, entry.position)
             if key in self._blocks or key in self._loading:
-                break  # the rest is the asynchronous readahead's: one run, one GET
+                break
             candidates.append((-1, entry, key))
+        return candidates
+
+    def _claim(self, reader: ObjectReader, candidates: list[tuple[int, IndexEntry, BlockKey]],
+               owner: Reader, now: float, found: list[list[RecordBatch] | None] | None,
+               beside: int = 0) -> tuple[list[Part], int, int]:
+        """Reserve room for a readahead of ``owner`` (and ``beside`` more if any block fits)
+        and mark the blocks that fit loading, in parts of one GET each (:func:`plan_parts`: at
+        most ``readahead_get_bytes``, at least one block) (caller holds the lock). ``(parts,
+        blocks claimed, beside reserved)``."""
         count, reserved = self._reserve(reader, candidates, now, True, beside)
-        extra = []
-        for _, entry, key in candidates[:count]:
-            future: Future[list[RecordBatch]] = Future()
-            self._loading[key] = future
-            extra.append((-1, entry, key, future))
-            self.stats.readahead_blocks += 1
-        return extra, reserved
+        if not count:
+            return [], 0, 0
+        owner.loading += reserved - beside
+        claimed = {entry.position: (i, entry, key) for i, entry, key in candidates[:count]}
+        parts = []
+        for run in plan_parts([entry for _, entry, _ in claimed.values()], reader.merge_gap,
+                              self.readahead_get_bytes):
+            items = []
+            for entry in run:
+                i, _, key = claimed[entry.position]
+                future: Future[list[RecordBatch]] = Future()
+                self._loading[key] = future
+                items.append((i, entry, key, future))
+                self.stats.readahead_blocks += 1
+            size = sum(weight_bound(reader, entry) for entry in run)
+            parts.append(Part(reader, run, functools.partial(
+                self._fetch, reader, items, found, owner, size), functools.partial(
+                self._end_load, items, size, owner, size, None)))
+        return parts, count, beside
 
     def _reserve(self, reader: ObjectReader, missing: list[tuple[int, IndexEntry, BlockKey]],
                  now: float, readahead: bool, beside: int = 0) -> tuple[int, int]:
@@ -611,15 +622,13 @@ class MessageCache:
 
     def _fetch(self, reader: ObjectReader,
                mine: list[tuple[int, IndexEntry, BlockKey, Future[list[RecordBatch]]]],
-               found: list[list[RecordBatch] | None], ahead_of: Reader | None,
-               reserved: int, *, ahead: Reader | None = None, from_ahead: int = 0) -> None:
-        """Load ``mine`` with one GET per run; the answer's blocks go to ``found`` (a
-        readahead's: those kept), except those from ``from_ahead`` on when ``ahead`` is given:
-        those are a synchronous readahead for that reader, kept as its readahead's would be,
-        or not at all. A block kept ahead of a reader joins its window."""
-        gets, fetched = reader.gets, reader.fetched_bytes
-        loaded: list[list[RecordBatch]] | None = None
-        split = len(mine) if ahead is None else from_ahead
+               found: list[list[RecordBatch] | None] | None, ahead_of: Reader | None,
+               reserved: int) -> None:
+        """Load ``mine`` with one GET per run and admit its blocks; each block's batches go to
+        its place in ``found`` (if given; a readahead's: those kept, None for the others).
+        ``ahead_of``: a readahead for that reader, whose blocks kept join its window and whose
+        ``reserved`` bytes leave its loads in flight when this ends."""
+        claimed = reserved if ahead_of is not None else 0
         try:
             loaded = reader.read_blocks([entry for _, entry, _, _ in mine])
             if len(loaded) != len(mine):
@@ -628,43 +637,51 @@ class MessageCache:
             with self._lock:
                 self._unreserve(reserved)
                 reserved = 0
-                owner = ahead_of if ahead is None else ahead
-                incoming: list[tuple[BlockKey, _Block]] = []
-                later: list[tuple[BlockKey, _Block]] = []
-                for n, ((i, entry, key, _), batches) in enumerate(zip(mine, loaded, strict=True)):
-                    answered = n < split
-                    if answered:
-                        found[i] = batches
-                    block = _Block(batches, weight(batches), (reader.store.url, entry.stream_id),
-                                   entry.start_offset, entry.end_offset,
-                                   None if owner is None or (answered and ahead is not None)
-                                   else owner.id)
-                    (incoming if answered else later).append((key, block))
+                incoming = [(key, _Block(batches, weight(batches),
+                                         (reader.store.url, entry.stream_id), entry.start_offset,
+                                         entry.end_offset,
+                                         None if ahead_of is None else ahead_of.id))
+                            for (_, entry, key, _), batches in zip(mine, loaded, strict=True)]
                 # A readahead takes only room nobody ahead of a reader needs: it never
                 # evicts what is nearer to a reader than itself.
                 kept = self._admit(incoming, now, ahead_of is not None)
-                kept |= self._admit(later, now, True)
-                for (i, _, key, _), (_, block) in zip(mine, incoming + later, strict=True):
-                    if owner is not None and block.prefetched_for == owner.id and key in kept:
-                        owner.ahead.append((block.end, block.size))
-                        owner.prefetched_to = max(owner.prefetched_to, block.end)
-                    elif ahead_of is not None:
-                        found[i] = None  # not kept: the readahead stops there
+                for (i, _, key, _), (_, block) in zip(mine, incoming, strict=True):
+                    if found is not None:
+                        found[i] = block.batches if ahead_of is None or key in kept else None
+                    if ahead_of is not None and key in kept:
+                        ahead_of.ahead.append((block.end, block.size))
+                        ahead_of.prefetched_to = max(ahead_of.prefetched_to, block.end)
         except BaseException as error:
+            self._end_load(mine, reserved, ahead_of, claimed, None, error)
+            raise
+        # Counted by the plan the reader followed: its own counters are shared by the loads
+        # running on it at once.
+        runs = list(plan_runs([entry for _, entry, _, _ in mine], reader.merge_gap))
+        self._end_load(mine, 0, ahead_of, claimed,
+                       (len(runs), sum(run[-1].end - run[0].position for run in runs)), None)
+        for (_, _, _, future), batches in zip(mine, loaded, strict=True):
+            future.set_result(batches)
+
+    def _end_load(self, mine: list[tuple[int, IndexEntry, BlockKey, Future[list[RecordBatch]]]],
+                  reserved: int, ahead_of: Reader | None, claimed: int,
+                  counts: tuple[int, int] | None, error: BaseException | None) -> None:
+        """A load is over (its blocks admitted, or ``error``): its reservation left, its blocks
+        no longer loading, its ``(GETs, bytes)`` counted, the readers waiting for a failed one
+        failed with ``error``."""
+        with self._room:
+            self._unreserve(reserved)
+            if ahead_of is not None:
+                ahead_of.loading -= claimed
+            for _, _, key, _ in mine:
+                self._loading.pop(key, None)
+            if counts is not None:
+                self.stats.gets += counts[0]
+                self.stats.get_bytes += counts[1]
+            self._room.notify_all()  # a reservation gone may let an append in
+        if error is not None:
             for _, _, _, future in mine:
                 if not future.done():
                     future.set_exception(error)
-            raise
-        finally:
-            with self._room:
-                self._unreserve(reserved)
-                for _, _, key, _ in mine:
-                    self._loading.pop(key, None)
-                self.stats.gets += reader.gets - gets
-                self.stats.get_bytes += reader.fetched_bytes - fetched
-                self._room.notify_all()  # a reservation gone may let an append in
-        for (_, _, _, future), batches in zip(mine, loaded, strict=True):
-            future.set_result(batches)
 
     def _admit(self, incoming: list[tuple[BlockKey, _Block]], now: float, readahead: bool
                ) -> set[BlockKey]:
@@ -710,11 +727,9 @@ class MessageCache:
         goes, the next one becomes one."""
         if self._bytes + need <= self.max_bytes:
             return
-        self._settle_forgotten()
-        self._expire(now)
-        positions: dict[StreamKey, list[int]] = {}
-        for r in self._readers.values():
-            positions.setdefault(r.stream, []).append(r.position)
+        self._readers.settle(now)
+        self.stats.readers = len(self._readers)
+        positions = self._readers.positions()
         order = {key: i for i, key in enumerate(self._blocks)}
         heap: list[tuple[tuple[int, int], int, BlockKey]] = []
         for key, block in self._blocks.items():
@@ -762,7 +777,7 @@ class MessageCache:
         (caller holds the lock). Its GET was for nothing: count it, and halve the reader's
         window (from what the cache's room allowed; no less than a block) with a cool-down."""
         self.stats.readahead_wasted_bytes += block.size
-        owner = None if block.prefetched_for is None else self._readers.get(block.prefetched_for)
+        owner = self._readers.get(block.prefetched_for)
         if owner is not None:
             shrink(owner, block, now, self.readahead_bytes)
 
@@ -773,5 +788,6 @@ class MessageCache:
             self.stats.get_bytes += reader.fetched_bytes - fetched
 
 
-__all__ = ["BATCH_OVERHEAD", "CacheStats", "MessageCache", "Reader", "StreamKey", "Uncached",
-           "weight"]
+
+__all__ = ["BATCH_OVERHEAD", "CacheStats", "MessageCache", "Part", "Reader", "StreamKey",
+           "Uncached", "weight"]

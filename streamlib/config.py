@@ -27,7 +27,9 @@ from streamlib.errors import ConfigError, ConfigWarning, describe
 ENV_PREFIX = "STREAMLIB_"
 _NO_VALUE = ConfigError.NO_VALUE
 # STREAMLIB_* variables that are not config fields: the codec's import policy (codec/__init__.py).
-RESERVED_ENV = frozenset({"STREAMLIB_PURE"})
+ALLOW_UNSAFE_NO_FSYNC = "STREAMLIB_ALLOW_UNSAFE_NO_FSYNC"
+"""Set to 1, it lets ``durability="unsafe-no-fsync"`` be used outside a pytest test."""
+RESERVED_ENV = frozenset({"STREAMLIB_PURE", ALLOW_UNSAFE_NO_FSYNC})
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -167,6 +169,15 @@ class Config:
         "This node's name in the metadata and in object WAL keys: letters, digits, '.', '_' "
         "or '-'. Two processes using one store at once need different node ids.",
         _Kind("text"))
+    durability: str = _setting(
+        "fsync",
+        "fsync: an append is acknowledged once it is on stable storage, and every metadata "
+        "change and local object too. unsafe-no-fsync: nothing local is fsynced — a process "
+        "crash loses nothing (the page cache keeps it), but a machine crash or power loss "
+        "loses acknowledged appends. For tests (a fresh store in a few ms): accepted only "
+        "while pytest runs a test, or with STREAMLIB_ALLOW_UNSAFE_NO_FSYNC=1. The block WAL "
+        "always syncs; object stores other than local files are as durable as they are.",
+        _Kind("mode", choices=("fsync", "unsafe-no-fsync")))
 
     # ---- the write path ----
     wal_bytes: int = _setting(
@@ -231,11 +242,17 @@ class Config:
 
     # ---- the read path ----
     readahead_bytes: int = _setting(
-        32 * MiB,
+        64 * MiB,
         "The largest readahead window of a catch-up reader (decoded bytes loaded ahead of "
         "it, within cache_bytes); 0 turns readahead off. Used when the store makes its own "
         "message cache.",
         _Kind("bytes", low=0, high=1 << 40))
+    readahead_gets: int = _setting(
+        4,
+        "Ranged GETs a store's readahead runs at once, each on a thread of its own that "
+        "then decodes what it fetched (at most 8 MiB of one object a GET), so that one large "
+        "object is read as fast as several. Used when the store makes its own message cache.",
+        _Kind("count", low=1, high=1024))
     max_block_bytes: int = _setting(
         16 * MiB,
         "The most a data block read back may decode to: a block whose header or index says "
@@ -465,8 +482,6 @@ another's lease for ``lease_ms × (1 + LEASE_DRIFT)`` of its own clock."""
 RELEASE_POLL = 0.02
 """Seconds between a shared store's looks at the metadata while an append waits for another
 node's release of its stream (the hand-over completes within about this much of the release)."""
-READAHEAD_THREADS = 2
-"""Threads of a store loading blocks ahead of catch-up readers."""
 UPLOAD_BACKOFF_FIRST = 0.1
 """Seconds the uploader waits after a failed round; doubled by each further failure."""
 UPLOAD_BACKOFF_MAX = 5.0

@@ -30,3 +30,44 @@ def makedirs_durable(path: str) -> None:
         except FileExistsError:
             continue  # made by a concurrent writer: its entry is made durable by that writer
         fsync_dir(os.path.dirname(directory))
+
+
+class Syncing:
+    """Whether a local writer makes what it writes durable: :data:`DURABLE` (every ``fsync``
+    and ``fdatasync`` made) or :data:`UNSAFE_NO_FSYNC` (none: a process crash loses nothing,
+    the page cache keeps it, but a machine crash or power loss loses acknowledged writes — the
+    store's ``durability="unsafe-no-fsync"``, for tests). Fixed once made: shared freely."""
+
+    __slots__ = ("durable",)
+
+    def __init__(self, durable: bool) -> None:
+        self.durable = durable
+
+    def __repr__(self) -> str:
+        return "DURABLE" if self.durable else "UNSAFE_NO_FSYNC"
+
+    def data(self, fd: int) -> None:
+        """``fdatasync``: the file's data, and its size if that changed."""
+        if self.durable:
+            os.fdatasync(fd)
+
+    def file(self, fd: int) -> None:
+        """``fsync``: the file's data and all of its metadata."""
+        if self.durable:
+            os.fsync(fd)
+
+    def directory(self, path: str) -> None:
+        """The directory's entries (see :func:`fsync_dir`)."""
+        if self.durable:
+            fsync_dir(path)
+
+    def makedirs(self, path: str) -> None:
+        """The directory and its missing parents (see :func:`makedirs_durable`)."""
+        if self.durable:
+            makedirs_durable(path)
+        else:
+            os.makedirs(path, exist_ok=True)
+
+
+DURABLE = Syncing(True)
+UNSAFE_NO_FSYNC = Syncing(False)

@@ -60,7 +60,7 @@ from fsspec.asyn import AsyncFileSystem
 from fsspec.implementations.local import LocalFileSystem
 
 from streamlib.cost import Meter
-from streamlib.disk import fsync_dir, makedirs_durable
+from streamlib.disk import DURABLE, Syncing
 from streamlib.errors import ConfigError, StorageUnavailable, describe
 
 if TYPE_CHECKING:
@@ -324,7 +324,8 @@ class ObjectStore:
                  retry: RetryPolicy | None = None,
                  sleep: Callable[[float], object] = time.sleep,  # the retry backoff's pause
                  clock: Callable[[], float] = time.monotonic,
-                 random: Callable[[], float] = _random.random) -> None:
+                 random: Callable[[], float] = _random.random,
+                 syncing: Syncing = DURABLE) -> None:
         if not isinstance(fs, AbstractFileSystem):
             raise TypeError(f"fs must be an fsspec filesystem, not {type(fs).__name__}")
         self.fs = fs
@@ -337,6 +338,7 @@ class ObjectStore:
         self._clock = clock
         self._random = random
         self._local = isinstance(fs, LocalFileSystem)
+        self.syncing = syncing  # how local puts are made durable: fixed
         self._async = isinstance(fs, AsyncFileSystem)
         self._deadline = threading.local()  # .at: the running call's deadline (this thread's)
         self._calls_lock = threading.Lock()
@@ -360,7 +362,8 @@ class ObjectStore:
     def with_retry(self, **changes: float) -> ObjectStore:
         """The same store (same filesystem) with some retry settings changed."""
         other = ObjectStore(self.fs, self.root, retry=dataclasses.replace(self.retry, **changes),
-                            sleep=self._sleep, clock=self._clock, random=self._random)
+                            sleep=self._sleep, clock=self._clock, random=self._random,
+                            syncing=self.syncing)
         other._meter, other.purpose = self._meter, self.purpose
         return other
 
@@ -564,7 +567,8 @@ class ObjectStore:
 
         if self._local:
             return io_upload.LocalUpload(url, path, part_bytes, run,
-                                         cleanup=lambda: self._remove_empty_dirs([path]))
+                                         cleanup=lambda: self._remove_empty_dirs([path]),
+                                         syncing=self.syncing)
         put = functools.partial(self.put, key)
         if io_upload.S3Upload.takes(self.fs):
             return io_upload.S3Upload(url, path, part_bytes, run, put, fs=self.fs,
@@ -636,14 +640,14 @@ class ObjectStore:
     def _put_local(self, path: str, data: bytes | bytearray | memoryview, *,
                    exclusive: bool = False) -> None:
         directory = os.path.dirname(path)
-        makedirs_durable(directory)
+        self.syncing.makedirs(directory)
         tmp = os.path.join(directory, f"{TMP_PREFIX}{uuid.uuid4().hex}")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view):]
-            os.fdatasync(fd)
+            self.syncing.data(fd)
         except BaseException:
             os.close(fd)
             os.unlink(tmp)
@@ -656,7 +660,7 @@ class ObjectStore:
                 os.unlink(tmp)
         else:
             os.replace(tmp, path)
-        fsync_dir(directory)
+        self.syncing.directory(directory)
 
     def get(self, key: str, start: int | None = None, end: int | None = None) -> bytes:
         """Bytes ``[start, end)`` of the object (``end`` None: to its end), as a slice would

@@ -51,7 +51,7 @@ from typing import Any, Protocol, TypeVar
 
 from fsspec import AbstractFileSystem
 
-from streamlib.disk import fsync_dir, makedirs_durable
+from streamlib.disk import DURABLE, Syncing
 from streamlib.errors import describe
 from streamlib.io import TMP_PREFIX, classify
 
@@ -239,8 +239,9 @@ class LocalUpload(Upload):
     later sync (a WAL's, on the same disk) would otherwise have to wait for at once."""
 
     def __init__(self, key_url: str, path: str, part_bytes: int, run: Run, *,
-                 cleanup: Callable[[], None]) -> None:
+                 cleanup: Callable[[], None], syncing: Syncing = DURABLE) -> None:
         super().__init__(key_url, min(part_bytes, LOCAL_PART_BYTES))
+        self._sync = syncing
         self._path = path
         self._run = run
         self._cleanup = cleanup  # removes the directories left empty by an abort
@@ -252,7 +253,7 @@ class LocalUpload(Upload):
     def _write_at(self, data: bytes | bytearray, offset: int) -> None:
         if self._fd is None:
             directory = os.path.dirname(self._path)
-            makedirs_durable(directory)
+            self._sync.makedirs(directory)
             self._tmp = os.path.join(directory, f"{TMP_PREFIX}{uuid.uuid4().hex}")
             self._fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         view = memoryview(data)
@@ -264,7 +265,7 @@ class LocalUpload(Upload):
         def attempt() -> None:
             self._write_at(part, self._offset)
             assert self._fd is not None
-            os.fdatasync(self._fd)
+            self._sync.data(self._fd)
 
         self._run("upload_part", attempt, len(part))
         self._offset += len(part)
@@ -274,12 +275,12 @@ class LocalUpload(Upload):
             if not self._renamed:
                 self._write_at(tail, self._offset)  # creates the file of an empty object
                 assert self._fd is not None and self._tmp is not None
-                os.fdatasync(self._fd)
+                self._sync.data(self._fd)
                 os.close(self._fd)
                 self._fd = None
                 os.replace(self._tmp, self._path)
                 self._renamed = True
-            fsync_dir(os.path.dirname(self._path))
+            self._sync.directory(os.path.dirname(self._path))
 
         self._run("complete_upload", attempt, len(tail))
 

@@ -24,8 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
-from streamlib.cache import Uncached
-from streamlib.config import READAHEAD_THREADS
+from streamlib.cache import Part, Uncached
 from streamlib.errors import (
     CacheMiss,
     ConfigError,
@@ -75,12 +74,14 @@ class ReadPath:
         self._stores = {"": objects} if archive is None else {"": objects, "archive": archive}
         self._coordination = coordination
         self._index_cache = IndexCache(node.config.index_cache_bytes)
-        self._prefetcher = ThreadPoolExecutor(READAHEAD_THREADS,
+        # Plans readahead and runs its parts: one ranged GET each, as many at once as threads.
+        self._prefetcher = ThreadPoolExecutor(node.cache.readahead_gets,
                                               thread_name_prefix="streamlib-readahead")
 
     def stop(self) -> None:
-        """No more readahead (the store closes)."""
-        self._prefetcher.shutdown(wait=True, cancel_futures=True)
+        """No more readahead (the store closes). Parts already claimed still run: a read may
+        be waiting for their blocks (plans not started yet see ``closing`` and stop)."""
+        self._prefetcher.shutdown(wait=True)
 
     # ---- readers ----
 
@@ -267,8 +268,9 @@ class ReadPath:
         bytes may use (decoded sizes, as the index gives them; at least one), so that a fetch
         bounded by max_bytes does not load, nor decompress, far beyond it, and what it loads is
         kept for the next fetch. ``sequential``: the fetch's reader and max_bytes: a run that
-        goes to the store brings that reader's readahead along in the same GET (the blocks
-        after it in this object, as many as the cache gives the reader: docs/cache.md)."""
+        goes to the store starts that reader's readahead beside its GET (the blocks after it
+        in this object, as many as the cache gives the reader, in parallel ranged GETs:
+        docs/cache.md)."""
         reader = self._reader(piece, stream_id, start, cache_only)
         entries = reader.index().blocks(stream_id, start, end)
         cache = self._node.cache
@@ -290,7 +292,8 @@ class ReadPath:
                 if k > j:
                     then = (sequential[0], entries[j:k])
             try:
-                loaded = cache.load(reader, entries[i:j], cache_only=cache_only, then=then)
+                loaded = cache.load(reader, entries[i:j], cache_only=cache_only, then=then,
+                                    spawn=self._spawn)
             except Uncached:
                 raise CacheMiss(stream_id, max(start, entries[i].start_offset),
                                 f"blocks of object `{piece.key}`") from None
@@ -308,9 +311,25 @@ class ReadPath:
         except RuntimeError:  # shut down: the store is closing
             self._node.cache.readahead_done(reader)
 
+    def _spawn(self, part: Part) -> None:
+        """Run a readahead's part on the pool (on this thread if the pool is shut down: the
+        store is closing, and a read may be waiting for the part's blocks)."""
+        try:
+            self._prefetcher.submit(self._run_part, part)
+        except RuntimeError:
+            self._run_part(part)
+
+    @staticmethod
+    def _run_part(part: Part) -> None:
+        try:
+            part.run()
+        except Exception as error:  # a read waiting for its blocks has the error
+            log.debug("readahead of %r failed: %r", part.reader, error)
+
     def _readahead(self, state: StreamState, reader: Reader, start: int, want: int) -> None:
-        """Load about ``want`` decoded bytes of the stream's blocks from ``start`` into the
-        cache, in the background, for ``reader`` (as many as the cache's room allows)."""
+        """Claim about ``want`` decoded bytes of the stream's blocks from ``start`` for
+        ``reader`` (as many as the cache's room allows), in parts that load on the pool, each
+        with a ranged GET of its own, several at once."""
         cache = self._node.cache
         try:
             with state.lock:
@@ -328,8 +347,12 @@ class ReadPath:
                         continue  # loaded by a fetch's own run, or loading: not ours to count
                     chosen.append(entry)
                     want -= objects.decoded_bound(entry)
-                if chosen and None in cache.load(objects, chosen, ahead_of=reader):
-                    return  # the cache had no more room for this reader's readahead
+                if chosen:
+                    parts, complete = cache.claim_ahead(objects, chosen, reader)
+                    for part in parts:
+                        self._spawn(part)
+                    if not complete:
+                        return  # the cache had no more room for this reader's readahead
         except Exception as error:  # a readahead is a guess: the read itself will report
             log.debug("readahead of stream %d failed: %r", state.id, error)
         finally:

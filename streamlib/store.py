@@ -16,7 +16,7 @@ import itertools
 import logging
 import os
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from streamlib import _assembly
@@ -127,7 +127,8 @@ class StreamStore:
             raise ConfigError("node_id", str(e), config.node_id) from None
         _assembly.check_places(config)
         _assembly.make_directory(config)
-        self._cache = (MessageCache(config.cache_bytes, readahead_bytes=config.readahead_bytes)
+        self._cache = (MessageCache(config.cache_bytes, readahead_bytes=config.readahead_bytes,
+                                    readahead_gets=config.readahead_gets)
                        if cache is None else cache)
         self._metadata: _assembly.Metadata | None = None
         self._wal: Wal | None = None
@@ -136,9 +137,13 @@ class StreamStore:
         self._coordination: Coordination | None = None
         self._lifecycle: Lifecycle | None = None
         self._meter = Meter()  # what the object stores are asked, by purpose
+        self._memory_claim: Callable[[], None] | None = None  # released by _release
         try:
             self._objects = _assembly.open_objects(config, storage_options,
                                                    filesystem).metered(self._meter, "upload")
+            if metadata_store is None:
+                self._memory_claim = _assembly.claim_memory_node(config, self._objects,
+                                                                 self.node_id)
             archive = _assembly.open_archive(config, storage_options, filesystem)
             self._archive = archive.metered(self._meter, "read") if archive else None
             self._metadata = _assembly.open_metadata(config, self.node_id,
@@ -419,6 +424,9 @@ class StreamStore:
         if metadata is not None and metadata.lock >= 0:
             os.close(metadata.lock)  # releases the flock
             metadata.lock = -1
+        if self._memory_claim is not None:
+            self._memory_claim()
+            self._memory_claim = None
 
     def __del__(self) -> None:
         node = getattr(self, "_node", None)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import struct
 import threading
+import warnings
 from array import array
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -91,6 +92,12 @@ def _choose_backend() -> _Backend:
         if policy == "0":
             raise ImportError("STREAMLIB_PURE=0 asks for the C codec, but the extension "
                               "streamlib.codec._segment_codec is not built") from e
+        warnings.warn("streamlib's C codec is not built (was there no C compiler at install?): "
+                      "the pure-Python codec runs, several times slower at encoding and "
+                      "scanning. To get the C one, install a C compiler and reinstall: "
+                      "pip install --force-reinstall --no-deps --no-binary streamlib streamlib "
+                      "(STREAMLIB_PURE=1 chooses the Python codec without this warning)",
+                      RuntimeWarning, stacklevel=2)
         return _python
     return _native
 

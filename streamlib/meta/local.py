@@ -20,16 +20,19 @@ import os
 import sqlite3
 import threading
 import time
+import urllib.parse
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-from streamlib.disk import fsync_dir, makedirs_durable
+from streamlib.disk import DURABLE, Syncing
 from streamlib.errors import (
     CommitConflict,
     CompactionConflict,
+    ConfigError,
     CorruptDataError,
     FencedError,
     OffsetOutOfRange,
+    ReadOnlyError,
     StorageUnavailable,
     StreamClosed,
     StreamExists,
@@ -179,20 +182,32 @@ class SQLiteMetadataStore(MetadataStore):
     ``timeout`` (seconds, default 30) is how long an operation waits for another process's
     write transaction on the same file before raising
     :class:`~streamlib.errors.StorageUnavailable`.
+
+    ``read_only``: open an existing file with SQLite's ``mode=ro`` (the tools of
+    :mod:`streamlib.tools`, beside a store that may be running): nothing is created, migrated
+    or changed, and every change raises :class:`~streamlib.errors.ReadOnlyError`. A missing
+    file is :class:`~streamlib.errors.ConfigError`; a file without this version's tables and
+    columns (not yet opened by it) is refused as well.
     """
 
     capabilities = Capabilities(shared=False)
 
-    def __init__(self, path: str | os.PathLike[str], *, timeout: float = 30.0) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, timeout: float = 30.0,
+                 syncing: Syncing = DURABLE, read_only: bool = False) -> None:
         if not isinstance(path, str | os.PathLike):
             raise TypeError(f"path must be a str or a path, not {type(path).__name__}")
         if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout < 0:
             raise ValueError(f"timeout must be a non-negative number of seconds: "
                              f"timeout=`{timeout}`")
         self.path = os.path.abspath(os.fspath(path))
+        self.read_only = read_only  # fixed
+        if read_only:
+            self._open_read_only(timeout)
+            return
         directory = os.path.dirname(self.path)
-        makedirs_durable(directory)
+        syncing.makedirs(directory)
         existed = os.path.exists(self.path)
+        self._sync = syncing  # fixed
         # One connection behind one lock: SQLite runs one write transaction at a time anyway and
         # every operation here is a short one, so connections per thread would buy little but
         # would leave close() unable to close the other threads' connections.
@@ -211,13 +226,48 @@ class SQLiteMetadataStore(MetadataStore):
             conn.close()
             self._conn = None
             raise
-        if not existed:
-            fsync_dir(directory)  # the new file's name must survive a crash as its contents do
+        if not existed:  # the new file's name must survive a crash as its contents do
+            self._sync.directory(directory)
+
+    def _open_read_only(self, timeout: float) -> None:
+        if not os.path.isfile(self.path):
+            raise ConfigError("metadata_path", "no metadata database there", self.path)
+        self._sync = DURABLE  # never used: nothing is written
+        self._lock = threading.Lock()
+        uri = "file:" + urllib.parse.quote(self.path) + "?mode=ro"
+        try:
+            conn = sqlite3.connect(uri, uri=True, timeout=timeout, isolation_level=None,
+                                   check_same_thread=False)
+        except sqlite3.Error as e:
+            raise _translate(e, self.path) from e
+        self._conn = conn
+        try:
+            with self._transaction(write=False) as db:
+                tables = {row[0] for row in
+                          db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+                versions = ([row[0] for row in db.execute("SELECT version FROM schema_version")]
+                            if "schema_version" in tables else None)
+                columns = {(table, row[1]) for table in ("objects", "streams") if table in tables
+                           for row in db.execute(f"PRAGMA table_info({table})")}
+            if versions != [SCHEMA_VERSION]:
+                raise CorruptDataError(f"not a streamlib metadata database of schema version "
+                                       f"{SCHEMA_VERSION}: versions=`{versions}`",
+                                       source=self.path)
+            if not {"kv", "doomed"} <= tables or not {c[:2] for c in _ADDED_COLUMNS} <= columns:
+                raise ConfigError("metadata_path", "written by an older streamlib: open the "
+                                  "store once with this version (which adds its new tables) "
+                                  "before reading it read-only", self.path)
+        except BaseException:
+            conn.close()
+            self._conn = None
+            raise
 
     def _configure(self, conn: sqlite3.Connection) -> None:
         try:
+            # fsync the WAL at every commit (OFF: never, for UNSAFE_NO_FSYNC); set first, so
+            # that the switch to WAL mode below syncs as it says too
+            conn.execute(f"PRAGMA synchronous={'FULL' if self._sync.durable else 'OFF'}")
             mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-            conn.execute("PRAGMA synchronous=FULL")  # fsync the WAL at every commit
             conn.execute("PRAGMA foreign_keys=ON")  # ranges go with their object
         except sqlite3.Error as e:
             raise _translate(e, self.path) from e
@@ -256,6 +306,9 @@ class SQLiteMetadataStore(MetadataStore):
             conn = self._conn
             if conn is None:
                 raise StreamClosed(describe("metadata store is closed", path=self.path))
+            if write and self.read_only:
+                raise ReadOnlyError(describe("metadata store was opened read-only",
+                                             path=self.path))
             try:
                 # Writes lock up front, so that no other process can change what was checked.
                 conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")

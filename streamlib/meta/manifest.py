@@ -50,6 +50,7 @@ from streamlib.errors import (
     CorruptDataError,
     FencedError,
     OffsetOutOfRange,
+    ReadOnlyError,
     StorageUnavailable,
     StreamClosed,
     StreamLibError,
@@ -126,7 +127,11 @@ class ManifestMetadataStore(MetadataStore):
     change refreshes first when it finds it is behind). ``delete_grace_ms`` is the grace period
     of the deletion of old deltas, the same on every node of the bucket: a handle whose view is
     older than half of it reads from the newest checkpoint again. ``clock`` (monotonic
-    seconds) measures that age."""
+    seconds) measures that age.
+
+    ``read_only``: only read (the tools of :mod:`streamlib.tools`, beside nodes that may be
+    running): no probe of create-only writes at open, and every change raises
+    :class:`~streamlib.errors.ReadOnlyError` (as does a collection that is not a dry run)."""
 
     capabilities = Capabilities(shared=True)
 
@@ -134,7 +139,8 @@ class ManifestMetadataStore(MetadataStore):
                  node_id: str | int | None = None,
                  checkpoint_every: int = CHECKPOINT_EVERY,
                  delete_grace_ms: int = DELETE_GRACE_MS,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 read_only: bool = False) -> None:
         if not isinstance(store, ObjectStore):
             raise TypeError(f"store must be an ObjectStore, not {type(store).__name__}")
         check_text(prefix, "prefix")
@@ -143,7 +149,8 @@ class ManifestMetadataStore(MetadataStore):
         self._grace_ms = check_int(delete_grace_ms, "delete_grace_ms", 0, 1 << 40)
         self._half = self._grace_ms / 2000  # seconds
         self._clock = clock
-        if not store.can_create:
+        self.read_only = read_only  # fixed
+        if not store.can_create and not read_only:
             raise ConfigError("metadata", "a manifest needs a store that can create an object "
                               "only if absent (S3, a local directory, memory)", store.url)
         self._objects = store
@@ -164,7 +171,7 @@ class ManifestMetadataStore(MetadataStore):
         self._current_at = -math.inf
         self._group = GroupCommit(self._lock, self._write)
         try:
-            if store.create_trusts_the_server:
+            if store.create_trusts_the_server and not read_only:
                 probe_create(store, self._prefix)
             self._catch_up()
         except BaseException as error:
@@ -290,6 +297,8 @@ class ManifestMetadataStore(MetadataStore):
         ``not_after``: a time (ms) the delta's own time must not be past, and the error to
         raise if it is (checked as the delta is stamped, and again right before its create).
         ``fresh``: plan it on the newest state (read first)."""
+        if self.read_only:
+            raise ReadOnlyError(describe("manifest was opened read-only", op=op))
         result: T = self._group.submit(Change(op, plan, not_after[0], not_after[1], fresh))
         return result
 
@@ -726,6 +735,8 @@ class ManifestMetadataStore(MetadataStore):
         """Delete the deltas and checkpoints no reader needs (:mod:`~._manifest_gc`), with the
         larger of ``grace_ms`` and this handle's ``delete_grace_ms`` (what its reads assume)."""
         grace = max(check_int(grace_ms, "grace_ms", 0, 1 << 40), self._grace_ms)
+        if self.read_only and not dry_run:
+            raise ReadOnlyError("manifest was opened read-only: only a dry run collects")
         with self._lock:
             self._check_open()
         return [(self._objects.url, info.key, info.size, "manifest")

@@ -28,7 +28,7 @@ from streamlib.objects._format import (
     encode_footer,
     encode_index,
 )
-from streamlib.objects.reader import IndexCache, ObjectReader, plan_runs
+from streamlib.objects.reader import IndexCache, ObjectReader, plan_parts, plan_runs
 from streamlib.objects.writer import ObjectStreamWriter, ObjectWriter, cut_blocks, encode_object
 
 __all__ = [
@@ -36,5 +36,5 @@ __all__ = [
     "IndexCache", "IndexEntry", "ObjectIndex", "ObjectReader", "ObjectStreamWriter",
     "ObjectWriter", "StreamRange", "cut_blocks",
     "decode_footer", "decode_index", "decode_object_index", "encode_footer", "encode_index",
-    "encode_object", "plan_runs",
+    "encode_object", "plan_parts", "plan_runs",
 ]

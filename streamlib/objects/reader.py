@@ -132,6 +132,22 @@ def plan_runs(entries: Iterable[IndexEntry], merge_gap: int,
         yield run
 
 
+def plan_parts(entries: Iterable[IndexEntry], merge_gap: int,
+               most: int) -> Iterator[list[IndexEntry]]:
+    """The runs of :func:`plan_runs`, each cut into parts of at most ``most`` bytes from the
+    start of its first block to the end of its last (at least one block): what a readahead
+    fetches with one GET each, several at once."""
+    for run in plan_runs(entries, merge_gap):
+        part: list[IndexEntry] = []
+        for entry in run:
+            if part and entry.end - part[0].position > most:
+                yield part
+                part = []
+            part.append(entry)
+        if part:
+            yield part
+
+
 def _header_problem(info: BlockInfo, entry: IndexEntry) -> str:
     """How a block's header disagrees with its index entry; empty if it does not."""
     checks = [("size", info.length, entry.size), ("stream", info.stream_id, entry.stream_id),

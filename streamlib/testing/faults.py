@@ -142,8 +142,10 @@ class FaultyFileSystem(AbstractFileSystem):  # type: ignore[misc]  # fsspec has 
     """Passes calls through to ``fs``, applying injected :class:`Rule` s first.
 
     Also keeps a log of finished calls (``events``: ``(op, path, ok)`` in completion order),
-    the number of ``put`` calls running (``running_puts``) and the highest number seen running
-    at once (``max_concurrent_puts``)."""
+    the ranges of ``get`` calls as they start (``get_ranges``: ``(path, start, end)``), the
+    number of ``put`` and of ``get`` calls running (``running_puts``, ``running_gets``) and the
+    highest number of each seen running at once (``max_concurrent_puts``,
+    ``max_concurrent_gets``)."""
 
     cachable = False  # every wrapper is its own instance, whatever it wraps
     protocol = "faulty"
@@ -151,13 +153,16 @@ class FaultyFileSystem(AbstractFileSystem):  # type: ignore[misc]  # fsspec has 
     def __init__(self, fs: AbstractFileSystem, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.fs = fs
-        # These five: GUARDED_BY(_lock); tests read them alone (a moment's value; complete
+        # These eight: GUARDED_BY(_lock); tests read them alone (a moment's value; complete
         # once the calls they look at have returned).
         self.rules: list[Rule] = []
         self.events: list[tuple[str, str, bool]] = []
+        self.get_ranges: list[tuple[str, int | None, int | None]] = []
         self.calls: dict[str, int] = {}
         self.max_concurrent_puts = 0
         self.running_puts = 0
+        self.max_concurrent_gets = 0
+        self.running_gets = 0
         self._lock = threading.Lock()
 
     def inject(self, op: str, error: ErrorFactory | None = None, *, delay: float = 0.0,
@@ -185,6 +190,9 @@ class FaultyFileSystem(AbstractFileSystem):  # type: ignore[misc]  # fsspec has 
             if op == "put":
                 self.running_puts += 1
                 self.max_concurrent_puts = max(self.max_concurrent_puts, self.running_puts)
+            elif op == "get":
+                self.running_gets += 1
+                self.max_concurrent_gets = max(self.max_concurrent_gets, self.running_gets)
         ok = False
         try:
             if rule is not None and rule.gate is not None and not rule.gate.wait(60):
@@ -202,6 +210,8 @@ class FaultyFileSystem(AbstractFileSystem):  # type: ignore[misc]  # fsspec has 
             with self._lock:
                 if op == "put":
                     self.running_puts -= 1
+                elif op == "get":
+                    self.running_gets -= 1
                 self.events.append((op, path, ok))
 
     @property
@@ -234,6 +244,8 @@ class FaultyFileSystem(AbstractFileSystem):  # type: ignore[misc]  # fsspec has 
 
     def cat_file(self, path: str, start: int | None = None, end: int | None = None,
                  **kwargs: Any) -> Any:
+        with self._lock:
+            self.get_ranges.append((path, start, end))
         return self._run("get", path, lambda: self.fs.cat_file(path, start=start, end=end,
                                                                **kwargs))
 

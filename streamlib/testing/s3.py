@@ -109,6 +109,11 @@ class S3Bucket:
     def url(self) -> str:
         return f"s3://{self.name}"
 
+    @property
+    def storage_options(self) -> dict[str, Any]:
+        """What ``streamlib.open(..., storage_options=)`` needs to reach it."""
+        return self.endpoint.storage_options()
+
     def store(self, prefix: str = "", **kwargs: Any) -> ObjectStore:
         """An :class:`ObjectStore` on ``s3://bucket/prefix``, on a filesystem built as
         ``ObjectStore.from_url`` builds it (one per endpoint: a new one costs 0.1–0.4 s)."""

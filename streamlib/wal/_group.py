@@ -152,7 +152,8 @@ class GroupCommitWal(Wal):
         return Recovery(scan, self._trim)
 
     def _start_writer(self) -> None:
-        self._writer = threading.Thread(target=self._write_loop, name=f"{type(self).__name__}",
+        self._writer = threading.Thread(target=self._write_loop,
+                                        name=f"streamlib-{type(self).__name__}",
                                         daemon=True)
         self._writer.start()
 

@@ -19,7 +19,7 @@ import threading
 from collections.abc import Iterator
 from typing import NamedTuple
 
-from streamlib.disk import fsync_dir
+from streamlib.disk import DURABLE, Syncing
 from streamlib.errors import NodeLockedError
 from streamlib.wal import Capabilities, Recovery, WalEntry
 from streamlib.wal._format import (
@@ -44,26 +44,19 @@ _IOV_MAX = 1024
 
 
 def _pwrite_all(fd: int, parts: list[bytes], offset: int) -> None:
-    """``pwritev`` everything at ``offset``, however the kernel splits it (at most IOV_MAX parts
-    a call)."""
-    if len(parts) <= _IOV_MAX:  # most often one call writes it all: no views to make
-        written = os.pwritev(fd, parts, offset)
-        if written == sum(map(len, parts)):
-            return
-        parts = [b"".join(parts)[written:]]
-        offset += written
-    views = [memoryview(p) for p in parts if len(p)]
-    first = 0  # views before it are written
-    while first < len(views):
-        written = os.pwritev(fd, views[first:first + _IOV_MAX], offset)
-        offset += written
-        while written:
-            if written >= len(views[first]):
-                written -= len(views[first])
-                first += 1
-            else:
-                views[first] = views[first][written:]
-                written = 0
+    """``pwritev`` everything at ``offset``, at most IOV_MAX parts a call. A short write (rare:
+    a signal, a full disk) writes the rest of that call's parts as one buffer."""
+    for first in range(0, len(parts), _IOV_MAX):
+        chunk = parts[first:first + _IOV_MAX] if len(parts) > _IOV_MAX else parts
+        size = sum(map(len, chunk))
+        written = os.pwritev(fd, chunk, offset)
+        if written < size:
+            rest = memoryview(b"".join(chunk))[written:]
+            at = offset + written
+            while rest:
+                done = os.pwrite(fd, rest, at)
+                rest, at = rest[done:], at + done
+        offset += size
 
 
 class _Scanned(NamedTuple):
@@ -92,7 +85,8 @@ class FileWal(GroupCommitWal):
 
     def __init__(self, path: str | os.PathLike[str], *, capacity: int = 2 * GiB,
                  segment_bytes: int = 64 * MiB, group_bytes: int = 4 * MiB,
-                 linger: float = 0.0, full_timeout: float = 30.0, spares: int = 2) -> None:
+                 linger: float = 0.0, full_timeout: float = 30.0, spares: int = 2,
+                 syncing: Syncing = DURABLE) -> None:
         super().__init__(capacity=capacity, group_bytes=group_bytes, linger=linger,
                          full_timeout=full_timeout)
         if segment_bytes <= HEADER_SIZE:
@@ -101,8 +95,9 @@ class FileWal(GroupCommitWal):
         if spares < 0:
             raise ValueError(f"spares must not be negative: spares=`{spares}`")
         self.path = os.fspath(path)
-        self._segment_bytes = segment_bytes  # these two: fixed
+        self._segment_bytes = segment_bytes  # these three: fixed
         self._most_spares = spares
+        self._sync = syncing
         os.makedirs(self.path, exist_ok=True)
         self._lock_fd = os.open(os.path.join(self.path, "LOCK"), os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -164,9 +159,9 @@ class FileWal(GroupCommitWal):
         with open(tmp, "w") as f:
             f.write(str(position))
             f.flush()
-            os.fsync(f.fileno())
+            self._sync.file(f.fileno())
         os.replace(tmp, os.path.join(self.path, "TRIM"))
-        fsync_dir(self.path)
+        self._sync.directory(self.path)
 
     def _open_segment(self, start: int, used: int) -> None:
         """Write from now on into the existing segment ``start``, whose records end at file
@@ -192,7 +187,7 @@ class FileWal(GroupCommitWal):
         # segment, not a torn tail the size of a spare (not synced: the first group's sync is
         # the one that matters, and a lost marker only makes the report longer).
         os.pwrite(self._fd, end_marker(start, start), 0)
-        fsync_dir(self.path)
+        self._sync.directory(self.path)
         self._segment_start = start
         self._used = 0
 
@@ -285,7 +280,7 @@ class FileWal(GroupCommitWal):
         fd = os.open(path, os.O_WRONLY)
         try:
             os.ftruncate(fd, valid)
-            os.fsync(fd)
+            self._sync.file(fd)
         finally:
             os.close(fd)
 
@@ -304,7 +299,7 @@ class FileWal(GroupCommitWal):
             position += item.size
         parts.append(end_marker(position, start))  # overwritten by the next group
         _pwrite_all(self._fd, parts, self._used)
-        os.fdatasync(self._fd)
+        self._sync.data(self._fd)
         self._used += size
         return positions, position
 
@@ -332,7 +327,7 @@ class FileWal(GroupCommitWal):
                 size = os.fstat(fd).st_size
                 if size < self._segment_bytes:
                     os.pwrite(fd, bytes(self._segment_bytes - size), size)
-                    os.fdatasync(fd)
+                    self._sync.data(fd)
             finally:
                 os.close(fd)
             spare = os.path.join(self.path, f"{start:020d}.spare")

@@ -303,7 +303,7 @@ class ObjectWal(Wal):
         self._ready_to_append = False  # GUARDED_BY(_lock)
         self._closed = False  # GUARDED_BY(_lock)
         self._failure: BaseException | None = None  # GUARDED_BY(_lock)
-        self._pool = ThreadPoolExecutor(max_inflight, thread_name_prefix="ObjectWal")
+        self._pool = ThreadPoolExecutor(max_inflight, thread_name_prefix="streamlib-ObjectWal")
         # GUARDED_BY(_lock); close reads it alone after setting ``_closed`` under the lock: no
         # dispatcher starts after that
         self._dispatcher: threading.Thread | None = None
@@ -489,7 +489,7 @@ class ObjectWal(Wal):
             self._ready_to_append = not self._closed
             if self._ready_to_append:
                 self._dispatcher = threading.Thread(target=self._dispatch, daemon=True,
-                                                    name=f"ObjectWal-{self.node_id}")
+                                                    name=f"streamlib-ObjectWal-{self.node_id}")
                 self._dispatcher.start()
 
     # ---- appending ----

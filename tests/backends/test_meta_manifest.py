@@ -212,8 +212,8 @@ def test_a_store_that_cannot_create_only_if_absent_is_refused() -> None:
 
 def test_one_hundred_thousand_streams_and_objects_open_fast(tmp_path: Path) -> None:
     """A manifest whose checkpoint holds 100,000 streams and 100,000 objects (each of one
-    stream, as stream objects are) opens in well under a second; a steady commit's delta stays
-    small."""
+    stream, as stream objects are) opens in well under a second of CPU; a steady commit's
+    delta stays small."""
     state = ManifestState()
     n = 100_000
     for i in range(1, n + 1):
@@ -225,11 +225,11 @@ def test_one_hundred_thousand_streams_and_objects_open_fast(tmp_path: Path) -> N
     state.version = 1
     body = zstandard.ZstdCompressor(level=3).compress(json.dumps(dump_state(state)).encode())
     local_store(tmp_path).create(f"manifest/checkpoint/{1:020d}", body)
-    times = []
-    for _ in range(3):
-        started = time.perf_counter()
+    times = []  # CPU seconds of this thread, which reads and decodes the checkpoint: other
+    for _ in range(3):  # work on a loaded machine does not count
+        started = time.thread_time()
         opened = ManifestMetadataStore(local_store(tmp_path))
-        times.append(time.perf_counter() - started)
+        times.append(time.thread_time() - started)
     assert opened.get_stream(n).end_offset == 1000
     assert opened.stream_objects(n)[0].range.end_offset == 1000
     opened.open_stream(n)

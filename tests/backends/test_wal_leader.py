@@ -111,7 +111,7 @@ def test_appends_during_a_write_are_the_next_group_of_the_writer_thread(
     positions = [f.result(timeout=30) for f in [first, *later]]
     assert positions == sorted(positions)
     assert [size for size, _ in writes.groups] == [1, 5]  # the five: one write, one sync
-    assert writes.groups[1][1] == type(wal).__name__  # by the writer thread
+    assert writes.groups[1][1] == f"streamlib-{type(wal).__name__}"  # by the writer thread
 
 
 def test_close_waits_for_a_leaders_group(wal: GroupCommitWal, tmp_path: Path) -> None:
@@ -142,6 +142,6 @@ def test_a_wal_with_a_linger_never_leads(tmp_path: Path) -> None:
         future = wal.append(make_record(1, 0))
         wal.lead()
         future.result(timeout=30)
-        assert writes.groups == [(1, "FileWal")]
+        assert writes.groups == [(1, "streamlib-FileWal")]
     finally:
         wal.close()

@@ -93,4 +93,4 @@ def test_a_submission_nobody_leads_is_written_by_the_writer_thread(
     ticket = Signal()
     wal.submit(make_record(1, 0), ticket)
     assert done.wait(30)
-    assert ticket.position is not None and ticket.thread == type(wal).__name__
+    assert ticket.position is not None and ticket.thread == f"streamlib-{type(wal).__name__}"
