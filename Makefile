@@ -84,6 +84,7 @@ bench: $(VENV)/.installed-bench
 	$(BIN)/python benchmarks/lifecycle.py
 	$(BIN)/python benchmarks/diskless.py
 	$(BIN)/python benchmarks/verify.py
+	$(BIN)/python benchmarks/fixtures.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info streamlib/codec/_segment_codec*.so .pytest_cache .hypothesis

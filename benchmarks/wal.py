@@ -11,10 +11,9 @@ For each local backend (file, block) it measures, in the same directory and the 
   against one raw ``write`` + ``fdatasync`` of the same bytes appended to a file (for the block
   ring: one aligned 4 KiB ``pwrite`` + ``fdatasync`` into a preallocated file, its own I/O),
   the two taken in alternating chunks of 50. Target: p99 ≤ 2 × the raw p99. For the file WAL
-  both kinds of segment are measured: a new one (preallocated, so each sync also records that
-  the extent it wrote now holds data) beside a raw append to a growing file, and a recycled one
-  (its blocks written before: each sync is of data only) beside a raw overwrite of written
-  blocks. The main row is the WAL after the throughput run, writing into a recycled segment.
+  both kinds of segment are measured: a new one (it grows, so each sync also commits its new
+  size) beside a raw append to a growing file, and a recycled one (its blocks written before:
+  each sync is of data only) beside a raw overwrite of written blocks. The main row is the WAL after the throughput run, writing into a recycled segment.
 
 With ``--s3`` it also starts local moto and SeaweedFS S3 servers and measures the object WAL on
 each: appends/s and p99 latency of small appends with pipelined PUTs (many flushes in flight)
@@ -200,8 +199,8 @@ def measure_backend(name: str, open_wal: Callable[[Path], Wal], directory: Path,
     wal_mb = wal_throughput(wal, big, batches)
     extra: dict[str, object] = {"direct_io": getattr(wal, "direct_io", None)}
     if name == "file":
-        # Both kinds of segment: a new one (preallocated: each sync also converts the extent
-        # it wrote) and a recycled one (blocks written before: each sync is of data only).
+        # Both kinds of segment: a new one (it grows: each sync also commits its size) and a
+        # recycled one (blocks written before: each sync is of data only).
         extra.update(file_segment_kinds(where, open_wal, wal, big, tiny, small))
     # compare like with like: the ring writes whole aligned blocks into a preallocated file
     raw = RawRingWriter(where, small) if name == "block" else RawAppender(where, record_size(tiny))
@@ -359,7 +358,7 @@ def report(results: list[dict[str, object]]) -> None:
         if "fresh_p50_ms" in r:
             print("\nfile WAL small appends by kind of segment (p50 / p99), beside the raw sync "
                   "of the same kind:")
-            print(f"  new segment (preallocated)   {r['fresh_p50_ms']:.3f} / "
+            print(f"  new segment (grows)          {r['fresh_p50_ms']:.3f} / "
                   f"{r['fresh_p99_ms']:.3f} ms   raw append to a growing file "
                   f"{r['grow_p50_ms']:.3f} / {r['grow_p99_ms']:.3f} ms")
             print(f"  recycled segment             {r['recycled_p50_ms']:.3f} / "
