@@ -31,7 +31,7 @@ import pytest
 import streamlib
 from streamlib.io import open_filesystem
 from streamlib.store import StreamStore
-from streamlib.testing.s3 import MotoServer, S3Bucket, S3Endpoint, fresh_bucket
+from streamlib.testing.s3 import MotoServer, S3Bucket, S3Endpoint, fresh_bucket, running
 
 TEST_SETTINGS: dict[str, Any] = {
     "durability": "unsafe-no-fsync",
@@ -181,12 +181,8 @@ def streamlib_stores(tmp_path: Path) -> Iterator[Callable[..., StreamStore]]:
 def s3_server() -> Iterator[S3Endpoint]:
     """moto's S3 server on 127.0.0.1 (a free port) for the session: ``.url`` and
     ``.storage_options()`` (the credentials and endpoint s3fs needs)."""
-    server = MotoServer()
-    endpoint = server.start()
-    try:
+    with running(MotoServer()) as endpoint:
         yield endpoint
-    finally:
-        server.stop()
 
 
 @pytest.fixture

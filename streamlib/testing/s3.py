@@ -345,26 +345,28 @@ class SeaweedServer:
 
 # ---- fixtures ----
 
-@pytest.fixture(scope="session")
-def moto_s3() -> Iterator[S3Endpoint]:
-    """moto's S3 server for the session."""
-    server = MotoServer()
+@contextlib.contextmanager
+def running(server: MotoServer | SeaweedServer) -> Iterator[S3Endpoint]:
+    """``server`` started, and stopped afterwards."""
     endpoint = server.start()
     try:
         yield endpoint
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def moto_s3() -> Iterator[S3Endpoint]:
+    """moto's S3 server for the session."""
+    with running(MotoServer()) as endpoint:
+        yield endpoint
 
 
 @pytest.fixture(scope="session")
 def seaweedfs_s3() -> Iterator[S3Endpoint]:
     """A SeaweedFS server for the session."""
-    server = SeaweedServer()
-    endpoint = server.start()
-    try:
+    with running(SeaweedServer()) as endpoint:
         yield endpoint
-    finally:
-        server.stop()
 
 
 @contextlib.contextmanager
@@ -395,7 +397,7 @@ def seaweedfs_bucket(seaweedfs_s3: S3Endpoint) -> Iterator[S3Bucket]:
 
 
 __all__ = ["MotoServer", "S3Bucket", "S3Endpoint", "SeaweedServer", "fresh_bucket",
-           "moto_bucket", "moto_s3", "seaweedfs_bucket", "seaweedfs_s3"]
+           "moto_bucket", "moto_s3", "running", "seaweedfs_bucket", "seaweedfs_s3"]
 
 
 @contextlib.contextmanager
