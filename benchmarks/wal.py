@@ -13,7 +13,8 @@ For each local backend (file, block) it measures, in the same directory and the 
   the two taken in alternating chunks of 50. Target: p99 ≤ 2 × the raw p99. For the file WAL
   both kinds of segment are measured: a new one (it grows, so each sync also commits its new
   size) beside a raw append to a growing file, and a recycled one (its blocks written before:
-  each sync is of data only) beside a raw overwrite of written blocks. The main row is the WAL after the throughput run, writing into a recycled segment.
+  each sync is of data only) beside a raw overwrite of written blocks. The main row is the WAL
+  after those, writing into a recycled segment.
 
 With ``--s3`` it also starts local moto and SeaweedFS S3 servers and measures the object WAL on
 each: appends/s and p99 latency of small appends with pipelined PUTs (many flushes in flight)
