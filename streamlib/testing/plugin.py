@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -47,8 +48,9 @@ SHARED_SETTINGS: dict[str, Any] = {
 }
 """What ``streamlib_stores`` adds: nodes that see each other's changes within a few ms."""
 
-THREAD_EXIT_TIMEOUT = 10.0
-"""Seconds a closed store's threads may take to end before the check calls them leaked."""
+THREAD_EXIT_TIMEOUT = 5.0
+"""Seconds a closed store's threads may take, together, to end before the check calls them
+leaked (close() joins them: a thread still running after it is one a store left behind)."""
 
 STORE_THREADS = "streamlib-"
 """How the names of the threads a store starts begin (the test's own threads, and those a
@@ -91,8 +93,9 @@ def _left_threads(before: set[int | None]) -> list[str]:
     """A store's threads started since ``before`` that do not end once it is closed."""
     late = [t for t in threading.enumerate()
             if t.ident not in before and t.name.startswith(STORE_THREADS)]
-    for thread in late:
-        thread.join(THREAD_EXIT_TIMEOUT)  # waits on the thread's end, not for a fixed time
+    deadline = time.monotonic() + THREAD_EXIT_TIMEOUT
+    for thread in late:  # waits on each thread's end, not for a fixed time
+        thread.join(max(0.0, deadline - time.monotonic()))
     return [f"thread {t.name!r} still running" for t in late if t.is_alive()]
 
 

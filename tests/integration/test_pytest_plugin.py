@@ -19,6 +19,7 @@ from streamlib.errors import ConfigError, NodeLockedError
 from streamlib.testing import plugin
 
 pytest_plugins = ["pytester"]
+pytestmark = pytest.mark.once  # processes and files, not the codec: the C-codec pass runs it
 
 USER_SUITE = '''
 import streamlib
