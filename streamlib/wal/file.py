@@ -41,9 +41,14 @@ _SPARE = re.compile(r"\d{20}\.spare")
 _FIRST_READ = 1 << 20
 """Recovery's first read of the last segment: reads double until they reach its end marker."""
 _IOV_MAX = 1024
+ZERO_AHEAD = 512 << 10
+"""How far ahead of its records a small group fills a growing segment with zeros, in the same
+write: the syncs of the groups that follow write over blocks already written, data only."""
+_ZEROS = memoryview(bytes(ZERO_AHEAD + 4096))
+_PAGE = 4096
 
 
-def _pwrite_all(fd: int, parts: list[bytes], offset: int) -> None:
+def _pwrite_all(fd: int, parts: list[bytes | memoryview], offset: int) -> None:
     """``pwritev`` everything at ``offset``, at most IOV_MAX parts a call. A short write (rare:
     a signal, a full disk) writes the rest of that call's parts as one buffer."""
     for first in range(0, len(parts), _IOV_MAX):
@@ -111,13 +116,14 @@ class FileWal(GroupCommitWal):
         # a sweep (under ``_trim_lock``), taken by the writer that rolls
         self._spares_lock = threading.Lock()  # a leaf: nothing is taken under it
         self._spares: list[str] = self._find_spares()  # GUARDED_BY(_spares_lock)
-        # The segment being appended to: these three are recovery's, then the turn's (the writer
+        # The segment being appended to: these four are recovery's, then the turn's (the writer
         # that holds it; see streamlib.wal._group), alone (close releases them after the last
         # writer gave the turn back). ``_trimmed`` reads ``_segment_start`` alone: it only
         # grows, so a stale value keeps more segments, not fewer.
         self._fd = -1
         self._segment_start = 0
         self._used = 0  # bytes of records in it: the next group is written at this offset
+        self._written = 0  # how far its blocks have been written (records, marker, zeros)
 
     # ---- files ----
 
@@ -170,6 +176,7 @@ class FileWal(GroupCommitWal):
         self._fd = os.open(os.path.join(self.path, f"{start:020d}.wal"), os.O_WRONLY)
         self._segment_start = start
         self._used = used
+        self._written = os.fstat(self._fd).st_size
 
     def _new_segment(self, start: int) -> None:
         """Start the segment ``start``: a spare file renamed, or a new one. Its name is durable
@@ -181,8 +188,10 @@ class FileWal(GroupCommitWal):
         if spare is not None:
             os.rename(spare, path)
             self._fd = os.open(path, os.O_WRONLY)
+            self._written = self._segment_bytes
         else:
             self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            self._written = 0
         # An end marker at its start, so that a crash before its first group leaves an empty
         # segment, not a torn tail the size of a spare (not synced: the first group's sync is
         # the one that matters, and a lost marker only makes the report longer).
@@ -290,7 +299,7 @@ class FileWal(GroupCommitWal):
         size = sum(item.size for item in group)
         if self._used and self._used + size + HEADER_SIZE > self._segment_bytes:
             self._new_segment(start)
-        parts: list[bytes] = []
+        parts: list[bytes | memoryview] = []
         positions = []
         position = start
         for item in group:
@@ -298,6 +307,15 @@ class FileWal(GroupCommitWal):
             positions.append(position)
             position += item.size
         parts.append(end_marker(position, start))  # overwritten by the next group
+        end = self._used + size + HEADER_SIZE
+        if end > self._written:
+            self._written = end
+            if size < ZERO_AHEAD // 4 and end < self._segment_bytes:
+                # A small group growing the file: zeros ahead, so the next syncs are of data
+                # only (a growing file's sync also commits its size). Big groups just grow it.
+                ahead = min(-(-(end + ZERO_AHEAD) // _PAGE) * _PAGE, self._segment_bytes)
+                parts.append(_ZEROS[:ahead - end])
+                self._written = ahead
         _pwrite_all(self._fd, parts, self._used)
         self._sync.data(self._fd)
         self._used += size

@@ -10,7 +10,7 @@ from streamlib.errors import NodeLockedError
 from streamlib.testing.wal import WalContract, make_record, recover_all
 from streamlib.wal import Wal
 from streamlib.wal._format import record_size
-from streamlib.wal.file import FileWal
+from streamlib.wal.file import ZERO_AHEAD, FileWal
 
 SEGMENT = 256 * 1024
 
@@ -67,11 +67,34 @@ def test_a_segment_ends_with_an_end_marker_after_its_last_group(tmp_path: Path) 
     positions = filled_wal(tmp_path)
     end = records_end(positions)
     data = only_segment(tmp_path).read_bytes()
-    assert len(data) == end + 40 and data[end:end + 4] == b"SLWR"  # overwritten by the next
+    assert data[end:end + 4] == b"SLWR"  # overwritten by the next group
+    # small groups fill the file with zeros ahead of them, up to the segment's size at most
+    assert len(data) >= end + 40 and data[end + 40:] == bytes(len(data) - end - 40)
+    assert len(data) <= SEGMENT
     wal = FileWal(tmp_path, segment_bytes=SEGMENT)
     recovery = wal.recover()
     assert len(recovery.entries()) == 30 and recovery.dropped == [] and recovery.end == end
     wal.close()
+
+
+def test_small_groups_write_zeros_ahead_and_big_groups_grow_the_file(tmp_path: Path) -> None:
+    # zeros ahead of small groups: the syncs of the next groups are of data only
+    wal = FileWal(tmp_path, segment_bytes=64 * ZERO_AHEAD)
+    recover_all(wal)
+    first = wal.append(make_record(1, 0, size=100)).result(timeout=30)
+    size = only_segment(tmp_path).stat().st_size
+    assert size >= ZERO_AHEAD and size % 4096 == 0
+    for i in range(1, 20):  # within the zeros: the file does not grow
+        wal.append(make_record(1, i, size=100)).result(timeout=30)
+    assert only_segment(tmp_path).stat().st_size == size
+    # a group as large as the zeros ahead grows the file by itself, with no zeros after it
+    big = wal.append(make_record(1, 20, size=ZERO_AHEAD)).result(timeout=30)
+    end = big - first + record_size(make_record(1, 20, size=ZERO_AHEAD))
+    assert only_segment(tmp_path).stat().st_size == end + 40
+    wal.close()
+    again = FileWal(tmp_path, segment_bytes=64 * ZERO_AHEAD)
+    assert [e.record.base_offset for e in recover_all(again)] == list(range(21))
+    again.close()
 
 
 def test_torn_last_record_is_dropped_and_cleared(tmp_path: Path) -> None:
