@@ -8,6 +8,8 @@ PIP := $(BIN)/python -m pip --disable-pip-version-check
 INSTALL_DEPS := pyproject.toml setup.py native/segment_codec.c native/segment_codec.h native/build_codec.py
 ASAN_DIR := build/asan
 PYTEST_ARGS ?=
+# pytest-xdist workers per pass (many tests wait on servers and child processes); -n 0 for pdb/-s
+PYTEST_WORKERS ?= 2
 FUZZ_SECONDS ?= 240
 ASAN_FUZZ_SECONDS ?= 60
 FUZZ_ARGS ?=
@@ -36,12 +38,13 @@ test: lint test-c test-python
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check streamlib tests benchmarks examples native
 	$(BIN)/mypy --strict streamlib
+	$(BIN)/mypy --strict tests/typing/user_program.py
 
 test-c: $(VENV)/.installed-test
-	STREAMLIB_PURE=0 $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	STREAMLIB_PURE=0 $(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 test-python: $(VENV)/.installed-test
-	STREAMLIB_PURE=1 $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	STREAMLIB_PURE=1 $(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 # The C codec rebuilt with AddressSanitizer and UBSan, in a copy of the package under
 # build/asan (run from there so that it is imported first: the fuzz harness and conftest.py
@@ -85,6 +88,7 @@ bench: $(VENV)/.installed-bench
 	$(BIN)/python benchmarks/diskless.py
 	$(BIN)/python benchmarks/verify.py
 	$(BIN)/python benchmarks/fixtures.py
+	$(BIN)/python benchmarks/kafka.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info streamlib/codec/_segment_codec*.so .pytest_cache .hypothesis

@@ -13,12 +13,15 @@ Three measurements in one run (docs/cache.md), the data being what
    *ack → reader* (reader has it minus append returned: negative when the reader wakes before
    the writer's ``append`` has returned, which is normal: the acknowledgement wakes the readers
    first, then completes the append's future) and *call → reader* (reader has it minus append
-   called: the whole path, the WAL's ``fdatasync`` included). Three readers: ``Stream.read``,
-   a loop of ``fetch(timeout=)`` long polls, and ``Stream.read_async`` in an asyncio loop of the
-   reader's thread. They take turns in chunks of 250 samples (a fresh reader a chunk, the
-   first 3 appends of each chunk not counted). The physical reference: one Python thread
-   waking another through a ``threading.Condition`` (and through ``call_soon_threadsafe`` for
-   asyncio) on this machine, measured the same way.
+   called: the whole path, the WAL's ``fdatasync`` included). Four readers: ``Stream.read``,
+   a loop of ``fetch(timeout=)`` long polls, and, in an asyncio loop of the reader's thread,
+   ``Stream.read_async`` and a loop of ``fetch_async(timeout=)`` long polls. They take turns
+   in chunks of 250 samples (a fresh reader a chunk, the first 3 appends of each chunk not
+   counted). The physical reference: one Python thread waking another through a
+   ``threading.Condition`` (and through ``call_soon_threadsafe`` for asyncio) on this
+   machine, measured the same way. Then (**5.** in the report) one task follows 1 and 1,000
+   streams with ``streamlib.Follower``: the memory and CPU an idle stream costs, and the same
+   latencies for appends to streams drawn at random (:func:`fan_in`).
 2. **Catch-up read of uploaded data on S3** (a moto server in a process of its own, as in
    ``benchmarks/stream.py``; streamlib's WAL stays a local file WAL). Batches of 100 × 1 KiB
    are appended with 64 in flight, ``store.flush()`` uploads the rest, the store is closed and
@@ -55,12 +58,14 @@ import io
 import json
 import os
 import pstats
+import random
 import shutil
 import statistics
 import sys
 import tempfile
 import threading
 import time
+import tracemalloc
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
@@ -74,6 +79,7 @@ from stream import (
     MB,
     MIB,
     RECORD_BYTES,
+    SEED,
     SMALL,
     Data,
     SlateDB,
@@ -103,11 +109,13 @@ SMALL_GETS = 10
 CHUNK = 250  # tailing samples a reader takes before the next kind's turn
 WARM_UP = 3  # appends at the start of each chunk, not counted
 TAIL_TARGET_MS = 1.0
+FAN_IN_TARGET_MS = 2.0
+FAN_IN_STREAMS = (1, 1000)
 COUNTERS = ("gets", "get_bytes", "block_hits", "block_misses", "shared_loads",
             "readahead_blocks", "readahead_hits")  # of store.stats()["cache"], where present
-MODES = ("read", "fetch", "read_async")
+MODES = ("read", "fetch", "read_async", "fetch_async")
 MODE_NAMES = {"read": "Stream.read", "fetch": "fetch(timeout=) loop",
-              "read_async": "Stream.read_async"}
+              "read_async": "Stream.read_async", "fetch_async": "fetch_async(timeout=) loop"}
 
 
 def stats_ms(samples: Sequence[float]) -> dict[str, float]:
@@ -141,7 +149,7 @@ def follow(stream: streamlib.Stream, mode: str, start: int, count: int,
             for batch in result.batches:
                 seen[batch.base_offset] = now
             offset = result.next_fetch_offset
-    else:
+    elif mode == "read_async":
         async def go() -> None:
             ready.set()
             async for batch in stream.read_async(start, idle_timeout=30):
@@ -150,6 +158,20 @@ def follow(stream: streamlib.Stream, mode: str, start: int, count: int,
                     break
 
         asyncio.run(go())
+    else:
+        async def poll() -> None:
+            ready.set()
+            offset = start
+            while len(seen) < count:
+                result = await stream.fetch_async(offset, timeout=30)
+                now = clock()
+                if not result.batches:
+                    raise RuntimeError("a tailing fetch_async timed out")
+                for batch in result.batches:
+                    seen[batch.base_offset] = now
+                offset = result.next_fetch_offset
+
+        asyncio.run(poll())
 
 
 def tailing(directory: Path, data: Data, samples: int, **options: object) -> dict[str, Any]:
@@ -255,6 +277,111 @@ def wake_reference(samples: int) -> dict[str, dict[str, float]]:
         loop.call_soon_threadsafe(future.set_result, clock())
     runner.join()
     return {"thread": stats_ms(threads), "loop": stats_ms(loop_times)}
+
+
+# ---- 1b. many streams followed by one task ----
+
+
+def loop_cpu(thread: threading.Thread) -> float:
+    """Seconds ``thread`` has run on a CPU (Linux: its schedstat; 0 where there is none)."""
+    try:
+        with open(f"/proc/self/task/{thread.native_id}/schedstat") as stat:
+            return int(stat.read().split()[0]) / 1e9
+    except (OSError, ValueError):
+        return 0.0
+
+
+def fan_in(directory: Path, data: Data, streams: int, samples: int,
+           idle: float = 2.0) -> dict[str, Any]:
+    """One task follows ``streams`` streams (``streamlib.Follower``) in an event loop of its
+    own thread. While they are idle: the Python memory that following them takes
+    (tracemalloc, from the follower's creation until every stream is waited on), and the CPU
+    time of the loop's thread and of the whole process over ``idle`` seconds (beside as long
+    without the follower). Then a writer appends small batches to streams drawn at random, one
+    at a time, each waited for, and the follower notes when it gets each: ack -> follower and
+    call -> follower, as the tailing readers'."""
+    store = streamlib.open(directory / f"fan-in-{streams}")
+    handles = [store.create_stream() for _ in range(streams)]
+    clock = time.perf_counter
+    seen: dict[tuple[int, int], float] = {}
+    figures: dict[str, Any] = {"streams": streams}
+    waiting = threading.Event()
+    box: list[tuple[asyncio.AbstractEventLoop, streamlib.Follower]] = []
+
+    async def follow() -> None:
+        tracemalloc.start()
+        base = tracemalloc.get_traced_memory()[0]
+        follower = streamlib.Follower({h: 0 for h in handles})
+        box.append((asyncio.get_running_loop(), follower))
+
+        async def consume() -> None:
+            async for stream, batch in follower:
+                seen[(stream.id, batch.base_offset)] = clock()
+                if len(seen) >= samples:
+                    return
+
+        consumer = asyncio.create_task(consume())
+        while sum(len(h._state.async_waiters) for h in handles) < streams:
+            await asyncio.sleep(0.001)  # the benchmark's own look: each stream waited on
+        figures["bytes_per_stream"] = (tracemalloc.get_traced_memory()[0] - base) / streams
+        tracemalloc.stop()
+        waiting.set()
+        await consumer
+        await follower.aclose()
+
+    try:
+        started, used = time.monotonic(), time.process_time()
+        time.sleep(idle)  # the store alone, idle
+        figures["baseline_cpu_s"] = (time.process_time() - used) * idle / (
+            time.monotonic() - started)
+        reader = threading.Thread(target=lambda: asyncio.run(follow()))
+        reader.start()
+        waiting.wait()
+        loop_before, used = loop_cpu(reader), time.process_time()
+        started = time.monotonic()
+        time.sleep(idle)  # every stream followed, none appended to
+        span = time.monotonic() - started
+        figures["idle_loop_cpu_s"] = (loop_cpu(reader) - loop_before) * idle / span
+        figures["idle_cpu_s"] = (time.process_time() - used) * idle / span
+        rng = random.Random(SEED)
+        times: list[tuple[tuple[int, int], float, float]] = []
+        for i in range(samples):
+            handle = handles[rng.randrange(streams)]
+            t0 = clock()
+            result = handle.append(data.small(i))
+            times.append(((handle.id, result.base_offset), t0, clock()))
+        reader.join(60)
+        if reader.is_alive():
+            raise RuntimeError("the follower did not finish")
+    finally:
+        store.close()
+    ack = [seen[key] - t1 for key, _, t1 in times]
+    call = [seen[key] - t0 for key, t0, _ in times]
+    return {**figures, "idle_s": idle, "ack": stats_ms(ack[WARM_UP:]),
+            "call": stats_ms(call[WARM_UP:])}
+
+
+def report_fan_in(rows: list[dict[str, Any]]) -> None:
+    print("\n5. One task follows many streams (streamlib.Follower), local store; small appends "
+          "to streams at random, one at a time")
+    print(f"{'streams':>7}  {'B/idle stream':>13}  {'idle CPU, loop':>14}  "
+          f"{'idle CPU, process':>17}  {'ack->follower p50':>17}  {'p99':>7}  {'max':>7}  "
+          f"{'call->follower p99':>18}")
+    for r in rows:
+        per = f"{r['idle_cpu_s'] - r['baseline_cpu_s']:+.3f} s"
+        print(f"{r['streams']:>7,}  {r['bytes_per_stream']:>13,.0f}  "
+              f"{r['idle_loop_cpu_s'] * 1e3:>11.2f} ms  {per:>17}  "
+              f"{r['ack']['p50']:>15.3f}ms  {r['ack']['p99']:>5.3f}ms  {r['ack']['max']:>5.2f}ms  "
+              f"{r['call']['p99']:>16.3f}ms")
+    idle = rows[0]["idle_s"]
+    print(f"  B/idle stream = Python memory following one more idle stream takes (tracemalloc); "
+          f"idle CPU over {idle:g} s with every\n  stream followed and none appended to: the "
+          f"loop's thread, and the process beside the store idle without the follower")
+    print("\ntargets (fan-in)")
+    for r in rows:
+        p99 = r["ack"]["p99"]
+        print(f"  {r['streams']:>5,} streams, ack->follower p99 {p99:>6.3f} ms  target <= "
+              f"{FAN_IN_TARGET_MS:g} ms  {verdict(p99 <= FAN_IN_TARGET_MS)}")
 
 
 # ---- 2 and 3. catch-up and warm re-read ----
@@ -706,11 +833,11 @@ def report(tail: dict[str, Any] | None, wake: dict[str, Any] | None,
         n = tail["ack"]["read"]["n"]
         print(f"1. Tailing: {SMALL} x 1 KiB appends one at a time (file WAL), a reader thread "
               f"following; {n} samples a reader")
-        print(f"{'reader':<22}  {'ack->reader p50':>15}  {'p99':>8}  {'max':>8}  "
+        print(f"{'reader':<26}  {'ack->reader p50':>15}  {'p99':>8}  {'max':>8}  "
               f"{'call->reader p50':>16}  {'p99':>8}  {'before ack':>10}")
         for mode in MODES:
             a, c = tail["ack"][mode], tail["call"][mode]
-            print(f"{MODE_NAMES[mode]:<22}  {a['p50']:>13.3f}ms  {a['p99']:>6.3f}ms  "
+            print(f"{MODE_NAMES[mode]:<26}  {a['p50']:>13.3f}ms  {a['p99']:>6.3f}ms  "
                   f"{a['max']:>6.2f}ms  {c['p50']:>14.3f}ms  {c['p99']:>6.3f}ms  "
                   f"{tail['negative'][mode]:>10.0%}")
         ap = tail["append"]
@@ -793,7 +920,7 @@ def report(tail: dict[str, Any] | None, wake: dict[str, Any] | None,
     if tail is not None:
         for mode in MODES:
             p99 = tail["ack"][mode]["p99"]
-            print(f"  tailing, {MODE_NAMES[mode]:<20} ack->reader p99 {p99:>6.3f} ms  "
+            print(f"  tailing, {MODE_NAMES[mode]:<26} ack->reader p99 {p99:>6.3f} ms  "
                   f"target < {TAIL_TARGET_MS:g} ms  {verdict(p99 < TAIL_TARGET_MS)}")
     if cu["s3"]:
         lib, raw = cu["streamlib on moto"], cu["raw"]
@@ -859,17 +986,19 @@ def main() -> None:
     try:
         wake = wake_reference(samples)
         tail = tailing(directory, data, samples)
+        fans = [fan_in(directory, data, streams, samples) for streams in FAN_IN_STREAMS]
         cu = catch_up(directory, data, batches, repeats, not args.no_s3, args.profile,
                       args.sweep)
         shapes = by_object_size(directory, repeats, not args.no_s3)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
     report(tail, wake, cu)
+    report_fan_in(fans)
     report_shapes(shapes)
     print(f"\nDone in {time.monotonic() - started:.0f} s.")
     if args.json:
         Path(args.json).write_text(json.dumps({"tailing": tail, "wake": wake, "catch_up": cu,
-                                               "by_object_size": shapes},
+                                               "fan_in": fans, "by_object_size": shapes},
                                               indent=2, default=str))
 
 

@@ -1,6 +1,7 @@
 """Streams end to end (``streamlib.open``) beside SQLite, SlateDB and the raw disk, in one run.
 
     .venv/bin/python benchmarks/stream.py [--quick] [--s3] [--json PATH] [--dir DIR]
+                                          [--prometheus-port PORT]
 
 Every system gets the same data: batches of 100 records of 1 KiB (compact JSON events drawn
 from a seeded pool of 4,096 distinct values, so they compress like logs), stream 1, and
@@ -12,6 +13,9 @@ measures, in the same directory and the same run:
   ``fdatasync`` of a batch's encoded size a batch (what a program with no group commit pays).
   Each system's batches are sent in 4 rounds taking turns with the others, so that drift in
   the machine's speed touches all alike.
+- **append throughput from asyncio**: the same batches appended by ``await
+  stream.append_async(...)`` from one event loop, 64 tasks in flight (awaited oldest first), on
+  a store of its own, beside ``append_future``'s row (throughput only).
 - **small-append latency**: batches of 10 × 1 KiB, one at a time, each waited for; p50 and p99.
   The systems take turns in chunks of 50 (the slow SlateDB variants with fewer samples).
   The raw figure is one ``write`` + ``fdatasync`` of a small batch's bytes.
@@ -50,6 +54,10 @@ WAL): streamlib's append throughput, the same until everything is uploaded
 (``store.flush()``), read-back throughput after reopening, GETs per MiB, and whole-object GETs
 of the very same objects one at a time (the server's raw GET speed for the same bytes);
 SlateDB (a value a batch, patched) with its objects on the same server.
+
+With ``--prometheus-port PORT`` the stores the run opens are served to Prometheus while it runs
+(``curl localhost:PORT/metrics``; docs/metrics.md), each labelled ``store`` with the name the
+report gives it; it needs ``streamlib[prometheus]``.
 
 Absolute figures drift by ±40% between runs on the reference machine: compare within a run.
 The directory defaults to a temporary one under ``build/`` (the project's disk, not tmpfs).
@@ -98,6 +106,8 @@ LENGTH = struct.Struct(">I")
 KEY = struct.Struct(">QQ")  # SlateDB keys: stream, offset (big-endian: they sort by offset)
 MB = 1e6
 GIB = 1 << 30
+SERVED: dict[str, streamlib.StreamStore] = {}
+"""The stores open now, by name: what ``--prometheus-port`` serves (read at each scrape)."""
 MIB = 1 << 20
 WORDS = ("alpha", "bravo", "cart", "delta", "echo", "search", "view", "page", "product",
          "checkout", "session", "mobile", "desktop", "region", "eu-west", "us-east", "promo",
@@ -228,7 +238,8 @@ class StreamlibSystem(System):
         self.directory = directory
         self.storage_options = storage_options
         self.options = options
-        self.store = streamlib.open(directory, storage_options=storage_options, **options)
+        self.store = SERVED[name] = streamlib.open(directory, storage_options=storage_options,
+                                                   **options)
         self.stream = self.store.create_stream("bench")
         self.small = self.store.create_stream("small")
         assert (self.stream.id, self.small.id) == (STREAM, SMALL_STREAM)
@@ -282,8 +293,8 @@ class StreamlibSystem(System):
         self.store.flush()
         self.store.close()
         start = time.perf_counter()
-        self.store = streamlib.open(self.directory, storage_options=self.storage_options,
-                                    **self.options)
+        self.store = SERVED[self.name] = streamlib.open(
+            self.directory, storage_options=self.storage_options, **self.options)
         self.reopen_seconds = time.perf_counter() - start
         self.store.objects.exists("warm-up")  # a new S3 client's first request: not here
         before: Any = self.store.stats()["cost"]
@@ -312,6 +323,39 @@ class StreamlibSystem(System):
 
     def close(self) -> None:
         self.store.close()
+
+
+class StreamlibAsync(StreamlibSystem):
+    """The same store appended to from an event loop: ``await stream.append_async(...)``,
+    ``IN_FLIGHT`` at a time (a task each, awaited oldest first), one loop for the whole run."""
+
+    def __init__(self, name: str, directory: Path, **options: object) -> None:
+        super().__init__(name, directory, **options)
+        self.loop = asyncio.new_event_loop()
+
+    def append_batches(self, batches: Sequence[Any]) -> float:
+        async def go() -> float:
+            pending: deque[asyncio.Task[Any]] = deque()
+            start = time.perf_counter()
+            for values in batches:
+                if len(pending) >= IN_FLIGHT:
+                    await pending.popleft()
+                pending.append(asyncio.ensure_future(self.stream.append_async(values)))
+            for task in pending:
+                await task
+            return time.perf_counter() - start
+
+        elapsed = self.loop.run_until_complete(go())
+        self.appended += len(batches) * BIG * RECORD_BYTES
+        self.upload_rest()
+        return elapsed
+
+    def small_append(self, values: list[bytes]) -> None:
+        self.loop.run_until_complete(self.small.append_async(values))
+
+    def close(self) -> None:
+        super().close()
+        self.loop.close()
 
 
 class SQLite(System):
@@ -609,7 +653,7 @@ def latency(systems: dict[System, int], data: Data) -> dict[str, dict[str, float
 def tiny_appends(directory: Path, streams: int) -> dict[str, dict[str, float]]:
     """``TINY_ROUNDS`` rounds of one ``TINY`` append to each of ``streams`` streams: streamlib
     with ``TINY_IN_FLIGHT`` in flight, SQLite one transaction an append; in ROUNDS turns."""
-    store = streamlib.open(directory / "streamlib-tiny")
+    store = SERVED["streamlib, tiny appends"] = streamlib.open(directory / "streamlib-tiny")
     db = sqlite3.connect(directory / "sqlite-tiny.db", isolation_level=None)
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=FULL")
@@ -659,6 +703,7 @@ def local_run(directory: Path, data: Data, batches: int, small: int) -> dict[str
     lib = StreamlibSystem("streamlib, file WAL", directory / "streamlib")
     lib_encoded = StreamlibSystem("streamlib, RecordBatch in", directory / "streamlib-encoded",
                                   encoded=True)
+    lib_async = StreamlibAsync("streamlib, append_async", directory / "streamlib-async")
     data.encoded  # noqa: B018 (built before any timing)
     sqlite_batch = SQLite(directory, per_record=False)
     sqlite_record = SQLite(directory, per_record=True)
@@ -666,6 +711,8 @@ def local_run(directory: Path, data: Data, batches: int, small: int) -> dict[str
     counts = {lib: batches, raw: batches, sqlite_batch: batches, sqlite_record: batches}
     small_counts = dict.fromkeys(counts, small)
     counts[lib_encoded] = batches  # throughput only
+    # throughput only, right after append_future's turn in each round: the same disk behind it
+    counts = {lib: batches, lib_async: batches, **{k: v for k, v in counts.items() if k != lib}}
     slate: list[SlateDB] = []
     if sdb is not None:
         try:
@@ -683,13 +730,14 @@ def local_run(directory: Path, data: Data, batches: int, small: int) -> dict[str
             small_counts[fast] = max(50, small // 5)
             small_counts[shipped] = max(50, small // 10)
     try:
-        for system in systems:  # warm-up: open files, first allocations, the codec
+        for system in [*systems, lib_async]:  # warm-up: files, first allocations, the codec
             for i in range(5):
                 system.small_append(data.small(i))
         lib.store.flush()
         lib.mark()
         results: dict[str, Any] = {"throughput": throughput(counts, data)}
         lib_encoded.close()
+        lib_async.close()
         lib.upload_all()
         results["latency"] = latency(small_counts, data)
         results["tiny"] = tiny_appends(directory, 200 if batches < 1000 else 1000)
@@ -716,12 +764,13 @@ def local_run(directory: Path, data: Data, batches: int, small: int) -> dict[str
             "encoded_batch_bytes": big_size, "encoded_small_bytes": small_size}
         results["slatedb_error"] = slatedb_error
         results["slatedb_unflushed_ms"] = slate[0].unflushed_ms if slate else []
-        results["names"] = {"streamlib": lib.name, "encoded": lib_encoded.name, "raw": raw.name,
+        results["names"] = {"streamlib": lib.name, "encoded": lib_encoded.name,
+                            "async": lib_async.name, "raw": raw.name,
                             "sqlite": sqlite_batch.name, "sqlite_record": sqlite_record.name,
                             "slatedb": [s.name for s in slate]}
         return results
     finally:
-        for system in [*systems, lib_encoded]:
+        for system in [*systems, lib_encoded, lib_async]:
             with contextlib.suppress(Exception):
                 system.close()
 
@@ -821,6 +870,9 @@ def report(local: dict[str, Any], s3: dict[str, Any] | None) -> None:
     encoded = names["encoded"]
     print(f"{encoded:<{width}}  {tp[encoded]['batches']:>7}  {tp[encoded]['mb_per_s']:>11,.1f}  "
           f"(throughput only: batches built before timing)")
+    via = names["async"]
+    print(f"{via:<{width}}  {tp[via]['batches']:>7}  {tp[via]['mb_per_s']:>11,.1f}  "
+          f"(throughput only: {IN_FLIGHT} append_async tasks in flight on one event loop)")
     lib = local["streamlib"]
     print(f"append = {BIG} x 1 KiB batches ({IN_FLIGHT} in flight for streamlib and SlateDB, one "
           f"transaction at a time for SQLite);\n  small = {SMALL} x 1 KiB, one at a time; "
@@ -862,6 +914,9 @@ def report(local: dict[str, Any], s3: dict[str, Any] | None) -> None:
     print(f"  append vs SQLite (a row a batch)  {ratio_sq:>6.2f}x  target >= 2x    "
           f"{verdict(ratio_sq >= 2)}")
     print(f"  append vs SQLite (a row a record) {ratio_sq_rec:>6.2f}x  (for reference)")
+    ratio_async = tp[names["async"]]["mb_per_s"] / tp[s]["mb_per_s"]
+    print(f"  append_async vs append_future     {ratio_async:>6.2f}x  target >= 0.9x  "
+          f"{verdict(ratio_async >= 0.9)}")
     print(f"  append vs raw write+fdatasync     {ratio_raw:>6.2f}x  target >= 0.8x  "
           f"{verdict(ratio_raw >= 0.8)}")
     print(f"  small p99 vs raw fdatasync p99    {ratio_p99:>6.2f}x  target <= 2x    "
@@ -912,6 +967,19 @@ def report(local: dict[str, Any], s3: dict[str, Any] | None) -> None:
               f"target >= 5x    {verdict(ratio >= 5)} (its default scan: {default:.1f}x)")
 
 
+def serve_metrics(port: int) -> None:
+    """Serve the metrics of the stores in :data:`SERVED` on ``127.0.0.1:port`` (a daemon
+    thread of prometheus_client's: it ends with the run)."""
+    from prometheus_client import CollectorRegistry, start_http_server
+
+    from streamlib.exporters.prometheus import StreamlibCollector
+
+    registry = CollectorRegistry()
+    registry.register(StreamlibCollector(SERVED, per_stream=True))
+    start_http_server(port, addr="127.0.0.1", registry=registry)
+    print(f"metrics: curl http://127.0.0.1:{port}/metrics")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a short run")
@@ -919,7 +987,11 @@ def main() -> None:
                         help="also objects on a local moto server (streamlib and SlateDB)")
     parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
     parser.add_argument("--dir", metavar="DIR", help="where the stores and files go")
+    parser.add_argument("--prometheus-port", metavar="PORT", type=int,
+                        help="serve the stores' metrics on 127.0.0.1:PORT/metrics during the run")
     args = parser.parse_args()
+    if args.prometheus_port is not None:
+        serve_metrics(args.prometheus_port)
     batches, small = (300, 500) if args.quick else (3000, 3000)
     s3_batches = 200 if args.quick else 1000
     base = Path(args.dir) if args.dir else Path("build")

@@ -1,11 +1,13 @@
 """streamlib: durable, ordered streams whose home is object storage.
 
-The public names: ``open`` and the store and stream it gives, records and batches, the config
-object, the message cache (to share one memory budget between stores), and the error kinds.
+The public names: ``open`` (and ``open_async``) and the store and stream it gives, records and
+batches, the config object, the message cache (to share one memory budget between stores), the
+asyncio fan-in (``Follower``), and the error kinds.
 """
 
 import logging
 
+from streamlib.aio import open_async
 from streamlib.cache import MessageCache
 from streamlib.config import Config
 from streamlib.errors import (
@@ -18,6 +20,7 @@ from streamlib.errors import (
     CorruptDataError,
     FencedError,
     HandOverPending,
+    MissingExtra,
     NodeLockedError,
     NotFound,
     OffsetMismatchError,
@@ -33,9 +36,17 @@ from streamlib.errors import (
     StreamNotFound,
     WalFullError,
 )
+from streamlib.follower import Follower
 from streamlib.kv import KeyValue
 from streamlib.meta import Retention
-from streamlib.records import AppendResult, FetchResult, Record, RecordBatch
+from streamlib.records import (
+    AppendResult,
+    DecodedRecord,
+    FetchResult,
+    PlacedBatch,
+    Record,
+    RecordBatch,
+)
 from streamlib.store import StreamStore, open
 from streamlib.stream import Stream, StreamInfo
 
@@ -54,16 +65,20 @@ __all__ = [
     "ConfigWarning",
     "Conflict",
     "CorruptDataError",
+    "DecodedRecord",
     "FencedError",
     "FetchResult",
+    "Follower",
     "HandOverPending",
     "KeyValue",
     "MessageCache",
+    "MissingExtra",
     "NodeLockedError",
     "NotFound",
     "OffsetMismatchError",
     "OffsetOutOfRange",
     "OutcomeUnknown",
+    "PlacedBatch",
     "ReadOnlyError",
     "Record",
     "RecordBatch",
@@ -80,6 +95,7 @@ __all__ = [
     "StreamStore",
     "WalFullError",
     "open",
+    "open_async",
 ]
 
 

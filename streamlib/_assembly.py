@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from streamlib.wal import Wal
 
 
-log = logging.getLogger("streamlib.store")
+log = logging.getLogger(__name__)
 
 def under(config: Config, field: str, value: str, default: str) -> str:
     """``value``, or ``default`` under the store's path (ConfigError if it has none)."""

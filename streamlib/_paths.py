@@ -37,6 +37,7 @@ class StorePaths:
         self._read = read
         self._uploader = uploader
         self._coordination = coordination
+        self.workers = node.workers
 
     def check_open(self) -> None:
         self._node.check_open()

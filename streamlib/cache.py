@@ -74,7 +74,7 @@ from streamlib._readahead import (
 )
 from streamlib.codec import BATCH_HEADER_SIZE
 from streamlib.objects import IndexEntry, ObjectReader, plan_parts, plan_runs
-from streamlib.records import RecordBatch, check_int
+from streamlib.records import PlacedBatch, RecordBatch, check_int
 
 BATCH_OVERHEAD = 200
 """Bytes a cached batch costs beyond its payload (the object and its fields), for the budget."""
@@ -145,7 +145,7 @@ def weight_bound(reader: ObjectReader, entry: IndexEntry) -> int:
 class _Block:
     """A cached block, or a log chunk (``release`` set)."""
 
-    batches: list[RecordBatch]
+    batches: list[PlacedBatch]
     size: int
     stream: StreamKey
     start: int
@@ -190,7 +190,7 @@ class MessageCache:
         self._room = threading.Condition(self._lock)  # pinned bytes went down, or evictable up
         # GUARDED_BY(_lock); its length is read alone (``len(cache)``)
         self._blocks: OrderedDict[BlockKey, _Block] = OrderedDict()
-        self._loading: dict[BlockKey, Future[list[RecordBatch]]] = {}  # GUARDED_BY(_lock)
+        self._loading: dict[BlockKey, Future[list[PlacedBatch]]] = {}  # GUARDED_BY(_lock)
         # Blocks + log chunks + pinned + loading. GUARDED_BY(_lock); read alone by ``nbytes``
         # (may be stale)
         self._bytes = 0
@@ -239,6 +239,12 @@ class MessageCache:
         appends wait for room and the store holds pinned bytes)."""
         with self._lock:
             self._uploaders[scope] = request_upload
+
+    def try_reserve(self, scope: str, size: int) -> bool:
+        """:meth:`reserve` without waiting (and not counted as a wait): whether the bytes
+        were pinned."""
+        with self._lock:
+            return self._try_pin(scope, size)
 
     def reserve(self, scope: str, size: int, timeout: float | None,
                 abort: Callable[[], bool] = lambda: False) -> bool:
@@ -315,7 +321,7 @@ class MessageCache:
         self._pinned[scope] = left
         self._bytes -= size
 
-    def retain(self, scope: str, stream: StreamKey, batches: Sequence[RecordBatch],
+    def retain(self, scope: str, stream: StreamKey, batches: Sequence[PlacedBatch],
                release: Callable[[int], None]) -> None:
         """``batches`` (pinned, of one stream, contiguous) were committed: keep them as a log
         chunk, evictable; ``release(end offset)`` drops them (and everything before them) from
@@ -324,7 +330,6 @@ class MessageCache:
             return
         size = weight(batches)
         start, end = batches[0].base_offset, batches[-1].next_offset
-        assert start is not None
         key: BlockKey = ("log", scope, stream[1], start)
         with self._room:
             self._unpin(scope, size)
@@ -435,17 +440,17 @@ class MessageCache:
     def load(self, reader: ObjectReader, entries: Sequence[IndexEntry], *,
              cache_only: bool = False, ahead_of: None = None, lookup: bool = False,
              then: tuple[Reader, Sequence[IndexEntry]] | None = None,
-             spawn: Callable[[Part], None] | None = None) -> list[list[RecordBatch]]: ...
+             spawn: Callable[[Part], None] | None = None) -> list[list[PlacedBatch]]: ...
 
     @overload
     def load(self, reader: ObjectReader, entries: Sequence[IndexEntry], *,
              cache_only: bool = False, ahead_of: Reader, lookup: bool = False,
-             then: None = None, spawn: None = None) -> list[list[RecordBatch] | None]: ...
+             then: None = None, spawn: None = None) -> list[list[PlacedBatch] | None]: ...
 
     def load(self, reader: ObjectReader, entries: Sequence[IndexEntry], *,
              cache_only: bool = False, ahead_of: Reader | None = None, lookup: bool = False,
              then: tuple[Reader, Sequence[IndexEntry]] | None = None,
-             spawn: Callable[[Part], None] | None = None) -> Sequence[list[RecordBatch] | None]:
+             spawn: Callable[[Part], None] | None = None) -> Sequence[list[PlacedBatch] | None]:
         """Each block's batches, in the order of ``entries`` (blocks of ``reader``'s object):
         from memory, from a load another reader started, or fetched now with one GET per run
         of adjacent missing blocks. ``cache_only``: raise :class:`Uncached` rather than wait or
@@ -457,10 +462,10 @@ class MessageCache:
         to the store at all, they are claimed as its readahead would claim them (a
         synchronous readahead), in parts handed to ``spawn`` before this load's GET, to be
         fetched beside it (None: loaded here after it); they are not in the answer."""
-        found: list[list[RecordBatch] | None] = [None] * len(entries)
-        waits: list[tuple[int, BlockKey, Future[list[RecordBatch]]]] = []
+        found: list[list[PlacedBatch] | None] = [None] * len(entries)
+        waits: list[tuple[int, BlockKey, Future[list[PlacedBatch]]]] = []
         missing: list[tuple[int, IndexEntry, BlockKey]] = []
-        mine: list[tuple[int, IndexEntry, BlockKey, Future[list[RecordBatch]]]] = []
+        mine: list[tuple[int, IndexEntry, BlockKey, Future[list[PlacedBatch]]]] = []
         parts: list[Part] = []
         reserved = 0
         now = self._clock()
@@ -488,7 +493,7 @@ class MessageCache:
             else:
                 count, reserved = self._reserve(reader, missing, now, False)
                 for i, entry, key in missing[:count]:
-                    future: Future[list[RecordBatch]] = Future()
+                    future: Future[list[PlacedBatch]] = Future()
                     self._loading[key] = future
                     mine.append((i, entry, key, future))
                     self.stats.block_misses += 1
@@ -552,7 +557,7 @@ class MessageCache:
         return candidates
 
     def _claim(self, reader: ObjectReader, candidates: list[tuple[int, IndexEntry, BlockKey]],
-               owner: Reader, now: float, found: list[list[RecordBatch] | None] | None,
+               owner: Reader, now: float, found: list[list[PlacedBatch] | None] | None,
                beside: int = 0) -> tuple[list[Part], int, int]:
         """Reserve room for a readahead of ``owner`` (and ``beside`` more if any block fits)
         and mark the blocks that fit loading, in parts of one GET each (:func:`plan_parts`: at
@@ -569,7 +574,7 @@ class MessageCache:
             items = []
             for entry in run:
                 i, _, key = claimed[entry.position]
-                future: Future[list[RecordBatch]] = Future()
+                future: Future[list[PlacedBatch]] = Future()
                 self._loading[key] = future
                 items.append((i, entry, key, future))
                 self.stats.readahead_blocks += 1
@@ -621,8 +626,8 @@ class MessageCache:
                 grow(owner, now, self.readahead_bytes)
 
     def _fetch(self, reader: ObjectReader,
-               mine: list[tuple[int, IndexEntry, BlockKey, Future[list[RecordBatch]]]],
-               found: list[list[RecordBatch] | None] | None, ahead_of: Reader | None,
+               mine: list[tuple[int, IndexEntry, BlockKey, Future[list[PlacedBatch]]]],
+               found: list[list[PlacedBatch] | None] | None, ahead_of: Reader | None,
                reserved: int) -> None:
         """Load ``mine`` with one GET per run and admit its blocks; each block's batches go to
         its place in ``found`` (if given; a readahead's: those kept, None for the others).
@@ -662,7 +667,7 @@ class MessageCache:
         for (_, _, _, future), batches in zip(mine, loaded, strict=True):
             future.set_result(batches)
 
-    def _end_load(self, mine: list[tuple[int, IndexEntry, BlockKey, Future[list[RecordBatch]]]],
+    def _end_load(self, mine: list[tuple[int, IndexEntry, BlockKey, Future[list[PlacedBatch]]]],
                   reserved: int, ahead_of: Reader | None, claimed: int,
                   counts: tuple[int, int] | None, error: BaseException | None) -> None:
         """A load is over (its blocks admitted, or ``error``): its reservation left, its blocks

@@ -253,6 +253,12 @@ class Config:
         "then decodes what it fetched (at most 8 MiB of one object a GET), so that one large "
         "object is read as fast as several. Used when the store makes its own message cache.",
         _Kind("count", low=1, high=1024))
+    async_threads: int = _setting(
+        8,
+        "Threads of a store for the calls of its asyncio face that may wait (a fetch from "
+        "objects, a flush, a metadata change, a key-value call): started as such calls come "
+        "(all at once by open_async), ended by close (docs/asyncio.md).",
+        _Kind("count", low=1, high=1024))
     max_block_bytes: int = _setting(
         16 * MiB,
         "The most a data block read back may decode to: a block whose header or index says "

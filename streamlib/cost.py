@@ -19,13 +19,21 @@ are classed as S3 prices them: ``puts`` (PUT, POST, copy, the calls of a multipa
 more than 1,000 keys takes more pages) and ``deletes`` (one per call: a batch of up to 1,000
 keys). ``bytes_sent`` counts request bodies, ``bytes_received`` what GETs returned.
 
+:class:`Prices` turns counts into an estimate in US dollars (``store.metrics()``'s
+``streamlib_object_request_cost_usd``): per 1,000 requests of each class and per GB moved, S3
+Standard's list prices by default.
+
 Lock order: ``Meter._lock`` is a leaf.
 """
 
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from streamlib.stats import RequestCounts
 
 PURPOSES = ("wal", "upload", "manifest", "read", "compaction", "gc")
 """The purposes a store counts, in the order ``stats()`` shows them."""
@@ -48,10 +56,41 @@ class Counts:
     bytes_sent: int = 0
     bytes_received: int = 0
 
-    def as_dict(self) -> dict[str, int]:
+    def as_dict(self) -> RequestCounts:
         return {"puts": self.puts, "gets": self.gets, "heads": self.heads,
                 "lists": self.lists, "deletes": self.deletes, "bytes_sent": self.bytes_sent,
                 "bytes_received": self.bytes_received}
+
+
+@dataclass(frozen=True, slots=True)
+class Prices:
+    """US dollars per 1,000 requests of each class and per GB (10^9 bytes) sent or received.
+    The defaults are S3 Standard's list prices in us-east-1: PUT, COPY, POST and LIST $0.005
+    per 1,000, GET and HEAD $0.0004 per 1,000, DELETE free; bytes into S3, and out of it to
+    compute in the same region, free (set ``received_per_gb`` to about 0.09 for reads across
+    the internet). Storage is billed apart (by the GB-month) and not counted here."""
+
+    puts: float = 0.005
+    gets: float = 0.0004
+    heads: float = 0.0004
+    lists: float = 0.005
+    deletes: float = 0.0
+    sent_per_gb: float = 0.0
+    received_per_gb: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in self.__slots__:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+                raise ValueError(f"a price must be a non-negative number: {name}=`{value}`")
+
+    def of(self, counts: RequestCounts) -> float:
+        """What the requests and bytes of one :meth:`Meter.snapshot` entry cost."""
+        return ((counts["puts"] * self.puts + counts["gets"] * self.gets
+                 + counts["heads"] * self.heads + counts["lists"] * self.lists
+                 + counts["deletes"] * self.deletes) / 1000
+                + (counts["bytes_sent"] * self.sent_per_gb
+                   + counts["bytes_received"] * self.received_per_gb) / 1e9)
 
 
 class Meter:
@@ -77,16 +116,16 @@ class Meter:
             counts.bytes_sent += sent
             counts.bytes_received += received
 
-    def snapshot(self) -> dict[str, dict[str, int]]:
+    def snapshot(self) -> dict[str, RequestCounts]:
         """``{purpose: {kind: count, "bytes_sent": n, "bytes_received": n}}`` and a
         ``"total"``."""
+        total = Counts()
         with self._lock:
             found = {purpose: counts.as_dict() for purpose, counts in self._counts.items()}
-        total = Counts().as_dict()
-        for counts in found.values():
-            for name, value in counts.items():
-                total[name] += value
-        return {**found, "total": total}
+            for counts in self._counts.values():
+                for f in fields(Counts):
+                    setattr(total, f.name, getattr(total, f.name) + getattr(counts, f.name))
+        return {**found, "total": total.as_dict()}
 
 
-__all__ = ["KINDS", "PURPOSES", "Counts", "Meter"]
+__all__ = ["KINDS", "PURPOSES", "Counts", "Meter", "Prices"]

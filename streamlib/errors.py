@@ -17,6 +17,7 @@ The kinds come in families, by what the caller does; catching a family catches a
 - :class:`StreamClosed`: open it again.
 - :class:`CorruptDataError`: stored bytes failed validation; never retry the same bytes.
 - :class:`ConfigError`: fix the named setting.
+- :class:`MissingExtra`: install the optional package the message names.
 
 :class:`ReadOnlyError` (a read-only handle asked to write) is a mistake in the calling code.
 
@@ -214,6 +215,17 @@ class ReadOnlyError(StreamLibError):
     """This stream handle was opened read-only; open the stream for write to append or trim.
     (A stream held read-only because recovery found its acknowledged data damaged refuses
     appends with :class:`CorruptDataError` instead.)"""
+
+
+class MissingExtra(StreamLibError, ImportError):
+    """An optional part of streamlib (an exporter of its metrics) needs a package that is not
+    installed: install the extra the message names (``pip install "streamlib[prometheus]"``).
+    """
+
+    def __init__(self, extra: str, package: str, what: str) -> None:
+        self.extra = extra
+        super().__init__(describe(f"{what} needs the {package} package: pip install "
+                                  f"\"streamlib[{extra}]\"", package=package), name=package)
 
 
 class CacheMiss(RetryLater):

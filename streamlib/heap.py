@@ -23,7 +23,7 @@ import logging
 import platform
 from collections.abc import Callable
 
-log = logging.getLogger("streamlib.heap")
+log = logging.getLogger(__name__)
 
 
 def _glibc_trim() -> Callable[[int], int] | None:

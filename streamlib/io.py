@@ -66,7 +66,7 @@ from streamlib.errors import ConfigError, StorageUnavailable, describe
 if TYPE_CHECKING:
     from streamlib.io_upload import Upload
 
-log = logging.getLogger("streamlib.io")
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 

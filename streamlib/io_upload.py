@@ -55,7 +55,7 @@ from streamlib.disk import DURABLE, Syncing
 from streamlib.errors import describe
 from streamlib.io import TMP_PREFIX, classify
 
-log = logging.getLogger("streamlib.io")
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 

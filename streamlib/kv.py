@@ -13,8 +13,9 @@ make at the same time are written together (docs/shared-stores.md, "Group commit
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from streamlib.errors import FencedError, describe
 from streamlib.meta import ANY, MetadataStore, check_kv, check_text
@@ -22,6 +23,8 @@ from streamlib.records import INT64_MAX, check_int
 
 if TYPE_CHECKING:
     from streamlib.node import Node
+
+T = TypeVar("T")
 
 
 class KeyValue:
@@ -105,6 +108,51 @@ class KeyValue:
             if new is not None:
                 check_kv(self.namespace, key, _bytes(new))
             if self._write(key, new, current):
+                return new
+
+    # ---- asyncio: each runs its twin on one of the store's threads (docs/asyncio.md) ----
+
+    async def _run(self, call: Callable[[], T]) -> T:
+        return await self._node.workers.run(call)
+
+    async def get_async(self, key: str, default: bytes | None = None, *,
+                        max_staleness_ms: int | None = None) -> bytes | None:
+        """:meth:`get` for asyncio."""
+        return await self._run(functools.partial(self.get, key, default,
+                                                 max_staleness_ms=max_staleness_ms))
+
+    async def put_async(self, key: str, value: bytes) -> None:
+        """:meth:`put` for asyncio. Cancelled once it started, the change may or may not be
+        made (as when an answer is lost): read before retrying."""
+        await self._run(functools.partial(self.put, key, value))
+
+    async def put_if_absent_async(self, key: str, value: bytes) -> bool:
+        """:meth:`put_if_absent` for asyncio."""
+        return await self._run(functools.partial(self.put_if_absent, key, value))
+
+    async def compare_and_set_async(self, key: str, expected: bytes | None,
+                                    value: bytes) -> bool:
+        """:meth:`compare_and_set` for asyncio."""
+        return await self._run(functools.partial(self.compare_and_set, key, expected, value))
+
+    async def delete_async(self, key: str, expected: bytes | None = None) -> bool:
+        """:meth:`delete` for asyncio."""
+        return await self._run(functools.partial(self.delete, key, expected))
+
+    async def items_async(self, prefix: str = "") -> dict[str, bytes]:
+        """:meth:`items` for asyncio."""
+        return await self._run(functools.partial(self.items, prefix))
+
+    async def update_async(self, key: str,
+                           change: Callable[[bytes | None], bytes | None]) -> bytes | None:
+        """:meth:`update` for asyncio: ``change`` runs on the event loop, the reads and the
+        compare-and-set on the store's threads."""
+        while True:
+            current = await self.get_async(key)
+            new = change(current)
+            if new is not None:
+                check_kv(self.namespace, key, _bytes(new))
+            if await self._run(functools.partial(self._write, key, new, current)):
                 return new
 
 

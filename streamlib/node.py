@@ -11,7 +11,9 @@ Lock order of a node — a thread holding one of these takes only those further 
 4. the shared coordination's sync lock
 5. ``MessageCache`` lock (it calls ``StreamState.release_kept``, never the reverse)
 6. ``StreamState.lock`` (and its condition ``changed``)
-7. ``Backlog`` lock (and its conditions), ``StreamTable`` lock, ``Node`` status lock: leaves
+7. ``Backlog`` lock (and its conditions), ``StreamTable`` lock, ``Node`` status lock,
+   ``Recorder`` lock (``node.metrics``), the asyncio face's pool and lane locks (``node.workers``):
+   leaves
 
 Locks of the parts below (WAL, object store, metadata backend) are taken inside any of these and
 never call back up, with one exception: a WAL completes append futures on its own thread (the
@@ -23,6 +25,7 @@ be quick and must not wait on the store (``Stream.append_future``).
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 import time
 from typing import TYPE_CHECKING
@@ -31,12 +34,16 @@ from streamlib.cache import MessageCache, weight
 from streamlib.config import Config
 from streamlib.errors import FencedError, StorageUnavailable, StreamClosed, describe
 from streamlib.meta import MetadataStore
+from streamlib.metrics import Recorder
 from streamlib.state import StreamState, StreamTable
+from streamlib.workers import Workers
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
     from streamlib.cache import StreamKey
+
+log = logging.getLogger(__name__)
 
 
 class Backlog:
@@ -219,7 +226,10 @@ class Node:
         self.backlog = backlog
         self.streams = StreamTable()
         self.changes = ChangeLock()  # metadata changes of streams (see ChangeLock)
+        self.metrics = Recorder()  # what the data path observes (streamlib.metrics)
         self.closing = threading.Event()
+        # The asyncio face's threads for calls that may wait (streamlib.workers); ended by close.
+        self.workers = Workers(config.async_threads)
         self._meta = meta
         self._lock = threading.Lock()
         self._closed = False  # GUARDED_BY(_lock); read alone
@@ -240,8 +250,10 @@ class Node:
             return True
 
     def close(self) -> None:
+        """Closed: the asyncio face's threads end once the calls they run have answered."""
         with self._lock:
             self._closed = True
+        self.workers.stop()
 
     def closing_or_closed(self) -> bool:
         return self.closing.is_set() or self._closed
@@ -263,12 +275,18 @@ class Node:
 
     def fail(self, error: BaseException) -> bool:
         """Appends stop for good (the first failure is kept). Returns whether it was the
-        first."""
+        first. This node taken over is logged here, once (a failed WAL, by the WAL)."""
         with self._lock:
             if self._failure is not None:
                 return False
             self._failure = error
-            return True
+        if isinstance(error, FencedError):
+            log.warning(describe(
+                "this node is fenced: another process registered its node id (a take-over, or "
+                "the same node opened elsewhere); it appends and commits nothing more, and "
+                "its streams are the other process's", node=self.id, node_epoch=self.epoch,
+                error=error))
+        return True
 
     @property
     def taken_over(self) -> bool:

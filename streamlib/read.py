@@ -13,12 +13,15 @@ log-cache batches), then reads outside it. Batches come back whole and dense: a 
 of them is :class:`~streamlib.errors.CorruptDataError`, never silently skipped.
 
 Lock order: as :mod:`streamlib.node`; this module holds ``StreamState.lock`` only to take the
-picture, never while loading.
+picture, never while loading. ``ReadPath._tailing_lock`` (the open ``read()`` iterators) is a
+leaf.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -33,7 +36,7 @@ from streamlib.errors import (
     describe,
 )
 from streamlib.objects import IndexCache, ObjectReader
-from streamlib.records import FetchResult, RecordBatch
+from streamlib.records import FetchResult, PlacedBatch
 from streamlib.state import INDEX_SLICES, ObjectSlice, StreamState
 
 if TYPE_CHECKING:
@@ -44,7 +47,7 @@ if TYPE_CHECKING:
     from streamlib.node import Node
     from streamlib.shared.coordination import Coordination
 
-log = logging.getLogger("streamlib.read")
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -60,7 +63,7 @@ class _Picture:
     end: int
     memory: int
     slices: list[ObjectSlice]
-    logged: list[RecordBatch]
+    logged: list[PlacedBatch]
     committed: int
 
 
@@ -77,6 +80,9 @@ class ReadPath:
         # Plans readahead and runs its parts: one ranged GET each, as many at once as threads.
         self._prefetcher = ThreadPoolExecutor(node.cache.readahead_gets,
                                               thread_name_prefix="streamlib-readahead")
+        self._tailing_lock = threading.Lock()  # a leaf
+        # The read() iterators open now, by reader id. GUARDED_BY(_tailing_lock)
+        self._tailing: dict[int, tuple[StreamState, Reader]] = {}
 
     def stop(self) -> None:
         """No more readahead (the store closes). Parts already claimed still run: a read may
@@ -88,11 +94,24 @@ class ReadPath:
     def new_reader(self, state: StreamState, offset: int) -> Reader:
         """A reader of its own for a ``read()`` iterator starting at ``offset``: the cache keeps
         blocks ahead of it."""
-        return self._node.cache.reader_at(self._node.stream_key(state), offset, None)
+        reader = self._node.cache.reader_at(self._node.stream_key(state), offset, None)
+        with self._tailing_lock:
+            self._tailing[reader.id] = (state, reader)
+        return reader
 
     def forget_reader(self, reader: Reader) -> None:
         """A ``read()`` iterator ended: the cache stops keeping blocks for it."""
+        with self._tailing_lock:
+            self._tailing.pop(reader.id, None)
         self._node.cache.forget(reader)
+
+    def tailing(self) -> list[tuple[StreamState, int]]:
+        """Each ``read()`` iterator open now: its stream and how many records it is behind
+        the stream's end."""
+        with self._tailing_lock:
+            readers = list(self._tailing.values())
+        # Read alone: a moment's values (the reader's position is the cache's to change).
+        return [(state, max(0, state.acked_end - reader.position)) for state, reader in readers]
 
     # ---- fetch ----
 
@@ -104,14 +123,18 @@ class ReadPath:
             # At the end of another node's stream: has it moved? A cache-only fetch answers
             # from this node's view, and the fence thread's next look moves it.
             self._coordination.sync(wait=not cache_only)
+        started = time.monotonic()
         reader = self._node.cache.reader_at(self._node.stream_key(state), start, mine)
         try:
-            return self._after_replacements(state, lambda: self._read(
+            result = self._after_replacements(state, lambda: self._read(
                 state, reader, start, max_bytes, cache_only,
                 self._picture(state, start, end, cache_only)))
         except BaseException:
             self._node.cache.advance(reader, start)  # a retry of this fetch continues it
             raise
+        self._node.metrics.fetched(time.monotonic() - started,
+                                   sum(batch.size for batch in result.batches))
+        return result
 
     def _after_replacements(self, state: StreamState, read: Callable[[], T]) -> T:
         """``read()``, and once more from a freshly loaded index if it found an object gone:
@@ -155,7 +178,7 @@ class ReadPath:
 
     def _read(self, state: StreamState, reader: Reader, start: int, max_bytes: int,
               cache_only: bool, picture: _Picture) -> FetchResult:
-        batches: list[RecordBatch] = []
+        batches: list[PlacedBatch] = []
         total = 0
         end = picture.end
 
@@ -174,9 +197,7 @@ class ReadPath:
                     if batch.next_offset <= cursor:
                         continue
                     _check_dense(state, batch, cursor)
-                    base = batch.base_offset
-                    assert base is not None
-                    if base >= end or (batches and total + batch.size > max_bytes):
+                    if batch.base_offset >= end or (batches and total + batch.size > max_bytes):
                         full = True
                         break
                     batches.append(batch)
@@ -197,7 +218,7 @@ class ReadPath:
             self._schedule_readahead(state, reader)
         return FetchResult(tuple(batches), next_fetch, picture.low, picture.high)
 
-    def _read_log(self, state: StreamState, picture: _Picture, batches: list[RecordBatch],
+    def _read_log(self, state: StreamState, picture: _Picture, batches: list[PlacedBatch],
                   cursor: int, total: int, max_bytes: int) -> tuple[int, int]:
         """The fetch goes on in the log cache: adds to ``batches``; returns the new cursor and
         total."""
@@ -213,9 +234,7 @@ class ReadPath:
             cursor = batch.next_offset
             from_log += 1
         if from_log:
-            first = picture.logged[0].base_offset
-            assert first is not None
-            self._node.cache.count_log_read(first < picture.committed)
+            self._node.cache.count_log_read(picture.logged[0].base_offset < picture.committed)
         return cursor, total
 
     # ---- objects and blocks ----
@@ -262,7 +281,7 @@ class ReadPath:
     def _blocks_of(self, stream_id: int, piece: ObjectSlice, start: int, end: int,
                    budget: Callable[[], int], cache_only: bool,
                    sequential: tuple[Reader, int] | None = None
-                   ) -> Iterator[list[RecordBatch]]:
+                   ) -> Iterator[list[PlacedBatch]]:
         """The batches of each block of ``piece`` holding ``[start, end)``, loaded through the
         block cache a run at a time: as many blocks as the fetch's remaining ``budget()`` of
         bytes may use (decoded sizes, as the index gives them; at least one), so that a fetch
@@ -391,14 +410,12 @@ class ReadPath:
         return None
 
 
-def _check_dense(state: StreamState, batch: RecordBatch, cursor: int) -> None:
+def _check_dense(state: StreamState, batch: PlacedBatch, cursor: int) -> None:
     """A batch that starts past the offset the read has reached would skip records: never
     return that silently."""
-    base = batch.base_offset
-    assert base is not None
-    if base > cursor:
+    if batch.base_offset > cursor:
         raise CorruptDataError(describe("a gap in the stream's data as read", stream=state.id,
-                                        expected=cursor, found=base))
+                                        expected=cursor, found=batch.base_offset))
 
 
 def _slices(index: SortedKeyList, start: int, end: int) -> list[ObjectSlice]:
@@ -414,18 +431,17 @@ def _slices(index: SortedKeyList, start: int, end: int) -> list[ObjectSlice]:
     return found
 
 
-def _first_at(batches: Sequence[RecordBatch], timestamp: int, start: int) -> int | None:
+def _first_at(batches: Sequence[PlacedBatch], timestamp: int, start: int) -> int | None:
     """The first offset at or above ``start`` in ``batches`` with a timestamp of at least
     ``timestamp``."""
     for batch in batches:
         base = batch.base_offset
-        assert base is not None
         if batch.next_offset <= start or batch.max_timestamp < timestamp:
             continue
         if batch.encoding != "records":
             return max(base, start)
         for offset, record in enumerate(batch.records(), base):
-            if offset >= start and record.timestamp is not None and record.timestamp >= timestamp:
+            if offset >= start and record.timestamp >= timestamp:
                 return offset
     return None
 

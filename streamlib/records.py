@@ -3,6 +3,11 @@
 A :class:`Record` is a small immutable tuple: building millions of them must stay cheap, and the
 codec reads their fields column by column. A :class:`RecordBatch` is the unit of append: either
 records encoded by the codec, or an opaque payload (a broker's own format) with a record count.
+
+What is read back has types of its own, so that a type checker knows what is always there: a
+:class:`PlacedBatch` (a batch at its place in a stream: ``base_offset`` is an int) and a
+:class:`DecodedRecord` (``timestamp`` is an int). Each is its parent class with no field of its
+own: building one costs the same, and it compares equal to its parent with the same fields.
 """
 
 from __future__ import annotations
@@ -10,8 +15,8 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from operator import itemgetter
-from typing import TYPE_CHECKING, Any, Literal
+from operator import attrgetter, itemgetter
+from typing import TYPE_CHECKING, Any, Literal, Self
 
 # The format's limits (docs/format.md); the codec and its C twin enforce the same.
 INT64_MIN = -(1 << 63)
@@ -89,7 +94,7 @@ class Record(tuple[Any, ...]):
 
     def __new__(cls, value: bytes, key: bytes | None = None,
                 headers: Sequence[tuple[str, bytes]] | Mapping[str, bytes] = (),
-                timestamp: int | None = None) -> Record:
+                timestamp: int | None = None) -> Self:
         if type(value) is not bytes:
             value = _as_bytes(value, "record value")
         if key is not None and type(key) is not bytes:
@@ -130,13 +135,36 @@ class Record(tuple[Any, ...]):
         return tuple(self)
 
 
-@dataclass(frozen=True, slots=True, eq=True)
+class DecodedRecord(Record):
+    """A record decoded from a batch (:meth:`RecordBatch.records`, :meth:`FetchResult.records`):
+    its ``timestamp`` is always set. Equal to the :class:`Record` of the same fields."""
+
+    __slots__ = ()
+
+    def __new__(cls, value: bytes, key: bytes | None = None,
+                headers: Sequence[tuple[str, bytes]] | Mapping[str, bytes] = (),
+                timestamp: int | None = None) -> Self:
+        if timestamp is None:
+            raise TypeError("a DecodedRecord has a timestamp: give timestamp=")
+        return super().__new__(cls, value, key, headers, timestamp)
+
+    if TYPE_CHECKING:
+        @property
+        def timestamp(self) -> int: ...
+
+
+_BATCH_FIELDS = attrgetter("payload", "count", "base_timestamp", "max_timestamp", "encoding",
+                           "base_offset")
+
+
+@dataclass(frozen=True, slots=True, eq=False)
 class RecordBatch:
     """The unit of append: ``count`` records and their payload.
 
     Build one from records with :meth:`from_records`, or wrap a payload in your own format with
     ``RecordBatch(payload, count)`` (``encoding="opaque"``: streamlib stores it as it is and
-    counts ``count`` offsets for it). Batches read back from a stream carry ``base_offset``.
+    counts ``count`` offsets for it). Batches read back from a stream are :class:`PlacedBatch`,
+    whose ``base_offset`` is set.
     """
 
     payload: bytes
@@ -185,7 +213,7 @@ class RecordBatch:
 
     @classmethod
     def _trusted(cls, payload: bytes, count: int, base_timestamp: int, max_timestamp: int,
-                 encoding: Encoding, base_offset: int | None = None) -> RecordBatch:
+                 encoding: Encoding, base_offset: int | None = None) -> Self:
         """Build without validation: only for values the codec has just produced or verified."""
         batch = object.__new__(cls)
         _init(batch, payload, count, base_timestamp, max_timestamp, encoding, base_offset)
@@ -203,7 +231,7 @@ class RecordBatch:
             raise ValueError("this batch has not been appended: it has no base_offset")
         return self.base_offset + self.count
 
-    def records(self) -> list[Record]:
+    def records(self) -> list[DecodedRecord]:
         """Decode the records (``encoding="records"`` only)."""
         if self.encoding != "records":
             raise TypeError("this batch holds an opaque payload: read .payload instead")
@@ -212,16 +240,46 @@ class RecordBatch:
         return codec.decode_records(self.payload, self.count, self.base_timestamp,
                                     self.max_timestamp)
 
-    def with_offset(self, base_offset: int) -> RecordBatch:
+    def with_offset(self, base_offset: int) -> PlacedBatch:
         """The same batch placed at ``base_offset`` in a stream."""
         base_offset = check_int(base_offset, "base_offset", 0, INT64_MAX - self.count)
-        return RecordBatch._trusted(self.payload, self.count, self.base_timestamp,
+        return PlacedBatch._trusted(self.payload, self.count, self.base_timestamp,
                                     self.max_timestamp, self.encoding, base_offset)
+
+    # Written out rather than generated: a PlacedBatch equals the RecordBatch of the same fields
+    # (the generated ones compare only instances of one class).
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, RecordBatch):
+            return NotImplemented
+        return bool(_BATCH_FIELDS(self) == _BATCH_FIELDS(other))
+
+    def __hash__(self) -> int:
+        return hash(_BATCH_FIELDS(self))
 
     def __repr__(self) -> str:
         at = "" if self.base_offset is None else f" base_offset={self.base_offset}"
-        return (f"<RecordBatch {self.encoding} count={self.count} bytes={len(self.payload)}{at} "
+        return (f"<{type(self).__name__} {self.encoding} count={self.count} "
+                f"bytes={len(self.payload)}{at} "
                 f"timestamps=[{self.base_timestamp}, {self.max_timestamp}]>")
+
+
+class PlacedBatch(RecordBatch):
+    """A batch at its place in a stream: ``base_offset`` is set (an int, never None). What
+    fetches and ``read()`` return, and what :meth:`RecordBatch.with_offset` makes; built by
+    hand, it takes ``base_offset=`` (for a fake of a stream in a test)."""
+
+    __slots__ = ()
+
+    if TYPE_CHECKING:
+        @property
+        def base_offset(self) -> int: ...
+
+    def __init__(self, payload: bytes | bytearray | memoryview, count: int,
+                 base_timestamp: int | None = None, max_timestamp: int | None = None,
+                 encoding: Encoding = "opaque", *, base_offset: int) -> None:
+        if base_offset is None:
+            raise TypeError("a PlacedBatch has a base_offset: give base_offset=")
+        super().__init__(payload, count, base_timestamp, max_timestamp, encoding, base_offset)
 
 
 def _init(batch: RecordBatch, payload: bytes, count: int, base_timestamp: int,
@@ -264,32 +322,43 @@ class FetchResult:
     ``end_offset`` are the stream's readable range ``[start, end)`` when the fetch was answered
     (``end_offset`` is the stream's ``next_offset`` then)."""
 
-    batches: tuple[RecordBatch, ...]
+    batches: tuple[PlacedBatch, ...]
     next_fetch_offset: int
     start_offset: int
     end_offset: int
 
     def __post_init__(self) -> None:
-        if not isinstance(self.batches, tuple):
-            object.__setattr__(self, "batches", tuple(self.batches))
-        for batch in self.batches:
-            if batch.base_offset is None:
-                raise ValueError("fetched batches carry their base_offset")
+        given: Iterable[RecordBatch] = self.batches  # built by hand: any iterable of batches
+        batches = given if isinstance(given, tuple) else tuple(given)
+        for batch in batches:  # every fetch runs this: the class compared first, no call
+            if batch.__class__ is not PlacedBatch and not isinstance(batch, PlacedBatch):
+                batches = tuple(map(_placed, batches))
+                break
+        if batches is not given:
+            object.__setattr__(self, "batches", batches)
 
     def __len__(self) -> int:
         return len(self.batches)
 
-    def __iter__(self) -> Iterator[RecordBatch]:
+    def __iter__(self) -> Iterator[PlacedBatch]:
         return iter(self.batches)
 
-    def records(self) -> Iterator[tuple[int, Record]]:
+    def records(self) -> Iterator[tuple[int, DecodedRecord]]:
         """``(offset, record)`` for every record. Every batch must be records-encoded: an
         opaque one raises TypeError before anything is returned."""
         if any(batch.encoding != "records" for batch in self.batches):
             raise TypeError("this result holds opaque batches: read their .payload instead")
         return self._records()
 
-    def _records(self) -> Iterator[tuple[int, Record]]:
+    def _records(self) -> Iterator[tuple[int, DecodedRecord]]:
         for batch in self.batches:
-            assert batch.base_offset is not None  # __post_init__ refuses a batch without one
             yield from enumerate(batch.records(), batch.base_offset)
+
+
+def _placed(batch: RecordBatch) -> PlacedBatch:
+    """A batch of a FetchResult built by hand, as a PlacedBatch (it needs its base_offset)."""
+    if isinstance(batch, PlacedBatch):
+        return batch
+    if batch.base_offset is None:
+        raise ValueError("fetched batches carry their base_offset")
+    return batch.with_offset(batch.base_offset)

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 
 from streamlib.cache import BATCH_OVERHEAD
 from streamlib.errors import StreamNotFound, describe
-from streamlib.records import RecordBatch
+from streamlib.records import PlacedBatch
 from streamlib.shared.handover import Ownership
 
 if TYPE_CHECKING:
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from streamlib.shared.coordination import Coordination
     from streamlib.wal import Damage, Recovery, Wal
 
-log = logging.getLogger("streamlib.recovery")
+log = logging.getLogger(__name__)
 
 Held = Callable[["StreamMeta"], "tuple[int, int] | None"]
 """The epochs (both ends included) of the node's records of a stream that are its to commit."""
@@ -48,7 +48,7 @@ class Recovered:
     """One stream's records recovered from the WAL, with their WAL positions."""
 
     meta: StreamMeta
-    batches: list[RecordBatch] = field(default_factory=list)
+    batches: list[PlacedBatch] = field(default_factory=list)
     positions: list[int] = field(default_factory=list)
     damage: str | None = None
     damage_position: int | None = None  # the first record after the gap
@@ -75,9 +75,12 @@ class Replay:
         return {sid: r for sid, r in self.streams.items() if r.damage is not None}
 
 
-def replay(recovery: Recovery, meta: MetadataStore, held: Held) -> Replay:
-    """Replay ``recovery`` (a WAL's, being read) against ``meta`` by the rules of the module
-    docstring; ``held`` gives the epochs the node may commit of each stream."""
+def replay(recovery: Recovery, meta: MetadataStore, held: Held, node_id: str) -> Replay:
+    """Replay ``recovery`` (the WAL of node ``node_id``, being read) against ``meta`` by the
+    rules of the module docstring; ``held`` gives the epochs the node may commit of each
+    stream. Damage is logged: a gap in a stream's acknowledged records as an ERROR (the stream
+    stays read-only), damaged bytes dropped (a torn tail: records never acknowledged) as a
+    WARNING."""
     found: dict[int, Recovered | None] = {}  # None: nothing of it is to be recovered
     epochs: dict[int, tuple[int, int]] = {}
     skipped = 0
@@ -98,15 +101,15 @@ def replay(recovery: Recovery, meta: MetadataStore, held: Held) -> Replay:
             stream.damage = describe(
                 "the WAL lost records of this stream (a gap at recovery); it is read-only "
                 "and the WAL is kept from here", stream=stream_id, expected=stream.end,
-                found=batch.base_offset, position=entry.position)
+                found=batch.base_offset, position=entry.position, node=node_id)
             stream.damage_position = entry.position
             log.error(stream.damage)
             continue
         stream.batches.append(batch)  # rule 6
         stream.positions.append(entry.position)
     for damage in recovery.dropped:
-        log.warning("WAL recovery dropped damaged bytes [%d, %d): %s", damage.start,
-                    damage.end, damage.reason)
+        log.warning(describe(f"WAL recovery dropped damaged bytes: {damage.reason}",
+                             node=node_id, start=damage.start, end=damage.end))
     streams = {sid: r for sid, r in found.items()
                if r is not None and (r.batches or r.damage is not None)}
     return Replay(streams, skipped, recovery.records, recovery.end, list(recovery.dropped))
@@ -118,7 +121,8 @@ def recover(node: Node, wal: Wal, coordination: Coordination, committed: int) ->
     with records of its own becomes this node's (OWNED); a damaged one stays read-only and
     keeps the WAL from its gap. Returns the WAL position commits must not go below
     (``committed``, the node's position in the metadata, if this WAL ends below it)."""
-    found = replay(wal.recover(), node.meta, lambda m: coordination.held_epochs(m, node.id))
+    found = replay(wal.recover(), node.meta, lambda m: coordination.held_epochs(m, node.id),
+                   node.id)
     position, pending = -1, 0
     for stream_id, recovered in found.streams.items():
         state = node.streams.get(stream_id)
@@ -140,13 +144,13 @@ def recover(node: Node, wal: Wal, coordination: Coordination, committed: int) ->
     if pending:
         node.backlog.recovered(position, pending)
     log.log(logging.INFO if pending else logging.DEBUG,
-            "recovered %d WAL records (%d committed already), %d bytes to upload",
-            found.records, found.skipped, pending)
+            "recovered %d WAL records (%d committed already), %d bytes to upload: node=`%s`",
+            found.records, found.skipped, pending, node.id)
     if found.end < committed:
         # Not the WAL the metadata knew (replaced, another backend, a fresh ring): commits
         # keep the node's position from going back until this WAL passes it.
-        log.warning("the WAL ends at %d, below the node's committed position %d: a new or "
-                    "replaced WAL", found.end, committed)
+        log.warning(describe("the WAL ends below the node's committed position: a new or "
+                             "replaced WAL", node=node.id, end=found.end, committed=committed))
         return committed
     return 0
 

@@ -26,6 +26,7 @@ import bisect
 import contextlib
 import logging
 import threading
+import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
@@ -36,11 +37,11 @@ from sortedcontainers import SortedKeyList
 
 from streamlib.errors import FencedError, SequenceError, describe
 from streamlib.meta import StreamMeta, StreamObject
-from streamlib.records import AppendResult, RecordBatch
+from streamlib.records import AppendResult, PlacedBatch
 from streamlib.shared.handover import HandOver, Ownership
 from streamlib.wal import Ticket
 
-log = logging.getLogger("streamlib.state")
+log = logging.getLogger(__name__)
 
 PRODUCER_WINDOW = 16
 """Sequences remembered per producer: a retry of any of its last 16 batches is recognised."""
@@ -49,13 +50,26 @@ PRODUCER_WINDOW = 16
 @dataclass(frozen=True, slots=True)
 class StreamInfo:
     """A stream as the store sees it at one moment: readable offsets ``[start_offset,
-    next_offset)``, the current ``epoch`` (bumped by every open for write)."""
+    next_offset)``, the current ``epoch`` (bumped by every open for write); ``stored_bytes``,
+    the bytes of its ranges in live objects as of the last lifecycle pass plus this node's
+    uploads since (None before the first pass); ``last_append``, when this node last
+    acknowledged an append to it (POSIX seconds; None: none since the store opened);
+    ``created``, when the stream was created (POSIX seconds, by the creating node's clock, kept
+    in the metadata; None for a stream created by a streamlib that did not record it)."""
 
     id: int
     name: str | None
     start_offset: int
     next_offset: int
     epoch: int
+    stored_bytes: int | None = None
+    last_append: float | None = None
+    created: float | None = None
+
+    @property
+    def records(self) -> int:
+        """Readable records: ``next_offset - start_offset``."""
+        return self.next_offset - self.start_offset
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,11 +165,12 @@ class Inflight:
     """One append between its WAL submission and its acknowledgement: ``wal`` is its
     :class:`~streamlib.wal.Ticket` (done once the WAL write completed)."""
 
-    __slots__ = ("batch", "durable_at", "future", "wal")
+    __slots__ = ("batch", "durable_at", "future", "started", "wal")
 
-    def __init__(self, batch: RecordBatch, wal: Ticket) -> None:
+    def __init__(self, batch: PlacedBatch, wal: Ticket, started: float) -> None:
         self.batch = batch
         self.wal = wal
+        self.started = started  # when the append was called (monotonic seconds)
         # When the WAL write was seen complete (monotonic seconds, stamped on a shared store;
         # None before): only a look at the metadata that started later may acknowledge it.
         self.durable_at: float | None = None
@@ -213,9 +228,10 @@ class Producer:
 Settle = tuple["Future[Any]", object, BaseException | None]
 """A future to complete: with a result, or with an error (when the third item is set)."""
 
-Publish = Callable[[int, int, BaseException | None], None]
+Publish = Callable[[int, int, BaseException | None, Sequence[Inflight]], None]
 """Called by :meth:`StreamState.drain` under the stream's lock: ``(last WAL position
-acknowledged, payload bytes added to the log cache, the first WAL error met)``."""
+acknowledged, payload bytes added to the log cache, the first WAL error met, the appends
+acknowledged)``."""
 
 
 def settle(done: Sequence[Settle]) -> None:
@@ -238,6 +254,8 @@ class StreamState:
                  reason: BaseException | None = None, source: str | None = None) -> None:
         self.id = meta.id
         self.name = meta.name
+        # When it was created (POSIX seconds, from the metadata; None: not recorded). Fixed.
+        self.created = None if meta.created_ms is None else meta.created_ms / 1000
         self.order = threading.Lock()
         self.opening = threading.Lock()
         self.lock = threading.Lock()
@@ -255,16 +273,23 @@ class StreamState:
         self.entering = 0  # GUARDED_BY(lock)
         self.unsettled: list[Settle] = []  # GUARDED_BY(lock): acknowledged, not answered
         self.settling = False  # GUARDED_BY(lock): a thread is answering (one keeps the order)
-        self.log: list[RecordBatch] = []  # GUARDED_BY(lock): acknowledged, not yet committed
+        self.log: list[PlacedBatch] = []  # GUARDED_BY(lock): acknowledged, not yet committed
         self.log_positions: list[int] = []  # GUARDED_BY(lock): each batch's WAL position
         self.log_bytes = 0  # GUARDED_BY(lock)
         # Committed batches still in memory, ending at committed_end (contiguous with ``log``):
         # tailing readers a little behind the tail read them without a GET. GUARDED_BY(lock)
-        self.kept_log: list[RecordBatch] = []
+        self.kept_log: list[PlacedBatch] = []
         self.index = SliceIndex()  # GUARDED_BY(lock): where the committed offsets are
         self.commits = 0  # GUARDED_BY(lock): bumped by every commit; a racing loader reloads
         self.producers: dict[object, Producer] = {}  # GUARDED_BY(order)
         self.destroyed = False  # GUARDED_BY(lock); read alone: once True, it stays
+        # Appends acknowledged here since the store opened, their records and payload bytes,
+        # and the time of the last (POSIX seconds). GUARDED_BY(lock); read alone for metrics.
+        self.appends = self.appended_records = self.appended_bytes = 0
+        self.last_append: float | None = None
+        # Bytes of its ranges in live objects: the last lifecycle pass's count plus this
+        # node's commits since (None before a pass). GUARDED_BY(lock); read alone for metrics.
+        self.stored_bytes: int | None = None
         self.damage: str | None = None  # set at recovery only: why the stream is read-only
         self.kept: int | None = None  # set at recovery only: the WAL is kept from here
         self.handover = HandOver(self.changed, handover, reason=reason,
@@ -279,7 +304,8 @@ class StreamState:
 
     def info(self) -> StreamInfo:
         with self.lock:
-            return StreamInfo(self.id, self.name, self.start_offset, self.acked_end, self.epoch)
+            return StreamInfo(self.id, self.name, self.start_offset, self.acked_end, self.epoch,
+                              self.stored_bytes, self.last_append, self.created)
 
     def check_writer(self, epoch: int) -> None:
         """FencedError if the stream was opened for write again since a handle of ``epoch``
@@ -303,14 +329,14 @@ class StreamState:
 
     # ---- the log cache ----
 
-    def add_to_log(self, batch: RecordBatch, position: int) -> None:
+    def add_to_log(self, batch: PlacedBatch, position: int) -> None:
         """A durable batch, right after the last (caller holds ``lock`` or owns the state)."""
         self.log.append(batch)
         self.log_positions.append(position)
         self.log_bytes += batch.size
         self.acked_end = batch.next_offset
 
-    def drain(self, publish: Publish, looked: float | None = None) -> list[RecordBatch]:
+    def drain(self, publish: Publish, looked: float | None = None) -> list[PlacedBatch]:
         """Acknowledge the appends the WAL has completed (before ``looked``, the start of the
         last look at a shared metadata store, if given), in order: each durable batch enters
         the log cache, then ``publish`` runs (under ``lock``, so that no reader sees a batch the
@@ -322,7 +348,9 @@ class StreamState:
         position = -1
         added = popped = 0
         failure: BaseException | None = None
-        dropped: list[RecordBatch] = []
+        acked: list[Inflight] = []
+        records = size = 0
+        dropped: list[PlacedBatch] = []
         with self.lock:
             fenced = self.handover.fenced
             while self.inflight and self.inflight[0].settled_before(None if fenced else looked):
@@ -346,11 +374,18 @@ class StreamState:
                 else:
                     self.add_to_log(item.batch, position)
                     added += item.batch.size
-                assert item.batch.base_offset is not None
+                acked.append(item)
+                records += item.batch.count
+                size += item.batch.size
                 self.unsettled.append((item.future, AppendResult(
                     item.batch.base_offset, item.batch.count), None))
             if popped:
-                publish(position, added, failure)
+                if acked:
+                    self.appends += len(acked)
+                    self.appended_records += records
+                    self.appended_bytes += size
+                    self.last_append = time.time()
+                publish(position, added, failure, acked)
                 self.wake_readers()
             if self.settling or not self.unsettled:
                 return dropped  # the thread settling now settles these too, after earlier ones
@@ -393,7 +428,7 @@ class StreamState:
             with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits
                 loop.call_soon_threadsafe(_resolve, future)
 
-    def take(self, frontier: int) -> list[RecordBatch]:
+    def take(self, frontier: int) -> list[PlacedBatch]:
         """The log cache's batches at WAL positions up to ``frontier`` (for an upload)."""
         with self.lock:
             if self.destroyed:
@@ -401,12 +436,15 @@ class StreamState:
             return self.log[:bisect.bisect_right(self.log_positions, frontier)]
 
     def committed(self, end: int, slices: Sequence[ObjectSlice], *,
-                  reset_index: bool = False) -> list[RecordBatch]:
+                  reset_index: bool = False, stored: int = 0) -> list[PlacedBatch]:
         """Objects up to ``end`` are committed: their batches move from the pending part of the
         log cache to its uploaded part. Returns the batches moved. ``reset_index``: the object
-        index is loaded again on the next read (the commit's objects are not known)."""
+        index is loaded again on the next read (the commit's objects are not known).
+        ``stored``: the bytes of the stream's ranges in them."""
         with self.lock:
             self.committed_end = max(self.committed_end, end)
+            if self.stored_bytes is not None:
+                self.stored_bytes += stored
             cut = bisect.bisect_right(self.log, end, key=lambda b: b.next_offset)
             moved = self.log[:cut]
             del self.log[:cut], self.log_positions[:cut]
@@ -435,7 +473,7 @@ class StreamState:
             cut = bisect.bisect_right(self.kept_log, end, key=lambda b: b.next_offset)
             del self.kept_log[:cut]
 
-    def forget(self) -> tuple[int, list[RecordBatch]] | None:
+    def forget(self) -> tuple[int, list[PlacedBatch]] | None:
         """The stream was destroyed: drop its log cache. Returns the payload bytes that no
         longer wait for upload and the batches that were pinned, or None if it was forgotten
         before."""
@@ -455,12 +493,10 @@ class StreamState:
     def memory_start(self) -> int:
         """The first offset the log cache holds, uploaded or not (caller holds ``lock``)."""
         if self.kept_log:
-            base = self.kept_log[0].base_offset
-            assert base is not None
-            return max(base, self.start_offset)
+            return max(self.kept_log[0].base_offset, self.start_offset)
         return self.committed_end
 
-    def log_slice(self, start: int, end: int) -> list[RecordBatch]:
+    def log_slice(self, start: int, end: int) -> list[PlacedBatch]:
         """Log-cache batches (uploaded or not) holding offsets of ``[start, end)`` (caller
         holds ``lock``; ``start`` at or above :attr:`memory_start`)."""
         found = []
@@ -471,10 +507,8 @@ class StreamState:
         return found
 
 
-def _base_of(batch: RecordBatch) -> int:
-    base = batch.base_offset
-    assert base is not None, "a batch of the log cache has its offset"
-    return base
+def _base_of(batch: PlacedBatch) -> int:
+    return batch.base_offset
 
 
 def _resolve(future: asyncio.Future[None]) -> None:
@@ -512,6 +546,9 @@ class StreamTable:
     def __contains__(self, stream_id: int) -> bool:
         with self._lock:
             return stream_id in self._states
+
+    def __len__(self) -> int:
+        return len(self._states)  # one len(), atomic without the lock: a moment's value
 
     def wake_all(self) -> None:
         """Wake whoever waits on any stream (the store closes, or its node failed)."""

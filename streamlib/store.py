@@ -19,11 +19,11 @@ import warnings
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from streamlib import _assembly
+from streamlib import _assembly, aio
 from streamlib._paths import StorePaths
 from streamlib.cache import MessageCache
 from streamlib.config import Config
-from streamlib.cost import Meter
+from streamlib.cost import Meter, Prices
 from streamlib.errors import (
     ConfigError,
     StorageUnavailable,
@@ -43,6 +43,7 @@ from streamlib.meta import (
     check_node_id,
     check_retention,
 )
+from streamlib.metrics import Metrics, collect
 from streamlib.node import Backlog, Node
 from streamlib.read import ReadPath
 from streamlib.recovery import recover
@@ -50,6 +51,7 @@ from streamlib.shared import lease
 from streamlib.shared.coordination import Coordination
 from streamlib.shared.takeover import TakeOver, take_over
 from streamlib.state import StreamInfo, StreamState
+from streamlib.stats import Sources, Stats, gather
 from streamlib.stream import Stream
 from streamlib.uploader import Uploader
 from streamlib.write import WritePath
@@ -60,7 +62,7 @@ if TYPE_CHECKING:
     from streamlib.io import ObjectStore
     from streamlib.wal import Wal
 
-log = logging.getLogger("streamlib.store")
+log = logging.getLogger(__name__)
 
 _SCOPES = itertools.count(1)
 
@@ -101,7 +103,7 @@ def open(path_or_config: str | os.PathLike[str] | Config | Mapping[str, object] 
                        cache=cache, metadata_store=metadata_store)
 
 
-class StreamStore:
+class StreamStore(aio.AsyncStore):
     """Streams on one node: create, open, list, destroy; ``flush()`` and ``close()``.
 
     Built by :func:`streamlib.open`. Thread-safe. Use it as a context manager, or call
@@ -208,9 +210,9 @@ class StreamStore:
                                     trim=paths.trim_as_owner)
         try:
             self._uploader.upload()
-        except (StorageUnavailable, OSError) as error:
-            log.warning("could not upload recovered data at open; retrying in the background: "
-                        "%s", error)
+        except (StorageUnavailable, OSError) as error:  # the uploader logged the outage
+            log.debug("could not upload recovered data at open; retrying in the background: "
+                      "%s", error)
 
     # ---- streams ----
 
@@ -350,25 +352,25 @@ class StreamStore:
             raise StreamClosed("the store is closed")
         return node
 
-    def stats(self) -> dict[str, object]:
-        """A snapshot of counters: streams, bytes waiting for upload, the uploader's rounds,
-        the read path's (``"cache"``: block hits and misses, GETs and their bytes, evictions,
-        bytes held), the lifecycle's (``"lifecycle"``), and the requests made of the object
-        stores by purpose (``"cost"``: :mod:`streamlib.cost`)."""
-        node = self._node
-        assert node is not None and self._uploader is not None
-        up = self._uploader.stats
-        calls, longest = self._objects.in_flight()
-        return {"streams": sum(1 for s in node.streams.all() if not s.destroyed),
-                "pending_upload_bytes": node.backlog.bytes,
-                "upload_rounds": up.rounds, "objects_uploaded": up.objects,
-                "stream_objects_uploaded": up.stream_objects, "bytes_uploaded": up.bytes,
-                "upload_failures": up.failures, "last_upload_error": up.last_error,
-                "wal_usage_bytes": self._wal.usage if self._wal is not None else 0,
-                "object_store": {"calls_in_flight": calls, "longest_call_s": longest},
-                "cache": {**self._cache.stats.snapshot(), **self._cache.usage()},
-                "lifecycle": self._lifecycle.snapshot() if self._lifecycle is not None else {},
-                "cost": self._meter.snapshot()}
+    def stats(self) -> Stats:
+        """A snapshot of counters (:class:`streamlib.stats.Stats`): streams, bytes waiting for
+        upload, the uploader's, the cache's, the lifecycle's, and the requests made of the
+        object stores by purpose (``"cost"``: :mod:`streamlib.cost`)."""
+        return gather(self._sources())
+
+    def metrics(self, *, per_stream: bool | int = False,
+                prices: Prices | None = None) -> Metrics:
+        """The store's metrics now, by name (docs/metrics.md). ``per_stream``: also each
+        stream's (True), or the ``n`` streams with the most bytes appended since open (an
+        int); ``prices``: of the request-cost estimate (S3 Standard's by default)."""
+        self._live()
+        return collect(self._sources(), per_stream=per_stream, prices=prices)
+
+    def _sources(self) -> Sources:
+        assert self._node is not None and self._wal is not None
+        assert self._uploader is not None and self._lifecycle is not None
+        return Sources(self._node, self._wal, self._objects, self._cache, self._uploader,
+                       self._read, self._lifecycle, self._meter)
 
     def flush(self) -> None:
         """Upload every acknowledged append now, and commit it (a round of the uploader in this

@@ -5,14 +5,14 @@ stream is :class:`~streamlib.state.StreamState` (docs/store.md).
 
 from __future__ import annotations
 
-import asyncio
+import functools
 import math
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Protocol
 
-from streamlib import codec
+from streamlib import aio, codec
 from streamlib.config import LONGEST_WAIT
 from streamlib.errors import ReadOnlyError, StreamClosed, StreamNotFound, describe
 from streamlib.meta import Retention, check_retention
@@ -20,6 +20,7 @@ from streamlib.records import (
     INT64_MAX,
     AppendResult,
     FetchResult,
+    PlacedBatch,
     Record,
     RecordBatch,
     check_int,
@@ -30,6 +31,7 @@ from streamlib.state import StreamInfo, StreamState
 if TYPE_CHECKING:
     from streamlib.cache import Reader
     from streamlib.config import Config
+    from streamlib.workers import Workers
 
 DEFAULT_FETCH_BYTES = 1024 * 1024
 """A fetch's ``max_bytes`` unless given."""
@@ -41,6 +43,8 @@ class StreamPaths(Protocol):
     handle's epoch."""
 
     config: Config
+    workers: Workers
+    """The store's threads for the asyncio face's calls that may wait (streamlib.workers)."""
 
     def check_open(self) -> None:
         """StreamClosed once the store is closed."""
@@ -95,6 +99,22 @@ def _check_timeout(timeout: object, what: str = "timeout") -> float | None:
     if math.isnan(timeout) or timeout < 0:
         raise ValueError(f"{what} must be a non-negative number of seconds: {what}=`{timeout}`")
     return min(float(timeout), LONGEST_WAIT)
+
+
+def _fetch_args(start: object, end: object, max_bytes: object, timeout: object,
+                cache_only: object) -> tuple[int, int | None, int, float | None]:
+    """A fetch's arguments checked: start, end, max_bytes and the long poll's wait."""
+    start = check_int(start, "start_offset", 0, INT64_MAX)
+    if end is not None:
+        end = check_int(end, "end_offset", 0, INT64_MAX)
+        if end < start:
+            raise ValueError(describe("end_offset is below start_offset",
+                                      start_offset=start, end_offset=end))
+    max_bytes = check_int(max_bytes, "max_bytes", 0, INT64_MAX)
+    wait = _check_timeout(timeout)
+    if not isinstance(cache_only, bool):
+        raise TypeError(f"cache_only must be a bool, not {type(cache_only).__name__}")
+    return start, end, max_bytes, wait
 
 
 def as_batch(batch: object, max_bytes: int) -> RecordBatch:
@@ -161,7 +181,7 @@ class Stream:
     Get one from ``store.create_stream()`` or ``store.open_stream()``. A writable handle holds
     the stream's epoch: opening the stream for write again (a new epoch) fences this one, whose
     next append or trim raises :class:`~streamlib.errors.FencedError`. A read-only handle
-    reads and never fences anyone. Thread-safe; :meth:`append_async` serves asyncio code.
+    reads and never fences anyone. Thread-safe; the ``_async`` twins serve asyncio code.
     """
 
     def __init__(self, paths: StreamPaths, state: StreamState, epoch: int | None) -> None:
@@ -235,10 +255,16 @@ class Stream:
                            producer_id: str | int | None = None, sequence: int | None = None,
                            timeout: float | None = None) -> AppendResult:
         """:meth:`append` for asyncio: many may be awaited at once; they complete in offset
-        order. The call itself waits only when the WAL is full (back-pressure)."""
-        future = self.append_future(batch, expected_offset=expected_offset,
-                                    producer_id=producer_id, sequence=sequence, timeout=timeout)
-        return await asyncio.wrap_future(future)
+        order, and take their offsets in the order of the calls. The batch is checked (and
+        encoded) on the event loop, then handed to the write path by the store's appending
+        thread, so the loop never waits — not for room in a full WAL or cache either: that
+        append waits on that thread, and the ones called after it queue behind it (docs/
+        asyncio.md). Cancelled while queued, the append is not made; once handed to the WAL it
+        lands whatever happens (``producer_id`` / ``sequence`` make a retry safe)."""
+        placed, expected, sequence, wait, epoch = self._checked(batch, expected_offset,
+                                                                producer_id, sequence, timeout)
+        return await aio.append_later(self._paths, self._state, epoch, placed, expected,
+                                      producer_id, sequence, wait)
 
     def append_future(self, batch: RecordBatch | Sequence[Record | bytes], *,
                       expected_offset: int | None = None, producer_id: str | int | None = None,
@@ -255,6 +281,17 @@ class Stream:
                 expected_offset: int | None, producer_id: str | int | None,
                 sequence: int | None, timeout: float | None, *,
                 lead: bool) -> Future[AppendResult]:
+        placed, expected_offset, sequence, wait, epoch = self._checked(
+            batch, expected_offset, producer_id, sequence, timeout)
+        return self._paths.append(self._state, epoch, placed, expected_offset, producer_id,
+                                  sequence, wait, lead)
+
+    def _checked(self, batch: RecordBatch | Sequence[Record | bytes],
+                 expected_offset: int | None, producer_id: str | int | None,
+                 sequence: int | None, timeout: float | None
+                 ) -> tuple[RecordBatch, int | None, int | None, float | None, int]:
+        """An append's arguments checked: the batch, expected offset, sequence, timeout and
+        the epoch this handle writes with."""
         placed = as_batch(batch, self._paths.config.max_batch_bytes)
         if expected_offset is not None:
             expected_offset = check_int(expected_offset, "expected_offset", 0, INT64_MAX)
@@ -266,9 +303,7 @@ class Stream:
                                 f"not {type(producer_id).__name__}")
             sequence = check_int(sequence, "sequence", 0, INT64_MAX)
         wait = _check_timeout(timeout)
-        epoch = self._check_writer()
-        return self._paths.append(self._state, epoch, placed, expected_offset, producer_id,
-                                  sequence, wait, lead)
+        return placed, expected_offset, sequence, wait, self._check_writer()
 
     def trim(self, offset: int) -> None:
         """Make records below ``offset`` unreadable, at once and durably (their storage is
@@ -276,6 +311,11 @@ class Stream:
         uploaded uploads it first. A lower offset than the current start changes nothing."""
         offset = check_int(offset, "offset", 0, INT64_MAX)
         self._paths.trim(self._state, self._check_writer(), offset)
+
+    async def trim_async(self, offset: int) -> None:
+        """:meth:`trim` for asyncio (on one of the store's threads: it may upload first).
+        Cancelled, the trim goes on if it had started."""
+        await self._paths.workers.run(functools.partial(self.trim, offset))
 
     @property
     def retention(self) -> Retention | None:
@@ -294,6 +334,16 @@ class Stream:
         retention = check_retention(retention)
         self._paths.set_retention(self._state, self._check_writer(), retention)
 
+    async def retention_async(self) -> Retention | None:
+        """:attr:`retention` for asyncio (it reads the metadata)."""
+        self._check_usable()
+        return await self._paths.workers.run(functools.partial(self._paths.retention,
+                                                               self._state))
+
+    async def set_retention_async(self, retention: Retention | None) -> None:
+        """:meth:`set_retention` for asyncio."""
+        await self._paths.workers.run(functools.partial(self.set_retention, retention))
+
     # ---- reading ----
 
     def fetch(self, start_offset: int, end_offset: int | None = None, *,
@@ -310,25 +360,35 @@ class Stream:
 
         ``cache_only``: answer from memory (the log cache, cached blocks and indexes) or raise
         :class:`~streamlib.errors.CacheMiss` at once, never waiting on the object store — for
-        an event loop that hands slow reads to a worker."""
-        start_offset = check_int(start_offset, "start_offset", 0, INT64_MAX)
-        if end_offset is not None:
-            end_offset = check_int(end_offset, "end_offset", 0, INT64_MAX)
-            if end_offset < start_offset:
-                raise ValueError(describe("end_offset is below start_offset",
-                                          start_offset=start_offset, end_offset=end_offset))
-        max_bytes = check_int(max_bytes, "max_bytes", 0, INT64_MAX)
-        wait = _check_timeout(timeout)
-        if not isinstance(cache_only, bool):
-            raise TypeError(f"cache_only must be a bool, not {type(cache_only).__name__}")
+        an event loop that hands slow reads to a worker (:meth:`fetch_async` does that)."""
+        start_offset, end_offset, max_bytes, wait = _fetch_args(start_offset, end_offset,
+                                                                max_bytes, timeout, cache_only)
         self._check_usable()
         if wait:
             self._wait_for_append(start_offset, wait)
             self._check_usable()
         return self._paths.fetch(self._state, start_offset, end_offset, max_bytes, cache_only)
 
+    async def fetch_async(self, start_offset: int, end_offset: int | None = None, *,
+                          max_bytes: int = DEFAULT_FETCH_BYTES, timeout: float | None = None,
+                          cache_only: bool = False) -> FetchResult:
+        """:meth:`fetch` for asyncio, with its answers and errors. A long poll (``timeout``)
+        waits on the event loop for the acknowledgement that wakes it: no thread, no polling;
+        cancelled, it leaves nothing behind. What the log cache holds is read on the loop;
+        what needs the object store or the metadata, on one of the store's threads (cancelled,
+        that read goes on and its answer is dropped)."""
+        start_offset, end_offset, max_bytes, wait = _fetch_args(start_offset, end_offset,
+                                                                max_bytes, timeout, cache_only)
+        self._check_usable()
+        if wait:
+            await aio.wait_for_append(self._paths, self._state, start_offset, wait,
+                                      self._is_closed)
+            self._check_usable()
+        return await aio.fetch(self._paths, self._state, start_offset, end_offset, max_bytes,
+                               cache_only)
+
     def read(self, from_offset: int, *, max_bytes: int = DEFAULT_FETCH_BYTES,
-             idle_timeout: float | None = None) -> Iterator[RecordBatch]:
+             idle_timeout: float | None = None) -> Iterator[PlacedBatch]:
         """Every batch from ``from_offset`` on, following the tail: at the end it waits for the
         next append and wakes when it is acknowledged (no polling). Ends when this handle or
         the store closes, or when nothing arrives for ``idle_timeout`` seconds (None: never).
@@ -355,58 +415,46 @@ class Stream:
             self._paths.forget_reader(reader)
 
     async def read_async(self, from_offset: int, *, max_bytes: int = DEFAULT_FETCH_BYTES,
-                         idle_timeout: float | None = None) -> AsyncIterator[RecordBatch]:
-        """:meth:`read` for ``async for``: waits for appends without blocking the event loop
-        (an acknowledgement resolves a future of this loop); fetches run in a worker thread,
-        since reading uploaded data may wait on GETs."""
+                         idle_timeout: float | None = None) -> AsyncIterator[PlacedBatch]:
+        """:meth:`read` for ``async for``: waits for appends on the event loop (an
+        acknowledgement resolves a future of the loop: no thread, no polling); reads what the
+        log cache holds on the loop, and what needs the object store on one of the store's
+        threads. Leaving the loop early (``break``, an error, a cancellation) releases what it
+        held — its wait and its reader in the cache, at once or when its read in flight ends —
+        once the iterator is closed: at once with ``contextlib.aclosing(stream.read_async(...))``,
+        else when the event loop finalizes it."""
         offset = check_int(from_offset, "from_offset", 0, INT64_MAX)
         max_bytes = check_int(max_bytes, "max_bytes", 0, INT64_MAX)
         idle = _check_timeout(idle_timeout, "idle_timeout")
-        loop = asyncio.get_running_loop()
-        state = self._state
-        self._check_usable()
-        reader = self._paths.new_reader(state, offset)
-        waited_since: float | None = None
+        tail = self.tail(offset)
         try:
             while True:
-                if self._closed or self._paths.closing():
+                if tail.ended():
                     return
-                if offset >= state.acked_end:
+                if not tail.has_data():
                     self._check_usable()
-                    if waited_since is None:
-                        waited_since = time.monotonic()
-                    waiter: asyncio.Future[None] = loop.create_future()
-                    with state.lock:
-                        if offset >= state.acked_end and not state.destroyed:
-                            state.async_waiters.append((loop, waiter))
-                        else:
-                            waiter.set_result(None)
-                    if self._paths.remote(state):  # another node writes it: look every poll
-                        poll = self._paths.config.reader_poll_ms / 1000
-                        try:
-                            await asyncio.wait_for(waiter, poll)
-                        except TimeoutError:
-                            with state.lock:  # not woken: take it back
-                                state.async_waiters = [(lp, f) for lp, f in state.async_waiters
-                                                       if f is not waiter]
-                            await asyncio.to_thread(self._paths.sync)
-                            if idle is not None and time.monotonic() - waited_since > idle:
-                                return
-                        continue
-                    try:
-                        await asyncio.wait_for(waiter, idle)
-                    except TimeoutError:
+                    if not await tail.wait(idle):
+                        if not tail.ended():
+                            self._check_usable()  # a destroyed stream: StreamNotFound
                         return
                     continue
                 self._check_usable()
-                waited_since = None
-                result = await asyncio.to_thread(self._paths.fetch, state, offset, None,
-                                                 max_bytes, False, reader)
-                offset = result.next_fetch_offset
+                result = await tail.fetch(max_bytes)
                 for batch in result.batches:
                     yield batch
-        finally:  # ended, or closed by its user (or the garbage collector): not kept for it
-            self._paths.forget_reader(reader)
+        finally:  # ended, or closed by its user (or the event loop's finalizer)
+            tail.close()
+
+    def tail(self, from_offset: int) -> aio.Tail:
+        """A reader's place in the stream for asyncio code, from ``from_offset``
+        (:class:`~streamlib.aio.Tail`): what :meth:`read_async` and
+        :class:`~streamlib.Follower` are built on. Close it when done."""
+        offset = check_int(from_offset, "from_offset", 0, INT64_MAX)
+        self._check_usable()
+        return aio.Tail(self._paths, self._state, offset, self._is_closed, self._check_usable)
+
+    def _is_closed(self) -> bool:
+        return self._closed
 
     def _wait_for_append(self, offset: int, timeout: float | None) -> bool:
         """Wait until the stream reaches past ``offset``: True if it did, False after
@@ -440,6 +488,12 @@ class Stream:
         timestamp = check_timestamp(timestamp, "timestamp")
         self._check_usable()
         return self._paths.offset_for_timestamp(self._state, timestamp)
+
+    async def offset_for_timestamp_async(self, timestamp: int) -> int | None:
+        """:meth:`offset_for_timestamp` for asyncio (on one of the store's threads: it may
+        read object indexes)."""
+        return await self._paths.workers.run(functools.partial(self.offset_for_timestamp,
+                                                               timestamp))
 
     # ---- life ----
 

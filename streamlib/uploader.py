@@ -32,8 +32,10 @@ from streamlib.config import (
 )
 from streamlib.errors import FencedError, StreamNotFound, describe
 from streamlib.meta import Commit, ObjectMeta, StreamRange
+from streamlib.metrics import Event
 from streamlib.objects import ObjectWriter
-from streamlib.records import RecordBatch
+from streamlib.outage import Outage
+from streamlib.records import PlacedBatch, RecordBatch
 from streamlib.state import ObjectSlice, StreamState
 
 if TYPE_CHECKING:
@@ -43,7 +45,7 @@ if TYPE_CHECKING:
     from streamlib.wal import Wal
     from streamlib.write import WritePath
 
-log = logging.getLogger("streamlib.uploader")
+log = logging.getLogger(__name__)
 
 DATA_PREFIX = "data"
 """Objects live under this key prefix of the object store (the object WAL under ``wal``)."""
@@ -52,11 +54,13 @@ DATA_PREFIX = "data"
 @dataclass(slots=True)
 class Work:
     """What one round uploads: each stream's batches (contiguous, starting at its committed
-    end) and the WAL position everything before which is in them or committed already."""
+    end) and the WAL position everything before which is in them or committed already;
+    ``frontier``: the WAL position up to which every acknowledged append is in them."""
 
-    streams: dict[int, list[RecordBatch]]
+    streams: dict[int, list[PlacedBatch]]
     position: int
     bytes: int = 0
+    frontier: int = -1
 
 
 @dataclass(slots=True)
@@ -103,6 +107,8 @@ class Uploader:
         self._stopping = False  # GUARDED_BY(backlog lock)
         self._thread: threading.Thread | None = None
         self.stats = UploadStats()  # GUARDED_BY(_round_lock); read alone for a snapshot
+        self._outage = Outage(log, "uploads", "the data stays in the WAL, appends go on until "
+                              "it is full, and uploads are retried", node=node.id)
 
     # ---- the background thread ----
 
@@ -135,9 +141,9 @@ class Uploader:
                 uploaded = self.upload()
                 # A round that found nothing to take waits for more rather than spinning.
                 backoff = 0.0 if uploaded else self._config.upload_interval_ms / 1000
-            except Exception as error:
+            except Exception as error:  # logged as an outage by upload()
                 backoff = min(max(backoff * 2, UPLOAD_BACKOFF_FIRST), UPLOAD_BACKOFF_MAX)
-                log.warning("upload failed, retrying in %.1fs: %r", backoff, error)
+                log.debug("upload failed, retrying in %.1fs: %r", backoff, error)
 
     # ---- one round ----
 
@@ -149,7 +155,7 @@ class Uploader:
             while True:
                 attempts += 1
                 try:
-                    return self._round()
+                    uploaded = self._round()
                 except StreamNotFound as error:
                     # A stream was destroyed during the round: the next leaves it out (this
                     # round's objects are orphans). Only a store in a destroying spree fails.
@@ -160,16 +166,20 @@ class Uploader:
                 except Exception as error:
                     self._failed(error)
                     raise
+                self._outage.worked()
+                return uploaded
 
     def _failed(self, error: BaseException) -> None:
         self.stats.failures += 1
         self.stats.last_error = repr(error)
+        self._outage.failed(error)
 
     def _round(self) -> int:
         work = self._take()
         if work is None:
             return 0
         built = self.build(work.streams)
+        started = time.monotonic()
         not_after = commit_deadline(self._config)  # before the first PUT: see the function
         for item in built:
             self._objects.put(item.meta.key, item.data, part_bytes=self._config.part_bytes)
@@ -181,6 +191,9 @@ class Uploader:
         self._commit([item.meta for item in built], work.position, not_after)
         self._wal.trim(work.position)
         self.stats.rounds += 1
+        metrics = self._node.metrics
+        metrics.uploaded(work.frontier)
+        metrics.round_done(time.monotonic() - started, sum(item.meta.size for item in built))
         return work.bytes
 
     def build(self, streams: Mapping[int, Sequence[RecordBatch]]) -> list[Built]:
@@ -223,7 +236,7 @@ class Uploader:
                 position = min(position, state.kept)
         if frontier < 0 or position < self._wal.trim_position:
             return None
-        work = Work({}, position)
+        work = Work({}, position, frontier=frontier)
         for state in states:
             batches = state.take(frontier)
             if batches:
@@ -240,10 +253,12 @@ class Uploader:
         node = self._node
         meta = node.meta
         slices: dict[int, list[ObjectSlice]] = {}
+        stored: dict[int, int] = {}
         for obj in objects:
             for r in obj.ranges:
                 slices.setdefault(r.stream_id, []).append(
                     ObjectSlice(r.start_offset, r.end_offset, obj.key, obj.size))
+                stored[r.stream_id] = stored.get(r.stream_id, 0) + r.size
         with node.changes:
             states = {sid: node.streams.get(sid) for sid in slices}
             gone = [sid for sid, state in states.items() if state is None]
@@ -257,8 +272,8 @@ class Uploader:
             try:
                 meta.commit(commit)
             except FencedError as error:
-                if node.fenced_by_metadata():  # another process took this node: stop
-                    node.fail(error)
+                if node.fenced_by_metadata() and node.fail(error):  # another took this node
+                    node.metrics.event(Event.NODE_FENCED)
                 raise
             except Exception:
                 # Applied or not? A remote store can fail after applying: learn the committed
@@ -268,7 +283,8 @@ class Uploader:
             freed = 0
             for stream_id, parts in slices.items():
                 state = found[stream_id]
-                freed += self._keep(state, state.committed(parts[-1].end, parts))
+                freed += self._keep(state, state.committed(parts[-1].end, parts,
+                                                           stored=stored[stream_id]))
         node.backlog.committed(freed)
         self._coordination.committed(found.values())
 
@@ -288,7 +304,7 @@ class Uploader:
             freed += self._keep(state, state.committed(end, (), reset_index=True))
         self._node.backlog.dropped(freed)
 
-    def _keep(self, state: StreamState, moved: list[RecordBatch]) -> int:
+    def _keep(self, state: StreamState, moved: list[PlacedBatch]) -> int:
         """Committed batches stay in the log cache as a chunk the cache may evict. Returns
         their payload bytes (no longer pending upload)."""
         node = self._node

@@ -26,6 +26,7 @@ submission, never across the wait for durability.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from concurrent.futures import Future
 from typing import TYPE_CHECKING
@@ -42,17 +43,17 @@ from streamlib.errors import (
     WalFullError,
     describe,
 )
-from streamlib.records import AppendResult, RecordBatch
+from streamlib.records import AppendResult, PlacedBatch, RecordBatch
 from streamlib.state import Inflight, Producer, StreamState
 from streamlib.wal import Ticket, Wal, WalRecord
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
 
     from streamlib.node import Node
     from streamlib.shared.coordination import Coordination
 
-log = logging.getLogger("streamlib.write")
+log = logging.getLogger(__name__)
 
 
 def _left(deadline: float) -> float:
@@ -78,6 +79,58 @@ class _WalTicket(Ticket):
             self.path.durable(self.state, item)
 
 
+class Pressure:
+    """Appends of one node waiting for room — in the WAL, or for the data waiting for upload
+    (``wal_bytes`` of the object WAL, ``cache_bytes``) — logged as an episode: a WARNING when
+    the first append has to wait, one at the first refusal (WalFullError), and an INFO once an
+    append finds room without waiting; never a line per append. Thread-safe."""
+
+    def __init__(self, node_id: str) -> None:
+        self._node_id = node_id
+        self._lock = threading.Lock()
+        self.since: float | None = None  # GUARDED_BY(_lock); read alone: None, no episode
+        self._waits = 0  # GUARDED_BY(_lock)
+        self._refused = 0  # GUARDED_BY(_lock)
+
+    def waiting(self, where: str) -> None:
+        """An append has to wait for room in ``where``."""
+        with self._lock:
+            first = self.since is None
+            if first:
+                self.since = time.monotonic()
+            self._waits += 1
+        if first:
+            log.warning(describe(
+                f"appends wait for room in {where}: uploads are not keeping up (is the object "
+                f"store slow or unavailable?); an append waits up to append_timeout_ms, then "
+                f"fails with WalFullError", node=self._node_id))
+
+    def refused(self, stream_id: int, error: WalFullError) -> None:
+        """An append of ``stream_id`` waited in vain."""
+        with self._lock:
+            if self.since is None:  # the episode ended meanwhile: this starts another
+                self.since = time.monotonic()
+            self._refused += 1
+            first = self._refused == 1
+        if first:
+            log.warning(describe(
+                "appends are refused: no room came within append_timeout_ms (WalFullError); "
+                "refusals until there is room again are counted, not logged",
+                node=self._node_id, stream=stream_id, error=error))
+
+    def room(self) -> None:
+        """An append found room without waiting: the episode, if any, ends."""
+        if self.since is None:  # the usual case, without the lock
+            return
+        with self._lock:
+            since, waits, refused = self.since, self._waits, self._refused
+            self.since, self._waits, self._refused = None, 0, 0
+        if since is not None:
+            log.info(describe("appends find room again", node=self._node_id,
+                              after=f"{time.monotonic() - since:.1f}s", waits=waits,
+                              refused=refused))
+
+
 class WritePath:
     """Appends of one node's streams, from submission to acknowledgement."""
 
@@ -86,6 +139,7 @@ class WritePath:
         self._wal = wal
         self._coordination = coordination
         self._wal_end = lambda: wal.end_position  # for the backlog, made once
+        self._pressure = Pressure(node.id)
 
     def submit(self, state: StreamState, epoch: int, batch: RecordBatch,
                expected_offset: int | None, producer_id: object, sequence: int | None,
@@ -97,11 +151,11 @@ class WritePath:
         once it holds no lock."""
         config = self._node.config
         # One deadline for every wait of this append: room in memory, room in the WAL.
-        deadline = time.monotonic() + (config.append_timeout_ms / 1000 if timeout is None
-                                       else timeout)
+        started = time.monotonic()
+        deadline = started + (config.append_timeout_ms / 1000 if timeout is None else timeout)
         with state.order:
             item = self._place(state, epoch, batch, expected_offset, producer_id, sequence,
-                               deadline, lead)
+                               (started, deadline), lead)
         if not isinstance(item, Inflight):
             return item  # a retry: the original append's future
         try:
@@ -114,9 +168,11 @@ class WritePath:
 
     def _place(self, state: StreamState, epoch: int, batch: RecordBatch,
                expected_offset: int | None, producer_id: object, sequence: int | None,
-               deadline: float, lead: bool) -> Inflight | Future[AppendResult]:
+               times: tuple[float, float], lead: bool) -> Inflight | Future[AppendResult]:
         """The checks, the offset and the WAL submission (caller holds ``state.order``): the
-        append in flight, or an earlier append's future (a retry)."""
+        append in flight, or an earlier append's future (a retry). ``times``: when the append
+        was called, and its deadline (monotonic seconds)."""
+        deadline = times[1]
         self._node.check_open()
         if state.destroyed:
             raise StreamNotFound(describe("the stream was destroyed", stream=state.id))
@@ -137,7 +193,7 @@ class WritePath:
         if expected_offset is not None and expected_offset != state.assigned_end:
             raise OffsetMismatchError(state.id, expected_offset, state.assigned_end)
         placed = batch.with_offset(state.assigned_end)
-        item = self._enter_wal(state, epoch, placed, deadline, lead)
+        item = self._enter_wal(state, epoch, placed, times, lead)
         state.assigned_end = placed.next_offset
         if producer is not None:
             assert sequence is not None
@@ -151,14 +207,16 @@ class WritePath:
             with state.lock:
                 state.changed.notify_all()
 
-    def _enter_wal(self, state: StreamState, epoch: int, placed: RecordBatch, deadline: float,
-                   lead: bool) -> Inflight:
+    def _enter_wal(self, state: StreamState, epoch: int, placed: PlacedBatch,
+                   times: tuple[float, float], lead: bool) -> Inflight:
         """Room for ``placed``, then its WAL call (caller holds ``state.order``). ``lead``:
         the caller calls ``Wal.lead`` once it holds no lock, whatever happens."""
         node = self._node
+        started, deadline = times
+        waited = False  # for room, anywhere (see Pressure)
         if self._wal.capacity is None:  # the WAL does not fill up: bound the memory here
-            self._wait_for_room(placed.size, _left(deadline))
-        self._reserve(placed.size + BATCH_OVERHEAD, _left(deadline))
+            waited = self._wait_for_room(state.id, placed.size, deadline)
+        waited = self._reserve(state.id, placed.size + BATCH_OVERHEAD, deadline) or waited
         # While the WAL call runs, its record may become durable before this stream knows of
         # it: the uploader must not trim past it. Any position it gets is at or above the
         # WAL's end as it is now.
@@ -174,13 +232,13 @@ class WritePath:
                 state.entering += 1
             ticket = _WalTicket(self, state)
             try:
-                self._wal.submit(WalRecord(state.id, epoch, placed), ticket, _left(deadline),
-                                 lead=lead)
+                record = WalRecord(state.id, epoch, placed)
+                waited = self._submit_to_wal(state.id, record, ticket, deadline, lead) or waited
             except BaseException:
                 with state.lock:
                     state.entering -= 1  # nothing written (the next look releases the stream)
                 raise
-            item = Inflight(placed, ticket)
+            item = Inflight(placed, ticket, started)
             with state.lock:
                 state.entering -= 1
                 state.inflight.append(item)
@@ -190,32 +248,66 @@ class WritePath:
             raise
         finally:
             node.backlog.entered(token)
+        if not waited and self._pressure.since is not None:
+            self._pressure.room()
         return item
 
-    def _wait_for_room(self, size: int, timeout: float) -> None:
+    def _submit_to_wal(self, stream_id: int, record: WalRecord, ticket: Ticket,
+                       deadline: float, lead: bool) -> bool:
+        """The WAL call; whether it waited for room (a full WAL refuses at once a call that
+        gives it no time: then the wait is logged, and the call made again to wait)."""
+        try:
+            self._wal.submit(record, ticket, 0.0, lead=lead)
+            return False
+        except WalFullError:
+            pass
+        self._pressure.waiting("the WAL")
+        try:
+            self._wal.submit(record, ticket, _left(deadline), lead=lead)
+        except WalFullError as error:
+            self._pressure.refused(stream_id, error)
+            raise
+        return True
+
+    def _wait_for_room(self, stream_id: int, size: int, deadline: float) -> bool:
         """Back-pressure for a WAL without a capacity (the object WAL): data acknowledged and
-        not yet committed, which the log cache holds, stays within ``wal_bytes``."""
+        not yet committed, which the log cache holds, stays within ``wal_bytes``. Whether it
+        waited."""
         node = self._node
         limit = node.config.wal_bytes
-        room = node.backlog.wait_for_room(size, limit, timeout, node.closing)
+        room = node.backlog.wait_for_room(size, limit, 0.0, node.closing)
+        waited = not room
+        if waited:
+            self._pressure.waiting("wal_bytes of data waiting for upload")
+            room = node.backlog.wait_for_room(size, limit, _left(deadline), node.closing)
         if node.closing.is_set():
             raise StreamClosed("the store is closing")
         if not room:
-            raise WalFullError(describe(
+            error = WalFullError(describe(
                 "data waiting for upload stayed above wal_bytes: uploads are not keeping up",
                 pending=node.backlog.bytes, size=size, wal_bytes=limit))
+            self._pressure.refused(stream_id, error)
+            raise error
+        return waited
 
-    def _reserve(self, size: int, timeout: float) -> None:
+    def _reserve(self, stream_id: int, size: int, deadline: float) -> bool:
         """Room in the message cache for a batch until it is uploaded (back-pressure when
-        uploads fall behind: the log cache shares the cache's budget)."""
+        uploads fall behind: the log cache shares the cache's budget). Whether it waited."""
         node = self._node
-        if not node.cache.reserve(node.scope, size, timeout, abort=node.closing_or_closed):
+        if node.cache.try_reserve(node.scope, size):
+            return False
+        self._pressure.waiting("the message cache (cache_bytes)")
+        if not node.cache.reserve(node.scope, size, _left(deadline),
+                                  abort=node.closing_or_closed):
             if node.closing_or_closed():
                 raise StreamClosed("the store is closing")
-            raise WalFullError(describe(
+            error = WalFullError(describe(
                 "data waiting for upload filled the message cache (cache_bytes): uploads are "
                 "not keeping up", size=size, cache_bytes=node.cache.max_bytes,
                 pinned=node.cache.pinned_bytes))
+            self._pressure.refused(stream_id, error)
+            raise error
+        return True
 
     # ---- acknowledgement ----
 
@@ -224,8 +316,11 @@ class WritePath:
         what was durable when a look at the metadata started: ``looked``, its start)."""
         node = self._node
 
-        def publish(position: int, added: int, error: BaseException | None) -> None:
+        def publish(position: int, added: int, error: BaseException | None,
+                    acked: Sequence[Inflight]) -> None:
             node.backlog.acknowledged(position, added)
+            if acked:
+                node.metrics.acknowledged(acked, position)
             if error is not None and not isinstance(error, StreamClosed):
                 node.fail(error)  # a failed WAL write fails the WAL for good
 

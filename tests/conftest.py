@@ -8,8 +8,10 @@ instead of quietly testing the Python twin twice.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 import pytest
+from fsspec.implementations.memory import MemoryFileSystem
 from hypothesis import HealthCheck, settings
 
 import streamlib.codec
@@ -39,6 +41,20 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         if "build/asan" not in _segment_codec.__file__:
             raise pytest.UsageError(f"make asan loaded the wrong extension: "
                                     f"{_segment_codec.__file__}")
+
+
+@pytest.fixture(autouse=True)
+def memory_filesystem_left_as_found() -> Iterator[None]:
+    """What a test leaves on ``memory://`` goes with it. memory:// is one dict per process and
+    fsspec lists it by walking every key: the thousands of keys earlier tests left there made
+    every later listing slower (the in-memory manifest's model test several times slower).
+    Keys of a module's or the session's fixtures are made before this runs: they stay."""
+    files, directories = MemoryFileSystem.store, MemoryFileSystem.pseudo_dirs
+    files_before, directories_before = set(files), set(directories)
+    yield
+    for key in [key for key in files if key not in files_before]:
+        files.pop(key, None)
+    directories[:] = [d for d in directories if d in directories_before]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -36,6 +36,8 @@ from streamlib.records import (
     INT64_MAX,
     MAX_BATCH_RECORDS,
     UINT64_MAX,
+    DecodedRecord,
+    PlacedBatch,
     Record,
     RecordBatch,
     check_int,
@@ -191,7 +193,7 @@ def _explain(records: Sequence[object]) -> None:
     """Raise the clear error for records that failed to gather (not a Record, or a Record built
     around the validation)."""
     for i, record in enumerate(records):
-        if type(record) is not Record:
+        if not isinstance(record, Record):
             raise TypeError(f"records[{i}] must be a streamlib.Record, "
                             f"not {type(record).__name__}")
         Record(*record)  # re-validates the fields; raises naming the bad one
@@ -296,7 +298,7 @@ def check_records(payload: bytes, count: int, base_timestamp: int, max_timestamp
                          f"max_timestamp=`{max_timestamp}` records=`{index.max_timestamp}`")
 
 
-def _materialize(payload: bytes, index: RecordIndex, count: int) -> list[Record]:
+def _materialize(payload: bytes, index: RecordIndex, count: int) -> list[DecodedRecord]:
     """Records from spans, with C-level loops (map, zip, slice) instead of per-record Python."""
     spans = index.records
     ts, key_pos, key_len = spans[0::7], spans[1::7], spans[2::7]
@@ -316,12 +318,13 @@ def _materialize(payload: bytes, index: RecordIndex, count: int) -> list[Record]
         headers = [tuple(pairs[first:first + n])
                    for first, n in zip(spans[5::7], spans[6::7], strict=True)]
     # keys and headers may be endless repeats: values and ts set the length
-    return list(map(tuple.__new__, repeat(Record), zip(values, keys, headers, ts, strict=False)))
+    return list(map(tuple.__new__, repeat(DecodedRecord),
+                    zip(values, keys, headers, ts, strict=False)))
 
 
 def decode_records(payload: bytes, count: int, base_timestamp: int,
                    max_timestamp: int | None = None, *, source: str | None = None,
-                   position: int = 0) -> list[Record]:
+                   position: int = 0) -> list[DecodedRecord]:
     """Decode a records payload into Record objects (every record carries its timestamp).
     With ``max_timestamp`` (the batch header's), the records must agree with it."""
     payload = _payload(payload)
@@ -472,7 +475,7 @@ def scan_batches(buf: bytes | bytearray | memoryview, start: int = 0, end: int |
 
 
 def decode_batch(buf: bytes | bytearray | memoryview, position: int = 0, *,
-                 source: str | None = None) -> tuple[BatchInfo, RecordBatch]:
+                 source: str | None = None) -> tuple[BatchInfo, PlacedBatch]:
     """The batch framed at ``position``: its header fields and the batch (with its offset).
     ``position`` outside ``[0, len(buf)]`` raises ValueError (naming it ``start``, the scan's
     word); at the very end, where the bytes end before a batch could begin, CorruptDataError
@@ -485,14 +488,14 @@ def decode_batch(buf: bytes | bytearray | memoryview, position: int = 0, *,
     return info, _batch_from(info, _view(buf, None))
 
 
-def _batch_from(info: BatchInfo, view: memoryview) -> RecordBatch:
+def _batch_from(info: BatchInfo, view: memoryview) -> PlacedBatch:
     payload = bytes(view[info.payload_position:info.end])
-    return RecordBatch._trusted(payload, info.count, info.base_timestamp, info.max_timestamp,
+    return PlacedBatch._trusted(payload, info.count, info.base_timestamp, info.max_timestamp,
                                 info.encoding, info.base_offset)
 
 
 def read_batches(buf: bytes | bytearray | memoryview, start: int = 0, end: int | None = None, *,
-                 source: str | None = None) -> list[tuple[BatchInfo, RecordBatch]]:
+                 source: str | None = None) -> list[tuple[BatchInfo, PlacedBatch]]:
     """Every batch in ``buf[start:end]``, checked; CorruptDataError at the first bad one.
     A range outside the buffer raises ValueError, as for :func:`scan_batches`."""
     scan = scan_batches(buf, start, end, source=source)
@@ -623,7 +626,7 @@ def scan_blocks(buf: bytes | bytearray | memoryview, start: int = 0, end: int | 
 
 
 def decode_block(buf: bytes | bytearray | memoryview, position: int = 0, *,
-                 source: str | None = None) -> tuple[BlockInfo, list[RecordBatch]]:
+                 source: str | None = None) -> tuple[BlockInfo, list[PlacedBatch]]:
     """The block at ``position``, checked, decompressed, and split into its batches; every
     disagreement between the header and the batches inside raises CorruptDataError.
     ``position`` is checked as in :func:`decode_batch`."""
@@ -641,13 +644,13 @@ def decode_block(buf: bytes | bytearray | memoryview, position: int = 0, *,
 _BLOCK_SCAN_STEP = 256  # batches of a block scanned, and checked against its header, at a time
 
 
-def _block_batches(raw: bytes, info: BlockInfo, source: str | None) -> list[RecordBatch]:
+def _block_batches(raw: bytes, info: BlockInfo, source: str | None) -> list[PlacedBatch]:
     """The batches of a decompressed block, each checked against the block's header as the scan
     finds it: a header contradicted early costs no more than the batches before (a few bytes of
     zstd can hold a million copies of one batch)."""
     inner = f"{source or 'buffer'} block@{info.position} (decompressed)"
     view = memoryview(raw)
-    batches: list[RecordBatch] = []
+    batches: list[PlacedBatch] = []
     expected = info.base_offset
     top = info.first_timestamp
     start = 0

@@ -24,11 +24,11 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from streamlib import heap
 from streamlib.io import ObjectStore
-from streamlib.lifecycle.compaction import CompactionReport, Compactor, Task
+from streamlib.lifecycle.compaction import CompactionReport, Compactor, Task, object_kind
 from streamlib.lifecycle.deletion import Deleter, DeletionReport
 from streamlib.lifecycle.retention import Owned, Retainer
 from streamlib.lifecycle.sweep import GarbageReport, Sweeper
@@ -37,8 +37,9 @@ from streamlib.meta import MetadataStore, ObjectMeta
 if TYPE_CHECKING:
     from streamlib.node import Node
     from streamlib.state import StreamState
+    from streamlib.stats import CompactionSnapshot, LifecycleSnapshot
 
-log = logging.getLogger("streamlib.lifecycle")
+log = logging.getLogger(__name__)
 
 PLAN_RANGES = 200_000
 """Object ranges one plan holds at most (the rest are planned after its tasks ran): about
@@ -91,6 +92,8 @@ class LifecycleStats:
     deletion: DeletionReport = field(default_factory=DeletionReport)
     objects: dict[str, dict[str, int]] = field(default_factory=dict)
     """By tier: ``{"objects": n, "bytes": n}`` of the live objects, as of the last pass."""
+    kinds: dict[str, dict[str, int]] = field(default_factory=dict)
+    """The same by kind (``single``, ``multi``, ``compacted``: docs/metrics.md)."""
     doomed: dict[str, int] = field(default_factory=dict)
     """``{"objects": n, "bytes": n}`` waiting for deletion, as of the last pass."""
     backlog_bytes: int = 0
@@ -98,14 +101,15 @@ class LifecycleStats:
     memory_trims: int = 0
     """Times the thread gave freed memory back to the system (:mod:`streamlib.heap`)."""
 
-    def as_dict(self) -> dict[str, object]:
+    def as_dict(self) -> LifecycleSnapshot:
         return {"passes": self.passes, "failures": self.failures, "last_error": self.last_error,
                 "retention_trims": self.retention_trims, "sweeps": self.sweeps,
                 "gc_deleted": self.gc_deleted, "gc_deleted_bytes": self.gc_deleted_bytes,
-                "compaction": self.compaction.as_dict(),
+                "compaction": cast("CompactionSnapshot", self.compaction.as_dict()),
                 "deletion": {"marked": self.deletion.marked, "deleted": self.deletion.deleted,
                              "deleted_bytes": self.deletion.deleted_bytes},
                 "objects": {tier: dict(v) for tier, v in self.objects.items()},
+                "kinds": {kind: dict(v) for kind, v in self.kinds.items()},
                 "doomed": dict(self.doomed), "backlog_bytes": self.backlog_bytes,
                 "memory_trims": self.memory_trims}
 
@@ -262,17 +266,11 @@ class Lifecycle:
         marks = DeletionReport()
         report = CompactionReport()
         started = time.monotonic()
-        counts: dict[str, dict[str, int]] = {}
-        backlog = 0
+        tally = _Tally()
         for chunk in self._chunks(meta):
             if self._stopping():
                 break
-            for obj in chunk:
-                held = counts.setdefault(obj.tier, {"objects": 0, "bytes": 0})
-                held["objects"] += 1
-                held["bytes"] += obj.size
-                if obj.size < config.compaction_object_bytes:
-                    backlog += obj.size
+            tally.add(chunk, config.compaction_object_bytes)
             streams = {s.id: s for s in meta.streams()}  # after the chunk: no later trims lost
             deleter.mark(chunk, streams, marks)
             tasks: list[Task] = compactor.plan(chunk, streams)
@@ -288,9 +286,14 @@ class Lifecycle:
             self.stats.deletion.marked += marks.marked
             self.stats.deletion.deleted += marks.deleted
             self.stats.deletion.deleted_bytes += marks.deleted_bytes
-            self.stats.objects = counts
+            self.stats.objects = tally.tiers
+            self.stats.kinds = tally.kinds
             self.stats.doomed = {"objects": len(doomed), "bytes": sum(d.size for d in doomed)}
-            self.stats.backlog_bytes = backlog
+            self.stats.backlog_bytes = tally.backlog
+        if not self._stopping():  # every live object counted: each stream's stored bytes
+            for state in self._node.streams.all():
+                with state.lock:
+                    state.stored_bytes = tally.streams.get(state.id, 0)
         report.seconds = time.monotonic() - started
         return report
 
@@ -313,9 +316,32 @@ class Lifecycle:
         if chunk:
             yield chunk
 
-    def snapshot(self) -> dict[str, object]:
+    def snapshot(self) -> LifecycleSnapshot:
         with self._lock:
             return self.stats.as_dict()
+
+
+class _Tally:
+    """What a pass counts of the live objects: by tier and by kind (objects, bytes), the
+    bytes of small ones (compaction's backlog), each stream's bytes in them."""
+
+    def __init__(self) -> None:
+        self.tiers: dict[str, dict[str, int]] = {}
+        self.kinds: dict[str, dict[str, int]] = {}
+        self.backlog = 0
+        self.streams: dict[int, int] = {}
+
+    def add(self, objects: Iterable[ObjectMeta], small: int) -> None:
+        streams = self.streams
+        for obj in objects:
+            for held in (self.tiers.setdefault(obj.tier, {"objects": 0, "bytes": 0}),
+                         self.kinds.setdefault(object_kind(obj.key), {"objects": 0, "bytes": 0})):
+                held["objects"] += 1
+                held["bytes"] += obj.size
+            if obj.size < small:
+                self.backlog += obj.size
+            for r in obj.ranges:
+                streams[r.stream_id] = streams.get(r.stream_id, 0) + r.size
 
 
 __all__ = ["PAGE_OBJECTS", "PLAN_RANGES", "Lifecycle", "LifecycleStats", "Throttle"]

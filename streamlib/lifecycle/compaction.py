@@ -33,13 +33,22 @@ from streamlib.errors import CompactionConflict, CorruptDataError, StreamNotFoun
 from streamlib.io import ObjectStore
 from streamlib.meta import MetadataStore, ObjectMeta, Replacement, StreamMeta, StreamRange
 from streamlib.objects import IndexCache, IndexEntry, ObjectReader, ObjectStreamWriter
-from streamlib.records import RecordBatch
+from streamlib.records import PlacedBatch
 from streamlib.uploader import commit_deadline
 
-log = logging.getLogger("streamlib.lifecycle")
+log = logging.getLogger(__name__)
 
 COMPACTED_PREFIX = "data/compacted"
 """Where compaction's outputs go (in the objects store or the archive tier)."""
+
+
+def object_kind(key: str) -> str:
+    """``single`` or ``multi`` (how many streams the uploader put in it, by its key's suffix),
+    ``compacted`` for compaction's outputs, ``other`` for a key of neither shape."""
+    if key.startswith(COMPACTED_PREFIX + "/"):
+        return "compacted"
+    return {"sobj": "single", "mobj": "multi"}.get(key.rpartition(".")[2], "other")
+
 WINDOW_OBJECT_FACTOR = 4
 """A multi-stream window holds at most this many times ``compaction_object_bytes`` of input."""
 
@@ -400,7 +409,7 @@ class Compactor:
         return ObjectMeta(key, index.size, tuple(ranges), tier=self._write_tier)
 
     def _contents(self, output: OutputPlan, report: CompactionReport
-                  ) -> Iterator[tuple[int, list[RecordBatch] | tuple[memoryview, BlockInfo]]]:
+                  ) -> Iterator[tuple[int, list[PlacedBatch] | tuple[memoryview, BlockInfo]]]:
         """What goes into ``output``, in stream then offset order: whole blocks to copy as they
         are (those of at least half ``block_bytes``, with no record below the piece's start),
         and the batches of the other blocks, to be cut into blocks anew. Read a window of
@@ -449,8 +458,7 @@ class Compactor:
                     yield piece.stream_id, (block, reader.check_stored(block, entry))
                     continue
                 batches = [b for b in reader.decode_stored(block, entry)
-                           if b.next_offset > piece.start and b.base_offset is not None
-                           and b.base_offset < piece.end]
+                           if b.next_offset > piece.start and b.base_offset < piece.end]
                 if batches:
                     yield piece.stream_id, batches
             i = j
@@ -461,4 +469,4 @@ class Compactor:
 
 
 __all__ = ["COMPACTED_PREFIX", "CompactionReport", "Compactor", "Limits", "OutputPlan", "Piece",
-           "Task", "natural_key", "plan", "readable"]
+           "Task", "natural_key", "object_kind", "plan", "readable"]

@@ -22,7 +22,7 @@ from streamlib.io import ObjectStore
 from streamlib.lifecycle.compaction import readable
 from streamlib.meta import MetadataStore, ObjectMeta, Replacement, StreamMeta
 
-log = logging.getLogger("streamlib.lifecycle")
+log = logging.getLogger(__name__)
 
 BATCH_KEYS = 1000
 """Keys one mark, delete or forget handles at once (S3 deletes at most 1000 a request)."""

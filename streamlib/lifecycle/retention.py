@@ -25,7 +25,7 @@ from streamlib.io import ObjectStore
 from streamlib.meta import MetadataStore, Retention, StreamObject
 from streamlib.objects import IndexCache, IndexEntry, ObjectIndex, ObjectReader
 
-log = logging.getLogger("streamlib.lifecycle")
+log = logging.getLogger(__name__)
 
 
 def default_retention(config: Config) -> Retention | None:

@@ -29,7 +29,7 @@ from streamlib.meta import MetadataStore, ObjectMeta
 from streamlib.uploader import DATA_PREFIX
 from streamlib.wal.object import trimmed_objects
 
-log = logging.getLogger("streamlib.lifecycle")
+log = logging.getLogger(__name__)
 
 DELETE_KEYS = 1000
 """Keys one delete request takes (S3's limit)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import abc
 import enum
 import itertools
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -87,6 +88,13 @@ def check_retention(value: object) -> Retention | None:
     return None if value.keeps_everything else value
 
 
+def wall_clock_ms() -> int:
+    """This machine's wall clock (``time.time()``) in whole milliseconds since the epoch,
+    clamped into ``[0, 2^63)`` (a clock set before 1970 reads 0): a new stream's
+    :attr:`StreamMeta.created_ms`."""
+    return min(max(int(time.time() * 1000), 0), INT64_MAX)
+
+
 class StreamState(enum.Enum):
     """Whether a stream can be used. A destroyed stream keeps its id (never reused) and its
     committed objects (until GC) but no longer counts: its name is free again."""
@@ -119,6 +127,10 @@ class StreamMeta:
     """The epoch at which ``handover_from`` became the owner."""
     retention: Retention | None = None
     """What of the stream to keep (None: everything)."""
+    created_ms: int | None = None
+    """When the stream was created: milliseconds since the epoch (POSIX) by the creating
+    node's wall clock (:func:`wall_clock_ms`); None for a stream created by a streamlib that
+    did not record it. Informational: nothing orders or expires by it."""
 
     @property
     def live(self) -> bool:
@@ -475,6 +487,10 @@ class MetadataStore(abc.ABC):
       deletion after a grace period (docs/lifecycle.md). Their keys stay taken: no commit or
       replace adds an object under a doomed key, since readers may still read it.
       :meth:`forget` drops the entries once the objects are deleted.
+    - **Creation time.** :meth:`create_stream` records ``created_ms`` (the store's clock:
+      this machine's for SQLite, the writer's for a manifest; :func:`wall_clock_ms`), and every
+      read of the stream returns it unchanged; streams created before a store kept it read
+      None.
     - **Retention** is kept with the stream (:meth:`create_stream`, :meth:`set_retention`),
       in whole milliseconds (``Retention.max_age_ms``): what is read back is
       ``Retention.from_ms`` of it, None for one that keeps everything.
@@ -715,4 +731,5 @@ __all__ = [
     "check_retention",
     "check_text",
     "check_tier",
+    "wall_clock_ms",
 ]

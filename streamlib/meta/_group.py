@@ -42,7 +42,7 @@ from streamlib.errors import (
     StreamNotFound,
     describe,
 )
-from streamlib.meta._manifest_state import FORMAT, Malformed, ManifestState
+from streamlib.meta._manifest_state import CREATED_FORMAT, Malformed, ManifestState
 
 GROUP_LIMIT = 1024
 """The most changes one delta carries (a group too large for a delta is split anyway)."""
@@ -140,8 +140,8 @@ def plan_group(state: ManifestState, changes: list[Change], now_ms: int,
             if args is None:
                 planned.answers.append((change, result, None))
                 continue
-            try:
-                state.apply(change.op, args, now_ms, FORMAT)
+            try:  # in the newest format: it holds whatever a writer writes
+                state.apply(change.op, args, now_ms, CREATED_FORMAT)
             except Malformed as error:  # every reader would refuse it: never written
                 planned.answers.append((change, None, RuntimeError(describe(
                     "a manifest change does not apply to the state it was checked on (a bug)",

@@ -21,6 +21,7 @@ import zstandard
 
 from streamlib.errors import StorageUnavailable, describe
 from streamlib.meta._manifest_state import (
+    CREATED_FORMAT,
     FORMAT,
     ManifestState,
     StreamRecord,
@@ -52,10 +53,11 @@ from streamlib.meta._manifest_values import (
 if TYPE_CHECKING:
     from streamlib.io import ObjectStore
 
-log = logging.getLogger("streamlib.meta")
+log = logging.getLogger(__name__)
 
-CHECKPOINT_FORMATS = (1, 2)
-"""The formats of checkpoints this code reads."""
+CHECKPOINT_FORMATS = (1, 2, CREATED_FORMAT)
+"""The formats of checkpoints this code reads (format 4: one with a ``created_ms`` column,
+what it writes when a stream has a creation time; else format 2)."""
 
 MAX_CHECKPOINT_BYTES = 256 << 20
 """The largest checkpoint a reader takes and a writer writes, compressed and decompressed
@@ -70,7 +72,7 @@ doomed), a column or an entry."""
 _CHECKPOINT = (("format", "version", "next_id", "streams", "objects", "nodes"), ("kv", "doomed"))
 _STREAM_COLUMNS = ("id", "name", "epoch", "start", "end", "live")
 _STREAM_LATER_COLUMNS = ("owner", "from", "from_epoch", "since", "from_since", "max_age_ms",
-                         "max_bytes")
+                         "max_bytes", "created_ms")
 _OBJECT_COLUMNS = ("key", "size", "ranges", "stream", "start", "end", "used")
 
 
@@ -142,7 +144,8 @@ def _decompress(raw: bytes) -> bytearray:
 
 
 def dump_state(state: ManifestState) -> dict[str, Any]:
-    """The checkpoint's JSON; the columns of retentions and tiers only if any is set."""
+    """The checkpoint's JSON; the columns of retentions, creation times and tiers only if any
+    is set (creation times: in format 4, else format 2)."""
     streams = list(state.streams.values())
     objects = list(state.objects.items())
     ranges = [r for _, (_, rs) in objects for r in rs]
@@ -158,6 +161,9 @@ def dump_state(state: ManifestState) -> dict[str, Any]:
     if any(s.max_age_ms is not None or s.max_bytes is not None for s in streams):
         stream_columns.update(max_age_ms=[s.max_age_ms for s in streams],
                               max_bytes=[s.max_bytes for s in streams])
+    created = any(s.created_ms is not None for s in streams)
+    if created:
+        stream_columns["created_ms"] = [s.created_ms for s in streams]
     object_columns: dict[str, list[Any]] = {
         "key": [key for key, _ in objects], "size": [size for _, (size, _) in objects],
         "ranges": [len(rs) for _, (_, rs) in objects],
@@ -165,7 +171,8 @@ def dump_state(state: ManifestState) -> dict[str, Any]:
         "end": [r[2] for r in ranges], "used": [r[3] for r in ranges]}
     if state.tiers:
         object_columns["tier"] = [state.tiers.get(key, "") for key, _ in objects]
-    return {"format": FORMAT, "version": state.version, "next_id": state.next_id,
+    return {"format": CREATED_FORMAT if created else FORMAT, "version": state.version,
+            "next_id": state.next_id,
             "streams": stream_columns, "objects": object_columns,
             "nodes": [[node, epoch, position]
                       for node, (epoch, position) in state.nodes.items()],
@@ -210,12 +217,13 @@ def load_state(data: dict[str, Any]) -> ManifestState:
 def _load_streams(state: ManifestState, s: dict[str, Any]) -> None:
     n = len(column(s, "id", "streams", None))
     (ids, names, epochs, starts, ends, live, owners, was, was_epochs, since, was_since,
-     max_age_ms, max_bytes) = (column(s, name, "streams", n)
-                               for name in (*_STREAM_COLUMNS, *_STREAM_LATER_COLUMNS))
+     max_age_ms, max_bytes, created_ms) = (column(s, name, "streams", n)
+                                           for name in (*_STREAM_COLUMNS,
+                                                        *_STREAM_LATER_COLUMNS))
     for values, name in ((ids, "id"), (epochs, "epoch"), (starts, "start"), (ends, "end")):
         int_column(values, f"streams.{name}")
     for values, name in ((was_epochs, "from_epoch"), (since, "since"),
-                         (was_since, "from_since")):
+                         (was_since, "from_since"), (created_ms, "created_ms")):
         int_column(values, f"streams.{name}", nullable=True)
     limit_column(max_age_ms, "streams.max_age_ms")
     limit_column(max_bytes, "streams.max_bytes")
@@ -225,7 +233,7 @@ def _load_streams(state: ManifestState, s: dict[str, Any]) -> None:
     node_column(was, "streams.from")
     state.streams = dict(zip(ids, map(StreamRecord, ids, names, epochs, starts, ends, live,
                                      owners, was, was_epochs, since, was_since, max_age_ms,
-                                     max_bytes),
+                                     max_bytes, created_ms),
                             strict=True))
     if len(state.streams) != n:
         raise Malformed(describe("a stream id appears twice", stream=first_twice(ids)))

@@ -25,7 +25,7 @@ import logging
 
 from streamlib.io import ObjectInfo, ObjectStore
 
-log = logging.getLogger("streamlib.meta")
+log = logging.getLogger(__name__)
 
 DELETE_KEYS = 1000
 """Keys one delete request takes (S3's limit)."""

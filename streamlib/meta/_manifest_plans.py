@@ -16,6 +16,7 @@ from streamlib.meta import (
     check_node_id,
     check_retention,
     check_text,
+    wall_clock_ms,
 )
 from streamlib.meta._group import Plan
 from streamlib.meta._manifest_state import ManifestState, retention_args
@@ -34,7 +35,8 @@ def check_node(state: ManifestState, node: str | None, node_epoch: int | None) -
 def create_plan(name: str | None, retention: Retention | None, node: str | None = None,
                 node_epoch: int | None = None) -> tuple[Plan, list[int]]:
     """The check of a create (by ``node`` at ``node_epoch``, if given: refused if it is
-    fenced), and the list the id it takes is put in once planned."""
+    fenced), and the list the id it takes is put in once planned. The stream's creation time
+    is this node's clock as the create is planned."""
     if name is not None:
         check_text(name, "name")
     retention = check_retention(retention)
@@ -48,9 +50,10 @@ def create_plan(name: str | None, retention: Retention | None, node: str | None 
                                         name=repr(name), stream=state.names[name]))
         stream_id = state.next_id
         created[:] = [stream_id]
-        return ({"id": stream_id, "name": name, **kept},
+        created_ms = wall_clock_ms()
+        return ({"id": stream_id, "name": name, **kept, "created_ms": created_ms},
                 StreamMeta(stream_id, name, 0, 0, 0, retention=Retention.from_ms(
-                    kept.get("max_age_ms"), kept.get("max_bytes"))))
+                    kept.get("max_age_ms"), kept.get("max_bytes")), created_ms=created_ms))
 
     return plan, created
 

@@ -10,7 +10,7 @@ import uuid
 from streamlib.errors import ConfigError, StorageUnavailable, describe
 from streamlib.io import ObjectStore
 
-log = logging.getLogger("streamlib.meta")
+log = logging.getLogger(__name__)
 
 
 def probe_create(objects: ObjectStore, root: str) -> None:

@@ -14,10 +14,11 @@ ids, epochs, offsets, sizes, positions and times are ints in ``[0, 2^63)``, rete
 takes them (strs only); tiers one of :data:`~streamlib.meta.TIERS`; key-value values strict
 base64 of at most :data:`~streamlib.meta.MAX_KV_VALUE` bytes; lists of the lengths the format
 writes; no field missing or unknown (the optional ones are those older writers left out, and
-those of format 2 that its writers leave out when empty; a format-1 object holds nothing format 2
-added). What a delta names must be in the state (its streams, the objects it removes or
-replaces, the doomed objects it forgets) or not (the objects it adds, a new stream's id and
-name), and a replacement must keep the streams' ranges whole (:mod:`streamlib.meta._swap`).
+those of later formats that their writers leave out when empty or unknown; an object holds
+nothing a format later than its own added). What a delta names must be in the state (its
+streams, the objects it removes or replaces, the doomed objects it forgets) or not (the objects
+it adds, a new stream's id and name), and a replacement must keep the streams' ranges whole
+(:mod:`streamlib.meta._swap`).
 Anything else raises :class:`Malformed`, which the manifest reports as
 :class:`~streamlib.errors.CorruptDataError` with the object's key; a delta that raises has
 changed nothing.
@@ -71,7 +72,13 @@ GROUP_FORMAT = 3
 nothing else, and deltas of one change and checkpoints are still written in :data:`FORMAT`, so
 that older readers refuse a group by its number and read everything else."""
 
-FORMATS = (1, 2, GROUP_FORMAT)
+CREATED_FORMAT = 4
+"""The format of a delta or checkpoint that holds a stream's creation time (a create's
+``created_ms``, a checkpoint's ``created_ms`` column); it holds everything of formats 2 and 3
+besides (a single change, or a group). Writers stamp it only on what holds a creation time, so
+that older readers refuse that by its number and read everything else."""
+
+FORMATS = (1, 2, GROUP_FORMAT, CREATED_FORMAT)
 """The formats of deltas this code reads (checkpoints:
 :data:`~streamlib.meta._manifest_checkpoint.CHECKPOINT_FORMATS`)."""
 
@@ -93,7 +100,7 @@ Doomed = tuple[int, int, str]  # size, marked_at_ms, tier
 
 _ARGUMENTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     # operation: (its arguments, those optional: older writers, or empty ones, left out)
-    "create": (("id", "name"), ("max_age_ms", "max_bytes")),
+    "create": (("id", "name"), ("max_age_ms", "max_bytes", "created_ms")),
     "open": (("id", "epoch"), ("owner", "since", "from")),
     "release": (("node", "streams"), ()),
     "trim": (("id", "offset"), ()),
@@ -107,8 +114,10 @@ _ARGUMENTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 }
 OPERATIONS = frozenset(_ARGUMENTS)
 """The operations a delta can hold."""
-_SINCE_FORMAT_2 = frozenset({"replace", "forget", "retention", "max_age_ms", "max_bytes",
-                             "tier", "doomed"})  # operations, arguments, columns and tables
+# Operations, arguments, columns and tables by the format that added them (the rest: 1).
+_ADDED_IN = {**dict.fromkeys(("replace", "forget", "retention", "max_age_ms", "max_bytes",
+                              "tier", "doomed"), 2),
+             "created_ms": CREATED_FORMAT}
 
 _ENVELOPE = ("format", "version", "put", "node", "time", "op", "args")
 
@@ -117,8 +126,8 @@ _ENVELOPE = ("format", "version", "put", "node", "time", "op", "args")
 
 def read_delta(raw: bytes, version: int) -> dict[str, Any]:
     """The delta stored at ``version``, its envelope checked (its arguments are checked when it
-    applies: some checks need the state). A group is of format 3, and format 3 holds groups
-    only."""
+    applies: some checks need the state). A group is of format 3 or 4, and format 3 holds
+    groups only."""
     if len(raw) > MAX_DELTA_BYTES:
         raise Malformed(describe("larger than a delta may be", bytes=len(raw),
                                  limit=MAX_DELTA_BYTES))
@@ -131,9 +140,10 @@ def read_delta(raw: bytes, version: int) -> dict[str, Any]:
     op = delta["op"]
     if op != GROUP:
         _operation(op)  # its arguments: checked as it applies
-    if (op == GROUP) != (delta["format"] == GROUP_FORMAT):
-        raise Malformed(describe(f"a group is of format {GROUP_FORMAT}, and only a group",
-                                 op=show(op), format=delta["format"]))
+    found = delta["format"]
+    if (op == GROUP and found < GROUP_FORMAT) or (op != GROUP and found == GROUP_FORMAT):
+        raise Malformed(describe(f"a group is of format {GROUP_FORMAT} or later, and format "
+                                 f"{GROUP_FORMAT} holds only groups", op=show(op), format=found))
     return delta
 
 
@@ -169,8 +179,11 @@ def group_delta(changes: Sequence[tuple[str, dict[str, Any]]]) -> tuple[str, dic
     return GROUP, {"changes": [{"op": op, "args": args} for op, args in changes]}
 
 
-def delta_format(op: str) -> int:
-    """The format a delta of ``op`` is written in."""
+def delta_format(op: str, args: dict[str, Any]) -> int:
+    """The format a delta of ``op`` with ``args`` is written in: the lowest that holds it."""
+    changes = args["changes"] if op == GROUP else [{"op": op, "args": args}]
+    if any(change["op"] == "create" and "created_ms" in change["args"] for change in changes):
+        return CREATED_FORMAT
     return GROUP_FORMAT if op == GROUP else FORMAT
 
 
@@ -188,12 +201,11 @@ def _operation(op: object) -> str:
     return op
 
 
-def in_format(found: object, names: Sequence[str], what: str) -> None:
-    """Refuse what format 2 added in an object of format 1."""
-    if found == 1:
-        added = [name for name in names if name in _SINCE_FORMAT_2]
-        if added:
-            raise Malformed(describe(f"{what} holds what format 1 has not", field=added[0]))
+def in_format(found: int, names: Sequence[str], what: str) -> None:
+    """Refuse what a later format added in an object of format ``found``."""
+    added = [name for name in names if _ADDED_IN.get(name, 1) > found]
+    if added:
+        raise Malformed(describe(f"{what} holds what format {found} has not", field=added[0]))
 
 
 @dataclass(slots=True)
@@ -213,13 +225,15 @@ class StreamRecord:
     handover_since: int | None = None
     max_age_ms: int | None = None  # the retention, as Retention.from_ms takes it
     max_bytes: int | None = None
+    created_ms: int | None = None
 
     def meta(self) -> StreamMeta:
         return StreamMeta(self.id, self.name, self.epoch, self.start, self.end,
                           StreamState.OPEN if self.live else StreamState.DESTROYED,
                           self.owner, self.handover_from, self.handover_epoch, self.since,
                           self.handover_since, Retention.from_ms(self.max_age_ms,
-                                                                 self.max_bytes))
+                                                                 self.max_bytes),
+                          self.created_ms)
 
 
 class ManifestState:
@@ -471,13 +485,15 @@ class ManifestState:
             raise Malformed(describe("a live stream already has this name", name=show(name),
                                      stream=self.names[name]))
         max_age_ms, max_bytes = self._retention(args)
+        created_ms = (int_field(args["created_ms"], "created_ms") if "created_ms" in args
+                      else None)  # older writers recorded none
         if self._undo is not None:
             self._undo.append(functools.partial(setattr, self, "next_id", self.next_id))
             self._keep(self.streams, stream_id)
             if name is not None:
                 self._keep(self.names, name)
         self.streams[stream_id] = StreamRecord(stream_id, name, 0, 0, 0, max_age_ms=max_age_ms,
-                                               max_bytes=max_bytes)
+                                               max_bytes=max_bytes, created_ms=created_ms)
         if name is not None:
             self.names[name] = stream_id
         self.next_id = stream_id + 1
@@ -597,7 +613,7 @@ def _restore(stream: StreamRecord, saved: StreamRecord) -> None:
 
 _RECORD_FIELDS = tuple(f.name for f in dataclasses.fields(StreamRecord))
 
-__all__ = ["DELTA_DEPTH", "FORMAT", "FORMATS", "GROUP", "GROUP_FORMAT", "MAX_DELTA_BYTES",
-           "OPERATIONS", "Malformed", "ManifestState", "Range", "StreamRecord", "check_format",
-           "delta_format", "encode_delta", "encode_object", "group_delta", "in_format",
-           "read_delta", "retention_args"]
+__all__ = ["CREATED_FORMAT", "DELTA_DEPTH", "FORMAT", "FORMATS", "GROUP", "GROUP_FORMAT",
+           "MAX_DELTA_BYTES", "OPERATIONS", "Malformed", "ManifestState", "Range",
+           "StreamRecord", "check_format", "delta_format", "encode_delta", "encode_object",
+           "group_delta", "in_format", "read_delta", "retention_args"]

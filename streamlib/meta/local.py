@@ -61,11 +61,12 @@ from streamlib.meta import (
     check_node_id,
     check_retention,
     check_text,
+    wall_clock_ms,
 )
 from streamlib.meta._swap import Span, check_keys, check_page, key_problem, swap_problem
 from streamlib.records import INT64_MAX, check_int
 
-log = logging.getLogger("streamlib.meta")
+log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 """The schema this code reads and writes; a file of any other version is refused."""
@@ -94,8 +95,9 @@ _SCHEMA = (
 
 # Added after version 1 shipped, each where it is missing at open, to new files too (so that
 # every file has one schema): tables, then columns as (table, column, its definition). Older
-# code reading such a file ignores them: it reads no retention and no tier, and drops the
-# objects a commit removes where this code dooms them.
+# code reading such a file ignores them: it reads no retention, no tier and no creation time
+# (the streams it creates have none), and drops the objects a commit removes where this code
+# dooms them.
 _ADDED_TABLES = (
     "CREATE TABLE IF NOT EXISTS kv (namespace TEXT NOT NULL, key TEXT NOT NULL, "
     "value BLOB NOT NULL, PRIMARY KEY (namespace, key)) WITHOUT ROWID",
@@ -108,9 +110,15 @@ _ADDED_COLUMNS = (
     ("objects", "tier", "TEXT NOT NULL DEFAULT ''"),
     ("streams", "retain_ms", "INTEGER"),  # Retention.max_age_ms; NULL: no limit
     ("streams", "retain_bytes", "INTEGER"),
+    ("streams", "created_ms", "INTEGER"),  # StreamMeta.created_ms; NULL: not recorded
 )
+_READ_AS_NULL = {("streams", "created_ms")}
+"""Added columns that a read-only open of a file without them reads as NULL (it may not add
+them; the others it needs, and refuses the file without)."""
 
-_STREAM_COLUMNS = "id, name, epoch, start_offset, end_offset, state, retain_ms, retain_bytes"
+_STREAM_FIELDS = ("id", "name", "epoch", "start_offset", "end_offset", "state", "retain_ms",
+                  "retain_bytes", "created_ms")
+_STREAM_COLUMNS = ", ".join(_STREAM_FIELDS)
 _IN_ONE_QUERY = 500  # keys or ids bound in one `IN (...)`, far below SQLite's limit
 
 # The ranges `r` of stream ?1 holding offsets at or above ?2. A stream's ranges are disjoint: the
@@ -148,9 +156,10 @@ def _too_late(not_after_ms: int | None) -> str:
 
 
 def _stream(row: tuple[Any, ...]) -> StreamMeta:
-    stream_id, name, epoch, start, end, state, retain_ms, retain_bytes = row
+    stream_id, name, epoch, start, end, state, retain_ms, retain_bytes, created_ms = row
     return StreamMeta(stream_id, name, epoch, start, end, StreamState(state),
-                      retention=Retention.from_ms(retain_ms, retain_bytes))
+                      retention=Retention.from_ms(retain_ms, retain_bytes),
+                      created_ms=created_ms)
 
 
 def _kept(retention: Retention | None) -> tuple[int | None, int | None]:
@@ -187,7 +196,8 @@ class SQLiteMetadataStore(MetadataStore):
     :mod:`streamlib.tools`, beside a store that may be running): nothing is created, migrated
     or changed, and every change raises :class:`~streamlib.errors.ReadOnlyError`. A missing
     file is :class:`~streamlib.errors.ConfigError`; a file without this version's tables and
-    columns (not yet opened by it) is refused as well.
+    columns (not yet opened by it) is refused as well, except for the streams' creation times
+    (read as None).
     """
 
     capabilities = Capabilities(shared=False)
@@ -201,6 +211,7 @@ class SQLiteMetadataStore(MetadataStore):
                              f"timeout=`{timeout}`")
         self.path = os.path.abspath(os.fspath(path))
         self.read_only = read_only  # fixed
+        self._columns = _STREAM_COLUMNS  # fixed: what a read of streams selects
         if read_only:
             self._open_read_only(timeout)
             return
@@ -253,10 +264,13 @@ class SQLiteMetadataStore(MetadataStore):
                 raise CorruptDataError(f"not a streamlib metadata database of schema version "
                                        f"{SCHEMA_VERSION}: versions=`{versions}`",
                                        source=self.path)
-            if not {"kv", "doomed"} <= tables or not {c[:2] for c in _ADDED_COLUMNS} <= columns:
+            missing = {c[:2] for c in _ADDED_COLUMNS} - columns
+            if not {"kv", "doomed"} <= tables or missing - _READ_AS_NULL:
                 raise ConfigError("metadata_path", "written by an older streamlib: open the "
                                   "store once with this version (which adds its new tables) "
                                   "before reading it read-only", self.path)
+            self._columns = ", ".join("NULL" if ("streams", name) in missing else name
+                                      for name in _STREAM_FIELDS)
         except BaseException:
             conn.close()
             self._conn = None
@@ -322,9 +336,8 @@ class SQLiteMetadataStore(MetadataStore):
                     raise _translate(e, self.path) from e
                 raise
 
-    @staticmethod
-    def _row(db: sqlite3.Connection, stream_id: int) -> StreamMeta | None:
-        row = db.execute(f"SELECT {_STREAM_COLUMNS} FROM streams WHERE id = ?",
+    def _row(self, db: sqlite3.Connection, stream_id: int) -> StreamMeta | None:
+        row = db.execute(f"SELECT {self._columns} FROM streams WHERE id = ?",
                          (stream_id,)).fetchone()
         return None if row is None else _stream(row)
 
@@ -379,10 +392,13 @@ class SQLiteMetadataStore(MetadataStore):
         db.execute("UPDATE counters SET value = ? WHERE name = 'next_stream_id'",
                    (stream_id + 1,))
         retain_ms, retain_bytes = kept
-        db.execute(f"INSERT INTO streams ({_STREAM_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                   (stream_id, name, 0, 0, 0, StreamState.OPEN.value, retain_ms, retain_bytes))
+        created_ms = wall_clock_ms()
+        db.execute(f"INSERT INTO streams ({_STREAM_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                   (stream_id, name, 0, 0, 0, StreamState.OPEN.value, retain_ms, retain_bytes,
+                    created_ms))
         return StreamMeta(stream_id, name, 0, 0, 0, StreamState.OPEN,
-                          retention=Retention.from_ms(retain_ms, retain_bytes))
+                          retention=Retention.from_ms(retain_ms, retain_bytes),
+                          created_ms=created_ms)
 
     def set_retention(self, stream_id: int, retention: Retention | None) -> StreamMeta:
         check_id(stream_id)
@@ -408,7 +424,7 @@ class SQLiteMetadataStore(MetadataStore):
     def get_stream_by_name(self, name: str) -> StreamMeta:
         check_text(name, "name")
         with self._transaction(write=False) as db:
-            row = db.execute(f"SELECT {_STREAM_COLUMNS} FROM streams "
+            row = db.execute(f"SELECT {self._columns} FROM streams "
                              f"WHERE name = ? AND state = 'open'", (name,)).fetchone()
         if row is None:
             raise StreamNotFound(describe("no live stream has this name", name=repr(name)))
@@ -416,7 +432,7 @@ class SQLiteMetadataStore(MetadataStore):
 
     def streams(self) -> list[StreamMeta]:
         with self._transaction(write=False) as db:
-            rows = db.execute(f"SELECT {_STREAM_COLUMNS} FROM streams WHERE state = 'open' "
+            rows = db.execute(f"SELECT {self._columns} FROM streams WHERE state = 'open' "
                               f"ORDER BY id").fetchall()
         return [_stream(row) for row in rows]
 

@@ -105,7 +105,7 @@ from streamlib.meta._manifest_state import (
 from streamlib.meta._swap import check_keys, check_page
 from streamlib.records import INT64_MAX, check_int
 
-log = logging.getLogger("streamlib.meta")
+log = logging.getLogger(__name__)
 
 CHECKPOINT_EVERY = 512
 PROBE = 16
@@ -336,7 +336,7 @@ class ManifestMetadataStore(MetadataStore):
                 return later, caught_up
             op, args = group_delta([(change.op, args) for change, args, _ in planned.writes])
             version = self._state.version + 1
-            delta = {"format": delta_format(op), "version": version, "put": put,
+            delta = {"format": delta_format(op, args), "version": version, "put": put,
                      "node": self._writer, "time": stamp, "op": op, "args": args}
             try:
                 body = encode_delta(delta)

@@ -14,7 +14,6 @@ import struct
 import threading
 from collections import OrderedDict
 from collections.abc import Hashable, Iterable, Iterator, Sequence
-from typing import cast
 
 from streamlib import codec
 from streamlib.codec import BlockInfo
@@ -27,7 +26,7 @@ from streamlib.objects._format import (
     decode_footer,
     decode_index,
 )
-from streamlib.records import INT64_MAX, UINT64_MAX, RecordBatch, check_int
+from streamlib.records import INT64_MAX, UINT64_MAX, PlacedBatch, check_int
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -294,7 +293,7 @@ class ObjectReader:
     # ---- blocks ----
 
     def read(self, stream_id: int, start_offset: int, end_offset: int | None = None,
-             max_bytes: int | None = None) -> list[RecordBatch]:
+             max_bytes: int | None = None) -> list[PlacedBatch]:
         """The batches of ``stream_id`` holding records of ``[start_offset, end_offset)``
         (``None``: to the end of what this object holds), in offset order, each with its
         ``base_offset``; the first may begin before ``start_offset`` (batch granularity).
@@ -313,11 +312,11 @@ class ObjectReader:
         if end_offset == start_offset:
             return []
         entries = self.index().blocks(stream_id, start_offset, end_offset)
-        result: list[RecordBatch] = []
+        result: list[PlacedBatch] = []
         total = 0
         for _, batches in self._fetch(entries, max_bytes):
             for batch in batches:
-                base = cast(int, batch.base_offset)  # a decoded batch always has one
+                base = batch.base_offset
                 if base + batch.count <= start_offset:
                     continue
                 if end_offset is not None and base >= end_offset:
@@ -328,7 +327,7 @@ class ObjectReader:
                 total += batch.size
         return result
 
-    def read_blocks(self, entries: Iterable[IndexEntry]) -> list[list[RecordBatch]]:
+    def read_blocks(self, entries: Iterable[IndexEntry]) -> list[list[PlacedBatch]]:
         """The batches of each of these blocks of this object (entries of :meth:`index`), in the
         order given. Blocks at most ``merge_gap`` bytes apart are fetched with one GET (the shape
         of a block cache's miss list)."""
@@ -377,13 +376,13 @@ class ObjectReader:
                                    position=entry.position, source=self.key)
         return info
 
-    def decode_stored(self, block: memoryview, entry: IndexEntry) -> list[RecordBatch]:
+    def decode_stored(self, block: memoryview, entry: IndexEntry) -> list[PlacedBatch]:
         """The batches of a stored block from :meth:`read_stored`, checked as a read checks
         them."""
         return self._decode(block, entry)
 
     def _fetch(self, entries: Sequence[IndexEntry],
-               limit: int | None) -> Iterator[tuple[IndexEntry, list[RecordBatch]]]:
+               limit: int | None) -> Iterator[tuple[IndexEntry, list[PlacedBatch]]]:
         """Each block's batches, fetching a run at a time, only when the caller gets that far."""
         for run in plan_runs(entries, self.merge_gap, limit):
             start = run[0].position
@@ -391,7 +390,7 @@ class ObjectReader:
             for entry in run:
                 yield entry, self._decode(data[entry.position - start:entry.end - start], entry)
 
-    def _decode(self, block: memoryview, entry: IndexEntry) -> list[RecordBatch]:
+    def _decode(self, block: memoryview, entry: IndexEntry) -> list[PlacedBatch]:
         where = f"data block of stream `{entry.stream_id}` at offsets " \
                 f"`[{entry.start_offset}, {entry.end_offset})`"
         # What the block decodes to, from its header, before anything is decompressed (the

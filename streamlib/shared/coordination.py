@@ -32,12 +32,14 @@ one is under way (only a shared store has them), then opens the stream in the me
 from __future__ import annotations
 
 import abc
+import logging
 import sys
 import time
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
 from streamlib.errors import FencedError, HandOverPending, describe
+from streamlib.metrics import Event
 from streamlib.shared.handover import Ownership
 from streamlib.state import Inflight, StreamState
 
@@ -45,6 +47,8 @@ if TYPE_CHECKING:
     from streamlib.meta import Retention, StreamMeta
     from streamlib.node import Node
     from streamlib.write import WritePath
+
+log = logging.getLogger(__name__)
 
 
 class Coordination(abc.ABC):
@@ -109,7 +113,12 @@ class Coordination(abc.ABC):
                 meta = node.meta.open_stream(state.id, node_id=node.id, node_epoch=node.epoch)
                 with state.lock:
                     self._opened(state, meta)
-                return meta.epoch
+            if meta.handover_from not in (None, node.id):
+                log.info(describe("stream opened for write while another node holds it: "
+                                  "appends here wait until that node has committed what it "
+                                  "acknowledged and released the stream", stream=state.id,
+                                  node=node.id, holder=meta.handover_from, epoch=meta.epoch))
+            return meta.epoch
 
     def create_for_write(self, name: str | None,
                          retention: Retention | None) -> tuple[StreamState, int]:
@@ -145,6 +154,7 @@ class Coordination(abc.ABC):
             state.index.clear()
             state.commits += 1
         handover.move(Ownership.OWNED if source is None else Ownership.WAITING, source=source)
+        self._node.metrics.event(Event.WRITE_OPEN)
 
     def _check_moved(self, state: StreamState) -> None:  # noqa: B027  (a shared store's hook)
         """A stream just created here was added to the node's streams after its create landed:

@@ -48,6 +48,8 @@ from streamlib.errors import (
     StreamNotFound,
     describe,
 )
+from streamlib.metrics import Event
+from streamlib.outage import Outage
 from streamlib.shared.coordination import Coordination
 from streamlib.shared.handover import Ownership
 from streamlib.state import Inflight, StreamState
@@ -57,7 +59,7 @@ if TYPE_CHECKING:
     from streamlib.node import Node
     from streamlib.write import WritePath
 
-log = logging.getLogger("streamlib.shared")
+log = logging.getLogger(__name__)
 
 _REMOTE = frozenset({Ownership.READER, Ownership.WAITING, Ownership.RELEASED})
 
@@ -87,6 +89,8 @@ class SharedCoordination(Coordination):
         self._ack_pending: set[StreamState] = set()  # GUARDED_BY(_ack_ready)
         self._awaiting = 0  # GUARDED_BY(_ack_ready): appends waiting for a release
         self._watcher: threading.Thread | None = None
+        self._looks = Outage(log, "looks at the shared metadata", "appends durable since are "
+                             "acknowledged once a look works", node=node.id)
 
     def start(self, write: WritePath) -> None:
         super().start(write)
@@ -209,11 +213,12 @@ class SharedCoordination(Coordination):
                     if state.handover.state is Ownership.FENCED:
                         self._maybe_release(state)
                 pause = 0.0
+                self._looks.worked()
             except Exception as error:  # acknowledged at the next look that works
                 with self._ack_ready:
                     self._ack_pending |= pending
                 pause = min(max(pause * 2, 0.05), 1.0)
-                log.warning("could not look at the metadata before acknowledging: %r", error)
+                self._looks.failed(error)
 
     # ---- the old owner's side ----
 
@@ -225,6 +230,7 @@ class SharedCoordination(Coordination):
         version = meta.version  # what follows sees this version or a newer one
         if meta.node(node.id).node_epoch != node.epoch and node.fail(FencedError(describe(
                 "another process took over this store's node", node=node.id))):
+            node.metrics.event(Event.NODE_FENCED)
             node.streams.wake_all()  # opens waiting for a release give up at once
         states = [s for s in node.streams.all() if s.handover.written_here]
         for state in states:
@@ -256,8 +262,11 @@ class SharedCoordination(Coordination):
                 return  # known, or reopened here after the version the look read
             state.handover.move(Ownership.FENCED,
                                 reason=_fence_error(state.id, m.owner, node.failure))
-        log.info("stream %d is no longer this node's (owner now: %s): handing it over",
-                 state.id, m.owner)
+        node.metrics.event(Event.FENCED_BY_OPEN)
+        if node.failure is None:  # a node taken over is logged once, not once a stream
+            log.info(describe("stream fenced: another node opened it for write; this node "
+                              "commits what it acknowledged, then hands the stream over",
+                              stream=state.id, node=node.id, owner=m.owner, epoch=m.epoch))
         node.backlog.request()  # commit what was acknowledged, then release
 
     def _check_moved(self, state: StreamState) -> None:
@@ -292,8 +301,9 @@ class SharedCoordination(Coordination):
         except Exception as error:
             with state.lock:
                 handover.move(Ownership.FENCED)
-            log.warning("could not release stream %d (tried again after the next upload): "
-                        "%r", state.id, error)
+            log.warning(describe("could not release a stream handed over (tried again "
+                                 "after the next upload)", stream=state.id, node=node.id,
+                                 error=repr(error)))
             return
         with state.lock:
             # Another node's stream now: read like one (its end moves with that node's
@@ -301,6 +311,9 @@ class SharedCoordination(Coordination):
             state.kept_log.clear()
             handover.move(Ownership.RELEASED)
             state.wake_readers()  # tailing readers here now look at the metadata
+        node.metrics.event(Event.HANDOVER_OUT)
+        log.info(describe("stream handed over: released to the node that opened it",
+                          stream=state.id, node=node.id))
         self._stale.set()  # the next sync reads its end (a release may write nothing)
         node.cache.drop_log(node.scope, state.id)
         self._answer(state, FencedError(str(handover.reason)))
@@ -370,8 +383,13 @@ class SharedCoordination(Coordination):
                 return  # opened again elsewhere: the next look fences it
             state.start_offset = max(state.start_offset, m.start_offset)
             state.move_ends(m.end_offset)
-            if m.handover_from is None:  # released: appends go after its end
-                state.handover.move(Ownership.OWNED)
+            if m.handover_from is not None:
+                return
+            state.handover.move(Ownership.OWNED)  # released: appends go after its end
+            self._node.metrics.event(Event.HANDOVER_IN)
+        log.info(describe("stream handed over to this node: released by its old owner, "
+                          "appends go on here", stream=state.id, node=self._node.id,
+                          next_offset=m.end_offset))
 
     # ---- other nodes' changes ----
 

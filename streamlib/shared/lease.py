@@ -25,7 +25,7 @@ from streamlib.errors import FencedError
 if TYPE_CHECKING:
     from streamlib.meta import MetadataStore
 
-log = logging.getLogger("streamlib.shared")
+log = logging.getLogger(__name__)
 
 NAMESPACE = "streamlib.leases"
 """The key-value namespace of the lease records (namespaces ``streamlib.*`` are the library's)."""

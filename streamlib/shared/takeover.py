@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from streamlib import _assembly
-from streamlib.errors import ConfigError
+from streamlib.errors import ConfigError, describe
 from streamlib.meta import Commit, check_node_id
+from streamlib.metrics import Event
 from streamlib.recovery import replay
 from streamlib.shared import lease
 from streamlib.uploader import DATA_PREFIX, build_objects
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
     from streamlib.node import Node
     from streamlib.shared.coordination import Coordination
 
-log = logging.getLogger("streamlib.shared")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,14 +63,15 @@ def take_over(node: Node, objects: ObjectStore, coordination: Coordination,
         raise ConfigError("wal", f"no object WAL of node {dead} in {place.store.url}: give "
                           f"its backend (wal=, wal_path=, wal_url=)", backend)
     fenced = meta.register_node(dead)
-    log.info("taking over node %s (node epoch %d now)", dead, fenced.node_epoch)
+    log.info(describe("taking over a node: fenced it; its WAL is replayed once its lease "
+                      "has run out", node=node.id, taken=dead, node_epoch=fenced.node_epoch))
     # A process of the dead node may still run (paused): from now on its looks find it
     # fenced, and after the lease it recorded it acknowledges nothing more
     # (docs/shared-stores.md). Read after the fence: a record written later is refused.
     lease.wait_out(lease.recorded(meta, dead, config.lease_ms), f"take-over of node {dead}")
     old = _assembly.open_wal(config, dead, fenced.node_epoch, place, create=False)
     try:
-        found = replay(old.recover(), meta, lambda m: coordination.held_epochs(m, dead))
+        found = replay(old.recover(), meta, lambda m: coordination.held_epochs(m, dead), dead)
         damaged = {sid: r.damage for sid, r in found.streams.items() if r.damage is not None}
         kept = {sid: r for sid, r in found.streams.items() if r.damage is None}
         built = build_objects({sid: r.batches for sid, r in kept.items()}, config,
@@ -93,6 +95,12 @@ def take_over(node: Node, objects: ObjectStore, coordination: Coordination,
                       sum(b.size for run in batches.values() for b in run),
                       len(built), damaged)
     coordination.taken_over(result.streams)
+    log.log(logging.WARNING if damaged else logging.INFO, describe(
+        "took over a node: what its WAL held is committed and its streams are released"
+        + (" (damaged streams stay read-only, their records left in its WAL)" if damaged
+           else ""), node=node.id, taken=dead, streams=sorted(result.streams),
+        records=result.records, bytes=result.bytes, damaged=sorted(damaged)))
+    node.metrics.event(Event.TAKE_OVER)
     return result
 
 

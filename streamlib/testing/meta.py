@@ -18,7 +18,9 @@ doomed objects, retention: docs/lifecycle.md) are in :mod:`streamlib.testing.met
 from __future__ import annotations
 
 import dataclasses
+import math
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -78,7 +80,8 @@ class MetadataContract(OwnersContract, LifecycleContract):
         assert store.streams() == []
         a = store.create_stream("orders")
         b = store.create_stream()
-        assert a == StreamMeta(a.id, "orders", 0, 0, 0, StreamState.OPEN) and a.live
+        assert a == StreamMeta(a.id, "orders", 0, 0, 0, StreamState.OPEN,
+                               created_ms=a.created_ms) and a.live
         assert b.name is None and b.id > a.id
         assert store.get_stream(a.id) == a and store.get_stream(b.id) == b
         assert store.get_stream_by_name("orders") == a
@@ -87,6 +90,33 @@ class MetadataContract(OwnersContract, LifecycleContract):
             store.get_stream(12345)
         with pytest.raises(StreamNotFound, match="name=`'nope'`"):
             store.get_stream_by_name("nope")
+
+    def test_a_stream_keeps_the_time_it_was_created(self, store: MetadataStore,
+                                                    location: Path) -> None:
+        """``created_ms`` is the clock at the create (whole milliseconds) and every change of
+        the stream, every read of it and a reopen keep it."""
+        before = math.floor(time.time() * 1000)
+        made = store.create_stream("s", retention=Retention(max_bytes=1 << 20))
+        other = store.create_and_open(node_id="n1")
+        after = math.ceil(time.time() * 1000)
+        assert made.created_ms is not None and other.created_ms is not None
+        assert before <= made.created_ms <= other.created_ms <= after
+        store.register_node("n1")
+        epoch = store.open_stream(made.id).epoch
+        store.commit(Commit(node_id="n1", wal_position=1, epochs={made.id: epoch},
+                            objects=[make_object("o1", (made.id, 0, 5))]))
+        store.trim_stream(made.id, 2)
+        assert store.set_retention(made.id, None).created_ms == made.created_ms
+        assert store.get_stream_by_name("s").created_ms == made.created_ms
+        assert [m.created_ms for m in store.streams()] == [made.created_ms, other.created_ms]
+        assert store.destroy_stream(other.id).created_ms == other.created_ms
+        store = self.reopen(store, location)
+        try:
+            assert store.get_stream(made.id).created_ms == made.created_ms
+            assert store.get_stream(other.id, include_destroyed=True).created_ms == \
+                other.created_ms
+        finally:
+            store.close()
 
     def test_names_are_unique_among_live_streams(self, store: MetadataStore) -> None:
         first = store.create_stream("events")

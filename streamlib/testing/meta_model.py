@@ -80,13 +80,14 @@ class MetadataModel:
     def live_streams(self) -> list[StreamMeta]:
         return [m for _, m in sorted(self.streams.items()) if m.live]
 
-    def create(self, name: str | None, stream_id: int,
-               retention: Retention | None = None) -> StreamMeta:
+    def create(self, name: str | None, stream_id: int, retention: Retention | None = None,
+               created_ms: int | None = None) -> StreamMeta:
+        """(The id and the creation time are the store's: the model keeps what it was told.)"""
         if name is not None and any(m.name == name for m in self.live_streams()):
             raise StreamExists(f"name taken: name=`{name}`")
         assert stream_id > max(self.streams, default=-1), "stream ids must increase"
         self.streams[stream_id] = StreamMeta(stream_id, name, 0, 0, 0,
-                                             retention=kept(retention))
+                                             retention=kept(retention), created_ms=created_ms)
         return self.streams[stream_id]
 
     def set_retention(self, stream_id: int, retention: Retention | None) -> StreamMeta:
@@ -285,7 +286,7 @@ class MetadataMachine(RuleBasedStateMachine):
     def some_open_streams(self, count: int) -> None:
         for _ in range(count):
             meta = self.store.create_stream()
-            self.model.create(None, meta.id)
+            self.model.create(None, meta.id, created_ms=meta.created_ms)
             assert self.store.open_stream(meta.id) == self.model.open(meta.id, None)
 
     @rule(name=st.sampled_from(NAMES), retention=st.sampled_from(RETENTIONS))
@@ -296,7 +297,8 @@ class MetadataMachine(RuleBasedStateMachine):
             with pytest.raises(StreamExists):
                 self.model.create(name, self.UNKNOWN)
             return
-        assert meta == self.model.create(name, meta.id, retention)
+        assert meta.created_ms is not None, "a store records when a stream was created"
+        assert meta == self.model.create(name, meta.id, retention, meta.created_ms)
 
     @rule(data=st.data(), retention=st.sampled_from(RETENTIONS))
     def set_retention(self, data: st.DataObject, retention: Retention | None) -> None:

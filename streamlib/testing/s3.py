@@ -45,7 +45,7 @@ import pytest
 
 from streamlib.io import ObjectStore, open_filesystem
 
-log = logging.getLogger("streamlib.testing")
+log = logging.getLogger(__name__)
 
 REGION = "us-east-1"
 

@@ -24,7 +24,7 @@ import pytest
 
 from streamlib.errors import StreamClosed, WalFullError
 from streamlib.records import Record, RecordBatch
-from streamlib.wal import Wal, WalEntry, WalRecord
+from streamlib.wal import Ticket, Wal, WalEntry, WalRecord
 from streamlib.wal._format import record_size
 
 
@@ -230,7 +230,7 @@ class WalContract:
     def test_wal_record_checks_its_fields(self) -> None:
         batch = RecordBatch(b"x", 1, base_timestamp=0)
         with pytest.raises(ValueError, match="base_offset"):
-            WalRecord(1, 1, batch)
+            WalRecord(1, 1, batch)  # type: ignore[arg-type]  # no offset, on purpose
         with pytest.raises(ValueError, match="epoch"):
             WalRecord(1, -1, batch.with_offset(0))
         with pytest.raises(TypeError, match="RecordBatch"):
@@ -284,6 +284,23 @@ class WalContract:
         with pytest.raises(WalFullError):
             wal.append(make_record(1, 0, size=1000), timeout=0.05)
         assert time.monotonic() - started < 1.0
+        wal.close()
+
+    def test_a_full_wal_refuses_at_once_an_append_given_no_time(self, location: Path) -> None:
+        if not self.bounded:
+            pytest.skip("unbounded backend")
+        wal = self.open_wal(location, capacity=64 * 1024, full_timeout=10.0)
+        recover_all(wal)
+        last = 0
+        with contextlib.suppress(WalFullError):
+            for i in range(1000):
+                last = wal.append(make_record(1, i, size=1000), timeout=0).result(timeout=30)
+        ticket = Ticket()
+        with pytest.raises(WalFullError):
+            wal.submit(make_record(2, 0, size=1000), ticket, 0)
+        assert not ticket.done  # nothing written, nothing to complete
+        wal.trim(last)
+        wal.append(make_record(2, 0, size=1000), timeout=0).result(timeout=30)
         wal.close()
 
     def test_a_waiter_that_gives_up_does_not_hold_up_an_earlier_one(self, location: Path) -> None:

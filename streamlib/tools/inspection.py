@@ -4,10 +4,11 @@
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from streamlib.lifecycle.compaction import COMPACTED_PREFIX
+from streamlib.lifecycle.compaction import object_kind
 from streamlib.meta import ObjectMeta
 from streamlib.tools.opening import MANIFEST_PREFIX, OBJECT_WAL_PREFIX, OpenedStore
 from streamlib.tools.walscan import WalReport, list_object_wal, scan_file_wal
@@ -17,14 +18,6 @@ MiB = KiB * KiB
 HISTOGRAM = (64 * KiB, 256 * KiB, MiB, 4 * MiB, 16 * MiB, 64 * MiB, 256 * MiB)
 """Upper bounds (exclusive) of the object size histogram's buckets; one more holds the rest."""
 PAGE = 1000
-
-
-def object_kind(key: str) -> str:
-    """``single`` or ``multi`` (how many streams the uploader put in it, by its key's suffix),
-    ``compacted`` for compaction's outputs, ``other`` for a key of neither shape."""
-    if key.startswith(COMPACTED_PREFIX + "/"):
-        return "compacted"
-    return {"sobj": "single", "mobj": "multi"}.get(key.rpartition(".")[2], "other")
 
 
 def live_objects(store: OpenedStore) -> Iterator[ObjectMeta]:
@@ -57,8 +50,9 @@ def inspect_store(store: OpenedStore, *,
     meta = store.meta
     streams: dict[int, dict[str, Any]] = {
         s.id: {"id": s.id, "name": s.name, "start_offset": s.start_offset,
-               "end_offset": s.end_offset, "epoch": s.epoch, "owner": s.owner, "bytes": 0,
-               "objects": 0, "wal_records": 0, "wal_end_offset": None}
+               "end_offset": s.end_offset, "epoch": s.epoch, "owner": s.owner,
+               "created_ms": s.created_ms, "bytes": 0, "objects": 0, "wal_records": 0,
+               "wal_end_offset": None}
         for s in meta.streams()}
     objects = _objects_summary(store, streams)
     if wal is not None:
@@ -145,6 +139,18 @@ def _size(n: int | None) -> str:
     return f"{n} B"
 
 
+def _time(ms: int | None) -> str:
+    """Milliseconds since the epoch as UTC to the second (``-``: none; the number itself past
+    the year 9999, which a creating node's clock may have been set to)."""
+    if ms is None:
+        return "-"
+    try:
+        moment = datetime.datetime.fromtimestamp(ms / 1000, datetime.UTC)
+    except (OverflowError, ValueError, OSError):
+        return f"{ms} ms"
+    return moment.strftime("%Y-%m-%d %H:%M:%S")
+
+
 def describe_store(found: dict[str, Any]) -> str:
     """:func:`inspect_store`'s answer as text for people."""
     meta = found["metadata"]
@@ -157,13 +163,14 @@ def describe_store(found: dict[str, Any]) -> str:
     lines.append(f"streams: {len(streams)}")
     if streams:
         lines.append(f"  {'id':>6} {'name':<20} {'start':>10} {'end':>10} {'bytes':>10} "
-                     f"{'objects':>7} {'epoch':>5} {'owner':<8} wal")
+                     f"{'objects':>7} {'epoch':>5} {'owner':<8} {'created (UTC)':<19} wal")
     for s in streams:
         wal = (f"{s['wal_records']} records to {s['wal_end_offset']}" if s["wal_records"]
                else "-")
         lines.append(f"  {s['id']:>6} {s['name'] or '-':<20} {s['start_offset']:>10} "
                      f"{s['end_offset']:>10} {_size(s['bytes']):>10} {s['objects']:>7} "
-                     f"{s['epoch']:>5} {s['owner'] or '-':<8} {wal}")
+                     f"{s['epoch']:>5} {s['owner'] or '-':<8} {_time(s['created_ms']):<19} "
+                     f"{wal}")
     objects = found["objects"]
     lines.append(f"objects: {objects['count']}, {_size(objects['bytes'])}")
     for title, table in (("kind", objects["kinds"]), ("tier", objects["tiers"])):

@@ -12,23 +12,27 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from functools import partial
 
-from streamlib.records import RecordBatch
+from streamlib.records import PlacedBatch, RecordBatch
 
 
 @dataclass(frozen=True, slots=True)
 class WalRecord:
     """What the WAL stores: one batch of one stream, placed at ``batch.base_offset``, written by
-    a writer holding ``epoch`` of that stream."""
+    a writer holding ``epoch`` of that stream. A RecordBatch given with its ``base_offset`` is
+    taken as the :class:`~streamlib.records.PlacedBatch` it is."""
 
     stream_id: int
     epoch: int
-    batch: RecordBatch
+    batch: PlacedBatch
 
     def __post_init__(self) -> None:
-        if not isinstance(self.batch, RecordBatch):
-            raise TypeError(f"batch must be a RecordBatch, not {type(self.batch).__name__}")
-        if self.batch.base_offset is None:
-            raise ValueError("a WAL record's batch needs its base_offset (batch.with_offset)")
+        batch: object = self.batch
+        if not isinstance(batch, RecordBatch):
+            raise TypeError(f"batch must be a RecordBatch, not {type(batch).__name__}")
+        if not isinstance(batch, PlacedBatch):
+            if batch.base_offset is None:
+                raise ValueError("a WAL record's batch needs its base_offset (batch.with_offset)")
+            object.__setattr__(self, "batch", batch.with_offset(batch.base_offset))
         for name in ("stream_id", "epoch"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 1 << 64:
@@ -36,7 +40,6 @@ class WalRecord:
 
     @property
     def base_offset(self) -> int:
-        assert self.batch.base_offset is not None  # __post_init__ refuses a batch without one
         return self.batch.base_offset
 
     @property
@@ -164,7 +167,9 @@ class Wal(abc.ABC):
     - :meth:`trim` lets the WAL discard records before a position; it never goes back.
     - With bounded ``capacity``, an append that does not fit blocks the caller until a trim
       frees room (woken by the trim, not by polling) or ``timeout`` passes
-      (:class:`~streamlib.errors.WalFullError`); waiting appends keep their order.
+      (:class:`~streamlib.errors.WalFullError`); waiting appends keep their order. With
+      ``timeout=0`` it raises at once, having written nothing (the write path tries that
+      first, to know when appends start waiting).
     - :meth:`close` settles every pending future and releases the WAL's resources and locks.
     """
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import struct
 
 from streamlib import codec
-from streamlib.records import RecordBatch
+from streamlib.records import PlacedBatch
 from streamlib.wal import Recovery, WalEntry, WalRecord
 
 HEADER_SIZE = 40
@@ -110,7 +110,7 @@ def examine(buf: bytes | memoryview, at: int, position: int, *, ends: bool = Fal
         return None, length
     info = scan.entries[0]
     payload = bytes(buf[info.payload_position:info.end])
-    batch = RecordBatch._trusted(payload, info.count, info.base_timestamp, info.max_timestamp,
+    batch = PlacedBatch._trusted(payload, info.count, info.base_timestamp, info.max_timestamp,
                                  info.encoding, info.base_offset)
     return (WalRecord(info.stream_id, epoch, batch), length, group), length
 

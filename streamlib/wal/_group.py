@@ -40,7 +40,7 @@ from streamlib.wal import Recovery, Ticket, Wal, WalEntry, WalRecord
 from streamlib.wal._admission import Admission
 from streamlib.wal._format import record_size
 
-log = logging.getLogger("streamlib.wal")
+log = logging.getLogger(__name__)
 
 
 class Pending:

@@ -41,7 +41,7 @@ from streamlib.wal._format import (
 )
 from streamlib.wal._group import GroupCommitWal, Pending
 
-log = logging.getLogger("streamlib.wal")
+log = logging.getLogger(__name__)
 
 KiB = 1 << 10
 MiB = 1 << 20

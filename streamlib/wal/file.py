@@ -32,7 +32,7 @@ from streamlib.wal._format import (
 )
 from streamlib.wal._group import GroupCommitWal, Pending
 
-log = logging.getLogger("streamlib.wal")
+log = logging.getLogger(__name__)
 
 GiB = 1 << 30
 MiB = 1 << 20

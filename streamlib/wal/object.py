@@ -70,7 +70,7 @@ from streamlib.wal import Capabilities, Recovery, Wal, WalEntry, WalRecord
 from streamlib.wal._admission import Admission
 from streamlib.wal._format import record_parts, record_size, scan_run
 
-log = logging.getLogger("streamlib.wal")
+log = logging.getLogger(__name__)
 
 MiB = 1 << 20
 _NODE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")

@@ -28,7 +28,7 @@ from streamlib.errors import CommitConflict, CorruptDataError, StreamExists, Str
 from streamlib.io import ObjectStore
 from streamlib.meta import Commit
 from streamlib.meta._manifest_checkpoint import dump_state
-from streamlib.meta._manifest_state import GROUP, GROUP_FORMAT
+from streamlib.meta._manifest_state import CREATED_FORMAT, GROUP, GROUP_FORMAT
 from streamlib.meta.manifest import ManifestMetadataStore
 from streamlib.testing.faults import FaultyFileSystem
 from streamlib.testing.meta import make_object
@@ -128,12 +128,12 @@ def test_changes_queued_behind_a_create_in_flight_share_the_next_delta(root: str
     assert writer.delta_puts() == [f"{root}/{log_key(v + 1)}", f"{root}/{log_key(v + 2)}"]
     assert writer.store.version == v + 2
     group = read_delta(root, v + 2)
-    assert group["format"] == GROUP_FORMAT and group["op"] == GROUP
+    assert group["format"] == CREATED_FORMAT and group["op"] == GROUP  # creation times in it
     changes = group["args"]["changes"]
     assert [c["op"] for c in changes] == ["create"] * 10
     by_id = {a.id: a.name for a in answers}
     assert [(c["args"]["id"], c["args"]["name"]) for c in changes] == sorted(by_id.items())
-    assert read_delta(root, v + 1)["format"] == 2  # a change alone: as before groups
+    assert read_delta(root, v + 1)["op"] == "create"  # a change alone: no group
     for answer in answers:
         assert writer.store.get_stream(answer.id) == answer
 
@@ -406,6 +406,8 @@ def test_a_group_refused_at_any_change_changes_nothing(root: str, cut: int) -> N
 @pytest.mark.parametrize(("name", "op", "args", "fmt"), [
     ("a group of format 2", GROUP, {"changes": GOOD[:2]}, 2),
     ("a single change of format 3", "destroy", {"id": 1}, GROUP_FORMAT),
+    ("a creation time in a group of format 3", GROUP,
+     {"changes": [change("create", id=2, name="two", created_ms=5), GOOD[1]]}, GROUP_FORMAT),
     ("a group of one change", GROUP, {"changes": GOOD[:1]}, GROUP_FORMAT),
     ("an empty group", GROUP, {"changes": []}, GROUP_FORMAT),
     ("a group in a group", GROUP, {"changes": [GOOD[0], change(GROUP, changes=GOOD[3:5])]},

@@ -132,6 +132,7 @@ def deep(depth: int) -> object:
 
 
 V2 = {"format": 2}
+V4 = {"format": 4}
 NEW = [["new", 100, [[1, 0, 5, 40]]]]  # an output that replaces obj-1 whole
 
 # (name, op, args, envelope changes)
@@ -273,6 +274,14 @@ DELTAS: list[tuple[str, str, Any, dict[str, Any]]] = [
      {"id": 4, "name": None, "max_age_ms": 1000, "max_bytes": None}, {}),
     ("format 1: a tier", "commit", {"node": "a", "wal_position": 11, "remove": [],
                                     "objects": [["k", 100, [[1, 9, 12, 40]], "archive"]]}, {}),
+    # what format 4 added: in a delta of an earlier format, or out of its range
+    ("format 1: a creation time", "create", {"id": 4, "name": None, "created_ms": 5}, {}),
+    ("format 2: a creation time", "create", {"id": 4, "name": None, "created_ms": 5}, V2),
+    ("create: created_ms negative", "create", {"id": 4, "name": None, "created_ms": -1}, V4),
+    ("create: created_ms null", "create", {"id": 4, "name": None, "created_ms": None}, V4),
+    ("create: created_ms as a float", "create", {"id": 4, "name": None, "created_ms": 5.0},
+     V4),
+    ("create: created_ms 2^63", "create", {"id": 4, "name": None, "created_ms": HUGE}, V4),
     # format 2: create and commit
     ("create: max_age_ms zero", "create", {"id": 4, "name": None, "max_age_ms": 0}, V2),
     ("create: max_bytes as a string", "create", {"id": 4, "name": None, "max_bytes": "1"}, V2),
@@ -443,6 +452,30 @@ def test_a_well_formed_delta_of_every_format_2_operation_applies() -> None:
     assert snapshot(ManifestMetadataStore(objects)) == snapshot(store)
 
 
+def test_a_well_formed_delta_of_format_4_applies() -> None:
+    """The control of what format 4 added: a create's creation time, alone or in a group;
+    format 4 holds everything of formats 2 and 3 besides, and a create without a time."""
+    objects, store = populated()
+    group = {"changes": [{"op": "create", "args": {"id": 5, "name": None, "created_ms": 0}},
+                         {"op": "open", "args": {"id": 5, "epoch": 1, "owner": "a",
+                                                 "since": 1, "from": None}}]}
+    for op, args in [
+        ("create", {"id": 4, "name": "four", "max_bytes": 4096,
+                    "created_ms": 1_795_000_000_123}),
+        ("group", group),
+        ("retention", {"id": 4, "max_age_ms": 60_000, "max_bytes": None}),
+        ("create", {"id": 6, "name": None}),
+    ]:
+        forge_delta(objects, store, delta(store, op, args, **V4))
+        assert store.refresh() == 1, op
+    read_everything(store)
+    assert [store.get_stream(s).created_ms for s in (4, 5, 6)] == [1_795_000_000_123, 0, None]
+    assert store.get_stream(5).epoch == 1
+    assert snapshot(ManifestMetadataStore(objects)) == snapshot(store)
+    forge_checkpoint(objects, store, compressed(checkpoint_of(store)))
+    assert snapshot(ManifestMetadataStore(objects)) == snapshot(store)
+
+
 # ---- checkpoints ----
 
 def checkpoint_of(store: ManifestMetadataStore) -> dict[str, Any]:
@@ -491,6 +524,7 @@ CHECKPOINTS: dict[str, Callable[[dict[str, Any]], None]] = {
     "format as a string": put("format", "1"),
     "another format": put("format", 3),
     "format 1 with what format 2 added": put("format", 1),
+    "format 2 with creation times": put("format", 2),
     "version as a bool": put("version", True),
     "next id negative": put("next_id", -1),
     "next id as a float": put("next_id", 4.0),
@@ -558,6 +592,10 @@ CHECKPOINTS: dict[str, Callable[[dict[str, Any]], None]] = {
     "a retention size as a float": column("streams", "max_bytes", first(1.5)),
     "a retention size negative": column("streams", "max_bytes", first(-1)),
     "a retention column too short": column("streams", "max_age_ms", lambda v: v[:-1]),
+    "a creation time negative": column("streams", "created_ms", first(-1)),
+    "a creation time as a float": column("streams", "created_ms", first(1.5)),
+    "a creation time 2^63": column("streams", "created_ms", first(HUGE)),
+    "a creation time column too short": column("streams", "created_ms", lambda v: v[:-1]),
 }
 
 
@@ -647,16 +685,26 @@ def test_a_frame_that_declares_more_than_it_holds_costs_what_it_holds() -> None:
 
 
 def test_a_well_formed_checkpoint_opens_and_a_legacy_one_too() -> None:
-    """The control: the checkpoint as written opens to the same state; one of format 1
-    (without doomed objects, tiers and retentions) and one written before owners and
-    key-value entries (without those columns either) open too."""
+    """The control: the checkpoint as written opens to the same state; one of format 2
+    (without creation times), one of format 1 (without doomed objects, tiers and retentions
+    either) and one written before owners and key-value entries (without those columns
+    either) open too."""
     objects, store = populated()
     data = checkpoint_of(store)
-    assert data["format"] == 2 and data["doomed"] and "tier" in data["objects"]
+    assert data["format"] == 4 and data["doomed"] and "tier" in data["objects"]
+    assert None not in data["streams"]["created_ms"]
     forge_checkpoint(objects, store, compressed(data))
     reopened = ManifestMetadataStore(objects)
     assert snapshot(reopened) == snapshot(store)
     read_everything(reopened)
+    data["format"] = 2
+    del data["streams"]["created_ms"]
+    other = ObjectStore.from_url(f"memory://legacy-{uuid.uuid4().hex}")
+    other.create(f"manifest/checkpoint/{store.version:020d}", compressed(data))
+    opened = ManifestMetadataStore(other)
+    read_everything(opened)
+    assert {s.created_ms for s in opened.streams()} == {None}
+    assert opened.get_stream(1).retention == store.get_stream(1).retention
     data["format"] = 1
     for table, name in (("streams", "max_age_ms"), ("streams", "max_bytes"),
                         ("objects", "tier")):
@@ -699,7 +747,7 @@ object_lists = st.lists(st.tuples(texts, offsets, ranges).map(list)
 limits = st.none() | offsets
 FIELDS: dict[str, dict[str, st.SearchStrategy[Any]]] = {
     "create": {"id": new_ids, "name": st.none() | texts, "max_age_ms": limits,
-               "max_bytes": limits},
+               "max_bytes": limits, "created_ms": offsets},
     "open": {"id": ids, "epoch": offsets, "owner": st.none() | node_ids,
              "since": st.none() | offsets,
              "from": st.none() | st.lists(st.none() | node_ids | ids, min_size=2, max_size=4)},
@@ -745,7 +793,7 @@ def test_any_arguments_of_an_operation_apply_whole_or_are_refused(op: str,
     """Whatever a delta's arguments are, refreshing either applies it — and every read still
     answers — or raises CorruptDataError naming it, with nothing changed."""
     args = data.draw(arguments(op), label="args")
-    version = data.draw(st.sampled_from([2, 1]), label="format")
+    version = data.draw(st.sampled_from([2, 1, 4]), label="format")
     objects, store = populated()
     before = snapshot(store)
     key = forge_delta(objects, store, delta(store, op, args, format=version))

@@ -193,6 +193,49 @@ def test_a_file_of_the_first_schema_is_upgraded_at_open(tmp_path: Path) -> None:
         fresh.close()
 
 
+# What key-value entries and the lifecycle added to the first schema (a file of the release
+# before creation times had these, and streams without a created_ms column).
+LIFECYCLE_ADDITIONS = (
+    "CREATE TABLE kv (namespace TEXT NOT NULL, key TEXT NOT NULL, value BLOB NOT NULL, "
+    "PRIMARY KEY (namespace, key)) WITHOUT ROWID",
+    "CREATE TABLE doomed (key TEXT PRIMARY KEY, size INTEGER NOT NULL, "
+    "marked_at_ms INTEGER NOT NULL, tier TEXT NOT NULL DEFAULT '') WITHOUT ROWID",
+    "CREATE INDEX doomed_by_time ON doomed (marked_at_ms, key)",
+    "ALTER TABLE objects ADD COLUMN tier TEXT NOT NULL DEFAULT ''",
+    "ALTER TABLE streams ADD COLUMN retain_ms INTEGER",
+    "ALTER TABLE streams ADD COLUMN retain_bytes INTEGER",
+)
+
+
+def test_a_file_without_creation_times_reads_none_and_records_them_from_then_on(
+        tmp_path: Path) -> None:
+    """A file written before streams' creation times were kept: opened read-only, its streams
+    read None and nothing is written (not even the new column); opened for write, it gets the
+    column, its old streams stay None and new ones are recorded."""
+    path = tmp_path / "meta.sqlite"
+    with sqlite3.connect(path) as conn:
+        for statement in (*FIRST_SCHEMA, *LIFECYCLE_ADDITIONS):
+            conn.execute(statement)
+    conn.close()
+    before = path.read_bytes()
+    with SQLiteMetadataStore(path, read_only=True) as old:
+        assert old.get_stream(1).created_ms is None
+        assert old.get_stream(2, include_destroyed=True).created_ms is None
+        assert [(m.name, m.created_ms) for m in old.streams()] == [("s", None)]
+        assert old.get_stream_by_name("s").created_ms is None
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["meta.sqlite"]
+    store = SQLiteMetadataStore(path)
+    try:
+        assert store.get_stream(1).created_ms is None
+        made = store.create_stream("t")
+        assert made.created_ms is not None and store.get_stream(made.id) == made
+    finally:
+        store.close()
+    with SQLiteMetadataStore(path, read_only=True) as upgraded:
+        assert [m.created_ms for m in upgraded.streams()] == [None, made.created_ms]
+
+
 def test_live_objects_is_one_query_a_page(tmp_path: Path) -> None:
     """A page of live objects with their ranges is read in one statement, whatever it holds."""
     store = SQLiteMetadataStore(tmp_path / "meta.sqlite")

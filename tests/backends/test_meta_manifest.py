@@ -28,6 +28,8 @@ from streamlib.errors import (
 )
 from streamlib.io import ObjectStore, RetryPolicy
 from streamlib.meta import Commit, MetadataStore, Replacement, Retention
+from streamlib.meta import _manifest_checkpoint as manifest_checkpoint
+from streamlib.meta import _manifest_state as manifest_state
 from streamlib.meta._manifest_checkpoint import dump_state
 from streamlib.meta._manifest_state import ManifestState, StreamRecord
 from streamlib.meta.manifest import ManifestMetadataStore
@@ -67,9 +69,11 @@ class TestManifestOnS3(MetadataContract):
         moto_s3.delete_bucket(self.bucket)
 
     def open_store(self, location: Path) -> MetadataStore:
-        """A manifest under ``location``'s path in the test's bucket."""
-        url = f"s3://{self.bucket}/{location.as_posix().strip('/')}"
-        return ManifestMetadataStore(ObjectStore.from_url(url, self.endpoint.storage_options()),
+        """A manifest under ``location``'s path in the test's bucket, on the endpoint's one
+        filesystem (built as ``ObjectStore.from_url`` builds it; a new one per handle would
+        cost a botocore client, 0.1-0.4 s, at every open)."""
+        root = f"{self.bucket}/{location.as_posix().strip('/')}"
+        return ManifestMetadataStore(ObjectStore(self.endpoint.store_fs, root),
                                      checkpoint_every=6)
 
 
@@ -490,3 +494,47 @@ def test_a_format_1_manifest_opens_and_goes_on_in_format_2(tmp_path: Path) -> No
     assert written["format"] == 2 and written["op"] == "replace"
     assert ManifestMetadataStore(objects).doomed() == store.doomed()
     store.close()
+
+
+def test_creation_times_are_format_4_and_older_deltas_and_checkpoints_read_none(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A create as the release before wrote it (format 2, no creation time) reads None; this
+    code's creates carry theirs in format 4 (alone, or in a group), and checkpoints keep them
+    in a column (format 4), read back the same. A reader of formats up to 3 refuses either by
+    its number."""
+    objects = local_store(tmp_path)
+    objects.create(f"manifest/log/{1:020d}", json.dumps(
+        {"format": 2, "version": 1, "put": uuid.uuid4().hex, "node": "a",
+         "time": 1_795_000_000_000, "op": "create", "args": {"id": 1, "name": "old"}}).encode())
+    store = ManifestMetadataStore(objects, node_id="b", checkpoint_every=3)
+    assert store.get_stream(1).created_ms is None
+    made = store.create_stream("new")
+    opened = store.create_and_open("opened", node_id="b")  # a group: create and open
+    assert made.created_ms is not None and opened.created_ms is not None
+    deltas = [json.loads(objects.get(f"manifest/log/{v:020d}")) for v in (2, 3)]
+    assert [(d["format"], d["op"]) for d in deltas] == [(4, "create"), (4, "group")]
+    assert deltas[0]["args"]["created_ms"] == made.created_ms
+    checkpoint = json.loads(zstandard.ZstdDecompressor().decompress(
+        objects.get(f"manifest/checkpoint/{3:020d}")))
+    assert checkpoint["format"] == 4
+    assert checkpoint["streams"]["created_ms"] == [None, made.created_ms, opened.created_ms]
+    store.trim_stream(made.id, 0)  # writes nothing
+    store.destroy_stream(1)
+    assert json.loads(objects.get(f"manifest/log/{4:020d}"))["format"] == 2  # none held
+    replayed = local_store(tmp_path / "replayed")  # the same deltas, no checkpoint
+    for version in range(1, 5):
+        key = f"manifest/log/{version:020d}"
+        replayed.create(key, objects.get(key))
+    for root in (objects, replayed):  # the checkpoint and a delta after it; every delta
+        reopened = ManifestMetadataStore(root)
+        assert reopened.get_stream(made.id) == made
+        assert reopened.get_stream(opened.id) == store.get_stream(opened.id)
+        assert reopened.get_stream(1, include_destroyed=True).created_ms is None
+        reopened.close()
+    store.close()
+    monkeypatch.setattr(manifest_state, "FORMATS", (1, 2, 3))  # as the release before read
+    monkeypatch.setattr(manifest_checkpoint, "CHECKPOINT_FORMATS", (1, 2))
+    with pytest.raises(CorruptDataError, match="format 4"):
+        ManifestMetadataStore(objects)
+    with pytest.raises(CorruptDataError, match="format 4"):
+        ManifestMetadataStore(replayed)

@@ -441,7 +441,7 @@ def apply_delta(data: bytes) -> None:
     state = checkpoint.load_state(states[before])
     delta = manifest.read_delta(data[4:], before + 1)
     try:
-        state.apply(delta["op"], delta["args"])
+        state.apply(delta["op"], delta["args"], delta["time"], delta["format"])
     except manifest.Malformed:
         if checkpoint.dump_state(state) != states[before]:
             raise StateChanged(f"a refused {delta['op']} changed the state") from None

@@ -6,6 +6,7 @@ that none of them disturbs a store in use."""
 from __future__ import annotations
 
 import base64
+import datetime
 import fcntl
 import json
 import os
@@ -15,6 +16,7 @@ import struct
 import subprocess
 import sys
 import termios
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -268,6 +270,8 @@ def test_inspect_shows_streams_objects_and_the_wal(
     assert (streams["orders"]["start_offset"], streams["orders"]["end_offset"]) == (0, 40)
     assert (streams["events"]["end_offset"], streams["events"]["objects"]) == (20, 2)
     assert streams["orders"]["epoch"] == 1 and streams["orders"]["wal_records"] == 0
+    created = streams["orders"]["created_ms"]
+    assert isinstance(created, int) and created <= time.time() * 1000
     files = object_files(store_dir)
     objects = found["objects"]
     assert objects["count"] == len(files) and objects["bytes"] == sum(
@@ -279,8 +283,10 @@ def test_inspect_shows_streams_objects_and_the_wal(
     code, text, _ = run(capsys, "inspect", str(store_dir))
     assert code == 0
     assert "streams: 2" in text and "objects: 4" in text and "kind single" in text
-    assert any(line.split()[:2] == [str(streams["orders"]["id"]), "orders"]
-               for line in text.splitlines())
+    [line] = [line for line in text.splitlines()
+              if line.split()[:2] == [str(streams["orders"]["id"]), "orders"]]
+    utc = datetime.datetime.fromtimestamp(created / 1000, datetime.UTC)
+    assert utc.strftime("%Y-%m-%d %H:%M:%S") in line and "created (UTC)" in text
 
 
 def test_dump_prints_records_as_json_lines_and_raw_values(

@@ -21,6 +21,10 @@ GUIDE = Path(__file__).parents[2] / "docs" / "guide.md"
 NEEDS = "# needs: "
 """The first line of a guide snippet that needs what a test machine lacks (a bucket, a device),
 saying what: such a snippet is compiled, not run."""
+ONCE = pytest.mark.once
+"""The examples on S3 and across nodes show object stores and the hand-over, whose bytes the
+quickstart and the guide's snippets already write and read in both passes: the C pass runs
+them (conftest.py)."""
 
 
 def test_quickstart_runs_and_shows_the_data_survived() -> None:
@@ -43,6 +47,7 @@ def _load(name: str):  # type: ignore[no-untyped-def]
     return module
 
 
+@ONCE
 def test_s3_example_on_moto(moto_bucket: S3Bucket) -> None:
     example = _load("s3_store")
     options = moto_bucket.endpoint.storage_options()
@@ -52,6 +57,7 @@ def test_s3_example_on_moto(moto_bucket: S3Bucket) -> None:
     assert len(keys) == 1  # three streams, one flush: one multi-stream object
 
 
+@ONCE
 def test_s3_example_with_the_wal_in_the_bucket(moto_bucket: S3Bucket) -> None:
     example = _load("s3_store")
     counts = example.run(f"{moto_bucket.url}/both", moto_bucket.endpoint.storage_options(),
@@ -59,6 +65,7 @@ def test_s3_example_with_the_wal_in_the_bucket(moto_bucket: S3Bucket) -> None:
     assert counts == {"orders": 50, "payments": 50, "audit": 50}
 
 
+@ONCE
 def test_shared_nodes_example_runs() -> None:
     done = subprocess.run([sys.executable, str(EXAMPLES / "shared_nodes.py")],
                           capture_output=True, text=True, timeout=120, check=True)
@@ -69,6 +76,7 @@ def test_shared_nodes_example_runs() -> None:
         f"  order {n} (from b)" for n in range(5, 9)]
 
 
+@ONCE
 def test_shared_nodes_example_on_moto(moto_bucket: S3Bucket) -> None:
     """The same on S3, as a user would run it: credentials and endpoint in the environment."""
     endpoint = moto_bucket.endpoint
@@ -95,7 +103,7 @@ def test_every_guide_snippet_runs_or_says_what_it_needs(tmp_path: Path,
     """The snippets run in order in one namespace, as a reader would paste them, in an empty
     directory; one that needs hardware or a cloud says so on its first line."""
     monkeypatch.chdir(tmp_path)
-    namespace: dict[str, Any] = {}
+    namespace: dict[str, Any] = {"__name__": "__main__"}  # a script's, or a REPL's
     ran = needing = 0
     try:
         for line, code in guide_snippets():
@@ -113,6 +121,7 @@ def test_every_guide_snippet_runs_or_says_what_it_needs(tmp_path: Path,
     assert ran >= 6 and needing >= 3  # the guide as it is: none was skipped by mistake
 
 
+@ONCE  # the guide's text against the error kinds: no bytes
 def test_the_guide_error_table_lists_every_error_kind() -> None:
     text = GUIDE.read_text()
     section = text[text.index("## Errors\n"):]

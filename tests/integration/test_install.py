@@ -100,7 +100,8 @@ def test_install_without_a_compiler_falls_back_to_python(tmp_path: pathlib.Path)
 
 def test_the_wheel_is_tagged_for_the_stable_abi(tmp_path: pathlib.Path) -> None:
     """cffi builds the extension for the stable ABI: the wheel says so (``cp311-abi3``), and
-    holds the ``abi3`` extension."""
+    holds the ``abi3`` extension; and the ``py.typed`` marker (PEP 561: type checkers read
+    the installed package's annotations)."""
     source = tmp_path / "src"
     shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(
         ".venv", ".git", "build", "*.so", "__pycache__", "_segment_codec.c", "*.egg-info",
@@ -114,3 +115,4 @@ def test_the_wheel_is_tagged_for_the_stable_abi(tmp_path: pathlib.Path) -> None:
     assert built.name.endswith("-cp311-abi3-linux_x86_64.whl"), built.name
     with zipfile.ZipFile(built) as archive:
         assert any(n.endswith("_segment_codec.abi3.so") for n in archive.namelist())
+        assert "streamlib/py.typed" in archive.namelist()

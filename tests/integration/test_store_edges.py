@@ -113,11 +113,11 @@ entered, gate = threading.Event(), threading.Event()
 class Held(original):
     __slots__ = ()
 
-    def __init__(self, batch, wal):
+    def __init__(self, batch, wal, started):
         if threading.current_thread().name == "b-writer":
             entered.set()  # b's record is in the WAL ...
             gate.wait()  # ... and b's stream does not know of it yet
-        super().__init__(batch, wal)
+        super().__init__(batch, wal, started)
 
 write_module.Inflight = Held
 acked = []

@@ -146,7 +146,7 @@ def test_a_look_that_failed_serves_no_one(tmp_path: Path) -> None:
     state = StreamState(meta.create_stream("s"))
     done = Ticket()
     done.position = 0  # durable at position 0
-    state.inflight.append(Inflight(RecordBatch(b"x", count=1).with_offset(0), done))
+    state.inflight.append(Inflight(RecordBatch(b"x", count=1).with_offset(0), done, now[0]))
     failing = Gate()  # the first caller's look: held, then it fails
     meta.inject("refresh", StorageUnavailable, thread="first", gate=failing)
     first_error: list[BaseException] = []

@@ -13,12 +13,13 @@ import pytest
 from streamlib.cli import check_store, main
 from streamlib.testing.s3 import S3Endpoint
 
+pytestmark = pytest.mark.once  # object-store checks: the codec plays no part
+
 
 def outcomes(report: object) -> dict[str, str]:
     return {c.name: c.outcome for c in report.checks}  # type: ignore[attr-defined]
 
 
-@pytest.mark.once  # object-store checks: the codec plays no part
 @pytest.mark.parametrize("server", ["moto_s3", "seaweedfs_s3"])
 def test_s3_servers(server: str, request: pytest.FixtureRequest) -> None:
     endpoint: S3Endpoint = request.getfixturevalue(server)

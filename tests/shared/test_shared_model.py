@@ -39,6 +39,7 @@ from nodes import crash, pause, wait_for
 import streamlib
 from streamlib import AppendResult, FencedError, OutcomeUnknown, StorageUnavailable, StreamStore
 from streamlib.config import LEASE_DRIFT
+from streamlib.disk import UNSAFE_NO_FSYNC
 from streamlib.io import ObjectStore
 from streamlib.meta.manifest import ManifestMetadataStore
 from streamlib.testing import FaultyFileSystem, FaultyMetadataStore
@@ -98,14 +99,18 @@ class SharedMachine(RuleBasedStateMachine):
     def open_node(self, node: str) -> StreamStore:
         self.generation[node] += 1
         bucket = self.dir / "bucket"
-        meta = FaultyMetadataStore(ManifestMetadataStore(ObjectStore.from_url(f"file://{bucket}"),
-                                                         node_id=node))
+        # Nothing fsynced (UNSAFE_NO_FSYNC): a crash here is a process's, never the machine's.
+        meta = FaultyMetadataStore(ManifestMetadataStore(
+            ObjectStore.from_url(f"file://{bucket}", syncing=UNSAFE_NO_FSYNC), node_id=node))
         filesystem = FaultyFileSystem(LocalFileSystem(auto_mkdir=True))  # objects and WAL
+        # Short upload and sync intervals: the other nodes see each step's appends within a
+        # few ms (the invariant waits until they do).
         store = streamlib.open(self.dir / f"{node}-{self.generation[node]}", node_id=node,
                                metadata="manifest", wal="object", objects_url=f"file://{bucket}",
                                metadata_store=meta, filesystem=filesystem,
-                               upload_bytes="2KiB", upload_interval_ms=50,
-                               append_timeout_ms=20_000, lease_ms=self.lease_ms)
+                               upload_bytes="2KiB", upload_interval_ms=20, sync_interval_ms=10,
+                               durability="unsafe-no-fsync", append_timeout_ms=20_000,
+                               lease_ms=self.lease_ms)
         clock = DriftingClock(self.rate[node])
         use_lease_clock(store, clock)
         self.processes[node] = Process(store, meta, filesystem, clock)

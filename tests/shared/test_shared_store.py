@@ -20,6 +20,9 @@ import streamlib
 from streamlib.errors import FencedError
 from streamlib.testing.s3 import S3Endpoint
 
+# Nodes, processes and the manifest: the codec plays no part of its own (the C pass runs it).
+pytestmark = pytest.mark.once
+
 CHILD = Path(__file__).with_name("shared_child.py")
 
 
@@ -28,7 +31,6 @@ def shared_config(bucket: str, tmp_path: Path, node: str, **extra: Any) -> dict[
             "objects_url": f"s3://{bucket}/shared", "upload_interval_ms": 200, **extra}
 
 
-@pytest.mark.once
 @pytest.mark.parametrize("server", ["moto_s3", "seaweedfs_s3"])
 def test_three_processes_write_their_streams_at_once(server: str, tmp_path: Path,
                                                      request: pytest.FixtureRequest) -> None:
@@ -136,7 +138,6 @@ def acknowledged(acklog: Path) -> dict[int, int]:
     return found
 
 
-@pytest.mark.once
 @pytest.mark.parametrize("server", ["moto_s3", "seaweedfs_s3"])
 def test_a_killed_writer_is_taken_over_with_every_acknowledged_record(
         server: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
@@ -173,7 +174,6 @@ def test_a_killed_writer_is_taken_over_with_every_acknowledged_record(
     endpoint.delete_bucket(bucket)
 
 
-@pytest.mark.once
 def test_a_file_wal_is_taken_over_where_its_path_is_reachable(tmp_path: Path) -> None:
     """A node with a file WAL on a local disk (think: an EBS volume attached to the machine
     taking over) and a manifest in a local directory: killed, taken over from its path."""

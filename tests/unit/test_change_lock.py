@@ -6,9 +6,12 @@ from __future__ import annotations
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
 from waits import wait_for
 
 from streamlib.node import ChangeLock
+
+pytestmark = pytest.mark.once  # a lock, not bytes: the C pass runs it (conftest.py)
 
 
 def test_sharers_hold_it_together() -> None:

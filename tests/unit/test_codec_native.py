@@ -11,6 +11,8 @@ import time
 import pytest
 
 _native = pytest.importorskip("streamlib.codec._native", reason="C codec not built")
+# It calls the C backend itself, whichever one the facade uses: the C pass runs it (conftest.py).
+pytestmark = pytest.mark.once
 
 
 def spin_rate(seconds: float) -> float:

@@ -7,11 +7,15 @@ from __future__ import annotations
 import itertools
 from collections.abc import Mapping, Sequence
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from streamlib.lifecycle.compaction import Limits, Task, natural_key, plan, readable
 from streamlib.meta import ObjectMeta, StreamMeta, StreamRange, StreamState
+
+# A plan from metadata alone, no bytes read or written: the C pass runs it (conftest.py).
+pytestmark = pytest.mark.once
 
 MiB = 1 << 20
 LIMITS = Limits(object_bytes=64 * MiB, max_object_bytes=256 * MiB, max_objects=500,

@@ -12,6 +12,8 @@ from streamlib import Config, ConfigError
 from streamlib.config import MiB
 from streamlib.errors import ConfigWarning
 
+pytestmark = pytest.mark.once  # settings, not bytes: the C pass runs it (conftest.py)
+
 
 def test_defaults_are_documented_with_units() -> None:
     config = Config()

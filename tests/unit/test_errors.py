@@ -8,6 +8,8 @@ import pytest
 import streamlib
 from streamlib import errors
 
+pytestmark = pytest.mark.once  # the error kinds, not bytes: the C pass runs it (conftest.py)
+
 FAMILIES = {
     errors.RetryLater: (errors.StorageUnavailable, errors.WalFullError, errors.HandOverPending,
                         errors.CacheMiss),

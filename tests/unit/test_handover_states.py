@@ -15,6 +15,8 @@ from streamlib.shared.handover import (
     Ownership,
 )
 
+pytestmark = pytest.mark.once  # a state machine, not bytes: the C pass runs it (conftest.py)
+
 Own = Ownership
 FENCE = FencedError("opened for write on node b")
 

@@ -8,6 +8,10 @@ import ast
 import pathlib
 import re
 
+import pytest
+
+pytestmark = pytest.mark.once  # the source's shape: the C pass runs it (conftest.py)
+
 PACKAGE = pathlib.Path(__file__).parents[2] / "streamlib"
 MIRRORED_DECODERS = {("codec/_python.py", "_index")}
 """Functions that mirror the C codec line for line (native/segment_codec.c): kept whole."""
@@ -113,3 +117,14 @@ def test_no_import_cycle_among_the_modules() -> None:
         if mod not in state:
             walk(mod, [mod])
     assert not cycles, cycles
+
+
+def test_every_module_logs_under_its_own_name() -> None:
+    """``logging.getLogger(__name__)``: the logger of streamlib/shared/fencing.py is
+    ``streamlib.shared.fencing`` (docs/guide.md, "Logging"), under its package's."""
+    found = [f"{name}:{n}: {line.strip()}" for name in modules()
+             for n, line in enumerate(source(name).splitlines(), 1)
+             if "getLogger(" in line and "getLogger(__name__)" not in line
+             and name != "__init__.py"  # the root's NullHandler
+             and "werkzeug" not in line]  # the moto server's, quietened
+    assert not found, found

@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import pickle
-from dataclasses import FrozenInstanceError
+from dataclasses import FrozenInstanceError, replace
 
 import pytest
 
-from streamlib import AppendResult, FetchResult, Record, RecordBatch, codec
+from streamlib import (
+    AppendResult,
+    DecodedRecord,
+    FetchResult,
+    PlacedBatch,
+    Record,
+    RecordBatch,
+    codec,
+)
 from streamlib.records import MAX_PAYLOAD_BYTES
 
 
@@ -184,3 +192,48 @@ def test_results() -> None:
         FetchResult((batch, opaque), 43, 0, 43).records()  # before yielding anything
     with pytest.raises(ValueError, match="base_offset"):
         FetchResult((RecordBatch(b"o", 1, base_timestamp=1),), 43, 0, 43)
+
+
+def test_batches_read_back_are_placed_batches_equal_to_their_record_batch() -> None:
+    batch = RecordBatch(b"payload", 2, base_timestamp=3, max_timestamp=4)
+    placed = batch.with_offset(10)
+    assert type(placed) is PlacedBatch and placed.base_offset == 10
+    by_hand = RecordBatch(b"payload", 2, base_timestamp=3, max_timestamp=4, base_offset=10)
+    assert placed == by_hand and by_hand == placed and hash(placed) == hash(by_hand)
+    assert placed != batch and placed != batch.with_offset(11)
+    assert placed == PlacedBatch(b"payload", 2, 3, 4, base_offset=10)
+    for copy in (pickle.loads(pickle.dumps(placed)), replace(placed, count=3)):
+        assert type(copy) is PlacedBatch and copy.base_offset == 10
+    with pytest.raises(TypeError, match="base_offset"):
+        replace(placed, base_offset=None)
+    with pytest.raises(TypeError, match="base_offset"):
+        PlacedBatch(b"payload", 2)  # type: ignore[call-arg]  # no offset, on purpose
+    (_, decoded), = codec.read_batches(codec.encode_batch(1, 10, batch))
+    assert type(decoded) is PlacedBatch and decoded == placed
+    _, blocked = codec.decode_block(codec.encode_block(1, [placed]))
+    assert [type(b) for b in blocked] == [PlacedBatch] and blocked == [placed]
+
+
+def test_a_fetch_result_built_by_hand_holds_placed_batches() -> None:
+    by_hand = RecordBatch(b"o", 1, base_timestamp=1, base_offset=5)
+    result = FetchResult(iter([by_hand]), 6, 0, 6)  # type: ignore[arg-type]  # as a user may
+    assert [type(b) for b in result] == [PlacedBatch] and list(result) == [by_hand]
+    placed = (by_hand.with_offset(5),)
+    assert FetchResult(placed, 6, 0, 6).batches is placed  # nothing copied on the fetch path
+
+
+def test_decoded_records_always_have_their_timestamp() -> None:
+    records = RecordBatch.from_records([Record(b"a"), Record(b"b", timestamp=9)],
+                                       timestamp=7).records()
+    assert [type(r) for r in records] == [DecodedRecord, DecodedRecord]
+    assert [r.timestamp for r in records] == [7, 9]
+    assert records == [Record(b"a", timestamp=7), Record(b"b", timestamp=9)]
+    assert hash(records[0]) == hash(Record(b"a", timestamp=7))
+    again = pickle.loads(pickle.dumps(records[0]))
+    assert type(again) is DecodedRecord and again == records[0]
+    with pytest.raises(TypeError, match="timestamp"):
+        DecodedRecord(b"a")
+    # read back and appended again, as they are
+    assert RecordBatch.from_records(records).records() == records
+    with pytest.raises(TypeError, match=r"records\[1\] must be a streamlib.Record"):
+        RecordBatch.from_records([records[0], b"not a record"])  # type: ignore[list-item]
