@@ -8,7 +8,8 @@ instead of quietly testing the Python twin twice.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from fsspec.implementations.memory import MemoryFileSystem
@@ -16,6 +17,10 @@ from hypothesis import HealthCheck, settings
 
 import streamlib.codec
 from streamlib.testing.s3 import moto_bucket, moto_s3, seaweedfs_bucket, seaweedfs_s3
+from streamlib.testing.wal import recover_all
+from streamlib.wal._group import GroupCommitWal
+from streamlib.wal.block import BlockWal
+from streamlib.wal.file import FileWal
 
 __all__ = ["moto_bucket", "moto_s3", "seaweedfs_bucket", "seaweedfs_s3"]  # S3 server fixtures
 
@@ -55,6 +60,22 @@ def memory_filesystem_left_as_found() -> Iterator[None]:
     for key in [key for key in files if key not in files_before]:
         files.pop(key, None)
     directories[:] = [d for d in directories if d in directories_before]
+
+
+GROUP_COMMIT_WALS: dict[str, Callable[[Path], GroupCommitWal]] = {
+    "file": lambda path: FileWal(path / "wal"),
+    "block": lambda path: BlockWal(path / "ring", size=4 << 20, direct_io=False),
+}
+
+
+@pytest.fixture(params=sorted(GROUP_COMMIT_WALS))
+def wal(request: pytest.FixtureRequest, tmp_path: Path) -> GroupCommitWal:
+    """A recovered, empty group-commit WAL of each local kind (a 4 MiB ring for the block WAL),
+    closed after the test."""
+    opened = GROUP_COMMIT_WALS[request.param](tmp_path)
+    recover_all(opened)
+    request.addfinalizer(opened.close)
+    return opened
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -10,15 +10,10 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
 
-import pytest
-
 from streamlib.testing.wal import make_record, recover_all
 from streamlib.wal._group import GroupCommitWal, Pending
 from streamlib.wal.block import BlockWal
 from streamlib.wal.file import FileWal
-
-RING = 4 << 20
-
 
 def in_thread(call: Callable[[], object]) -> Future[object]:
     """``call`` on a thread of its own (named ``leader``); its outcome."""
@@ -61,20 +56,6 @@ class Held:
 
     def release(self) -> None:
         self._release.set()
-
-
-WALS: dict[str, Callable[[Path], GroupCommitWal]] = {
-    "file": lambda path: FileWal(path / "wal"),
-    "block": lambda path: BlockWal(path / "ring", size=RING, direct_io=False),
-}
-
-
-@pytest.fixture(params=sorted(WALS))
-def wal(request: pytest.FixtureRequest, tmp_path: Path) -> GroupCommitWal:
-    opened = WALS[request.param](tmp_path)
-    recover_all(opened)
-    request.addfinalizer(opened.close)
-    return opened
 
 
 def completed_in(future: Future[int]) -> list[str]:

@@ -6,29 +6,10 @@ is written by the writer thread. On both local backends."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
-from pathlib import Path
 
-import pytest
-
-from streamlib.testing.wal import make_record, recover_all
+from streamlib.testing.wal import make_record
 from streamlib.wal import Ticket
 from streamlib.wal._group import GroupCommitWal
-from streamlib.wal.block import BlockWal
-from streamlib.wal.file import FileWal
-
-WALS: dict[str, Callable[[Path], GroupCommitWal]] = {
-    "file": lambda path: FileWal(path / "wal"),
-    "block": lambda path: BlockWal(path / "ring", size=4 << 20, direct_io=False),
-}
-
-
-@pytest.fixture(params=sorted(WALS))
-def wal(request: pytest.FixtureRequest, tmp_path: Path) -> GroupCommitWal:
-    opened = WALS[request.param](tmp_path)
-    recover_all(opened)
-    request.addfinalizer(opened.close)
-    return opened
 
 
 class Seen(Ticket):
