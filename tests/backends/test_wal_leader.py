@@ -15,6 +15,7 @@ from streamlib.wal._group import GroupCommitWal, Pending
 from streamlib.wal.block import BlockWal
 from streamlib.wal.file import FileWal
 
+
 def in_thread(call: Callable[[], object]) -> Future[object]:
     """``call`` on a thread of its own (named ``leader``); its outcome."""
     outcome: Future[object] = Future()
